@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: MIT */
+/** \file
+ * The sluice consumer: an AMQP 0-9-1 consumer on rabbitmq-c, driven by a
+ * libevent loop, whose memory stays bounded whatever the queue depth.
+ *
+ * Threading: one loop thread owns the AMQP connection. Handlers run on the
+ * loop thread (`workers == 0`) or on a pool of worker threads. Functions are
+ * to be called from the thread that runs the loop (or before it runs) unless
+ * their documentation says "any thread".
+ *
+ * Lifetimes: data handed to a callback is borrowed until the callback
+ * returns. A delivery's message stays valid until the delivery is completed
+ * (by the handler's return value, or by sluice_delivery_done() for a deferred
+ * delivery); after that the delivery handle must not be used.
+ */
+#ifndef SLUICE_CONSUMER_H
+#define SLUICE_CONSUMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/error.h>
+#include <sluice/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct event_base;
+
+typedef struct sluice_consumer sluice_consumer;
+typedef struct sluice_delivery sluice_delivery;
+
+/* ------------------------------------------------------------------------ */
+/** \name Values, headers and arguments */
+
+/** Kind of a header or argument value. */
+typedef enum sluice_value_kind {
+  SLUICE_VAL_VOID = 0, /**< no value / unsupported AMQP type (table, array) */
+  SLUICE_VAL_BOOL,
+  SLUICE_VAL_INT,    /**< any AMQP integer that fits in int64 */
+  SLUICE_VAL_DOUBLE, /**< f32, f64 */
+  SLUICE_VAL_STRING, /**< long string or byte array: `str`/`len` */
+  SLUICE_VAL_TIMESTAMP
+} sluice_value_kind;
+
+/** A header or argument value. Strings are not NUL-terminated on input to
+ *  sluice unless `len` is 0, in which case strlen() is used; strings handed
+ *  out by sluice are always NUL-terminated as well. */
+typedef struct sluice_value {
+  sluice_value_kind kind;
+  union {
+    int b;
+    int64_t i;
+    double d;
+    uint64_t ts;
+    struct {
+      const char *str;
+      size_t len;
+    } s;
+  } u;
+} sluice_value;
+
+/** A named value: a message header or a declare/consume argument. */
+typedef struct sluice_kv {
+  const char *key;
+  sluice_value value;
+} sluice_kv;
+
+/** Convenience constructors for sluice_kv arrays. */
+#define SLUICE_KV_STR(k, v) \
+  { (k), { .kind = SLUICE_VAL_STRING, .u.s = { (v), 0 } } }
+#define SLUICE_KV_INT(k, v) \
+  { (k), { .kind = SLUICE_VAL_INT, .u.i = (v) } }
+#define SLUICE_KV_BOOL(k, v) \
+  { (k), { .kind = SLUICE_VAL_BOOL, .u.b = (v) } }
+
+/* ------------------------------------------------------------------------ */
+/** \name Messages */
+
+/** The AMQP basic properties of a message. Absent string fields are NULL;
+ *  absent numeric fields are 0 (check the `has_*` flags where 0 is valid). */
+typedef struct sluice_properties {
+  const char *content_type;
+  const char *content_encoding;
+  const char *correlation_id;
+  const char *reply_to;
+  const char *expiration;
+  const char *message_id;
+  const char *type;
+  const char *user_id;
+  const char *app_id;
+  uint64_t timestamp;
+  uint8_t delivery_mode; /**< 1 transient, 2 persistent, 0 absent */
+  uint8_t priority;
+  uint8_t has_timestamp;
+  uint8_t has_priority;
+  const sluice_kv *headers; /**< `n_headers` entries, top-level only */
+  size_t n_headers;
+} sluice_properties;
+
+/** A borrowed view of one delivered message. */
+typedef struct sluice_message {
+  const void *body; /**< NUL-terminated for convenience, not counted */
+  size_t body_len;
+  const char *queue;        /**< the queue it was consumed from */
+  const char *exchange;     /**< "" for the default exchange */
+  const char *routing_key;
+  const char *consumer_tag;
+  uint64_t delivery_tag; /**< channel-scoped; see `generation` */
+  uint64_t generation;   /**< connection generation it arrived on */
+  int redelivered;
+  sluice_properties props;
+} sluice_message;
+
+/** Look up a header by name. \return the value, or NULL if absent. */
+SLUICE_EXPORT const sluice_value *sluice_message_header(
+    const sluice_message *msg, const char *key);
+
+/* ------------------------------------------------------------------------ */
+/** \name Outcomes and handlers */
+
+/** What a handler returns, and what sluice_delivery_done() takes. */
+typedef enum sluice_outcome {
+  SLUICE_ACK = 0,    /**< processed: basic.ack */
+  SLUICE_NACK = 1,   /**< failed, try again: basic.nack requeue=true */
+  SLUICE_REJECT = 2, /**< poison: basic.reject requeue=false (dead-letter) */
+  SLUICE_DEFER = 3,  /**< finished later by sluice_delivery_done() */
+  /* Outcomes reported to hooks and statistics only, never returned: */
+  SLUICE_OUTCOME_STALE = 4, /**< completed after its connection died */
+  SLUICE_OUTCOME_ERROR = 5, /**< invalid handler return; nacked (requeue) */
+  SLUICE_OUTCOME_COUNT_ = 6
+} sluice_outcome;
+
+/** Name of an outcome ("ack", "nack", "reject", "defer", "stale",
+ *  "error"); "?" otherwise. Thread-safe. */
+SLUICE_EXPORT const char *sluice_outcome_name(int outcome);
+
+/** A message handler. Runs on the loop thread or a worker thread.
+ *  \param d   the delivery handle, valid until the delivery is completed
+ *  \param msg borrowed until the delivery is completed
+ *  \return a sluice_outcome. Any other value is logged, counted as a handler
+ *          error and treated as SLUICE_NACK (requeue), so no message is lost.
+ *          In SLUICE_ACK_AUTO mode the broker already considers the message
+ *          acknowledged: the outcome only feeds statistics and hooks. */
+typedef int (*sluice_handler_fn)(sluice_delivery *d, const sluice_message *msg,
+                                 void *user);
+
+/** Complete a delivery whose handler returned SLUICE_DEFER. Any thread.
+ *  \param outcome SLUICE_ACK, SLUICE_NACK or SLUICE_REJECT
+ *  \return 0; SLUICE_EINVAL for another outcome (the delivery stays open);
+ *          SLUICE_EALREADY if the delivery was already completed (nothing is
+ *          sent twice); SLUICE_ESTALE if its connection died in between (the
+ *          broker redelivers the message; the handle is released). */
+SLUICE_EXPORT int sluice_delivery_done(sluice_delivery *d, int outcome);
+
+/** The message of a delivery (for deferred completion). Any thread, until the
+ *  delivery is completed. */
+SLUICE_EXPORT const sluice_message *sluice_delivery_message(
+    const sluice_delivery *d);
+
+/** Make the calling thread allocate "inside" this delivery again (for the
+ *  allocation profiler): call from code that works on a deferred delivery
+ *  outside its handler, such as an HTTP reply callback, then
+ *  sluice_delivery_leave(). No-op without hooks. Any thread. */
+SLUICE_EXPORT void sluice_delivery_enter(sluice_delivery *d);
+/** Counterpart of sluice_delivery_enter(). Any thread. */
+SLUICE_EXPORT void sluice_delivery_leave(sluice_delivery *d);
+
+/* ------------------------------------------------------------------------ */
+/** \name Delivery hooks (used by the allocation profiler) */
+
+/** Plain description of a delivery handed to hooks; no accessor needed. */
+typedef struct sluice_delivery_info {
+  const char *queue;
+  uint64_t delivery_tag;
+  uint64_t generation;
+  uint64_t seq; /**< process-wide delivery sequence number, from 1 */
+  size_t body_len;
+} sluice_delivery_info;
+
+/** Per-delivery hooks. `begin` runs on the handler's thread just before the
+ *  handler and returns a token kept with the delivery; `resume`/`suspend`
+ *  bracket every stretch of code that works for the delivery on some thread
+ *  (the handler itself is bracketed by begin/suspend); `end` runs when the
+ *  delivery is completed, on the completing thread, with the final outcome.
+ *  All hooks must be thread-safe. Any of them may be NULL. */
+typedef struct sluice_delivery_hooks {
+  void *(*begin)(void *user, const sluice_delivery_info *info);
+  void (*resume)(void *user, void *token);
+  void (*suspend)(void *user, void *token);
+  void (*end)(void *user, void *token, const sluice_delivery_info *info,
+              int outcome);
+  void *user;
+} sluice_delivery_hooks;
+
+/* ------------------------------------------------------------------------ */
+/** \name Events and logging */
+
+typedef enum sluice_event_type {
+  SLUICE_EV_CONNECTED = 1,  /**< connection (re)established and recovered */
+  SLUICE_EV_CLOSED,         /**< connection or channel lost; see err/reply */
+  SLUICE_EV_CANCELLED,      /**< the broker cancelled a subscription */
+  SLUICE_EV_BLOCKED,        /**< connection.blocked (reason in `text`) */
+  SLUICE_EV_UNBLOCKED,      /**< connection.unblocked */
+  SLUICE_EV_RECONNECTING,   /**< next attempt in `delay_ms` */
+  SLUICE_EV_GAVE_UP,        /**< reconnect attempts exhausted */
+  SLUICE_EV_REJECTED_BIG,   /**< a body over max_body was rejected */
+  SLUICE_EV_HANDLER_ERROR,  /**< a handler returned an invalid value */
+  SLUICE_EV_STOPPED         /**< graceful stop finished */
+} sluice_event_type;
+
+/** An event. Borrowed for the duration of the callback. */
+typedef struct sluice_event {
+  sluice_event_type type;
+  int err;              /**< SLUICE_E* classifying the event, or 0 */
+  uint16_t reply_code;  /**< AMQP reply code of a broker close, or 0 */
+  const char *text;     /**< broker reply text, blocked reason, or NULL */
+  const char *queue;    /**< queue concerned, or NULL */
+  uint64_t generation;  /**< connection generation concerned */
+  uint64_t delay_ms;    /**< for SLUICE_EV_RECONNECTING */
+  unsigned attempt;     /**< for SLUICE_EV_RECONNECTING */
+} sluice_event;
+
+typedef void (*sluice_event_fn)(sluice_consumer *c, const sluice_event *ev,
+                                void *user);
+
+typedef enum sluice_log_level {
+  SLUICE_LOG_ERROR = 1,
+  SLUICE_LOG_WARN = 2,
+  SLUICE_LOG_INFO = 3,
+  SLUICE_LOG_DEBUG = 4
+} sluice_log_level;
+
+/** A log sink. `msg` is borrowed; may be called from any sluice thread. */
+typedef void (*sluice_log_fn)(int level, const char *msg, void *user);
+
+/* ------------------------------------------------------------------------ */
+/** \name Options */
+
+typedef enum sluice_ack_mode {
+  SLUICE_ACK_MANUAL = 0, /**< default: basic.qos prefetch, explicit acks */
+  SLUICE_ACK_AUTO = 1    /**< no_ack consume; bounded in-process buffer */
+} sluice_ack_mode;
+
+/** Reconnect policy (see sluice/reconnect.h for listeners). */
+typedef struct sluice_reconnect_opts {
+  int enabled;              /**< 0 (default): a lost connection ends run() */
+  unsigned min_delay_ms;    /**< default 100 */
+  unsigned max_delay_ms;    /**< default 30000 */
+  unsigned max_attempts;    /**< consecutive failures before giving up;
+                                 0 = default 10; UINT32_MAX = forever */
+  unsigned reset_after_ms;  /**< up this long resets the backoff; 10000 */
+  int shuffle;              /**< try the URIs in random order */
+  uint64_t (*now_ms)(void *user);              /**< injectable clock */
+  uint64_t (*random)(void *user);              /**< injectable randomness */
+  void *clock_user;
+} sluice_reconnect_opts;
+
+/** Consumer options. Zero-initialise; a zero field means its default. */
+typedef struct sluice_consumer_opts {
+  /** Broker URI, amqp://user:pass@host:port/vhost.
+   *  Default "amqp://guest:guest@127.0.0.1:5672/". */
+  const char *uri;
+  /** Or a list of URIs (a cluster's nodes) tried in turn; overrides `uri`. */
+  const char *const *uris;
+  size_t n_uris;
+  const char *connection_name;  /**< shown by the management UI */
+  int heartbeat_s;        /**< default 30; negative disables heartbeats */
+  int frame_max;          /**< default 131072 */
+  int connect_timeout_ms; /**< TCP connect + handshake; default 10000 */
+  int rpc_timeout_ms;     /**< synchronous broker calls; default 10000 */
+
+  sluice_ack_mode ack_mode;
+  uint16_t prefetch;   /**< basic.qos per consumer, MANUAL; default 100 */
+  int workers;         /**< 0: handlers inline on the loop thread */
+
+  /** In-process bound on deliveries held by sluice (queued for workers, in a
+   *  handler, or deferred). When reached, the loop stops reading the socket
+   *  and TCP back-pressure holds the broker. Defaults: count 256, bytes
+   *  64 MiB. In MANUAL mode prefetch usually binds first. */
+  size_t max_inflight;
+  size_t max_inflight_bytes;
+  size_t max_body; /**< larger bodies are rejected unread; default 64 MiB */
+
+  /** Ack coalescing: completed acks are sent when `ack_batch` are pending
+   *  or `ack_flush_ms` after the first of them, whichever comes first, as
+   *  one basic.ack multiple=true where the tags are contiguous. 1 sends one
+   *  ack per message. Defaults: max(1, prefetch / 4) and 5 ms. */
+  unsigned ack_batch;
+  unsigned ack_flush_ms;
+
+  unsigned stop_timeout_ms; /**< graceful stop budget; default 5000 */
+
+  sluice_reconnect_opts reconnect;
+  unsigned max_close_listeners; /**< registry capacity; default 16 */
+
+  sluice_event_fn on_event;
+  void *event_user;
+  sluice_log_fn log; /**< default: stderr */
+  void *log_user;
+  int log_level;     /**< most verbose level logged; default WARN */
+  const sluice_delivery_hooks *hooks; /**< copied; may be NULL */
+} sluice_consumer_opts;
+
+/* ------------------------------------------------------------------------ */
+/** \name Lifecycle */
+
+/** Create a consumer. Does not connect.
+ *  \return 0; SLUICE_EINVAL for bad options; SLUICE_EURI for a malformed
+ *          URI; SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
+                                      sluice_consumer **out);
+
+/** Free a consumer; stops it first if running. NULL is a no-op. Not from
+ *  inside a callback of this consumer. */
+SLUICE_EXPORT void sluice_consumer_free(sluice_consumer *c);
+
+/** Connect now (blocking, bounded by connect_timeout_ms) so that errors such
+ *  as refused credentials surface here. Declarations and subscriptions made
+ *  after this are sent at once and report broker errors directly.
+ *  \return 0; SLUICE_ECONNECT, SLUICE_EAUTH, SLUICE_EVHOST, SLUICE_ETIMEDOUT,
+ *          SLUICE_EPROTO, SLUICE_ESTATE if already connected. */
+SLUICE_EXPORT int sluice_consumer_connect(sluice_consumer *c);
+
+/** Run the consumer on its own event loop until stopped.
+ *  \return 0 after a graceful stop; SLUICE_EGAVEUP after the last reconnect
+ *          attempt; the connection error when reconnect is off; connect
+ *          errors as for sluice_consumer_connect(). */
+SLUICE_EXPORT int sluice_consumer_run(sluice_consumer *c);
+
+/** Attach to the caller's event_base instead; the caller runs the loop. The
+ *  consumer connects first if needed. Stop with sluice_consumer_stop() and
+ *  wait for SLUICE_EV_STOPPED (or sluice_consumer_stopped()). */
+SLUICE_EXPORT int sluice_consumer_start(sluice_consumer *c,
+                                        struct event_base *base);
+
+/** Ask for a graceful stop: cancel the subscriptions, let in-flight handlers
+ *  finish, flush acks, close channel and connection, within stop_timeout_ms.
+ *  Deliveries not completed by then are left to the broker to requeue.
+ *  Any thread, and async-signal-safe. Idempotent. */
+SLUICE_EXPORT void sluice_consumer_stop(sluice_consumer *c);
+
+/** 1 once a started consumer has stopped. Any thread. */
+SLUICE_EXPORT int sluice_consumer_stopped(const sluice_consumer *c);
+
+/* ------------------------------------------------------------------------ */
+/** \name Topology (remembered and re-declared after a reconnect) */
+
+typedef struct sluice_exchange_decl {
+  const char *name;
+  const char *type; /**< "direct" (default), "fanout", "topic", "headers" */
+  int durable, auto_delete, internal, passive;
+  const sluice_kv *args;
+  size_t n_args;
+} sluice_exchange_decl;
+
+typedef struct sluice_queue_decl {
+  const char *name; /**< required (server-named queues are not recovered) */
+  int durable, exclusive, auto_delete, passive;
+  int quorum;                        /**< x-queue-type=quorum */
+  const char *dead_letter_exchange;  /**< x-dead-letter-exchange */
+  const char *dead_letter_routing_key;
+  int64_t message_ttl_ms;            /**< x-message-ttl, 0 = none */
+  int64_t max_length;                /**< x-max-length, 0 = none */
+  const sluice_kv *args;             /**< further arguments */
+  size_t n_args;
+} sluice_queue_decl;
+
+/** Declare an exchange. Sent now if connected, else at connect.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ECONFLICT (exists with other settings);
+ *          SLUICE_ENOTFOUND (passive, missing); SLUICE_ECLOSED. */
+SLUICE_EXPORT int sluice_declare_exchange(sluice_consumer *c,
+                                          const sluice_exchange_decl *d);
+/** Declare a queue. \return as sluice_declare_exchange(). */
+SLUICE_EXPORT int sluice_declare_queue(sluice_consumer *c,
+                                       const sluice_queue_decl *d);
+/** Bind a queue to an exchange. \return as sluice_declare_exchange(). */
+SLUICE_EXPORT int sluice_bind_queue(sluice_consumer *c, const char *queue,
+                                    const char *exchange,
+                                    const char *routing_key,
+                                    const sluice_kv *args, size_t n_args);
+/** Purge a queue (not remembered). \return 0 or as above; `*purged` gets
+ *  the number of messages removed when not NULL. */
+SLUICE_EXPORT int sluice_purge_queue(sluice_consumer *c, const char *queue,
+                                     uint32_t *purged);
+
+/* ------------------------------------------------------------------------ */
+/** \name Subscriptions */
+
+typedef struct sluice_subscribe_opts {
+  const char *queue;          /**< required */
+  sluice_handler_fn handler;  /**< required */
+  void *user;
+  const char *consumer_tag;   /**< default: generated */
+  int exclusive;
+  int priority;               /**< x-priority, 0 = none */
+} sluice_subscribe_opts;
+
+/** Subscribe a handler to a queue. Sent now if connected, else at connect.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ENOTFOUND (no such queue); SLUICE_ELIMIT
+ *          (64 subscriptions per consumer); SLUICE_ECLOSED. */
+SLUICE_EXPORT int sluice_consumer_subscribe(sluice_consumer *c,
+                                            const sluice_subscribe_opts *o);
+
+/* ------------------------------------------------------------------------ */
+/** \name Statistics and state */
+
+/** Counters; a snapshot readable from any thread at any time. */
+typedef struct sluice_consumer_stats {
+  uint64_t delivered;      /**< deliveries handed to handlers */
+  uint64_t acked, nacked, rejected; /**< completed with each outcome */
+  uint64_t handler_errors; /**< invalid handler returns (nacked) */
+  uint64_t stale;          /**< completions dropped: connection died */
+  uint64_t redelivered;    /**< deliveries with the redelivered flag */
+  uint64_t too_big;        /**< bodies over max_body, rejected */
+  uint64_t ack_frames;     /**< basic.ack/nack/reject frames written */
+  uint64_t in_flight;      /**< held now: buffered + in handler + deferred */
+  uint64_t in_flight_bytes;
+  uint64_t in_handler;     /**< in a handler or deferred now */
+  uint64_t max_in_handler; /**< high-water mark of in_handler */
+  uint64_t read_pauses;    /**< times reading stopped on the in-flight bound */
+  uint64_t reconnects;     /**< successful reconnects */
+  uint64_t generation;     /**< current connection generation (from 1) */
+  uint64_t close_listeners;/**< registered close listeners */
+  int connected;
+  int blocked;             /**< broker sent connection.blocked */
+} sluice_consumer_stats;
+
+/** Fill `out` with the current counters. Any thread. */
+SLUICE_EXPORT void sluice_consumer_get_stats(const sluice_consumer *c,
+                                             sluice_consumer_stats *out);
+
+/** The last broker-side close (connection.close or channel.close): its AMQP
+ *  reply code (e.g. 403, 404, 406) and text. `text` is copied into `buf`.
+ *  \return the reply code, 0 if the broker never closed anything. Loop
+ *          thread or after run() returned. */
+SLUICE_EXPORT int sluice_consumer_last_close(const sluice_consumer *c,
+                                             char *buf, size_t buflen);
+
+/** The event_base the consumer runs on (NULL before run/start). */
+SLUICE_EXPORT struct event_base *sluice_consumer_base(sluice_consumer *c);
+
+/* ------------------------------------------------------------------------ */
+/** \name URIs */
+
+/** A parsed AMQP URI. Strings point into the caller's `buf`. */
+typedef struct sluice_uri {
+  const char *user, *password, *host, *vhost;
+  int port;
+  int tls; /**< amqps:// (not supported by this build: SLUICE_ENOTSUP) */
+} sluice_uri;
+
+/** Parse `amqp://[user[:pass]@]host[:port][/vhost]` (percent-decoding each
+ *  part; an empty path means vhost "/"). Thread-safe.
+ *  \return 0; SLUICE_EURI when malformed; SLUICE_ELIMIT when `buflen` is too
+ *          small (it needs strlen(uri) + 8). */
+SLUICE_EXPORT int sluice_uri_parse(const char *uri, sluice_uri *out, char *buf,
+                                   size_t buflen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_CONSUMER_H */

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# The whole test suite: install what is missing, start the broker, build and
+# run every test (unit + broker integration) plainly and under ASan+UBSan.
+#   SLUICE_TEST_QUICK=1   skip the sanitizer builds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+JOBS=$(nproc)
+
+bash scripts/setup.sh
+bash scripts/broker.sh start
+
+export SLUICE_REQUIRE_BROKER=1   # broker tests fail instead of skipping
+export CTEST_OUTPUT_ON_FAILURE=1
+
+run_build() { # name, cmake args...
+  local name=$1; shift
+  echo "=== build: $name"
+  cmake -S "$ROOT" -B "$ROOT/build-$name" -DSLUICE_WERROR=ON "$@" >/dev/null
+  cmake --build "$ROOT/build-$name" -j"$JOBS"
+  echo "=== test: $name"
+  (cd "$ROOT/build-$name" && ctest -j"$JOBS" --timeout 600 \
+     --output-on-failure)
+}
+
+run_build default -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_build asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_ASAN=ON -DSLUICE_UBSAN=ON
+fi
+echo "=== all tests passed"
