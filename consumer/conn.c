@@ -1,0 +1,297 @@
+/* SPDX-License-Identifier: MIT */
+/* The synchronous steps of a connection: connect and log in, open channels,
+ * declare the topology, subscribe, close. They run on the loop thread (or
+ * before it runs), bounded by connect_timeout_ms and rpc_timeout_ms; the
+ * steady state never calls them. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <amqp_tcp_socket.h>
+
+#include "internal.h"
+
+static struct timeval ms_tv(int ms) {
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  return tv;
+}
+
+static amqp_table_entry_t bool_entry(const char *key, int v) {
+  amqp_table_entry_t e;
+  e.key = amqp_cstring_bytes(key);
+  e.value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  e.value.value.boolean = v;
+  return e;
+}
+
+static amqp_table_entry_t str_entry(const char *key, const char *v) {
+  amqp_table_entry_t e;
+  e.key = amqp_cstring_bytes(key);
+  e.value.kind = AMQP_FIELD_KIND_UTF8;
+  e.value.value.bytes = amqp_cstring_bytes(v);
+  return e;
+}
+
+/* Record a broker close for sluice_consumer_last_close(). */
+static void note_close(sluice_consumer *c, uint16_t code, const char *text) {
+  if (!code) return;
+  c->last_close_code = code;
+  snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
+}
+
+int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
+                      uint16_t *code, char *text, size_t textlen) {
+  char buf[1024];
+  sluice_uri u;
+  *out = NULL;
+  *code = 0;
+  if (textlen) text[0] = '\0';
+  int rc = sluice_uri_parse(a->uri, &u, buf, sizeof(buf));
+  if (rc == SLUICE_ELIMIT) rc = SLUICE_EURI;
+  if (rc) return rc;
+  if (u.tls) return SLUICE_ENOTSUP;
+
+  amqp_connection_state_t conn = amqp_new_connection();
+  if (!conn) return SLUICE_ENOMEM;
+  amqp_socket_t *sock = amqp_tcp_socket_new(conn);
+  if (!sock) {
+    amqp_destroy_connection(conn);
+    return SLUICE_ENOMEM;
+  }
+  struct timeval tv = ms_tv(a->connect_timeout_ms);
+  int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
+  if (st != AMQP_STATUS_OK) {
+    snprintf(text, textlen, "connect to %s:%d: %s", u.host, u.port,
+             amqp_error_string2(st));
+    amqp_destroy_connection(conn);
+    return st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
+  }
+  amqp_set_handshake_timeout(conn, &tv);
+  struct timeval rtv = ms_tv(a->rpc_timeout_ms);
+  amqp_set_rpc_timeout(conn, &rtv);
+
+  /* rabbitmq-c advertises only authentication_failure_close and
+   * exchange_exchange_bindings by default; server basic.cancel and
+   * connection.blocked need their capabilities (FACTS.md). */
+  amqp_table_entry_t caps[] = {
+      bool_entry("consumer_cancel_notify", 1),
+      bool_entry("connection.blocked", 1),
+      bool_entry("authentication_failure_close", 1),
+      bool_entry("exchange_exchange_bindings", 1),
+      bool_entry("basic.nack", 1),
+      bool_entry("publisher_confirms", 1),
+      bool_entry("per_consumer_qos", 1),
+  };
+  amqp_table_entry_t props[4];
+  int np = 0;
+  props[np].key = amqp_cstring_bytes("capabilities");
+  props[np].value.kind = AMQP_FIELD_KIND_TABLE;
+  props[np].value.value.table.num_entries = (int)(sizeof(caps) / sizeof(*caps));
+  props[np].value.value.table.entries = caps;
+  np++;
+  props[np++] = str_entry("product", "sluice");
+  props[np++] = str_entry("version", "0.1.0");
+  if (a->conn_name) props[np++] = str_entry("connection_name", a->conn_name);
+  amqp_table_t table = {np, props};
+
+  amqp_rpc_reply_t r = amqp_login_with_properties(
+      conn, u.vhost, 0, a->frame_max, a->heartbeat_s, &table,
+      AMQP_SASL_METHOD_PLAIN, u.user, u.password);
+  if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    char t[256];
+    rc = sluice__reply_to_err(r, code, t, sizeof(t));
+    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+        r.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
+      /* A broker without authentication_failure_close drops the socket on
+       * bad credentials; ours says 403 first, but be clear either way. */
+      rc = SLUICE_EAUTH;
+    }
+    snprintf(text, textlen, "login to %s:%d vhost '%s' as '%s': %s", u.host,
+             u.port, u.vhost, u.user, t[0] ? t : sluice_strerror(rc));
+    amqp_destroy_connection(conn);
+    return rc;
+  }
+  *out = conn;
+  return 0;
+}
+
+static int connect_uri(sluice_consumer *c, const char *uri_str) {
+  sluice_open_args a = {uri_str, c->conn_name, c->o.connect_timeout_ms,
+                        c->o.rpc_timeout_ms,
+                        c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
+                        c->o.frame_max};
+  uint16_t code;
+  char text[512];
+  amqp_connection_state_t conn;
+  int rc = sluice__amqp_open(&a, &conn, &code, text, sizeof(text));
+  if (rc) {
+    note_close(c, code, text);
+    sluice__log(c, rc == SLUICE_ECONNECT ? SLUICE_LOG_WARN : SLUICE_LOG_ERROR,
+                "%s (%s)", text, sluice_strerror(rc));
+    return rc;
+  }
+  c->conn = conn;
+  c->fd = amqp_get_sockfd(conn);
+  c->heartbeat_s = amqp_get_heartbeat(conn);
+  c->last_rx_ms = sluice__now_ms();
+  sluice__log(c, SLUICE_LOG_INFO, "connected to %s (heartbeat %ds)", uri_str,
+              c->heartbeat_s);
+  return 0;
+}
+
+static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
+  amqp_channel_open(c->conn, ch);
+  uint16_t code;
+  char text[256];
+  int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
+                                sizeof(text));
+  note_close(c, code, text);
+  return rc;
+}
+
+int sluice__connect(sluice_consumer *c) {
+  int rc = SLUICE_ECONNECT;
+  for (size_t i = 0; i < c->n_uris; i++) {
+    size_t idx = (c->uri_next + i) % c->n_uris;
+    rc = connect_uri(c, c->uris[idx]);
+    if (rc == 0) {
+      c->uri_next = idx; /* stay on the node that works */
+      break;
+    }
+    /* Credentials and vhosts are the same on every node of a cluster:
+     * trying the next one would only repeat the refusal. */
+    if (rc == SLUICE_EAUTH || rc == SLUICE_EVHOST || rc == SLUICE_EURI) break;
+  }
+  if (rc) {
+    c->uri_next = (c->uri_next + 1) % c->n_uris;
+    return rc;
+  }
+  if ((rc = open_channel(c, SLUICE_CONSUME_CHANNEL)) ||
+      (rc = open_channel(c, SLUICE_TOPOLOGY_CHANNEL))) {
+    sluice__disconnect(c, 0);
+    return rc;
+  }
+  atomic_fetch_add(&c->generation, 1);
+  c->connected = 1;
+  return 0;
+}
+
+int sluice__setup_channel(sluice_consumer *c) {
+  if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
+    amqp_basic_qos(c->conn, SLUICE_CONSUME_CHANNEL, 0, c->o.prefetch, 0);
+    uint16_t code;
+    char text[256];
+    int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
+                                  sizeof(text));
+    note_close(c, code, text);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* The result of the last synchronous call on `ch`. A failed call closes its
+ * channel: answer close-ok and open it again so the next call works. */
+int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
+                       uint16_t *code, char *text, size_t textlen) {
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+  int rc = sluice__reply_to_err(r, code, text, textlen);
+  if (rc == 0) return 0;
+  if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+      r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+    amqp_channel_close_ok_t ok;
+    memset(&ok, 0, sizeof(ok));
+    if (amqp_send_method(conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != 0)
+      return SLUICE_ESOCKET;
+    amqp_channel_open(conn, ch);
+    int rc2 = sluice__reply_to_err(amqp_get_rpc_reply(conn), NULL, NULL, 0);
+    if (rc2) return rc2;
+  }
+  return rc;
+}
+
+static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
+  uint16_t code;
+  char text[256];
+  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, &code, text,
+                              sizeof(text));
+  if (rc == 0) return 0;
+  note_close(c, code, text);
+  sluice__log(c, SLUICE_LOG_ERROR, "%s '%s': %s%s%s", what, name,
+              sluice_strerror(rc), text[0] ? ": " : "", text);
+  return rc;
+}
+
+int sluice__apply_topology(sluice_consumer *c, struct topo *t) {
+  amqp_channel_t ch = SLUICE_TOPOLOGY_CHANNEL;
+  switch (t->kind) {
+    case TOPO_EXCHANGE:
+      amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
+                            amqp_cstring_bytes(t->type), t->passive,
+                            t->durable, t->auto_delete, t->internal, t->args);
+      return topo_reply(c, "declare exchange", t->name);
+    case TOPO_QUEUE:
+      amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
+                         t->durable, t->exclusive, t->auto_delete, t->args);
+      return topo_reply(c, "declare queue", t->name);
+    case TOPO_BIND:
+      amqp_queue_bind(c->conn, ch, amqp_cstring_bytes(t->name),
+                      amqp_cstring_bytes(t->exchange),
+                      amqp_cstring_bytes(t->routing_key), t->args);
+      return topo_reply(c, "bind queue", t->name);
+  }
+  return SLUICE_EINVAL;
+}
+
+int sluice__consume(sluice_consumer *c, struct sub *s) {
+  /* A passive declare on the topology channel first: basic.consume on a
+   * missing queue would close the consuming channel and every other
+   * subscription on it. */
+  amqp_queue_declare(c->conn, SLUICE_TOPOLOGY_CHANNEL,
+                     amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
+                     amqp_empty_table);
+  int rc = topo_reply(c, "subscribe to queue", s->queue);
+  if (rc) return rc;
+
+  amqp_table_entry_t prio;
+  amqp_table_t args = amqp_empty_table;
+  if (s->priority) {
+    prio.key = amqp_cstring_bytes("x-priority");
+    prio.value.kind = AMQP_FIELD_KIND_I32;
+    prio.value.value.i32 = s->priority;
+    args.num_entries = 1;
+    args.entries = &prio;
+  }
+  amqp_basic_consume_ok_t *ok = amqp_basic_consume(
+      c->conn, SLUICE_CONSUME_CHANNEL, amqp_cstring_bytes(s->queue),
+      amqp_cstring_bytes(s->tag), 0, c->o.ack_mode == SLUICE_ACK_AUTO,
+      s->exclusive, args);
+  uint16_t code;
+  char text[256];
+  rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
+                            sizeof(text));
+  if (rc || !ok) {
+    note_close(c, code, text);
+    sluice__log(c, SLUICE_LOG_ERROR, "basic.consume '%s': %s%s%s", s->queue,
+                sluice_strerror(rc), text[0] ? ": " : "", text);
+    return rc ? rc : SLUICE_EPROTO;
+  }
+  s->active = 1;
+  s->cancelled = 0;
+  return 0;
+}
+
+void sluice__disconnect(sluice_consumer *c, int graceful) {
+  if (!c->conn) return;
+  if (graceful) {
+    /* Bounded by the rpc timeout set at connect. */
+    amqp_channel_close(c->conn, SLUICE_TOPOLOGY_CHANNEL, AMQP_REPLY_SUCCESS);
+    amqp_channel_close(c->conn, SLUICE_CONSUME_CHANNEL, AMQP_REPLY_SUCCESS);
+    amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
+  }
+  amqp_destroy_connection(c->conn);
+  c->conn = NULL;
+  c->fd = -1;
+  c->connected = 0;
+}

@@ -1,0 +1,392 @@
+/* SPDX-License-Identifier: MIT */
+/* A blocking publisher with confirms. Confirms are tracked in a ring indexed
+ * by sequence number; the ring is never larger than max_outstanding, since
+ * publishing waits for confirms before it would overflow. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <sluice/publisher.h>
+
+#include "internal.h"
+
+#define PUB_CH 1
+#define PUB_TOPO_CH 2
+
+enum { SEQ_NONE = 0, SEQ_PENDING, SEQ_ACKED, SEQ_NACKED };
+
+struct sluice_publisher {
+  sluice_publisher_opts o;
+  amqp_connection_state_t conn;
+  uint8_t *ring; /* state per sequence number, ring[seq % cap] */
+  unsigned cap;
+  uint64_t next_seq;  /* next publish gets this (from 1) */
+  uint64_t low;       /* lowest sequence number not yet settled */
+  sluice_publish_report rep;
+  uint16_t close_code;
+  char close_text[256];
+  int broken;         /* the channel or connection is gone */
+};
+
+static void pub_note_close(sluice_publisher *p, uint16_t code,
+                           const char *text) {
+  if (!code) return;
+  p->close_code = code;
+  snprintf(p->close_text, sizeof(p->close_text), "%s", text);
+}
+
+int sluice_publisher_new(const sluice_publisher_opts *opts,
+                         sluice_publisher **out) {
+  if (!out) return SLUICE_EINVAL;
+  *out = NULL;
+  sluice_publisher *p = calloc(1, sizeof(*p));
+  if (!p) return SLUICE_ENOMEM;
+  if (opts) p->o = *opts;
+  if (!p->o.uri) p->o.uri = "amqp://guest:guest@127.0.0.1:5672/";
+  if (p->o.connect_timeout_ms <= 0) p->o.connect_timeout_ms = 10000;
+  if (p->o.confirm_timeout_ms <= 0) p->o.confirm_timeout_ms = 30000;
+  if (p->o.max_outstanding == 0) p->o.max_outstanding = 1024;
+  p->cap = p->o.max_outstanding;
+  p->ring = calloc(p->cap, 1);
+  p->next_seq = p->low = 1;
+  if (!p->ring) {
+    free(p);
+    return SLUICE_ENOMEM;
+  }
+  sluice_open_args a = {p->o.uri,
+                        p->o.connection_name,
+                        p->o.connect_timeout_ms,
+                        p->o.confirm_timeout_ms,
+                        0,
+                        131072};
+  char text[512];
+  uint16_t code;
+  int rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
+  if (rc) {
+    sluice__log(NULL, SLUICE_LOG_ERROR, "publisher: %s (%s)", text,
+                sluice_strerror(rc));
+    free(p->ring);
+    free(p);
+    return rc;
+  }
+  p->o.uri = NULL; /* not kept */
+  p->o.connection_name = NULL;
+  amqp_channel_open(p->conn, PUB_CH);
+  rc = sluice__rpc_result(p->conn, PUB_CH, &code, text, sizeof(text));
+  if (!rc) {
+    amqp_channel_open(p->conn, PUB_TOPO_CH);
+    rc = sluice__rpc_result(p->conn, PUB_TOPO_CH, &code, text, sizeof(text));
+  }
+  if (!rc && !p->o.no_confirms) {
+    amqp_confirm_select(p->conn, PUB_CH);
+    rc = sluice__rpc_result(p->conn, PUB_CH, &code, text, sizeof(text));
+  }
+  if (rc) {
+    sluice_publisher_free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+void sluice_publisher_free(sluice_publisher *p) {
+  if (!p) return;
+  if (p->conn) {
+    if (!p->broken) {
+      amqp_channel_close(p->conn, PUB_TOPO_CH, AMQP_REPLY_SUCCESS);
+      amqp_channel_close(p->conn, PUB_CH, AMQP_REPLY_SUCCESS);
+      amqp_connection_close(p->conn, AMQP_REPLY_SUCCESS);
+    }
+    amqp_destroy_connection(p->conn);
+  }
+  free(p->ring);
+  free(p);
+}
+
+static void settle(sluice_publisher *p, uint64_t tag, int multiple,
+                   int state) {
+  uint64_t from = multiple ? p->low : tag;
+  for (uint64_t s = from; s <= tag && s < p->next_seq; s++) {
+    uint8_t *slot = &p->ring[s % p->cap];
+    if (*slot != SEQ_PENDING) continue;
+    *slot = (uint8_t)state;
+    p->rep.pending--;
+    if (state == SEQ_ACKED)
+      p->rep.confirmed++;
+    else
+      p->rep.nacked++;
+  }
+  while (p->low < p->next_seq && p->ring[p->low % p->cap] != SEQ_PENDING) {
+    p->ring[p->low % p->cap] = SEQ_NONE;
+    p->low++;
+  }
+}
+
+/* Read the rest of a basic.return (header and body) and report it. */
+static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
+  char text[256], exch[256], rk[256];
+  snprintf(text, sizeof(text), "%.*s", (int)m->reply_text.len,
+           (const char *)m->reply_text.bytes);
+  snprintf(exch, sizeof(exch), "%.*s", (int)m->exchange.len,
+           (const char *)m->exchange.bytes);
+  snprintf(rk, sizeof(rk), "%.*s", (int)m->routing_key.len,
+           (const char *)m->routing_key.bytes);
+  uint16_t code = m->reply_code;
+  amqp_message_t msg;
+  amqp_rpc_reply_t r = amqp_read_message(p->conn, PUB_CH, &msg, 0);
+  if (r.reply_type != AMQP_RESPONSE_NORMAL) return SLUICE_EPROTO;
+  p->rep.returned++;
+  if (p->o.on_return) {
+    char mid[256] = "";
+    if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+      snprintf(mid, sizeof(mid), "%.*s", (int)msg.properties.message_id.len,
+               (const char *)msg.properties.message_id.bytes);
+    sluice_returned ret = {code,        text,          exch,
+                           rk,          msg.body.bytes, msg.body.len,
+                           mid[0] ? mid : NULL};
+    p->o.on_return(&ret, p->o.user);
+  }
+  amqp_destroy_message(&msg);
+  return 0;
+}
+
+/* Handle frames until `until_pending` or fewer are unconfirmed, or the
+ * deadline passes. */
+static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
+  uint64_t deadline = sluice__now_ms() + (uint64_t)timeout_ms;
+  while (p->rep.pending > until_pending) {
+    uint64_t now = sluice__now_ms();
+    if (now >= deadline) return SLUICE_ETIMEDOUT;
+    uint64_t left = deadline - now;
+    struct timeval tv = {(time_t)(left / 1000),
+                         (suseconds_t)((left % 1000) * 1000)};
+    amqp_frame_t f;
+    int st = amqp_simple_wait_frame_noblock(p->conn, &f, &tv);
+    if (st == AMQP_STATUS_TIMEOUT) return SLUICE_ETIMEDOUT;
+    if (st != AMQP_STATUS_OK) {
+      p->broken = 1;
+      return sluice__amqp_status_to_err(st);
+    }
+    if (f.frame_type != AMQP_FRAME_METHOD) continue;
+    switch (f.payload.method.id) {
+      case AMQP_BASIC_ACK_METHOD: {
+        amqp_basic_ack_t *m = f.payload.method.decoded;
+        settle(p, m->delivery_tag, m->multiple, SEQ_ACKED);
+        break;
+      }
+      case AMQP_BASIC_NACK_METHOD: {
+        amqp_basic_nack_t *m = f.payload.method.decoded;
+        settle(p, m->delivery_tag, m->multiple, SEQ_NACKED);
+        break;
+      }
+      case AMQP_BASIC_RETURN_METHOD: {
+        int rc = read_return(p, f.payload.method.decoded);
+        if (rc) return rc;
+        break;
+      }
+      case AMQP_CHANNEL_CLOSE_METHOD: {
+        amqp_channel_close_t *m = f.payload.method.decoded;
+        char t[256];
+        snprintf(t, sizeof(t), "%.*s", (int)m->reply_text.len,
+                 (const char *)m->reply_text.bytes);
+        pub_note_close(p, m->reply_code, t);
+        amqp_channel_close_ok_t ok;
+        memset(&ok, 0, sizeof(ok));
+        amqp_send_method(p->conn, f.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+        p->broken = 1;
+        sluice__log(NULL, SLUICE_LOG_ERROR, "publisher: channel closed: %u %s",
+                    m->reply_code, t);
+        return SLUICE_ECLOSED;
+      }
+      case AMQP_CONNECTION_CLOSE_METHOD: {
+        amqp_connection_close_t *m = f.payload.method.decoded;
+        char t[256];
+        snprintf(t, sizeof(t), "%.*s", (int)m->reply_text.len,
+                 (const char *)m->reply_text.bytes);
+        pub_note_close(p, m->reply_code, t);
+        p->broken = 1;
+        return SLUICE_ECLOSED;
+      }
+      default:
+        break;
+    }
+    amqp_maybe_release_buffers(p->conn);
+  }
+  return 0;
+}
+
+static amqp_bytes_t cs(const char *s) {
+  return s ? amqp_cstring_bytes(s) : amqp_empty_bytes;
+}
+
+int sluice_publish(sluice_publisher *p, const char *exchange,
+                   const char *routing_key, const void *body, size_t len,
+                   const sluice_publish_props *props) {
+  if (!p || !routing_key || (!body && len)) return SLUICE_EINVAL;
+  if (p->broken) return SLUICE_ECLOSED;
+  if (!p->o.no_confirms && p->rep.pending >= p->cap) {
+    int rc = pump(p, p->cap / 2, p->o.confirm_timeout_ms);
+    if (rc) return rc;
+  }
+  amqp_basic_properties_t bp;
+  memset(&bp, 0, sizeof(bp));
+  bp._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+  bp.delivery_mode = props && props->transient ? 1 : 2;
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 512);
+  int mandatory = 0;
+  if (props) {
+    mandatory = props->mandatory;
+#define SET(field, flag)                  \
+  if (props->field) {                     \
+    bp._flags |= (flag);                  \
+    bp.field = amqp_cstring_bytes(props->field); \
+  }
+    SET(content_type, AMQP_BASIC_CONTENT_TYPE_FLAG);
+    SET(message_id, AMQP_BASIC_MESSAGE_ID_FLAG);
+    SET(correlation_id, AMQP_BASIC_CORRELATION_ID_FLAG);
+    SET(reply_to, AMQP_BASIC_REPLY_TO_FLAG);
+    SET(expiration, AMQP_BASIC_EXPIRATION_FLAG);
+    SET(type, AMQP_BASIC_TYPE_FLAG);
+    SET(app_id, AMQP_BASIC_APP_ID_FLAG);
+#undef SET
+    if (props->priority) {
+      bp._flags |= AMQP_BASIC_PRIORITY_FLAG;
+      bp.priority = props->priority;
+    }
+    if (props->n_headers) {
+      int rc = sluice__kv_to_table(&pool, props->headers, props->n_headers,
+                                   &bp.headers);
+      if (rc) {
+        empty_amqp_pool(&pool);
+        return rc;
+      }
+      bp._flags |= AMQP_BASIC_HEADERS_FLAG;
+    }
+  }
+  amqp_bytes_t b = {len, (void *)body};
+  int st = amqp_basic_publish(p->conn, PUB_CH, cs(exchange),
+                              amqp_cstring_bytes(routing_key), mandatory, 0,
+                              &bp, b);
+  empty_amqp_pool(&pool);
+  if (st != AMQP_STATUS_OK) {
+    p->broken = 1;
+    return sluice__amqp_status_to_err(st);
+  }
+  p->rep.published++;
+  if (!p->o.no_confirms) {
+    p->ring[p->next_seq % p->cap] = SEQ_PENDING;
+    p->next_seq++;
+    p->rep.pending++;
+  }
+  return 0;
+}
+
+int sluice_publisher_wait(sluice_publisher *p, sluice_publish_report *report) {
+  if (!p) return SLUICE_EINVAL;
+  int rc = p->o.no_confirms ? 0 : pump(p, 0, p->o.confirm_timeout_ms);
+  if (report) *report = p->rep;
+  if (rc) return rc;
+  if (p->rep.nacked) return SLUICE_ENACKED;
+  if (p->rep.returned) return SLUICE_ERETURNED;
+  return 0;
+}
+
+static int topo_result(sluice_publisher *p) {
+  uint16_t code;
+  char text[256];
+  int rc = sluice__rpc_result(p->conn, PUB_TOPO_CH, &code, text, sizeof(text));
+  pub_note_close(p, code, text);
+  return rc;
+}
+
+int sluice_publisher_declare_queue(sluice_publisher *p,
+                                   const sluice_queue_decl *d) {
+  if (!p || !d || !d->name) return SLUICE_EINVAL;
+  if (d->n_args > 64) return SLUICE_EINVAL;
+  sluice_kv kv[64 + 5];
+  size_t n = 0;
+  if (d->quorum) kv[n++] = (sluice_kv)SLUICE_KV_STR("x-queue-type", "quorum");
+  if (d->dead_letter_exchange)
+    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-exchange",
+                                       d->dead_letter_exchange);
+  if (d->dead_letter_routing_key)
+    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-routing-key",
+                                       d->dead_letter_routing_key);
+  if (d->message_ttl_ms > 0)
+    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-message-ttl", d->message_ttl_ms);
+  if (d->max_length > 0)
+    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-max-length", d->max_length);
+  for (size_t i = 0; i < d->n_args; i++) kv[n++] = d->args[i];
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 512);
+  amqp_table_t args;
+  int rc = sluice__kv_to_table(&pool, kv, n, &args);
+  if (rc == 0) {
+    amqp_queue_declare(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(d->name),
+                       d->passive, d->durable || d->quorum, d->exclusive,
+                       d->auto_delete, args);
+    rc = topo_result(p);
+  }
+  empty_amqp_pool(&pool);
+  return rc;
+}
+
+int sluice_publisher_declare_exchange(sluice_publisher *p,
+                                      const sluice_exchange_decl *d) {
+  if (!p || !d || !d->name) return SLUICE_EINVAL;
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 512);
+  amqp_table_t args;
+  int rc = sluice__kv_to_table(&pool, d->args, d->n_args, &args);
+  if (rc == 0) {
+    amqp_exchange_declare(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(d->name),
+                          amqp_cstring_bytes(d->type ? d->type : "direct"),
+                          d->passive, d->durable, d->auto_delete, d->internal,
+                          args);
+    rc = topo_result(p);
+  }
+  empty_amqp_pool(&pool);
+  return rc;
+}
+
+int sluice_publisher_bind(sluice_publisher *p, const char *queue,
+                          const char *exchange, const char *routing_key) {
+  if (!p || !queue || !exchange) return SLUICE_EINVAL;
+  amqp_queue_bind(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue),
+                  amqp_cstring_bytes(exchange), cs(routing_key),
+                  amqp_empty_table);
+  return topo_result(p);
+}
+
+int sluice_publisher_delete_queue(sluice_publisher *p, const char *queue,
+                                  uint32_t *messages) {
+  if (!p || !queue) return SLUICE_EINVAL;
+  amqp_queue_delete_ok_t *ok =
+      amqp_queue_delete(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue), 0, 0);
+  int rc = topo_result(p);
+  if (rc == 0 && messages) *messages = ok ? ok->message_count : 0;
+  return rc;
+}
+
+int sluice_publisher_queue_depth(sluice_publisher *p, const char *queue,
+                                 uint32_t *messages, uint32_t *consumers) {
+  if (!p || !queue) return SLUICE_EINVAL;
+  amqp_queue_declare_ok_t *ok =
+      amqp_queue_declare(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue), 1,
+                         0, 0, 0, amqp_empty_table);
+  int rc = topo_result(p);
+  if (rc == 0 && ok) {
+    if (messages) *messages = ok->message_count;
+    if (consumers) *consumers = ok->consumer_count;
+  }
+  return rc;
+}
+
+int sluice_publisher_last_close(const sluice_publisher *p, char *buf,
+                                size_t buflen) {
+  if (!p) return 0;
+  if (buf && buflen) snprintf(buf, buflen, "%s", p->close_text);
+  return p->close_code;
+}

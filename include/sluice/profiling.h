@@ -1,0 +1,382 @@
+/* SPDX-License-Identifier: MIT */
+/** \file
+ * The sluice allocation profiler: heap profiles in pprof's formats and the
+ * memory each message leaves behind (its *residual*).
+ *
+ * The profiler lives in its own shared library, `libsluice_prof` (CMake
+ * target `sluice::profiling`), which does not depend on the consumer. It
+ * works two ways:
+ *
+ * - **Linked** into a program: it replaces malloc, calloc, realloc, free,
+ *   posix_memalign, aligned_alloc, memalign, valloc, pvalloc, reallocarray
+ *   and malloc_usable_size (glibc's `__libc_*` functions do the real work).
+ *   Nothing is recorded until sluice_prof_start(), or `SLUICE_PROF=1` in the
+ *   environment; until then each call costs one branch.
+ * - **Preloaded** into any program: `LD_PRELOAD=libsluice_prof.so
+ *   SLUICE_PROF=1 SLUICE_PROF_RATE=524288 SLUICE_PROF_OUT=heap.pb.gz prog`.
+ *
+ * What it records:
+ * - a sample of allocations with their call stacks, Poisson-sampled by bytes
+ *   like Go's `runtime.MemProfileRate` (1 = every allocation); every report
+ *   is unbiased with Go's formula;
+ * - **scopes**: every allocation made while a thread is inside a scope is
+ *   counted against it, exactly (whatever the sampling rate), until it is
+ *   freed, by any thread, at any time. The consumer puts each delivery in a
+ *   scope (sluice_prof_delivery_hooks()); what is still live when the
+ *   delivery completes is its residual, checked again after a grace period
+ *   so that a cache freed shortly after is not called a leak.
+ *
+ * Everything the profiler keeps is bounded: the stack table, the scope pool
+ * and the ring of scopes waiting for their re-check have fixed capacities
+ * (sluice_prof_opts); the table of tracked blocks is proportional to the
+ * tracked blocks that are live.
+ *
+ * Builds with AddressSanitizer or ThreadSanitizer (`SLUICE_ASAN`,
+ * `SLUICE_TSAN`) cannot replace malloc: there the library records only the
+ * blocks announced with sluice_prof_note_alloc() (sluice_prof_interposing()
+ * returns 0). See docs/profiling.md.
+ *
+ * Threading: every function here is thread-safe unless its documentation
+ * says otherwise. Callbacks run on the thread that triggered them, with no
+ * profiler lock held; they may allocate and may call sluice_prof functions.
+ */
+#ifndef SLUICE_PROFILING_H
+#define SLUICE_PROFILING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/consumer.h> /* sluice_delivery_hooks, sluice_outcome */
+#include <sluice/error.h>
+#include <sluice/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/** \name Starting and stopping */
+
+/** `sample_rate` value that records no stacks at all: scopes are still
+ *  counted exactly (the cheapest useful setting for residual accounting). */
+#define SLUICE_PROF_RATE_NONE ((size_t)-1)
+
+/** What one message left behind, handed to sluice_prof_opts.on_residual. */
+typedef struct sluice_prof_residual {
+  const char *queue;      /**< the scope's queue ("" when none) */
+  uint64_t seq;           /**< the scope's sequence number (delivery seq) */
+  uint64_t delivery_tag;  /**< as given to sluice_prof_scope_begin() */
+  int outcome;            /**< sluice_outcome the scope ended with */
+  /** 0: reported when the scope ended; 1: reported after the grace period
+   *  (only for scopes that had a residual when they ended). */
+  int after_grace;
+  uint64_t bytes;           /**< residual bytes at this stage (exact) */
+  uint64_t objects;         /**< residual objects at this stage (exact) */
+  uint64_t bytes_at_end;    /**< residual bytes when the scope ended */
+  uint64_t objects_at_end;  /**< residual objects when the scope ended */
+} sluice_prof_residual;
+
+/** A per-message residual callback. `r` is borrowed for the call. */
+typedef void (*sluice_prof_residual_fn)(const sluice_prof_residual *r,
+                                        void *user);
+
+/** One allocation site in a leak verdict. */
+typedef struct sluice_prof_site {
+  const char *function; /**< the function that called the allocator */
+  const char *stack;    /**< "leaf <- caller <- ..." (a few frames) */
+  uint64_t bytes;       /**< residual bytes from this site (unbiased) */
+  uint64_t objects;     /**< residual objects from this site (unbiased) */
+} sluice_prof_site;
+
+/** A leak verdict: residual per message stayed above the threshold over the
+ *  window for one queue and outcome. */
+typedef struct sluice_prof_leak {
+  const char *queue;
+  int outcome;               /**< sluice_outcome */
+  double bytes_per_message;  /**< mean residual after grace, last window */
+  double objects_per_message;
+  uint64_t messages;         /**< messages in the windows that convicted */
+  uint64_t retained_bytes;   /**< still live now from this queue/outcome */
+  uint64_t retained_objects;
+  size_t n_sites;            /**< entries in `sites` (at most 5) */
+  const sluice_prof_site *sites; /**< top residual sites, biggest first;
+                                      empty when stacks are not sampled */
+} sluice_prof_leak;
+
+/** A leak verdict callback. `v` and everything it points to are borrowed
+ *  for the call. */
+typedef void (*sluice_prof_leak_fn)(const sluice_prof_leak *v, void *user);
+
+/** Profiler options. Zero-initialise; a zero field means its default. */
+typedef struct sluice_prof_opts {
+  /** Mean bytes between two sampled allocations (Go's MemProfileRate).
+   *  Default 524288 (512 KiB). 1 records every allocation with its stack;
+   *  SLUICE_PROF_RATE_NONE records no stack. */
+  size_t sample_rate;
+  /** Distinct call stacks kept; further stacks are counted under one
+   *  "[stack table full]" entry. Default 65536. Fixed at the first start. */
+  size_t max_stacks;
+  /** Scopes alive at once: open, waiting for their re-check, or retaining
+   *  memory. Default 16384. Fixed at the first start. */
+  size_t max_scopes;
+  /** Ended scopes waiting for their re-check (a ring); when it is full the
+   *  oldest is re-checked early. Default 4096. Fixed at the first start. */
+  size_t max_pending;
+  /** Distinct queue names aggregated; the rest go under "(other)".
+   *  Default 64. Fixed at the first start. */
+  size_t max_queues;
+  /** Grace period before a residual is re-checked, in ms. Default 1000.
+   *  Negative: re-check at once when the scope ends. */
+  long grace_ms;
+  /** Leak verdict: mean residual bytes per message after grace that counts
+   *  as leaking. Default 1. */
+  size_t leak_threshold;
+  /** Leak verdict: messages per window (per queue and outcome). Default 100. */
+  unsigned leak_window;
+  /** Leak verdict: consecutive windows above the threshold. Default 3. */
+  unsigned leak_windows;
+  sluice_prof_residual_fn on_residual; /**< may be NULL */
+  void *residual_user;
+  /** Called when a queue/outcome becomes leaking. NULL: one line on stderr. */
+  sluice_prof_leak_fn on_leak;
+  void *leak_user;
+  /** Monotonic clock in ns for the grace period (tests); NULL: the system's
+   *  CLOCK_MONOTONIC. */
+  uint64_t (*now_ns)(void *user);
+  void *clock_user;
+} sluice_prof_opts;
+
+/** Start recording, or change the settings of a running profiler (the
+ *  capacities are fixed by the first start). Also done at load time when
+ *  the environment has `SLUICE_PROF=1` (with `SLUICE_PROF_RATE`,
+ *  `SLUICE_PROF_OUT`; see docs/profiling.md).
+ *  \param opts NULL for the defaults; copied.
+ *  \return 0; SLUICE_EINVAL for a bad option; SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_prof_start(const sluice_prof_opts *opts);
+
+/** Stop recording new allocations. Blocks recorded earlier are still
+ *  debited when they are freed, so reports stay right; scopes, aggregates
+ *  and stacks are kept until the next start. */
+SLUICE_EXPORT void sluice_prof_stop(void);
+
+/** 1 while recording, 0 otherwise. */
+SLUICE_EXPORT int sluice_prof_running(void);
+
+/** 1 when this build replaces malloc and friends (not under ASan/TSan). */
+SLUICE_EXPORT int sluice_prof_interposing(void);
+
+/** The current sampling rate in bytes (SLUICE_PROF_RATE_NONE: no stacks). */
+SLUICE_EXPORT size_t sluice_prof_sample_rate(void);
+
+/** Record a block from an allocator sluice cannot see (a pool, an arena):
+ *  it is sampled and counted against the calling thread's scope like a
+ *  malloc. Blocks at an address already tracked replace that record. No-op
+ *  when not running. */
+SLUICE_EXPORT void sluice_prof_note_alloc(const void *p, size_t size);
+/** Counterpart of sluice_prof_note_alloc(). Unknown pointers are ignored. */
+SLUICE_EXPORT void sluice_prof_note_free(const void *p);
+
+/* ------------------------------------------------------------------------ */
+/** \name Scopes */
+
+/** A scope handle; 0 means "no scope". */
+typedef uint64_t sluice_prof_scope;
+
+/** Open a scope (not entered: see sluice_prof_scope_enter()).
+ *  \param queue    aggregation key, typically the queue name; NULL for ""
+ *  \param seq      a sequence number reported with the residual
+ *  \param tag      a second number reported with the residual
+ *  \return the handle, or 0 when not running or when the scope pool is
+ *          full even after reclaiming (then nothing is counted). */
+SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_begin(const char *queue,
+                                                        uint64_t seq,
+                                                        uint64_t tag);
+
+/** Make `s` the calling thread's current scope (0: none).
+ *  \return the previous one, to restore with another call. */
+SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s);
+
+/** The calling thread's current scope, or 0. */
+SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_current(void);
+
+/** What scope `s` allocated that is still live, exactly.
+ *  \return 0; SLUICE_EINVAL if `s` is not an open or pending scope. */
+SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s,
+                                          uint64_t *bytes, uint64_t *objects);
+
+/** Close scope `s` with a final outcome: its residual is what it allocated
+ *  that is still live. Fires on_residual, queues the re-check, and runs the
+ *  re-checks that are due. Leaves the scope on the calling thread if it is
+ *  current there. `s` must not be used afterwards.
+ *  \param outcome a sluice_outcome (SLUICE_ACK ... SLUICE_OUTCOME_ERROR)
+ *  \param out     if not NULL, the residual at end
+ *  \return 0; SLUICE_EINVAL for an unknown or already ended scope. */
+SLUICE_EXPORT int sluice_prof_scope_end(sluice_prof_scope s, int outcome,
+                                        sluice_prof_residual *out);
+
+/** Run the re-checks whose grace period has passed (also done by every
+ *  scope end and every report).
+ *  \return how many scopes were re-checked. */
+SLUICE_EXPORT size_t sluice_prof_poll(void);
+
+/** Hooks for sluice_consumer_opts.hooks: `begin` opens a scope for the
+ *  delivery (queue name, seq, delivery tag) and enters it, `resume`/
+ *  `suspend` enter and leave it on any thread, `end` closes it with the
+ *  outcome. The hooks do nothing while the profiler is not running.
+ *  \return a static table; never NULL. */
+SLUICE_EXPORT const sluice_delivery_hooks *sluice_prof_delivery_hooks(void);
+
+/* ------------------------------------------------------------------------ */
+/** \name Residual aggregates */
+
+/** Residual totals for one queue and outcome, since the first start. */
+typedef struct sluice_prof_residual_stats {
+  const char *queue;          /**< valid until the process exits */
+  int outcome;                /**< sluice_outcome */
+  uint64_t messages;          /**< scopes ended */
+  uint64_t with_residual;     /**< ... that had a residual at end */
+  uint64_t bytes_at_end;      /**< sum of residual bytes at end */
+  uint64_t objects_at_end;
+  uint64_t pending;           /**< waiting for their re-check now */
+  uint64_t cached;            /**< residual freed within the grace period */
+  uint64_t leaked;            /**< residual still live after grace */
+  uint64_t bytes_leaked;      /**< sum of residual bytes after grace */
+  uint64_t objects_leaked;
+  uint64_t retained_bytes;    /**< still live now from finished scopes */
+  uint64_t retained_objects;
+  double window_bytes_per_message; /**< mean of the last full window */
+  int leaking;                /**< the leak verdict holds */
+} sluice_prof_residual_stats;
+
+/** Copy the aggregates that have at least one message, ordered by queue
+ *  then outcome. Runs the due re-checks first.
+ *  \param out  up to `cap` entries are written; may be NULL if cap is 0
+ *  \return the number of aggregates (may exceed `cap`). */
+SLUICE_EXPORT size_t sluice_prof_residual_stats_get(
+    sluice_prof_residual_stats *out, size_t cap);
+
+/* ------------------------------------------------------------------------ */
+/** \name MemStats */
+
+/** Process-wide counters, like Go's runtime.MemStats. */
+typedef struct sluice_prof_memstats {
+  uint64_t heap_live_bytes;   /**< in use per glibc (mallinfo2), exact */
+  uint64_t heap_mapped_bytes; /**< obtained from the system by malloc */
+  uint64_t live_objects;      /**< mallocs - frees (counted since start) */
+  uint64_t total_alloc_bytes; /**< bytes requested since start */
+  uint64_t mallocs;           /**< allocations since start */
+  uint64_t frees;             /**< frees of non-NULL pointers since start */
+  uint64_t rss_bytes;         /**< resident set size */
+  uint64_t sampled_live_bytes;/**< in-use estimate from the sampled stacks */
+  uint64_t tracked_blocks;    /**< blocks the profiler tracks now */
+  uint64_t stacks;            /**< distinct stacks recorded */
+  uint64_t stacks_dropped;    /**< samples counted as "[stack table full]" */
+  uint64_t scopes_open;
+  uint64_t scopes_pending;    /**< ended, waiting for the re-check */
+  uint64_t scopes_retained;   /**< ended with memory still live */
+  uint64_t scopes_refused;    /**< begins refused: scope pool full */
+  uint64_t overhead_bytes;    /**< the profiler's own memory (approx.) */
+  uint64_t sample_rate;
+} sluice_prof_memstats;
+
+/** Fill `out` with the current figures. Works (mostly zeros) when the
+ *  profiler never started. */
+SLUICE_EXPORT void sluice_prof_memstats_read(sluice_prof_memstats *out);
+
+/* ------------------------------------------------------------------------ */
+/** \name Snapshots */
+
+/** A copy of the profile at one instant, or the difference of two. */
+typedef struct sluice_prof_snapshot sluice_prof_snapshot;
+
+/** Take a snapshot: per-stack allocation counts, in-use counts, residual
+ *  per stack, queue, outcome and message, and the MemStats. Runs the due
+ *  re-checks first. Costs a pass over the tracked blocks.
+ *  \param out receives the snapshot; free it with sluice_prof_snapshot_free().
+ *  \return 0; SLUICE_EINVAL; SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_prof_snapshot_take(sluice_prof_snapshot **out);
+
+/** What changed from `base` to `cur` (cur - base): allocations made between
+ *  them, in-use and residual growth (negative where memory was released).
+ *  Every output takes the result like any snapshot.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_prof_snapshot_diff(const sluice_prof_snapshot *base,
+                                            const sluice_prof_snapshot *cur,
+                                            sluice_prof_snapshot **out);
+
+/** Free a snapshot. NULL is a no-op. */
+SLUICE_EXPORT void sluice_prof_snapshot_free(sluice_prof_snapshot *s);
+
+/** The MemStats taken with the snapshot (for a diff: cur - base, with
+ *  rss and heap_live as signed deltas cast to uint64_t). */
+SLUICE_EXPORT void sluice_prof_snapshot_memstats(
+    const sluice_prof_snapshot *s, sluice_prof_memstats *out);
+
+/* ------------------------------------------------------------------------ */
+/** \name Outputs */
+
+/** Output sink: write `len` bytes. \return 0, or negative to abort (the
+ *  writer then returns SLUICE_EIO). */
+typedef int (*sluice_prof_write_fn)(void *user, const void *data, size_t len);
+
+/** Output formats. */
+typedef enum sluice_prof_format {
+  SLUICE_PROF_FMT_PPROF = 0, /**< gzipped profile.proto (`go tool pprof`) */
+  SLUICE_PROF_FMT_LEGACY,    /**< gperftools heap text (`google-pprof`) */
+  SLUICE_PROF_FMT_TOP,       /**< text like `go tool pprof -top` */
+  SLUICE_PROF_FMT_FOLDED,    /**< folded stacks for flamegraph.pl */
+  SLUICE_PROF_FMT_RESIDUAL   /**< residual report: aggregates and sites */
+} sluice_prof_format;
+
+/** The value a report is about. */
+typedef enum sluice_prof_value {
+  SLUICE_PROF_INUSE_SPACE = 0, /**< live bytes (the default) */
+  SLUICE_PROF_INUSE_OBJECTS,
+  SLUICE_PROF_ALLOC_SPACE,     /**< bytes allocated since start */
+  SLUICE_PROF_ALLOC_OBJECTS,
+  SLUICE_PROF_RESIDUAL_SPACE,  /**< live bytes left by ended scopes */
+  SLUICE_PROF_RESIDUAL_OBJECTS
+} sluice_prof_value;
+
+/** Name of a value ("inuse_space", ...); "?" otherwise. */
+SLUICE_EXPORT const char *sluice_prof_value_name(int value);
+
+/** Bit of an outcome in sluice_prof_output.outcomes. */
+#define SLUICE_PROF_OUTCOME_BIT(o) (1u << (unsigned)(o))
+
+/** What to write. Zero-initialised: a gzipped pprof heap profile. */
+typedef struct sluice_prof_output {
+  sluice_prof_format format;
+  /** TOP and FOLDED: the value shown. PPROF and LEGACY: a RESIDUAL_* value
+   *  writes the residual profile (with queue/outcome/message labels in
+   *  pprof), any other the heap profile (all four Go heap sample types). */
+  sluice_prof_value value;
+  unsigned max_rows; /**< TOP: rows shown; default 30; UINT32_MAX: all */
+  const char *queue; /**< RESIDUAL_*: only this queue; NULL: all */
+  /** RESIDUAL_*: only these outcomes, a mask of SLUICE_PROF_OUTCOME_BIT();
+   *  0: all. */
+  unsigned outcomes;
+} sluice_prof_output;
+
+/** Write a report of snapshot `s` (NULL: a snapshot taken now; the
+ *  RESIDUAL format always reports the live aggregates).
+ *  \param out NULL for the defaults
+ *  \return 0; SLUICE_EINVAL; SLUICE_ENOMEM; SLUICE_EIO if `fn` failed. */
+SLUICE_EXPORT int sluice_prof_write(const sluice_prof_snapshot *s,
+                                    const sluice_prof_output *out,
+                                    sluice_prof_write_fn fn, void *user);
+
+/** Write a report to a file (created or truncated; "%p" in `path` becomes
+ *  the process id). `out` NULL: the format follows the name (`.pb.gz`/`.pb`
+ *  pprof, `.heap` legacy, `.txt` top, `.folded` folded, `.residual`
+ *  residual report).
+ *  \return as sluice_prof_write(); SLUICE_EIO when the file cannot be
+ *          written. */
+SLUICE_EXPORT int sluice_prof_write_file(const sluice_prof_snapshot *s,
+                                         const sluice_prof_output *out,
+                                         const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_PROFILING_H */

@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/** \file
+ * A small blocking publisher with publisher confirms: publish a batch, wait
+ * for the broker's confirms, learn which messages were nacked or returned.
+ * Used to fill queues (demo, tests, benchmarks) and to republish to retry or
+ * dead-letter queues.
+ *
+ * A publisher owns its own connection and is not thread-safe: use one per
+ * thread. Calls block, bounded by the timeouts in the options.
+ */
+#ifndef SLUICE_PUBLISHER_H
+#define SLUICE_PUBLISHER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/consumer.h>
+#include <sluice/error.h>
+#include <sluice/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sluice_publisher sluice_publisher;
+
+/** A message the broker returned as unroutable (mandatory publish). Borrowed
+ *  for the duration of the callback. */
+typedef struct sluice_returned {
+  uint16_t reply_code; /**< e.g. 312 NO_ROUTE */
+  const char *reply_text;
+  const char *exchange;
+  const char *routing_key;
+  const void *body;
+  size_t body_len;
+  const char *message_id; /**< or NULL */
+} sluice_returned;
+
+typedef void (*sluice_return_fn)(const sluice_returned *r, void *user);
+
+/** Publisher options. Zero-initialise; zero means the default. */
+typedef struct sluice_publisher_opts {
+  const char *uri;             /**< default amqp://guest:guest@127.0.0.1:5672/ */
+  const char *connection_name;
+  int connect_timeout_ms;      /**< default 10000 */
+  int confirm_timeout_ms;      /**< sluice_publisher_wait() budget; 30000 */
+  unsigned max_outstanding;    /**< unconfirmed messages before publish waits;
+                                    default 1024 */
+  int no_confirms;             /**< 1: fire and forget (not recommended) */
+  sluice_return_fn on_return;  /**< unroutable messages; may be NULL */
+  void *user;
+} sluice_publisher_opts;
+
+/** Properties of a published message; NULL means persistent, no fields. */
+typedef struct sluice_publish_props {
+  const char *content_type;
+  const char *message_id;
+  const char *correlation_id;
+  const char *reply_to;
+  const char *expiration;
+  const char *type;
+  const char *app_id;
+  uint8_t transient;  /**< 1: delivery_mode 1; default persistent (2) */
+  uint8_t priority;
+  int mandatory;      /**< return unroutable messages (counted, callback) */
+  const sluice_kv *headers;
+  size_t n_headers;
+} sluice_publish_props;
+
+/** What happened to everything published so far. */
+typedef struct sluice_publish_report {
+  uint64_t published;
+  uint64_t confirmed; /**< acked by the broker */
+  uint64_t nacked;    /**< the broker could not take them */
+  uint64_t returned;  /**< unroutable (mandatory) */
+  uint64_t pending;   /**< not yet confirmed */
+} sluice_publish_report;
+
+/** Connect and enable confirms.
+ *  \return 0; SLUICE_EURI, SLUICE_ECONNECT, SLUICE_EAUTH, SLUICE_EVHOST,
+ *          SLUICE_ETIMEDOUT, SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_publisher_new(const sluice_publisher_opts *opts,
+                                       sluice_publisher **out);
+
+/** Close the connection (pending confirms are not awaited). NULL: no-op. */
+SLUICE_EXPORT void sluice_publisher_free(sluice_publisher *p);
+
+/** Publish one message. Waits for confirms first when max_outstanding are
+ *  unconfirmed. `exchange` "" is the default exchange.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ECLOSED (the broker closed the channel,
+ *          e.g. a missing exchange: see sluice_publisher_last_close());
+ *          SLUICE_ETIMEDOUT; SLUICE_ESOCKET. */
+SLUICE_EXPORT int sluice_publish(sluice_publisher *p, const char *exchange,
+                                 const char *routing_key, const void *body,
+                                 size_t len, const sluice_publish_props *props);
+
+/** Wait until every published message is confirmed or nacked (bounded by
+ *  confirm_timeout_ms), then fill `report` (may be NULL).
+ *  \return 0 when all were confirmed; SLUICE_ENACKED when some were nacked;
+ *          SLUICE_ERETURNED when some were returned (and none nacked);
+ *          SLUICE_ETIMEDOUT; SLUICE_ECLOSED. */
+SLUICE_EXPORT int sluice_publisher_wait(sluice_publisher *p,
+                                        sluice_publish_report *report);
+
+/** Declare a queue on the publisher's connection (tests, demos). \return as
+ *  sluice_declare_queue(). */
+SLUICE_EXPORT int sluice_publisher_declare_queue(sluice_publisher *p,
+                                                 const sluice_queue_decl *d);
+
+/** Declare an exchange on the publisher's connection. */
+SLUICE_EXPORT int sluice_publisher_declare_exchange(
+    sluice_publisher *p, const sluice_exchange_decl *d);
+
+/** Bind a queue on the publisher's connection. */
+SLUICE_EXPORT int sluice_publisher_bind(sluice_publisher *p, const char *queue,
+                                        const char *exchange,
+                                        const char *routing_key);
+
+/** Delete a queue (if it exists); `*messages` gets how many it held. */
+SLUICE_EXPORT int sluice_publisher_delete_queue(sluice_publisher *p,
+                                                const char *queue,
+                                                uint32_t *messages);
+
+/** Messages ready in a queue (passive declare); SLUICE_ENOTFOUND if the
+ *  queue does not exist. */
+SLUICE_EXPORT int sluice_publisher_queue_depth(sluice_publisher *p,
+                                               const char *queue,
+                                               uint32_t *messages,
+                                               uint32_t *consumers);
+
+/** The last broker close (reply code, text copied to buf), 0 if none. */
+SLUICE_EXPORT int sluice_publisher_last_close(const sluice_publisher *p,
+                                              char *buf, size_t buflen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_PUBLISHER_H */

@@ -1,0 +1,83 @@
+/* SPDX-License-Identifier: MIT */
+/** \file
+ * Close notifications through a bounded listener registry, and the backoff
+ * used between reconnect attempts.
+ *
+ * The registry has a fixed capacity (sluice_consumer_opts.max_close_listeners,
+ * default 16). Registering returns a handle; removing takes it. Listeners of
+ * scope SLUICE_LISTEN_GENERATION belong to one connection: they see that
+ * connection's close and are then removed automatically, so code that
+ * registers one per connection never accumulates them. A full registry is an
+ * error (SLUICE_ELIMIT), never growth.
+ *
+ * Listeners receive SLUICE_EV_CLOSED (connection or channel lost: broker
+ * close with reply code and text, socket error, missed heartbeats),
+ * SLUICE_EV_CANCELLED (the broker cancelled a subscription) and
+ * SLUICE_EV_GAVE_UP, once each, on the loop thread. A listener may remove
+ * itself or others from inside its callback; one registered from inside a
+ * callback first sees the next event.
+ */
+#ifndef SLUICE_RECONNECT_H
+#define SLUICE_RECONNECT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/error.h>
+#include <sluice/export.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct sluice_consumer;
+struct sluice_event;
+
+/** How long a close listener stays registered. */
+typedef enum sluice_listen_scope {
+  /** Until the current connection (generation) dies; removed automatically
+   *  after its close event. Registered while disconnected, it binds to the
+   *  next connection. */
+  SLUICE_LISTEN_GENERATION = 0,
+  /** Until sluice_off_close(). */
+  SLUICE_LISTEN_PERSISTENT = 1
+} sluice_listen_scope;
+
+/** A listener handle; 0 is never a valid handle. */
+typedef uint64_t sluice_listener;
+
+typedef void (*sluice_close_fn)(struct sluice_consumer *c,
+                                const struct sluice_event *ev, void *user);
+
+/** Register a close listener. Any thread.
+ *  \return 0 and `*out`; SLUICE_EINVAL (NULL fn/out); SLUICE_ELIMIT when the
+ *          registry is full (nothing is registered). */
+SLUICE_EXPORT int sluice_on_close(struct sluice_consumer *c, sluice_close_fn fn,
+                                  void *user, sluice_listen_scope scope,
+                                  sluice_listener *out);
+
+/** Remove a close listener. Any thread, including from inside a listener.
+ *  \return 0; SLUICE_EALREADY when the handle was already removed (twice,
+ *          or automatically with its generation) or never valid. */
+SLUICE_EXPORT int sluice_off_close(struct sluice_consumer *c, sluice_listener h);
+
+/** Number of registered close listeners. Any thread. */
+SLUICE_EXPORT size_t sluice_close_listener_count(
+    const struct sluice_consumer *c);
+
+/** Exponential backoff with full jitter (the "Full Jitter" scheme): the n-th
+ *  delay is uniform in [min, min(max, min * 2^n)]. Pure; not thread-safe. */
+typedef struct sluice_backoff {
+  uint64_t min_ms, max_ms;
+  unsigned attempt; /**< failures so far */
+} sluice_backoff;
+
+/** Next delay in ms for a random 64-bit value `r`; increments `attempt`. */
+SLUICE_EXPORT uint64_t sluice_backoff_next(sluice_backoff *b, uint64_t r);
+/** Start over from the minimum delay (after a connection stayed up). */
+SLUICE_EXPORT void sluice_backoff_reset(sluice_backoff *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_RECONNECT_H */
