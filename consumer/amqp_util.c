@@ -19,7 +19,7 @@ int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
     size_t kl = strlen(kv[i].key);
     amqp_pool_alloc_bytes(pool, kl, &e[i].key);
     if (kl && !e[i].key.bytes) return SLUICE_ENOMEM;
-    memcpy(e[i].key.bytes, kv[i].key, kl);
+    if (kl) memcpy(e[i].key.bytes, kv[i].key, kl);
     const sluice_value *v = &kv[i].value;
     switch (v->kind) {
       case SLUICE_VAL_BOOL:
@@ -44,7 +44,7 @@ int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
         e[i].value.kind = AMQP_FIELD_KIND_UTF8;
         amqp_pool_alloc_bytes(pool, l, &e[i].value.value.bytes);
         if (l && !e[i].value.value.bytes.bytes) return SLUICE_ENOMEM;
-        memcpy(e[i].value.value.bytes.bytes, v->u.s.str, l);
+        if (l) memcpy(e[i].value.value.bytes.bytes, v->u.s.str, l);
         break;
       }
       default:

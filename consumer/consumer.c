@@ -587,6 +587,15 @@ static void update_pause(sluice_consumer *c) {
   }
 }
 
+/* Read again soon without waiting for the socket. A zero timeout rather than
+ * event_active(): libevent runs events activated from a callback in the same
+ * pass, so a busy stream would starve the wake-up and timer events. */
+static void schedule_drain(sluice_consumer *c) {
+  static const struct timeval zero = {0, 0};
+  if (c->ev_drain && !evtimer_pending(c->ev_drain, NULL))
+    evtimer_add(c->ev_drain, &zero);
+}
+
 void sluice__kick_read(sluice_consumer *c) {
   if (!c->connected || c->paused || !c->ev_read) return;
   if (!c->reading) {
@@ -596,7 +605,7 @@ void sluice__kick_read(sluice_consumer *c) {
   /* Frames may sit in rabbitmq-c's buffer while the socket is quiet
    * (FACTS.md, "Driving rabbitmq-c" 2 and 3). */
   if (amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn))
-    event_active(c->ev_read, EV_READ, 0);
+    schedule_drain(c);
 }
 
 static struct sub *sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
@@ -680,6 +689,7 @@ static void on_deliver(sluice_consumer *c, amqp_basic_deliver_t *m) {
   held_link(c, d);
   c->held_count++;
   atomic_store_explicit(&c->n_inflight, c->held_count, memory_order_relaxed);
+  counter_max(&c->n_max_inflight, c->held_count);
   c->asm_d = d;
 }
 
@@ -895,9 +905,14 @@ static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
   }
 }
 
+static void begin_stop(sluice_consumer *c);
+
 static void read_frames(sluice_consumer *c) {
   int budget = READ_BUDGET;
   int got = 0;
+  if (atomic_load_explicit(&c->stop_requested, memory_order_relaxed) &&
+      !c->stopping && !c->stopped)
+    begin_stop(c);
   while (budget-- > 0 && c->connected && !c->paused) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
@@ -911,13 +926,28 @@ static void read_frames(sluice_consumer *c) {
     }
     got = 1;
     handle_frame(c, &f);
+    if (!c->stopping &&
+        atomic_load_explicit(&c->stop_requested, memory_order_relaxed)) {
+      /* An inline handler asked to stop: finish the delivery being read,
+       * leave the rest to the broker. */
+      if (!c->asm_d) {
+        if (c->conn) amqp_maybe_release_buffers(c->conn);
+        begin_stop(c);
+        if (!c->connected) return;
+        continue;
+      }
+    }
     /* Every frame was copied out: rabbitmq-c's pools can be recycled. */
     if (c->conn) amqp_maybe_release_buffers(c->conn);
   }
   if (got) c->last_rx_ms = sluice__now_ms();
   if (budget < 0 && c->connected && !c->paused &&
       (amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn)))
-    event_active(c->ev_read, EV_READ, 0);
+    schedule_drain(c);
+}
+
+static void on_drain(evutil_socket_t fd, short what, void *arg) {
+  read_frames(arg);
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg) {
@@ -1021,6 +1051,7 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
   c->reading = c->want_write = 0;
   ev_del(c->ev_hb);
   ev_del(c->ev_ack);
+  ev_del(c->ev_drain);
   c->ack_timer_on = 0;
   if (c->acks.n)
     sluice__log(c, SLUICE_LOG_INFO,
@@ -1274,7 +1305,9 @@ int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   c->ev_ack = evtimer_new(base, on_ack_timer, c);
   c->ev_stop = event_new(base, -1, EV_PERSIST, on_stop_timer, c);
   c->ev_retry = evtimer_new(base, on_retry, c);
-  if (!c->ev_wake || !c->ev_hb || !c->ev_ack || !c->ev_stop || !c->ev_retry)
+  c->ev_drain = evtimer_new(base, on_drain, c);
+  if (!c->ev_wake || !c->ev_hb || !c->ev_ack || !c->ev_stop || !c->ev_retry ||
+      !c->ev_drain)
     return SLUICE_ENOMEM;
   event_add(c->ev_wake, NULL);
   int rc = sluice__workers_start(c);
@@ -1418,6 +1451,7 @@ static void finish_stop(sluice_consumer *c, int result) {
   if (c->ev_ack) event_del(c->ev_ack);
   if (c->ev_stop) event_del(c->ev_stop);
   if (c->ev_retry) event_del(c->ev_retry);
+  if (c->ev_drain) event_del(c->ev_drain);
   c->ack_timer_on = 0;
   atomic_fetch_add(&c->generation, 1); /* late completions are stale */
   sluice__workers_stop(c);
@@ -1463,6 +1497,7 @@ void sluice_consumer_get_stats(const sluice_consumer *cc,
   out->ack_frames = LD(n_ack_frames);
   out->in_flight = LD(n_inflight);
   out->in_flight_bytes = LD(n_inflight_bytes);
+  out->max_in_flight = LD(n_max_inflight);
   out->in_handler = LD(n_in_handler);
   out->max_in_handler = LD(n_max_in_handler);
   out->read_pauses = LD(n_read_pauses);
@@ -1500,8 +1535,9 @@ void sluice_consumer_free(sluice_consumer *c) {
     free(d->blk);
     free(d);
   }
-  struct event **evs[] = {&c->ev_read, &c->ev_write, &c->ev_wake, &c->ev_hb,
-                          &c->ev_ack,  &c->ev_stop,  &c->ev_retry};
+  struct event **evs[] = {&c->ev_read,  &c->ev_write, &c->ev_wake,
+                          &c->ev_hb,    &c->ev_ack,   &c->ev_stop,
+                          &c->ev_retry, &c->ev_drain};
   for (size_t i = 0; i < sizeof(evs) / sizeof(*evs); i++)
     if (*evs[i]) event_free(*evs[i]);
   if (c->own_base && c->base) event_base_free(c->base);

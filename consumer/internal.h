@@ -112,7 +112,7 @@ struct sluice_consumer {
   struct event_base *base;
   int own_base;
   struct event *ev_read, *ev_write, *ev_wake, *ev_hb, *ev_ack, *ev_stop,
-      *ev_retry;
+      *ev_retry, *ev_drain;
   int wake_fd;
   int reading;      /* ev_read is added */
   int want_write;   /* ev_write is added */
@@ -177,7 +177,7 @@ struct sluice_consumer {
   /* counters (atomics: read from any thread) */
   _Atomic uint64_t n_delivered, n_acked, n_nacked, n_rejected, n_errors,
       n_stale, n_redelivered, n_too_big, n_ack_frames, n_in_handler,
-      n_max_in_handler, n_read_pauses, n_reconnects, n_inflight,
+      n_max_in_handler, n_max_inflight, n_read_pauses, n_reconnects, n_inflight,
       n_inflight_bytes;
   _Atomic uint64_t seq;
 };

@@ -417,6 +417,7 @@ typedef struct sluice_consumer_stats {
   uint64_t ack_frames;     /**< basic.ack/nack/reject frames written */
   uint64_t in_flight;      /**< held now: buffered + in handler + deferred */
   uint64_t in_flight_bytes;
+  uint64_t max_in_flight;  /**< high-water mark of in_flight */
   uint64_t in_handler;     /**< in a handler or deferred now */
   uint64_t max_in_handler; /**< high-water mark of in_handler */
   uint64_t read_pauses;    /**< times reading stopped on the in-flight bound */

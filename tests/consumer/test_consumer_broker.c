@@ -1,0 +1,665 @@
+/* SPDX-License-Identifier: MIT */
+/* Consumer integration tests against the real broker on 127.0.0.1:5672.
+ * Each test uses its own queues and is bounded by a watchdog. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include <event2/event.h>
+
+#include "common/broker_util.h"
+
+enum mode { M_ACK, M_DEFER, M_NACK_FIRST, M_REJECT, M_INVALID_FIRST, M_SLOW };
+
+#define MAXN 20000
+
+struct ctx {
+  sluice_consumer *c;
+  enum mode mode;
+  unsigned n;               /* messages expected */
+  unsigned stop_after;      /* stop() after this many acks (0 = n) */
+  _Atomic unsigned acks;    /* handler decided ACK */
+  _Atomic unsigned calls;   /* handler invocations */
+  _Atomic unsigned redelivered_calls;
+  _Atomic unsigned char seen[MAXN];
+  _Atomic int cur, max;     /* deliveries in a handler or deferred */
+  int slow_us;
+  /* deferred completions go through a second thread */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  sluice_delivery *q[MAXN];
+  unsigned qh, qt;
+  int quit;
+  _Atomic int done_errors;
+  _Atomic int events[16];
+  uint16_t cancel_seen;
+};
+
+static struct ctx *ctx_new(enum mode m, unsigned n) {
+  struct ctx *x = calloc(1, sizeof(*x));
+  x->mode = m;
+  x->n = n;
+  pthread_mutex_init(&x->mu, NULL);
+  pthread_cond_init(&x->cv, NULL);
+  return x;
+}
+
+static void ctx_free(struct ctx *x) {
+  pthread_mutex_destroy(&x->mu);
+  pthread_cond_destroy(&x->cv);
+  free(x);
+}
+
+static void in(struct ctx *x) {
+  int v = atomic_fetch_add(&x->cur, 1) + 1;
+  int m = atomic_load(&x->max);
+  while (v > m && !atomic_compare_exchange_weak(&x->max, &m, v)) {
+  }
+}
+
+static void out(struct ctx *x) { atomic_fetch_sub(&x->cur, 1); }
+
+static void acked(struct ctx *x) {
+  unsigned a = atomic_fetch_add(&x->acks, 1) + 1;
+  unsigned limit = x->stop_after ? x->stop_after : x->n;
+  if (a == limit) sluice_consumer_stop(x->c);
+}
+
+static unsigned id_of(const sluice_message *m) {
+  assert_non_null(m->props.message_id);
+  unsigned id = (unsigned)strtoul(m->props.message_id, NULL, 10);
+  assert_true(id < MAXN);
+  /* the body starts with the id too: the payload arrived intact */
+  assert_true(m->body_len >= strlen(m->props.message_id));
+  assert_memory_equal(m->body, m->props.message_id,
+                      strlen(m->props.message_id));
+  return id;
+}
+
+static void sleep_us(int us) {
+  struct timespec ts = {us / 1000000, (us % 1000000) * 1000L};
+  nanosleep(&ts, NULL);
+}
+
+static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
+  struct ctx *x = user;
+  unsigned id = id_of(m);
+  atomic_fetch_add(&x->calls, 1);
+  if (m->redelivered) atomic_fetch_add(&x->redelivered_calls, 1);
+  in(x);
+  switch (x->mode) {
+    case M_ACK:
+      if (m->props.content_type) { /* headers_and_properties */
+        assert_string_equal(m->props.content_type, "application/json");
+        assert_string_equal(m->props.correlation_id, "corr");
+        assert_int_equal(m->props.priority, 3);
+        assert_int_equal(m->props.delivery_mode, 2);
+        assert_int_equal(m->props.n_headers, 3);
+        const sluice_value *v = sluice_message_header(m, "x-reason");
+        assert_non_null(v);
+        assert_int_equal(v->kind, SLUICE_VAL_STRING);
+        assert_string_equal(v->u.s.str, "test");
+        v = sluice_message_header(m, "x-count");
+        assert_int_equal(v->kind, SLUICE_VAL_INT);
+        assert_int_equal(v->u.i, -7);
+        v = sluice_message_header(m, "x-flag");
+        assert_int_equal(v->kind, SLUICE_VAL_BOOL);
+        assert_true(v->u.b);
+        assert_null(sluice_message_header(m, "absent"));
+        assert_int_equal(m->body_len, 3);
+        assert_string_equal(m->routing_key, m->queue);
+        assert_string_equal(m->exchange, "");
+      }
+      atomic_fetch_add(&x->seen[id], 1);
+      out(x);
+      acked(x);
+      return SLUICE_ACK;
+    case M_SLOW:
+      sleep_us(x->slow_us);
+      atomic_fetch_add(&x->seen[id], 1);
+      out(x);
+      acked(x);
+      return SLUICE_ACK;
+    case M_DEFER:
+      atomic_fetch_add(&x->seen[id], 1);
+      pthread_mutex_lock(&x->mu);
+      x->q[x->qt++ % MAXN] = d;
+      pthread_cond_signal(&x->cv);
+      pthread_mutex_unlock(&x->mu);
+      return SLUICE_DEFER;
+    case M_NACK_FIRST:
+      out(x);
+      if (!m->redelivered) return SLUICE_NACK;
+      atomic_fetch_add(&x->seen[id], 1);
+      acked(x);
+      return SLUICE_ACK;
+    case M_INVALID_FIRST:
+      out(x);
+      if (!m->redelivered) return 42;
+      atomic_fetch_add(&x->seen[id], 1);
+      acked(x);
+      return SLUICE_ACK;
+    case M_REJECT:
+      atomic_fetch_add(&x->seen[id], 1);
+      out(x);
+      acked(x); /* counts decisions */
+      return SLUICE_REJECT;
+  }
+  return SLUICE_NACK;
+}
+
+/* Completes deferred deliveries from another thread, a little later. */
+static void *completer(void *arg) {
+  struct ctx *x = arg;
+  for (;;) {
+    pthread_mutex_lock(&x->mu);
+    while (x->qh == x->qt && !x->quit) pthread_cond_wait(&x->cv, &x->mu);
+    if (x->qh == x->qt && x->quit) {
+      pthread_mutex_unlock(&x->mu);
+      return NULL;
+    }
+    sluice_delivery *d = x->q[x->qh++ % MAXN];
+    pthread_mutex_unlock(&x->mu);
+    sleep_us(200);
+    out(x);
+    int rc = sluice_delivery_done(d, SLUICE_ACK);
+    if (rc != 0) atomic_fetch_add(&x->done_errors, 1);
+    acked(x);
+  }
+}
+
+static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
+  struct ctx *x = user;
+  if (ev->type < 16) atomic_fetch_add(&x->events[ev->type], 1);
+}
+
+static sluice_consumer *make(struct ctx *x, const char *queue,
+                             sluice_consumer_opts *o) {
+  o->uri = TEST_URI;
+  o->on_event = on_event;
+  o->event_user = x;
+  sluice_consumer *c = NULL;
+  assert_int_equal(sluice_consumer_new(o, &c), 0);
+  sluice_subscribe_opts so = {.queue = queue, .handler = handler, .user = x};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  x->c = c;
+  return c;
+}
+
+static void exactly_once(unsigned prefetch, int workers, enum mode mode,
+                         unsigned n) {
+  const char *q = tb_qname("once");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  tb_fill(q, n, 64);
+  struct ctx *x = ctx_new(mode, n);
+  pthread_t th;
+  if (mode == M_DEFER) pthread_create(&th, NULL, completer, x);
+  sluice_consumer_opts o = {.prefetch = (uint16_t)prefetch,
+                            .workers = workers};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  int rc = tb_run_bounded(c, 60, &to);
+  assert_int_equal(rc, 0);
+  assert_false(to);
+  if (mode == M_DEFER) {
+    pthread_mutex_lock(&x->mu);
+    x->quit = 1;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    pthread_join(th, NULL);
+  }
+  for (unsigned i = 0; i < n; i++)
+    if (x->seen[i] != 1) fail_msg("message %u handled %d times", i, x->seen[i]);
+  assert_int_equal(x->redelivered_calls, 0);
+  assert_int_equal(x->done_errors, 0);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.delivered, n);
+  assert_int_equal(st.acked, n);
+  assert_int_equal(st.stale, 0);
+  /* never more deliveries in handlers (or deferred) than the prefetch */
+  if ((unsigned)x->max > prefetch)
+    fail_msg("%d deliveries in handlers at once, prefetch %u", x->max,
+             prefetch);
+  assert_true(st.max_in_handler <= prefetch);
+  printf("  prefetch %u, %d workers, %s: max in handler %d, %llu ack "
+         "frames for %u messages\n",
+         prefetch, workers, mode == M_DEFER ? "deferred" : "inline",
+         x->max, (unsigned long long)st.ack_frames, n);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void once_prefetch_1(void **s) {
+  exactly_once(1, 0, M_ACK, 500);
+  exactly_once(1, 4, M_DEFER, 500);
+}
+static void once_prefetch_10(void **s) {
+  exactly_once(10, 0, M_ACK, 2000);
+  exactly_once(10, 4, M_DEFER, 2000);
+  exactly_once(10, 8, M_ACK, 2000);
+}
+static void once_prefetch_500(void **s) {
+  exactly_once(500, 0, M_ACK, 5000);
+  exactly_once(500, 4, M_DEFER, 5000);
+}
+
+static void nack_requeues(void **s) {
+  const char *q = tb_qname("nack");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 300;
+  tb_fill(q, n, 16);
+  struct ctx *x = ctx_new(M_NACK_FIRST, n);
+  sluice_consumer_opts o = {.prefetch = 50};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  for (unsigned i = 0; i < n; i++) assert_int_equal(x->seen[i], 1);
+  /* every message came twice: once fresh, once redelivered */
+  assert_int_equal(x->calls, 2 * n);
+  assert_int_equal(x->redelivered_calls, n);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.nacked, n);
+  assert_int_equal(st.acked, n);
+  assert_int_equal(st.redelivered, n);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void invalid_return_requeues(void **s) {
+  const char *q = tb_qname("invalid");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 50;
+  tb_fill(q, n, 16);
+  struct ctx *x = ctx_new(M_INVALID_FIRST, n);
+  sluice_consumer_opts o = {.prefetch = 10, .log_level = SLUICE_LOG_ERROR};
+  o.log_level = -1; /* silence the 50 expected error lines */
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.handler_errors, n); /* counted, and nothing lost: */
+  assert_int_equal(st.acked, n);          /* each came back and was acked */
+  for (unsigned i = 0; i < n; i++) assert_int_equal(x->seen[i], 1);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void reject_dead_letters(void **s) {
+  const char *q = tb_qname("rej");
+  const char *dlq = tb_qname("rej.dlq");
+  sluice_queue_decl dd = {.name = dlq};
+  tb_fresh_queue(&dd);
+  sluice_queue_decl d = {.name = q,
+                         .dead_letter_exchange = "",
+                         .dead_letter_routing_key = dlq};
+  tb_fresh_queue(&d);
+  unsigned n = 200;
+  tb_fill(q, n, 16);
+  struct ctx *x = ctx_new(M_REJECT, n);
+  sluice_consumer_opts o = {.prefetch = 20, .workers = 2};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.rejected, n);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(dlq, n, 5000), n);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tb_delete_queue(q);
+  tb_delete_queue(dlq);
+  ctx_free(x);
+}
+
+static void auto_mode_bounded(void **s) {
+  const char *q = tb_qname("auto");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 3000;
+  tb_fill(q, n, 1024);
+  struct ctx *x = ctx_new(M_SLOW, n);
+  x->slow_us = 100;
+  sluice_consumer_opts o = {.ack_mode = SLUICE_ACK_AUTO,
+                            .workers = 4,
+                            .max_inflight = 64,
+                            .max_inflight_bytes = 1 << 20};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 60, &to), 0);
+  assert_false(to);
+  for (unsigned i = 0; i < n; i++) assert_int_equal(x->seen[i], 1);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  printf("  auto: max in flight %llu (bound 64), read pauses %llu\n",
+         (unsigned long long)st.max_in_flight,
+         (unsigned long long)st.read_pauses);
+  /* the bound holds: reading stops at 64; the delivery whose frames were
+   * already being read when it filled up is the only one over */
+  assert_true(st.max_in_flight <= 64 + 1);
+  assert_true(st.read_pauses > 0);
+  assert_int_equal(st.acked, n);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void graceful_stop_mid_stream(void **s) {
+  for (int workers = 0; workers <= 4; workers += 4) {
+    const char *q = tb_qname("stop");
+    sluice_queue_decl d = {.name = q};
+    tb_fresh_queue(&d);
+    unsigned n = 3000;
+    tb_fill(q, n, 64);
+    struct ctx *x = ctx_new(M_SLOW, n);
+    x->slow_us = 50;
+    x->stop_after = 700;
+    sluice_consumer_opts o = {.prefetch = 100, .workers = workers};
+    sluice_consumer *c = make(x, q, &o);
+    int to = 0;
+    assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+    assert_false(to);
+    sluice_consumer_stats st;
+    sluice_consumer_get_stats(c, &st);
+    sluice_consumer_free(c);
+    uint32_t left = tb_depth_eventually(q, (uint32_t)(n - st.acked), 5000);
+    printf("  stop (%d workers): acked %llu + queued %u = %u published\n",
+           workers, (unsigned long long)st.acked, left, n);
+    /* nothing acked is lost, nothing unacked is dropped */
+    assert_int_equal(st.acked + left, n);
+    assert_true(st.acked >= 700);
+    unsigned handled = 0;
+    for (unsigned i = 0; i < n; i++) handled += x->seen[i];
+    assert_int_equal(handled, st.acked); /* every handled message was acked */
+    tb_delete_queue(q);
+    ctx_free(x);
+  }
+}
+
+static void wrong_password(void **s) {
+  sluice_consumer_opts o = {
+      .uri = "amqp://guest:wrong@127.0.0.1:5672/",
+      .reconnect = {.enabled = 1},
+      .log_level = -1,
+  };
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  assert_int_equal(sluice_consumer_connect(c), SLUICE_EAUTH);
+  char text[256];
+  assert_int_equal(sluice_consumer_last_close(c, text, sizeof(text)), 403);
+  assert_non_null(strstr(text, "ACCESS_REFUSED"));
+  /* run() does not retry a refusal, even with reconnect on */
+  assert_int_equal(sluice_consumer_run(c), SLUICE_EAUTH);
+  sluice_consumer_free(c);
+
+  sluice_consumer_opts v = {.uri = "amqp://guest:guest@127.0.0.1:5672/nope",
+                            .log_level = -1};
+  assert_int_equal(sluice_consumer_new(&v, &c), 0);
+  assert_int_equal(sluice_consumer_connect(c), SLUICE_EVHOST);
+  sluice_consumer_free(c);
+
+  sluice_consumer_opts p = {.uri = "amqp://guest:guest@127.0.0.1:1/",
+                            .log_level = -1};
+  assert_int_equal(sluice_consumer_new(&p, &c), 0);
+  assert_int_equal(sluice_consumer_connect(c), SLUICE_ECONNECT);
+  sluice_consumer_free(c);
+}
+
+static void missing_queue(void **s) {
+  struct ctx *x = ctx_new(M_ACK, 1);
+  sluice_consumer_opts o = {.uri = TEST_URI, .log_level = -1};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  assert_int_equal(sluice_consumer_connect(c), 0);
+  const char *q = tb_qname("missing");
+  sluice_subscribe_opts so = {.queue = q, .handler = handler, .user = x};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), SLUICE_ENOTFOUND);
+  char text[256];
+  assert_int_equal(sluice_consumer_last_close(c, text, sizeof(text)), 404);
+  /* the connection survives: a passive declare of a missing queue too */
+  sluice_queue_decl pd = {.name = q, .passive = 1};
+  assert_int_equal(sluice_declare_queue(c, &pd), SLUICE_ENOTFOUND);
+  sluice_queue_decl ok = {.name = q, .auto_delete = 1};
+  assert_int_equal(sluice_declare_queue(c, &ok), 0);
+  /* redeclaring with other arguments is a conflict */
+  sluice_queue_decl other = {.name = q, .durable = 1};
+  assert_int_equal(sluice_declare_queue(c, &other), SLUICE_ECONFLICT);
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  sluice_consumer_free(c);
+
+  /* subscribing before connecting: run() reports it and does not retry */
+  sluice_consumer_opts r = {.uri = TEST_URI, .log_level = -1,
+                            .reconnect = {.enabled = 1}};
+  assert_int_equal(sluice_consumer_new(&r, &c), 0);
+  sluice_subscribe_opts so2 = {.queue = tb_qname("missing2"),
+                               .handler = handler, .user = x};
+  assert_int_equal(sluice_consumer_subscribe(c, &so2), 0);
+  assert_int_equal(sluice_consumer_run(c), SLUICE_ENOTFOUND);
+  sluice_consumer_free(c);
+  ctx_free(x);
+}
+
+static void done_misuse(void **s) {
+  const char *q = tb_qname("misuse");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  tb_fill(q, 1, 8);
+  struct ctx *x = ctx_new(M_DEFER, 1);
+  sluice_consumer_opts o = {.log_level = -1};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  /* defer, then complete from this thread after run() has the message */
+  pthread_t th;
+  pthread_create(&th, NULL, completer, x);
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  pthread_mutex_lock(&x->mu);
+  x->quit = 1;
+  pthread_cond_signal(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+  pthread_join(th, NULL);
+  sluice_delivery *dd = x->q[0];
+  /* second completion of the same delivery: a clear error, nothing sent */
+  assert_int_equal(sluice_delivery_done(dd, SLUICE_ACK), SLUICE_EALREADY);
+  assert_int_equal(sluice_delivery_done(dd, 99), SLUICE_EINVAL);
+  assert_int_equal(sluice_delivery_done(NULL, SLUICE_ACK), SLUICE_EINVAL);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.acked, 1);
+  assert_int_equal(st.ack_frames, 1);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void too_big_rejected(void **s) {
+  const char *q = tb_qname("big");
+  const char *dlq = tb_qname("big.dlq");
+  sluice_queue_decl dd = {.name = dlq};
+  tb_fresh_queue(&dd);
+  sluice_queue_decl d = {.name = q,
+                         .dead_letter_exchange = "",
+                         .dead_letter_routing_key = dlq};
+  tb_fresh_queue(&d);
+  tb_fill(q, 3, 300000); /* 3 big ones (several body frames each) */
+  tb_fill(q, 5, 10);     /* then 5 small: ids 0..4 again */
+  struct ctx *x = ctx_new(M_ACK, 5);
+  sluice_consumer_opts o = {.max_body = 100000, .log_level = -1};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.too_big, 3);
+  assert_int_equal(st.delivered, 5);
+  assert_int_equal(x->events[SLUICE_EV_REJECTED_BIG], 3);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(dlq, 3, 5000), 3);
+  tb_delete_queue(q);
+  tb_delete_queue(dlq);
+  ctx_free(x);
+}
+
+/* The queue is deleted under the consumer: a server basic.cancel. */
+static int cancel_handler(sluice_delivery *d, const sluice_message *m,
+                          void *user) {
+  return SLUICE_ACK;
+}
+static void on_cancel_event(sluice_consumer *c, const sluice_event *ev,
+                            void *user) {
+  struct ctx *x = user;
+  if (ev->type == SLUICE_EV_CONNECTED) {
+    /* delete the queue from a second connection once we consume */
+    tb_delete_queue((const char *)x->q[0]);
+  }
+  if (ev->type == SLUICE_EV_CANCELLED) {
+    atomic_fetch_add(&x->events[SLUICE_EV_CANCELLED], 1);
+    assert_string_equal(ev->queue, (const char *)x->q[0]);
+    sluice_consumer_stop(c);
+  }
+}
+
+static void server_cancel_event(void **s) {
+  const char *q = tb_qname("cancel");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  struct ctx *x = ctx_new(M_ACK, 0);
+  x->q[0] = (sluice_delivery *)(void *)q;
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .on_event = on_cancel_event,
+                            .event_user = x,
+                            .log_level = -1};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = cancel_handler};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 20, &to), 0);
+  assert_false(to);
+  assert_int_equal(x->events[SLUICE_EV_CANCELLED], 1);
+  sluice_consumer_free(c);
+  ctx_free(x);
+}
+
+/* A quiet connection with a 1 s heartbeat stays up for 3.5 s: sluice sends
+ * heartbeats from its timer although nothing else happens. */
+static void on_quiet_timer(evutil_socket_t fd, short what, void *arg) {
+  sluice_consumer_stop(arg);
+}
+static void on_stopped_exit(sluice_consumer *c, const sluice_event *ev,
+                            void *user) {
+  struct ctx *x = user;
+  atomic_fetch_add(&x->events[ev->type], 1);
+  if (ev->type == SLUICE_EV_STOPPED)
+    event_base_loopexit(sluice_consumer_base(c), NULL);
+}
+
+static void heartbeats_keep_idle_connection(void **s) {
+  const char *q = tb_qname("hb");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  struct ctx *x = ctx_new(M_ACK, 0);
+  /* attached to our own event_base, as an application would */
+  struct event_base *base = event_base_new();
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .heartbeat_s = 1,
+                            .on_event = on_stopped_exit,
+                            .event_user = x};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = cancel_handler};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  assert_int_equal(sluice_consumer_start(c, base), 0);
+  struct event *t = evtimer_new(base, on_quiet_timer, c);
+  struct timeval tv = {3, 500000};
+  evtimer_add(t, &tv);
+  event_base_dispatch(base);
+  assert_int_equal(x->events[SLUICE_EV_CLOSED], 0);
+  assert_int_equal(x->events[SLUICE_EV_STOPPED], 1);
+  assert_true(sluice_consumer_stopped(c));
+  event_free(t);
+  sluice_consumer_free(c);
+  event_base_free(base);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void headers_and_properties(void **s) {
+  const char *q = tb_qname("props");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  sluice_publisher_opts po = {.uri = TEST_URI};
+  sluice_publisher *p;
+  assert_int_equal(sluice_publisher_new(&po, &p), 0);
+  sluice_kv h[] = {SLUICE_KV_STR("x-reason", "test"),
+                   SLUICE_KV_INT("x-count", -7), SLUICE_KV_BOOL("x-flag", 1)};
+  sluice_publish_props pr = {.content_type = "application/json",
+                             .message_id = "0",
+                             .correlation_id = "corr",
+                             .headers = h,
+                             .n_headers = 3,
+                             .priority = 3};
+  assert_int_equal(sluice_publish(p, "", q, "0{}", 3, &pr), 0);
+  /* mandatory publish to nowhere comes back as returned */
+  sluice_publish_props mand = {.mandatory = 1};
+  assert_int_equal(sluice_publish(p, "", "sluice.nowhere", "x", 1, &mand), 0);
+  sluice_publish_report rep;
+  assert_int_equal(sluice_publisher_wait(p, &rep), SLUICE_ERETURNED);
+  assert_int_equal(rep.returned, 1);
+  assert_int_equal(rep.confirmed, 2);
+  sluice_publisher_free(p);
+
+  struct ctx *x = ctx_new(M_ACK, 1);
+  sluice_consumer_opts o = {0};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 20, &to), 0);
+  assert_int_equal(x->seen[0], 1);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+int main(void) {
+  tb_require_broker("test_consumer_broker");
+  setvbuf(stdout, NULL, _IONBF, 0);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(once_prefetch_1),
+      cmocka_unit_test(once_prefetch_10),
+      cmocka_unit_test(once_prefetch_500),
+      cmocka_unit_test(nack_requeues),
+      cmocka_unit_test(invalid_return_requeues),
+      cmocka_unit_test(reject_dead_letters),
+      cmocka_unit_test(auto_mode_bounded),
+      cmocka_unit_test(graceful_stop_mid_stream),
+      cmocka_unit_test(wrong_password),
+      cmocka_unit_test(missing_queue),
+      cmocka_unit_test(done_misuse),
+      cmocka_unit_test(too_big_rejected),
+      cmocka_unit_test(server_cancel_event),
+      cmocka_unit_test(heartbeats_keep_idle_connection),
+      cmocka_unit_test(headers_and_properties),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
