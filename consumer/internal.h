@@ -116,6 +116,7 @@ struct sluice_consumer {
   int wake_fd;
   int reading;      /* ev_read is added */
   int want_write;   /* ev_write is added */
+  int write_budget; /* bytes writable without another poll(2) */
   int ack_timer_on;
   int in_dispatch;  /* inside a frame-reading pass */
   int run_result;

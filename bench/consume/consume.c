@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: MIT */
+/* sluice-bench-consume: consume throughput of sluice against a minimal raw
+ * rabbitmq-c loop, in the same invocation, on the same broker, each from a
+ * pre-filled queue. Prints msg/s, client CPU per message and the ratio.
+ *
+ *   sluice-bench-consume [--count N] [--size B] [--rounds R]
+ *                        [--only per-message|coalesced|prefetch|auto]
+ */
+#include <getopt.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+
+#include <sluice/sluice.h>
+
+#include "../common/bench_util.h"
+
+static const char *URI = "amqp://guest:guest@127.0.0.1:5672/";
+static const char *QUEUE = "sluice.bench.consume";
+
+struct result {
+  double rate;   /* msg/s */
+  double cpu_us; /* client CPU per message, microseconds */
+};
+
+/* ---- the reference: a blocking rabbitmq-c loop -------------------------- */
+
+static void check(amqp_rpc_reply_t r, const char *what) {
+  if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    fprintf(stderr, "raw: %s failed\n", what);
+    exit(1);
+  }
+}
+
+/* ack_every: 0 = autoAck; 1 = ack each; k = ack multiple every k */
+static struct result raw_loop(unsigned long n, unsigned prefetch,
+                              unsigned ack_every) {
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t *s = amqp_tcp_socket_new(conn);
+  if (amqp_socket_open(s, "127.0.0.1", 5672)) exit(1);
+  check(amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest",
+                   "guest"),
+        "login");
+  amqp_channel_open(conn, 1);
+  check(amqp_get_rpc_reply(conn), "channel");
+  if (ack_every) {
+    amqp_basic_qos(conn, 1, 0, (uint16_t)prefetch, 0);
+    check(amqp_get_rpc_reply(conn), "qos");
+  }
+  amqp_basic_consume(conn, 1, amqp_cstring_bytes(QUEUE), amqp_empty_bytes, 0,
+                     ack_every == 0, 0, amqp_empty_table);
+  check(amqp_get_rpc_reply(conn), "consume");
+  double t0 = bu_now(), c0 = bu_cpu();
+  unsigned long got = 0;
+  while (got < n) {
+    amqp_envelope_t env;
+    amqp_maybe_release_buffers(conn);
+    amqp_rpc_reply_t r = amqp_consume_message(conn, &env, NULL, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+      fprintf(stderr, "raw: consume_message failed\n");
+      exit(1);
+    }
+    got++;
+    if (ack_every == 1)
+      amqp_basic_ack(conn, 1, env.delivery_tag, 0);
+    else if (ack_every > 1 && (got % ack_every == 0 || got == n))
+      amqp_basic_ack(conn, 1, env.delivery_tag, 1);
+    amqp_destroy_envelope(&env);
+  }
+  double t1 = bu_now(), c1 = bu_cpu();
+  amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
+  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(conn);
+  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
+  return res;
+}
+
+/* ---- sluice -------------------------------------------------------------- */
+
+static sluice_consumer *g_c;
+static unsigned long g_n;
+static atomic_ulong g_got;
+
+static int noop(sluice_delivery *d, const sluice_message *m, void *u) {
+  if (atomic_fetch_add_explicit(&g_got, 1, memory_order_relaxed) + 1 == g_n)
+    sluice_consumer_stop(g_c);
+  return SLUICE_ACK;
+}
+
+static struct result sluice_run(unsigned long n, sluice_consumer_opts o) {
+  o.uri = URI;
+  g_n = n;
+  atomic_store(&g_got, 0);
+  if (sluice_consumer_new(&o, &g_c)) exit(1);
+  sluice_subscribe_opts so = {.queue = QUEUE, .handler = noop};
+  if (sluice_consumer_subscribe(g_c, &so)) exit(1);
+  if (sluice_consumer_connect(g_c)) exit(1);
+  double t0 = bu_now(), c0 = bu_cpu();
+  int rc = sluice_consumer_run(g_c);
+  double t1 = bu_now(), c1 = bu_cpu();
+  if (rc || atomic_load(&g_got) != n) {
+    fprintf(stderr, "sluice: run %s, %lu of %lu\n", sluice_strerror(rc),
+            (unsigned long)atomic_load(&g_got), n);
+    exit(1);
+  }
+  sluice_consumer_free(g_c);
+  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
+  return res;
+}
+
+/* ---- driver -------------------------------------------------------------- */
+
+struct variant {
+  const char *name;
+  const char *group;
+  unsigned prefetch;
+  unsigned raw_ack_every; /* 0 = autoAck */
+  sluice_consumer_opts o;
+};
+
+int main(int argc, char **argv) {
+  unsigned long n = 200000;
+  size_t size = 256;
+  int rounds = 3;
+  const char *only = NULL;
+  static const struct option lo[] = {{"count", 1, 0, 'n'},
+                                     {"size", 1, 0, 's'},
+                                     {"rounds", 1, 0, 'r'},
+                                     {"only", 1, 0, 'o'},
+                                     {0, 0, 0, 0}};
+  int ch;
+  while ((ch = getopt_long(argc, argv, "n:s:r:o:", lo, NULL)) != -1) {
+    if (ch == 'n') n = strtoul(optarg, NULL, 10);
+    else if (ch == 's') size = strtoul(optarg, NULL, 10);
+    else if (ch == 'r') rounds = atoi(optarg);
+    else if (ch == 'o') only = optarg;
+    else return 2;
+  }
+  if (rounds < 1 || rounds > 15 || n == 0) return 2;
+
+  struct variant vs[] = {
+      {"prefetch 100, ack each", "per-message", 100, 1,
+       {.prefetch = 100, .ack_batch = 1}},
+      {"prefetch 100, coalesced (sluice default)", "coalesced", 100, 1,
+       {.prefetch = 100}},
+      {"prefetch 1000, coalesced vs raw multiple/100", "coalesced", 1000, 100,
+       {.prefetch = 1000}},
+      {"prefetch 1", "prefetch", 1, 1, {.prefetch = 1}},
+      {"prefetch 10", "prefetch", 10, 1, {.prefetch = 10}},
+      {"prefetch 1000, ack each", "prefetch", 1000, 1,
+       {.prefetch = 1000, .ack_batch = 1}},
+      {"autoAck", "auto", 0, 0, {.ack_mode = SLUICE_ACK_AUTO}},
+  };
+  printf("# %lu x %zu B messages per run, %d round(s), medians; client CPU "
+         "is this process only (the broker runs beside it)\n",
+         n, size, rounds);
+  printf("%-46s %12s %12s %7s %10s %10s\n", "variant", "raw msg/s",
+         "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg");
+  for (size_t v = 0; v < sizeof(vs) / sizeof(*vs); v++) {
+    if (only && strcmp(only, vs[v].group) != 0) continue;
+    double rr[15], sr[15], rc[15], sc[15];
+    for (int r = 0; r < rounds; r++) {
+      /* alternate which goes first: the broker warms up too */
+      for (int k = 0; k < 2; k++) {
+        int do_raw = (r + k) % 2 == 0;
+        bu_fill(URI, QUEUE, n, size);
+        if (do_raw) {
+          struct result x = raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every);
+          rr[r] = x.rate;
+          rc[r] = x.cpu_us;
+        } else {
+          struct result x = sluice_run(n, vs[v].o);
+          sr[r] = x.rate;
+          sc[r] = x.cpu_us;
+        }
+      }
+    }
+    double mr = bu_median(rr, rounds), ms = bu_median(sr, rounds);
+    printf("%-46s %12.0f %12.0f %6.2fx %10.2f %10.2f\n", vs[v].name, mr, ms,
+           ms / mr, bu_median(rc, rounds), bu_median(sc, rounds));
+    fflush(stdout);
+  }
+  return 0;
+}
