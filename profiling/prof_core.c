@@ -1,0 +1,496 @@
+/* SPDX-License-Identifier: MIT */
+/* Global state of the profiler: start and stop, the environment, per-thread
+ * state and its registry, the sampler, recording and untracking blocks,
+ * MemStats, fork safety. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "prof_internal.h"
+
+__thread sluice__tls sluice__t __attribute__((tls_model("initial-exec")));
+_Atomic unsigned sluice__flags;
+_Atomic uint32_t sluice__epoch = 1;
+
+#define DEFAULT_RATE 524288
+
+static _Atomic uint64_t g_rate = DEFAULT_RATE;
+static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
+static int inited;
+static sluice_prof_opts g_opts;
+
+/* Registry of threads that counted something, for MemStats. */
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static sluice__tls *reg_head;
+static pthread_key_t reg_key;
+static _Atomic uint64_t dead_mallocs, dead_frees, dead_bytes;
+
+/* SLUICE_PROF_OUT, kept for the exit-time dump. */
+static char out_path[PATH_MAX];
+
+void sluice__enter_guard(void) {
+  sluice__t.guard++;
+}
+
+void sluice__leave_guard(void) {
+  sluice__t.guard--;
+}
+
+size_t sluice__rate(void) {
+  return (size_t)atomic_load_explicit(&g_rate, memory_order_relaxed);
+}
+
+const sluice_prof_opts *sluice__opts(void) {
+  return &g_opts;
+}
+
+uint64_t sluice__now_ns(void) {
+  if (g_opts.now_ns) return g_opts.now_ns(g_opts.clock_user);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Thread registry. */
+
+static void fold_dead(sluice__tls *t) {
+  atomic_fetch_add(&dead_mallocs, atomic_load(&t->mallocs));
+  atomic_fetch_add(&dead_frees, atomic_load(&t->frees));
+  atomic_fetch_add(&dead_bytes, atomic_load(&t->alloc_bytes));
+  atomic_store(&t->mallocs, 0);
+  atomic_store(&t->frees, 0);
+  atomic_store(&t->alloc_bytes, 0);
+}
+
+static void unlink_locked(sluice__tls *t) {
+  if (t->prev) t->prev->next = t->next;
+  else reg_head = t->next;
+  if (t->next) t->next->prev = t->prev;
+  t->next = t->prev = NULL;
+}
+
+static void tls_dtor(void *arg) {
+  sluice__tls *t = arg;
+  pthread_mutex_lock(&reg_mu);
+  if (t->state == SLUICE__T_LIVE) unlink_locked(t);
+  fold_dead(t);
+  t->state = SLUICE__T_DEAD;
+  pthread_mutex_unlock(&reg_mu);
+}
+
+void sluice__tls_register(sluice__tls *t) {
+  if (t->state == SLUICE__T_DEAD) {
+    /* Allocations during thread teardown, after our key destructor. */
+    fold_dead(t);
+    return;
+  }
+  if (!inited) return;
+  t->guard++;
+  if (!t->rng) {
+    t->rng = (uint64_t)(uintptr_t)t ^ sluice__now_ns() ^
+             ((uint64_t)getpid() << 32);
+    if (!t->rng) t->rng = 1;
+  }
+  pthread_mutex_lock(&reg_mu);
+  if (t->state == SLUICE__T_NEW) {
+    t->prev = NULL;
+    t->next = reg_head;
+    if (reg_head) reg_head->prev = t;
+    reg_head = t;
+    t->state = SLUICE__T_LIVE;
+  }
+  pthread_mutex_unlock(&reg_mu);
+  pthread_setspecific(reg_key, t);
+  t->guard--;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sampling, like Go's MemProfileRate: the bytes between two samples are
+ * exponentially distributed with mean `rate`, so an allocation of size s is
+ * sampled with probability 1 - exp(-s/rate), whatever came before it. */
+
+static uint64_t rng_next(sluice__tls *t) {
+  uint64_t x = t->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  t->rng = x;
+  return x * 0x2545F4914F6CDD1Dull;
+}
+
+static int64_t draw(sluice__tls *t, uint64_t rate) {
+  if (rate <= 1) return 0;
+  if (rate == (uint64_t)SLUICE_PROF_RATE_NONE) return INT64_MAX;
+  double u = (double)(rng_next(t) >> 11) * 0x1.0p-53; /* [0, 1) */
+  double v = -log1p(-u) * (double)rate;
+  if (v > 0x1.0p62) return INT64_MAX;
+  return (int64_t)v + 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Recording. */
+
+void sluice__rec_release(const sluice__rec *r) {
+  if (r->stack) sluice__stack_free(r->stack, r->size);
+  if (r->scope) sluice__scope_credit(r->scope, -(int64_t)r->size, -1);
+}
+
+static void ensure_track_flag(void) {
+  if (!(sluice__flags_now() & SLUICE__F_TRACK))
+    atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
+}
+
+/* Sampling decision for a block of n bytes, after the countdown said
+ * `sampled`; refreshes the countdown. */
+static int decide(sluice__tls *t, size_t n, int sampled) {
+  uint32_t epoch = atomic_load_explicit(&sluice__epoch, memory_order_relaxed);
+  uint64_t rate = atomic_load_explicit(&g_rate, memory_order_relaxed);
+  if (t->epoch != epoch) {
+    /* First sample decision under this rate: draw a fresh countdown. */
+    t->epoch = epoch;
+    int64_t left = draw(t, rate) - (int64_t)n;
+    atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
+    sampled = left <= 0;
+  }
+  if (rate == (uint64_t)SLUICE_PROF_RATE_NONE) sampled = 0;
+  if (sampled)
+    atomic_store_explicit(&t->sample_left, draw(t, rate),
+                          memory_order_relaxed);
+  return sampled;
+}
+
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
+  t->guard++;
+  sampled = decide(t, n, sampled);
+  sluice__rec r = {n, 0, 0};
+  if (t->scope) {
+    r.scope = sluice__scope_ref(t->scope);
+    if (!r.scope) t->scope = 0; /* the scope ended: stop looking it up */
+  }
+  if (sampled) {
+    r.stack = sluice__stack_capture();
+    sluice__stack_alloc(r.stack, n);
+  }
+  if (r.stack || r.scope) {
+    if (r.scope) sluice__scope_credit(r.scope, (int64_t)n, 1);
+    ensure_track_flag();
+    sluice__rec old;
+    int rc = sluice__table_insert((uintptr_t)p, &r, &old);
+    if (rc == 1) sluice__rec_release(&old);
+    if (rc < 0) sluice__rec_release(&r); /* out of memory: forget it */
+  }
+  t->guard--;
+}
+
+void sluice__untrack(const void *p) {
+  sluice__tls *t = &sluice__t;
+  if (SLUICE__UNLIKELY(t->in_fork)) return; /* our locks are held */
+  sluice__rec r;
+  if (sluice__table_take((uintptr_t)p, &r)) sluice__rec_release(&r);
+}
+
+void *sluice__realloc_done(void *p, void *q, size_t n,
+                           const sluice__rec *old) {
+  sluice__tls *t = &sluice__t;
+  unsigned flags = sluice__flags_now();
+  if (!q) {
+    if (n == 0) { /* glibc freed p */
+      if (flags & SLUICE__F_REC) sluice__on_free(p, SLUICE__F_REC);
+      if (old) sluice__rec_release(old);
+    } else if (old) { /* failed: p is unchanged */
+      sluice__rec dup;
+      int rc = sluice__table_insert((uintptr_t)p, old, &dup);
+      if (rc == 1) sluice__rec_release(&dup);
+      if (rc < 0) sluice__rec_release(old);
+    }
+    return q;
+  }
+  if (!old) {
+    /* Not tracked before: a free and a new allocation in the current
+     * scope (a block that had no scope takes the one it grows in). */
+    if (flags & SLUICE__F_REC) {
+      sluice__on_free(p, SLUICE__F_REC);
+      sluice__on_alloc(q, n);
+    }
+    return q;
+  }
+  /* Tracked: keep the block's scope; the stack sample is redrawn. */
+  t->guard++;
+  if (old->stack) sluice__stack_free(old->stack, old->size);
+  sluice__rec r = {n, 0, old->scope};
+  if (r.scope)
+    sluice__scope_credit(r.scope, (int64_t)n - (int64_t)old->size, 0);
+  if (flags & SLUICE__F_REC) {
+    if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
+    sluice__bump(&t->frees, 1);
+    sluice__bump(&t->mallocs, 1);
+    sluice__bump(&t->alloc_bytes, n);
+    if (t->guard == 1) {
+      int64_t left =
+          atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
+          (int64_t)n;
+      atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
+      if (decide(t, n, left <= 0)) {
+        r.stack = sluice__stack_capture();
+        sluice__stack_alloc(r.stack, n);
+      }
+    }
+  }
+  if (r.stack || r.scope) {
+    sluice__rec dup;
+    int rc = sluice__table_insert((uintptr_t)q, &r, &dup);
+    if (rc == 1) sluice__rec_release(&dup);
+    if (rc < 0) sluice__rec_release(&r);
+  }
+  t->guard--;
+  return q;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork: hold every lock across fork() so that the child never inherits one
+ * held by a thread that does not exist there. Between prepare and
+ * parent/child, this thread's frees skip the table (a stale record is
+ * replaced when its address comes back). */
+
+static void fork_prepare(void) {
+  sluice__t.guard++;
+  sluice__t.in_fork = 1;
+  pthread_mutex_lock(&reg_mu);
+  sluice__sym_lock_all();
+  sluice__scopes_lock_all();
+  sluice__stacks_lock_all();
+  sluice__table_lock_all();
+}
+
+static void fork_parent(void) {
+  sluice__table_unlock_all();
+  sluice__stacks_unlock_all();
+  sluice__scopes_unlock_all();
+  sluice__sym_unlock_all();
+  pthread_mutex_unlock(&reg_mu);
+  sluice__t.in_fork = 0;
+  sluice__t.guard--;
+}
+
+static void fork_child(void) {
+  sluice__table_unlock_all();
+  sluice__stacks_unlock_all();
+  sluice__scopes_unlock_all();
+  sluice__sym_unlock_all();
+  /* Only this thread survives: fold the others' counters. */
+  sluice__tls *self = &sluice__t;
+  for (sluice__tls *t = reg_head, *next; t; t = next) {
+    next = t->next;
+    if (t == self) continue;
+    fold_dead(t);
+    unlink_locked(t);
+  }
+  pthread_mutex_unlock(&reg_mu);
+  sluice__t.in_fork = 0;
+  sluice__t.guard--;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start and stop. */
+
+static int init_locked(const sluice_prof_opts *o) {
+  if (inited) return 0;
+  int rc;
+  sluice__self_range_init();
+  if ((rc = sluice__table_init())) return rc;
+  if ((rc = sluice__stacks_init(o->max_stacks))) return rc;
+  if ((rc = sluice__scopes_init(o->max_scopes, o->max_pending,
+                                o->max_queues)))
+    return rc;
+  if (pthread_key_create(&reg_key, tls_dtor)) return SLUICE_ENOMEM;
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  inited = 1;
+  return 0;
+}
+
+int sluice__inited(void) {
+  return inited;
+}
+
+int sluice_prof_start(const sluice_prof_opts *opts) {
+  sluice_prof_opts o;
+  if (opts) o = *opts;
+  else memset(&o, 0, sizeof o);
+  if (!o.sample_rate) o.sample_rate = DEFAULT_RATE;
+  if (!o.max_stacks) o.max_stacks = 65536;
+  if (!o.max_scopes) o.max_scopes = 16384;
+  if (!o.max_pending) o.max_pending = 4096;
+  if (!o.max_queues) o.max_queues = 64;
+  if (!o.grace_ms) o.grace_ms = 1000;
+  if (!o.leak_threshold) o.leak_threshold = 1;
+  if (!o.leak_window) o.leak_window = 100;
+  if (!o.leak_windows) o.leak_windows = 3;
+  if (o.max_scopes > (1u << 24) || o.max_queues > 4096 ||
+      o.max_pending > (1u << 24))
+    return SLUICE_EINVAL;
+
+  sluice__t.guard++;
+  pthread_mutex_lock(&start_mu);
+  int rc = init_locked(&o);
+  if (rc == 0) {
+    g_opts = o;
+    sluice__scopes_configure(&g_opts);
+    atomic_store(&g_rate, (uint64_t)o.sample_rate);
+    atomic_fetch_add(&sluice__epoch, 1);
+    /* Make every thread leave its countdown at its next allocation. */
+    pthread_mutex_lock(&reg_mu);
+    for (sluice__tls *t = reg_head; t; t = t->next)
+      atomic_store_explicit(&t->sample_left, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&reg_mu);
+    atomic_fetch_or(&sluice__flags, SLUICE__F_REC);
+  }
+  pthread_mutex_unlock(&start_mu);
+  sluice__t.guard--;
+  return rc;
+}
+
+void sluice_prof_stop(void) {
+  atomic_fetch_and(&sluice__flags, ~SLUICE__F_REC);
+}
+
+int sluice_prof_running(void) {
+  return (sluice__flags_now() & SLUICE__F_REC) != 0;
+}
+
+int sluice_prof_interposing(void) {
+  return SLUICE_PROF_INTERPOSE;
+}
+
+size_t sluice_prof_sample_rate(void) {
+  return sluice__rate();
+}
+
+void sluice_prof_note_alloc(const void *p, size_t size) {
+  if (!p || !(sluice__flags_now() & SLUICE__F_REC)) return;
+  sluice__on_alloc((void *)(uintptr_t)p, size);
+}
+
+void sluice_prof_note_free(const void *p) {
+  unsigned f = sluice__flags_now();
+  if (!p || !f) return;
+  sluice__on_free(p, f);
+}
+
+/* ------------------------------------------------------------------------ */
+/* MemStats. */
+
+static uint64_t read_rss(void) {
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[128];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  unsigned long long size = 0, res = 0;
+  char *e;
+  size = strtoull(buf, &e, 10);
+  res = strtoull(e, NULL, 10);
+  (void)size;
+  return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
+  memset(ms, 0, sizeof *ms);
+  sluice__t.guard++;
+  ms->mallocs = atomic_load(&dead_mallocs);
+  ms->frees = atomic_load(&dead_frees);
+  ms->total_alloc_bytes = atomic_load(&dead_bytes);
+  pthread_mutex_lock(&reg_mu);
+  for (sluice__tls *t = reg_head; t; t = t->next) {
+    ms->mallocs += atomic_load_explicit(&t->mallocs, memory_order_relaxed);
+    ms->frees += atomic_load_explicit(&t->frees, memory_order_relaxed);
+    ms->total_alloc_bytes +=
+        atomic_load_explicit(&t->alloc_bytes, memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&reg_mu);
+  ms->live_objects = ms->mallocs > ms->frees ? ms->mallocs - ms->frees : 0;
+  struct mallinfo2 mi = mallinfo2();
+  ms->heap_live_bytes = mi.uordblks + mi.hblkhd;
+  ms->heap_mapped_bytes = mi.arena + mi.hblkhd;
+  ms->rss_bytes = read_rss();
+  ms->sample_rate = sluice__rate();
+  if (inited) {
+    uint32_t max = sluice__stack_max_id();
+    int64_t live = 0;
+    for (uint32_t id = SLUICE__STACK_FULL; id <= max; id++) {
+      sluice__stack_counts c;
+      sluice__stack_counts_get(id, &c);
+      int64_t n, b;
+      sluice__unbias((int64_t)(c.alloc_n - c.free_n),
+                     (int64_t)(c.alloc_b - c.free_b), ms->sample_rate, &n,
+                     &b);
+      live += b;
+    }
+    ms->sampled_live_bytes = live > 0 ? (uint64_t)live : 0;
+    ms->tracked_blocks = sluice__table_count();
+    ms->stacks = max > SLUICE__STACK_FULL ? max - SLUICE__STACK_FULL : 0;
+    ms->stacks_dropped = sluice__stack_dropped();
+    sluice__scopes_stats(ms);
+  }
+  ms->overhead_bytes = atomic_load(&sluice__overhead);
+  sluice__t.guard--;
+}
+
+void sluice__unbias(int64_t n, int64_t b, uint64_t rate, int64_t *on,
+                    int64_t *ob) {
+  if (n == 0 || b == 0 || rate <= 1 ||
+      rate == (uint64_t)SLUICE_PROF_RATE_NONE) {
+    *on = n;
+    *ob = b;
+    return;
+  }
+  double avg = (double)b / (double)n;
+  if (avg <= 0) { /* a difference with mixed signs: leave it */
+    *on = n;
+    *ob = b;
+    return;
+  }
+  double scale = 1.0 / (1.0 - exp(-avg / (double)rate));
+  *on = (int64_t)((double)n * scale);
+  *ob = (int64_t)((double)b * scale);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The environment: SLUICE_PROF=1 starts at load time, SLUICE_PROF_RATE sets
+ * the rate (0: no stacks), SLUICE_PROF_OUT names the profile written at
+ * exit. */
+
+__attribute__((constructor)) static void prof_env_start(void) {
+  const char *on = getenv("SLUICE_PROF");
+  if (!on || !*on || !strcmp(on, "0")) return;
+  sluice_prof_opts o;
+  memset(&o, 0, sizeof o);
+  const char *r = getenv("SLUICE_PROF_RATE");
+  if (r && *r) {
+    char *end;
+    unsigned long long v = strtoull(r, &end, 10);
+    o.sample_rate = v == 0 ? SLUICE_PROF_RATE_NONE : (size_t)v;
+  }
+  const char *out = getenv("SLUICE_PROF_OUT");
+  if (out && *out && strlen(out) < sizeof out_path) strcpy(out_path, out);
+  sluice_prof_start(&o);
+}
+
+__attribute__((destructor)) static void prof_env_dump(void) {
+  if (!out_path[0] || !inited) return;
+  sluice_prof_stop();
+  int e = errno;
+  sluice_prof_write_file(NULL, NULL, out_path);
+  errno = e;
+}

@@ -1,0 +1,355 @@
+/* SPDX-License-Identifier: MIT */
+/* Internals shared by the files of the allocation profiler (sluice__ names).
+ *
+ * Map of the module, one file per job (as jemalloc splits src/prof*.c):
+ *   prof_interpose.c  malloc & co. replacing glibc's, the fast paths
+ *   prof_core.c       global state, start/stop, environment, thread state,
+ *                     sampling, recording and untracking blocks, MemStats
+ *   prof_mem.c        the profiler's own memory (bypasses the hooks), buffers
+ *   prof_table.c      the table of tracked blocks (pointer -> record)
+ *   prof_stack.c      unwinding (libunwind) and the interned stack table
+ *   prof_scope.c      scopes, residual, re-checks, aggregates, leak verdicts
+ *   prof_symbols.c    loaded modules, ELF symbol tables, name cache
+ *   prof_snapshot.c   snapshots and their differences
+ *   prof_out.c        output dispatch, files, shared formatting
+ *   prof_out_pprof.c  gzipped profile.proto
+ *   prof_out_legacy.c gperftools heap text
+ *   prof_out_text.c   `top`, folded stacks and the residual report
+ */
+#ifndef SLUICE_PROF_INTERNAL_H
+#define SLUICE_PROF_INTERNAL_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/profiling.h>
+
+#ifndef SLUICE_PROF_INTERPOSE
+#define SLUICE_PROF_INTERPOSE 1
+#endif
+
+#define SLUICE__LIKELY(x) __builtin_expect(!!(x), 1)
+#define SLUICE__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SLUICE__NOINLINE __attribute__((noinline))
+#define SLUICE__CACHELINE 64
+
+/* Deepest stack recorded (Go records 32 frames for heap profiles). */
+#define SLUICE__MAX_DEPTH 64
+/* Outcomes aggregated: sluice_outcome values 0 .. SLUICE_OUTCOME_COUNT_-1. */
+#define SLUICE__N_OUTCOMES 6
+
+/* ------------------------------------------------------------------------ */
+/* The profiler's own memory: glibc's __libc_* entry points when malloc is
+ * replaced (so it never re-enters the hooks), plain malloc otherwise (so
+ * ASan sees it). */
+void *sluice__malloc(size_t n);
+void *sluice__calloc(size_t n, size_t m);
+void *sluice__realloc(void *p, size_t n);
+void sluice__free(void *p);
+char *sluice__strdup(const char *s);
+/* Bytes held by long-lived structures, kept by their owners. */
+extern _Atomic uint64_t sluice__overhead;
+
+/* A growable byte buffer; `oom` is sticky. */
+typedef struct sluice__buf {
+  char *data;
+  size_t len, cap;
+  int oom;
+} sluice__buf;
+void sluice__buf_put(sluice__buf *b, const void *d, size_t n);
+void sluice__buf_putc(sluice__buf *b, char c);
+void sluice__buf_puts(sluice__buf *b, const char *s);
+void sluice__buf_printf(sluice__buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void sluice__buf_free(sluice__buf *b);
+
+/* ------------------------------------------------------------------------ */
+struct sluice__rec;
+
+/* A small test-and-set lock for the hot tables: cheaper than a mutex when
+ * uncontended, and it never allocates. */
+typedef struct sluice__lock {
+  _Atomic int v;
+} sluice__lock;
+
+static inline void sluice__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static inline void sluice__lock_acquire(sluice__lock *l) {
+  unsigned spins = 0;
+  while (atomic_exchange_explicit(&l->v, 1, memory_order_acquire)) {
+    while (atomic_load_explicit(&l->v, memory_order_relaxed)) {
+      if (++spins < 64) {
+        sluice__cpu_relax();
+      } else {
+        spins = 0;
+        sched_yield();
+      }
+    }
+  }
+}
+
+static inline void sluice__lock_release(sluice__lock *l) {
+  atomic_store_explicit(&l->v, 0, memory_order_release);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-thread state, initial-exec TLS (no allocation, no __tls_get_addr). */
+enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
+
+typedef struct sluice__tls {
+  int guard;             /* >0: inside the profiler; record nothing */
+  int state;             /* SLUICE__T_* (registry membership) */
+  /* bytes until the next sample; reset by others when the rate changes */
+  _Atomic int64_t sample_left;
+  uint32_t epoch;        /* sampling epoch the countdown belongs to */
+  int in_fork;           /* between fork's prepare and parent/child */
+  uint64_t scope;        /* current scope handle, 0 = none */
+  uint64_t rng;          /* xorshift state for the sampler */
+  /* MemStats counters; written by the owner only, read by others. */
+  _Atomic uint64_t mallocs, frees, alloc_bytes;
+  struct sluice__tls *next, *prev; /* registry of live threads */
+} sluice__tls;
+
+extern __thread sluice__tls sluice__t
+    __attribute__((tls_model("initial-exec")));
+
+/* Global flags: recording new allocations; the block table may hold
+ * records (frees must look). */
+enum { SLUICE__F_REC = 1u, SLUICE__F_TRACK = 2u };
+extern _Atomic unsigned sluice__flags;
+extern _Atomic uint32_t sluice__epoch;
+
+static inline unsigned sluice__flags_now(void) {
+  return atomic_load_explicit(&sluice__flags, memory_order_relaxed);
+}
+
+/* Relaxed counter bump: owner-only writes, so no read-modify-write. */
+static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
+  atomic_store_explicit(
+      c, atomic_load_explicit(c, memory_order_relaxed) + by,
+      memory_order_relaxed);
+}
+
+void sluice__tls_register(sluice__tls *t);
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled);
+void sluice__untrack(const void *p);
+/* After the real realloc: `q` (NULL on failure) replaced `p`, whose record
+ * (if it was tracked) is `old`. */
+void *sluice__realloc_done(void *p, void *q, size_t n,
+                           const struct sluice__rec *old);
+void sluice__rec_release(const struct sluice__rec *r);
+
+/* The allocation hook: counts, and leaves the fast path only when the
+ * allocation is sampled or the thread is inside a scope. */
+static inline void sluice__on_alloc(void *p, size_t n) {
+  sluice__tls *t = &sluice__t;
+  if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) sluice__tls_register(t);
+  sluice__bump(&t->mallocs, 1);
+  sluice__bump(&t->alloc_bytes, n);
+  if (t->guard) return;
+  int64_t left =
+      atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
+      (int64_t)n;
+  atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
+  if (SLUICE__LIKELY(left > 0 && t->scope == 0)) return;
+  sluice__alloc_slow(t, p, n, left <= 0);
+}
+
+static inline void sluice__on_free(const void *p, unsigned flags) {
+  if (flags & SLUICE__F_REC) {
+    sluice__tls *t = &sluice__t;
+    if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) sluice__tls_register(t);
+    sluice__bump(&t->frees, 1);
+  }
+  if (flags & SLUICE__F_TRACK) sluice__untrack(p);
+}
+
+uint64_t sluice__now_ns(void);
+size_t sluice__rate(void);
+const sluice_prof_opts *sluice__opts(void);
+int sluice__inited(void);
+void sluice__enter_guard(void);
+void sluice__leave_guard(void);
+
+/* ------------------------------------------------------------------------ */
+/* Records of tracked blocks. */
+typedef struct sluice__rec {
+  uint64_t size;  /* requested bytes */
+  uint32_t stack; /* stack id when sampled, 0 otherwise */
+  uint32_t scope; /* 0, slot index + 1, or SLUICE__SINK | sink index */
+} sluice__rec;
+
+#define SLUICE__SINK 0x80000000u
+
+int sluice__table_init(void);
+/* Insert or replace; the replaced record (if any) is copied to `old` and 1
+ * returned. -1 when out of memory (the record is dropped). */
+int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
+                         sluice__rec *old);
+/* Remove `key`; 1 with its record in `out`, 0 when not tracked. */
+int sluice__table_take(uintptr_t key, sluice__rec *out);
+/* Visit every record under its shard's lock; `fn` may change `rec->scope`. */
+void sluice__table_foreach(void (*fn)(uintptr_t key, sluice__rec *rec,
+                                      void *arg),
+                           void *arg);
+uint64_t sluice__table_count(void);
+void sluice__table_lock_all(void);
+void sluice__table_unlock_all(void);
+
+/* ------------------------------------------------------------------------ */
+/* Stacks. Id 0 = none; id 1 = "[stack table full]". */
+#define SLUICE__STACK_FULL 1u
+
+typedef struct sluice__stack_counts {
+  uint64_t alloc_n, alloc_b, free_n, free_b;
+} sluice__stack_counts;
+
+int sluice__stacks_init(size_t cap);
+uint32_t sluice__stack_capture(void);
+const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n);
+void sluice__stack_alloc(uint32_t id, uint64_t size);
+void sluice__stack_free(uint32_t id, uint64_t size);
+void sluice__stack_counts_get(uint32_t id, sluice__stack_counts *out);
+uint32_t sluice__stack_max_id(void); /* ids are 1 .. this */
+uint64_t sluice__stack_dropped(void);
+void sluice__stacks_lock_all(void);
+void sluice__stacks_unlock_all(void);
+/* Is this return address inside the profiler or the unwinder? */
+int sluice__pc_is_internal(uintptr_t pc);
+void sluice__self_range_init(void);
+
+/* ------------------------------------------------------------------------ */
+/* Scopes. */
+int sluice__scopes_init(size_t max_scopes, size_t max_pending,
+                        size_t max_queues);
+void sluice__scopes_configure(const sluice_prof_opts *o);
+uint32_t sluice__scope_ref(uint64_t handle); /* for a new block, or 0 */
+void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects);
+void sluice__scopes_lock_all(void);
+void sluice__scopes_unlock_all(void);
+void sluice__scopes_stats(sluice_prof_memstats *ms);
+
+/* Residual rows collected for a snapshot or a verdict. */
+typedef struct sluice__resid_key {
+  uint32_t stack;
+  uint16_t queue;
+  uint8_t outcome;
+  uint8_t pad_;
+  uint64_t seq; /* 0 when the message is not known any more */
+} sluice__resid_key;
+/* Visit every sampled block left by an ended scope, with its key. `queue`
+ * -1 and `outcomes` 0 mean all. Holds the scope lock during the pass. */
+void sluice__residual_collect(int queue, unsigned outcomes,
+                              void (*fn)(const sluice__resid_key *k,
+                                         uint64_t size, void *arg),
+                              void *arg);
+const char *sluice__queue_name(unsigned idx);
+int sluice__queue_find(const char *name); /* -1 when unknown */
+const char *sluice__outcome_name(int outcome);
+
+/* ------------------------------------------------------------------------ */
+/* Symbols and mappings, resolved at report time. */
+typedef struct sluice__mapping {
+  uint64_t start, limit, offset;
+  const char *path;     /* owned by the symbol cache */
+  const char *build_id; /* hex, or "" */
+} sluice__mapping;
+
+typedef struct sluice__symtab sluice__symtab; /* one report's view */
+/* Open a view of the loaded modules (takes the symbol lock until close). */
+sluice__symtab *sluice__sym_open(void);
+void sluice__sym_close(sluice__symtab *st);
+/* Name of the function containing `pc` (a return address minus 1); never
+ * NULL; borrowed until sluice__sym_close(). `mapping` gets the index of
+ * its mapping or -1. */
+const char *sluice__sym_name(sluice__symtab *st, uintptr_t pc, int *mapping);
+size_t sluice__sym_mappings(sluice__symtab *st, const sluice__mapping **out);
+void sluice__sym_lock_all(void);
+void sluice__sym_unlock_all(void);
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots. Values are raw sampled counts; writers unbias them. */
+typedef struct sluice__snap_stack {
+  uint32_t stack;
+  int64_t alloc_n, alloc_b, inuse_n, inuse_b;
+} sluice__snap_stack;
+
+typedef struct sluice__snap_resid {
+  sluice__resid_key key;
+  int64_t n, b;
+} sluice__snap_resid;
+
+struct sluice_prof_snapshot {
+  uint64_t time_ns;     /* wall clock of the (later) snapshot */
+  uint64_t duration_ns; /* a diff: time between the two */
+  uint64_t rate;
+  int is_diff;
+  sluice__snap_stack *stacks;
+  size_t n_stacks;
+  sluice__snap_resid *resid;
+  size_t n_resid;
+  sluice_prof_memstats ms;
+};
+
+/* Go's unbiasing of a bucket of `n` samples totalling `b` bytes. */
+void sluice__unbias(int64_t n, int64_t b, uint64_t rate, int64_t *on,
+                    int64_t *ob);
+
+/* ------------------------------------------------------------------------ */
+/* Output helpers. */
+typedef struct sluice__out {
+  sluice_prof_write_fn fn;
+  void *user;
+  int err;
+} sluice__out;
+int sluice__out_write(sluice__out *o, const void *d, size_t n);
+
+/* Symbolized stacks shared by the writers. */
+typedef struct sluice__sstack {
+  uint32_t n;            /* frames */
+  const char **names;    /* n names, leaf first (borrowed from symtab) */
+  const uintptr_t *pcs;  /* n return addresses, leaf first */
+  int64_t v[4];          /* values: see the writer */
+  const sluice__snap_resid *resid; /* residual row, or NULL */
+} sluice__sstack;
+
+int sluice__write_pprof(const sluice_prof_snapshot *s,
+                        const sluice_prof_output *o, sluice__out *out);
+int sluice__write_legacy(const sluice_prof_snapshot *s,
+                         const sluice_prof_output *o, sluice__out *out);
+int sluice__write_top(const sluice_prof_snapshot *s,
+                      const sluice_prof_output *o, sluice__out *out);
+int sluice__write_folded(const sluice_prof_snapshot *s,
+                         const sluice_prof_output *o, sluice__out *out);
+int sluice__write_residual(const sluice_prof_output *o, sluice__out *out);
+
+/* Names of the frames of stack `id`, leaf first, at most SLUICE__MAX_DEPTH;
+ * the overflow stack gets one made-up frame "[stack table full]" with pc 0.
+ * `pcs` (return addresses) and `maps` (mapping index or -1) may be NULL. */
+uint32_t sluice__stack_names(sluice__symtab *st, uint32_t id,
+                             const char **names, uintptr_t *pcs, int *maps);
+/* Does a residual row pass the output's queue/outcome filter? */
+int sluice__resid_match(const sluice_prof_output *o,
+                        const sluice__snap_resid *r);
+/* Value `v` of a snapshot row, unbiased. */
+int64_t sluice__stack_value(const sluice_prof_snapshot *s,
+                            const sluice__snap_stack *st, int value);
+int64_t sluice__resid_value(const sluice_prof_snapshot *s,
+                            const sluice__snap_resid *r, int value);
+int sluice__value_is_bytes(int value);
+/* "1.50MB" like pprof. */
+void sluice__fmt_value(char *buf, size_t n, int64_t v, int bytes);
+/* Strip gcc clone suffixes (".constprop.0", ".isra.0", ".part.0", ...). */
+void sluice__clean_name(char *name);
+
+#endif /* SLUICE_PROF_INTERNAL_H */

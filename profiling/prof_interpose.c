@@ -1,0 +1,152 @@
+/* SPDX-License-Identifier: MIT */
+/* Replacements for glibc's allocation functions.
+ *
+ * Every function allocates with glibc's own `__libc_*` entry points, so
+ * blocks are glibc's, unchanged: a pointer the profiler never saw (allocated
+ * before it started, or by code calling glibc directly) is freed as is, and
+ * malloc_usable_size() simply forwards. No dlsym() is needed on the
+ * allocation path, so there is no bootstrap problem (dlsym allocating before
+ * the real malloc is known); the one dlsym, for malloc_usable_size, runs
+ * outside the allocation functions.
+ *
+ * Off (the profiler not started, nothing tracked), each call costs one
+ * relaxed load and a branch. Compiled out under ASan/TSan, whose runtimes
+ * own malloc. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "prof_internal.h"
+
+#if SLUICE_PROF_INTERPOSE
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void __libc_free(void *);
+extern void *__libc_memalign(size_t, size_t);
+extern void *__libc_valloc(size_t);
+extern void *__libc_pvalloc(size_t);
+
+#define EXPORT __attribute__((visibility("default")))
+
+static inline void *after_alloc(void *p, size_t n) {
+  if (SLUICE__UNLIKELY(sluice__flags_now() & SLUICE__F_REC) && p)
+    sluice__on_alloc(p, n);
+  return p;
+}
+
+EXPORT void *malloc(size_t n) {
+  return after_alloc(__libc_malloc(n), n);
+}
+
+EXPORT void *calloc(size_t n, size_t m) {
+  /* glibc rejects n * m overflowing; a non-NULL result means it fits. */
+  return after_alloc(__libc_calloc(n, m), n * m);
+}
+
+EXPORT void free(void *p) {
+  unsigned f;
+  if (p && SLUICE__UNLIKELY((f = sluice__flags_now()) != 0)) {
+    int e = errno;
+    sluice__on_free(p, f);
+    errno = e;
+  }
+  __libc_free(p);
+}
+
+EXPORT void *realloc(void *p, size_t n) {
+  if (!p) return malloc(n);
+  unsigned f = sluice__flags_now();
+  if (SLUICE__LIKELY(!f)) return __libc_realloc(p, n);
+  /* Take the record before glibc may release p: once released, another
+   * thread may get the same address and record it. */
+  sluice__rec old;
+  int had = (f & SLUICE__F_TRACK) && !sluice__t.in_fork &&
+            sluice__table_take((uintptr_t)p, &old);
+  void *q = __libc_realloc(p, n);
+  int e = errno;
+  sluice__realloc_done(p, q, n, had ? &old : NULL);
+  errno = e;
+  return q;
+}
+
+EXPORT void *reallocarray(void *p, size_t n, size_t m) {
+  size_t bytes;
+  if (__builtin_mul_overflow(n, m, &bytes)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return realloc(p, bytes);
+}
+
+EXPORT void *memalign(size_t align, size_t n) {
+  return after_alloc(__libc_memalign(align, n), n);
+}
+
+EXPORT void *aligned_alloc(size_t align, size_t n) {
+  return after_alloc(__libc_memalign(align, n), n);
+}
+
+EXPORT int posix_memalign(void **out, size_t align, size_t n) {
+  if (align == 0 || (align & (align - 1)) || align % sizeof(void *))
+    return EINVAL;
+  int e = errno;
+  void *p = __libc_memalign(align, n);
+  if (!p) {
+    errno = e;
+    return ENOMEM;
+  }
+  *out = after_alloc(p, n);
+  errno = e;
+  return 0;
+}
+
+EXPORT void *valloc(size_t n) {
+  return after_alloc(__libc_valloc(n), n);
+}
+
+static size_t page_round(size_t n) {
+  size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+  return n ? (n + ps - 1) & ~(ps - 1) : ps;
+}
+
+EXPORT void *pvalloc(size_t n) {
+  void *p = __libc_pvalloc(n);
+  return p ? after_alloc(p, page_round(n)) : p;
+}
+
+/* glibc's malloc_usable_size, found once. */
+static size_t (*_Atomic real_usable)(void *);
+
+static size_t (*find_usable(void))(void *) {
+  size_t (*f)(void *) = atomic_load(&real_usable);
+  if (f) return f;
+  sluice__t.guard++;
+  union {
+    void *obj;
+    size_t (*fn)(void *);
+  } u;
+  u.obj = dlsym(RTLD_NEXT, "malloc_usable_size");
+  sluice__t.guard--;
+  f = u.fn;
+  if (f) atomic_store(&real_usable, f);
+  return f;
+}
+
+__attribute__((constructor)) static void usable_init(void) {
+  find_usable();
+}
+
+EXPORT size_t malloc_usable_size(void *p) {
+  if (!p) return 0;
+  size_t (*f)(void *) = find_usable();
+  return f ? f(p) : 0;
+}
+
+#endif /* SLUICE_PROF_INTERPOSE */

@@ -1,0 +1,392 @@
+/* SPDX-License-Identifier: MIT */
+/* Text outputs: `top` (the columns of `go tool pprof -top`), folded stacks
+ * for flamegraph.pl, and the residual report. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "prof_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* Per-function accumulation for `top`. */
+
+typedef struct fnacc {
+  const char *name;
+  int64_t flat, cum;
+  size_t last_row;
+} fnacc;
+
+typedef struct fnmap {
+  fnacc *v;
+  size_t n, cap;
+  uint32_t *idx;
+  size_t icap;
+  int oom;
+} fnmap;
+
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+static fnacc *fn_get(fnmap *m, const char *name) {
+  if (m->oom) return NULL;
+  if ((m->n + 1) * 2 > m->icap) {
+    size_t cap = m->icap ? m->icap * 2 : 256;
+    uint32_t *idx = sluice__calloc(cap, sizeof(uint32_t));
+    if (!idx) {
+      m->oom = 1;
+      return NULL;
+    }
+    for (size_t i = 0; i < m->n; i++) {
+      size_t j = name_hash(m->v[i].name) & (cap - 1);
+      while (idx[j]) j = (j + 1) & (cap - 1);
+      idx[j] = (uint32_t)i + 1;
+    }
+    sluice__free(m->idx);
+    m->idx = idx;
+    m->icap = cap;
+  }
+  size_t j = name_hash(name) & (m->icap - 1);
+  while (m->idx[j]) {
+    fnacc *a = &m->v[m->idx[j] - 1];
+    if (!strcmp(a->name, name)) return a;
+    j = (j + 1) & (m->icap - 1);
+  }
+  if (m->n == m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    fnacc *v = sluice__realloc(m->v, cap * sizeof(*v));
+    if (!v) {
+      m->oom = 1;
+      return NULL;
+    }
+    m->v = v;
+    m->cap = cap;
+  }
+  fnacc *a = &m->v[m->n];
+  a->name = name;
+  a->flat = a->cum = 0;
+  a->last_row = (size_t)-1;
+  m->idx[j] = (uint32_t)++m->n;
+  return a;
+}
+
+static int64_t abs64(int64_t v) {
+  return v < 0 ? -v : v;
+}
+
+static int fn_cmp(const void *x, const void *y) {
+  const fnacc *a = x, *b = y;
+  if (abs64(a->flat) != abs64(b->flat))
+    return abs64(a->flat) < abs64(b->flat) ? 1 : -1;
+  if (abs64(a->cum) != abs64(b->cum))
+    return abs64(a->cum) < abs64(b->cum) ? 1 : -1;
+  return strcmp(a->name, b->name);
+}
+
+static void fmt_pct(char *buf, size_t n, int64_t v, int64_t total) {
+  double r = total ? fabs((double)v / (double)total) * 100 : 0;
+  if (v < 0) r = -r;
+  if (fabs(r) >= 99.95 && fabs(r) <= 100.05) snprintf(buf, n, "100%%");
+  else if (fabs(r) >= 1.0) snprintf(buf, n, "%.2f%%", r);
+  else snprintf(buf, n, "%.2g%%", r);
+}
+
+static int is_residual(int value) {
+  return value == SLUICE_PROF_RESIDUAL_SPACE ||
+         value == SLUICE_PROF_RESIDUAL_OBJECTS;
+}
+
+/* Calls fn for every row of the snapshot that the output covers. */
+typedef void (*row_fn)(uint32_t stack, int64_t v,
+                       const sluice__snap_resid *r, void *arg);
+
+static void for_rows(const sluice_prof_snapshot *s,
+                     const sluice_prof_output *o, row_fn fn, void *arg) {
+  if (is_residual(o->value)) {
+    for (size_t i = 0; i < s->n_resid; i++) {
+      const sluice__snap_resid *r = &s->resid[i];
+      if (!sluice__resid_match(o, r)) continue;
+      int64_t v = sluice__resid_value(s, r, o->value);
+      if (v) fn(r->key.stack, v, r, arg);
+    }
+  } else {
+    for (size_t i = 0; i < s->n_stacks; i++) {
+      int64_t v = sluice__stack_value(s, &s->stacks[i], o->value);
+      if (v) fn(s->stacks[i].stack, v, NULL, arg);
+    }
+  }
+}
+
+typedef struct top_arg {
+  fnmap m;
+  sluice__symtab *st;
+  int64_t total;
+  size_t row;
+} top_arg;
+
+static void top_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
+                    void *arg) {
+  (void)r;
+  top_arg *a = arg;
+  const char *names[SLUICE__MAX_DEPTH];
+  uint32_t n = sluice__stack_names(a->st, stack, names, NULL, NULL);
+  a->total += v;
+  a->row++;
+  for (uint32_t i = 0; i < n; i++) {
+    fnacc *f = fn_get(&a->m, names[i]);
+    if (!f) return;
+    if (i == 0) f->flat += v;
+    if (f->last_row != a->row) { /* recursion counts once */
+      f->cum += v;
+      f->last_row = a->row;
+    }
+  }
+}
+
+static void time_line(sluice__buf *b, const sluice_prof_snapshot *s) {
+  time_t t = (time_t)(s->time_ns / 1000000000ull);
+  struct tm tm;
+  char when[64];
+  if (gmtime_r(&t, &tm) && strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm))
+    sluice__buf_printf(b, "Time: %s\n", when);
+  if (s->is_diff)
+    sluice__buf_printf(b, "Duration: %.3fs (difference of two snapshots)\n",
+                       (double)s->duration_ns / 1e9);
+}
+
+int sluice__write_top(const sluice_prof_snapshot *s,
+                      const sluice_prof_output *o, sluice__out *out) {
+  top_arg a;
+  memset(&a, 0, sizeof a);
+  a.st = sluice__sym_open();
+  if (!a.st) return SLUICE_ENOMEM;
+  for_rows(s, o, top_row, &a);
+  int bytes = sluice__value_is_bytes(o->value);
+  qsort(a.m.v, a.m.n, sizeof(fnacc), fn_cmp);
+  size_t shown = a.m.n < o->max_rows ? a.m.n : o->max_rows;
+  int64_t shown_flat = 0;
+  for (size_t i = 0; i < shown; i++) shown_flat += a.m.v[i].flat;
+
+  sluice__buf b = {0};
+  char v1[32], v2[32], p1[16], p2[16], p3[16];
+  sluice__buf_printf(&b, "Type: %s\n", sluice_prof_value_name(o->value));
+  time_line(&b, s);
+  if (is_residual(o->value) && (o->queue || o->outcomes)) {
+    sluice__buf_printf(&b, "Filter: queue=%s outcomes=",
+                       o->queue ? o->queue : "*");
+    for (int k = 0, first = 1; k < SLUICE__N_OUTCOMES; k++)
+      if (!o->outcomes || (o->outcomes & SLUICE_PROF_OUTCOME_BIT(k))) {
+        sluice__buf_printf(&b, "%s%s", first ? "" : ",",
+                           sluice__outcome_name(k));
+        first = 0;
+      }
+    sluice__buf_putc(&b, '\n');
+  }
+  sluice__fmt_value(v1, sizeof v1, shown_flat, bytes);
+  sluice__fmt_value(v2, sizeof v2, a.total, bytes);
+  fmt_pct(p1, sizeof p1, shown_flat, a.total);
+  sluice__buf_printf(&b, "Showing nodes accounting for %s, %s of %s total\n",
+                     v1, p1, v2);
+  if (shown < a.m.n)
+    sluice__buf_printf(&b, "Showing top %zu nodes out of %zu\n", shown,
+                       a.m.n);
+  sluice__buf_printf(&b, "%10s %6s %6s %10s %6s\n", "flat", "flat%", "sum%",
+                     "cum", "cum%");
+  int64_t sum = 0;
+  for (size_t i = 0; i < shown; i++) {
+    const fnacc *f = &a.m.v[i];
+    sum += f->flat;
+    sluice__fmt_value(v1, sizeof v1, f->flat, bytes);
+    sluice__fmt_value(v2, sizeof v2, f->cum, bytes);
+    fmt_pct(p1, sizeof p1, f->flat, a.total);
+    fmt_pct(p2, sizeof p2, sum, a.total);
+    fmt_pct(p3, sizeof p3, f->cum, a.total);
+    sluice__buf_printf(&b, "%10s %6s %6s %10s %6s  %s\n", v1, p1, p2, v2, p3,
+                       f->name);
+  }
+  int rc = (b.oom || a.m.oom) ? SLUICE_ENOMEM
+                              : sluice__out_write(out, b.data, b.len);
+  sluice__buf_free(&b);
+  sluice__free(a.m.v);
+  sluice__free(a.m.idx);
+  sluice__sym_close(a.st);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+
+typedef struct fold_arg {
+  sluice__symtab *st;
+  sluice__buf b;
+  sluice__out *out;
+  int rc;
+} fold_arg;
+
+static void fold_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
+                     void *arg) {
+  fold_arg *a = arg;
+  if (a->rc) return;
+  const char *names[SLUICE__MAX_DEPTH];
+  uint32_t n = sluice__stack_names(a->st, stack, names, NULL, NULL);
+  int first = 1;
+  if (r) { /* residual: the queue and outcome as root frames */
+    const char *q = sluice__queue_name(r->key.queue);
+    sluice__buf_printf(&a->b, "[queue %s];[%s]", *q ? q : "-",
+                       sluice__outcome_name(r->key.outcome));
+    first = 0;
+  }
+  for (uint32_t i = n; i-- > 0;) {
+    if (!first) sluice__buf_putc(&a->b, ';');
+    sluice__buf_puts(&a->b, names[i]);
+    first = 0;
+  }
+  sluice__buf_printf(&a->b, " %lld\n", (long long)v);
+  if (a->b.len >= 16384) {
+    a->rc = a->b.oom ? SLUICE_ENOMEM
+                     : sluice__out_write(a->out, a->b.data, a->b.len);
+    a->b.len = 0;
+  }
+}
+
+int sluice__write_folded(const sluice_prof_snapshot *s,
+                         const sluice_prof_output *o, sluice__out *out) {
+  fold_arg a;
+  memset(&a, 0, sizeof a);
+  a.out = out;
+  a.st = sluice__sym_open();
+  if (!a.st) return SLUICE_ENOMEM;
+  for_rows(s, o, fold_row, &a);
+  if (!a.rc)
+    a.rc = a.b.oom ? SLUICE_ENOMEM : sluice__out_write(out, a.b.data, a.b.len);
+  sluice__buf_free(&a.b);
+  sluice__sym_close(a.st);
+  return a.rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The residual report. */
+
+typedef struct site {
+  uint32_t stack;
+  int64_t n, b;
+} site;
+
+static int site_cmp(const void *x, const void *y) {
+  const site *a = x, *b = y;
+  return a->b < b->b ? 1 : a->b > b->b ? -1 : 0;
+}
+
+/* Top sites of one queue/outcome from the snapshot's residual rows. */
+static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
+                         sluice__symtab *st, const char *queue, int outcome,
+                         site *tmp) {
+  size_t n = 0;
+  int64_t total = 0;
+  for (size_t i = 0; i < s->n_resid; i++) {
+    const sluice__snap_resid *r = &s->resid[i];
+    if (r->key.outcome != outcome ||
+        strcmp(sluice__queue_name(r->key.queue), queue))
+      continue;
+    if (!n || tmp[n - 1].stack != r->key.stack)
+      tmp[n++] = (site){r->key.stack, 0, 0};
+    tmp[n - 1].n += r->n;
+    tmp[n - 1].b += r->b;
+  }
+  for (size_t i = 0; i < n; i++) {
+    sluice__unbias(tmp[i].n, tmp[i].b, s->rate, &tmp[i].n, &tmp[i].b);
+    total += tmp[i].b;
+  }
+  if (!n) return;
+  qsort(tmp, n, sizeof *tmp, site_cmp);
+  sluice__buf_printf(b, "\ntop residual sites, queue %s, outcome %s:\n",
+                     *queue ? queue : "-", sluice__outcome_name(outcome));
+  sluice__buf_printf(b, "%10s %6s %8s  %s\n", "bytes", "%", "objects",
+                     "stack (leaf first)");
+  for (size_t i = 0; i < n && i < 5; i++) {
+    char v[32], p[16];
+    sluice__fmt_value(v, sizeof v, tmp[i].b, 1);
+    fmt_pct(p, sizeof p, tmp[i].b, total);
+    sluice__buf_printf(b, "%10s %6s %8lld  ", v, p, (long long)tmp[i].n);
+    const char *names[SLUICE__MAX_DEPTH];
+    uint32_t nf = sluice__stack_names(st, tmp[i].stack, names, NULL, NULL);
+    for (uint32_t k = 0; k < nf && k < 6; k++)
+      sluice__buf_printf(b, "%s%s", k ? " <- " : "", names[k]);
+    sluice__buf_putc(b, '\n');
+  }
+}
+
+int sluice__write_residual(const sluice_prof_output *o, sluice__out *out) {
+  size_t n = sluice_prof_residual_stats_get(NULL, 0);
+  sluice_prof_residual_stats *v = sluice__calloc(n ? n : 1, sizeof(*v));
+  if (!v) return SLUICE_ENOMEM;
+  n = sluice_prof_residual_stats_get(v, n);
+  sluice_prof_snapshot *s = NULL;
+  int rc = sluice_prof_snapshot_take(&s);
+  if (rc) {
+    sluice__free(v);
+    return rc;
+  }
+  const sluice_prof_opts *opts = sluice__opts();
+  sluice__buf b = {0};
+  sluice__buf_puts(&b, "sluice residual report\n");
+  if (opts->grace_ms < 0) sluice__buf_puts(&b, "grace: none");
+  else sluice__buf_printf(&b, "grace: %ld ms", opts->grace_ms);
+  sluice__buf_printf(&b,
+                     "; leak: >= %zu B/message for %u windows of %u "
+                     "messages; sample rate: ",
+                     opts->leak_threshold, opts->leak_windows,
+                     opts->leak_window);
+  if (s->rate == (uint64_t)SLUICE_PROF_RATE_NONE)
+    sluice__buf_puts(&b, "none (no stacks)\n\n");
+  else
+    sluice__buf_printf(&b, "%llu B\n\n", (unsigned long long)s->rate);
+  sluice__buf_printf(&b, "%-20s %-7s %9s %9s %10s %7s %7s %8s %10s %10s  %s\n",
+                     "queue", "outcome", "messages", "residual", "B/msg@end",
+                     "pending", "cached", "leaked", "B/msg-win", "retained",
+                     "verdict");
+  for (size_t i = 0; i < n; i++) {
+    const sluice_prof_residual_stats *r = &v[i];
+    if (o->queue && strcmp(o->queue, r->queue)) continue;
+    if (o->outcomes && !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->outcome)))
+      continue;
+    char ret[32];
+    sluice__fmt_value(ret, sizeof ret, (int64_t)r->retained_bytes, 1);
+    sluice__buf_printf(
+        &b, "%-20s %-7s %9llu %9llu %10.1f %7llu %7llu %8llu %10.1f %10s  %s\n",
+        *r->queue ? r->queue : "-", sluice__outcome_name(r->outcome),
+        (unsigned long long)r->messages,
+        (unsigned long long)r->with_residual,
+        r->messages ? (double)r->bytes_at_end / (double)r->messages : 0.0,
+        (unsigned long long)r->pending, (unsigned long long)r->cached,
+        (unsigned long long)r->leaked, r->window_bytes_per_message, ret,
+        r->leaking ? "LEAK" : r->retained_bytes ? "retains" : "ok");
+  }
+  site *tmp = sluice__calloc(s->n_resid ? s->n_resid : 1, sizeof(site));
+  sluice__symtab *st = sluice__sym_open();
+  if (tmp && st) {
+    for (size_t i = 0; i < n; i++) {
+      const sluice_prof_residual_stats *r = &v[i];
+      if (o->queue && strcmp(o->queue, r->queue)) continue;
+      if (o->outcomes &&
+          !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->outcome)))
+        continue;
+      if (r->retained_bytes || r->pending || r->leaking)
+        report_sites(&b, s, st, r->queue, r->outcome, tmp);
+    }
+  }
+  rc = (b.oom || !tmp || !st) ? SLUICE_ENOMEM
+                              : sluice__out_write(out, b.data, b.len);
+  sluice__sym_close(st);
+  sluice__free(tmp);
+  sluice__buf_free(&b);
+  sluice__free(v);
+  sluice_prof_snapshot_free(s);
+  return rc;
+}
