@@ -145,6 +145,7 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   c->o.uris = NULL;
   c->fd = -1;
   c->wake_fd = -1;
+  atomic_init(&c->generation, 1); /* the first connection's */
   c->topo_tail = &c->topo;
   c->backoff.min_ms = o.reconnect.min_delay_ms;
   c->backoff.max_ms = o.reconnect.max_delay_ms;
@@ -496,6 +497,13 @@ static void process_completion(sluice_consumer *c, sluice_delivery *d) {
   int stale = !c->connected || d->on_stale ||
               d->msg.generation != atomic_load(&c->generation);
   uint64_t tag = d->msg.delivery_tag;
+  if (outcome == SLUICE_OUTCOME_ERROR) {
+    sluice_event ev = {.type = SLUICE_EV_HANDLER_ERROR,
+                       .err = SLUICE_EHANDLER,
+                       .queue = d->msg.queue,
+                       .generation = d->msg.generation};
+    sluice__emit(c, &ev);
+  }
   release(c, d);
   if (stale) {
     atomic_fetch_add(&c->n_stale, 1);
@@ -1034,7 +1042,7 @@ static int establish(sluice_consumer *c) {
     sluice__disconnect(c, 0);
     return rc;
   }
-  c->connected_at_ms = sluice__now_ms();
+  c->connected_at_ms = sluice__reconnect_now(c);
   return 0;
 }
 
@@ -1050,7 +1058,10 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
     sluice__disconnect(c, 0);
     return;
   }
-  uint64_t gen = atomic_load(&c->generation);
+  /* From here on every delivery of the dead connection is stale: a
+   * sluice_delivery_done() from another thread returns SLUICE_ESTALE even
+   * before the next connection exists, and queued ones skip their handler. */
+  uint64_t gen = atomic_fetch_add(&c->generation, 1);
   uint16_t code = c->last_close_code;
   if (err != SLUICE_ECHANNEL && err != SLUICE_ECLOSED &&
       err != SLUICE_EAUTH && err != SLUICE_ENOTFOUND &&

@@ -222,6 +222,8 @@ typedef struct sluice_event {
   unsigned attempt;     /**< for SLUICE_EV_RECONNECTING */
 } sluice_event;
 
+/** An event callback; runs on the loop thread. It may call
+ *  sluice_consumer_stop() but not sluice_consumer_free(). */
 typedef void (*sluice_event_fn)(sluice_consumer *c, const sluice_event *ev,
                                 void *user);
 
@@ -248,9 +250,12 @@ typedef struct sluice_reconnect_opts {
   int enabled;              /**< 0 (default): a lost connection ends run() */
   unsigned min_delay_ms;    /**< default 100 */
   unsigned max_delay_ms;    /**< default 30000 */
-  unsigned max_attempts;    /**< consecutive failures before giving up;
-                                 0 = default 10; UINT32_MAX = forever */
-  unsigned reset_after_ms;  /**< up this long resets the backoff; 10000 */
+  unsigned max_attempts;    /**< consecutive failed attempts before giving
+                                 up (a successful reconnect starts the
+                                 count over); 0 = default 10;
+                                 UINT32_MAX = forever */
+  unsigned reset_after_ms;  /**< a connection up this long resets the
+                                 backoff delay to min_delay_ms; 10000 */
   int shuffle;              /**< try the URIs in random order */
   uint64_t (*now_ms)(void *user);              /**< injectable clock */
   uint64_t (*random)(void *user);              /**< injectable randomness */
@@ -299,7 +304,8 @@ typedef struct sluice_consumer_opts {
   void *event_user;
   sluice_log_fn log; /**< default: stderr */
   void *log_user;
-  int log_level;     /**< most verbose level logged; default WARN */
+  int log_level;     /**< most verbose level logged; default WARN;
+                          negative: nothing */
   const sluice_delivery_hooks *hooks; /**< copied; may be NULL */
 } sluice_consumer_opts;
 
@@ -422,7 +428,9 @@ typedef struct sluice_consumer_stats {
   uint64_t max_in_handler; /**< high-water mark of in_handler */
   uint64_t read_pauses;    /**< times reading stopped on the in-flight bound */
   uint64_t reconnects;     /**< successful reconnects */
-  uint64_t generation;     /**< current connection generation (from 1) */
+  uint64_t generation;     /**< generation of the live connection, or of
+                                the next one while disconnected (from 1;
+                                it moves on when a connection dies) */
   uint64_t close_listeners;/**< registered close listeners */
   int connected;
   int blocked;             /**< broker sent connection.blocked */
