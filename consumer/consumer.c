@@ -1316,13 +1316,31 @@ int sluice_consumer_connect(sluice_consumer *c) {
 
 static void on_retry(evutil_socket_t fd, short what, void *arg);
 
+/* Undo what start() set up on the event_base (not the connection). */
+static void loop_teardown(sluice_consumer *c) {
+  struct event **evs[] = {&c->ev_read,  &c->ev_write, &c->ev_wake,
+                          &c->ev_hb,    &c->ev_ack,   &c->ev_stop,
+                          &c->ev_retry, &c->ev_drain};
+  for (size_t i = 0; i < sizeof(evs) / sizeof(*evs); i++) {
+    if (*evs[i]) event_free(*evs[i]);
+    *evs[i] = NULL;
+  }
+  if (c->wake_fd >= 0) close(c->wake_fd);
+  c->wake_fd = -1;
+  c->reading = c->want_write = c->ack_timer_on = 0;
+}
+
 int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   if (!c || !base) return SLUICE_EINVAL;
   if (c->started || c->stopped) return SLUICE_ESTATE;
   c->base = base;
   c->loop_thread = pthread_self();
+  int rc = SLUICE_ENOMEM;
   c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (c->wake_fd < 0) return SLUICE_ESOCKET;
+  if (c->wake_fd < 0) {
+    rc = SLUICE_ESOCKET;
+    goto fail;
+  }
   c->ev_wake = event_new(base, c->wake_fd, EV_READ | EV_PERSIST, on_wake, c);
   c->ev_hb = event_new(base, -1, EV_PERSIST, on_heartbeat, c);
   c->ev_ack = evtimer_new(base, on_ack_timer, c);
@@ -1331,34 +1349,37 @@ int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   c->ev_drain = evtimer_new(base, on_drain, c);
   if (!c->ev_wake || !c->ev_hb || !c->ev_ack || !c->ev_stop || !c->ev_retry ||
       !c->ev_drain)
-    return SLUICE_ENOMEM;
+    goto fail;
   event_add(c->ev_wake, NULL);
-  int rc = sluice__workers_start(c);
-  if (rc) return rc;
+  if ((rc = sluice__workers_start(c))) goto fail;
   c->started = 1;
   if (!c->connected) {
     rc = establish(c);
     if (rc) {
-      int retry = c->o.reconnect.enabled && rc != SLUICE_EAUTH &&
-                  rc != SLUICE_EVHOST && rc != SLUICE_ENOTFOUND &&
-                  rc != SLUICE_ECONFLICT && rc != SLUICE_EURI;
-      if (!retry) {
+      if (!c->o.reconnect.enabled || !sluice__retryable(rc)) {
         c->started = 0;
         sluice__workers_stop(c);
-        return rc;
+        goto fail;
       }
       sluice__reconnect_schedule(c, rc);
       return 0;
     }
   }
-  rc = arm_connection(c);
-  if (rc) return rc;
+  if ((rc = arm_connection(c))) {
+    c->started = 0;
+    sluice__workers_stop(c);
+    goto fail;
+  }
   sluice_event ev = {.type = SLUICE_EV_CONNECTED,
                      .generation = atomic_load(&c->generation)};
   sluice__emit(c, &ev);
   /* If stop() came before start(), honour it now. */
   if (atomic_load(&c->stop_requested)) sluice_consumer_stop(c);
   return 0;
+fail:
+  loop_teardown(c);
+  c->base = NULL;
+  return rc;
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg) {
@@ -1558,13 +1579,8 @@ void sluice_consumer_free(sluice_consumer *c) {
     free(d->blk);
     free(d);
   }
-  struct event **evs[] = {&c->ev_read,  &c->ev_write, &c->ev_wake,
-                          &c->ev_hb,    &c->ev_ack,   &c->ev_stop,
-                          &c->ev_retry, &c->ev_drain};
-  for (size_t i = 0; i < sizeof(evs) / sizeof(*evs); i++)
-    if (*evs[i]) event_free(*evs[i]);
+  loop_teardown(c);
   if (c->own_base && c->base) event_base_free(c->base);
-  if (c->wake_fd >= 0) close(c->wake_fd);
   while (c->topo) {
     struct topo *t = c->topo;
     c->topo = t->next;
