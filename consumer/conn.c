@@ -104,9 +104,13 @@ int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
     rc = sluice__reply_to_err(r, code, t, sizeof(t));
     if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
         r.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
-      /* A broker without authentication_failure_close drops the socket on
-       * bad credentials; ours says 403 first, but be clear either way. */
-      rc = SLUICE_EAUTH;
+      /* The socket closed during the handshake without a reply code. We
+       * advertise authentication_failure_close, so RabbitMQ (3.2+) answers
+       * refused credentials with a 403 first; a bare close is a node
+       * shutting down or a load balancer with no live backend. Taking it
+       * for SLUICE_EAUTH would stop reconnecting for good on a transient
+       * fault: keep it retryable. */
+      rc = SLUICE_ECONNECT;
     }
     snprintf(text, textlen, "login to %s:%d vhost '%s' as '%s': %s", u.host,
              u.port, u.vhost, u.user, t[0] ? t : sluice_strerror(rc));
@@ -173,7 +177,8 @@ int sluice__connect(sluice_consumer *c) {
     sluice__disconnect(c, 0);
     return rc;
   }
-  atomic_fetch_add(&c->generation, 1);
+  /* c->generation already names this connection: it moves on when a live
+   * connection dies (sluice__conn_lost), not when one is made. */
   c->connected = 1;
   return 0;
 }

@@ -241,8 +241,12 @@ void sluice__registry_dispatch(struct sluice__registry *r, sluice_consumer *c,
 void sluice__registry_generation_died(struct sluice__registry *r,
                                       uint64_t generation);
 size_t sluice__registry_count(const struct sluice__registry *r);
+/* 0 for errors that retrying cannot fix (credentials, vhost, missing queue) */
+int sluice__retryable(int err);
 void sluice__reconnect_schedule(sluice_consumer *c, int err);
 void sluice__reconnect_connected(sluice_consumer *c);
+/* The reconnect clock: opts.reconnect.now_ms when set, else monotonic ms. */
+uint64_t sluice__reconnect_now(sluice_consumer *c);
 /* End the run with `result` (consumer.c). */
 void sluice__finish(sluice_consumer *c, int result);
 

@@ -5,7 +5,7 @@
 
 #include "../consumer/internal.h"
 
-static int retryable(int err) {
+int sluice__retryable(int err) {
   switch (err) {
     case SLUICE_EAUTH:      /* credentials will not fix themselves */
     case SLUICE_EVHOST:
@@ -20,7 +20,7 @@ static int retryable(int err) {
   }
 }
 
-static uint64_t now_ms(sluice_consumer *c) {
+uint64_t sluice__reconnect_now(sluice_consumer *c) {
   const sluice_reconnect_opts *r = &c->o.reconnect;
   return r->now_ms ? r->now_ms(r->clock_user) : sluice__now_ms();
 }
@@ -36,7 +36,7 @@ static uint64_t next_random(sluice_consumer *c) {
 }
 
 void sluice__reconnect_schedule(sluice_consumer *c, int err) {
-  if (!c->o.reconnect.enabled || !retryable(err)) {
+  if (!c->o.reconnect.enabled || !sluice__retryable(err)) {
     if (c->o.reconnect.enabled)
       sluice__log(c, SLUICE_LOG_ERROR, "not reconnecting: %s",
                   sluice_strerror(err));
@@ -45,7 +45,7 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err) {
   }
   /* A connection that stayed up long enough starts the backoff over. */
   if (c->connected_at_ms &&
-      now_ms(c) - c->connected_at_ms >= c->o.reconnect.reset_after_ms) {
+      sluice__reconnect_now(c) - c->connected_at_ms >= c->o.reconnect.reset_after_ms) {
     sluice_backoff_reset(&c->backoff);
     c->attempt = 0;
   }
@@ -79,9 +79,14 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err) {
 
 void sluice__reconnect_connected(sluice_consumer *c) {
   atomic_fetch_add(&c->n_reconnects, 1);
-  c->connected_at_ms = now_ms(c);
+  c->connected_at_ms = sluice__reconnect_now(c);
   sluice_event ev = {.type = SLUICE_EV_CONNECTED,
                      .attempt = c->attempt,
                      .generation = atomic_load(&c->generation)};
+  /* max_attempts counts consecutive failures: a connection that was made
+   * (and recovered) ends the run of failures. The delay itself starts over
+   * only once a connection stays up reset_after_ms (see schedule above), so
+   * a connection that flaps keeps backing off instead of storming. */
+  c->attempt = 0;
   sluice__emit(c, &ev);
 }

@@ -76,9 +76,9 @@ int sluice_on_close(struct sluice_consumer *c, sluice_close_fn fn, void *user,
     s->user = user;
     s->scope = scope;
     s->epoch = r->epoch;
-    /* Bound to the live connection, or to the next one while down. */
-    uint64_t gen = atomic_load(&c->generation);
-    s->generation = c->connected ? gen : gen + 1;
+    /* c->generation names the live connection, or the next one while
+     * down (it moves on when a connection dies). */
+    s->generation = atomic_load(&c->generation);
     r->count++;
     *out = (s->serial << SLOT_BITS) | i;
     pthread_mutex_unlock(&r->mu);

@@ -114,7 +114,7 @@ static void generation_listeners_go_with_their_connection(void **state) {
   (void)state;
   memset(calls, 0, sizeof(calls));
   sluice_consumer *c = new_consumer(4);
-  /* not connected: binds to the next generation (1) */
+  /* not connected yet: binds to the next connection, generation 1 */
   sluice_listener h;
   assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)0,
                                    SLUICE_LISTEN_GENERATION, &h), 0);
@@ -133,7 +133,7 @@ static void generation_listeners_go_with_their_connection(void **state) {
   assert_int_equal(sluice_off_close(c, h), SLUICE_EALREADY);
   /* registering one per "reconnect" never accumulates */
   for (uint64_t g = 2; g < 1000; g++) {
-    atomic_store(&c->generation, g - 1);
+    atomic_store(&c->generation, g); /* the next connection's */
     assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)2,
                                      SLUICE_LISTEN_GENERATION, &h), 0);
     sluice_event e = {.type = SLUICE_EV_CLOSED, .generation = g};
