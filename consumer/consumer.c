@@ -147,6 +147,8 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   c->wake_fd = -1;
   atomic_init(&c->generation, 1); /* the first connection's */
   c->topo_tail = &c->topo;
+  c->bound.max_count = o.max_inflight;
+  c->bound.max_bytes = o.max_inflight_bytes;
   c->backoff.min_ms = o.reconnect.min_delay_ms;
   c->backoff.max_ms = o.reconnect.max_delay_ms;
   c->rng_state = (uint64_t)(uintptr_t)c ^ sluice__now_ms() ^
@@ -260,19 +262,18 @@ static void held_unlink(sluice_consumer *c, sluice_delivery *d) {
 
 static void charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
   d->mem += bytes;
-  c->held_bytes += bytes;
-  atomic_store_explicit(&c->n_inflight_bytes, c->held_bytes,
+  sluice__bound_charge(&c->bound, bytes);
+  atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
                         memory_order_relaxed);
 }
 
 /* Forget a held delivery (loop thread). */
 static void release(sluice_consumer *c, sluice_delivery *d) {
   held_unlink(c, d);
-  c->held_count--;
-  c->held_bytes -= d->mem;
+  sluice__bound_release(&c->bound, d->mem);
   if (atomic_load(&d->state) == DS_ABANDONED) c->abandoned--;
-  atomic_store_explicit(&c->n_inflight, c->held_count, memory_order_relaxed);
-  atomic_store_explicit(&c->n_inflight_bytes, c->held_bytes,
+  atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
+  atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
                         memory_order_relaxed);
   slot_put(c, d);
 }
@@ -546,7 +547,7 @@ static void begin_stop(sluice_consumer *c) {
   c->stopping = 1;
   c->stop_deadline_ms = sluice__now_ms() + c->o.stop_timeout_ms;
   sluice__log(c, SLUICE_LOG_INFO, "stopping: %zu deliveries held",
-              c->held_count);
+              c->bound.count);
   if (c->ev_retry) event_del(c->ev_retry);
   if (c->connected) {
     for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
@@ -591,18 +592,17 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
 /* ---- reading ------------------------------------------------------------- */
 
 static void update_pause(sluice_consumer *c) {
-  int full = c->held_count >= c->o.max_inflight ||
-             c->held_bytes >= c->o.max_inflight_bytes;
-  if (full && !c->paused) {
-    c->paused = 1;
-    atomic_fetch_add(&c->n_read_pauses, 1);
-    if (c->reading) {
-      event_del(c->ev_read);
-      c->reading = 0;
-    }
-  } else if (!full && c->paused) {
-    c->paused = 0;
-    if (c->connected) sluice__kick_read(c);
+  switch (sluice__bound_update(&c->bound)) {
+    case BOUND_PAUSE:
+      atomic_store(&c->n_read_pauses, c->bound.pauses);
+      if (c->reading) {
+        event_del(c->ev_read);
+        c->reading = 0;
+      }
+      break;
+    case BOUND_RESUME:
+      if (c->connected) sluice__kick_read(c);
+      break;
   }
 }
 
@@ -616,7 +616,7 @@ static void schedule_drain(sluice_consumer *c) {
 }
 
 void sluice__kick_read(sluice_consumer *c) {
-  if (!c->connected || c->paused || !c->ev_read) return;
+  if (!c->connected || c->bound.full || !c->ev_read) return;
   if (!c->reading) {
     event_add(c->ev_read, NULL);
     c->reading = 1;
@@ -706,9 +706,10 @@ static void on_deliver(sluice_consumer *c, amqp_basic_deliver_t *m) {
   d->msg.generation = atomic_load(&c->generation);
   d->msg.queue = d->sub ? d->sub->queue : "";
   held_link(c, d);
-  c->held_count++;
-  atomic_store_explicit(&c->n_inflight, c->held_count, memory_order_relaxed);
-  counter_max(&c->n_max_inflight, c->held_count);
+  sluice__bound_hold(&c->bound);
+  atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
+  atomic_store_explicit(&c->n_max_inflight, c->bound.peak_count,
+                        memory_order_relaxed);
   c->asm_d = d;
 }
 
@@ -932,7 +933,7 @@ static void read_frames(sluice_consumer *c) {
   if (atomic_load_explicit(&c->stop_requested, memory_order_relaxed) &&
       !c->stopping && !c->stopped)
     begin_stop(c);
-  while (budget-- > 0 && c->connected && !c->paused) {
+  while (budget-- > 0 && c->connected && !c->bound.full) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
     int st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
@@ -960,7 +961,7 @@ static void read_frames(sluice_consumer *c) {
     if (c->conn) amqp_maybe_release_buffers(c->conn);
   }
   if (got) c->last_rx_ms = sluice__now_ms();
-  if (budget < 0 && c->connected && !c->paused &&
+  if (budget < 0 && c->connected && !c->bound.full &&
       (amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn)))
     schedule_drain(c);
 }
@@ -976,7 +977,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
 static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
   sluice_consumer *c = arg;
   if (!c->connected) return;
-  if (!c->paused) {
+  if (!c->bound.full) {
     /* rabbitmq-c sends and checks heartbeats only inside its wait calls:
      * a quiet socket never wakes the read event, so drive it from here. */
     read_frames(c);
@@ -1022,7 +1023,8 @@ static int arm_connection(sluice_consumer *c) {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     event_add(c->ev_hb, &tv);
   }
-  c->paused = 0;
+  /* Held deliveries of a dead connection (deferred, in handlers) still
+   * count: stay paused until they are done. */
   update_pause(c);
   sluice__kick_read(c);
   return 0;
@@ -1114,7 +1116,7 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
     }
     d = next;
   }
-  c->paused = 0;
+  update_pause(c);
 
   sluice_event ev = {.type = SLUICE_EV_CLOSED,
                      .err = err,
@@ -1440,7 +1442,7 @@ int sluice_consumer_stopped(const sluice_consumer *c) {
 }
 
 static size_t busy_count(const sluice_consumer *c) {
-  return c->held_count - c->abandoned - (c->asm_d ? 1 : 0);
+  return c->bound.count - c->abandoned - (c->asm_d ? 1 : 0);
 }
 
 static void check_stop(sluice_consumer *c) {

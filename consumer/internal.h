@@ -13,6 +13,7 @@
 #include <sluice/reconnect.h>
 
 #include "ackq.h"
+#include "bound.h"
 
 #define SLUICE_MAX_SUBS 64
 #define SLUICE_CONSUME_CHANNEL 1
@@ -140,9 +141,7 @@ struct sluice_consumer {
    * ones left over from dead connections */
   sluice_delivery *held_head, *held_tail;
   sluice_delivery *stale_head;
-  size_t held_count;     /* every delivery held, whatever its generation */
-  size_t held_bytes;
-  int paused;            /* reading stopped on the in-flight bound */
+  sluice_bound bound;    /* every delivery held, whatever its generation */
 
   /* slot pool (loop thread allocates; any thread may complete) */
   sluice_delivery *pool;
