@@ -224,12 +224,18 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
     }
     return q;
   }
-  /* Tracked: keep the block's scope; the stack sample is redrawn. */
+  /* Tracked: keep the block's scope (a block without one takes the
+   * current scope, as an untracked block does); the stack sample is
+   * redrawn. */
   t->guard++;
   if (old->stack) sluice__stack_free(old->stack, old->size);
   sluice__rec r = {n, 0, old->scope};
-  if (r.scope)
+  if (r.scope) {
     sluice__scope_credit(r.scope, (int64_t)n - (int64_t)old->size, 0);
+  } else if (t->scope && (flags & SLUICE__F_REC)) {
+    r.scope = sluice__scope_ref(t->scope);
+    if (r.scope) sluice__scope_credit(r.scope, (int64_t)n, 1);
+  }
   if (flags & SLUICE__F_REC) {
     if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
     sluice__bump(&t->frees, 1);

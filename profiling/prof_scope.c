@@ -646,15 +646,18 @@ int sluice_prof_scope_end(sluice_prof_scope h, int outcome,
 size_t sluice_prof_poll(void) {
   if (!S.slots) return 0;
   notes ns;
-  size_t done = 0;
-  sluice__enter_guard();
+  size_t done = 0, batch;
   uint64_t now = sluice__now_ns();
-  pthread_mutex_lock(&S.mu);
-  notes_init(&ns);
-  done = process_due(&ns, now, 0);
-  pthread_mutex_unlock(&S.mu);
-  sluice__leave_guard();
-  dispatch(&ns);
+  do { /* in batches: the callbacks of one batch fit in `ns` */
+    sluice__enter_guard();
+    pthread_mutex_lock(&S.mu);
+    notes_init(&ns);
+    batch = process_due(&ns, now, 0);
+    pthread_mutex_unlock(&S.mu);
+    sluice__leave_guard();
+    dispatch(&ns);
+    done += batch;
+  } while (batch);
   return done;
 }
 

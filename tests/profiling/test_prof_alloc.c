@@ -1,0 +1,276 @@
+/* SPDX-License-Identifier: MIT */
+/* The malloc interposition itself (not built under ASan/TSan): every
+ * allocation function, realloc keeping a block's scope, pointers the
+ * profiler never saw, errno, fork. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <malloc.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "prof_test.h"
+
+/* Sizes no allocator can satisfy, hidden from the compiler's checks. */
+static volatile size_t huge = SIZE_MAX / 2;
+
+static sluice_prof_residual last_after_grace;
+
+static void on_residual(const sluice_prof_residual *r, void *user) {
+  (void)user;
+  if (r->after_grace) last_after_grace = *r;
+}
+
+static int setup(void **state) {
+  (void)state;
+  sluice_prof_opts o = {.sample_rate = 1,
+                        .grace_ms = 1000,
+                        .on_residual = on_residual,
+                        .now_ns = t_clock};
+  assert_int_equal(sluice_prof_start(&o), 0);
+  return 0;
+}
+
+static void pass_grace(void) {
+  t_clock_ns += 2000000000ull;
+  sluice_prof_poll();
+}
+
+static void usage(sluice_prof_scope s, uint64_t *b, uint64_t *n) {
+  assert_int_equal(sluice_prof_scope_usage(s, b, n), 0);
+}
+
+static void test_interposing(void **state) {
+  (void)state;
+  assert_int_equal(sluice_prof_interposing(), 1);
+  assert_int_equal(sluice_prof_running(), 1);
+  assert_int_equal(sluice_prof_sample_rate(), 1);
+}
+
+/* Every allocation function counts inside a scope, with its size. */
+T_NOINLINE static void alloc_all_kinds(void **out) {
+  assert_int_equal(posix_memalign(&out[0], 64, 100), 0);
+  out[1] = aligned_alloc(64, 128);
+  out[2] = memalign(32, 50);
+  out[3] = valloc(10);
+  out[4] = pvalloc(10);
+  out[5] = calloc(10, 10);
+  out[6] = reallocarray(NULL, 3, 7);
+}
+
+static void test_all_allocators(void **state) {
+  (void)state;
+  size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+  void *p[7];
+  sluice_prof_scope s = sluice_prof_scope_begin("a.kinds", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  alloc_all_kinds(p);
+  sluice_prof_scope_enter(prev);
+  assert_int_equal((uintptr_t)p[0] % 64, 0);
+  assert_int_equal((uintptr_t)p[1] % 64, 0);
+  assert_int_equal((uintptr_t)p[2] % 32, 0);
+  assert_int_equal((uintptr_t)p[3] % ps, 0);
+  assert_int_equal((uintptr_t)p[4] % ps, 0);
+  for (int i = 0; i < 10 * 10; i++) assert_int_equal(((char *)p[5])[i], 0);
+  uint64_t b, n;
+  usage(s, &b, &n);
+  assert_int_equal(n, 7);
+  assert_int_equal(b, 100 + 128 + 50 + 10 + ps + 100 + 21);
+  for (int i = 0; i < 7; i++) {
+    assert_true(malloc_usable_size(p[i]) >= 10);
+    free(p[i]);
+  }
+  usage(s, &b, &n);
+  assert_int_equal(n, 0);
+  assert_int_equal(b, 0);
+
+  /* Failures count nothing. */
+  void *bad = NULL;
+  prev = sluice_prof_scope_enter(s);
+  assert_int_equal(posix_memalign(&bad, 3, 10), EINVAL);
+  errno = 0;
+  assert_null(reallocarray(NULL, huge, 4));
+  assert_int_equal(errno, ENOMEM);
+  sluice_prof_scope_enter(prev);
+  usage(s, &b, &n);
+  assert_int_equal(n, 0);
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), 0);
+  assert_int_equal(malloc_usable_size(NULL), 0);
+}
+
+/* realloc keeps the block's original scope. */
+static void test_realloc_keeps_scope(void **state) {
+  (void)state;
+  sluice_prof_scope a = sluice_prof_scope_begin("a.realloc", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(a);
+  char *p = malloc(10);
+  memset(p, 1, 10);
+  sluice_prof_scope_enter(prev);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(a, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 10);
+
+  /* Grown inside another message: still the first message's block. */
+  sluice_prof_scope b = sluice_prof_scope_begin("a.realloc", 2, 2);
+  prev = sluice_prof_scope_enter(b);
+  p = realloc(p, 100000); /* moves */
+  memset(p, 2, 100000);
+  sluice_prof_scope_enter(prev);
+  assert_int_equal(sluice_prof_scope_end(b, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 0);
+  pass_grace();
+  assert_int_equal(last_after_grace.seq, 1);
+  assert_int_equal(last_after_grace.bytes, 100000);
+  assert_int_equal(last_after_grace.objects, 1);
+
+  /* A failed realloc leaves the block and its accounting alone. */
+  errno = 0;
+  assert_null(realloc(p, huge));
+  assert_int_equal(errno, ENOMEM);
+  sluice_prof_residual_stats st[8];
+  size_t n = sluice_prof_residual_stats_get(st, 8);
+  uint64_t retained = 0;
+  for (size_t i = 0; i < n && i < 8; i++)
+    if (!strcmp(st[i].queue, "a.realloc")) retained += st[i].retained_bytes;
+  assert_int_equal(retained, 100000);
+
+  /* realloc to 0 frees. */
+  assert_null(realloc(p, 0));
+  n = sluice_prof_residual_stats_get(st, 8);
+  retained = 0;
+  for (size_t i = 0; i < n && i < 8; i++)
+    if (!strcmp(st[i].queue, "a.realloc")) retained += st[i].retained_bytes;
+  assert_int_equal(retained, 0);
+
+  /* A block allocated outside any scope and grown inside one takes it. */
+  char *q = malloc(10);
+  sluice_prof_scope c = sluice_prof_scope_begin("a.realloc2", 3, 3);
+  prev = sluice_prof_scope_enter(c);
+  q = realloc(q, 50);
+  sluice_prof_scope_enter(prev);
+  uint64_t bytes, objects;
+  usage(c, &bytes, &objects);
+  assert_int_equal(bytes, 50);
+  assert_int_equal(objects, 1);
+  free(q);
+  assert_int_equal(sluice_prof_scope_end(c, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 0);
+}
+
+/* Pointers the profiler never saw go straight to glibc. */
+static void test_untracked_pointer(void **state) {
+  (void)state;
+  sluice_prof_stop();
+  char *old = malloc(100); /* not recorded */
+  char *old2 = malloc(200);
+  memset(old, 1, 100);
+  setup(NULL);
+  sluice_prof_memstats before, after;
+  sluice_prof_memstats_read(&before);
+  sluice_prof_scope s = sluice_prof_scope_begin("a.untracked", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  free(old);                /* freed inside a scope it never belonged to */
+  old2 = realloc(old2, 10); /* grown inside: adopts the scope */
+  sluice_prof_scope_enter(prev);
+  uint64_t b, n;
+  usage(s, &b, &n);
+  assert_int_equal(b, 10);
+  assert_int_equal(n, 1);
+  free(old2);
+  usage(s, &b, &n);
+  assert_int_equal(b, 0);
+  assert_int_equal(n, 0);
+  sluice_prof_memstats_read(&after);
+  assert_int_equal(after.tracked_blocks, before.tracked_blocks);
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), 0);
+}
+
+static void test_errno_preserved(void **state) {
+  (void)state;
+  sluice_prof_scope s = sluice_prof_scope_begin("a.errno", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  char *p = malloc(10);
+  p[0] = 0;
+  sluice_prof_scope_enter(prev);
+  errno = 1234;
+  free(p); /* tracked: the table is visited */
+  assert_int_equal(errno, 1234);
+  sluice_prof_stop();
+  char *q = malloc(10);
+  q[0] = 0;
+  setup(NULL);
+  errno = 4321;
+  free(q); /* untracked */
+  assert_int_equal(errno, 4321);
+  free(NULL);
+  assert_int_equal(errno, 4321);
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), 0);
+}
+
+/* The counters behind MemStats. */
+static void test_memstats(void **state) {
+  (void)state;
+  sluice_prof_memstats a, b;
+  sluice_prof_memstats_read(&a);
+  void *v[100];
+  for (int i = 0; i < 100; i++) v[i] = malloc(1000);
+  sluice_prof_memstats_read(&b);
+  assert_true(b.mallocs - a.mallocs >= 100);
+  assert_true(b.total_alloc_bytes - a.total_alloc_bytes >= 100000);
+  assert_true(b.heap_live_bytes >= 100000);
+  assert_true(b.rss_bytes > 0);
+  assert_true(b.sampled_live_bytes >= 100000);
+  assert_true(b.tracked_blocks >= 100);
+  assert_true(b.stacks > 0);
+  assert_true(b.overhead_bytes > 0);
+  assert_int_equal(b.sample_rate, 1);
+  for (int i = 0; i < 100; i++) free(v[i]);
+  sluice_prof_memstats_read(&a);
+  assert_true(a.frees - b.frees >= 100);
+}
+
+/* fork(): the child allocates and frees while another thread of the parent
+ * could hold the profiler's locks. */
+static void test_fork(void **state) {
+  (void)state;
+  char *keep = malloc(10);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    sluice_prof_scope s = sluice_prof_scope_begin("a.child", 1, 1);
+    sluice_prof_scope_enter(s);
+    for (int i = 0; i < 1000; i++) free(malloc((size_t)i + 1));
+    free(keep);
+    sluice_prof_scope_enter(0);
+    sluice_prof_residual r;
+    int ok = sluice_prof_scope_end(s, SLUICE_ACK, &r) == 0 && r.bytes == 0;
+    _exit(ok ? 0 : 1);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  free(keep);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(test_interposing, setup),
+      cmocka_unit_test_setup(test_all_allocators, setup),
+      cmocka_unit_test_setup(test_realloc_keeps_scope, setup),
+      cmocka_unit_test_setup(test_untracked_pointer, setup),
+      cmocka_unit_test_setup(test_errno_preserved, setup),
+      cmocka_unit_test_setup(test_memstats, setup),
+      cmocka_unit_test_setup(test_fork, setup),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
