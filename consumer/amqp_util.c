@@ -56,6 +56,26 @@ int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
   return 0;
 }
 
+int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
+                       amqp_table_t *out) {
+  if (d->n_args > 64) return SLUICE_EINVAL;
+  sluice_kv kv[64 + 5];
+  size_t n = 0;
+  if (d->quorum) kv[n++] = (sluice_kv)SLUICE_KV_STR("x-queue-type", "quorum");
+  if (d->dead_letter_exchange)
+    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-exchange",
+                                       d->dead_letter_exchange);
+  if (d->dead_letter_routing_key)
+    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-routing-key",
+                                       d->dead_letter_routing_key);
+  if (d->message_ttl_ms > 0)
+    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-message-ttl", d->message_ttl_ms);
+  if (d->max_length > 0)
+    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-max-length", d->max_length);
+  for (size_t i = 0; i < d->n_args; i++) kv[n++] = d->args[i];
+  return sluice__kv_to_table(pool, kv, n, out);
+}
+
 int sluice__close_code_to_err(uint16_t code, const char *text) {
   switch (code) {
     case 0:

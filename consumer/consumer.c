@@ -543,6 +543,18 @@ static void drain_completions(sluice_consumer *c) {
   }
 }
 
+/* Take back the deliveries still waiting for a worker: they stay held,
+ * unacknowledged, until released (the broker requeues them). */
+static void abandon_queued(sluice_consumer *c) {
+  sluice_delivery *q = sluice__workers_take_all(c);
+  while (q) {
+    sluice_delivery *next = q->qnext;
+    atomic_store(&q->state, DS_ABANDONED);
+    c->abandoned++;
+    q = next;
+  }
+}
+
 static void begin_stop(sluice_consumer *c) {
   c->stopping = 1;
   c->stop_deadline_ms = sluice__now_ms() + c->o.stop_timeout_ms;
@@ -563,17 +575,9 @@ static void begin_stop(sluice_consumer *c) {
       }
     }
   }
-  if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    /* Not started yet: leave them unacked; the broker requeues them when
-     * the channel closes. */
-    sluice_delivery *q = sluice__workers_take_all(c);
-    while (q) {
-      sluice_delivery *next = q->qnext;
-      atomic_store(&q->state, DS_ABANDONED);
-      c->abandoned++;
-      q = next;
-    }
-  }
+  /* Not started yet: leave them unacked; the broker requeues them when
+   * the channel closes. */
+  if (c->o.ack_mode == SLUICE_ACK_MANUAL) abandon_queued(c);
   struct timeval tv = {0, 50 * 1000};
   event_add(c->ev_stop, &tv);
   check_stop(c);
@@ -1091,13 +1095,7 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
   if (c->asm_d) {
     c->asm_d = NULL; /* still on the held list; released below */
   }
-  sluice_delivery *q = sluice__workers_take_all(c);
-  while (q) {
-    sluice_delivery *next = q->qnext;
-    atomic_store(&q->state, DS_ABANDONED);
-    c->abandoned++;
-    q = next;
-  }
+  abandon_queued(c);
   sluice_delivery *d = c->held_head;
   while (d) {
     sluice_delivery *next = d->next;
@@ -1195,7 +1193,6 @@ int sluice_declare_exchange(sluice_consumer *c, const sluice_exchange_decl *d) {
 
 int sluice_declare_queue(sluice_consumer *c, const sluice_queue_decl *d) {
   if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
-  if (d->n_args > 64) return SLUICE_EINVAL;
   struct topo *t = topo_new(TOPO_QUEUE);
   if (!t) return SLUICE_ENOMEM;
   t->name = pool_str(&t->pool, d->name);
@@ -1203,21 +1200,7 @@ int sluice_declare_queue(sluice_consumer *c, const sluice_queue_decl *d) {
   t->exclusive = d->exclusive;
   t->auto_delete = d->auto_delete;
   t->passive = d->passive;
-  sluice_kv kv[64 + 5];
-  size_t n = 0;
-  if (d->quorum) kv[n++] = (sluice_kv)SLUICE_KV_STR("x-queue-type", "quorum");
-  if (d->dead_letter_exchange)
-    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-exchange",
-                                       d->dead_letter_exchange);
-  if (d->dead_letter_routing_key)
-    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-routing-key",
-                                       d->dead_letter_routing_key);
-  if (d->message_ttl_ms > 0)
-    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-message-ttl", d->message_ttl_ms);
-  if (d->max_length > 0)
-    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-max-length", d->max_length);
-  for (size_t i = 0; i < d->n_args; i++) kv[n++] = d->args[i];
-  int rc = sluice__kv_to_table(&t->pool, kv, n, &t->args);
+  int rc = sluice__queue_args(&t->pool, d, &t->args);
   if (!rc && !t->name) rc = SLUICE_ENOMEM;
   if (rc) {
     topo_free(t);

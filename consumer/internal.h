@@ -190,6 +190,9 @@ uint64_t sluice__now_ms(void);
 /* amqp_util.c */
 int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
                         amqp_table_t *out);
+/* The x- arguments of a queue declaration (quorum, DLX, TTL, ...). */
+int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
+                       amqp_table_t *out);
 int sluice__reply_to_err(amqp_rpc_reply_t r, uint16_t *code, char *text,
                          size_t textlen);
 int sluice__close_code_to_err(uint16_t code, const char *text);

@@ -304,25 +304,10 @@ static int topo_result(sluice_publisher *p) {
 int sluice_publisher_declare_queue(sluice_publisher *p,
                                    const sluice_queue_decl *d) {
   if (!p || !d || !d->name) return SLUICE_EINVAL;
-  if (d->n_args > 64) return SLUICE_EINVAL;
-  sluice_kv kv[64 + 5];
-  size_t n = 0;
-  if (d->quorum) kv[n++] = (sluice_kv)SLUICE_KV_STR("x-queue-type", "quorum");
-  if (d->dead_letter_exchange)
-    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-exchange",
-                                       d->dead_letter_exchange);
-  if (d->dead_letter_routing_key)
-    kv[n++] = (sluice_kv)SLUICE_KV_STR("x-dead-letter-routing-key",
-                                       d->dead_letter_routing_key);
-  if (d->message_ttl_ms > 0)
-    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-message-ttl", d->message_ttl_ms);
-  if (d->max_length > 0)
-    kv[n++] = (sluice_kv)SLUICE_KV_INT("x-max-length", d->max_length);
-  for (size_t i = 0; i < d->n_args; i++) kv[n++] = d->args[i];
   amqp_pool_t pool;
   init_amqp_pool(&pool, 512);
   amqp_table_t args;
-  int rc = sluice__kv_to_table(&pool, kv, n, &args);
+  int rc = sluice__queue_args(&pool, d, &args);
   if (rc == 0) {
     amqp_queue_declare(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(d->name),
                        d->passive, d->durable || d->quorum, d->exclusive,
