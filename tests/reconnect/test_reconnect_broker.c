@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: MIT */
+/* Reconnect against the real broker, with faults injected by a loopback
+ * proxy (tests/reconnect/proxy.c) or by rabbitmqctl on this test's own
+ * connection only. Every test is bounded by a watchdog; no test asserts a
+ * timing (the figures are printed). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/broker_util.h"
+#include "proxy.h"
+#include "rc_util.h"
+
+static tproxy *proxy_new(uint16_t upstream) {
+  tproxy *p = NULL;
+  assert_int_equal(tproxy_start(upstream, &p), 0);
+  return p;
+}
+
+static const char *fresh_filled(const char *prefix, unsigned n) {
+  const char *q = tb_qname(prefix);
+  sluice_queue_decl d = {.name = q, .durable = 1};
+  tb_fresh_queue(&d);
+  tb_fill(q, n, 64);
+  return q;
+}
+
+/* ---- cut through the proxy ---------------------------------------------- */
+
+static int fault_cut(rc_stream *s, unsigned k) {
+  return tproxy_cut(s->fault_user) >= 1 ? 0 : -1;
+}
+
+static void proxy_cuts(void **state) {
+  tproxy *p = proxy_new(5672);
+  unsigned n = 5000;
+  const char *q = fresh_filled("cut", n);
+  rc_stream *s = rc_stream_new(q, n);
+  s->fault = fault_cut;
+  s->fault_user = p;
+  s->n_faults = 4;
+  s->gate_during_fault = 1; /* handlers finish after the cut: stale */
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .workers = 4,
+      .prefetch = 100,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 100},
+  };
+  rc_stream_consumer(s, &o);
+  int to = 0;
+  assert_int_equal(rc_stream_run(s, 60, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(s->c, &st);
+  assert_int_equal(st.reconnects, 4);
+  assert_true(st.stale > 0); /* the held handlers' completions */
+  /* EOF, or a reset when the proxy closed with bytes unread */
+  int err = atomic_load(&s->last_closed_err);
+  assert_true(err == SLUICE_ECLOSED || err == SLUICE_ESOCKET);
+  assert_int_equal(tproxy_accepted(p), 5);
+  rc_stream_check(s);
+  rc_stream_free(s);
+  tproxy_free(p);
+  tb_delete_queue(q);
+}
+
+/* ---- black hole: only heartbeats can tell ------------------------------- */
+
+static int fault_hole(rc_stream *s, unsigned k) {
+  return tproxy_blackhole(s->fault_user) >= 1 ? 0 : -1;
+}
+
+static void blackhole_detected_by_heartbeats(void **state) {
+  tproxy *p = proxy_new(5672);
+  unsigned n = 3000;
+  const char *q = fresh_filled("hole", n);
+  rc_stream *s = rc_stream_new(q, n);
+  s->fault = fault_hole;
+  s->fault_user = p;
+  s->n_faults = 2;
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .heartbeat_s = 1,
+      .prefetch = 50,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 100},
+  };
+  rc_stream_consumer(s, &o);
+  int to = 0;
+  assert_int_equal(rc_stream_run(s, 60, &to), 0);
+  assert_false(to);
+  assert_int_equal(atomic_load(&s->last_closed_err), SLUICE_EHEARTBEAT);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(s->c, &st);
+  assert_int_equal(st.reconnects, 2);
+  printf("  heartbeat 1 s: black hole detected after %llu and %llu ms\n",
+         (unsigned long long)(s->closed_ms[0] - s->fault_ms[0]),
+         (unsigned long long)(s->closed_ms[1] - s->fault_ms[1]));
+  rc_stream_check(s);
+  rc_stream_free(s);
+  tproxy_free(p);
+  tb_delete_queue(q);
+}
+
+/* ---- the broker closes our connection (rabbitmqctl) --------------------- */
+
+static int fault_close_named(rc_stream *s, unsigned k) {
+  return rc_close_named_connection(s->conn_name) >= 1 ? 0 : -1;
+}
+
+static void broker_closes_connection_20k(void **state) {
+  unsigned n = 20000;
+  const char *q = fresh_filled("close", n);
+  rc_stream *s = rc_stream_new(q, n);
+  s->fault = fault_close_named;
+  s->n_faults = 4;
+  s->gate_during_fault = 1;
+  char name[128];
+  snprintf(name, sizeof(name), "sluice.test.reconnect.%ld", (long)getpid());
+  sluice_consumer_opts o = {
+      .uri = TEST_URI,
+      .connection_name = name,
+      .ack_mode = SLUICE_ACK_MANUAL,
+      .workers = 4,
+      .prefetch = 200,
+      .reconnect = {.enabled = 1, .min_delay_ms = 20, .max_delay_ms = 200},
+  };
+  rc_stream_consumer(s, &o);
+  int to = 0;
+  assert_int_equal(rc_stream_run(s, 120, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(s->c, &st);
+  assert_int_equal(st.reconnects, 4);
+  assert_true(st.stale > 0);
+  char text[256];
+  /* 320 CONNECTION_FORCED, kept with its text */
+  assert_int_equal(sluice_consumer_last_close(s->c, text, sizeof(text)), 320);
+  printf("  last broker close: 320 %s\n", text);
+  rc_stream_check(s);
+  rc_stream_free(s);
+  tb_delete_queue(q);
+}
+
+/* ---- a deferred delivery completed after the reconnect ------------------ */
+
+struct defer_ctx {
+  sluice_consumer *c;
+  tproxy *p;
+  sluice_delivery *held[2];
+  int n_held;
+  int rc_in_closed;            /* done() inside the CLOSED event */
+  _Atomic int rc_after;        /* done() from a thread after CONNECTED */
+  unsigned connected, closed, closed_406;
+  unsigned redelivered_acks;
+  pthread_t th;
+  int th_started;
+};
+
+static int defer_handler(sluice_delivery *d, const sluice_message *m,
+                         void *user) {
+  struct defer_ctx *x = user;
+  if (!m->redelivered) {
+    assert_true(x->n_held < 2);
+    x->held[x->n_held++] = d;
+    if (x->n_held == 2) tproxy_cut(x->p); /* both are deferred: cut */
+    return SLUICE_DEFER;
+  }
+  if (++x->redelivered_acks == 2) sluice_consumer_stop(x->c);
+  return SLUICE_ACK;
+}
+
+static void *late_done(void *arg) {
+  struct defer_ctx *x = arg;
+  /* a push reply arriving after the reconnect */
+  atomic_store(&x->rc_after, sluice_delivery_done(x->held[1], SLUICE_ACK));
+  return NULL;
+}
+
+static void defer_event(sluice_consumer *c, const sluice_event *ev,
+                        void *user) {
+  struct defer_ctx *x = user;
+  if (ev->type == SLUICE_EV_CLOSED) {
+    x->closed++;
+    if (ev->reply_code == 406) x->closed_406++;
+    /* already stale while disconnected, before any new connection */
+    x->rc_in_closed = sluice_delivery_done(x->held[0], SLUICE_ACK);
+  }
+  if (ev->type == SLUICE_EV_CONNECTED && ++x->connected == 2) {
+    pthread_create(&x->th, NULL, late_done, x);
+    x->th_started = 1;
+  }
+}
+
+static void deferred_done_after_reconnect_is_stale(void **state) {
+  tproxy *p = proxy_new(5672);
+  const char *q = fresh_filled("defer", 2);
+  struct defer_ctx x = {.p = p};
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .prefetch = 2,
+      .on_event = defer_event,
+      .event_user = &x,
+      .log_level = SLUICE_LOG_ERROR,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
+  };
+  assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = defer_handler,
+                              .user = &x};
+  assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(x.c, 30, &to), 0);
+  assert_false(to);
+  if (x.th_started) pthread_join(x.th, NULL);
+  assert_int_equal(x.rc_in_closed, SLUICE_ESTALE);
+  assert_int_equal(atomic_load(&x.rc_after), SLUICE_ESTALE);
+  /* one close (the cut): no PRECONDITION_FAILED from a stale tag */
+  assert_int_equal(x.closed, 1);
+  assert_int_equal(x.closed_406, 0);
+  assert_int_equal(x.redelivered_acks, 2);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(x.c, &st);
+  assert_int_equal(st.stale, 2);
+  assert_int_equal(st.acked, 2); /* only the redelivered ones */
+  assert_int_equal(st.nacked + st.rejected, 0);
+  assert_int_equal(sluice_consumer_last_close(x.c, NULL, 0), 0);
+  sluice_consumer_free(x.c);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tproxy_free(p);
+  tb_delete_queue(q);
+}
+
+/* ---- failover across URIs ----------------------------------------------- */
+
+struct failover {
+  tproxy *a, *b;
+};
+
+static int fault_failover(rc_stream *s, unsigned k) {
+  struct failover *f = s->fault_user;
+  if (k == 1) {
+    /* B stops accepting and A comes back: the next attempt moves on */
+    if (tproxy_refuse(f->a, 0) != 0 || tproxy_refuse(f->b, 1) != 0) return -1;
+  }
+  return tproxy_cut(f->b) >= 1 ? 0 : -1;
+}
+
+static void failover_across_uris(void **state) {
+  /* C accepts, then closes at once (a load balancer with no backend);
+   * A refuses (nothing listens); B forwards to the broker. */
+  tproxy *c = proxy_new(1);
+  struct failover f = {proxy_new(5672), proxy_new(5672)};
+  assert_int_equal(tproxy_refuse(f.a, 1), 0);
+  char ua[128], ub[128], uc[128];
+  const char *uris[] = {tproxy_uri(c, uc, sizeof(uc)),
+                        tproxy_uri(f.a, ua, sizeof(ua)),
+                        tproxy_uri(f.b, ub, sizeof(ub))};
+  unsigned n = 3000;
+  const char *q = fresh_filled("failover", n);
+  rc_stream *s = rc_stream_new(q, n);
+  s->fault = fault_failover;
+  s->fault_user = &f;
+  s->n_faults = 2;
+  sluice_consumer_opts o = {
+      .uris = uris,
+      .n_uris = 3,
+      .prefetch = 100,
+      .log_level = -1,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
+  };
+  rc_stream_consumer(s, &o);
+  int to = 0;
+  assert_int_equal(rc_stream_run(s, 60, &to), 0);
+  assert_false(to);
+  printf("  connections accepted: C (no backend) %u, A %u, B %u\n",
+         tproxy_accepted(c), tproxy_accepted(f.a), tproxy_accepted(f.b));
+  /* start: C fails, A refuses, B; cut 1: B again (it stays on the node
+   * that worked); cut 2: B refuses, C fails, A */
+  assert_int_equal(tproxy_accepted(c), 2);
+  assert_int_equal(tproxy_accepted(f.a), 1);
+  assert_int_equal(tproxy_accepted(f.b), 2);
+  rc_stream_check(s);
+  rc_stream_free(s);
+  tproxy_free(c);
+  tproxy_free(f.a);
+  tproxy_free(f.b);
+  tb_delete_queue(q);
+}
+
+/* ---- errors that retrying cannot fix, and ones it can ------------------- */
+
+struct attempts {
+  unsigned reconnecting, gave_up, listener_gave_up;
+};
+
+static void count_attempts(sluice_consumer *c, const sluice_event *ev,
+                           void *user) {
+  struct attempts *a = user;
+  if (ev->type == SLUICE_EV_RECONNECTING) a->reconnecting++;
+  if (ev->type == SLUICE_EV_GAVE_UP) a->gave_up++;
+}
+
+static void listener_gave_up(sluice_consumer *c, const sluice_event *ev,
+                             void *user) {
+  struct attempts *a = user;
+  if (ev->type == SLUICE_EV_GAVE_UP) a->listener_gave_up++;
+}
+
+static void no_retry_storm(void **state) {
+  tproxy *p = proxy_new(5672);
+  char uri[160];
+  snprintf(uri, sizeof(uri), "amqp://guest:wrong@127.0.0.1:%u/",
+           (unsigned)tproxy_port(p));
+  struct attempts a = {0};
+  sluice_consumer_opts o = {
+      .uri = uri,
+      .on_event = count_attempts,
+      .event_user = &a,
+      .log_level = -1,
+      .reconnect = {.enabled = 1, .min_delay_ms = 1, .max_delay_ms = 5,
+                    .max_attempts = UINT32_MAX},
+  };
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EAUTH);
+  assert_false(to);
+  assert_int_equal(tproxy_accepted(p), 1); /* one attempt, no storm */
+  assert_int_equal(a.reconnecting, 0);
+  sluice_consumer_free(c);
+
+  /* a vhost that does not exist: the same */
+  snprintf(uri, sizeof(uri), "amqp://guest:guest@127.0.0.1:%u/nope",
+           (unsigned)tproxy_port(p));
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EVHOST);
+  assert_int_equal(tproxy_accepted(p), 2);
+  assert_int_equal(a.reconnecting, 0);
+  sluice_consumer_free(c);
+  tproxy_free(p);
+
+  /* A socket closed during the handshake without a reply code is not a
+   * refusal of credentials: it is retried, up to max_attempts, then the
+   * run ends with SLUICE_EGAVEUP and listeners hear SLUICE_EV_GAVE_UP. */
+  tproxy *dead = proxy_new(1);
+  snprintf(uri, sizeof(uri), "amqp://guest:guest@127.0.0.1:%u/",
+           (unsigned)tproxy_port(dead));
+  o.reconnect.max_attempts = 3;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  sluice_listener h;
+  assert_int_equal(sluice_on_close(c, listener_gave_up, &a,
+                                   SLUICE_LISTEN_PERSISTENT, &h), 0);
+  assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EGAVEUP);
+  assert_false(to);
+  assert_int_equal(tproxy_accepted(dead), 4); /* first try + 3 attempts */
+  assert_int_equal(a.reconnecting, 3);
+  assert_int_equal(a.gave_up, 1);
+  assert_int_equal(a.listener_gave_up, 1);
+  sluice_consumer_free(c);
+  tproxy_free(dead);
+}
+
+int main(void) {
+  tb_require_broker("test_reconnect_broker");
+  setvbuf(stdout, NULL, _IONBF, 0);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(proxy_cuts),
+      cmocka_unit_test(blackhole_detected_by_heartbeats),
+      cmocka_unit_test(deferred_done_after_reconnect_is_stale),
+      cmocka_unit_test(failover_across_uris),
+      cmocka_unit_test(no_retry_storm),
+      cmocka_unit_test(broker_closes_connection_20k),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
