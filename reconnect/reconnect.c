@@ -44,8 +44,8 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err) {
     return;
   }
   /* A connection that stayed up long enough starts the backoff over. */
-  if (c->connected_at_ms &&
-      sluice__reconnect_now(c) - c->connected_at_ms >= c->o.reconnect.reset_after_ms) {
+  uint64_t up_ms = sluice__reconnect_now(c) - c->connected_at_ms;
+  if (c->connected_at_ms && up_ms >= c->o.reconnect.reset_after_ms) {
     sluice_backoff_reset(&c->backoff);
     c->attempt = 0;
   }
@@ -78,7 +78,9 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err) {
 }
 
 void sluice__reconnect_connected(sluice_consumer *c) {
-  atomic_fetch_add(&c->n_reconnects, 1);
+  /* Generation 1 is the first connection (made after failed attempts at
+   * start): not a reconnect. */
+  if (atomic_load(&c->generation) > 1) atomic_fetch_add(&c->n_reconnects, 1);
   c->connected_at_ms = sluice__reconnect_now(c);
   sluice_event ev = {.type = SLUICE_EV_CONNECTED,
                      .attempt = c->attempt,

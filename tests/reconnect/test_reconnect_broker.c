@@ -370,6 +370,49 @@ static void no_retry_storm(void **state) {
   tproxy_free(dead);
 }
 
+
+/* ---- stop() while waiting to reconnect ----------------------------------- */
+
+struct stopper {
+  unsigned reconnecting, stopped;
+};
+
+static void stop_on_third_attempt(sluice_consumer *c, const sluice_event *ev,
+                                  void *user) {
+  struct stopper *x = user;
+  if (ev->type == SLUICE_EV_RECONNECTING && ++x->reconnecting == 3)
+    sluice_consumer_stop(c);
+  if (ev->type == SLUICE_EV_STOPPED) x->stopped++;
+}
+
+static void stop_while_reconnecting(void **state) {
+  tproxy *p = proxy_new(5672);
+  assert_int_equal(tproxy_refuse(p, 1), 0);
+  struct stopper x = {0};
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .on_event = stop_on_third_attempt,
+      .event_user = &x,
+      .log_level = -1,
+      .reconnect = {.enabled = 1, .min_delay_ms = 20, .max_delay_ms = 50,
+                    .max_attempts = UINT32_MAX},
+  };
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 20, &to), 0); /* a graceful stop */
+  assert_false(to);
+  assert_int_equal(x.reconnecting, 3);
+  assert_int_equal(x.stopped, 1);
+  assert_int_equal(tproxy_accepted(p), 0);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.reconnects, 0);
+  sluice_consumer_free(c);
+  tproxy_free(p);
+}
+
 int main(void) {
   tb_require_broker("test_reconnect_broker");
   setvbuf(stdout, NULL, _IONBF, 0);
@@ -379,6 +422,7 @@ int main(void) {
       cmocka_unit_test(deferred_done_after_reconnect_is_stale),
       cmocka_unit_test(failover_across_uris),
       cmocka_unit_test(no_retry_storm),
+      cmocka_unit_test(stop_while_reconnecting),
       cmocka_unit_test(broker_closes_connection_20k),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

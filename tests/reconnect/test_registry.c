@@ -7,6 +7,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <event2/event.h>
+
 #include "consumer/internal.h"
 
 static sluice_consumer *new_consumer(unsigned cap) {
@@ -174,6 +176,110 @@ static void backoff_sequence(void **state) {
   assert_true(d >= 100 && d <= 1000);
 }
 
+
+/* The reconnect policy with an injected clock and random source: the delay
+ * windows double up to the cap, a connection that stays up reset_after_ms
+ * starts them over, a shorter one does not; max_attempts counts failures
+ * in a row; errors that retrying cannot fix stop at once. */
+struct fake {
+  uint64_t now, r;
+  unsigned reconnecting, gave_up;
+  uint64_t delay[16];
+  unsigned attempt[16];
+};
+
+static uint64_t fake_now(void *u) { return ((struct fake *)u)->now; }
+static uint64_t fake_random(void *u) { return ((struct fake *)u)->r; }
+
+static void fake_event(sluice_consumer *c, const sluice_event *ev, void *u) {
+  struct fake *f = u;
+  if (ev->type == SLUICE_EV_RECONNECTING && f->reconnecting < 16) {
+    f->delay[f->reconnecting] = ev->delay_ms;
+    f->attempt[f->reconnecting] = ev->attempt;
+    f->reconnecting++;
+  }
+  if (ev->type == SLUICE_EV_GAVE_UP) f->gave_up++;
+}
+
+static void no_cb(evutil_socket_t fd, short what, void *arg) {}
+
+static uint64_t expect_delay(uint64_t min, uint64_t cap, uint64_t r) {
+  return min + r % (cap - min + 1);
+}
+
+static void backoff_reset_with_injected_clock(void **state) {
+  (void)state;
+  struct fake f = {.now = 1000, .r = 1000000007ULL};
+  sluice_consumer_opts o = {
+      .on_event = fake_event,
+      .event_user = &f,
+      .log_level = -1,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 100,
+                    .max_delay_ms = 1000,
+                    .max_attempts = 3,
+                    .reset_after_ms = 5000,
+                    .now_ms = fake_now,
+                    .random = fake_random,
+                    .clock_user = &f},
+  };
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  struct event_base *base = event_base_new();
+  c->ev_retry = evtimer_new(base, no_cb, NULL); /* scheduled, never run */
+
+  /* three failures in a row: windows [100,100], [100,200], [100,400] */
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  assert_int_equal(f.reconnecting, 3);
+  assert_int_equal(f.delay[0], 100);
+  assert_int_equal(f.delay[1], expect_delay(100, 200, f.r));
+  assert_int_equal(f.delay[2], expect_delay(100, 400, f.r));
+  assert_int_equal(f.attempt[2], 3);
+
+  /* connected at t=1000, lost at t=5999: up less than reset_after_ms, so
+   * the delay keeps growing, but the failure count starts over */
+  sluice__reconnect_connected(c);
+  f.now = 5999;
+  sluice__reconnect_schedule(c, SLUICE_ECLOSED);
+  assert_int_equal(f.delay[3], expect_delay(100, 800, f.r));
+  assert_int_equal(f.attempt[3], 1);
+
+  /* connected at t=7000 and up for exactly reset_after_ms: back to min */
+  f.now = 7000;
+  sluice__reconnect_connected(c);
+  f.now = 12000;
+  f.r = UINT64_MAX;
+  sluice__reconnect_schedule(c, SLUICE_ECLOSED);
+  assert_int_equal(f.delay[4], 100);
+  assert_int_equal(f.attempt[4], 1);
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  assert_int_equal(f.delay[5], expect_delay(100, 200, f.r));
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  assert_int_equal(f.reconnecting, 7);
+  assert_int_equal(f.gave_up, 0);
+
+  /* the fourth failure in a row is one too many: gave up */
+  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
+  assert_int_equal(f.reconnecting, 7);
+  assert_int_equal(f.gave_up, 1);
+  assert_true(sluice_consumer_stopped(c));
+  sluice_consumer_free(c);
+
+  /* refused credentials: no attempt is even scheduled */
+  memset(&f, 0, sizeof(f));
+  f.now = 1000;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  c->ev_retry = evtimer_new(base, no_cb, NULL);
+  sluice__reconnect_schedule(c, SLUICE_EAUTH);
+  assert_int_equal(f.reconnecting, 0);
+  assert_int_equal(f.gave_up, 0);
+  assert_true(sluice_consumer_stopped(c));
+  sluice_consumer_free(c);
+  event_base_free(base);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(full_registry_refuses),
@@ -181,6 +287,7 @@ int main(void) {
       cmocka_unit_test(unregister_inside_callback),
       cmocka_unit_test(generation_listeners_go_with_their_connection),
       cmocka_unit_test(backoff_sequence),
+      cmocka_unit_test(backoff_reset_with_injected_clock),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
