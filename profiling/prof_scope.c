@@ -765,7 +765,14 @@ void sluice__scopes_stats(sluice_prof_memstats *ms) {
   pthread_mutex_lock(&S.mu);
   ms->scopes_open = S.n_open;
   ms->scopes_pending = S.n_closed;
-  ms->scopes_retained = S.n_retired;
+  /* Retired slots whose blocks are all gone are given back lazily: count
+   * only those that still hold memory. */
+  uint64_t retained = 0;
+  for (uint32_t i = 0; i < S.n_slots && retained < S.n_retired; i++)
+    if (S.slots[i].state == S_RETIRED &&
+        atomic_load_explicit(&S.slots[i].live_n, memory_order_relaxed) > 0)
+      retained++;
+  ms->scopes_retained = retained;
   ms->scopes_refused = S.refused;
   pthread_mutex_unlock(&S.mu);
 }

@@ -67,10 +67,12 @@ void sluice__sym_unlock_all(void) {
 }
 
 void sluice__clean_name(char *name) {
-  /* gcc clones (".constprop.0", ".isra.0", ".part.0", ".cold"): a C or
-   * mangled C++ identifier has no '.', so cut at the first one. */
-  char *dot = name[0] ? strchr(name + 1, '.') : NULL;
-  if (dot) *dot = 0;
+  /* gcc clones (".constprop.0", ".isra.0", ".part.0", ".cold") and symbol
+   * versions ("@@GLIBC_2.34"): a C or mangled C++ identifier has neither
+   * '.' nor '@', so cut at the first one. */
+  if (!name[0]) return;
+  size_t n = strcspn(name + 1, ".@") + 1;
+  name[n] = 0;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -1,1 +1,352 @@
-int main(void){return 0;}
+/* SPDX-License-Identifier: MIT */
+/* The profiles read by the real tools: `go tool pprof` (Debian golang-go)
+ * and `google-pprof` (Debian google-perftools), and the profiler preloaded
+ * into a program that knows nothing about it. A missing tool skips the test,
+ * or fails it when SLUICE_REQUIRE_BROKER=1 (CI). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "prof_test.h"
+
+static char *go, *gpprof;
+static char dir[64];
+
+static int group_setup(void **state) {
+  (void)state;
+  go = t_which("go");
+  gpprof = t_which("google-pprof");
+  snprintf(dir, sizeof dir, "/tmp/sluice-prof-tools-XXXXXX");
+  if (!mkdtemp(dir)) return -1;
+  sluice_prof_opts o = {.sample_rate = 1, .grace_ms = -1};
+  return sluice_prof_start(&o);
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char p[512];
+      snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+      unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(dir);
+  free(go);
+  free(gpprof);
+  return 0;
+}
+
+/* Skip, or fail in CI, when a tool is missing. */
+#define NEED(tool, path)                                                  \
+  do {                                                                    \
+    if (!(path)) {                                                        \
+      if (t_tools_required())                                             \
+        fail_msg("%s not found in PATH (required: run scripts/setup.sh)", \
+                 tool);                                                   \
+      print_message("SKIP: %s not found in PATH\n", tool);                \
+      skip();                                                             \
+    }                                                                     \
+  } while (0)
+
+static char *path_in(const char *name) {
+  char *p = NULL;
+  if (asprintf(&p, "%s/%s", dir, name) < 0) return NULL;
+  return p;
+}
+
+static void write_profile(const sluice_prof_snapshot *s, sluice_prof_format f,
+                          sluice_prof_value v, const char *path) {
+  sluice_prof_output o = {.format = f, .value = v};
+  assert_int_equal(sluice_prof_write_file(s, &o, path), 0);
+}
+
+/* Runs a tool; returns its output (caller frees), asserting exit 0. */
+static char *run_ok(char *const argv[]) {
+  tbuf out = {0};
+  int rc = t_run(argv, NULL, &out);
+  if (rc != 0) fail_msg("%s exited %d:\n%s", argv[0], rc, tbuf_str(&out));
+  return out.data;
+}
+
+/* ------------------------------------------------------------------------ */
+/* What the profiles contain. */
+
+static void *held[20];
+
+T_NOINLINE static void hold_buffers(void) {
+  for (int i = 0; i < 20; i++) {
+    held[i] = TALLOC(5000);
+    memset(held[i], i, 5000);
+  }
+}
+
+static void *grown[10];
+
+T_NOINLINE static void grow_later(void) {
+  for (int i = 0; i < 10; i++) {
+    grown[i] = TALLOC(7000);
+    memset(grown[i], i, 7000);
+  }
+}
+
+static void *errors[64];
+static int n_errors;
+
+T_NOINLINE static int leak_on_nack(int i) {
+  char *ctx = TALLOC(64);
+  memset(ctx, i, 64);
+  if (i % 2) {
+    errors[n_errors++] = ctx;
+    return SLUICE_NACK;
+  }
+  TFREE(ctx);
+  return SLUICE_ACK;
+}
+
+static void run_deliveries(void) {
+  const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
+  for (int i = 0; i < 40; i++) {
+    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1,
+                                 (uint64_t)i + 1, 0};
+    void *tok = hk->begin(hk->user, &info);
+    int outcome = leak_on_nack(i);
+    hk->suspend(hk->user, tok);
+    hk->end(hk->user, tok, &info, outcome);
+  }
+}
+
+/* The blocks both tools look at, made once. */
+static void prepare(void) {
+  static int done;
+  if (done) return;
+  done = 1;
+  hold_buffers();
+  run_deliveries();
+}
+
+static void test_go_pprof(void **state) {
+  (void)state;
+  NEED("go", go);
+  prepare();
+  char *heap = path_in("heap.pb.gz"), *resid = path_in("resid.pb.gz");
+  write_profile(NULL, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_INUSE_SPACE, heap);
+  write_profile(NULL, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_RESIDUAL_SPACE, resid);
+
+  char *out = run_ok((char *[]){go, "tool", "pprof", "-top", heap, NULL});
+  assert_non_null(strstr(out, "Type: inuse_space"));
+  assert_non_null(strstr(out, "hold_buffers"));
+  free(out);
+  out = run_ok((char *[]){go, "tool", "pprof", "-top",
+                          "-sample_index=alloc_objects", heap, NULL});
+  assert_non_null(strstr(out, "leak_on_nack"));
+  free(out);
+
+  /* The residual profile: the leak is under outcome=nack only. */
+  out = run_ok((char *[]){go, "tool", "pprof", "-top", resid, NULL});
+  assert_non_null(strstr(out, "Type: residual_space"));
+  assert_non_null(strstr(out, "leak_on_nack"));
+  free(out);
+  out = run_ok((char *[]){go, "tool", "pprof", "-top",
+                          "-tagfocus=outcome=nack", "-tagfocus=queue=orders",
+                          resid, NULL});
+  assert_non_null(strstr(out, "leak_on_nack"));
+  assert_non_null(strstr(out, "1.25kB")); /* 20 x 64 B */
+  free(out);
+  out = run_ok((char *[]){go, "tool", "pprof", "-top",
+                          "-tagignore=outcome=nack", resid, NULL});
+  assert_null(strstr(out, "leak_on_nack"));
+  free(out);
+  out = run_ok((char *[]){go, "tool", "pprof", "-tags", resid, NULL});
+  assert_non_null(strstr(out, "outcome"));
+  assert_non_null(strstr(out, "nack"));
+  assert_non_null(strstr(out, "queue"));
+  assert_non_null(strstr(out, "orders"));
+  free(out);
+
+  /* -diff_base against an earlier profile, and sluice's own diff. */
+  sluice_prof_snapshot *a, *b, *d;
+  assert_int_equal(sluice_prof_snapshot_take(&a), 0);
+  grow_later();
+  assert_int_equal(sluice_prof_snapshot_take(&b), 0);
+  assert_int_equal(sluice_prof_snapshot_diff(a, b, &d), 0);
+  char *pa = path_in("a.pb.gz"), *pb = path_in("b.pb.gz"),
+       *pd = path_in("d.pb.gz");
+  write_profile(a, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_INUSE_SPACE, pa);
+  write_profile(b, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_INUSE_SPACE, pb);
+  write_profile(d, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_INUSE_SPACE, pd);
+  char *base_arg = NULL;
+  assert_true(asprintf(&base_arg, "-diff_base=%s", pa) > 0);
+  out = run_ok((char *[]){go, "tool", "pprof", "-top", base_arg, pb, NULL});
+  assert_non_null(strstr(out, "grow_later"));
+  assert_null(strstr(out, "hold_buffers")); /* unchanged: diffs to 0 */
+  free(out);
+  out = run_ok((char *[]){go, "tool", "pprof", "-top", pd, NULL});
+  assert_non_null(strstr(out, "68.36kB"));
+  assert_non_null(strstr(out, "grow_later"));
+  free(out);
+  free(base_arg);
+  sluice_prof_snapshot_free(a);
+  sluice_prof_snapshot_free(b);
+  sluice_prof_snapshot_free(d);
+  free(pa);
+  free(pb);
+  free(pd);
+  free(heap);
+  free(resid);
+}
+
+static char *self_exe(void) {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  assert_true(n > 0);
+  buf[n] = 0;
+  return strdup(buf);
+}
+
+static void test_google_pprof(void **state) {
+  (void)state;
+  NEED("google-pprof", gpprof);
+  prepare();
+  char *heap = path_in("heap.heap"), *exe = self_exe();
+  write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, heap);
+  char *out = run_ok((char *[]){gpprof, "--text", exe, heap, NULL});
+  assert_non_null(strstr(out, "hold_buffers"));
+  free(out);
+  /* The legacy residual profile too. */
+  write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_RESIDUAL_SPACE,
+                heap);
+  out = run_ok((char *[]){gpprof, "--text", exe, heap, NULL});
+  assert_non_null(strstr(out, "leak_on_nack"));
+  free(out);
+  /* go tool pprof reads the legacy format as well. */
+  if (go) {
+    write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, heap);
+    out = run_ok((char *[]){go, "tool", "pprof", "-top", exe, heap, NULL});
+    assert_non_null(strstr(out, "hold_buffers"));
+    free(out);
+  }
+  free(heap);
+  free(exe);
+}
+
+/* LD_PRELOAD into a program built without sluice. */
+static void test_preload(void **state) {
+  (void)state;
+#ifdef SLUICE_TEST_NO_INTERPOSE
+  print_message("SKIP: no malloc interposition under the sanitizers\n");
+  skip();
+#else
+  char *pb = path_in("leaky.pb.gz");
+  char *env_pb[] = {"LD_PRELOAD=" SLUICE_PROF_SO, "SLUICE_PROF=1",
+                    "SLUICE_PROF_RATE=1", NULL, NULL};
+  assert_true(asprintf(&env_pb[3], "SLUICE_PROF_OUT=%s", pb) > 0);
+  tbuf out = {0};
+  assert_int_equal(t_run((char *[]){PROF_LEAKY, NULL}, env_pb, &out), 0);
+  tbuf file = {0};
+  FILE *f = fopen(pb, "rb");
+  assert_non_null(f);
+  char chunk[4096];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    tbuf_write(&file, chunk, n);
+  fclose(f);
+  tprofile p;
+  assert_int_equal(tprofile_parse(file.data, file.len, &p), 0);
+  assert_string_equal(tprofile_top_leaf(&p, "inuse_space"), "leak_some");
+  assert_int_equal(tprofile_sum(&p, "inuse_space", "leak_some"), 64000);
+  assert_int_equal(tprofile_sum(&p, "inuse_objects", "leak_some"), 1000);
+  assert_int_equal(tprofile_sum(&p, "alloc_space", "handle_request"),
+                   1000 * 4096);
+  assert_int_equal(tprofile_sum(&p, "inuse_space", "handle_request"), 0);
+  tprofile_free(&p);
+  tbuf_free(&file);
+  if (go) {
+    char *o = run_ok((char *[]){go, "tool", "pprof", "-top", pb, NULL});
+    assert_non_null(strstr(o, "leak_some"));
+    free(o);
+  } else {
+    NEED("go", go);
+  }
+
+  /* The legacy format with the pid in the name, read by google-pprof. */
+  char *heap_pat = path_in("leaky.%p.heap");
+  char *env_heap[] = {"LD_PRELOAD=" SLUICE_PROF_SO, "SLUICE_PROF=1",
+                      "SLUICE_PROF_RATE=1", NULL, NULL};
+  assert_true(asprintf(&env_heap[3], "SLUICE_PROF_OUT=%s", heap_pat) > 0);
+  out.len = 0;
+  assert_int_equal(t_run((char *[]){PROF_LEAKY, NULL}, env_heap, &out), 0);
+  char *heap = NULL;
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (!strncmp(e->d_name, "leaky.", 6) && strstr(e->d_name, ".heap"))
+      assert_true(asprintf(&heap, "%s/%s", dir, e->d_name) > 0);
+  closedir(d);
+  assert_non_null(heap);
+  if (gpprof) {
+    char *o = run_ok((char *[]){gpprof, "--text", PROF_LEAKY, heap, NULL});
+    assert_non_null(strstr(o, "leak_some"));
+    free(o);
+  }
+
+  /* The default rate: sampled, still a valid profile. */
+  char *env_def[] = {"LD_PRELOAD=" SLUICE_PROF_SO, "SLUICE_PROF=1", NULL,
+                     NULL};
+  assert_true(asprintf(&env_def[2], "SLUICE_PROF_OUT=%s", pb) > 0);
+  assert_int_equal(t_run((char *[]){PROF_LEAKY, NULL}, env_def, &out), 0);
+  f = fopen(pb, "rb");
+  assert_non_null(f);
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    tbuf_write(&file, chunk, n);
+  fclose(f);
+  assert_int_equal(tprofile_parse(file.data, file.len, &p), 0);
+  assert_int_equal(p.period, 524288);
+  tprofile_free(&p);
+  tbuf_free(&file);
+
+  /* Not enabled: nothing is written. */
+  char *absent = path_in("absent.pb.gz");
+  char *env_off[] = {"LD_PRELOAD=" SLUICE_PROF_SO, NULL, NULL};
+  assert_true(asprintf(&env_off[1], "SLUICE_PROF_OUT=%s", absent) > 0);
+  assert_int_equal(t_run((char *[]){PROF_LEAKY, NULL}, env_off, &out), 0);
+  assert_int_equal(access(absent, F_OK), -1);
+
+  free(env_def[2]);
+  free(env_off[1]);
+  free(absent);
+  free(heap);
+  free(heap_pat);
+  free(env_heap[3]);
+  free(env_pb[3]);
+  free(pb);
+  tbuf_free(&out);
+  if (!gpprof) NEED("google-pprof", gpprof);
+#endif
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_go_pprof),
+      cmocka_unit_test(test_google_pprof),
+      cmocka_unit_test(test_preload),
+  };
+  int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
+  for (int i = 0; i < 20; i++) TFREE(held[i]);
+  for (int i = 0; i < 10; i++) TFREE(grown[i]);
+  for (int i = 0; i < n_errors; i++) TFREE(errors[i]);
+  return rc;
+}
