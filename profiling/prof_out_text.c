@@ -169,7 +169,7 @@ int sluice__write_top(const sluice_prof_snapshot *s,
   if (!a.st) return SLUICE_ENOMEM;
   for_rows(s, o, top_row, &a);
   int bytes = sluice__value_is_bytes(o->value);
-  qsort(a.m.v, a.m.n, sizeof(fnacc), fn_cmp);
+  if (a.m.n) qsort(a.m.v, a.m.n, sizeof(fnacc), fn_cmp);
   size_t shown = a.m.n < o->max_rows ? a.m.n : o->max_rows;
   int64_t shown_flat = 0;
   for (size_t i = 0; i < shown; i++) shown_flat += a.m.v[i].flat;

@@ -416,7 +416,7 @@ static void fire_verdict(const note *x, sluice_prof_leak_fn fn, void *user) {
   uint64_t rate = sluice__rate();
   for (size_t i = 0; i < acc.len; i++)
     sluice__unbias(acc.v[i].n, acc.v[i].b, rate, &acc.v[i].n, &acc.v[i].b);
-  qsort(acc.v, acc.len, sizeof *acc.v, site_cmp);
+  if (acc.len) qsort(acc.v, acc.len, sizeof *acc.v, site_cmp);
   size_t ns = acc.len < 5 ? acc.len : 5;
   sluice_prof_site sites[5];
   sluice__buf chains[5];
@@ -833,7 +833,8 @@ size_t sluice_prof_residual_stats_get(sluice_prof_residual_stats *out,
   }
   pthread_mutex_unlock(&S.mu);
   sluice__free(ret);
-  if (out) qsort(out, total < cap ? total : cap, sizeof *out, stats_cmp);
+  if (out && total && cap)
+    qsort(out, total < cap ? total : cap, sizeof *out, stats_cmp);
   sluice__leave_guard();
   return total;
 }

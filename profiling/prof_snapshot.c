@@ -132,7 +132,7 @@ int sluice_prof_snapshot_take(sluice_prof_snapshot **out) {
     }
     sluice__residual_collect(-1, 0, resid_visit, &m);
     if (m.oom) goto out;
-    qsort(m.rows, m.len, sizeof *m.rows, resid_cmp);
+    if (m.len) qsort(m.rows, m.len, sizeof *m.rows, resid_cmp);
     s->resid = m.rows;
     s->n_resid = m.len;
     m.rows = NULL;
@@ -230,7 +230,7 @@ int sluice_prof_snapshot_diff(const sluice_prof_snapshot *base,
   size_t k = 0;
   for (size_t r = 0; r < m.len; r++)
     if (m.rows[r].n || m.rows[r].b) m.rows[k++] = m.rows[r];
-  qsort(m.rows, k, sizeof *m.rows, resid_cmp);
+  if (k) qsort(m.rows, k, sizeof *m.rows, resid_cmp);
   d->resid = m.rows;
   d->n_resid = k;
   m.rows = NULL;
