@@ -299,10 +299,19 @@ static int valid_final(int outcome) {
          outcome == SLUICE_REJECT;
 }
 
+/* A delivery whose connection died: its tag means nothing on the next
+ * channel and the broker redelivers the message. Never in autoAck mode: the
+ * broker settled the message when it sent it and will not send it again, so
+ * what sluice holds must still be handled. Any thread. */
+static int is_stale(sluice_consumer *c, const sluice_delivery *d) {
+  return c->o.ack_mode == SLUICE_ACK_MANUAL &&
+         d->msg.generation != atomic_load(&c->generation);
+}
+
 /* Final step of every handled delivery, on the completing thread. */
 static void complete_now(sluice_consumer *c, sluice_delivery *d, int outcome) {
   d->outcome = outcome;
-  int stale = d->msg.generation != atomic_load(&c->generation);
+  int stale = is_stale(c, d);
   if (c->has_hooks && c->hooks.end && d->hook_token)
     c->hooks.end(c->hooks.user, d->hook_token, &d->info,
                  stale ? SLUICE_OUTCOME_STALE : outcome);
@@ -333,7 +342,7 @@ int sluice_delivery_done(sluice_delivery *d, int outcome) {
   sluice_consumer *c = d->c;
   int st = DS_DEFERRED;
   if (atomic_compare_exchange_strong(&d->state, &st, DS_COMPLETING)) {
-    int stale = d->msg.generation != atomic_load(&c->generation);
+    int stale = is_stale(c, d);
     complete_now(c, d, outcome);
     return stale ? SLUICE_ESTALE : 0;
   }
@@ -352,7 +361,7 @@ int sluice_delivery_done(sluice_delivery *d, int outcome) {
 }
 
 void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
-  if (d->msg.generation != atomic_load(&c->generation)) {
+  if (is_stale(c, d)) {
     /* Its connection died while it waited for a worker: the broker will
      * redeliver it; running the handler now would process it twice. */
     atomic_store(&d->state, DS_HANDLER);
@@ -495,8 +504,9 @@ static void on_write(evutil_socket_t fd, short what, void *arg) {
 
 static void process_completion(sluice_consumer *c, sluice_delivery *d) {
   int outcome = d->outcome;
-  int stale = !c->connected || d->on_stale ||
-              d->msg.generation != atomic_load(&c->generation);
+  int stale = c->o.ack_mode == SLUICE_ACK_MANUAL &&
+              (!c->connected || d->on_stale ||
+               d->msg.generation != atomic_load(&c->generation));
   uint64_t tag = d->msg.delivery_tag;
   if (outcome == SLUICE_OUTCOME_ERROR) {
     sluice_event ev = {.type = SLUICE_EV_HANDLER_ERROR,
@@ -1095,7 +1105,11 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
   if (c->asm_d) {
     c->asm_d = NULL; /* still on the held list; released below */
   }
-  abandon_queued(c);
+  /* Manual mode: deliveries still waiting for a worker go back to the
+   * broker (it redelivers them). AutoAck: the broker will never send them
+   * again, so the workers still handle them (they land on the stale list
+   * below, which only means "of a dead connection"). */
+  if (c->o.ack_mode == SLUICE_ACK_MANUAL) abandon_queued(c);
   sluice_delivery *d = c->held_head;
   while (d) {
     sluice_delivery *next = d->next;

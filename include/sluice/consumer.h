@@ -151,7 +151,9 @@ typedef int (*sluice_handler_fn)(sluice_delivery *d, const sluice_message *msg,
  *  \return 0; SLUICE_EINVAL for another outcome (the delivery stays open);
  *          SLUICE_EALREADY if the delivery was already completed (nothing is
  *          sent twice); SLUICE_ESTALE if its connection died in between (the
- *          broker redelivers the message; the handle is released). */
+ *          broker redelivers the message; the handle is released). Never
+ *          SLUICE_ESTALE in SLUICE_ACK_AUTO mode: the broker settled the
+ *          message when it sent it, so there is nothing to go stale. */
 SLUICE_EXPORT int sluice_delivery_done(sluice_delivery *d, int outcome);
 
 /** The message of a delivery (for deferred completion). Any thread, until the
@@ -417,7 +419,8 @@ typedef struct sluice_consumer_stats {
   uint64_t delivered;      /**< deliveries handed to handlers */
   uint64_t acked, nacked, rejected; /**< completed with each outcome */
   uint64_t handler_errors; /**< invalid handler returns (nacked) */
-  uint64_t stale;          /**< completions dropped: connection died */
+  uint64_t stale;          /**< completions dropped: connection died
+                                (MANUAL mode; the broker redelivers) */
   uint64_t redelivered;    /**< deliveries with the redelivered flag */
   uint64_t too_big;        /**< bodies over max_body, rejected */
   uint64_t ack_frames;     /**< basic.ack/nack/reject frames written */

@@ -207,6 +207,19 @@ static void *chaos_main(void *arg) {
     fprintf(stderr, "chaos: gave up waiting after %u faults\n",
             s->faults_done);
     sluice_consumer_stop(s->c);
+  } else if (s->stop_when_drained) {
+    /* The broker has no event for "queue empty": poll, bounded. */
+    tb_depth_eventually(s->queue, 0, to * 1000);
+    uint64_t end = rc_now_ms() + (uint64_t)to * 1000u;
+    for (;;) {
+      sluice_consumer_stats st;
+      sluice_consumer_get_stats(s->c, &st);
+      if ((st.in_flight == 0 && st.in_handler == 0) || rc_now_ms() > end)
+        break;
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+    sluice_consumer_stop(s->c);
   }
   return NULL;
 }

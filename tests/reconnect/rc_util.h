@@ -42,6 +42,9 @@ typedef struct rc_stream {
   int gate_during_fault; /* hold handlers from the fault until CLOSED, so
                             their completions are stale (needs workers) */
   int wait_timeout_s;    /* for the chaos thread's waits; default 30 */
+  int stop_when_drained; /* after the faults, stop once the queue is empty
+                            and nothing is held (autoAck loses what was in
+                            transit, so distinct may never reach n) */
   unsigned faults_done;
   int chaos_failed;
   uint64_t fault_ms[16], closed_ms[16], connected_ms[16];
