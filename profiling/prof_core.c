@@ -170,6 +170,8 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
 }
 
 void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
+  if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
+  if (t->guard || (!sampled && !t->scope)) return;
   t->guard++;
   sampled = decide(t, n, sampled);
   sluice__rec r = {n, 0, 0};
@@ -192,11 +194,21 @@ void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
   t->guard--;
 }
 
+void sluice__free_slow(const void *p, unsigned flags) {
+  sluice__tls *t = &sluice__t;
+  if ((flags & SLUICE__F_REC) && t->state != SLUICE__T_LIVE)
+    sluice__tls_register(t);
+  if ((flags & SLUICE__F_TRACK) && sluice__maybe_tracked(p))
+    sluice__untrack(p);
+}
+
 void sluice__untrack(const void *p) {
   sluice__tls *t = &sluice__t;
   if (SLUICE__UNLIKELY(t->in_fork)) return; /* our locks are held */
+  int e = errno; /* free() must not change it (sched_yield in a lock) */
   sluice__rec r;
   if (sluice__table_take((uintptr_t)p, &r)) sluice__rec_release(&r);
+  errno = e;
 }
 
 void *sluice__realloc_done(void *p, void *q, size_t n,

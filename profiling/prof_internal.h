@@ -133,11 +133,18 @@ static inline unsigned sluice__flags_now(void) {
   return atomic_load_explicit(&sluice__flags, memory_order_relaxed);
 }
 
-/* Relaxed counter bump: owner-only writes, so no read-modify-write. */
+/* Counter bump: only the owning thread writes, others read. With malloc
+ * replaced this is one plain add to thread-local memory (the readers'
+ * relaxed loads see a torn value never on x86-64/aarch64); otherwise a
+ * relaxed load and store, which race detectors understand. */
 static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
+#if SLUICE_PROF_INTERPOSE
+  *(uint64_t *)c += by;
+#else
   atomic_store_explicit(
       c, atomic_load_explicit(c, memory_order_relaxed) + by,
       memory_order_relaxed);
+#endif
 }
 
 void sluice__tls_register(sluice__tls *t);
@@ -149,29 +156,67 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
                            const struct sluice__rec *old);
 void sluice__rec_release(const struct sluice__rec *r);
 
-/* The allocation hook: counts, and leaves the fast path only when the
- * allocation is sampled or the thread is inside a scope. */
-static inline void sluice__on_alloc(void *p, size_t n) {
+/* Before an allocation of n bytes: count it and run the sampling
+ * countdown. Returns nonzero when the block must go through
+ * sluice__alloc_slow() (sampled, inside a scope, inside the profiler, or
+ * the thread not registered yet): one combined test. It needs no pointer,
+ * so malloc() can do it first and then tail-call glibc. */
+static inline int sluice__alloc_pre(size_t n, int64_t *left_out) {
   sluice__tls *t = &sluice__t;
-  if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) sluice__tls_register(t);
-  sluice__bump(&t->mallocs, 1);
-  sluice__bump(&t->alloc_bytes, n);
-  if (t->guard) return;
   int64_t left =
       atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
       (int64_t)n;
   atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-  if (SLUICE__LIKELY(left > 0 && t->scope == 0)) return;
-  sluice__alloc_slow(t, p, n, left <= 0);
+  sluice__bump(&t->mallocs, 1);
+  sluice__bump(&t->alloc_bytes, n);
+  uint64_t unusual = (uint64_t)(unsigned)t->guard |
+                     (uint64_t)(unsigned)(t->state ^ SLUICE__T_LIVE) |
+                     t->scope;
+  *left_out = left;
+  return !SLUICE__LIKELY((left > 0) & (unusual == 0));
 }
 
-static inline void sluice__on_free(const void *p, unsigned flags) {
+/* The allocation hook, after the fact (calloc, memalign, note_alloc...). */
+static inline void sluice__on_alloc(void *p, size_t n) {
+  int64_t left;
+  if (sluice__alloc_pre(n, &left))
+    sluice__alloc_slow(&sluice__t, p, n, left <= 0);
+}
+
+/* One bit per shard of the block table: set while the shard holds a
+ * record (changed under the shard's lock). free() of an untracked block
+ * reads this one hot word, and nothing else, to say so. */
+#define SLUICE__N_SHARDS 64
+extern _Atomic uint64_t sluice__shard_mask;
+
+static inline uint64_t sluice__hash_ptr(uintptr_t k) {
+  return (uint64_t)(k >> 4) * 0x9E3779B97F4A7C15ull;
+}
+
+static inline int sluice__maybe_tracked(const void *p) {
+  uint64_t m = atomic_load_explicit(&sluice__shard_mask, memory_order_relaxed);
+  if (SLUICE__LIKELY(m == 0)) return 0;
+  return (int)((m >> (sluice__hash_ptr((uintptr_t)p) >> 58)) & 1);
+}
+
+/* Count a free; nonzero when it needs sluice__free_slow() (the block may
+ * be tracked, or the thread is not registered yet). */
+static inline int sluice__free_pre(const void *p, unsigned flags) {
+  int slow = 0;
   if (flags & SLUICE__F_REC) {
     sluice__tls *t = &sluice__t;
-    if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) sluice__tls_register(t);
     sluice__bump(&t->frees, 1);
+    slow = t->state != SLUICE__T_LIVE;
   }
-  if (flags & SLUICE__F_TRACK) sluice__untrack(p);
+  if (flags & SLUICE__F_TRACK) slow |= sluice__maybe_tracked(p);
+  return slow;
+}
+
+/* Registers the thread if needed and untracks p if it is tracked. */
+void sluice__free_slow(const void *p, unsigned flags);
+
+static inline void sluice__on_free(const void *p, unsigned flags) {
+  if (sluice__free_pre(p, flags)) sluice__free_slow(p, flags);
 }
 
 uint64_t sluice__now_ns(void);

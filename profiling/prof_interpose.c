@@ -41,8 +41,23 @@ static inline void *after_alloc(void *p, size_t n) {
   return p;
 }
 
+/* malloc and free test the flags first so that, off, they are a load, a
+ * branch and a tail call into glibc. */
+SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
+  void *p = __libc_malloc(n);
+  if (SLUICE__LIKELY(p != NULL))
+    sluice__alloc_slow(&sluice__t, p, n, left <= 0);
+  return p;
+}
+
+/* The hottest path of all: counted and not sampled, malloc only bumps
+ * thread-local counters and tail-calls glibc, without a frame of its own. */
 EXPORT void *malloc(size_t n) {
-  return after_alloc(__libc_malloc(n), n);
+  int64_t left;
+  if (SLUICE__LIKELY(!(sluice__flags_now() & SLUICE__F_REC)) ||
+      SLUICE__LIKELY(!sluice__alloc_pre(n, &left)))
+    return __libc_malloc(n);
+  return malloc_slow(n, left);
 }
 
 EXPORT void *calloc(size_t n, size_t m) {
@@ -50,13 +65,18 @@ EXPORT void *calloc(size_t n, size_t m) {
   return after_alloc(__libc_calloc(n, m), n * m);
 }
 
+SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
+  sluice__free_slow(p, f);
+  __libc_free(p);
+}
+
+/* errno: the fast path makes no call that could set it, and
+ * sluice__untrack() saves it (glibc's free preserves it too). */
 EXPORT void free(void *p) {
   unsigned f;
-  if (p && SLUICE__UNLIKELY((f = sluice__flags_now()) != 0)) {
-    int e = errno;
-    sluice__on_free(p, f);
-    errno = e;
-  }
+  if (SLUICE__UNLIKELY(p && (f = sluice__flags_now()) != 0) &&
+      SLUICE__UNLIKELY(sluice__free_pre(p, f)))
+    return free_slow(p, f);
   __libc_free(p);
 }
 

@@ -3,10 +3,10 @@
  *
  * free() must learn whether a pointer is tracked, and almost never is when
  * sampling, so the "not tracked" answer has to be cheap and lock-free:
- * - 256 shards, each an open-addressing table with linear probing and
+ * - 64 shards, each an open-addressing table with linear probing and
  *   backward-shift deletion (no tombstones), guarded by a spinlock for
  *   writers;
- * - an empty shard answers from its counter alone;
+ * - an empty shard answers from one bit of a global mask (one hot word);
  * - otherwise readers probe without the lock, under a sequence counter
  *   (seqlock) that writers bump around every change that moves entries
  *   (deletion, growth); a reader that saw the sequence move takes the lock.
@@ -21,7 +21,7 @@
 
 #include "prof_internal.h"
 
-#define N_SHARDS 256
+#define N_SHARDS SLUICE__N_SHARDS
 #define MIN_CAP 64
 
 typedef struct entry {
@@ -46,15 +46,32 @@ typedef struct shard {
 } __attribute__((aligned(SLUICE__CACHELINE))) shard;
 
 static shard shards[N_SHARDS];
+_Atomic uint64_t sluice__shard_mask;
+
+static inline _Atomic uint32_t *count_of(shard *s) {
+  return &s->count;
+}
+
+/* Keep the shard's bit in sluice__shard_mask in step with its count
+ * (caller holds the shard's lock). */
+static inline void set_count(shard *s, uint32_t n) {
+  uint32_t was = atomic_load_explicit(&s->count, memory_order_relaxed);
+  atomic_store_explicit(&s->count, n, memory_order_relaxed);
+  uint64_t bit = 1ull << (s - shards);
+  if (!was && n) atomic_fetch_or(&sluice__shard_mask, bit);
+  else if (was && !n) atomic_fetch_and(&sluice__shard_mask, ~bit);
+}
 static sluice__lock free_lock;
 static array *free_arrays[40];
 
-static inline uint64_t hash_ptr(uintptr_t k) {
-  return (uint64_t)(k >> 4) * 0x9E3779B97F4A7C15ull;
-}
+#define hash_ptr sluice__hash_ptr
 
 static inline uint32_t home_of(uint64_t h, uint32_t mask) {
   return (uint32_t)(h >> 24) & mask;
+}
+
+static inline shard *shard_of(uint64_t h) {
+  return &shards[h >> 58];
 }
 
 int sluice__table_init(void) {
@@ -154,7 +171,7 @@ static int grow(shard *s, array *old) {
 int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
                          sluice__rec *old) {
   uint64_t h = hash_ptr(key);
-  shard *s = &shards[h >> 56];
+  shard *s = shard_of(h);
   int ret = 0;
   sluice__lock_acquire(&s->lock);
   array *a = atomic_load_explicit(&s->arr, memory_order_relaxed);
@@ -172,7 +189,7 @@ int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
     ret = 1;
     goto out;
   }
-  uint32_t count = atomic_load_explicit(&s->count, memory_order_relaxed);
+  uint32_t count = atomic_load_explicit(count_of(s), memory_order_relaxed);
   if (!a || (uint64_t)(count + 1) * 8 >
                 (uint64_t)(atomic_load_explicit(&a->mask,
                                                 memory_order_relaxed) + 1) * 5) {
@@ -183,7 +200,7 @@ int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
     a = atomic_load_explicit(&s->arr, memory_order_relaxed);
   }
   put_entry(a, key, h, rec);
-  atomic_store_explicit(&s->count, count + 1, memory_order_relaxed);
+  set_count(s, count + 1);
 out:
   sluice__lock_release(&s->lock);
   return ret;
@@ -212,8 +229,8 @@ static void delete_at(array *a, uint32_t i) {
 
 int sluice__table_take(uintptr_t key, sluice__rec *out) {
   uint64_t h = hash_ptr(key);
-  shard *s = &shards[h >> 56];
-  if (atomic_load_explicit(&s->count, memory_order_relaxed) == 0) return 0;
+  shard *s = shard_of(h);
+  if (atomic_load_explicit(count_of(s), memory_order_relaxed) == 0) return 0;
   uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
   if (!(s1 & 1)) {
     array *a = atomic_load_explicit(&s->arr, memory_order_acquire);
@@ -234,10 +251,7 @@ int sluice__table_take(uintptr_t key, sluice__rec *out) {
     seq_begin(s);
     delete_at(a, (uint32_t)i);
     seq_end(s);
-    atomic_store_explicit(&s->count,
-                          atomic_load_explicit(&s->count,
-                                               memory_order_relaxed) - 1,
-                          memory_order_relaxed);
+    set_count(s, atomic_load_explicit(count_of(s), memory_order_relaxed) - 1);
     found = 1;
   }
   sluice__lock_release(&s->lock);
@@ -249,7 +263,7 @@ void sluice__table_foreach(void (*fn)(uintptr_t key, sluice__rec *rec,
                            void *arg) {
   for (int k = 0; k < N_SHARDS; k++) {
     shard *s = &shards[k];
-    if (atomic_load_explicit(&s->count, memory_order_relaxed) == 0) continue;
+    if (atomic_load_explicit(count_of(s), memory_order_relaxed) == 0) continue;
     sluice__lock_acquire(&s->lock);
     array *a = atomic_load_explicit(&s->arr, memory_order_relaxed);
     uint32_t mask =
