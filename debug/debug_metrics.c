@@ -1,0 +1,265 @@
+/* SPDX-License-Identifier: MIT */
+/* /metrics in the Prometheus text exposition format (version 0.0.4), and
+ * /healthz. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "debug_internal.h"
+
+#define PROM_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+typedef enum { COUNTER, GAUGE } kind;
+
+/* The HELP and TYPE lines of one family. Help texts are constants without
+ * backslashes or newlines, so they need no escaping. */
+static void family(struct evbuffer *b, const char *name, kind k,
+                   const char *help) {
+  evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name,
+                      k == COUNTER ? "counter" : "gauge");
+}
+
+static void sample(struct evbuffer *b, const char *name, uint64_t v) {
+  evbuffer_add_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void metric(struct evbuffer *b, const char *name, kind k,
+                   const char *help, uint64_t v) {
+  family(b, name, k, help);
+  sample(b, name, v);
+}
+
+/* A label value: backslash, double quote and newline are escaped. */
+static void label_value(struct evbuffer *b, const char *v) {
+  for (; *v; v++) {
+    if (*v == '\\') evbuffer_add(b, "\\\\", 2);
+    else if (*v == '"') evbuffer_add(b, "\\\"", 2);
+    else if (*v == '\n') evbuffer_add(b, "\\n", 2);
+    else evbuffer_add(b, v, 1);
+  }
+}
+
+static void qo_labels(struct evbuffer *b, const char *name,
+                      const sluice_prof_residual_stats *r) {
+  evbuffer_add_printf(b, "%s{queue=\"", name);
+  label_value(b, r->queue ? r->queue : "");
+  evbuffer_add_printf(b, "\",outcome=\"%s\"} ",
+                      sluice_outcome_name(r->outcome));
+}
+
+static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  metric(b, "sluice_deliveries_total", COUNTER,
+         "Deliveries handed to handlers.", st.delivered);
+  family(b, "sluice_deliveries_completed_total", COUNTER,
+         "Deliveries settled with the broker, by outcome (nack includes "
+         "handler errors).");
+  evbuffer_add_printf(b,
+                      "sluice_deliveries_completed_total{outcome=\"ack\"} "
+                      "%llu\n"
+                      "sluice_deliveries_completed_total{outcome=\"nack\"} "
+                      "%llu\n"
+                      "sluice_deliveries_completed_total{outcome=\"reject\"} "
+                      "%llu\n",
+                      (unsigned long long)st.acked,
+                      (unsigned long long)st.nacked,
+                      (unsigned long long)st.rejected);
+  metric(b, "sluice_handler_errors_total", COUNTER,
+         "Handlers that returned an invalid value (the message was nacked).",
+         st.handler_errors);
+  metric(b, "sluice_stale_acks_total", COUNTER,
+         "Completions dropped because their connection had died (the broker "
+         "redelivers).",
+         st.stale);
+  metric(b, "sluice_redelivered_total", COUNTER,
+         "Deliveries that carried the redelivered flag.", st.redelivered);
+  metric(b, "sluice_rejected_too_big_total", COUNTER,
+         "Messages over max_body, rejected unread.", st.too_big);
+  metric(b, "sluice_ack_frames_total", COUNTER,
+         "basic.ack, basic.nack and basic.reject frames written.",
+         st.ack_frames);
+  metric(b, "sluice_in_flight_messages", GAUGE,
+         "Deliveries held now: buffered, in a handler or deferred.",
+         st.in_flight);
+  metric(b, "sluice_in_flight_bytes", GAUGE,
+         "Body bytes of the deliveries held now.", st.in_flight_bytes);
+  metric(b, "sluice_in_flight_messages_max", GAUGE,
+         "High-water mark of sluice_in_flight_messages.", st.max_in_flight);
+  metric(b, "sluice_buffered_messages", GAUGE,
+         "Deliveries waiting in the in-process buffer for a handler.",
+         st.in_flight > st.in_handler ? st.in_flight - st.in_handler : 0);
+  metric(b, "sluice_in_handler_messages", GAUGE,
+         "Deliveries in a handler or deferred now.", st.in_handler);
+  metric(b, "sluice_read_pauses_total", COUNTER,
+         "Times reading from the broker paused on the in-flight bound.",
+         st.read_pauses);
+  metric(b, "sluice_reconnects_total", COUNTER, "Successful reconnects.",
+         st.reconnects);
+  metric(b, "sluice_connection_generation", GAUGE,
+         "Generation of the live connection (of the next one while "
+         "disconnected).",
+         st.generation);
+  metric(b, "sluice_close_listeners", GAUGE,
+         "Registered close listeners.", st.close_listeners);
+  metric(b, "sluice_connected", GAUGE,
+         "1 while connected to the broker.", st.connected ? 1 : 0);
+  metric(b, "sluice_blocked", GAUGE,
+         "1 while the broker blocks the connection (resource alarm).",
+         st.blocked ? 1 : 0);
+}
+
+typedef enum {
+  R_MESSAGES,
+  R_BYTES,
+  R_LEAKED,
+  R_LEAKED_BYTES,
+  R_RETAINED,
+  R_PER_MESSAGE,
+  R_LEAKING
+} rfield;
+
+static void residual_family(struct evbuffer *b,
+                            const sluice_prof_residual_stats *v, size_t n,
+                            const char *name, kind k, const char *help,
+                            rfield f) {
+  family(b, name, k, help);
+  for (size_t i = 0; i < n; i++) {
+    const sluice_prof_residual_stats *r = &v[i];
+    qo_labels(b, name, r);
+    switch (f) {
+      case R_MESSAGES:
+        evbuffer_add_printf(b, "%llu\n", (unsigned long long)r->messages);
+        break;
+      case R_BYTES:
+        evbuffer_add_printf(b, "%llu\n",
+                            (unsigned long long)r->bytes_at_end);
+        break;
+      case R_LEAKED:
+        evbuffer_add_printf(b, "%llu\n", (unsigned long long)r->leaked);
+        break;
+      case R_LEAKED_BYTES:
+        evbuffer_add_printf(b, "%llu\n",
+                            (unsigned long long)r->bytes_leaked);
+        break;
+      case R_RETAINED:
+        evbuffer_add_printf(b, "%llu\n",
+                            (unsigned long long)r->retained_bytes);
+        break;
+      case R_PER_MESSAGE:
+        if (isfinite(r->window_bytes_per_message))
+          evbuffer_add_printf(b, "%.17g\n", r->window_bytes_per_message);
+        else
+          evbuffer_add_printf(b, "NaN\n");
+        break;
+      case R_LEAKING:
+        evbuffer_add_printf(b, "%d\n", r->leaking ? 1 : 0);
+        break;
+    }
+  }
+}
+
+static void residual_metrics(struct evbuffer *b) {
+  size_t n = 0;
+  sluice_prof_residual_stats *v = sluice__dbg_residual_stats(&n);
+  residual_family(b, v, n, "sluice_residual_messages_total", COUNTER,
+                  "Messages whose residual was measured (their scope ended).",
+                  R_MESSAGES);
+  residual_family(b, v, n, "sluice_residual_bytes_total", COUNTER,
+                  "Sum of residual bytes when each message completed.",
+                  R_BYTES);
+  residual_family(b, v, n, "sluice_residual_leaked_messages_total", COUNTER,
+                  "Messages whose residual was still live after the grace "
+                  "period.",
+                  R_LEAKED);
+  residual_family(b, v, n, "sluice_residual_leaked_bytes_total", COUNTER,
+                  "Sum of residual bytes still live after the grace period.",
+                  R_LEAKED_BYTES);
+  residual_family(b, v, n, "sluice_residual_retained_bytes", GAUGE,
+                  "Bytes still live now that finished messages allocated.",
+                  R_RETAINED);
+  residual_family(b, v, n, "sluice_residual_bytes_per_message", GAUGE,
+                  "Mean residual bytes per message after the grace period, "
+                  "over the last full window.",
+                  R_PER_MESSAGE);
+  residual_family(b, v, n, "sluice_residual_leaking", GAUGE,
+                  "1 while the leak verdict holds for the queue and outcome.",
+                  R_LEAKING);
+  free(v);
+}
+
+static void heap_metrics(struct evbuffer *b) {
+  sluice_prof_memstats m;
+  sluice_prof_memstats_read(&m);
+  metric(b, "sluice_heap_live_bytes", GAUGE,
+         "Heap bytes in use (malloc's own figure).", m.heap_live_bytes);
+  metric(b, "sluice_heap_mapped_bytes", GAUGE,
+         "Bytes malloc obtained from the system.", m.heap_mapped_bytes);
+  metric(b, "sluice_heap_live_objects", GAUGE,
+         "Allocations minus frees counted since the profiler started.",
+         m.live_objects);
+  metric(b, "sluice_heap_alloc_bytes_total", COUNTER,
+         "Bytes allocated since the profiler started.", m.total_alloc_bytes);
+  metric(b, "sluice_heap_mallocs_total", COUNTER,
+         "Allocations since the profiler started.", m.mallocs);
+  metric(b, "sluice_heap_frees_total", COUNTER,
+         "Frees since the profiler started.", m.frees);
+  metric(b, "sluice_heap_sampled_live_bytes", GAUGE,
+         "In-use bytes estimated from the sampled stacks.",
+         m.sampled_live_bytes);
+  metric(b, "process_resident_memory_bytes", GAUGE,
+         "Resident memory size in bytes.", m.rss_bytes);
+  metric(b, "sluice_profiler_running", GAUGE,
+         "1 while the allocation profiler records.",
+         sluice_prof_running() ? 1 : 0);
+  metric(b, "sluice_profiler_interposing", GAUGE,
+         "1 when this build replaces malloc (0 under ASan/TSan).",
+         sluice_prof_interposing() ? 1 : 0);
+  metric(b, "sluice_profiler_overhead_bytes", GAUGE,
+         "The profiler's own memory (approximate).", m.overhead_bytes);
+  metric(b, "sluice_profiler_stacks", GAUGE, "Distinct call stacks recorded.",
+         m.stacks);
+  family(b, "sluice_profiler_scopes", GAUGE,
+         "Message scopes by state: open, waiting for their re-check, or "
+         "retaining memory.");
+  evbuffer_add_printf(b,
+                      "sluice_profiler_scopes{state=\"open\"} %llu\n"
+                      "sluice_profiler_scopes{state=\"pending\"} %llu\n"
+                      "sluice_profiler_scopes{state=\"retained\"} %llu\n",
+                      (unsigned long long)m.scopes_open,
+                      (unsigned long long)m.scopes_pending,
+                      (unsigned long long)m.scopes_retained);
+  metric(b, "sluice_profiler_scopes_refused_total", COUNTER,
+         "Scopes refused because the scope pool was full.", m.scopes_refused);
+}
+
+void sluice__dbg_metrics(sluice_debug_server *s, struct evhttp_request *req,
+                         const struct evkeyvalq *q) {
+  (void)q;
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    sluice__dbg_error(req, 500, "out of memory");
+    return;
+  }
+  if (s->c) consumer_metrics(b, s->c);
+  residual_metrics(b);
+  heap_metrics(b);
+  sluice__dbg_reply(req, 200, PROM_TYPE, b);
+  evbuffer_free(b);
+}
+
+void sluice__dbg_healthz(sluice_debug_server *s, struct evhttp_request *req,
+                         const struct evkeyvalq *q) {
+  (void)q;
+  int ok = 1;
+  if (s->c) {
+    sluice_consumer_stats st;
+    sluice_consumer_get_stats(s->c, &st);
+    ok = st.connected && !sluice_consumer_stopped(s->c);
+  }
+  struct evbuffer *b = evbuffer_new();
+  if (b) evbuffer_add_printf(b, ok ? "ok\n" : "not connected\n");
+  sluice__dbg_reply(req, ok ? 200 : 503, SLUICE__DBG_TEXT, b);
+  if (b) evbuffer_free(b);
+}
