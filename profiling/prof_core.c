@@ -169,18 +169,22 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
   return sampled;
 }
 
-void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
+int sluice__alloc_prepare(sluice__tls *t, size_t n, int sampled) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
-  if (t->guard || (!sampled && !t->scope)) return;
+  if (t->guard || (!sampled && !t->scope)) return -1;
   t->guard++;
-  sampled = decide(t, n, sampled);
+  return decide(t, n, sampled);
+}
+
+void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
+                          void *const *frames, int nframes) {
   sluice__rec r = {n, 0, 0};
   if (t->scope) {
     r.scope = sluice__scope_ref(t->scope);
     if (!r.scope) t->scope = 0; /* the scope ended: stop looking it up */
   }
-  if (sampled) {
-    r.stack = sluice__stack_capture();
+  if (nframes >= 0) {
+    r.stack = sluice__stack_intern(frames, nframes);
     sluice__stack_alloc(r.stack, n);
   }
   if (r.stack || r.scope) {
@@ -192,6 +196,14 @@ void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
     if (rc < 0) sluice__rec_release(&r); /* out of memory: forget it */
   }
   t->guard--;
+}
+
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
+  int k = sluice__alloc_prepare(t, n, sampled);
+  if (k < 0) return;
+  void *frames[SLUICE__CAPTURE_MAX];
+  int nf = k ? sluice__backtrace(frames) : -1;
+  sluice__alloc_finish(t, p, n, frames, nf);
 }
 
 void sluice__free_slow(const void *p, unsigned flags) {
@@ -259,7 +271,8 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
           (int64_t)n;
       atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
       if (decide(t, n, left <= 0)) {
-        r.stack = sluice__stack_capture();
+        void *frames[SLUICE__CAPTURE_MAX];
+        r.stack = sluice__stack_intern(frames, sluice__backtrace(frames));
         sluice__stack_alloc(r.stack, n);
       }
     }

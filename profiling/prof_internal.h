@@ -149,6 +149,14 @@ static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
 
 void sluice__tls_register(sluice__tls *t);
 void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled);
+/* The slow path in two halves, so that the caller can take the stack itself
+ * (fewer frames of ours to unwind and drop):
+ * prepare: -1 nothing to record; 0 record without a stack; 1 record with a
+ *          stack. For 0 and 1 the guard is held until finish.
+ * finish:  nframes < 0 means no stack. */
+int sluice__alloc_prepare(sluice__tls *t, size_t n, int sampled);
+void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
+                          void *const *frames, int nframes);
 void sluice__untrack(const void *p);
 /* After the real realloc: `q` (NULL on failure) replaced `p`, whose record
  * (if it was tracked) is `old`. */
@@ -260,7 +268,13 @@ typedef struct sluice__stack_counts {
 } sluice__stack_counts;
 
 int sluice__stacks_init(size_t cap);
-uint32_t sluice__stack_capture(void);
+/* Room for a raw capture: the profiler's own frames are dropped after. */
+#define SLUICE__CAPTURE_MAX (SLUICE__MAX_DEPTH + 16)
+/* unw_backtrace() into frames[SLUICE__CAPTURE_MAX]; returns the count. */
+int sluice__backtrace(void **frames);
+/* Intern a raw capture (leading frames of ours and of the unwinder are
+ * dropped); returns the stack id. */
+uint32_t sluice__stack_intern(void *const *frames, int n);
 const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n);
 void sluice__stack_alloc(uint32_t id, uint64_t size);
 void sluice__stack_free(uint32_t id, uint64_t size);

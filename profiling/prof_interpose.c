@@ -25,6 +25,9 @@
 
 #if SLUICE_PROF_INTERPOSE
 
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
@@ -43,10 +46,18 @@ static inline void *after_alloc(void *p, size_t n) {
 
 /* malloc and free test the flags first so that, off, they are a load, a
  * branch and a tail call into glibc. */
+/* Sampled or scoped: the stack is taken here, so that only this one frame
+ * of ours is unwound (malloc tail-jumped here: the next frame is the
+ * caller's). */
 SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
   void *p = __libc_malloc(n);
-  if (SLUICE__LIKELY(p != NULL))
-    sluice__alloc_slow(&sluice__t, p, n, left <= 0);
+  if (SLUICE__UNLIKELY(p == NULL)) return p;
+  sluice__tls *t = &sluice__t;
+  int k = sluice__alloc_prepare(t, n, left <= 0);
+  if (k < 0) return p;
+  void *frames[SLUICE__CAPTURE_MAX];
+  int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;
+  sluice__alloc_finish(t, p, n, frames, nf < 0 && k ? 0 : nf);
   return p;
 }
 

@@ -278,12 +278,8 @@ typedef struct site {
   int64_t n, b;
 } site;
 
-static int site_cmp(const void *x, const void *y) {
-  const site *a = x, *b = y;
-  return a->b < b->b ? 1 : a->b > b->b ? -1 : 0;
-}
-
-/* Top sites of one queue/outcome from the snapshot's residual rows. */
+/* Top sites of one queue/outcome from the snapshot's residual rows. Stacks
+ * that read the same (a function allocating at two lines) are merged. */
 static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
                          sluice__symtab *st, const char *queue, int outcome,
                          site *tmp) {
@@ -299,27 +295,55 @@ static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
     tmp[n - 1].n += r->n;
     tmp[n - 1].b += r->b;
   }
+  if (!n) return;
+  char **chain = sluice__calloc(n, sizeof(char *));
+  if (!chain) {
+    b->oom = 1;
+    return;
+  }
+  size_t m = 0;
   for (size_t i = 0; i < n; i++) {
     sluice__unbias(tmp[i].n, tmp[i].b, s->rate, &tmp[i].n, &tmp[i].b);
     total += tmp[i].b;
+    sluice__buf c = {0};
+    const char *names[SLUICE__MAX_DEPTH];
+    uint32_t nf = sluice__stack_names(st, tmp[i].stack, names, NULL, NULL);
+    for (uint32_t k = 0; k < nf && k < 6; k++)
+      sluice__buf_printf(&c, "%s%s", k ? " <- " : "", names[k]);
+    size_t j = 0;
+    while (j < m && (!c.data || !chain[j] || strcmp(chain[j], c.data))) j++;
+    if (j < m) {
+      tmp[j].n += tmp[i].n;
+      tmp[j].b += tmp[i].b;
+      sluice__buf_free(&c);
+    } else {
+      tmp[m] = tmp[i];
+      chain[m++] = c.data; /* owned now */
+    }
   }
-  if (!n) return;
-  qsort(tmp, n, sizeof *tmp, site_cmp);
+  /* Sort the merged sites with their chains. */
+  for (size_t i = 1; i < m; i++)
+    for (size_t j = i; j > 0 && tmp[j].b > tmp[j - 1].b; j--) {
+      site t = tmp[j];
+      tmp[j] = tmp[j - 1];
+      tmp[j - 1] = t;
+      char *c = chain[j];
+      chain[j] = chain[j - 1];
+      chain[j - 1] = c;
+    }
   sluice__buf_printf(b, "\ntop residual sites, queue %s, outcome %s:\n",
                      *queue ? queue : "-", sluice__outcome_name(outcome));
   sluice__buf_printf(b, "%10s %6s %8s  %s\n", "bytes", "%", "objects",
                      "stack (leaf first)");
-  for (size_t i = 0; i < n && i < 5; i++) {
+  for (size_t i = 0; i < m && i < 5; i++) {
     char v[32], p[16];
     sluice__fmt_value(v, sizeof v, tmp[i].b, 1);
     fmt_pct(p, sizeof p, tmp[i].b, total);
-    sluice__buf_printf(b, "%10s %6s %8lld  ", v, p, (long long)tmp[i].n);
-    const char *names[SLUICE__MAX_DEPTH];
-    uint32_t nf = sluice__stack_names(st, tmp[i].stack, names, NULL, NULL);
-    for (uint32_t k = 0; k < nf && k < 6; k++)
-      sluice__buf_printf(b, "%s%s", k ? " <- " : "", names[k]);
-    sluice__buf_putc(b, '\n');
+    sluice__buf_printf(b, "%10s %6s %8lld  %s\n", v, p, (long long)tmp[i].n,
+                       chain[i] ? chain[i] : "?");
   }
+  for (size_t i = 0; i < m; i++) sluice__free(chain[i]);
+  sluice__free(chain);
 }
 
 int sluice__write_residual(const sluice_prof_output *o, sluice__out *out) {

@@ -60,7 +60,8 @@ typedef struct agg {
   uint64_t messages, with_residual, bytes_at_end, objects_at_end;
   uint64_t pending, cached, leaked, bytes_leaked, objects_leaked;
   uint64_t win_msgs, win_b, win_n;
-  uint64_t conv_msgs; /* messages in the consecutive windows above */
+  uint64_t conv_msgs;  /* messages in the consecutive windows above */
+  uint64_t conv_bytes; /* their residual after grace */
   unsigned above;     /* consecutive windows above the threshold */
   int leaking;
   double last_bpm, last_opm;
@@ -262,6 +263,20 @@ static void residual_note(notes *ns, const slot *s, int after_grace,
   x->r.objects_at_end = s->end_n;
 }
 
+/* Bytes still live from ended scopes of queue q, outcome o: the sink and
+ * the retired slots. O(max_scopes); run once per full window at most. */
+static uint64_t retained_bytes(uint16_t q, uint8_t o) {
+  int64_t b = atomic_load_explicit(
+      &S.sinks[(size_t)q * SLUICE__N_OUTCOMES + o].live_b,
+      memory_order_relaxed);
+  for (uint32_t i = 0; i < S.n_slots; i++) {
+    const slot *s = &S.slots[i];
+    if (s->state == S_RETIRED && s->queue == q && s->outcome == o)
+      b += atomic_load_explicit(&s->live_b, memory_order_relaxed);
+  }
+  return b > 0 ? (uint64_t)b : 0;
+}
+
 /* One message's final residual enters its queue/outcome window. */
 static void window_add(notes *ns, uint16_t q, uint8_t o, uint64_t b,
                        uint64_t n) {
@@ -275,13 +290,18 @@ static void window_add(notes *ns, uint16_t q, uint8_t o, uint64_t b,
   if (a->last_bpm >= (double)S.threshold) {
     a->above++;
     a->conv_msgs += a->win_msgs;
+    a->conv_bytes += a->win_b;
   } else {
     a->above = 0;
-    a->conv_msgs = 0;
+    a->conv_msgs = a->conv_bytes = 0;
     a->leaking = 0;
   }
   a->win_msgs = a->win_b = a->win_n = 0;
-  if (!a->leaking && a->above >= S.windows) {
+  /* Convicted only if what those messages left is mostly still there: a
+   * cache that outlives the grace period but is evicted later (an LRU)
+   * keeps its retained bytes bounded and is not a leak. */
+  if (!a->leaking && a->above >= S.windows &&
+      2 * retained_bytes(q, o) >= a->conv_bytes) {
     a->leaking = 1;
     note *x = note_add(ns);
     if (x) {
@@ -403,33 +423,53 @@ static void verdict_visit(const sluice__resid_key *k, uint64_t size,
   a->v[a->len++] = (site_acc){k->stack, 1, (int64_t)size};
 }
 
-static int site_cmp(const void *x, const void *y) {
-  const site_acc *a = x, *b = y;
-  return a->b < b->b ? 1 : a->b > b->b ? -1 : 0;
-}
-
 static void fire_verdict(const note *x, sluice_prof_leak_fn fn, void *user) {
   sluice__enter_guard();
   verdict_acc acc = {0};
   sluice__residual_collect(x->queue, SLUICE_PROF_OUTCOME_BIT(x->outcome),
                            verdict_visit, &acc);
   uint64_t rate = sluice__rate();
-  for (size_t i = 0; i < acc.len; i++)
+  sluice__symtab *st = acc.len ? sluice__sym_open() : NULL;
+  /* Chains of names; stacks that read the same are one site. */
+  sluice__buf *chains = acc.len ? sluice__calloc(acc.len, sizeof *chains) : NULL;
+  size_t m = 0;
+  for (size_t i = 0; chains && i < acc.len; i++) {
     sluice__unbias(acc.v[i].n, acc.v[i].b, rate, &acc.v[i].n, &acc.v[i].b);
-  if (acc.len) qsort(acc.v, acc.len, sizeof *acc.v, site_cmp);
-  size_t ns = acc.len < 5 ? acc.len : 5;
-  sluice_prof_site sites[5];
-  sluice__buf chains[5];
-  memset(chains, 0, sizeof chains);
-  sluice__symtab *st = ns ? sluice__sym_open() : NULL;
-  for (size_t i = 0; i < ns; i++) {
+    sluice__buf c = {0};
     uint32_t nf;
     const uintptr_t *f = sluice__stack_frames(acc.v[i].stack, &nf);
     for (uint32_t j = 0; j < nf && j < 4; j++) {
-      if (j) sluice__buf_puts(&chains[i], " <- ");
-      sluice__buf_puts(&chains[i], sluice__sym_name(st, f[j] - 1, NULL));
+      if (j) sluice__buf_puts(&c, " <- ");
+      sluice__buf_puts(&c, sluice__sym_name(st, f[j] - 1, NULL));
     }
-    if (!nf) sluice__buf_puts(&chains[i], "[stack table full]");
+    if (!nf) sluice__buf_puts(&c, "[stack table full]");
+    size_t j = 0;
+    while (j < m && (!c.data || !chains[j].data ||
+                     strcmp(chains[j].data, c.data)))
+      j++;
+    if (j < m) {
+      acc.v[j].n += acc.v[i].n;
+      acc.v[j].b += acc.v[i].b;
+      sluice__buf_free(&c);
+    } else {
+      acc.v[m] = acc.v[i];
+      chains[m++] = c;
+    }
+  }
+  for (size_t i = 1; i < m; i++) /* biggest first */
+    for (size_t j = i; j > 0 && acc.v[j].b > acc.v[j - 1].b; j--) {
+      site_acc t = acc.v[j];
+      acc.v[j] = acc.v[j - 1];
+      acc.v[j - 1] = t;
+      sluice__buf c = chains[j];
+      chains[j] = chains[j - 1];
+      chains[j - 1] = c;
+    }
+  size_t ns = m < 5 ? m : 5;
+  sluice_prof_site sites[5];
+  for (size_t i = 0; i < ns; i++) {
+    uint32_t nf;
+    const uintptr_t *f = sluice__stack_frames(acc.v[i].stack, &nf);
     sites[i].stack = chains[i].data ? chains[i].data : "?";
     sites[i].function =
         nf ? sluice__sym_name(st, f[0] - 1, NULL) : "[stack table full]";
@@ -475,7 +515,8 @@ static void fire_verdict(const note *x, sluice_prof_leak_fn fn, void *user) {
   }
   sluice__enter_guard();
   if (st) sluice__sym_close(st);
-  for (size_t i = 0; i < 5; i++) sluice__buf_free(&chains[i]);
+  for (size_t i = 0; i < m; i++) sluice__buf_free(&chains[i]);
+  sluice__free(chains);
   sluice__free(acc.v);
   sluice__leave_guard();
 }

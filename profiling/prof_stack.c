@@ -111,14 +111,25 @@ int sluice__pc_is_internal(uintptr_t pc) {
   return 0;
 }
 
+/* Two independent lanes halve the multiply chain (this runs for every
+ * sampled allocation). */
 static inline uint64_t hash_frames(const uintptr_t *f, uint32_t n) {
-  uint64_t h = 0x243F6A8885A308D3ull ^ n;
-  for (uint32_t i = 0; i < n; i++) {
-    h ^= f[i];
-    h *= 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
+  uint64_t a = 0x243F6A8885A308D3ull ^ n, b = 0x13198A2E03707344ull;
+  uint32_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    a = (a ^ f[i]) * 0x9E3779B97F4A7C15ull;
+    b = (b ^ f[i + 1]) * 0xC2B2AE3D27D4EB4Full;
   }
+  if (i < n) a = (a ^ f[i]) * 0x9E3779B97F4A7C15ull;
+  uint64_t h = a ^ (b >> 29) ^ (a >> 32);
   return h ? h : 1;
+}
+
+static inline int same_frames(const uintptr_t *x, const uintptr_t *y,
+                              uint32_t n) {
+  for (uint32_t i = 0; i < n; i++)
+    if (x[i] != y[i]) return 0;
+  return 1;
 }
 
 static const uintptr_t *store_frames(const uintptr_t *f, uint32_t n) {
@@ -144,9 +155,7 @@ static uint32_t find(const uintptr_t *f, uint32_t n, uint64_t h,
     uint32_t id = atomic_load_explicit(&idx[i], memory_order_acquire);
     if (!id) break;
     const stk *e = &entries[id];
-    if (e->hash == h && e->n == n &&
-        !memcmp(e->frames, f, n * sizeof(*f)))
-      return id;
+    if (e->hash == h && e->n == n && same_frames(e->frames, f, n)) return id;
     i = (i + 1) & idx_mask;
   }
   *slot = i;
@@ -180,15 +189,17 @@ static uint32_t intern(const uintptr_t *f, uint32_t n) {
   return id;
 }
 
-uint32_t sluice__stack_capture(void) {
-  void *buf[SLUICE__MAX_DEPTH + 16];
-  int n = unw_backtrace(buf, (int)(sizeof buf / sizeof buf[0]));
-  if (n < 0) n = 0;
+int sluice__backtrace(void **frames) {
+  int n = unw_backtrace(frames, SLUICE__CAPTURE_MAX);
+  return n < 0 ? 0 : n;
+}
+
+uint32_t sluice__stack_intern(void *const *frames, int n) {
   int skip = 0;
-  while (skip < n && sluice__pc_is_internal((uintptr_t)buf[skip])) skip++;
+  while (skip < n && sluice__pc_is_internal((uintptr_t)frames[skip])) skip++;
   uint32_t m = (uint32_t)(n - skip);
   if (m > SLUICE__MAX_DEPTH) m = SLUICE__MAX_DEPTH;
-  return intern((const uintptr_t *)(buf + skip), m);
+  return intern((const uintptr_t *)(frames + skip), m);
 }
 
 const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n) {

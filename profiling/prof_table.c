@@ -232,17 +232,26 @@ int sluice__table_take(uintptr_t key, sluice__rec *out) {
   shard *s = shard_of(h);
   if (atomic_load_explicit(count_of(s), memory_order_relaxed) == 0) return 0;
   uint32_t s1 = atomic_load_explicit(&s->seq, memory_order_acquire);
+  long seen = -1;
   if (!(s1 & 1)) {
     array *a = atomic_load_explicit(&s->arr, memory_order_acquire);
     long i = a ? probe(a, key, h) : -1;
     atomic_thread_fence(memory_order_acquire);
     uint32_t s2 = atomic_load_explicit(&s->seq, memory_order_relaxed);
-    if (s1 == s2 && i < 0) return 0;
+    if (s1 == s2) {
+      if (i < 0) return 0;
+      seen = i;
+    }
   }
   int found = 0;
   sluice__lock_acquire(&s->lock);
   array *a = atomic_load_explicit(&s->arr, memory_order_relaxed);
-  long i = a ? probe(a, key, h) : -1;
+  long i;
+  /* Nothing moved since the lock-free probe: its answer still holds. */
+  if (seen >= 0 && atomic_load_explicit(&s->seq, memory_order_relaxed) == s1)
+    i = seen;
+  else
+    i = a ? probe(a, key, h) : -1;
   if (i >= 0) {
     entry *e = &a->e[i];
     out->size = e->size;

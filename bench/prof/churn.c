@@ -4,8 +4,9 @@
  * nanoseconds per malloc+free pair.
  *
  * Without arguments this is the driver: it runs every configuration in its
- * own process, several times, and prints medians and ratios, all in the
- * same run:
+ * own process, in interleaved rounds (a burst of noise on the shared
+ * machine hits every configuration alike), and prints medians, minimums and
+ * ratios, all from the same run:
  *   glibc alone            sluice-bench-prof-churn-glibc (not linked)
  *   sluice linked, off     profiler loaded, never started
  *   scopes only            inside a scope, no stacks (SLUICE_PROF_RATE_NONE)
@@ -161,16 +162,15 @@ static int dcmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static double median_of(char *const argv[], int runs) {
-  double v[32];
-  int n = 0;
-  for (int i = 0; i < runs && i < 32; i++) {
-    double x = run_child(argv);
-    if (x > 0) v[n++] = x;
+/* Median and minimum of the n values in v (sorted in place). */
+static void stats(double *v, int n, double *med, double *min) {
+  if (!n) {
+    *med = *min = -1;
+    return;
   }
-  if (!n) return -1;
   qsort(v, (size_t)n, sizeof *v, dcmp);
-  return v[n / 2];
+  *med = v[n / 2];
+  *min = v[0];
 }
 
 static int driver(int runs, unsigned long iters, int heaptrack) {
@@ -180,7 +180,7 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
   self[n] = 0;
   char it[32], it_ht[32];
   snprintf(it, sizeof it, "%lu", iters);
-  snprintf(it_ht, sizeof it_ht, "%lu", iters / 4 ? iters / 4 : 1);
+  snprintf(it_ht, sizeof it_ht, "%lu", iters);
   struct {
     const char *label;
     const char *mode;
@@ -193,54 +193,70 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
       {"every alloc + stacks", "all"},
   };
   enum { N_ROWS = sizeof rows / sizeof rows[0] };
-  double ns[N_ROWS + 1];
+  double ns[N_ROWS + 1], mins[N_ROWS + 1];
+  double v[N_ROWS + 1][32];
+  int nv[N_ROWS + 1] = {0};
+  if (runs > 32) runs = 32;
   printf("malloc churn: %lu malloc+free pairs per run, 16..255 B blocks, "
-         "3 call levels, %d live; median of %d runs\n",
+         "3 call levels, %d live; %d rounds, each running every "
+         "configuration once (interleaved)\n",
          iters, RING, runs);
   fflush(stdout);
-  for (int i = 0; i < N_ROWS; i++) {
-    char *argv[6];
-    if (!rows[i].mode) {
-      argv[0] = CHURN_GLIBC_BIN;
-      argv[2] = "glibc";
-    } else {
-      argv[0] = self;
-      argv[2] = (char *)rows[i].mode;
-    }
-    argv[1] = "--mode";
-    argv[3] = "--iters";
-    argv[4] = it;
-    argv[5] = NULL;
-    ns[i] = median_of(argv, runs);
-  }
-  ns[N_ROWS] = -1;
   char tmpl[] = "/tmp/sluice-churn-ht-XXXXXX";
-  if (heaptrack && mkdtemp(tmpl)) {
-    char out[256];
-    snprintf(out, sizeof out, "%s/ht", tmpl);
-    char *argv[] = {"heaptrack", "-o", out, CHURN_GLIBC_BIN, "--mode",
-                    "glibc", "--iters", it_ht, NULL};
-    ns[N_ROWS] = median_of(argv, runs < 3 ? runs : 3);
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
-    if (system(cmd)) { /* best effort */
+  int have_tmp = heaptrack && mkdtemp(tmpl) != NULL;
+  char ht_out[256];
+  snprintf(ht_out, sizeof ht_out, "%s/ht", tmpl);
+  for (int r = 0; r < runs; r++) {
+    for (int i = 0; i < N_ROWS; i++) {
+      char *argv[6];
+      if (!rows[i].mode) {
+        argv[0] = CHURN_GLIBC_BIN;
+        argv[2] = "glibc";
+      } else {
+        argv[0] = self;
+        argv[2] = (char *)rows[i].mode;
+      }
+      argv[1] = "--mode";
+      argv[3] = "--iters";
+      argv[4] = it;
+      argv[5] = NULL;
+      double x = run_child(argv);
+      if (x > 0) v[i][nv[i]++] = x;
+    }
+    /* heaptrack is slow and writes a big trace: at most 3 rounds. */
+    if (have_tmp && r < 3) {
+      char *argv[] = {"heaptrack", "-o", ht_out, CHURN_GLIBC_BIN, "--mode",
+                      "glibc", "--iters", it_ht, NULL};
+      double x = run_child(argv);
+      if (x > 0) v[N_ROWS][nv[N_ROWS]++] = x;
+      char cmd[512];
+      snprintf(cmd, sizeof cmd, "rm -f '%s'/ht*", tmpl);
+      if (system(cmd)) { /* best effort */
+      }
     }
   }
-  double base = ns[0];
-  printf("%-28s %10s %10s\n", "configuration", "ns/pair", "vs glibc");
+  if (have_tmp) rmdir(tmpl);
+  for (int i = 0; i <= N_ROWS; i++) stats(v[i], nv[i], &ns[i], &mins[i]);
+  double base = ns[0], base_min = mins[0];
+  printf("%-28s %10s %9s %10s %9s\n", "configuration", "median ns", "ratio",
+         "min ns", "ratio");
   for (int i = 0; i <= N_ROWS; i++) {
     const char *label = i < N_ROWS ? rows[i].label : "heaptrack (glibc binary)";
     if (ns[i] < 0) {
       printf("%-28s %10s\n", label, "n/a");
       continue;
     }
-    printf("%-28s %10.1f %9.2fx\n", label, ns[i], base > 0 ? ns[i] / base : 0);
+    printf("%-28s %10.1f %8.2fx %10.1f %8.2fx\n", label, ns[i],
+           base > 0 ? ns[i] / base : 0, mins[i],
+           base_min > 0 ? mins[i] / base_min : 0);
   }
   if (base > 0 && ns[3] > 0)
-    printf("sampled / glibc: %.2fx (target <= 1.20x)\n", ns[3] / base);
+    printf("sampled / glibc: %.2fx median, %.2fx min (target <= 1.20x)\n",
+           ns[3] / base, mins[3] / base_min);
   if (ns[5] > 0 && ns[N_ROWS] > 0)
-    printf("every alloc + stacks / heaptrack: %.2fx (target <= 0.50x)\n",
-           ns[5] / ns[N_ROWS]);
+    printf("every alloc + stacks / heaptrack: %.2fx median, %.2fx min "
+           "(target <= 0.50x)\n",
+           ns[5] / ns[N_ROWS], mins[5] / mins[N_ROWS]);
   return 0;
 }
 #endif /* !CHURN_GLIBC_ONLY */

@@ -133,7 +133,10 @@ typedef struct sluice_prof_opts {
   size_t leak_threshold;
   /** Leak verdict: messages per window (per queue and outcome). Default 100. */
   unsigned leak_window;
-  /** Leak verdict: consecutive windows above the threshold. Default 3. */
+  /** Leak verdict: consecutive windows above the threshold. Default 3.
+   *  The verdict also needs at least half of what those messages left to be
+   *  still live, so that a cache evicted after the grace period (an LRU) is
+   *  not called a leak. */
   unsigned leak_windows;
   sluice_prof_residual_fn on_residual; /**< may be NULL */
   void *residual_user;
