@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include <event2/bufferevent.h>
 
 #include "debug_internal.h"
 
@@ -27,6 +30,7 @@ struct sluice__dbg_pending {
   struct evhttp_request *req;
   struct evhttp_connection *evcon;
   struct event *timer;
+  struct event *watch; /* readable socket: has the client gone? */
   sluice_prof_snapshot *start;
   preq p;
 };
@@ -292,6 +296,7 @@ static void unlink_pending(sluice_debug_server *s, sluice__dbg_pending *pd) {
 
 static void free_pending(sluice__dbg_pending *pd) {
   if (pd->timer) event_free(pd->timer);
+  if (pd->watch) event_free(pd->watch);
   sluice_prof_snapshot_free(pd->start);
   free(pd);
 }
@@ -301,6 +306,28 @@ static void on_client_gone(struct evhttp_connection *evcon, void *arg) {
   (void)evcon;
   unlink_pending(pd->s, pd);
   free_pending(pd); /* evhttp frees the request itself */
+}
+
+/* evhttp does not read a connection while its request waits for an answer,
+ * so it would not notice the client leaving until the answer is written.
+ * Watch the socket: EOF or an error means the client is gone, and the
+ * snapshot it pins is freed now rather than N seconds later. Data means a
+ * pipelined request: leave it to evhttp and stop watching. */
+static void on_readable(evutil_socket_t fd, short what, void *arg) {
+  sluice__dbg_pending *pd = arg;
+  (void)what;
+  char c;
+  ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return;
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    event_add(pd->watch, NULL);
+    return;
+  }
+  struct evhttp_connection *evcon = pd->evcon;
+  evhttp_connection_set_closecb(evcon, NULL, NULL);
+  unlink_pending(pd->s, pd);
+  free_pending(pd);
+  evhttp_connection_free(evcon); /* and the request with it */
 }
 
 static void on_seconds(evutil_socket_t fd, short what, void *arg) {
@@ -344,6 +371,12 @@ static void defer(sluice_debug_server *s, struct evhttp_request *req,
     sluice__dbg_error(req, 500, "snapshot: %s",
                       sluice_strerror(rc ? rc : SLUICE_ENOMEM));
     return;
+  }
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+  evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+  if (fd >= 0) {
+    pd->watch = event_new(s->base, fd, EV_READ, on_readable, pd);
+    if (pd->watch) event_add(pd->watch, NULL);
   }
   /* The connection's timeout must not cut the wait short. */
   evhttp_connection_set_timeout(evcon, (int)p->seconds + s->timeout_s);
