@@ -81,6 +81,7 @@ static void unlink_locked(sluice__tls *t) {
 
 static void tls_dtor(void *arg) {
   sluice__tls *t = arg;
+  sluice__scope_flush(t);
   pthread_mutex_lock(&reg_mu);
   if (t->state == SLUICE__T_LIVE) unlink_locked(t);
   fold_dead(t);
@@ -142,7 +143,8 @@ static int64_t draw(sluice__tls *t, uint64_t rate) {
 
 void sluice__rec_release(const sluice__rec *r) {
   if (r->stack) sluice__stack_free(r->stack, r->size);
-  if (r->scope) sluice__scope_credit(r->scope, -(int64_t)r->size, -1);
+  if (r->scope)
+    sluice__scope_credit_mine(&sluice__t, r->scope, -(int64_t)r->size, -1);
 }
 
 static void ensure_track_flag(void) {
@@ -178,19 +180,27 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n, int sampled) {
 
 void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
                           void *const *frames, int nframes) {
-  sluice__rec r = {n, 0, 0};
+  /* Plain locals, not the record's fields: testing two 32-bit fields that
+   * were just stored as one 64-bit word stalls store forwarding. */
+  uint32_t scope = 0, stack = 0;
   if (t->scope) {
-    r.scope = sluice__scope_ref(t->scope);
-    if (!r.scope) t->scope = 0; /* the scope ended: stop looking it up */
+    scope = sluice__scope_ref(t->scope);
+    if (!scope) { /* the scope ended: stop looking it up */
+      sluice__scope_flush(t);
+      t->scope = 0;
+    } else if (t->pend_ref != scope) {
+      sluice__scope_flush(t);
+      t->pend_ref = scope;
+    }
   }
   if (nframes >= 0) {
-    r.stack = sluice__stack_intern(frames, nframes);
-    sluice__stack_alloc(r.stack, n);
+    stack = sluice__stack_intern(frames, nframes);
+    sluice__stack_alloc(stack, n);
   }
-  if (r.stack || r.scope) {
-    if (r.scope) sluice__scope_credit(r.scope, (int64_t)n, 1);
+  if (stack | scope) {
+    if (scope) sluice__scope_credit_mine(t, scope, (int64_t)n, 1);
     ensure_track_flag();
-    sluice__rec old;
+    sluice__rec r = {n, stack, scope}, old;
     int rc = sluice__table_insert((uintptr_t)p, &r, &old);
     if (rc == 1) sluice__rec_release(&old);
     if (rc < 0) sluice__rec_release(&r); /* out of memory: forget it */
@@ -255,10 +265,11 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
   if (old->stack) sluice__stack_free(old->stack, old->size);
   sluice__rec r = {n, 0, old->scope};
   if (r.scope) {
-    sluice__scope_credit(r.scope, (int64_t)n - (int64_t)old->size, 0);
+    sluice__scope_credit_mine(t, r.scope, (int64_t)n - (int64_t)old->size,
+                              0);
   } else if (t->scope && (flags & SLUICE__F_REC)) {
     r.scope = sluice__scope_ref(t->scope);
-    if (r.scope) sluice__scope_credit(r.scope, (int64_t)n, 1);
+    if (r.scope) sluice__scope_credit_mine(t, r.scope, (int64_t)n, 1);
   }
   if (flags & SLUICE__F_REC) {
     if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);

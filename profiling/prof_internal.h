@@ -114,6 +114,11 @@ typedef struct sluice__tls {
   uint32_t epoch;        /* sampling epoch the countdown belongs to */
   int in_fork;           /* between fork's prepare and parent/child */
   uint64_t scope;        /* current scope handle, 0 = none */
+  /* Credits to the current scope's slot not yet added to its atomics:
+   * blocks allocated and freed by this thread inside its own scope cost no
+   * atomic operation. Flushed whenever the thread's scope changes. */
+  uint32_t pend_ref;
+  int64_t pend_b, pend_n;
   uint64_t rng;          /* xorshift state for the sampler */
   /* MemStats counters; written by the owner only, read by others. */
   _Atomic uint64_t mallocs, frees, alloc_bytes;
@@ -294,6 +299,18 @@ int sluice__scopes_init(size_t max_scopes, size_t max_pending,
 void sluice__scopes_configure(const sluice_prof_opts *o);
 uint32_t sluice__scope_ref(uint64_t handle); /* for a new block, or 0 */
 void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects);
+/* Credit from thread t: kept thread-local when ref is t's current slot. */
+static inline void sluice__scope_credit_mine(sluice__tls *t, uint32_t ref,
+                                             int64_t bytes, int64_t objects) {
+  if (ref == t->pend_ref) {
+    t->pend_b += bytes;
+    t->pend_n += objects;
+    return;
+  }
+  sluice__scope_credit(ref, bytes, objects);
+}
+/* Add t's pending credits to its slot; t has no current slot after. */
+void sluice__scope_flush(sluice__tls *t);
 void sluice__scopes_lock_all(void);
 void sluice__scopes_unlock_all(void);
 void sluice__scopes_stats(sluice_prof_memstats *ms);

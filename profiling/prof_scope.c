@@ -214,6 +214,22 @@ void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects) {
   if (objects) atomic_fetch_add_explicit(n, objects, memory_order_relaxed);
 }
 
+void sluice__scope_flush(sluice__tls *t) {
+  if (!t->pend_ref) return;
+  if (t->pend_b || t->pend_n)
+    sluice__scope_credit(t->pend_ref, t->pend_b, t->pend_n);
+  t->pend_ref = 0;
+  t->pend_b = t->pend_n = 0;
+}
+
+/* The calling thread's current scope becomes s. */
+static void set_scope(sluice_prof_scope s) {
+  sluice__tls *t = &sluice__t;
+  if (t->scope == s) return;
+  sluice__scope_flush(t);
+  t->scope = s;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Under S.mu. */
 
@@ -582,7 +598,7 @@ sluice_prof_scope sluice_prof_scope_begin(const char *queue, uint64_t seq,
 
 sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s) {
   sluice_prof_scope prev = sluice__t.scope;
-  sluice__t.scope = s;
+  set_scope(s);
   return prev;
 }
 
@@ -604,6 +620,7 @@ static slot *slot_of(sluice_prof_scope h) {
 
 int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
                             uint64_t *objects) {
+  sluice__scope_flush(&sluice__t); /* this thread's pending credits */
   pthread_mutex_lock(&S.mu);
   slot *s = slot_of(h);
   int64_t b = 0, n = 0;
@@ -619,7 +636,7 @@ int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
 
 int sluice_prof_scope_end(sluice_prof_scope h, int outcome,
                           sluice_prof_residual *out) {
-  if (sluice__t.scope == h) sluice__t.scope = 0;
+  if (sluice__t.scope == h) set_scope(0);
   if (outcome < 0 || outcome >= SLUICE__N_OUTCOMES)
     outcome = SLUICE_OUTCOME_ERROR;
   notes ns;
@@ -723,7 +740,7 @@ static void hk_resume(void *user, void *token) {
 static void hk_suspend(void *user, void *token) {
   (void)user;
   if (token && sluice__t.scope == (sluice_prof_scope)(uintptr_t)token)
-    sluice__t.scope = 0;
+    set_scope(0);
 }
 
 static void hk_end(void *user, void *token, const sluice_delivery_info *info,
