@@ -49,10 +49,14 @@ int pw_mix_parse(const char *s, pw_mix *out, char *err, size_t errlen) {
 }
 
 pw_kind pw_mix_kind(const pw_mix *m, uint64_t i) {
-  unsigned slot = (unsigned)((i * 619u) % 1000u), acc = 0;
+  /* Whole percentages repeat every 100 jobs, others every 1000. */
+  unsigned period = 100, mult = 61;
+  for (int k = 1; k < PW_JOB_KINDS_; k++)
+    if (m->permille[k] % 10) period = 1000, mult = 619;
+  unsigned slot = (unsigned)((i * mult) % period), acc = 0;
   /* Rare kinds first so that "ok" takes what is left. */
   for (int k = PW_JOB_KINDS_ - 1; k > 0; k--) {
-    acc += m->permille[k];
+    acc += m->permille[k] / (1000 / period);
     if (slot < acc) return (pw_kind)k;
   }
   return PW_JOB_OK;

@@ -41,9 +41,11 @@ typedef struct pw_mix {
  * all "ok". Returns 0, or -1 with a message in `err`. */
 int pw_mix_parse(const char *s, pw_mix *out, char *err, size_t errlen);
 
-/* The kind of the i-th job of a mix. Deterministic, and exact over every
- * 1000 consecutive jobs: i*619 mod 1000 visits each residue once and spreads
- * each kind evenly (619 is close to 1000 over the golden ratio). */
+/* The kind of the i-th job of a mix. Deterministic and exact over every
+ * 100 consecutive jobs when the percentages are whole (every 1000
+ * otherwise): i*61 mod 100 (i*619 mod 1000) visits each residue once and
+ * spreads each kind evenly (61 and 619 are close to 100 and 1000 over the
+ * golden ratio). */
 pw_kind pw_mix_kind(const pw_mix *m, uint64_t i);
 
 /* Write the body of job `i` of kind `k` into buf (NUL-terminated); returns
