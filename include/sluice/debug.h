@@ -12,6 +12,8 @@
  *   after N seconds with the difference over that time; `?base=ID` the
  *   difference against a snapshot kept earlier with `/debug/pprof/snapshot`.
  * - `/debug/pprof/residual`: the per-message residual profile (same options).
+ *   Both also take `format=top|folded|legacy`, `sample_index=`, `rows=`,
+ *   and for the residual `queue=` and `outcome=` (docs/debug-endpoint.md).
  * - `/debug/pprof/snapshot`: keep a snapshot; answers its ID.
  * - `/debug/vars`: JSON with the MemStats fields and the consumer counters.
  * - `/metrics`: Prometheus text format (deliveries by outcome, in flight,
@@ -21,7 +23,9 @@
  *
  * It binds to loopback unless told otherwise; any other address needs
  * `allow_remote` and a bearer token. Requests are bounded in size and time,
- * so a slow or malicious client cannot stall anything. The server runs on its
+ * so a slow or malicious client cannot stall anything (libevent 2.1's evhttp
+ * cannot cap concurrent connections: idle ones are closed after
+ * `timeout_s`). The server runs on its
  * own thread and event_base, so report generation never blocks a consumer's
  * loop, and its allocations are outside every message scope.
  */
@@ -43,32 +47,46 @@ typedef struct sluice_debug_server sluice_debug_server;
 /** Options. Zero-initialise; zero means the default. */
 typedef struct sluice_debug_opts {
   /** "host:port"; default "127.0.0.1:6060"; port 0 picks a free one
-   *  (read it back with sluice_debug_server_port()). */
+   *  (read it back with sluice_debug_server_port()). `host` is an IP
+   *  literal ("[::1]:6060" for IPv6) or "localhost"; names are not
+   *  resolved; an empty host (":6060") means every interface. */
   const char *addr;
   /** Required to bind an address that is not loopback. */
   int allow_remote;
-  /** Bearer token demanded on every request (`Authorization: Bearer ...`);
-   *  mandatory with allow_remote. Copied. */
+  /** Bearer token demanded on every request (`Authorization: Bearer ...`,
+   *  else 401); mandatory with allow_remote. RFC 6750 characters only
+   *  (letters, digits, "-._~+/="). Copied. Without a token, requests whose
+   *  Host header is not loopback are refused (403: DNS rebinding). */
   const char *token;
-  size_t max_request_bytes; /**< headers + body; default 8192 */
-  int timeout_s;            /**< per connection; default 10 */
-  unsigned max_seconds;     /**< cap for ?seconds=N; default 300 */
+  /** Request line + headers; no path takes a body, so any body is refused
+   *  (413). Default 8192. */
+  size_t max_request_bytes;
+  /** Idle time allowed while a request is read or its answer written, per
+   *  connection (a ?seconds=N request gets N more); default 10. */
+  int timeout_s;
+  /** Cap for ?seconds=N; default 300. At most 4 such requests wait at
+   *  once; more are answered 503. */
+  unsigned max_seconds;
   unsigned max_snapshots;   /**< kept for ?base=; default 8 (oldest go) */
 } sluice_debug_opts;
 
-/** Start the endpoint on its own thread.
+/** Start the endpoint on its own thread. Any thread; the server's memory is
+ *  not counted in the caller's message scope, if it is in one.
  *  \param c  the consumer whose counters to serve; NULL for profiler only.
  *            It must outlive the server.
- *  \return 0; SLUICE_EINVAL (bad address; remote without allow_remote or
- *          token); SLUICE_ESOCKET (cannot bind); SLUICE_ENOMEM. */
+ *  \param opts NULL for the defaults
+ *  \return 0; SLUICE_EINVAL (`out` NULL; bad address; remote without
+ *          allow_remote or token; a token with other characters; negative
+ *          timeout_s); SLUICE_ESOCKET (cannot bind); SLUICE_ENOMEM. */
 SLUICE_EXPORT int sluice_debug_server_start(sluice_consumer *c,
                                             const sluice_debug_opts *opts,
                                             sluice_debug_server **out);
 
-/** The port the server listens on. */
+/** The port the server listens on (0 for NULL). Any thread. */
 SLUICE_EXPORT int sluice_debug_server_port(const sluice_debug_server *s);
 
-/** Stop the server, join its thread, free it. NULL is a no-op. */
+/** Stop the server, join its thread, free it; requests in progress are
+ *  dropped. Any thread, once. NULL is a no-op. */
 SLUICE_EXPORT void sluice_debug_server_stop(sluice_debug_server *s);
 
 #ifdef __cplusplus
