@@ -116,7 +116,7 @@ static json_t *residual(jb *b) {
     set(b, o, "window_bytes_per_message",
         json_real(r->window_bytes_per_message));
     set(b, o, "leaking", json_boolean(r->leaking));
-    if (!a || !o || json_array_append_new(a, o)) b->oom = 1;
+    if (json_array_append_new(a, o)) b->oom = 1; /* takes o even then */
   }
   free(v);
   return a;

@@ -93,9 +93,13 @@ static int gunzips(const void *data, size_t len) {
   return rc == Z_STREAM_END && total > 0;
 }
 
-static json_t *get_json(const char *path) {
+static json_t *get_json_at(int p, const char *path) {
   hresp r;
-  expect(path, 200, "application/json", &r);
+  if (h_get(p, path, NULL, &r) != 200)
+    fail_msg("GET %s: status %d", path, r.status);
+  const char *ct = h_header(&r, "Content-Type");
+  if (!ct || strcmp(ct, "application/json"))
+    fail_msg("GET %s: Content-Type %s", path, ct ? ct : "(none)");
   json_error_t err;
   json_t *j = json_loads(r.body, 0, &err);
   if (!j) fail_msg("%s is not JSON: %s (line %d)\n%s", path, err.text,
@@ -104,8 +108,12 @@ static json_t *get_json(const char *path) {
   return j;
 }
 
-static json_int_t vars_int(const char *obj, const char *key) {
-  json_t *j = get_json("/debug/vars");
+static json_t *get_json(const char *path) {
+  return get_json_at(port, path);
+}
+
+static json_int_t vars_int_at(int p, const char *obj, const char *key) {
+  json_t *j = get_json_at(p, "/debug/vars");
   json_t *v = json_object_get(json_object_get(j, obj), key);
   assert_true(json_is_integer(v));
   json_int_t n = json_integer_value(v);
@@ -122,10 +130,10 @@ static uint64_t now_ms(void) {
 /* Waits until the server reports `want` ?seconds requests waiting. The
  * server's own count is the only sign that it has taken the first
  * snapshot, so ask it (each answer is a round trip through its loop). */
-static void wait_pending(json_int_t want, int within_ms) {
+static void wait_pending_at(int p, json_int_t want, int within_ms) {
   uint64_t end = now_ms() + (uint64_t)within_ms;
   json_int_t n;
-  while ((n = vars_int("debug_server", "pending")) != want) {
+  while ((n = vars_int_at(p, "debug_server", "pending")) != want) {
     if (now_ms() > end)
       fail_msg("pending is %lld, want %lld after %d ms", (long long)n,
                (long long)want, within_ms);
@@ -134,9 +142,17 @@ static void wait_pending(json_int_t want, int within_ms) {
   }
 }
 
+static void wait_pending(json_int_t want, int within_ms) {
+  wait_pending_at(port, want, within_ms);
+}
+
+static json_int_t vars_int(const char *obj, const char *key) {
+  return vars_int_at(port, obj, key);
+}
+
 /* Sends a request on a new connection and returns it without reading. */
-static int send_get(const char *path) {
-  int fd = h_connect(port);
+static int send_get_at(int p, const char *path) {
+  int fd = h_connect(p);
   assert_true(fd >= 0);
   char req[512];
   int n = snprintf(req, sizeof req,
@@ -145,6 +161,10 @@ static int send_get(const char *path) {
                    path);
   assert_int_equal(h_send(fd, req, (size_t)n), 0);
   return fd;
+}
+
+static int send_get(const char *path) {
+  return send_get_at(port, path);
 }
 
 /* Missing tools skip, or fail when SLUICE_REQUIRE_BROKER=1 (CI). */
@@ -711,7 +731,15 @@ static void test_slow_clients(void **state) {
   close(partial);
   assert_int_equal(h_get(p, "/healthz", NULL, &r), 200);
   h_free(&r);
+  /* Stopping with a ?seconds= request and a snapshot held frees both (the
+   * sanitizer build checks for leaks). */
+  int waiting = send_get_at(p, "/debug/pprof/heap?seconds=60");
+  wait_pending_at(p, 1, 10000);
+  assert_int_equal(h_get(p, "/debug/pprof/snapshot", NULL, &r), 200);
+  h_free(&r);
   sluice_debug_server_stop(s);
+  assert_true(recv(waiting, &c, 1, 0) <= 0);
+  close(waiting);
 }
 
 /* Clients that reset the connection while the reply is being written: the
