@@ -39,8 +39,9 @@ static void *kept[N_MESSAGES];
 static int n_kept;
 
 /* Every fourth message is rejected and leaves 100 bytes behind. */
-T_NOINLINE static int dbg_broker_handler(sluice_delivery *d, const sluice_message *m,
-                              void *user) {
+T_NOINLINE static int dbg_broker_handler(sluice_delivery *d,
+                                         const sluice_message *m,
+                                         void *user) {
   (void)d;
   (void)user;
   int id = atoi(m->props.message_id ? m->props.message_id : "0");
