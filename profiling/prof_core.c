@@ -220,17 +220,16 @@ void sluice__free_slow(const void *p, unsigned flags) {
   sluice__tls *t = &sluice__t;
   if ((flags & SLUICE__F_REC) && t->state != SLUICE__T_LIVE)
     sluice__tls_register(t);
-  if ((flags & SLUICE__F_TRACK) && sluice__maybe_tracked(p))
-    sluice__untrack(p);
+  if (flags & SLUICE__F_TRACK) sluice__untrack(p);
 }
 
+/* free() must leave errno alone: nothing here can set it (the one system
+ * call, sched_yield() in a contended spinlock, never fails on Linux). */
 void sluice__untrack(const void *p) {
   sluice__tls *t = &sluice__t;
   if (SLUICE__UNLIKELY(t->in_fork)) return; /* our locks are held */
-  int e = errno; /* free() must not change it (sched_yield in a lock) */
   sluice__rec r;
   if (sluice__table_take((uintptr_t)p, &r)) sluice__rec_release(&r);
-  errno = e;
 }
 
 void *sluice__realloc_done(void *p, void *q, size_t n,

@@ -81,8 +81,8 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
   __libc_free(p);
 }
 
-/* errno: the fast path makes no call that could set it, and
- * sluice__untrack() saves it (glibc's free preserves it too). */
+/* errno: nothing on our side can set it (see sluice__untrack), and glibc's
+ * free preserves it too. */
 EXPORT void free(void *p) {
   unsigned f;
   if (SLUICE__UNLIKELY(p && (f = sluice__flags_now()) != 0) &&
