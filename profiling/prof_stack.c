@@ -51,6 +51,11 @@ static int n_self;
 
 int sluice__stacks_init(size_t max_stacks) {
   if (entries) return 0;
+#if defined(__SANITIZE_THREAD__)
+  /* libunwind's per-thread caches are freed by TSD destructors that crash
+   * inside ThreadSanitizer at thread exit (see sluice__backtrace). */
+  unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_NONE);
+#endif
   if (max_stacks < 16) max_stacks = 16;
   if (max_stacks > (1u << 30)) max_stacks = 1u << 30;
   uint32_t isz = 1;
@@ -190,8 +195,23 @@ static uint32_t intern(const uintptr_t *f, uint32_t n) {
 }
 
 int sluice__backtrace(void **frames) {
+#if defined(__SANITIZE_THREAD__)
+  /* unw_backtrace's fast path keeps a per-thread cache whose destructor
+   * crashes under TSan: step a cursor instead (no cache). */
+  unw_context_t ctx;
+  unw_cursor_t cur;
+  int n = 0;
+  if (unw_getcontext(&ctx) || unw_init_local(&cur, &ctx)) return 0;
+  while (n < SLUICE__CAPTURE_MAX && unw_step(&cur) > 0) {
+    unw_word_t ip;
+    if (unw_get_reg(&cur, UNW_REG_IP, &ip)) break;
+    frames[n++] = (void *)(uintptr_t)ip;
+  }
+  return n;
+#else
   int n = unw_backtrace(frames, SLUICE__CAPTURE_MAX);
   return n < 0 ? 0 : n;
+#endif
 }
 
 uint32_t sluice__stack_intern(void *const *frames, int n) {
