@@ -152,6 +152,21 @@ static void ensure_track_flag(void) {
     atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
 }
 
+/* The countdown in use: sample_left outside scopes, saved_left inside. */
+static void set_countdown(sluice__tls *t, int64_t v) {
+  if (t->scope) t->saved_left = v;
+  else atomic_store_explicit(&t->sample_left, v, memory_order_relaxed);
+}
+
+/* Run the countdown for n bytes inside a scope (outside, the fast path has
+ * done it): 1 when the block is sampled. */
+static int scoped_countdown(sluice__tls *t, size_t n) {
+  /* Re-arm: a rate change from another thread may have reset it. */
+  atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
+  t->saved_left -= (int64_t)n;
+  return t->saved_left <= 0;
+}
+
 /* Sampling decision for a block of n bytes, after the countdown said
  * `sampled`; refreshes the countdown. */
 static int decide(sluice__tls *t, size_t n, int sampled) {
@@ -161,18 +176,17 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
     /* First sample decision under this rate: draw a fresh countdown. */
     t->epoch = epoch;
     int64_t left = draw(t, rate) - (int64_t)n;
-    atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
+    set_countdown(t, left);
     sampled = left <= 0;
   }
   if (rate == (uint64_t)SLUICE_PROF_RATE_NONE) sampled = 0;
-  if (sampled)
-    atomic_store_explicit(&t->sample_left, draw(t, rate),
-                          memory_order_relaxed);
+  if (sampled) set_countdown(t, draw(t, rate));
   return sampled;
 }
 
-int sluice__alloc_prepare(sluice__tls *t, size_t n, int sampled) {
+int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
+  int sampled = t->scope ? scoped_countdown(t, n) : left <= 0;
   if (t->guard || (!sampled && !t->scope)) return -1;
   t->guard++;
   return decide(t, n, sampled);
@@ -186,8 +200,7 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
   if (t->scope) {
     scope = sluice__scope_ref(t->scope);
     if (!scope) { /* the scope ended: stop looking it up */
-      sluice__scope_flush(t);
-      t->scope = 0;
+      sluice__tls_set_scope(t, 0);
     } else if (t->pend_ref != scope) {
       sluice__scope_flush(t);
       t->pend_ref = scope;
@@ -208,8 +221,8 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
   t->guard--;
 }
 
-void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled) {
-  int k = sluice__alloc_prepare(t, n, sampled);
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left) {
+  int k = sluice__alloc_prepare(t, n, left);
   if (k < 0) return;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? sluice__backtrace(frames) : -1;
@@ -275,12 +288,18 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
     sluice__bump(&t->frees, 1);
     sluice__bump(&t->mallocs, 1);
     sluice__bump(&t->alloc_bytes, n);
-    if (t->guard == 1) {
+    int sampled;
+    if (t->scope) {
+      sampled = scoped_countdown(t, n);
+    } else {
       int64_t left =
           atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
           (int64_t)n;
       atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-      if (decide(t, n, left <= 0)) {
+      sampled = left <= 0;
+    }
+    if (t->guard == 1) {
+      if (decide(t, n, sampled)) {
         void *frames[SLUICE__CAPTURE_MAX];
         r.stack = sluice__stack_intern(frames, sluice__backtrace(frames));
         sluice__stack_alloc(r.stack, n);

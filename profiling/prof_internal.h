@@ -109,8 +109,12 @@ enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
 typedef struct sluice__tls {
   int guard;             /* >0: inside the profiler; record nothing */
   int state;             /* SLUICE__T_* (registry membership) */
-  /* bytes until the next sample; reset by others when the rate changes */
+  /* Bytes until the next sample; reset by others when the rate changes.
+   * Inside a scope it is held at SLUICE__ARMED (every allocation takes the
+   * slow path) and the real countdown is saved_left. Zero in a new thread:
+   * its first allocation takes the slow path, which registers the thread. */
   _Atomic int64_t sample_left;
+  int64_t saved_left;
   uint32_t epoch;        /* sampling epoch the countdown belongs to */
   int in_fork;           /* between fork's prepare and parent/child */
   uint64_t scope;        /* current scope handle, 0 = none */
@@ -153,13 +157,14 @@ static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
 }
 
 void sluice__tls_register(sluice__tls *t);
-void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int sampled);
+/* `left` is what sluice__alloc_pre() left in the countdown. */
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left);
 /* The slow path in two halves, so that the caller can take the stack itself
  * (fewer frames of ours to unwind and drop):
  * prepare: -1 nothing to record; 0 record without a stack; 1 record with a
  *          stack. For 0 and 1 the guard is held until finish.
  * finish:  nframes < 0 means no stack. */
-int sluice__alloc_prepare(sluice__tls *t, size_t n, int sampled);
+int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left);
 void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
                           void *const *frames, int nframes);
 void sluice__untrack(const void *p);
@@ -169,11 +174,13 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
                            const struct sluice__rec *old);
 void sluice__rec_release(const struct sluice__rec *r);
 
+#define SLUICE__ARMED (INT64_MIN / 4)
+
 /* Before an allocation of n bytes: count it and run the sampling
- * countdown. Returns nonzero when the block must go through
- * sluice__alloc_slow() (sampled, inside a scope, inside the profiler, or
- * the thread not registered yet): one combined test. It needs no pointer,
- * so malloc() can do it first and then tail-call glibc. */
+ * countdown. Returns nonzero when the block must go through the slow path:
+ * sampled, inside a scope (the countdown is armed), or a thread not
+ * registered yet (its countdown starts at 0). It needs no pointer, so
+ * malloc() can do it first and then tail-call glibc. */
 static inline int sluice__alloc_pre(size_t n, int64_t *left_out) {
   sluice__tls *t = &sluice__t;
   int64_t left =
@@ -182,18 +189,14 @@ static inline int sluice__alloc_pre(size_t n, int64_t *left_out) {
   atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
   sluice__bump(&t->mallocs, 1);
   sluice__bump(&t->alloc_bytes, n);
-  uint64_t unusual = (uint64_t)(unsigned)t->guard |
-                     (uint64_t)(unsigned)(t->state ^ SLUICE__T_LIVE) |
-                     t->scope;
   *left_out = left;
-  return !SLUICE__LIKELY((left > 0) & (unusual == 0));
+  return SLUICE__UNLIKELY(left <= 0);
 }
 
 /* The allocation hook, after the fact (calloc, memalign, note_alloc...). */
 static inline void sluice__on_alloc(void *p, size_t n) {
   int64_t left;
-  if (sluice__alloc_pre(n, &left))
-    sluice__alloc_slow(&sluice__t, p, n, left <= 0);
+  if (sluice__alloc_pre(n, &left)) sluice__alloc_slow(&sluice__t, p, n, left);
 }
 
 /* One bit per shard of the block table: set while the shard holds a
@@ -311,6 +314,23 @@ static inline void sluice__scope_credit_mine(sluice__tls *t, uint32_t ref,
 }
 /* Add t's pending credits to its slot; t has no current slot after. */
 void sluice__scope_flush(sluice__tls *t);
+
+/* The thread's current scope becomes s: pending credits are flushed, and
+ * the countdown is armed on the way in, restored on the way out. */
+static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
+  if (t->scope == s) return;
+  sluice__scope_flush(t);
+  if (!t->scope && s) {
+    t->saved_left =
+        atomic_load_explicit(&t->sample_left, memory_order_relaxed);
+    atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
+                          memory_order_relaxed);
+  } else if (t->scope && !s) {
+    atomic_store_explicit(&t->sample_left, t->saved_left,
+                          memory_order_relaxed);
+  }
+  t->scope = s;
+}
 void sluice__scopes_lock_all(void);
 void sluice__scopes_unlock_all(void);
 void sluice__scopes_stats(sluice_prof_memstats *ms);

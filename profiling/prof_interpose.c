@@ -53,7 +53,7 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
   void *p = __libc_malloc(n);
   if (SLUICE__UNLIKELY(p == NULL)) return p;
   sluice__tls *t = &sluice__t;
-  int k = sluice__alloc_prepare(t, n, left <= 0);
+  int k = sluice__alloc_prepare(t, n, left);
   if (k < 0) return p;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;

@@ -224,10 +224,7 @@ void sluice__scope_flush(sluice__tls *t) {
 
 /* The calling thread's current scope becomes s. */
 static void set_scope(sluice_prof_scope s) {
-  sluice__tls *t = &sluice__t;
-  if (t->scope == s) return;
-  sluice__scope_flush(t);
-  t->scope = s;
+  sluice__tls_set_scope(&sluice__t, s);
 }
 
 /* ------------------------------------------------------------------------ */
