@@ -323,9 +323,12 @@ void pw_job_complete(pw_job *job) {
   char reason[192] = "";
 
   if (job->aborted) {
-    /* The worker is stopping: give the message back. */
+    /* The worker is stopping: give the message back (a NACK; in autoAck
+     * mode, where the broker forgot the message when it sent it, a copy
+     * republished to the queue). Not a failed attempt. */
     INC(w->n.aborted);
     outcome = SLUICE_NACK;
+    attempt = attempt > 1 ? attempt - 1 : 0;
   } else if (status >= 200 && status < 300) {
     INC(w->n.ok);
   } else if (status == 401 || status == 403) {
@@ -375,11 +378,9 @@ void pw_job_complete(pw_job *job) {
   if (w->cfg.leak != PW_LEAK_GLOBAL_MAP)
     inflight_del(w, job->seq);
   /* else the field bug: the entry stays in the global map forever. */
-  int aborted = job->aborted;
   job_free(job);
   pw_repub_item *it = NULL;
-  if (!aborted && (dead || (outcome == SLUICE_NACK &&
-                            w->cfg.ack == SLUICE_ACK_AUTO))) {
+  if (dead || (outcome == SLUICE_NACK && w->cfg.ack == SLUICE_ACK_AUTO)) {
     /* Allocated here, freed by the republisher before the delivery
      * completes. */
     it = calloc(1, sizeof(*it));
@@ -398,9 +399,8 @@ void pw_job_complete(pw_job *job) {
     pw_republish(w->repub, it);
     return;
   }
-  if (dead || (outcome == SLUICE_NACK && !aborted &&
-               w->cfg.ack == SLUICE_ACK_AUTO))
-    outcome = SLUICE_NACK; /* out of memory: let the broker redeliver */
+  if (dead) outcome = SLUICE_NACK; /* out of memory: let the broker
+                                      redeliver */
   complete(w, d, outcome);
   if (outcome == SLUICE_ACK) finished(w);
 }
