@@ -202,15 +202,19 @@ SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s);
 /** The calling thread's current scope, or 0. */
 SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_current(void);
 
-/** What scope `s` allocated that is still live, exactly.
- *  \return 0; SLUICE_EINVAL if `s` is not an open or pending scope. */
+/** What scope `s` allocated that is still live, exactly, as seen from the
+ *  calling thread: a thread that is inside `s` right now keeps its own
+ *  recent credits to itself until it leaves the scope (call this from the
+ *  scope's thread, or when no thread is inside it).
+ *  \return 0; SLUICE_EINVAL if `s` is not an open scope (unknown, ended). */
 SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s,
                                           uint64_t *bytes, uint64_t *objects);
 
 /** Close scope `s` with a final outcome: its residual is what it allocated
  *  that is still live. Fires on_residual, queues the re-check, and runs the
  *  re-checks that are due. Leaves the scope on the calling thread if it is
- *  current there. `s` must not be used afterwards.
+ *  current there; no other thread may still be inside it (allocations made
+ *  there afterwards are not counted). `s` must not be used afterwards.
  *  \param outcome a sluice_outcome (SLUICE_ACK ... SLUICE_OUTCOME_ERROR)
  *  \param out     if not NULL, the residual at end
  *  \return 0; SLUICE_EINVAL for an unknown or already ended scope. */
