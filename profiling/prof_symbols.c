@@ -30,6 +30,7 @@ typedef struct func {
 } func;
 
 #define MAX_SEGS 4
+#define MAX_CACHED 256 /* modules kept once unloaded */
 
 typedef struct module {
   struct module *next;
@@ -42,6 +43,7 @@ typedef struct module {
   func *funcs;
   size_t n_funcs;
   char *strs;
+  size_t strs_len;
   int seen;
 } module;
 
@@ -178,6 +180,7 @@ static int load_syms(module *m, const elf_view *v, const ElfW(Shdr) *symsec) {
   m->funcs = f;
   m->n_funcs = k;
   m->strs = s;
+  m->strs_len = bytes;
   atomic_fetch_add(&sluice__overhead, k * sizeof(func) + bytes);
   return 0;
 }
@@ -288,6 +291,26 @@ sluice__symtab *sluice__sym_open(void) {
   pthread_mutex_lock(&sym_mu);
   for (module *m = mods; m; m = m->next) m->seen = 0;
   dl_iterate_phdr(phdr_cb, NULL);
+  /* Bounded: a program that keeps loading and unloading libraries does not
+   * make the cache grow; forget what is not loaded any more. */
+  size_t cached = 0;
+  for (module *m = mods; m; m = m->next) cached++;
+  if (cached > MAX_CACHED) {
+    for (module **pp = &mods; *pp;) {
+      module *m = *pp;
+      if (m->seen) {
+        pp = &m->next;
+        continue;
+      }
+      *pp = m->next;
+      atomic_fetch_sub(&sluice__overhead,
+                       m->n_funcs * sizeof(func) + (m->strs ? m->strs_len : 0));
+      sluice__free(m->funcs);
+      sluice__free(m->strs);
+      sluice__free(m->path);
+      sluice__free(m);
+    }
+  }
   sluice__symtab *st = sluice__calloc(1, sizeof *st);
   size_t n = 0;
   for (module *m = mods; m; m = m->next)
