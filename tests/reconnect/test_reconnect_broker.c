@@ -159,6 +159,90 @@ static void blackhole_detected_by_heartbeats(void **state) {
   tb_delete_queue(q);
 }
 
+
+/* ---- black hole while reading is paused by the in-flight bound ---------- */
+
+#define PAUSED_N 10
+
+struct paused {
+  tproxy *p;
+  sluice_consumer *c;
+  sluice_delivery *held[PAUSED_N];
+  int n_held;
+  unsigned closed, stale_rc, redelivered_acks;
+  int closed_err;
+  uint64_t hole_ms, closed_ms;
+};
+
+static int paused_handler(sluice_delivery *d, const sluice_message *m,
+                          void *user) {
+  struct paused *x = user;
+  if (!m->redelivered && x->n_held < PAUSED_N) {
+    x->held[x->n_held++] = d;
+    if (x->n_held == PAUSED_N) {
+      /* the bound is reached: reading stops, then the link goes silent */
+      x->hole_ms = rc_now_ms();
+      tproxy_blackhole(x->p);
+    }
+    return SLUICE_DEFER;
+  }
+  if (++x->redelivered_acks == PAUSED_N) sluice_consumer_stop(x->c);
+  return SLUICE_ACK;
+}
+
+static void paused_event(sluice_consumer *c, const sluice_event *ev,
+                         void *user) {
+  struct paused *x = user;
+  if (ev->type != SLUICE_EV_CLOSED) return;
+  x->closed++;
+  x->closed_err = ev->err;
+  x->closed_ms = rc_now_ms();
+  for (int i = 0; i < x->n_held; i++)
+    if (sluice_delivery_done(x->held[i], SLUICE_ACK) == SLUICE_ESTALE)
+      x->stale_rc++;
+  x->n_held = 0;
+}
+
+static void blackhole_while_paused(void **state) {
+  tproxy *p = proxy_new(5672);
+  const char *q = fresh_filled("paused", PAUSED_N);
+  struct paused x = {.p = p};
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .heartbeat_s = 1,
+      .prefetch = 50,
+      .max_inflight = PAUSED_N,
+      .on_event = paused_event,
+      .event_user = &x,
+      .log_level = SLUICE_LOG_ERROR,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
+  };
+  assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = paused_handler,
+                              .user = &x};
+  assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(x.c, 30, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(x.c, &st);
+  printf("  paused by the bound (%llu pauses), heartbeat 1 s: black hole "
+         "detected after %llu ms\n",
+         (unsigned long long)st.read_pauses,
+         (unsigned long long)(x.closed_ms - x.hole_ms));
+  assert_true(st.read_pauses >= 1);
+  assert_int_equal(x.closed, 1);
+  assert_int_equal(x.closed_err, SLUICE_EHEARTBEAT);
+  assert_int_equal(x.stale_rc, PAUSED_N);
+  assert_int_equal(x.redelivered_acks, PAUSED_N);
+  assert_int_equal(st.acked, PAUSED_N);
+  sluice_consumer_free(x.c);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tproxy_free(p);
+  tb_delete_queue(q);
+}
+
 /* ---- the broker closes our connection (rabbitmqctl) --------------------- */
 
 static int fault_close_named(rc_stream *s, unsigned k) {
@@ -468,6 +552,7 @@ int main(void) {
       cmocka_unit_test(proxy_cuts),
       cmocka_unit_test(auto_mode_keeps_what_it_received),
       cmocka_unit_test(blackhole_detected_by_heartbeats),
+      cmocka_unit_test(blackhole_while_paused),
       cmocka_unit_test(deferred_done_after_reconnect_is_stale),
       cmocka_unit_test(failover_across_uris),
       cmocka_unit_test(no_retry_storm),
