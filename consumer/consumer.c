@@ -1129,6 +1129,9 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
     d = next;
   }
   update_pause(c);
+  /* connection.blocked belonged to the dead connection; the next one says
+   * again if the broker still has an alarm. */
+  c->blocked = 0;
 
   sluice_event ev = {.type = SLUICE_EV_CLOSED,
                      .err = err,

@@ -436,7 +436,8 @@ typedef struct sluice_consumer_stats {
                                 it moves on when a connection dies) */
   uint64_t close_listeners;/**< registered close listeners */
   int connected;
-  int blocked;             /**< broker sent connection.blocked */
+  int blocked;             /**< broker sent connection.blocked on the live
+                                connection (cleared when it closes) */
 } sluice_consumer_stats;
 
 /** Fill `out` with the current counters. Any thread. */
