@@ -74,7 +74,7 @@ static void proxy_cuts(void **state) {
 }
 
 
-/* ---- autoAck: what sluice received is handled, even across a cut ---------- */
+/* ---- autoAck: what sluice received is handled, even across a cut ------- */
 
 static void auto_mode_keeps_what_it_received(void **state) {
   tproxy *p = proxy_new(5672);

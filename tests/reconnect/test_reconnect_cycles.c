@@ -134,8 +134,9 @@ static void reconnect_cycles(void **state) {
          x.listeners_first, x.listeners_last, x.connected, x.listeners_max,
          x.listener_calls, x.persistent_calls);
   if (HEAP_MEASURED)
-    printf("  heap in use (mallinfo2 uordblks + hblkhd): %zu after cycle 1, %zu after "
-           "cycle 100, %zu after cycle %u (%+lld bytes since cycle 100)\n",
+    printf("  heap in use (mallinfo2 uordblks + hblkhd): %zu after cycle 1, "
+           "%zu after cycle 100, %zu after cycle %u (%+lld bytes since cycle "
+           "100)\n",
            x.heap_first, x.heap_100, x.heap_last, x.connected,
            (long long)x.heap_last - (long long)x.heap_100);
   else
