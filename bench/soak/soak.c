@@ -30,7 +30,9 @@
  * of RSS and heap in bytes per minute and per message (least squares after
  * a warm-up), the residual per message (slope of the retained residual
  * against messages), and LEAK when that residual exceeds --threshold bytes
- * per message. Heap slopes alone are noisy (allocator caches, buffers
+ * per message, or when the worker's profiler convicted one queue/outcome
+ * (which also catches a leak confined to a rare path, too diluted to show
+ * in the mean over all messages). Heap slopes alone are noisy (allocator caches, buffers
  * reaching their working size); the residual is not: a clean worker leaves
  * exactly 0 bytes per message. Where the profiler cannot see malloc
  * (sanitizer builds) the verdict falls back on the heap slope per message,
@@ -70,7 +72,8 @@ typedef struct sample {
   double t;
   uint64_t published, finished, depth, in_flight;
   uint64_t rss, heap, objects, retained, res_messages;
-  int http; /* 1: from /debug/vars, 0: from the pipe */
+  int http;    /* 1: from /debug/vars, 0: from the pipe */
+  int leaking; /* the profiler's own verdict, on some queue/outcome */
 } sample;
 
 typedef struct run {
@@ -92,6 +95,7 @@ typedef struct run {
   char buf[1 << 16];
   size_t len;
   json_t *last;  /* latest "sample" line */
+  uint64_t last_published; /* publisher's count when that line arrived */
   json_t *final; /* its "final" line */
   int debug_port;
   int http_ok; /* -1 unknown, 0 no, 1 yes */
@@ -145,17 +149,30 @@ static void *publisher(void *arg) {
   sluice_publisher_opts po = {.uri = a->cfg->uri,
                               .connection_name = "sluice-soak publisher"};
   sluice_publisher *p = NULL;
-  int rc = sluice_publisher_new(&po, &p);
   /* Steps of ~20 ms on an absolute schedule; each step waits for its
-   * confirms, which keeps the rate honest when the broker slows down. */
+   * confirms, which keeps the rate honest when the broker slows down. A
+   * lost connection (a broker restart) is retried every second: a soak of
+   * hours must outlive it. The verdict says the run was disturbed. */
   double rate = a->cfg->rate;
   uint64_t step = rate >= 50 ? (uint64_t)(rate / 50) : 1;
   double t0 = now_s();
   uint64_t sent = 0, i = 0;
-  while (!rc && !atomic_load(&r->pub_stop)) {
-    rc = pw_publish_jobs(p, r->queue, &a->mix, sent, step);
+  while (!atomic_load(&r->pub_stop)) {
+    int rc = p ? 0 : sluice_publisher_new(&po, &p);
+    if (!rc) rc = pw_publish_jobs(p, r->queue, &a->mix, sent, step);
     if (!rc) rc = sluice_publisher_wait(p, NULL);
-    if (rc) break;
+    if (rc) {
+      if (!atomic_load(&r->pub_error))
+        fprintf(stderr, "sluice-soak: run %d: publisher: %s; retrying every "
+                        "second\n", r->index, sluice_strerror(rc));
+      atomic_store(&r->pub_error, rc);
+      sluice_publisher_free(p);
+      p = NULL;
+      sleep_until(now_s() + 1.0);
+      /* The schedule goes on from now: no burst to catch up. */
+      t0 = now_s() - (double)sent / rate;
+      continue;
+    }
     sent += step;
     atomic_store(&r->published, sent);
     if (++i % 10 == 0) {
@@ -164,11 +181,6 @@ static void *publisher(void *arg) {
         atomic_store(&r->depth, depth);
     }
     sleep_until(t0 + (double)sent / rate);
-  }
-  if (rc) {
-    fprintf(stderr, "sluice-soak: run %d: publisher: %s\n", r->index,
-            sluice_strerror(rc));
-    atomic_store(&r->pub_error, rc);
   }
   sluice_publisher_free(p);
   free(a);
@@ -264,7 +276,14 @@ static int sample_http(run *r, sample *s) {
     s->retained = sum_residual(res, "retained_bytes");
     s->res_messages = sum_residual(res, "messages");
     s->in_flight = jint(j, "consumer.in_flight");
+    /* Jobs finished, from the same instant as the memory: acknowledged
+     * (sent, or probes) or rejected (dead-lettered). */
+    s->finished = jint(j, "consumer.acked") + jint(j, "consumer.rejected");
     s->http = 1;
+    size_t i;
+    json_t *a;
+    json_array_foreach(res, i, a) s->leaking |=
+        json_is_true(json_object_get(a, "leaking"));
   }
   json_decref(j);
   return ok ? 0 : -1;
@@ -277,6 +296,7 @@ static void handle_line(run *r, json_t *j) {
   } else if (strcmp(type, "sample") == 0) {
     json_decref(r->last);
     r->last = json_incref(j);
+    r->last_published = atomic_load(&r->published);
   } else if (strcmp(type, "final") == 0) {
     json_decref(r->final);
     r->final = json_incref(j);
@@ -335,11 +355,15 @@ static void take_sample(run *r, const config *cfg) {
   }
   if (!from_http) {
     if (!l) return; /* nothing yet */
+    /* The line is up to one interval old: pair it with what had been
+     * published when it arrived. */
+    s.published = r->last_published;
     s.rss = jint(l, "rss_bytes");
     s.heap = jint(l, "heap_live_bytes");
     s.objects = jint(l, "live_objects");
     s.retained = jint(l, "residual.retained_bytes");
     s.res_messages = jint(l, "residual.messages");
+    s.leaking = json_is_true(jget(l, "residual.leaking"));
   }
   if (r->n == r->cap) {
     r->cap = r->cap ? r->cap * 2 : 256;
@@ -502,6 +526,7 @@ typedef struct verdict {
   uint64_t messages, retained, published, max_depth, max_in_flight;
   double peak_rss;
   int leak;
+  int profiler_leaking; /* the worker's profiler convicted a queue/outcome */
   const char *basis;
   const char *source; /* where the samples came from */
 } verdict;
@@ -546,9 +571,12 @@ static void judge(const run *r, const config *cfg, verdict *v) {
     v->retained = r->s[r->n - 1].retained;
     v->published = r->s[r->n - 1].published;
   }
+  v->profiler_leaking = r->n && r->s[r->n - 1].leaking;
   if (r->interposing) {
+    /* The mean over all messages, or the profiler's verdict per queue and
+     * outcome, which also catches a leak confined to a rare path. */
     v->basis = "residual";
-    v->leak = v->residual_per_msg > cfg->threshold;
+    v->leak = v->residual_per_msg > cfg->threshold || v->profiler_leaking;
   } else {
     v->basis = "heap (no malloc interposition in this build: noisy)";
     v->leak = v->heap_per_msg > cfg->heap_threshold;
@@ -643,12 +671,12 @@ static void write_plot(run *const *runs, size_t nr, const config *cfg) {
   fprintf(f, "# sluice-soak plot: gnuplot %s/soak.gp\n", cfg->out);
   fprintf(f,
           "set terminal svg size 1000,1000 dynamic background rgb 'white' "
-          "font 'sans,11'\nset output '%s/soak.svg'\n",
+          "font 'sans,11' noenhanced\nset output '%s/soak.svg'\n",
           cfg->out);
   plot_body(f, runs, nr, cfg);
   fprintf(f,
           "set terminal pngcairo size 1000,1000 background rgb 'white' "
-          "font 'sans,10'\nset output '%s/soak.png'\n",
+          "font 'sans,10' noenhanced\nset output '%s/soak.png'\n",
           cfg->out);
   plot_body(f, runs, nr, cfg);
   fclose(f);
@@ -686,12 +714,13 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
     char line[2048];
     snprintf(line, sizeof(line),
              "run %d [%s]: %s (on %s, sampled from %s) | residual %.2f B/message (%" PRIu64
-             " B retained after %" PRIu64 " messages) | heap %s/min, %s/"
+             " B retained after %" PRIu64 " messages; profiler verdict: %s) | heap %s/min, %s/"
              "message | RSS %s/min, %s/message, peak %.1f MiB | published %"
              PRIu64 ", max queue depth %" PRIu64 ", max held in process %"
              PRIu64 "%s\n",
              r->index, r->label, v.leak ? "LEAK" : "ok", v.basis, v.source,
-             v.residual_per_msg, v.retained, v.messages, b, c, a, d,
+             v.residual_per_msg, v.retained, v.messages,
+             v.profiler_leaking ? "leaking" : "none", b, c, a, d,
              v.peak_rss / 1048576.0, v.published, v.max_depth,
              v.max_in_flight, r->exit_status ? " | worker exit status != 0" : "");
     uint64_t reconnects = r->final ? jint(r->final, "counters.consumer.reconnects") : 0;
@@ -701,7 +730,7 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
       if (l && line[l - 1] == '\n') line[--l] = 0;
       snprintf(line + l, sizeof(line) - l, " | DISTURBED:%s%s%s\n",
                reconnects ? " the worker reconnected" : "",
-               pub_err ? " the publisher failed" : "",
+               pub_err ? " the publisher lost its connection" : "",
                !r->final ? " no final report" : "");
     }
     fputs(line, stdout);
@@ -709,7 +738,7 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
     json_array_append_new(
         arr,
         json_pack("{s:i, s:s, s:b, s:s, s:f, s:I, s:I, s:f, s:f, s:f, s:f, "
-                  "s:f, s:I, s:I, s:I, s:i, s:i, s:I, s:s, s:I, s:b}",
+                  "s:f, s:I, s:I, s:I, s:i, s:i, s:I, s:s, s:I, s:b, s:b}",
                   "run", r->index, "label", r->label, "leak", v.leak, "basis",
                   v.basis, "residual_per_message", v.residual_per_msg,
                   "retained_bytes", (json_int_t)v.retained, "messages",
@@ -723,7 +752,8 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
                   "exit_status", r->exit_status, "interposing",
                   r->interposing, "samples", (json_int_t)r->n, "source",
                   v.source, "reconnects", (json_int_t)reconnects,
-                  "publisher_failed", pub_err != 0));
+                  "publisher_failed", pub_err != 0, "profiler_leaking",
+                  v.profiler_leaking));
   }
   if (txt) fclose(txt);
   snprintf(path, sizeof(path), "%s/verdict.json", cfg->out);
