@@ -997,8 +997,26 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg) {
     read_frames(c);
     return;
   }
-  /* Reading is paused for back-pressure: bytes waiting in the kernel prove
-   * the peer alive; otherwise apply the two-interval rule ourselves. */
+  /* Reading is paused for back-pressure, so a close or a reset would wait
+   * for the bound to free up: look at the socket without reading it. A
+   * reset has thrown the unread bytes away anyway. After an orderly close,
+   * MANUAL mode gives up the unread rest too (the broker redelivers all it
+   * held), but autoAck keeps it: those messages will never be sent again,
+   * and they are read once the handlers free the bound. */
+  struct pollfd pf = {c->fd, POLLRDHUP, 0};
+  if (poll(&pf, 1, 0) == 1) {
+    int reset = (pf.revents & (POLLERR | POLLHUP)) != 0;
+    if (reset || ((pf.revents & POLLRDHUP) &&
+                  c->o.ack_mode == SLUICE_ACK_MANUAL)) {
+      sluice__log(c, SLUICE_LOG_WARN,
+                  "connection %s while reading was paused",
+                  reset ? "reset" : "closed by the broker");
+      sluice__conn_lost(c, reset ? SLUICE_ESOCKET : SLUICE_ECLOSED);
+      return;
+    }
+  }
+  /* Bytes waiting in the kernel prove the peer alive; otherwise apply the
+   * two-interval rule ourselves. */
   int pending = 0;
   uint64_t now = sluice__now_ms();
   if ((ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0) ||
