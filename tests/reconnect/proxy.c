@@ -25,7 +25,17 @@
 #define HIGH_WATER (1u << 20) /* bytes queued towards a side before we stop
                                  reading the other: memory stays bounded */
 
-enum cmd { CMD_NONE, CMD_CUT, CMD_HOLE, CMD_REFUSE, CMD_LISTEN, CMD_QUIT };
+enum cmd {
+  CMD_NONE,
+  CMD_CUT,
+  CMD_RESET,
+  CMD_HOLE,
+  CMD_REFUSE,
+  CMD_LISTEN,
+  CMD_HOLD_ON,
+  CMD_HOLD_OFF,
+  CMD_QUIT
+};
 
 struct pair {
   struct tproxy *p;
@@ -52,6 +62,7 @@ struct tproxy {
   void *user;
 
   struct pair *pairs; /* proxy thread only */
+  int hold_new;       /* proxy thread only: accept, then never answer */
   _Atomic unsigned accepted, open;
 };
 
@@ -125,15 +136,21 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
   }
   x->p = p;
   x->side[0] = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
-  x->side[1] = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+  if (!p->hold_new)
+    x->side[1] = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
   x->next = p->pairs;
   if (p->pairs) p->pairs->prev = x;
   p->pairs = x;
   atomic_fetch_add(&p->open, 1);
   unsigned n = atomic_fetch_add(&p->accepted, 1) + 1;
-  if (!x->side[0] || !x->side[1]) {
+  if (!x->side[0] || (!p->hold_new && !x->side[1])) {
     if (!x->side[0]) evutil_closesocket(fd);
     pair_free(x);
+    return;
+  }
+  if (p->hold_new) {
+    /* a hung node: the TCP handshake completes, nothing ever answers */
+    x->hole = 1;
     return;
   }
   struct sockaddr_in up = {.sin_family = AF_INET,
@@ -182,6 +199,16 @@ static int listen_on(struct tproxy *p) {
 static int execute(struct tproxy *p, enum cmd cmd) {
   int n = 0;
   switch (cmd) {
+    case CMD_RESET:
+      /* SO_LINGER 0: close() sends a RST instead of a FIN */
+      for (struct pair *x = p->pairs; x; x = x->next)
+        for (int i = 0; i < 2; i++) {
+          struct linger lg = {1, 0};
+          if (x->side[i])
+            setsockopt(bufferevent_getfd(x->side[i]), SOL_SOCKET, SO_LINGER,
+                       &lg, sizeof(lg));
+        }
+      /* fall through */
     case CMD_CUT:
     case CMD_QUIT:
       while (p->pairs) {
@@ -209,6 +236,10 @@ static int execute(struct tproxy *p, enum cmd cmd) {
       return 0;
     case CMD_LISTEN:
       return p->lis ? 0 : listen_on(p);
+    case CMD_HOLD_ON:
+    case CMD_HOLD_OFF:
+      p->hold_new = cmd == CMD_HOLD_ON;
+      return 0;
     case CMD_NONE:
       break;
   }
@@ -302,9 +333,14 @@ const char *tproxy_uri(const tproxy *p, char *buf, unsigned len) {
 }
 
 unsigned tproxy_cut(tproxy *p) { return (unsigned)run_cmd(p, CMD_CUT); }
+unsigned tproxy_reset(tproxy *p) { return (unsigned)run_cmd(p, CMD_RESET); }
 unsigned tproxy_blackhole(tproxy *p) { return (unsigned)run_cmd(p, CMD_HOLE); }
 int tproxy_refuse(tproxy *p, int refuse) {
   return run_cmd(p, refuse ? CMD_REFUSE : CMD_LISTEN);
+}
+
+void tproxy_hold_new(tproxy *p, int hold) {
+  run_cmd(p, hold ? CMD_HOLD_ON : CMD_HOLD_OFF);
 }
 
 unsigned tproxy_accepted(const tproxy *p) {

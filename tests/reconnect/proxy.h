@@ -29,6 +29,8 @@ const char *tproxy_uri(const tproxy *p, char *buf, unsigned len);
 /* Close both sides of every open connection now (no data is flushed).
  * Returns how many connections were cut. */
 unsigned tproxy_cut(tproxy *p);
+/* The same with a TCP reset (SO_LINGER 0) on both sides instead of a FIN. */
+unsigned tproxy_reset(tproxy *p);
 /* Stop forwarding on every open connection, in both directions, without
  * closing anything: only heartbeats can tell. Connections accepted later
  * forward normally. Returns how many connections were black-holed. */
@@ -37,6 +39,11 @@ unsigned tproxy_blackhole(tproxy *p);
  * (ECONNREFUSED); 0: listen again on the same port. Returns 0, or -1 when
  * the port cannot be bound again. */
 int tproxy_refuse(tproxy *p, int refuse);
+
+/* hold != 0: connections accepted from now on are never forwarded nor
+ * answered (a hung node: the TCP handshake completes, then silence); 0:
+ * forward new ones again. Cut closes held ones too. */
+void tproxy_hold_new(tproxy *p, int hold);
 
 /* Connections accepted since start, and open now (black holes included). */
 unsigned tproxy_accepted(const tproxy *p);

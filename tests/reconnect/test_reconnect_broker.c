@@ -76,12 +76,19 @@ static void proxy_cuts(void **state) {
 
 /* ---- autoAck: what sluice received is handled, even across a cut ------- */
 
+static int fault_reset(rc_stream *s, unsigned k) {
+  return tproxy_reset(s->fault_user) >= 1 ? 0 : -1;
+}
+
 static void auto_mode_keeps_what_it_received(void **state) {
   tproxy *p = proxy_new(5672);
   unsigned n = 3000;
   const char *q = fresh_filled("auto", n);
   rc_stream *s = rc_stream_new(q, n);
-  s->fault = fault_cut;
+  /* A reset: seen even while reading is paused by the full buffer. (After
+   * a FIN autoAck first reads what is left, which needs the handlers the
+   * gate holds until the close is seen.) */
+  s->fault = fault_reset;
   s->fault_user = p;
   /* one cut: autoAck loses what is in transit at a cut (up to the proxy's
    * and the kernel's buffers), so a later checkpoint may never come */
@@ -94,6 +101,7 @@ static void auto_mode_keeps_what_it_received(void **state) {
       .ack_mode = SLUICE_ACK_AUTO,
       .workers = 2,
       .max_inflight = 64,
+      .heartbeat_s = 1, /* the paused loop looks at the socket every 0.5 s */
       .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
   };
   rc_stream_consumer(s, &o);
@@ -160,18 +168,21 @@ static void blackhole_detected_by_heartbeats(void **state) {
 }
 
 
-/* ---- black hole while reading is paused by the in-flight bound ---------- */
+/* ---- faults while reading is paused by the in-flight bound -------------- */
 
 #define PAUSED_N 10
+
+enum paused_fault { PF_HOLE, PF_CUT, PF_RESET };
 
 struct paused {
   tproxy *p;
   sluice_consumer *c;
+  enum paused_fault fault;
   sluice_delivery *held[PAUSED_N];
   int n_held;
   unsigned closed, stale_rc, redelivered_acks;
   int closed_err;
-  uint64_t hole_ms, closed_ms;
+  uint64_t fault_ms, closed_ms;
 };
 
 static int paused_handler(sluice_delivery *d, const sluice_message *m,
@@ -180,9 +191,11 @@ static int paused_handler(sluice_delivery *d, const sluice_message *m,
   if (!m->redelivered && x->n_held < PAUSED_N) {
     x->held[x->n_held++] = d;
     if (x->n_held == PAUSED_N) {
-      /* the bound is reached: reading stops, then the link goes silent */
-      x->hole_ms = rc_now_ms();
-      tproxy_blackhole(x->p);
+      /* the bound is reached and reading stops: then the fault */
+      x->fault_ms = rc_now_ms();
+      if (x->fault == PF_HOLE) tproxy_blackhole(x->p);
+      if (x->fault == PF_CUT) tproxy_cut(x->p);
+      if (x->fault == PF_RESET) tproxy_reset(x->p);
     }
     return SLUICE_DEFER;
   }
@@ -203,10 +216,12 @@ static void paused_event(sluice_consumer *c, const sluice_event *ev,
   x->n_held = 0;
 }
 
-static void blackhole_while_paused(void **state) {
+static void fault_while_paused(enum paused_fault fault, int want_err) {
+  static const char *const names[] = {"black hole", "cut (FIN)",
+                                      "reset (RST)"};
   tproxy *p = proxy_new(5672);
   const char *q = fresh_filled("paused", PAUSED_N);
-  struct paused x = {.p = p};
+  struct paused x = {.p = p, .fault = fault};
   char uri[128];
   sluice_consumer_opts o = {
       .uri = tproxy_uri(p, uri, sizeof(uri)),
@@ -227,13 +242,14 @@ static void blackhole_while_paused(void **state) {
   assert_false(to);
   sluice_consumer_stats st;
   sluice_consumer_get_stats(x.c, &st);
-  printf("  paused by the bound (%llu pauses), heartbeat 1 s: black hole "
-         "detected after %llu ms\n",
-         (unsigned long long)st.read_pauses,
-         (unsigned long long)(x.closed_ms - x.hole_ms));
+  printf("  paused by the bound (%llu pauses), heartbeat 1 s: %s seen "
+         "after %llu ms (%s)\n",
+         (unsigned long long)st.read_pauses, names[fault],
+         (unsigned long long)(x.closed_ms - x.fault_ms),
+         sluice_err_name(x.closed_err));
   assert_true(st.read_pauses >= 1);
   assert_int_equal(x.closed, 1);
-  assert_int_equal(x.closed_err, SLUICE_EHEARTBEAT);
+  assert_int_equal(x.closed_err, want_err);
   assert_int_equal(x.stale_rc, PAUSED_N);
   assert_int_equal(x.redelivered_acks, PAUSED_N);
   assert_int_equal(st.acked, PAUSED_N);
@@ -241,6 +257,15 @@ static void blackhole_while_paused(void **state) {
   assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
   tproxy_free(p);
   tb_delete_queue(q);
+}
+
+/* Black hole: only the two-interval rule can tell. A close or a reset is
+ * seen by the heartbeat timer looking at the socket, without waiting for
+ * the deferred deliveries to free the bound. */
+static void faults_while_paused(void **state) {
+  fault_while_paused(PF_HOLE, SLUICE_EHEARTBEAT);
+  fault_while_paused(PF_CUT, SLUICE_ECLOSED);
+  fault_while_paused(PF_RESET, SLUICE_ESOCKET);
 }
 
 /* ---- the broker closes our connection (rabbitmqctl) --------------------- */
@@ -429,6 +454,42 @@ static void failover_across_uris(void **state) {
   tb_delete_queue(q);
 }
 
+
+/* A node that completes the TCP handshake and then never answers: the
+ * attempt is bounded by connect_timeout_ms, and the next node is tried. */
+static void failover_past_a_hung_node(void **state) {
+  tproxy *hung = proxy_new(5672), *b = proxy_new(5672);
+  tproxy_hold_new(hung, 1);
+  char uh[128], ub[128];
+  const char *uris[] = {tproxy_uri(hung, uh, sizeof(uh)),
+                        tproxy_uri(b, ub, sizeof(ub))};
+  unsigned n = 500;
+  const char *q = fresh_filled("hung", n);
+  rc_stream *s = rc_stream_new(q, n);
+  sluice_consumer_opts o = {
+      .uris = uris,
+      .n_uris = 2,
+      .connect_timeout_ms = 300,
+      .log_level = -1,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
+  };
+  rc_stream_consumer(s, &o);
+  int to = 0;
+  uint64_t t0 = rc_now_ms();
+  assert_int_equal(rc_stream_run(s, 30, &to), 0);
+  assert_false(to);
+  printf("  hung node skipped (connect_timeout_ms 300): stream of %u done "
+         "in %llu ms\n",
+         n, (unsigned long long)(rc_now_ms() - t0));
+  assert_int_equal(tproxy_accepted(hung), 1);
+  assert_int_equal(tproxy_accepted(b), 1);
+  rc_stream_check(s);
+  rc_stream_free(s);
+  tproxy_free(hung);
+  tproxy_free(b);
+  tb_delete_queue(q);
+}
+
 /* ---- errors that retrying cannot fix, and ones it can ------------------- */
 
 struct attempts {
@@ -548,13 +609,17 @@ static void stop_while_reconnecting(void **state) {
 int main(void) {
   tb_require_broker("test_reconnect_broker");
   setvbuf(stdout, NULL, _IONBF, 0);
+  /* SLUICE_TEST_FILTER=auto_mode* runs the matching tests only */
+  if (getenv("SLUICE_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("SLUICE_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(proxy_cuts),
       cmocka_unit_test(auto_mode_keeps_what_it_received),
       cmocka_unit_test(blackhole_detected_by_heartbeats),
-      cmocka_unit_test(blackhole_while_paused),
+      cmocka_unit_test(faults_while_paused),
       cmocka_unit_test(deferred_done_after_reconnect_is_stale),
       cmocka_unit_test(failover_across_uris),
+      cmocka_unit_test(failover_past_a_hung_node),
       cmocka_unit_test(no_retry_storm),
       cmocka_unit_test(stop_while_reconnecting),
       cmocka_unit_test(broker_closes_connection_20k),
