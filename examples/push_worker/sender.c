@@ -276,6 +276,10 @@ int pw_sender_new(const pw_sender_opts *o, pw_sender **out) {
         evhttp_connection_base_new(s->base, NULL, s->host, (uint16_t)s->port);
     if (!s->conns[i].evcon) goto fail;
     evhttp_connection_set_timeout_tv(s->conns[i].evcon, &tv);
+    /* A gateway's replies are small: a misbehaving one must not make the
+     * worker buffer without limit. */
+    evhttp_connection_set_max_headers_size(s->conns[i].evcon, 16384);
+    evhttp_connection_set_max_body_size(s->conns[i].evcon, 65536);
     evhttp_connection_set_retries(s->conns[i].evcon, 0);
   }
   s->wake_ev = event_new(s->base, s->wake_fd, EV_READ | EV_PERSIST, on_wake, s);

@@ -18,6 +18,7 @@
  *   invalid JSON, a missing or mistyped field   -> dead-letter queue
  *   gateway 2xx                                 -> ACK
  *   gateway 4xx (401/403: credentials refused)  -> dead-letter queue
+ *   gateway 1xx/3xx (a misconfigured URL)       -> dead-letter queue
  *   gateway 5xx, timeout, connection refused    -> NACK (requeue), until
  *       --max-attempts deliveries, then the dead-letter queue
  * Dead letters are republished to "<queue>.dead" with the headers
@@ -341,6 +342,11 @@ void pw_job_complete(pw_job *job) {
     INC(w->n.rejected_4xx);
     dead = 1;
     snprintf(reason, sizeof(reason), "gateway %d", status);
+  } else if (status && status < 500) {
+    /* 1xx/3xx: a misconfigured URL; trying again will not help. */
+    INC(w->n.rejected_4xx);
+    dead = 1;
+    snprintf(reason, sizeof(reason), "gateway %d: unexpected status", status);
   } else {
     if (!job->delayed) {
       if (status) INC(w->n.failed_5xx);
