@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <errno.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <amqp_tcp_socket.h>
@@ -138,6 +140,14 @@ static int connect_uri(sluice_consumer *c, const char *uri_str) {
   }
   c->conn = conn;
   c->fd = amqp_get_sockfd(conn);
+  /* In autoAck mode what waits in the kernel's receive buffer was settled
+   * by the broker: keep it small (Linux autotunes it up to megabytes). */
+  int rcvbuf = c->o.socket_rcvbuf;
+  if (rcvbuf == 0 && c->o.ack_mode == SLUICE_ACK_AUTO) rcvbuf = 128 * 1024;
+  if (rcvbuf > 0 &&
+      setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) != 0)
+    sluice__log(c, SLUICE_LOG_WARN, "SO_RCVBUF %d: %s", rcvbuf,
+                strerror(errno));
   c->heartbeat_s = amqp_get_heartbeat(conn);
   c->last_rx_ms = sluice__now_ms();
   sluice__log(c, SLUICE_LOG_INFO, "connected to %s (heartbeat %ds)", uri_str,

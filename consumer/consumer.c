@@ -666,6 +666,15 @@ static void settle_unhandled(sluice_consumer *c, sluice_delivery *d,
   update_pause(c);
 }
 
+/* AUTO mode, stop past its deadline: a delivery the broker settled that no
+ * handler will take goes to the application (or is counted and logged). */
+static void hand_off(sluice_consumer *c, sluice_delivery *d) {
+  atomic_fetch_add(&c->n_dropped, 1);
+  if (c->o.on_abandoned)
+    c->o.on_abandoned(c, &d->msg, c->o.abandoned_user);
+  release(c, d);
+}
+
 static void dispatch(sluice_consumer *c, sluice_delivery *d) {
   d->msg.body_len = d->body_got;
   if (d->msg.body) ((char *)d->msg.body)[d->body_got] = '\0';
@@ -688,6 +697,10 @@ static void dispatch(sluice_consumer *c, sluice_delivery *d) {
   if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
     atomic_store(&d->state, DS_ABANDONED);
     c->abandoned++;
+    return;
+  }
+  if (c->draining) {
+    hand_off(c, d);
     return;
   }
   d->info.queue = d->msg.queue;
@@ -1469,6 +1482,24 @@ static void check_stop(sluice_consumer *c) {
   for (int i = 0; i < SLUICE_MAX_SUBS; i++)
     if (c->subs[i].used && c->subs[i].active) subs_open = 1;
   int idle = busy_count(c) == 0 && !subs_open;
+  if (!idle && c->connected && !c->draining &&
+      c->o.ack_mode == SLUICE_ACK_AUTO &&
+      sluice__now_ms() >= c->stop_deadline_ms) {
+    /* The broker settled everything it sent: what the handlers could not
+     * take in time is read off the socket until the cancel-ok and handed to
+     * on_abandoned, with as long again as a budget. */
+    c->draining = 1;
+    c->stop_deadline_ms = sluice__now_ms() + c->o.stop_timeout_ms;
+    sluice_delivery *q = sluice__workers_take_all(c);
+    while (q) {
+      sluice_delivery *next = q->qnext;
+      hand_off(c, q);
+      q = next;
+    }
+    update_pause(c);
+    sluice__kick_read(c);
+    idle = busy_count(c) == 0 && !subs_open;
+  }
   if (idle || !c->connected || sluice__now_ms() >= c->stop_deadline_ms) {
     if (!idle)
       sluice__log(c, SLUICE_LOG_WARN,
@@ -1485,6 +1516,15 @@ static void on_stop_timer(evutil_socket_t fd, short what, void *arg) {
 
 static void finish_stop(sluice_consumer *c, int result) {
   if (c->stopped) return;
+  if (c->draining || c->o.ack_mode == SLUICE_ACK_AUTO) {
+    uint64_t n = atomic_load(&c->n_dropped);
+    if (n && !c->o.on_abandoned)
+      sluice__log(c, SLUICE_LOG_ERROR,
+                  "%llu autoAck deliveries were not handled before the stop "
+                  "timeout; the broker had settled them (set on_abandoned "
+                  "to republish them)",
+                  (unsigned long long)n);
+  }
   c->stopping = 1;
   c->run_result = result;
   if (c->connected) {
@@ -1558,6 +1598,7 @@ void sluice_consumer_get_stats(const sluice_consumer *cc,
   out->stale = LD(n_stale);
   out->redelivered = LD(n_redelivered);
   out->too_big = LD(n_too_big);
+  out->dropped = LD(n_dropped);
   out->ack_frames = LD(n_ack_frames);
   out->in_flight = LD(n_inflight);
   out->in_flight_bytes = LD(n_inflight_bytes);

@@ -165,6 +165,7 @@ struct sluice_consumer {
   /* stop */
   _Atomic int stop_requested;
   int stopping;
+  int draining;     /* AUTO stop past its deadline: hand deliveries off */
   uint64_t stop_deadline_ms;
 
   /* reconnect */
@@ -176,7 +177,7 @@ struct sluice_consumer {
 
   /* counters (atomics: read from any thread) */
   _Atomic uint64_t n_delivered, n_acked, n_nacked, n_rejected, n_errors,
-      n_stale, n_redelivered, n_too_big, n_ack_frames, n_in_handler,
+      n_stale, n_redelivered, n_too_big, n_dropped, n_ack_frames, n_in_handler,
       n_max_in_handler, n_max_inflight, n_read_pauses, n_reconnects, n_inflight,
       n_inflight_bytes;
   _Atomic uint64_t seq;

@@ -117,7 +117,7 @@ typedef struct pw_verdict {
 typedef struct pw_counters {
   atomic_uint_fast64_t received, invalid, probes, sent, ok, rejected_4xx,
       auth_failed, failed_5xx, no_reply, retried, dead_lettered,
-      republish_failed, finished, stale, aborted;
+      republish_failed, finished, stale, aborted, abandoned;
 } pw_counters;
 
 struct pw_worker {
@@ -126,6 +126,7 @@ struct pw_worker {
   struct event_base *base;
   pw_sender *sender;
   pw_republisher *repub;
+  sluice_publisher *abandon_pub; /* autoAck stop hand-off (loop thread) */
   char dlq[256];
   double t0;
 
@@ -552,7 +553,7 @@ static json_t *counters_json(pw_worker *w) {
   sluice_consumer_get_stats(w->c, &cs);
   return json_pack(
       "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-      "s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+      "s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
       "s:I}}",
       "received", (json_int_t)LOAD(w->n.received),
       "finished", (json_int_t)LOAD(w->n.finished),
@@ -569,6 +570,7 @@ static json_t *counters_json(pw_worker *w) {
       "republish_failed", (json_int_t)LOAD(w->n.republish_failed),
       "stale", (json_int_t)LOAD(w->n.stale),
       "aborted", (json_int_t)LOAD(w->n.aborted),
+      "abandoned", (json_int_t)LOAD(w->n.abandoned),
       "inflight_map", (json_int_t)inflight_size(w),
       "consumer",
       "delivered", (json_int_t)cs.delivered,
@@ -684,6 +686,36 @@ static void register_close_listener(pw_worker *w, uint64_t generation) {
                     (json_int_t)generation, "error", sluice_err_name(rc),
                     "listeners", (json_int_t)n, "refused",
                     (json_int_t)w->listeners_refused));
+}
+
+/* autoAck mode, graceful stop: jobs the broker already handed over (and
+ * forgot) that no handler could take in time go back to the queue as
+ * copies. Loop thread, during the stop; a blocking publisher is fine here. */
+static void on_abandoned(sluice_consumer *c, const sluice_message *m,
+                         void *user) {
+  pw_worker *w = user;
+  if (!w->abandon_pub) {
+    sluice_publisher_opts po = {.uri = w->cfg.uri,
+                                .connection_name = "push-worker hand-off"};
+    int rc = sluice_publisher_new(&po, &w->abandon_pub);
+    if (rc) {
+      fprintf(stderr, "push-worker: cannot republish abandoned jobs: %s\n",
+              sluice_strerror(rc));
+      return;
+    }
+  }
+  sluice_kv headers[32];
+  size_t nh = 0;
+  for (size_t i = 0; i < m->props.n_headers && nh < 32; i++)
+    if (m->props.headers[i].value.kind != SLUICE_VAL_VOID)
+      headers[nh++] = m->props.headers[i];
+  sluice_publish_props pr = {.content_type = m->props.content_type,
+                             .message_id = m->props.message_id,
+                             .headers = headers,
+                             .n_headers = nh};
+  if (sluice_publish(w->abandon_pub, "", w->cfg.queue, m->body, m->body_len,
+                     &pr) == 0)
+    INC(w->n.abandoned);
 }
 
 static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
@@ -1042,6 +1074,8 @@ int main(int argc, char **argv) {
       .max_close_listeners = cfg->max_listeners,
       .on_event = on_event,
       .event_user = w,
+      .on_abandoned = on_abandoned,
+      .abandoned_user = w,
       .log_level = cfg->quiet ? SLUICE_LOG_ERROR : SLUICE_LOG_WARN,
       .hooks = cfg->prof_rate ? sluice_prof_delivery_hooks() : NULL,
   };
@@ -1192,6 +1226,15 @@ int main(int argc, char **argv) {
 #ifdef PW_HAVE_DEBUG
   sluice_debug_server_stop(w->debug);
 #endif
+  if (w->abandon_pub) {
+    sluice_publish_report rep;
+    int wrc = sluice_publisher_wait(w->abandon_pub, &rep);
+    printf("push-worker: %" PRIu64 " autoAck jobs not handled before the "
+           "stop timeout were republished (%" PRIu64 " confirmed%s)\n",
+           LOAD(w->n.abandoned), rep.confirmed,
+           wrc ? ", some NOT" : "");
+    sluice_publisher_free(w->abandon_pub);
+  }
   g_consumer = NULL;
   sluice_consumer_free(w->c);
   event_base_free(w->base);

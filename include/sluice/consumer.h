@@ -229,6 +229,15 @@ typedef struct sluice_event {
 typedef void (*sluice_event_fn)(sluice_consumer *c, const sluice_event *ev,
                                 void *user);
 
+/** Receives, at a graceful stop in SLUICE_ACK_AUTO mode, each delivery the
+ *  broker had already sent (and settled) but no handler could take before
+ *  stop_timeout_ms: typically to republish it. Loop thread; `msg` is
+ *  borrowed for the call. Without it such deliveries are counted (`dropped`)
+ *  and logged as errors. Never called in MANUAL mode, where the broker
+ *  requeues what was not acknowledged. */
+typedef void (*sluice_abandoned_fn)(sluice_consumer *c,
+                                    const sluice_message *msg, void *user);
+
 typedef enum sluice_log_level {
   SLUICE_LOG_ERROR = 1,
   SLUICE_LOG_WARN = 2,
@@ -297,7 +306,17 @@ typedef struct sluice_consumer_opts {
   unsigned ack_batch;
   unsigned ack_flush_ms;
 
-  unsigned stop_timeout_ms; /**< graceful stop budget; default 5000 */
+  /** Graceful stop budget; default 5000. In AUTO mode the handlers get this
+   *  long to take what the broker already sent; what is left after it is
+   *  read off the socket (for at most as long again) and handed to
+   *  `on_abandoned`. */
+  unsigned stop_timeout_ms;
+  sluice_abandoned_fn on_abandoned; /**< AUTO mode stop; may be NULL */
+  void *abandoned_user;
+  /** SO_RCVBUF of the connection; 0: 128 KiB in AUTO mode (what sits in the
+   *  kernel was settled by the broker and is lost if the process dies),
+   *  the kernel's default in MANUAL mode; negative: the kernel's default. */
+  int socket_rcvbuf;
 
   sluice_reconnect_opts reconnect;
   unsigned max_close_listeners; /**< registry capacity; default 16 */
@@ -423,6 +442,9 @@ typedef struct sluice_consumer_stats {
                                 (MANUAL mode; the broker redelivers) */
   uint64_t redelivered;    /**< deliveries with the redelivered flag */
   uint64_t too_big;        /**< bodies over max_body, rejected */
+  uint64_t dropped;        /**< AUTO mode: settled by the broker, never
+                                handled (stop timeout, handed to
+                                on_abandoned when set) */
   uint64_t ack_frames;     /**< basic.ack/nack/reject frames written */
   uint64_t in_flight;      /**< held now: buffered + in handler + deferred */
   uint64_t in_flight_bytes;

@@ -396,6 +396,54 @@ static void graceful_stop_mid_stream(void **s) {
   }
 }
 
+/* autoAck stop with a slow handler over a deep queue: what the handlers
+ * cannot take within stop_timeout_ms is handed to on_abandoned, so
+ * handled + abandoned + still queued == published, and each message is
+ * either handled or abandoned, never both. */
+static _Atomic unsigned char abandoned_seen[MAXN];
+static atomic_uint abandoned_n;
+static void on_abandoned(sluice_consumer *c, const sluice_message *m,
+                         void *user) {
+  unsigned id = id_of(m);
+  atomic_fetch_add(&abandoned_seen[id], 1);
+  atomic_fetch_add(&abandoned_n, 1);
+}
+
+static void auto_stop_hands_off(void **s) {
+  const char *q = tb_qname("autostop");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 3000;
+  tb_fill(q, n, 1024);
+  struct ctx *x = ctx_new(M_SLOW, n);
+  x->slow_us = 2000;
+  x->stop_after = 200;
+  sluice_consumer_opts o = {.ack_mode = SLUICE_ACK_AUTO,
+                            .workers = 2,
+                            .stop_timeout_ms = 300,
+                            .on_abandoned = on_abandoned};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  sluice_consumer_free(c);
+  unsigned handled = 0;
+  for (unsigned i = 0; i < n; i++) {
+    handled += x->seen[i];
+    assert_true(x->seen[i] + abandoned_seen[i] <= 1);
+  }
+  uint32_t left = tb_depth_eventually(q, n - handled - abandoned_n, 5000);
+  printf("  auto stop: handled %u + abandoned %u + queued %u = %u\n", handled,
+         (unsigned)abandoned_n, left, n);
+  assert_int_equal(handled + abandoned_n + left, n);
+  assert_int_equal(st.dropped, abandoned_n);
+  assert_true(abandoned_n > 0); /* 2 ms handlers cannot keep up */
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
 static void wrong_password(void **s) {
   sluice_consumer_opts o = {
       .uri = "amqp://guest:wrong@127.0.0.1:5672/",
@@ -653,6 +701,7 @@ int main(void) {
       cmocka_unit_test(reject_dead_letters),
       cmocka_unit_test(auto_mode_bounded),
       cmocka_unit_test(graceful_stop_mid_stream),
+      cmocka_unit_test(auto_stop_hands_off),
       cmocka_unit_test(wrong_password),
       cmocka_unit_test(missing_queue),
       cmocka_unit_test(done_misuse),
