@@ -101,13 +101,13 @@ struct sluice_consumer {
   /* connection (loop thread) */
   amqp_connection_state_t conn;
   int fd;
-  int connected;
+  _Atomic int connected; /* read by get_stats from any thread */
   int heartbeat_s;      /* negotiated */
   uint64_t last_rx_ms;  /* last time bytes were seen from the broker */
   _Atomic uint64_t generation;
   uint16_t last_close_code;
   char last_close_text[256];
-  int blocked;
+  _Atomic int blocked;
 
   /* loop */
   struct event_base *base;
