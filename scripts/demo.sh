@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# The main job: install what is missing, build, start RabbitMQ, run the demo
-# and print its report.
+# The main job: install what is missing, build, start RabbitMQ, run the
+# push-worker demo and print its summary and residual report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,7 +13,7 @@ echo "=== build"
 cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$ROOT/build" -j"$(nproc)" >/dev/null
 
-echo "=== demo: publish with confirms, consume with sluice (manual ack, prefetch 100)"
-"$ROOT/build/examples/sluice-demo" --count 20000 --ack manual --prefetch 100
-echo "=== demo: the same in autoAck mode with 4 workers (bounded in-flight buffer)"
-"$ROOT/build/examples/sluice-demo" --count 20000 --ack auto --workers 4
+# The push-notification worker: gateway stand-in, a batch of push jobs, the
+# worker until every job is finished, its summary and residual report; then
+# the same with a planted leak, which the profiler names.
+bash "$ROOT/examples/push_worker/demo.sh" "$ROOT/build"
