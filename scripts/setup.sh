@@ -10,7 +10,6 @@ PKGS=(
   libjansson-dev
   rabbitmq-server amqp-tools
   golang-go google-perftools valgrind heaptrack gnuplot-nox
-  libclang-rt-14-dev clang
   procps iproute2 curl
 )
 

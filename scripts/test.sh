@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The whole test suite: install what is missing, start the broker, build and
-# run every test (unit + broker integration) plainly and under ASan+UBSan.
-#   SLUICE_TEST_QUICK=1   skip the sanitizer builds
+# run every test (unit + broker integration) plainly, under ASan+UBSan and
+# under TSan, and the consumer's tests under valgrind.
+#   SLUICE_TEST_QUICK=1   only the plain build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,8 +27,18 @@ run_build() { # name, cmake args...
 
 run_build default -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
+  echo "=== valgrind: consumer and reconnect tests (default build)"
+  for t in consumer/test_uri consumer/test_ackq consumer/test_bound \
+           reconnect/test_registry consumer/test_consumer_broker; do
+    valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
+      --error-exitcode=9 "$ROOT/build-default/tests/$t" >/dev/null
+    echo "valgrind clean: $t"
+  done
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_build asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_ASAN=ON -DSLUICE_UBSAN=ON
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+    run_build tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON \
+      -DSLUICE_BUILD_BENCH=OFF
 fi
 echo "=== all tests passed"
