@@ -53,11 +53,16 @@ static int on_loop_thread(const sluice_consumer *c) {
   return c->started && pthread_equal(pthread_self(), c->loop_thread);
 }
 
+#define OUTCOME_NAME(name, value, text) [value] = text,
+static const char *const outcome_names[] = {SLUICE_OUTCOME_MAP(OUTCOME_NAME)};
+#undef OUTCOME_NAME
+_Static_assert(sizeof(outcome_names) / sizeof(*outcome_names) ==
+                   SLUICE_OUTCOME_COUNT_,
+               "SLUICE_OUTCOME_MAP values must be dense from 0");
+
 const char *sluice_outcome_name(int outcome) {
-  static const char *const names[] = {"ack",   "nack",  "reject",
-                                      "defer", "stale", "error"};
   if (outcome < 0 || outcome >= SLUICE_OUTCOME_COUNT_) return "?";
-  return names[outcome];
+  return outcome_names[outcome];
 }
 
 const sluice_value *sluice_message_header(const sluice_message *msg,
@@ -72,10 +77,13 @@ const sluice_value *sluice_message_header(const sluice_message *msg,
 /* ---- events -------------------------------------------------------------- */
 
 void sluice__emit(sluice_consumer *c, const sluice_event *ev) {
+  sluice__cb_frame f;
+  sluice__cb_enter(&f, c);
   if (c->o.on_event) c->o.on_event(c, ev, c->o.event_user);
   if (ev->type == SLUICE_EV_CLOSED || ev->type == SLUICE_EV_CANCELLED ||
       ev->type == SLUICE_EV_GAVE_UP)
     sluice__registry_dispatch(c->registry, c, ev);
+  sluice__cb_leave(&f);
 }
 
 /* ---- options ------------------------------------------------------------- */
@@ -141,6 +149,7 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   sluice_consumer *c = calloc(1, sizeof(*c));
   if (!c) return SLUICE_ENOMEM;
   c->o = o;
+  c->log = (sluice__logger){o.log, o.log_user, o.log_level, c};
   c->o.uri = NULL;
   c->o.uris = NULL;
   c->fd = -1;
@@ -374,11 +383,14 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
   uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
                                          memory_order_relaxed) + 1;
   counter_max(&c->n_max_in_handler, n);
+  sluice__cb_frame f;
+  sluice__cb_enter(&f, c);
   if (c->has_hooks && c->hooks.begin)
     d->hook_token = c->hooks.begin(c->hooks.user, &d->info);
   int rc = d->sub->handler(d, &d->msg, d->sub->user);
   if (c->has_hooks && c->hooks.suspend)
     c->hooks.suspend(c->hooks.user, d->hook_token);
+  sluice__cb_leave(&f);
 
   if (rc == SLUICE_DEFER) {
     int st = DS_HANDLER;
@@ -670,8 +682,12 @@ static void settle_unhandled(sluice_consumer *c, sluice_delivery *d,
  * handler will take goes to the application (or is counted and logged). */
 static void hand_off(sluice_consumer *c, sluice_delivery *d) {
   atomic_fetch_add(&c->n_dropped, 1);
-  if (c->o.on_abandoned)
+  if (c->o.on_abandoned) {
+    sluice__cb_frame f;
+    sluice__cb_enter(&f, c);
     c->o.on_abandoned(c, &d->msg, c->o.abandoned_user);
+    sluice__cb_leave(&f);
+  }
   release(c, d);
 }
 
@@ -1220,7 +1236,8 @@ static void topo_free(struct topo *t) {
   free(t);
 }
 
-int sluice_declare_exchange(sluice_consumer *c, const sluice_exchange_decl *d) {
+int sluice_consumer_declare_exchange(sluice_consumer *c,
+                                     const sluice_exchange_decl *d) {
   if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
   struct topo *t = topo_new(TOPO_EXCHANGE);
   if (!t) return SLUICE_ENOMEM;
@@ -1239,7 +1256,8 @@ int sluice_declare_exchange(sluice_consumer *c, const sluice_exchange_decl *d) {
   return topo_add(c, t);
 }
 
-int sluice_declare_queue(sluice_consumer *c, const sluice_queue_decl *d) {
+int sluice_consumer_declare_queue(sluice_consumer *c,
+                                  const sluice_queue_decl *d) {
   if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
   struct topo *t = topo_new(TOPO_QUEUE);
   if (!t) return SLUICE_ENOMEM;
@@ -1257,9 +1275,9 @@ int sluice_declare_queue(sluice_consumer *c, const sluice_queue_decl *d) {
   return topo_add(c, t);
 }
 
-int sluice_bind_queue(sluice_consumer *c, const char *queue,
-                      const char *exchange, const char *routing_key,
-                      const sluice_kv *args, size_t n_args) {
+int sluice_consumer_bind_queue(sluice_consumer *c, const char *queue,
+                               const char *exchange, const char *routing_key,
+                               const sluice_kv *args, size_t n_args) {
   if (!c || !queue || !queue[0] || !exchange) return SLUICE_EINVAL;
   struct topo *t = topo_new(TOPO_BIND);
   if (!t) return SLUICE_ENOMEM;
@@ -1275,8 +1293,8 @@ int sluice_bind_queue(sluice_consumer *c, const char *queue,
   return topo_add(c, t);
 }
 
-int sluice_purge_queue(sluice_consumer *c, const char *queue,
-                       uint32_t *purged) {
+int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
+                                uint32_t *purged) {
   if (!c || !queue) return SLUICE_EINVAL;
   if (!c->connected) return SLUICE_ECLOSED;
   amqp_queue_purge_ok_t *ok =
@@ -1628,6 +1646,14 @@ struct event_base *sluice_consumer_base(sluice_consumer *c) {
 
 void sluice_consumer_free(sluice_consumer *c) {
   if (!c) return;
+  if (sluice__cb_inside(c)) {
+    /* The code that called the callback still uses the consumer. */
+    sluice__log(c, SLUICE_LOG_ERROR,
+                "sluice_consumer_free() from inside a callback of the same "
+                "consumer: refused (call sluice_consumer_stop() there and "
+                "free it after run() returns)");
+    return;
+  }
   if (c->started && !c->stopped) finish_stop(c, 0);
   if (c->connected) sluice__disconnect(c, 1);
   sluice__workers_stop(c);

@@ -4,6 +4,7 @@
 #define SLUICE_CONSUMER_INTERNAL_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -24,6 +25,38 @@
 #else
 #define SLUICE_PRINTF(a, b)
 #endif
+
+/* ---- callbacks and logging --------------------------------------------- */
+
+/* Callbacks in progress on this thread, innermost first: lets free() refuse
+ * to destroy the object whose callback is running (log.c). */
+typedef struct sluice__cb_frame {
+  const void *owner; /* the consumer or publisher whose callback runs */
+  struct sluice__cb_frame *up;
+} sluice__cb_frame;
+
+extern _Thread_local sluice__cb_frame *sluice__cb_top;
+
+static inline void sluice__cb_enter(sluice__cb_frame *f, const void *owner) {
+  f->owner = owner;
+  f->up = sluice__cb_top;
+  sluice__cb_top = f;
+}
+
+static inline void sluice__cb_leave(sluice__cb_frame *f) {
+  sluice__cb_top = f->up;
+}
+
+/* 1 if a callback of `owner` is running on this thread. */
+int sluice__cb_inside(const void *owner);
+
+/* A log sink with its level; `owner` is the handle its callback belongs to. */
+typedef struct sluice__logger {
+  sluice_log_fn fn;
+  void *user;
+  int level;
+  const void *owner;
+} sluice__logger;
 
 /* ---- deliveries --------------------------------------------------------- */
 
@@ -92,6 +125,7 @@ struct sub {
 
 struct sluice_consumer {
   sluice_consumer_opts o; /* with defaults applied; strings below */
+  sluice__logger log;
   char **uris;
   size_t n_uris, uri_next;
   char *conn_name;
@@ -184,6 +218,11 @@ struct sluice_consumer {
 };
 
 /* log.c */
+void sluice__vlogf(const sluice__logger *lg, int level, const char *fmt,
+                   va_list ap);
+void sluice__logf(const sluice__logger *lg, int level, const char *fmt, ...)
+    SLUICE_PRINTF(3, 4);
+/* The consumer's log (stderr at WARN for NULL). */
 void sluice__log(const sluice_consumer *c, int level, const char *fmt, ...)
     SLUICE_PRINTF(3, 4);
 uint64_t sluice__now_ms(void);

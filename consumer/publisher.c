@@ -18,6 +18,7 @@ enum { SEQ_NONE = 0, SEQ_PENDING, SEQ_ACKED, SEQ_NACKED };
 
 struct sluice_publisher {
   sluice_publisher_opts o;
+  sluice__logger log;
   amqp_connection_state_t conn;
   uint8_t *ring; /* state per sequence number, ring[seq % cap] */
   unsigned cap;
@@ -43,6 +44,8 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
   sluice_publisher *p = calloc(1, sizeof(*p));
   if (!p) return SLUICE_ENOMEM;
   if (opts) p->o = *opts;
+  if (p->o.log_level == 0) p->o.log_level = SLUICE_LOG_WARN;
+  p->log = (sluice__logger){p->o.log, p->o.log_user, p->o.log_level, p};
   if (!p->o.uri) p->o.uri = "amqp://guest:guest@127.0.0.1:5672/";
   if (p->o.connect_timeout_ms <= 0) p->o.connect_timeout_ms = 10000;
   if (p->o.confirm_timeout_ms <= 0) p->o.confirm_timeout_ms = 30000;
@@ -64,8 +67,8 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
   uint16_t code;
   int rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
   if (rc) {
-    sluice__log(NULL, SLUICE_LOG_ERROR, "publisher: %s (%s)", text,
-                sluice_strerror(rc));
+    sluice__logf(&p->log, SLUICE_LOG_ERROR, "publisher: %s (%s)", text,
+                 sluice_strerror(rc));
     free(p->ring);
     free(p);
     return rc;
@@ -92,6 +95,12 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
 
 void sluice_publisher_free(sluice_publisher *p) {
   if (!p) return;
+  if (sluice__cb_inside(p)) {
+    sluice__logf(&p->log, SLUICE_LOG_ERROR,
+                 "sluice_publisher_free() from inside a callback of the same "
+                 "publisher: refused");
+    return;
+  }
   if (p->conn) {
     if (!p->broken) {
       amqp_channel_close(p->conn, PUB_TOPO_CH, AMQP_REPLY_SUCCESS);
@@ -145,7 +154,10 @@ static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
     sluice_returned ret = {code,        text,          exch,
                            rk,          msg.body.bytes, msg.body.len,
                            mid[0] ? mid : NULL};
-    p->o.on_return(&ret, p->o.user);
+    sluice__cb_frame f;
+    sluice__cb_enter(&f, p);
+    p->o.on_return(p, &ret, p->o.return_user);
+    sluice__cb_leave(&f);
   }
   amqp_destroy_message(&msg);
   return 0;
@@ -195,8 +207,8 @@ static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
         memset(&ok, 0, sizeof(ok));
         amqp_send_method(p->conn, f.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
         p->broken = 1;
-        sluice__log(NULL, SLUICE_LOG_ERROR, "publisher: channel closed: %u %s",
-                    m->reply_code, t);
+        sluice__logf(&p->log, SLUICE_LOG_ERROR,
+                     "publisher: channel closed: %u %s", m->reply_code, t);
         return SLUICE_ECLOSED;
       }
       case AMQP_CONNECTION_CLOSE_METHOD: {
@@ -220,9 +232,9 @@ static amqp_bytes_t cs(const char *s) {
   return s ? amqp_cstring_bytes(s) : amqp_empty_bytes;
 }
 
-int sluice_publish(sluice_publisher *p, const char *exchange,
-                   const char *routing_key, const void *body, size_t len,
-                   const sluice_publish_props *props) {
+int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
+                             const char *routing_key, const void *body,
+                             size_t len, const sluice_publish_props *props) {
   if (!p || !routing_key || (!body && len)) return SLUICE_EINVAL;
   if (p->broken) return SLUICE_ECLOSED;
   if (!p->o.no_confirms && p->rep.pending >= p->cap) {
@@ -336,8 +348,9 @@ int sluice_publisher_declare_exchange(sluice_publisher *p,
   return rc;
 }
 
-int sluice_publisher_bind(sluice_publisher *p, const char *queue,
-                          const char *exchange, const char *routing_key) {
+int sluice_publisher_bind_queue(sluice_publisher *p, const char *queue,
+                                const char *exchange,
+                                const char *routing_key) {
   if (!p || !queue || !exchange) return SLUICE_EINVAL;
   amqp_queue_bind(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue),
                   amqp_cstring_bytes(exchange), cs(routing_key),

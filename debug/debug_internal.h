@@ -67,7 +67,7 @@ void sluice__dbg_reply(struct evhttp_request *req, int code,
 void sluice__dbg_error(struct evhttp_request *req, int code, const char *fmt,
                        ...) __attribute__((format(printf, 3, 4)));
 /* sluice_prof_write_fn appending to an evbuffer. */
-int sluice__dbg_evbuffer_sink(void *user, const void *data, size_t len);
+int sluice__dbg_evbuffer_sink(const void *data, size_t len, void *user);
 
 /* ---- handlers ------------------------------------------------------------ */
 

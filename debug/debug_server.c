@@ -63,7 +63,7 @@ void sluice__dbg_error(struct evhttp_request *req, int code, const char *fmt,
   if (b) evbuffer_free(b);
 }
 
-int sluice__dbg_evbuffer_sink(void *user, const void *data, size_t len) {
+int sluice__dbg_evbuffer_sink(const void *data, size_t len, void *user) {
   return evbuffer_add(user, data, len) == 0 ? 0 : -1;
 }
 
@@ -306,8 +306,7 @@ static void destroy(sluice_debug_server *s) {
   free(s);
 }
 
-static int start(sluice_consumer *c, const sluice_debug_opts *o,
-                 sluice_debug_server **out) {
+static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
   addr a;
   if (parse_addr(o->addr ? o->addr : DEFAULT_ADDR, &a)) return SLUICE_EINVAL;
   if (o->token && !token_valid(o->token)) return SLUICE_EINVAL;
@@ -316,7 +315,7 @@ static int start(sluice_consumer *c, const sluice_debug_opts *o,
 
   sluice_debug_server *s = calloc(1, sizeof *s);
   if (!s) return SLUICE_ENOMEM;
-  s->c = c;
+  s->c = o->consumer;
   s->wake_fd = -1;
   s->max_request_bytes = o->max_request_bytes ? o->max_request_bytes : 8192;
   s->timeout_s = o->timeout_s ? o->timeout_s : 10;
@@ -389,8 +388,8 @@ fail:
   return rc;
 }
 
-int sluice_debug_server_start(sluice_consumer *c, const sluice_debug_opts *opts,
-                              sluice_debug_server **out) {
+int sluice_debug_server_new(const sluice_debug_opts *opts,
+                            sluice_debug_server **out) {
   if (!out) return SLUICE_EINVAL;
   *out = NULL;
   sluice_debug_opts zero;
@@ -398,7 +397,7 @@ int sluice_debug_server_start(sluice_consumer *c, const sluice_debug_opts *opts,
   /* Called from a handler, the server's memory must not become that
    * message's residual. */
   sluice_prof_scope prev = sluice_prof_scope_enter(0);
-  int rc = start(c, opts ? opts : &zero, out);
+  int rc = start(opts ? opts : &zero, out);
   sluice_prof_scope_enter(prev);
   return rc;
 }
@@ -407,7 +406,7 @@ int sluice_debug_server_port(const sluice_debug_server *s) {
   return s ? s->port : 0;
 }
 
-void sluice_debug_server_stop(sluice_debug_server *s) {
+void sluice_debug_server_free(sluice_debug_server *s) {
   if (!s) return;
   if (s->thread_started) {
     uint64_t one = 1;

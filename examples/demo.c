@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
   memset(body, 'x', size);
   double t0 = now_s();
   for (unsigned long i = 0; i < count; i++)
-    if ((rc = sluice_publish(pub, "", queue, body, size, NULL))) die("publish", rc);
+    if ((rc = sluice_publisher_publish(pub, "", queue, body, size, NULL))) die("publish", rc);
   sluice_publish_report rep;
   if ((rc = sluice_publisher_wait(pub, &rep))) die("confirms", rc);
   double t1 = now_s();

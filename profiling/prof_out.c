@@ -31,7 +31,7 @@ int sluice__out_write(sluice__out *o, const void *d, size_t n) {
   if (!n) return 0;
   /* The sink is the caller's code: let its allocations be profiled. */
   sluice__leave_guard();
-  int r = o->fn(o->user, d, n);
+  int r = o->fn(d, n, o->user);
   sluice__enter_guard();
   if (r < 0) o->err = SLUICE_EIO;
   return o->err;
@@ -168,7 +168,7 @@ int sluice_prof_write(const sluice_prof_snapshot *s,
   return rc ? rc : w.err;
 }
 
-static int fd_write(void *user, const void *d, size_t n) {
+static int fd_write(const void *d, size_t n, void *user) {
   int fd = *(int *)user;
   const char *p = d;
   while (n) {

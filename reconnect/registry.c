@@ -61,8 +61,9 @@ static void slot_free(struct sluice__registry *r, struct slot *s) {
   r->count--;
 }
 
-int sluice_on_close(struct sluice_consumer *c, sluice_close_fn fn, void *user,
-                    sluice_listen_scope scope, sluice_listener *out) {
+int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn,
+                             void *user, sluice_listen_scope scope,
+                             sluice_listener *out) {
   if (!c || !fn || !out) return SLUICE_EINVAL;
   if (scope != SLUICE_LISTEN_GENERATION && scope != SLUICE_LISTEN_PERSISTENT)
     return SLUICE_EINVAL;
@@ -88,13 +89,13 @@ int sluice_on_close(struct sluice_consumer *c, sluice_close_fn fn, void *user,
   pthread_mutex_unlock(&r->mu);
   sluice__log(c, SLUICE_LOG_ERROR,
               "close-listener registry full (%u): registration refused; "
-              "remove listeners with sluice_off_close() or use "
+              "remove listeners with sluice_consumer_off_close() or use "
               "SLUICE_LISTEN_GENERATION",
               cap);
   return SLUICE_ELIMIT;
 }
 
-int sluice_off_close(struct sluice_consumer *c, sluice_listener h) {
+int sluice_consumer_off_close(sluice_consumer *c, sluice_listener h) {
   if (!c) return SLUICE_EINVAL;
   struct sluice__registry *r = c->registry;
   unsigned i = (unsigned)(h & ((1u << SLOT_BITS) - 1));
@@ -109,7 +110,7 @@ int sluice_off_close(struct sluice_consumer *c, sluice_listener h) {
   return rc;
 }
 
-size_t sluice_close_listener_count(const struct sluice_consumer *c) {
+size_t sluice_consumer_close_listener_count(const sluice_consumer *c) {
   return c ? sluice__registry_count(c->registry) : 0;
 }
 

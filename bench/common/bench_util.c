@@ -73,7 +73,7 @@ void bu_fill(const char *uri, const char *queue, unsigned long n,
   memset(body, 'b', size);
   sluice_publish_props pr = {.transient = 1};
   for (unsigned long i = 0; i < n; i++)
-    if ((rc = sluice_publish(p, "", queue, body, size, &pr))) die("publish", rc);
+    if ((rc = sluice_publisher_publish(p, "", queue, body, size, &pr))) die("publish", rc);
   sluice_publish_report rep;
   if ((rc = sluice_publisher_wait(p, &rep))) die("confirms", rc);
   free(body);

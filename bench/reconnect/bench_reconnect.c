@@ -123,7 +123,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
       if (s->target) {
         /* what the field failure did: a listener on every connection */
         sluice_listener h;
-        if (sluice_on_close(c, bench_listener, s, SLUICE_LISTEN_GENERATION,
+        if (sluice_consumer_on_close(c, bench_listener, s, SLUICE_LISTEN_GENERATION,
                             &h) != 0)
           s->refused++;
         static const unsigned at[4] = {1, 100, 1000, 0};
@@ -132,7 +132,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
           if (s->connected == when) {
             s->heap[i] = heap_in_use();
             s->rss[i] = bu_rss_kib();
-            s->listeners[i] = sluice_close_listener_count(c);
+            s->listeners[i] = sluice_consumer_close_listener_count(c);
           }
         }
         if (s->connected >= s->target) sluice_consumer_stop(c);
@@ -391,7 +391,7 @@ static void fill_one(const char *queue) {
     sluice_publisher_delete_queue(p, queue, NULL);
     rc = sluice_publisher_declare_queue(p, &q);
   }
-  if (!rc) rc = sluice_publish(p, "", queue, "0", 1, NULL); /* persistent */
+  if (!rc) rc = sluice_publisher_publish(p, "", queue, "0", 1, NULL); /* persistent */
   if (!rc) rc = sluice_publisher_wait(p, NULL);
   sluice_publisher_free(p);
   if (rc) {

@@ -132,7 +132,7 @@ int pw_publish_jobs(sluice_publisher *p, const char *queue, const pw_mix *m,
     sluice_publish_props pr = {.content_type = "application/json",
                                .message_id = id,
                                .type = pw_kind_name(k)};
-    int rc = sluice_publish(p, "", queue, body, len, &pr);
+    int rc = sluice_publisher_publish(p, "", queue, body, len, &pr);
     if (rc) return rc;
   }
   return 0;

@@ -51,7 +51,7 @@ static int publish(pw_republisher *r, const pw_repub_item *it) {
       .headers = it->dead ? h : h + 2, /* a retry carries x-attempts only */
       .n_headers = it->dead ? 4 : 1,
   };
-  return sluice_publish(r->pub, "", it->dead ? r->dlq : r->queue, m->body,
+  return sluice_publisher_publish(r->pub, "", it->dead ? r->dlq : r->queue, m->body,
                         m->body_len, &p);
 }
 

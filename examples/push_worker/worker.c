@@ -669,13 +669,13 @@ static void register_close_listener(pw_worker *w, uint64_t generation) {
                                   ? SLUICE_LISTEN_PERSISTENT
                                   : SLUICE_LISTEN_GENERATION;
   sluice_listener h;
-  int rc = sluice_on_close(w->c, on_close, w, scope, &h);
+  int rc = sluice_consumer_on_close(w->c, on_close, w, scope, &h);
   if (rc == 0) {
     w->listeners_registered++;
     return;
   }
   w->listeners_refused++;
-  size_t n = sluice_close_listener_count(w->c);
+  size_t n = sluice_consumer_close_listener_count(w->c);
   fprintf(stderr,
           "push-worker: close listener refused on connection %" PRIu64
           ": %s (%s); %zu listeners registered, none removed: a listener is "
@@ -713,7 +713,7 @@ static void on_abandoned(sluice_consumer *c, const sluice_message *m,
                              .message_id = m->props.message_id,
                              .headers = headers,
                              .n_headers = nh};
-  if (sluice_publish(w->abandon_pub, "", w->cfg.queue, m->body, m->body_len,
+  if (sluice_publisher_publish(w->abandon_pub, "", w->cfg.queue, m->body, m->body_len,
                      &pr) == 0)
     INC(w->n.abandoned);
 }
@@ -726,7 +726,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
       emit(w, json_pack("{s:s, s:s, s:I, s:I}", "type", "event", "event",
                         "connected", "generation",
                         (json_int_t)ev->generation, "listeners",
-                        (json_int_t)sluice_close_listener_count(c)));
+                        (json_int_t)sluice_consumer_close_listener_count(c)));
       break;
     case SLUICE_EV_CLOSED:
       if (!w->cfg.quiet)
@@ -960,7 +960,7 @@ static void on_signal(int sig) {
   if (g_consumer) sluice_consumer_stop(g_consumer);
 }
 
-static int write_stdout(void *user, const void *data, size_t len) {
+static int write_stdout(const void *data, size_t len, void *user) {
   return fwrite(data, 1, len, stdout) == len ? 0 : -1;
 }
 
@@ -1087,8 +1087,8 @@ int main(int argc, char **argv) {
   pw_dlq_name(cfg->queue, w->dlq, sizeof(w->dlq));
   pw_dlq_decl(w->dlq, &dd);
   pw_queue_decl(cfg->queue, &qd);
-  if ((rc = sluice_declare_queue(w->c, &dd))) die("declare dead-letter queue", rc);
-  if ((rc = sluice_declare_queue(w->c, &qd))) die("declare queue", rc);
+  if ((rc = sluice_consumer_declare_queue(w->c, &dd))) die("declare dead-letter queue", rc);
+  if ((rc = sluice_consumer_declare_queue(w->c, &qd))) die("declare queue", rc);
 
   if ((rc = pw_republisher_new(w, cfg->uri, cfg->queue, w->dlq, &w->repub)))
     die("republisher", rc);
@@ -1107,8 +1107,8 @@ int main(int argc, char **argv) {
 
   if (cfg->debug_addr) {
 #ifdef PW_HAVE_DEBUG
-    sluice_debug_opts dopts = {.addr = cfg->debug_addr};
-    if ((rc = sluice_debug_server_start(w->c, &dopts, &w->debug)))
+    sluice_debug_opts dopts = {.consumer = w->c, .addr = cfg->debug_addr};
+    if ((rc = sluice_debug_server_new(&dopts, &w->debug)))
       die("debug endpoint", rc);
     int port = sluice_debug_server_port(w->debug);
     if (!cfg->quiet)
@@ -1224,7 +1224,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
 
 #ifdef PW_HAVE_DEBUG
-  sluice_debug_server_stop(w->debug);
+  sluice_debug_server_free(w->debug);
 #endif
   if (w->abandon_pub) {
     sluice_publish_report rep;

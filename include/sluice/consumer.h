@@ -8,6 +8,15 @@
  * to be called from the thread that runs the loop (or before it runs) unless
  * their documentation says "any thread".
  *
+ * Callbacks take `(handle, payload, user)`: the consumer or delivery they
+ * concern, what happened, and the `user` pointer given with them (the log
+ * sink, shared with the publisher, has no handle; the delivery hooks of
+ * sluice/hooks.h are methods of their `user`). A callback of a consumer must
+ * not free that consumer: sluice_consumer_free() refuses (see there).
+ *
+ * Strings in options and declarations are copied unless said otherwise;
+ * the caller's may go away once the call returns.
+ *
  * Lifetimes: data handed to a callback is borrowed until the callback
  * returns. A delivery's message stays valid until the delivery is completed
  * (by the handler's return value, or by sluice_delivery_done() for a deferred
@@ -21,6 +30,8 @@
 
 #include <sluice/error.h>
 #include <sluice/export.h>
+#include <sluice/hooks.h>
+#include <sluice/reconnect.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -120,23 +131,12 @@ SLUICE_EXPORT const sluice_value *sluice_message_header(
 /* ------------------------------------------------------------------------ */
 /** \name Outcomes and handlers */
 
-/** What a handler returns, and what sluice_delivery_done() takes. */
-typedef enum sluice_outcome {
-  SLUICE_ACK = 0,    /**< processed: basic.ack */
-  SLUICE_NACK = 1,   /**< failed, try again: basic.nack requeue=true */
-  SLUICE_REJECT = 2, /**< poison: basic.reject requeue=false (dead-letter) */
-  SLUICE_DEFER = 3,  /**< finished later by sluice_delivery_done() */
-  /* Outcomes reported to hooks and statistics only, never returned: */
-  SLUICE_OUTCOME_STALE = 4, /**< completed after its connection died */
-  SLUICE_OUTCOME_ERROR = 5, /**< invalid handler return; nacked (requeue) */
-  SLUICE_OUTCOME_COUNT_ = 6
-} sluice_outcome;
-
 /** Name of an outcome ("ack", "nack", "reject", "defer", "stale",
  *  "error"); "?" otherwise. Thread-safe. */
 SLUICE_EXPORT const char *sluice_outcome_name(int outcome);
 
-/** A message handler. Runs on the loop thread or a worker thread.
+/** A message handler. Runs on the loop thread or a worker thread. It may
+ *  call sluice_consumer_stop() but not sluice_consumer_free() (refused).
  *  \param d   the delivery handle, valid until the delivery is completed
  *  \param msg borrowed until the delivery is completed
  *  \return a sluice_outcome. Any other value is logged, counted as a handler
@@ -170,33 +170,6 @@ SLUICE_EXPORT void sluice_delivery_enter(sluice_delivery *d);
 SLUICE_EXPORT void sluice_delivery_leave(sluice_delivery *d);
 
 /* ------------------------------------------------------------------------ */
-/** \name Delivery hooks (used by the allocation profiler) */
-
-/** Plain description of a delivery handed to hooks; no accessor needed. */
-typedef struct sluice_delivery_info {
-  const char *queue;
-  uint64_t delivery_tag;
-  uint64_t generation;
-  uint64_t seq; /**< process-wide delivery sequence number, from 1 */
-  size_t body_len;
-} sluice_delivery_info;
-
-/** Per-delivery hooks. `begin` runs on the handler's thread just before the
- *  handler and returns a token kept with the delivery; `resume`/`suspend`
- *  bracket every stretch of code that works for the delivery on some thread
- *  (the handler itself is bracketed by begin/suspend); `end` runs when the
- *  delivery is completed, on the completing thread, with the final outcome.
- *  All hooks must be thread-safe. Any of them may be NULL. */
-typedef struct sluice_delivery_hooks {
-  void *(*begin)(void *user, const sluice_delivery_info *info);
-  void (*resume)(void *user, void *token);
-  void (*suspend)(void *user, void *token);
-  void (*end)(void *user, void *token, const sluice_delivery_info *info,
-              int outcome);
-  void *user;
-} sluice_delivery_hooks;
-
-/* ------------------------------------------------------------------------ */
 /** \name Events and logging */
 
 typedef enum sluice_event_type {
@@ -225,7 +198,7 @@ typedef struct sluice_event {
 } sluice_event;
 
 /** An event callback; runs on the loop thread. It may call
- *  sluice_consumer_stop() but not sluice_consumer_free(). */
+ *  sluice_consumer_stop() but not sluice_consumer_free() (refused). */
 typedef void (*sluice_event_fn)(sluice_consumer *c, const sluice_event *ev,
                                 void *user);
 
@@ -245,7 +218,9 @@ typedef enum sluice_log_level {
   SLUICE_LOG_DEBUG = 4
 } sluice_log_level;
 
-/** A log sink. `msg` is borrowed; may be called from any sluice thread. */
+/** A log sink, for a consumer (sluice_consumer_opts.log) or a publisher
+ *  (sluice_publisher_opts.log). `msg` is one line without its newline,
+ *  borrowed for the call; may be called from any sluice thread. */
 typedef void (*sluice_log_fn)(int level, const char *msg, void *user);
 
 /* ------------------------------------------------------------------------ */
@@ -256,40 +231,26 @@ typedef enum sluice_ack_mode {
   SLUICE_ACK_AUTO = 1    /**< no_ack consume; bounded in-process buffer */
 } sluice_ack_mode;
 
-/** Reconnect policy (see sluice/reconnect.h for listeners). */
-typedef struct sluice_reconnect_opts {
-  int enabled;              /**< 0 (default): a lost connection ends run() */
-  unsigned min_delay_ms;    /**< default 100 */
-  unsigned max_delay_ms;    /**< default 30000 */
-  unsigned max_attempts;    /**< consecutive failed attempts before giving
-                                 up (a successful reconnect starts the
-                                 count over); 0 = default 10;
-                                 UINT32_MAX = forever */
-  unsigned reset_after_ms;  /**< a connection up this long resets the
-                                 backoff delay to min_delay_ms; 10000 */
-  int shuffle;              /**< try the URIs in random order */
-  uint64_t (*now_ms)(void *user);              /**< injectable clock */
-  uint64_t (*random)(void *user);              /**< injectable randomness */
-  void *clock_user;
-} sluice_reconnect_opts;
-
 /** Consumer options. Zero-initialise; a zero field means its default. */
 typedef struct sluice_consumer_opts {
-  /** Broker URI, amqp://user:pass@host:port/vhost.
+  /** Broker URI, amqp://user:pass@host:port/vhost; copied.
    *  Default "amqp://guest:guest@127.0.0.1:5672/". */
   const char *uri;
-  /** Or a list of URIs (a cluster's nodes) tried in turn; overrides `uri`. */
+  /** Or a list of URIs (a cluster's nodes) tried in turn; overrides `uri`.
+   *  The strings are copied (the array too). */
   const char *const *uris;
   size_t n_uris;
-  const char *connection_name;  /**< shown by the management UI */
+  const char *connection_name;  /**< shown by the management UI; copied */
   int heartbeat_s;        /**< default 30; negative disables heartbeats */
-  int frame_max;          /**< default 131072 */
+  int frame_max;          /**< default 131072; at least 4096 (else
+                               SLUICE_EINVAL) */
   int connect_timeout_ms; /**< TCP connect + handshake; default 10000 */
   int rpc_timeout_ms;     /**< synchronous broker calls; default 10000 */
 
   sluice_ack_mode ack_mode;
   uint16_t prefetch;   /**< basic.qos per consumer, MANUAL; default 100 */
-  int workers;         /**< 0: handlers inline on the loop thread */
+  int workers;         /**< 0: handlers inline on the loop thread; at
+                            most 1024 (else SLUICE_EINVAL) */
 
   /** In-process bound on deliveries held by sluice (queued for workers, in a
    *  handler, or deferred). When reached, the loop stops reading the socket
@@ -319,7 +280,8 @@ typedef struct sluice_consumer_opts {
   int socket_rcvbuf;
 
   sluice_reconnect_opts reconnect;
-  unsigned max_close_listeners; /**< registry capacity; default 16 */
+  unsigned max_close_listeners; /**< registry capacity; default 16, at
+                                     most 4096 (else SLUICE_EINVAL) */
 
   sluice_event_fn on_event;
   void *event_user;
@@ -333,14 +295,22 @@ typedef struct sluice_consumer_opts {
 /* ------------------------------------------------------------------------ */
 /** \name Lifecycle */
 
-/** Create a consumer. Does not connect.
- *  \return 0; SLUICE_EINVAL for bad options; SLUICE_EURI for a malformed
- *          URI; SLUICE_ENOMEM. */
+/** Create a consumer. Does not connect. Copies every string of `opts`.
+ *  \return 0; SLUICE_EINVAL for bad options (out of the documented ranges);
+ *          SLUICE_EURI for a malformed URI; SLUICE_ENOTSUP for amqps://;
+ *          SLUICE_ENOMEM. */
 SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
                                       sluice_consumer **out);
 
-/** Free a consumer; stops it first if running. NULL is a no-op. Not from
- *  inside a callback of this consumer. */
+/** Free a consumer; stops it first if running. NULL is a no-op.
+ *
+ *  From inside a callback of this same consumer (a handler, an event or
+ *  close listener, on_abandoned, the log sink, on any thread) the call is
+ *  refused: it logs an error and returns with the consumer untouched, since
+ *  the code that called the callback still uses it. Call
+ *  sluice_consumer_stop() there instead, and free the consumer once run()
+ *  has returned (or SLUICE_EV_STOPPED was seen and the callback returned).
+ *  \since 0.2 (the refusal; undefined behaviour in 0.1) */
 SLUICE_EXPORT void sluice_consumer_free(sluice_consumer *c);
 
 /** Connect now (blocking, bounded by connect_timeout_ms) so that errors such
@@ -394,32 +364,43 @@ typedef struct sluice_queue_decl {
   size_t n_args;
 } sluice_queue_decl;
 
-/** Declare an exchange. Sent now if connected, else at connect.
+/** Declare an exchange. Sent now if connected, else at connect. Every
+ *  string and argument is copied (kept for the re-declaration).
  *  \return 0; SLUICE_EINVAL; SLUICE_ECONFLICT (exists with other settings);
- *          SLUICE_ENOTFOUND (passive, missing); SLUICE_ECLOSED. */
-SLUICE_EXPORT int sluice_declare_exchange(sluice_consumer *c,
-                                          const sluice_exchange_decl *d);
-/** Declare a queue. \return as sluice_declare_exchange(). */
-SLUICE_EXPORT int sluice_declare_queue(sluice_consumer *c,
-                                       const sluice_queue_decl *d);
-/** Bind a queue to an exchange. \return as sluice_declare_exchange(). */
-SLUICE_EXPORT int sluice_bind_queue(sluice_consumer *c, const char *queue,
-                                    const char *exchange,
-                                    const char *routing_key,
-                                    const sluice_kv *args, size_t n_args);
+ *          SLUICE_ENOTFOUND (passive, missing); SLUICE_ECLOSED.
+ *  \since 0.2 (sluice_declare_exchange() before) */
+SLUICE_EXPORT int sluice_consumer_declare_exchange(
+    sluice_consumer *c, const sluice_exchange_decl *d);
+/** Declare a queue; strings and arguments copied.
+ *  \return as sluice_consumer_declare_exchange().
+ *  \since 0.2 (sluice_declare_queue() before) */
+SLUICE_EXPORT int sluice_consumer_declare_queue(sluice_consumer *c,
+                                                const sluice_queue_decl *d);
+/** Bind a queue to an exchange; strings and arguments copied.
+ *  \return as sluice_consumer_declare_exchange().
+ *  \since 0.2 (sluice_bind_queue() before) */
+SLUICE_EXPORT int sluice_consumer_bind_queue(sluice_consumer *c,
+                                             const char *queue,
+                                             const char *exchange,
+                                             const char *routing_key,
+                                             const sluice_kv *args,
+                                             size_t n_args);
 /** Purge a queue (not remembered). \return 0 or as above; `*purged` gets
- *  the number of messages removed when not NULL. */
-SLUICE_EXPORT int sluice_purge_queue(sluice_consumer *c, const char *queue,
-                                     uint32_t *purged);
+ *  the number of messages removed when not NULL.
+ *  \since 0.2 (sluice_purge_queue() before) */
+SLUICE_EXPORT int sluice_consumer_purge_queue(sluice_consumer *c,
+                                              const char *queue,
+                                              uint32_t *purged);
 
 /* ------------------------------------------------------------------------ */
 /** \name Subscriptions */
 
 typedef struct sluice_subscribe_opts {
-  const char *queue;          /**< required */
+  const char *queue;          /**< required; copied */
   sluice_handler_fn handler;  /**< required */
   void *user;
-  const char *consumer_tag;   /**< default: generated */
+  const char *consumer_tag;   /**< default: generated; copied; at most
+                                   255 bytes */
   int exclusive;
   int priority;               /**< x-priority, 0 = none */
 } sluice_subscribe_opts;

@@ -46,10 +46,15 @@ typedef struct sluice_debug_server sluice_debug_server;
 
 /** Options. Zero-initialise; zero means the default. */
 typedef struct sluice_debug_opts {
+  /** The consumer whose counters to serve (/debug/vars, /metrics,
+   *  /healthz); NULL for the profiler only. It must outlive the server.
+   *  \since 0.2 (an argument of sluice_debug_server_start() before) */
+  sluice_consumer *consumer;
   /** "host:port"; default "127.0.0.1:6060"; port 0 picks a free one
    *  (read it back with sluice_debug_server_port()). `host` is an IP
    *  literal ("[::1]:6060" for IPv6) or "localhost"; names are not
-   *  resolved; an empty host (":6060") means every interface. */
+   *  resolved; an empty host (":6060") means every interface. Read during
+   *  sluice_debug_server_new(). */
   const char *addr;
   /** Required to bind an address that is not loopback. */
   int allow_remote;
@@ -70,24 +75,24 @@ typedef struct sluice_debug_opts {
   unsigned max_snapshots;   /**< kept for ?base=; default 8 (oldest go) */
 } sluice_debug_opts;
 
-/** Start the endpoint on its own thread. Any thread; the server's memory is
- *  not counted in the caller's message scope, if it is in one.
- *  \param c  the consumer whose counters to serve; NULL for profiler only.
- *            It must outlive the server.
- *  \param opts NULL for the defaults
+/** Create the endpoint and start serving on its own thread. Any thread;
+ *  the server's memory is not counted in the caller's message scope, if it
+ *  is in one.
+ *  \param opts NULL for the defaults (profiler only, 127.0.0.1:6060)
  *  \return 0; SLUICE_EINVAL (`out` NULL; bad address; remote without
  *          allow_remote or token; a token with other characters; negative
- *          timeout_s); SLUICE_ESOCKET (cannot bind); SLUICE_ENOMEM. */
-SLUICE_EXPORT int sluice_debug_server_start(sluice_consumer *c,
-                                            const sluice_debug_opts *opts,
-                                            sluice_debug_server **out);
+ *          timeout_s); SLUICE_ESOCKET (cannot bind); SLUICE_ENOMEM.
+ *  \since 0.2 (sluice_debug_server_start(c, opts, out) before) */
+SLUICE_EXPORT int sluice_debug_server_new(const sluice_debug_opts *opts,
+                                          sluice_debug_server **out);
 
 /** The port the server listens on (0 for NULL). Any thread. */
 SLUICE_EXPORT int sluice_debug_server_port(const sluice_debug_server *s);
 
 /** Stop the server, join its thread, free it; requests in progress are
- *  dropped. Any thread, once. NULL is a no-op. */
-SLUICE_EXPORT void sluice_debug_server_stop(sluice_debug_server *s);
+ *  dropped. Any thread, once. NULL is a no-op.
+ *  \since 0.2 (sluice_debug_server_stop() before) */
+SLUICE_EXPORT void sluice_debug_server_free(sluice_debug_server *s);
 
 #ifdef __cplusplus
 }

@@ -46,7 +46,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <sluice/consumer.h> /* sluice_delivery_hooks, sluice_outcome */
+#include <sluice/hooks.h> /* sluice_delivery_hooks, sluice_outcome */
 #include <sluice/error.h>
 #include <sluice/export.h>
 
@@ -323,8 +323,9 @@ SLUICE_EXPORT void sluice_prof_snapshot_memstats(
 /** \name Outputs */
 
 /** Output sink: write `len` bytes. \return 0, or negative to abort (the
- *  writer then returns SLUICE_EIO). */
-typedef int (*sluice_prof_write_fn)(void *user, const void *data, size_t len);
+ *  writer then returns SLUICE_EIO).
+ *  \since 0.2 (`user` was the first argument in 0.1) */
+typedef int (*sluice_prof_write_fn)(const void *data, size_t len, void *user);
 
 /** Output formats. */
 typedef enum sluice_prof_format {

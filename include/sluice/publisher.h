@@ -6,7 +6,10 @@
  * dead-letter queues.
  *
  * A publisher owns its own connection and is not thread-safe: use one per
- * thread. Calls block, bounded by the timeouts in the options.
+ * thread. Calls block, bounded by the timeouts in the options. Callbacks
+ * run inside the call that reads the broker's answers (publish, wait) and
+ * take `(publisher, payload, user)`; they must not free the publisher
+ * (refused, as sluice_consumer_free() from a consumer's callback).
  */
 #ifndef SLUICE_PUBLISHER_H
 #define SLUICE_PUBLISHER_H
@@ -36,22 +39,32 @@ typedef struct sluice_returned {
   const char *message_id; /**< or NULL */
 } sluice_returned;
 
-typedef void (*sluice_return_fn)(const sluice_returned *r, void *user);
+/** Receives each message the broker returned. `r` is borrowed for the call.
+ *  \since 0.2 (0.1 had no publisher argument) */
+typedef void (*sluice_return_fn)(sluice_publisher *p, const sluice_returned *r,
+                                 void *user);
 
 /** Publisher options. Zero-initialise; zero means the default. */
 typedef struct sluice_publisher_opts {
-  const char *uri;             /**< default amqp://guest:guest@127.0.0.1:5672/ */
-  const char *connection_name;
+  /** Default amqp://guest:guest@127.0.0.1:5672/; read during
+   *  sluice_publisher_new(), not kept. */
+  const char *uri;
+  const char *connection_name; /**< read during sluice_publisher_new() */
   int connect_timeout_ms;      /**< default 10000 */
   int confirm_timeout_ms;      /**< sluice_publisher_wait() budget; 30000 */
   unsigned max_outstanding;    /**< unconfirmed messages before publish waits;
                                     default 1024 */
   int no_confirms;             /**< 1: fire and forget (not recommended) */
   sluice_return_fn on_return;  /**< unroutable messages; may be NULL */
-  void *user;
+  void *return_user; /**< for on_return (`user` in 0.1) \since 0.2 */
+  sluice_log_fn log; /**< default: stderr \since 0.2 */
+  void *log_user;    /**< \since 0.2 */
+  int log_level;     /**< most verbose level logged; default WARN;
+                          negative: nothing \since 0.2 */
 } sluice_publisher_opts;
 
-/** Properties of a published message; NULL means persistent, no fields. */
+/** Properties of a published message; NULL means persistent, no fields.
+ *  Strings and headers are read during the call, not kept. */
 typedef struct sluice_publish_props {
   const char *content_type;
   const char *message_id;
@@ -82,17 +95,23 @@ typedef struct sluice_publish_report {
 SLUICE_EXPORT int sluice_publisher_new(const sluice_publisher_opts *opts,
                                        sluice_publisher **out);
 
-/** Close the connection (pending confirms are not awaited). NULL: no-op. */
+/** Close the connection (pending confirms are not awaited). NULL: no-op.
+ *  From inside the publisher's own callback: refused (logged; nothing
+ *  happens). */
 SLUICE_EXPORT void sluice_publisher_free(sluice_publisher *p);
 
 /** Publish one message. Waits for confirms first when max_outstanding are
- *  unconfirmed. `exchange` "" is the default exchange.
+ *  unconfirmed. `exchange` "" is the default exchange. Everything is read
+ *  during the call.
  *  \return 0; SLUICE_EINVAL; SLUICE_ECLOSED (the broker closed the channel,
  *          e.g. a missing exchange: see sluice_publisher_last_close());
- *          SLUICE_ETIMEDOUT; SLUICE_ESOCKET. */
-SLUICE_EXPORT int sluice_publish(sluice_publisher *p, const char *exchange,
-                                 const char *routing_key, const void *body,
-                                 size_t len, const sluice_publish_props *props);
+ *          SLUICE_ETIMEDOUT; SLUICE_ESOCKET.
+ *  \since 0.2 (sluice_publish() before) */
+SLUICE_EXPORT int sluice_publisher_publish(sluice_publisher *p,
+                                           const char *exchange,
+                                           const char *routing_key,
+                                           const void *body, size_t len,
+                                           const sluice_publish_props *props);
 
 /** Wait until every published message is confirmed or nacked (bounded by
  *  confirm_timeout_ms), then fill `report` (may be NULL).
@@ -102,8 +121,8 @@ SLUICE_EXPORT int sluice_publish(sluice_publisher *p, const char *exchange,
 SLUICE_EXPORT int sluice_publisher_wait(sluice_publisher *p,
                                         sluice_publish_report *report);
 
-/** Declare a queue on the publisher's connection (tests, demos). \return as
- *  sluice_declare_queue(). */
+/** Declare a queue on the publisher's connection (tests, demos); not
+ *  remembered. \return as sluice_consumer_declare_queue(). */
 SLUICE_EXPORT int sluice_publisher_declare_queue(sluice_publisher *p,
                                                  const sluice_queue_decl *d);
 
@@ -111,10 +130,12 @@ SLUICE_EXPORT int sluice_publisher_declare_queue(sluice_publisher *p,
 SLUICE_EXPORT int sluice_publisher_declare_exchange(
     sluice_publisher *p, const sluice_exchange_decl *d);
 
-/** Bind a queue on the publisher's connection. */
-SLUICE_EXPORT int sluice_publisher_bind(sluice_publisher *p, const char *queue,
-                                        const char *exchange,
-                                        const char *routing_key);
+/** Bind a queue on the publisher's connection.
+ *  \since 0.2 (sluice_publisher_bind() before) */
+SLUICE_EXPORT int sluice_publisher_bind_queue(sluice_publisher *p,
+                                              const char *queue,
+                                              const char *exchange,
+                                              const char *routing_key);
 
 /** Delete a queue (if it exists); `*messages` gets how many it held. */
 SLUICE_EXPORT int sluice_publisher_delete_queue(sluice_publisher *p,

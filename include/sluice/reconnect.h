@@ -4,7 +4,7 @@
  * used between reconnect attempts.
  *
  * The registry has a fixed capacity (sluice_consumer_opts.max_close_listeners,
- * default 16). Registering returns a handle; removing takes it. Listeners of
+ * default 16, at most 4096). Registering returns a handle; removing takes it. Listeners of
  * scope SLUICE_LISTEN_GENERATION belong to one connection: they see that
  * connection's close and are then removed automatically, so code that
  * registers one per connection never accumulates them. A full registry is an
@@ -30,8 +30,32 @@
 extern "C" {
 #endif
 
-struct sluice_consumer;
+typedef struct sluice_consumer sluice_consumer;
 struct sluice_event;
+
+/** Reconnect policy of a consumer (sluice_consumer_opts.reconnect).
+ *  Zero-initialise; a zero field means its default. \since 0.2 (in
+ *  sluice/consumer.h before) */
+typedef struct sluice_reconnect_opts {
+  int enabled;              /**< 0 (default): a lost connection ends run() */
+  unsigned min_delay_ms;    /**< default 100 */
+  unsigned max_delay_ms;    /**< default 30000; not below min_delay_ms
+                                 (SLUICE_EINVAL) */
+  unsigned max_attempts;    /**< consecutive failed attempts before giving
+                                 up (a successful reconnect starts the
+                                 count over); 0 = default 10;
+                                 UINT32_MAX = forever */
+  unsigned reset_after_ms;  /**< a connection up this long resets the
+                                 backoff delay to min_delay_ms; 10000 */
+  int shuffle;              /**< try the URIs in random order (drawn from
+                                 `random` when set) */
+  /** Injectable clock in ms (tests); NULL: CLOCK_MONOTONIC. Loop thread. */
+  uint64_t (*now_ms)(void *user);
+  /** Injectable randomness (tests): jitter and the URI shuffle; NULL: a
+   *  per-consumer generator seeded at sluice_consumer_new(). */
+  uint64_t (*random)(void *user);
+  void *clock_user; /**< passed to now_ms and random */
+} sluice_reconnect_opts;
 
 /** How long a close listener stays registered. */
 typedef enum sluice_listen_scope {
@@ -39,31 +63,40 @@ typedef enum sluice_listen_scope {
    *  after its close event. Registered while disconnected, it binds to the
    *  next connection. */
   SLUICE_LISTEN_GENERATION = 0,
-  /** Until sluice_off_close(). */
+  /** Until sluice_consumer_off_close(). */
   SLUICE_LISTEN_PERSISTENT = 1
 } sluice_listen_scope;
 
 /** A listener handle; 0 is never a valid handle. */
 typedef uint64_t sluice_listener;
 
-typedef void (*sluice_close_fn)(struct sluice_consumer *c,
+/** A close listener; runs on the loop thread. `ev` is borrowed for the
+ *  call. It may call sluice_consumer_stop() and (un)register listeners, but
+ *  not sluice_consumer_free() (refused: see there). */
+typedef void (*sluice_close_fn)(sluice_consumer *c,
                                 const struct sluice_event *ev, void *user);
 
 /** Register a close listener. Any thread.
- *  \return 0 and `*out`; SLUICE_EINVAL (NULL fn/out); SLUICE_ELIMIT when the
- *          registry is full (nothing is registered). */
-SLUICE_EXPORT int sluice_on_close(struct sluice_consumer *c, sluice_close_fn fn,
-                                  void *user, sluice_listen_scope scope,
-                                  sluice_listener *out);
+ *  \return 0 and `*out`; SLUICE_EINVAL (NULL c/fn/out, unknown scope);
+ *          SLUICE_ELIMIT when the registry is full (nothing is registered).
+ *  \since 0.2 (sluice_on_close() before) */
+SLUICE_EXPORT int sluice_consumer_on_close(sluice_consumer *c,
+                                           sluice_close_fn fn, void *user,
+                                           sluice_listen_scope scope,
+                                           sluice_listener *out);
 
 /** Remove a close listener. Any thread, including from inside a listener.
- *  \return 0; SLUICE_EALREADY when the handle was already removed (twice,
- *          or automatically with its generation) or never valid. */
-SLUICE_EXPORT int sluice_off_close(struct sluice_consumer *c, sluice_listener h);
+ *  \return 0; SLUICE_EINVAL (NULL c); SLUICE_EALREADY when the handle was
+ *          already removed (twice, or automatically with its generation) or
+ *          never valid.
+ *  \since 0.2 (sluice_off_close() before) */
+SLUICE_EXPORT int sluice_consumer_off_close(sluice_consumer *c,
+                                            sluice_listener h);
 
-/** Number of registered close listeners. Any thread. */
-SLUICE_EXPORT size_t sluice_close_listener_count(
-    const struct sluice_consumer *c);
+/** Number of registered close listeners (0 for NULL). Any thread.
+ *  \since 0.2 (sluice_close_listener_count() before) */
+SLUICE_EXPORT size_t sluice_consumer_close_listener_count(
+    const sluice_consumer *c);
 
 /** Exponential backoff with full jitter (the "Full Jitter" scheme): the n-th
  *  delay is uniform in [min, min(max, min * 2^n)]. Pure; not thread-safe. */

@@ -86,7 +86,7 @@ void tb_fill(const char *queue, unsigned n, size_t size) {
     memset(body, '.', size > l ? size : l);
     memcpy(body, id, l);
     sluice_publish_props pr = {.message_id = id};
-    int rc = sluice_publish(p, "", queue, body, size > l ? size : l, &pr);
+    int rc = sluice_publisher_publish(p, "", queue, body, size > l ? size : l, &pr);
     if (rc) {
       fprintf(stderr, "publish: %s\n", sluice_strerror(rc));
       abort();

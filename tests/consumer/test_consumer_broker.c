@@ -486,12 +486,12 @@ static void missing_queue(void **s) {
   assert_int_equal(sluice_consumer_last_close(c, text, sizeof(text)), 404);
   /* the connection survives: a passive declare of a missing queue too */
   sluice_queue_decl pd = {.name = q, .passive = 1};
-  assert_int_equal(sluice_declare_queue(c, &pd), SLUICE_ENOTFOUND);
+  assert_int_equal(sluice_consumer_declare_queue(c, &pd), SLUICE_ENOTFOUND);
   sluice_queue_decl ok = {.name = q, .auto_delete = 1};
-  assert_int_equal(sluice_declare_queue(c, &ok), 0);
+  assert_int_equal(sluice_consumer_declare_queue(c, &ok), 0);
   /* redeclaring with other arguments is a conflict */
   sluice_queue_decl other = {.name = q, .durable = 1};
-  assert_int_equal(sluice_declare_queue(c, &other), SLUICE_ECONFLICT);
+  assert_int_equal(sluice_consumer_declare_queue(c, &other), SLUICE_ECONFLICT);
   assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
   sluice_consumer_free(c);
 
@@ -668,10 +668,10 @@ static void headers_and_properties(void **s) {
                              .headers = h,
                              .n_headers = 3,
                              .priority = 3};
-  assert_int_equal(sluice_publish(p, "", q, "0{}", 3, &pr), 0);
+  assert_int_equal(sluice_publisher_publish(p, "", q, "0{}", 3, &pr), 0);
   /* mandatory publish to nowhere comes back as returned */
   sluice_publish_props mand = {.mandatory = 1};
-  assert_int_equal(sluice_publish(p, "", "sluice.nowhere", "x", 1, &mand), 0);
+  assert_int_equal(sluice_publisher_publish(p, "", "sluice.nowhere", "x", 1, &mand), 0);
   sluice_publish_report rep;
   assert_int_equal(sluice_publisher_wait(p, &rep), SLUICE_ERETURNED);
   assert_int_equal(rep.returned, 1);
@@ -687,6 +687,100 @@ static void headers_and_properties(void **s) {
   sluice_consumer_free(c);
   tb_delete_queue(q);
   ctx_free(x);
+}
+
+/* Freeing a consumer or publisher from inside one of its own callbacks is
+ * refused (logged; the object stays usable) on the loop thread, on a
+ * worker thread and in an event callback; after run() returns it frees. */
+struct refusal {
+  sluice_consumer *c;
+  sluice_publisher *p;
+  _Atomic int refused, handled, stopped_events, returned;
+};
+
+static void refusal_log(int level, const char *msg, void *user) {
+  struct refusal *r = user;
+  if (level == SLUICE_LOG_ERROR && strstr(msg, "refused"))
+    atomic_fetch_add(&r->refused, 1);
+}
+
+static int refusal_handler(sluice_delivery *d, const sluice_message *m,
+                           void *user) {
+  struct refusal *r = user;
+  sluice_consumer_free(r->c); /* refused: the handler still runs */
+  atomic_fetch_add(&r->handled, 1);
+  sluice_consumer_stop(r->c);
+  return SLUICE_ACK;
+}
+
+static void refusal_event(sluice_consumer *c, const sluice_event *ev,
+                          void *user) {
+  struct refusal *r = user;
+  if (ev->type != SLUICE_EV_STOPPED) return;
+  atomic_fetch_add(&r->stopped_events, 1);
+  sluice_consumer_free(c); /* refused: finish_stop still uses it */
+}
+
+static void refusal_return(sluice_publisher *p, const sluice_returned *ret,
+                           void *user) {
+  struct refusal *r = user;
+  assert_ptr_equal(p, r->p);
+  atomic_fetch_add(&r->returned, 1);
+  sluice_publisher_free(p); /* refused: the publisher reads on */
+}
+
+static void free_inside_callback_refused(void **s) {
+  for (int workers = 0; workers <= 1; workers++) {
+    const char *q = tb_qname("refuse");
+    sluice_queue_decl d = {.name = q};
+    tb_fresh_queue(&d);
+    tb_fill(q, 1, 8);
+    struct refusal r = {0};
+    sluice_consumer_opts o = {.uri = TEST_URI,
+                              .workers = workers,
+                              .on_event = refusal_event,
+                              .event_user = &r,
+                              .log = refusal_log,
+                              .log_user = &r};
+    assert_int_equal(sluice_consumer_new(&o, &r.c), 0);
+    sluice_subscribe_opts so = {.queue = q, .handler = refusal_handler,
+                                .user = &r};
+    assert_int_equal(sluice_consumer_subscribe(r.c, &so), 0);
+    int to = 0;
+    assert_int_equal(tb_run_bounded(r.c, 20, &to), 0);
+    assert_false(to);
+    assert_int_equal(r.handled, 1);
+    assert_int_equal(r.stopped_events, 1);
+    assert_int_equal(r.refused, 2); /* the handler's and the event's */
+    sluice_consumer_stats st;
+    sluice_consumer_get_stats(r.c, &st);
+    assert_int_equal(st.acked, 1);
+    sluice_consumer_free(r.c); /* outside every callback: frees */
+    assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+    tb_delete_queue(q);
+  }
+
+  struct refusal r = {0};
+  sluice_publisher_opts po = {.uri = TEST_URI,
+                              .on_return = refusal_return,
+                              .return_user = &r,
+                              .log = refusal_log,
+                              .log_user = &r};
+  assert_int_equal(sluice_publisher_new(&po, &r.p), 0);
+  sluice_publish_props mand = {.mandatory = 1};
+  assert_int_equal(
+      sluice_publisher_publish(r.p, "", "sluice.nowhere", "x", 1, &mand), 0);
+  sluice_publish_report rep;
+  assert_int_equal(sluice_publisher_wait(r.p, &rep), SLUICE_ERETURNED);
+  assert_int_equal(r.returned, 1);
+  assert_int_equal(r.refused, 1);
+  /* still usable after the refusal */
+  assert_int_equal(sluice_publisher_publish(r.p, "", "sluice.nowhere", "y", 1,
+                                            NULL),
+                   0);
+  assert_int_equal(sluice_publisher_wait(r.p, &rep), SLUICE_ERETURNED);
+  assert_int_equal(rep.confirmed, 2);
+  sluice_publisher_free(r.p);
 }
 
 int main(void) {
@@ -709,6 +803,7 @@ int main(void) {
       cmocka_unit_test(server_cancel_event),
       cmocka_unit_test(heartbeats_keep_idle_connection),
       cmocka_unit_test(headers_and_properties),
+      cmocka_unit_test(free_inside_callback_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

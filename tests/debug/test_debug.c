@@ -259,14 +259,14 @@ T_NOINLINE static int dbg_leaky_handler(int i) {
 static int start_server(void **state) {
   (void)state;
   sluice_debug_opts o = {.addr = "127.0.0.1:0"};
-  if (sluice_debug_server_start(NULL, &o, &srv)) return -1;
+  if (sluice_debug_server_new(&o, &srv)) return -1;
   port = sluice_debug_server_port(srv);
   return port > 0 ? 0 : -1;
 }
 
 static int stop_server(void **state) {
   (void)state;
-  sluice_debug_server_stop(srv);
+  sluice_debug_server_free(srv);
   srv = NULL;
   return 0;
 }
@@ -585,28 +585,28 @@ static void test_remote_needs_token(void **state) {
       {{.addr = "[::1:0"}, "unclosed bracket"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    int rc = sluice_debug_server_start(NULL, &bad[i].o, &s);
+    int rc = sluice_debug_server_new(&bad[i].o, &s);
     if (rc != SLUICE_EINVAL)
       fail_msg("%s (%s): %s, want SLUICE_EINVAL", bad[i].why,
                bad[i].o.addr, sluice_err_name(rc));
     assert_null(s);
   }
-  assert_int_equal(sluice_debug_server_start(NULL, NULL, NULL),
+  assert_int_equal(sluice_debug_server_new(NULL, NULL),
                    SLUICE_EINVAL);
-  sluice_debug_server_stop(NULL);
+  sluice_debug_server_free(NULL);
 
   /* The port in use: a socket error, not a crash. */
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   sluice_debug_opts same = {.addr = addr};
-  assert_int_equal(sluice_debug_server_start(NULL, &same, &s),
+  assert_int_equal(sluice_debug_server_new(&same, &s),
                    SLUICE_ESOCKET);
 
   /* Every interface with a token: requests need it. */
   const char *tok = "s3cret-Token_1";
   sluice_debug_opts o = {.addr = "0.0.0.0:0", .allow_remote = 1,
                          .token = tok};
-  assert_int_equal(sluice_debug_server_start(NULL, &o, &s), 0);
+  assert_int_equal(sluice_debug_server_new(&o, &s), 0);
   int p = sluice_debug_server_port(s);
   hresp r;
   assert_int_equal(h_get(p, "/healthz", NULL, &r), 401);
@@ -646,15 +646,15 @@ static void test_remote_needs_token(void **state) {
                          &r),
                    200);
   h_free(&r);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
 
   /* A token on loopback is demanded too. */
   sluice_debug_opts lo = {.addr = "localhost:0", .token = tok};
-  assert_int_equal(sluice_debug_server_start(NULL, &lo, &s), 0);
+  assert_int_equal(sluice_debug_server_new(&lo, &s), 0);
   assert_int_equal(h_get(sluice_debug_server_port(s), "/healthz", NULL, &r),
                    401);
   h_free(&r);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
 }
 
 static void test_oversized(void **state) {
@@ -689,7 +689,7 @@ static void test_oversized(void **state) {
   /* A smaller limit of the caller's. */
   sluice_debug_server *s;
   sluice_debug_opts o = {.addr = "127.0.0.1:0", .max_request_bytes = 1024};
-  assert_int_equal(sluice_debug_server_start(NULL, &o, &s), 0);
+  assert_int_equal(sluice_debug_server_new(&o, &s), 0);
   int p = sluice_debug_server_port(s);
   hdr[7 + 1500] = 0;
   strcat(hdr, "\r\n");
@@ -700,7 +700,7 @@ static void test_oversized(void **state) {
   strcat(hdr, "\r\n");
   assert_int_equal(h_get(p, "/healthz", hdr, &r), 200);
   h_free(&r);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
   free(hdr);
   free(path);
 }
@@ -709,7 +709,7 @@ static void test_slow_clients(void **state) {
   (void)state;
   sluice_debug_server *s;
   sluice_debug_opts o = {.addr = "127.0.0.1:0", .timeout_s = 1};
-  assert_int_equal(sluice_debug_server_start(NULL, &o, &s), 0);
+  assert_int_equal(sluice_debug_server_new(&o, &s), 0);
   int p = sluice_debug_server_port(s);
   /* One connection that says nothing, one that stops mid-line. */
   int idle = h_connect(p), partial = h_connect(p);
@@ -737,7 +737,7 @@ static void test_slow_clients(void **state) {
   wait_pending_at(p, 1, 10000);
   assert_int_equal(h_get(p, "/debug/pprof/snapshot", NULL, &r), 200);
   h_free(&r);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
   assert_true(recv(waiting, &c, 1, 0) <= 0);
   close(waiting);
 }
@@ -771,7 +771,7 @@ static void test_outside_scopes(void **state) {
   sluice_prof_scope prev = sluice_prof_scope_enter(sc);
   sluice_debug_server *s;
   sluice_debug_opts o = {.addr = "127.0.0.1:0"};
-  int rc = sluice_debug_server_start(NULL, &o, &s);
+  int rc = sluice_debug_server_new(&o, &s);
   sluice_prof_scope_enter(prev);
   assert_int_equal(rc, 0);
   int p = sluice_debug_server_port(s);
@@ -789,7 +789,7 @@ static void test_outside_scopes(void **state) {
   if (bytes || objects)
     fail_msg("the scope holds %llu bytes in %llu objects of the server's",
              (unsigned long long)bytes, (unsigned long long)objects);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
   assert_int_equal(sluice_prof_scope_end(sc, SLUICE_ACK, NULL), 0);
 }
 

@@ -126,8 +126,8 @@ static void test_consumer_counters(void **state) {
   assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
 
   sluice_debug_server *s = NULL;
-  sluice_debug_opts dopts = {.addr = "127.0.0.1:0"};
-  assert_int_equal(sluice_debug_server_start(c, &dopts, &s), 0);
+  sluice_debug_opts dopts = {.consumer = c, .addr = "127.0.0.1:0"};
+  assert_int_equal(sluice_debug_server_new(&dopts, &s), 0);
   int port = sluice_debug_server_port(s);
 
   /* Not connected yet. */
@@ -231,7 +231,7 @@ static void test_consumer_counters(void **state) {
       json_object_get(json_object_get(j, "consumer"), "connected")));
   json_decref(j);
 
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
   sluice_consumer_free(c);
   tb_delete_queue(q);
   for (int i = 0; i < n_kept; i++) {

@@ -22,7 +22,7 @@ uint64_t t_clock(void *user) {
   return t_clock_ns;
 }
 
-int tbuf_write(void *user, const void *data, size_t len) {
+int tbuf_write(const void *data, size_t len, void *user) {
   tbuf *b = user;
   if (b->len + len + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 4096;
@@ -53,7 +53,7 @@ int t_report(tbuf *out, sluice_prof_format fmt, sluice_prof_value value,
   out->len = 0;
   if (out->data) out->data[0] = 0;
   int rc = sluice_prof_write(s, &o, tbuf_write, out);
-  if (!out->data) tbuf_write(out, "", 0);
+  if (!out->data) tbuf_write("", 0, out);
   return rc;
 }
 
@@ -405,13 +405,13 @@ int t_run(char *const argv[], char *const env_extra[], tbuf *out) {
       if (errno == EINTR) continue;
       break;
     }
-    if (out) tbuf_write(out, chunk, (size_t)r);
+    if (out) tbuf_write(chunk, (size_t)r, out);
   }
   close(pipefd[0]);
   int st;
   while (waitpid(pid, &st, 0) < 0)
     if (errno != EINTR) return -1;
-  if (out && !out->data) tbuf_write(out, "", 0);
+  if (out && !out->data) tbuf_write("", 0, out);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -43,7 +43,7 @@ typedef struct tbuf {
   char *data;
   size_t len, cap;
 } tbuf;
-int tbuf_write(void *user, const void *data, size_t len);
+int tbuf_write(const void *data, size_t len, void *user);
 void tbuf_free(tbuf *b);
 /* The captured text, never NULL. */
 const char *tbuf_str(const tbuf *b);

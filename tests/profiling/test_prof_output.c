@@ -264,7 +264,7 @@ static void test_unbiased_sampling(void **state) {
   tbuf_free(&out);
 }
 
-static int failing_writer(void *user, const void *d, size_t n) {
+static int failing_writer(const void *d, size_t n, void *user) {
   (void)user;
   (void)d;
   (void)n;

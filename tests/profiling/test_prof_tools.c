@@ -262,7 +262,7 @@ static void test_preload(void **state) {
   char chunk[4096];
   size_t n;
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    tbuf_write(&file, chunk, n);
+    tbuf_write(chunk, n, &file);
   fclose(f);
   tprofile p;
   assert_int_equal(tprofile_parse(file.data, file.len, &p), 0);
@@ -311,7 +311,7 @@ static void test_preload(void **state) {
   f = fopen(pb, "rb");
   assert_non_null(f);
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    tbuf_write(&file, chunk, n);
+    tbuf_write(chunk, n, &file);
   fclose(f);
   assert_int_equal(tprofile_parse(file.data, file.len, &p), 0);
   assert_int_equal(p.period, 524288);

@@ -551,7 +551,7 @@ static void no_retry_storm(void **state) {
   o.reconnect.max_attempts = 3;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   sluice_listener h;
-  assert_int_equal(sluice_on_close(c, listener_gave_up, &a,
+  assert_int_equal(sluice_consumer_on_close(c, listener_gave_up, &a,
                                    SLUICE_LISTEN_PERSISTENT, &h), 0);
   assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EGAVEUP);
   assert_false(to);

@@ -31,7 +31,7 @@ struct cycles {
   unsigned connected;         /* CONNECTED events */
   unsigned listener_calls;    /* generation listeners called */
   unsigned persistent_calls;
-  unsigned refused;           /* sluice_on_close() errors */
+  unsigned refused;           /* sluice_consumer_on_close() errors */
   size_t listeners_first, listeners_last, listeners_max;
   size_t heap_first, heap_100, heap_last;
   uint64_t t_100, t_last;
@@ -69,9 +69,9 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   x->connected++;
   /* the field failure: one listener per connection */
   sluice_listener h;
-  if (sluice_on_close(c, gen_listener, x, SLUICE_LISTEN_GENERATION, &h) != 0)
+  if (sluice_consumer_on_close(c, gen_listener, x, SLUICE_LISTEN_GENERATION, &h) != 0)
     x->refused++;
-  size_t n = sluice_close_listener_count(c);
+  size_t n = sluice_consumer_close_listener_count(c);
   if (n > x->listeners_max) x->listeners_max = n;
   if (x->connected == 1) {
     x->listeners_first = n;
@@ -111,11 +111,11 @@ static void reconnect_cycles(void **state) {
   };
   assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
   sluice_listener ph;
-  assert_int_equal(sluice_on_close(x.c, persistent_listener, &x,
+  assert_int_equal(sluice_consumer_on_close(x.c, persistent_listener, &x,
                                    SLUICE_LISTEN_PERSISTENT, &ph), 0);
   /* recovery re-declares this queue and re-subscribes every time */
   sluice_queue_decl d = {.name = q, .auto_delete = 1};
-  assert_int_equal(sluice_declare_queue(x.c, &d), 0);
+  assert_int_equal(sluice_consumer_declare_queue(x.c, &d), 0);
   sluice_subscribe_opts so = {.queue = q, .handler = ack_all};
   assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
   int to = 0;

@@ -56,7 +56,7 @@ static void broker_restart(void **state) {
   };
   rc_stream_consumer(s, &o);
   /* the queue is re-declared on every connection, as an application does */
-  assert_int_equal(sluice_declare_queue(s->c, &d), 0);
+  assert_int_equal(sluice_consumer_declare_queue(s->c, &d), 0);
   int to = 0;
   assert_int_equal(rc_stream_run(s, 120, &to), 0);
   assert_false(to);

@@ -30,20 +30,20 @@ static void full_registry_refuses(void **state) {
   sluice_consumer *c = new_consumer(4);
   sluice_listener h[5];
   for (int i = 0; i < 4; i++)
-    assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)0,
+    assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)0,
                                      SLUICE_LISTEN_PERSISTENT, &h[i]),
                      0);
-  assert_int_equal(sluice_close_listener_count(c), 4);
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
+  assert_int_equal(sluice_consumer_close_listener_count(c), 4);
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
                                    &h[4]),
                    SLUICE_ELIMIT);
-  assert_int_equal(sluice_close_listener_count(c), 4);
+  assert_int_equal(sluice_consumer_close_listener_count(c), 4);
   /* freeing one makes room for exactly one */
-  assert_int_equal(sluice_off_close(c, h[1]), 0);
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
+  assert_int_equal(sluice_consumer_off_close(c, h[1]), 0);
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
                                    &h[4]),
                    0);
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
                                    &h[1]),
                    SLUICE_ELIMIT);
   sluice_consumer_free(c);
@@ -53,21 +53,21 @@ static void remove_twice_and_stale(void **state) {
   (void)state;
   sluice_consumer *c = new_consumer(2);
   sluice_listener a, b;
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
                                    &a), 0);
   assert_int_not_equal(a, 0);
-  assert_int_equal(sluice_off_close(c, a), 0);
-  assert_int_equal(sluice_off_close(c, a), SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_off_close(c, a), 0);
+  assert_int_equal(sluice_consumer_off_close(c, a), SLUICE_EALREADY);
   /* the slot is reused: the old handle must not remove the new listener */
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
                                    &b), 0);
-  assert_int_equal(sluice_off_close(c, a), SLUICE_EALREADY);
-  assert_int_equal(sluice_close_listener_count(c), 1);
-  assert_int_equal(sluice_off_close(c, 0), SLUICE_EALREADY);
-  assert_int_equal(sluice_off_close(c, ~(sluice_listener)0), SLUICE_EALREADY);
-  assert_int_equal(sluice_on_close(c, NULL, NULL, SLUICE_LISTEN_PERSISTENT, &b),
+  assert_int_equal(sluice_consumer_off_close(c, a), SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_close_listener_count(c), 1);
+  assert_int_equal(sluice_consumer_off_close(c, 0), SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_off_close(c, ~(sluice_listener)0), SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_on_close(c, NULL, NULL, SLUICE_LISTEN_PERSISTENT, &b),
                    SLUICE_EINVAL);
-  assert_int_equal(sluice_on_close(c, count_cb, NULL, 9, &b), SLUICE_EINVAL);
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, 9, &b), SLUICE_EINVAL);
   sluice_consumer_free(c);
 }
 
@@ -76,15 +76,15 @@ static void remove_twice_and_stale(void **state) {
 static sluice_consumer *g_c;
 static void self_remove(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[0]++;
-  assert_int_equal(sluice_off_close(c, handles[0]), 0);
+  assert_int_equal(sluice_consumer_off_close(c, handles[0]), 0);
 }
 static void remove_other(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[1]++;
-  sluice_off_close(c, handles[2]);
+  sluice_consumer_off_close(c, handles[2]);
 }
 static void registers(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[3]++;
-  sluice_on_close(c, count_cb, (void *)(intptr_t)4, SLUICE_LISTEN_PERSISTENT,
+  sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)4, SLUICE_LISTEN_PERSISTENT,
                   &handles[4]);
 }
 
@@ -92,12 +92,12 @@ static void unregister_inside_callback(void **state) {
   (void)state;
   memset(calls, 0, sizeof(calls));
   g_c = new_consumer(8);
-  sluice_on_close(g_c, self_remove, NULL, SLUICE_LISTEN_PERSISTENT, &handles[0]);
-  sluice_on_close(g_c, remove_other, NULL, SLUICE_LISTEN_PERSISTENT,
+  sluice_consumer_on_close(g_c, self_remove, NULL, SLUICE_LISTEN_PERSISTENT, &handles[0]);
+  sluice_consumer_on_close(g_c, remove_other, NULL, SLUICE_LISTEN_PERSISTENT,
                   &handles[1]);
-  sluice_on_close(g_c, count_cb, (void *)(intptr_t)2, SLUICE_LISTEN_PERSISTENT,
+  sluice_consumer_on_close(g_c, count_cb, (void *)(intptr_t)2, SLUICE_LISTEN_PERSISTENT,
                   &handles[2]);
-  sluice_on_close(g_c, registers, NULL, SLUICE_LISTEN_PERSISTENT, &handles[3]);
+  sluice_consumer_on_close(g_c, registers, NULL, SLUICE_LISTEN_PERSISTENT, &handles[3]);
   sluice_event ev = {.type = SLUICE_EV_CLOSED, .err = SLUICE_ECLOSED};
   sluice__registry_dispatch(g_c->registry, g_c, &ev);
   assert_int_equal(calls[0], 1);
@@ -105,7 +105,7 @@ static void unregister_inside_callback(void **state) {
   assert_int_equal(calls[2], 0); /* removed before its turn */
   assert_int_equal(calls[3], 1);
   assert_int_equal(calls[4], 0); /* registered during dispatch */
-  assert_int_equal(sluice_close_listener_count(g_c), 3);
+  assert_int_equal(sluice_consumer_close_listener_count(g_c), 3);
   sluice__registry_dispatch(g_c->registry, g_c, &ev);
   assert_int_equal(calls[0], 1);
   assert_int_equal(calls[4], 1);
@@ -118,9 +118,9 @@ static void generation_listeners_go_with_their_connection(void **state) {
   sluice_consumer *c = new_consumer(4);
   /* not connected yet: binds to the next connection, generation 1 */
   sluice_listener h;
-  assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)0,
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)0,
                                    SLUICE_LISTEN_GENERATION, &h), 0);
-  assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)1,
+  assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)1,
                                    SLUICE_LISTEN_PERSISTENT, &handles[1]), 0);
   /* a close of another generation does not concern it */
   sluice_event ev0 = {.type = SLUICE_EV_CLOSED, .generation = 0};
@@ -131,17 +131,17 @@ static void generation_listeners_go_with_their_connection(void **state) {
   sluice__registry_dispatch(c->registry, c, &ev);
   sluice__registry_generation_died(c->registry, 1);
   assert_int_equal(calls[0], 1);
-  assert_int_equal(sluice_close_listener_count(c), 1);
-  assert_int_equal(sluice_off_close(c, h), SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_close_listener_count(c), 1);
+  assert_int_equal(sluice_consumer_off_close(c, h), SLUICE_EALREADY);
   /* registering one per "reconnect" never accumulates */
   for (uint64_t g = 2; g < 1000; g++) {
     atomic_store(&c->generation, g); /* the next connection's */
-    assert_int_equal(sluice_on_close(c, count_cb, (void *)(intptr_t)2,
+    assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)2,
                                      SLUICE_LISTEN_GENERATION, &h), 0);
     sluice_event e = {.type = SLUICE_EV_CLOSED, .generation = g};
     sluice__registry_dispatch(c->registry, c, &e);
     sluice__registry_generation_died(c->registry, g);
-    assert_int_equal(sluice_close_listener_count(c), 1);
+    assert_int_equal(sluice_consumer_close_listener_count(c), 1);
   }
   assert_int_equal(calls[2], 998);
   sluice_consumer_free(c);
