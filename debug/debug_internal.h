@@ -101,6 +101,15 @@ void sluice__dbg_healthz(sluice_debug_server *s, struct evhttp_request *req,
 
 /* ---- shared helpers ------------------------------------------------------ */
 
+/* debug_metrics.c: the length of the well-formed UTF-8 sequence at s (1 to
+ * 4; RFC 3629: no overlongs, surrogates or code points past U+10FFFF), 0
+ * when the bytes there are not one. */
+size_t sluice__dbg_utf8_len(const char *s);
+/* s with each byte that is not part of well-formed UTF-8 written as the
+ * text \xHH (JSON and Prometheus need UTF-8; AMQP names are bytes).
+ * malloc'd; NULL when out of memory. */
+char *sluice__dbg_utf8_clean(const char *s);
+
 /* Residual aggregates, copied (free() the result). *n receives the count. */
 sluice_prof_residual_stats *sluice__dbg_residual_stats(size_t *n);
 

@@ -4,7 +4,11 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <sluice/sluice.h>
 
 #include "debug_internal.h"
 
@@ -30,13 +34,67 @@ static void metric(struct evbuffer *b, const char *name, kind k,
   sample(b, name, v);
 }
 
-/* A label value: backslash, double quote and newline are escaped. */
+size_t sluice__dbg_utf8_len(const char *str) {
+  const unsigned char *s = (const unsigned char *)str;
+  unsigned char c = s[0];
+  if (c < 0x80) return 1;
+  size_t n;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) n = 2;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else
+    return 0;
+  if (s[1] < lo || s[1] > hi) return 0;
+  for (size_t i = 2; i < n; i++)
+    if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+  return n;
+}
+
+char *sluice__dbg_utf8_clean(const char *s) {
+  size_t len = strlen(s);
+  char *out = malloc(4 * len + 1), *o = out;
+  if (!out) return NULL;
+  while (*s) {
+    size_t n = sluice__dbg_utf8_len(s);
+    if (n == 0) {
+      snprintf(o, 5, "\\x%02X", (unsigned char)*s);
+      o += 4;
+      s++;
+    } else {
+      memcpy(o, s, n);
+      o += n;
+      s += n;
+    }
+  }
+  *o = '\0';
+  return out;
+}
+
+/* A label value: backslash, double quote and newline are escaped as the
+ * text format requires. Label values must be UTF-8 (Prometheus fails the
+ * whole scrape otherwise), but AMQP names and header values are bytes: a
+ * byte that is not part of well-formed UTF-8 is written as the text \xHH,
+ * as in /debug/vars, which keeps distinct names distinct. */
 static void label_value(struct evbuffer *b, const char *v) {
-  for (; *v; v++) {
+  while (*v) {
+    size_t n = sluice__dbg_utf8_len(v);
+    if (n == 0) {
+      evbuffer_add_printf(b, "\\\\x%02X", (unsigned char)*v);
+      v++;
+      continue;
+    }
     if (*v == '\\') evbuffer_add(b, "\\\\", 2);
     else if (*v == '"') evbuffer_add(b, "\\\"", 2);
     else if (*v == '\n') evbuffer_add(b, "\\n", 2);
-    else evbuffer_add(b, v, 1);
+    else evbuffer_add(b, v, n);
+    v += n;
   }
 }
 
@@ -66,6 +124,16 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
                       (unsigned long long)st.acked,
                       (unsigned long long)st.nacked,
                       (unsigned long long)st.rejected);
+  metric(b, "sluice_deliveries_redelivered_total", COUNTER,
+         "Deliveries that carried the redelivered flag.", st.redelivered);
+  metric(b, "sluice_deliveries_too_big_total", COUNTER,
+         "Deliveries over max_body, rejected unread (never handed to a "
+         "handler).",
+         st.too_big);
+  metric(b, "sluice_deliveries_dropped_total", COUNTER,
+         "autoAck deliveries the broker had settled that no handler took "
+         "before the stop timeout (given to on_abandoned when set).",
+         st.dropped);
   metric(b, "sluice_handler_errors_total", COUNTER,
          "Handlers that returned an invalid value (the message was nacked).",
          st.handler_errors);
@@ -73,10 +141,6 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          "Completions dropped because their connection had died (the broker "
          "redelivers).",
          st.stale);
-  metric(b, "sluice_redelivered_total", COUNTER,
-         "Deliveries that carried the redelivered flag.", st.redelivered);
-  metric(b, "sluice_rejected_too_big_total", COUNTER,
-         "Messages over max_body, rejected unread.", st.too_big);
   metric(b, "sluice_ack_frames_total", COUNTER,
          "basic.ack, basic.nack and basic.reject frames written.",
          st.ack_frames);
@@ -85,29 +149,31 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          st.in_flight);
   metric(b, "sluice_in_flight_bytes", GAUGE,
          "Body bytes of the deliveries held now.", st.in_flight_bytes);
-  metric(b, "sluice_in_flight_messages_max", GAUGE,
+  metric(b, "sluice_max_in_flight_messages", GAUGE,
          "High-water mark of sluice_in_flight_messages.", st.max_in_flight);
   metric(b, "sluice_buffered_messages", GAUGE,
          "Deliveries waiting in the in-process buffer for a handler.",
          st.in_flight > st.in_handler ? st.in_flight - st.in_handler : 0);
   metric(b, "sluice_in_handler_messages", GAUGE,
          "Deliveries in a handler or deferred now.", st.in_handler);
+  metric(b, "sluice_max_in_handler_messages", GAUGE,
+         "High-water mark of sluice_in_handler_messages.", st.max_in_handler);
   metric(b, "sluice_read_pauses_total", COUNTER,
          "Times reading from the broker paused on the in-flight bound.",
          st.read_pauses);
   metric(b, "sluice_reconnects_total", COUNTER, "Successful reconnects.",
          st.reconnects);
+  metric(b, "sluice_connection_up", GAUGE,
+         "1 while connected to the broker.", st.connected ? 1 : 0);
+  metric(b, "sluice_connection_blocked", GAUGE,
+         "1 while the broker blocks the connection (resource alarm).",
+         st.blocked ? 1 : 0);
   metric(b, "sluice_connection_generation", GAUGE,
          "Generation of the live connection (of the next one while "
          "disconnected).",
          st.generation);
   metric(b, "sluice_close_listeners", GAUGE,
          "Registered close listeners.", st.close_listeners);
-  metric(b, "sluice_connected", GAUGE,
-         "1 while connected to the broker.", st.connected ? 1 : 0);
-  metric(b, "sluice_blocked", GAUGE,
-         "1 while the broker blocks the connection (resource alarm).",
-         st.blocked ? 1 : 0);
 }
 
 typedef enum {
@@ -220,6 +286,16 @@ static void heap_metrics(struct evbuffer *b) {
          "The profiler's own memory (approximate).", m.overhead_bytes);
   metric(b, "sluice_profiler_stacks", GAUGE, "Distinct call stacks recorded.",
          m.stacks);
+  metric(b, "sluice_profiler_stacks_dropped_total", COUNTER,
+         "Sampled allocations counted under \"[stack table full]\".",
+         m.stacks_dropped);
+  family(b, "sluice_profiler_sample_rate_bytes", GAUGE,
+         "Mean bytes between two sampled stacks (1: every allocation; "
+         "+Inf: no stacks).");
+  if (sluice_prof_sample_rate() == SLUICE_PROF_RATE_NONE)
+    evbuffer_add_printf(b, "sluice_profiler_sample_rate_bytes +Inf\n");
+  else
+    sample(b, "sluice_profiler_sample_rate_bytes", sluice_prof_sample_rate());
   family(b, "sluice_profiler_scopes", GAUGE,
          "Message scopes by state: open, waiting for their re-check, or "
          "retaining memory.");
@@ -242,6 +318,10 @@ void sluice__dbg_metrics(sluice_debug_server *s, struct evhttp_request *req,
     sluice__dbg_error(req, 500, "out of memory");
     return;
   }
+  family(b, "sluice_build_info", GAUGE,
+         "Always 1; the library version in a label.");
+  evbuffer_add_printf(b, "sluice_build_info{version=\"%s\"} 1\n",
+                      SLUICE_VERSION_STRING);
   if (s->c) consumer_metrics(b, s->c);
   residual_metrics(b);
   heap_metrics(b);

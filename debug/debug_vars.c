@@ -98,7 +98,9 @@ static json_t *residual(jb *b) {
   for (size_t i = 0; i < n; i++) {
     const sluice_prof_residual_stats *r = &v[i];
     json_t *o = json_object();
-    set(b, o, "queue", json_string(r->queue ? r->queue : ""));
+    char *qn = sluice__dbg_utf8_clean(r->queue ? r->queue : "");
+    set(b, o, "queue", qn ? json_string(qn) : NULL);
+    free(qn);
     set(b, o, "outcome", json_string(sluice_outcome_name(r->outcome)));
 #define F(name) set(b, o, #name, num(r->name))
     F(messages);

@@ -11,6 +11,7 @@ PKGS=(
   rabbitmq-server amqp-tools
   golang-go google-perftools valgrind heaptrack gnuplot-nox
   procps iproute2 curl
+  prometheus
 )
 
 missing=()

@@ -183,6 +183,11 @@ char *h_which(const char *prog) {
 }
 
 int h_run(char *const argv[], char *const env_extra[], char **out) {
+  return h_run_in(argv, env_extra, NULL, out);
+}
+
+int h_run_in(char *const argv[], char *const env_extra[], const char *in,
+             char **out) {
   *out = NULL;
   size_t ne = 0, nx = 0;
   while (environ[ne]) ne++;
@@ -209,6 +214,8 @@ int h_run(char *const argv[], char *const env_extra[], char **out) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
   posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
+  posix_spawn_file_actions_addopen(&fa, 0, in ? in : "/dev/null", O_RDONLY,
+                                   0);
   pid_t pid;
   int e = posix_spawnp(&pid, argv[0], &fa, NULL, argv, env);
   posix_spawn_file_actions_destroy(&fa);
@@ -265,12 +272,47 @@ static int is_typed(char (*typed)[96], int n, const char *name, size_t len) {
   return 0;
 }
 
-static const char *prom_line(char *line, char (*typed)[96], int *n_typed,
-                             int *n_help, int *samples) {
+/* Well-formed UTF-8 (RFC 3629), as Prometheus requires of the whole text. */
+static int utf8_ok(const unsigned char *s) {
+  while (*s) {
+    unsigned char c = *s;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      s++;
+      continue;
+    }
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      n = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else
+      return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+      if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    s += n;
+  }
+  return 1;
+}
+
+typedef struct prom_state {
+  char typed[256][96];
+  int n_typed, n_help, samples;
+  char **series; /* "name{labels}" of every sample, to find duplicates */
+  size_t n_series, cap_series;
+} prom_state;
+
+static const char *prom_line(char *line, prom_state *st) {
   if (!strncmp(line, "# HELP ", 7)) {
     const char *p = line + 7;
     if (!name_ok(&p) || *p != ' ') return prom_fail("bad HELP", line);
-    (*n_help)++;
+    st->n_help++;
     return NULL;
   }
   if (!strncmp(line, "# TYPE ", 7)) {
@@ -278,17 +320,22 @@ static const char *prom_line(char *line, char (*typed)[96], int *n_typed,
     if (!name_ok(&p) || *p != ' ') return prom_fail("bad TYPE", line);
     if (strcmp(p + 1, "counter") && strcmp(p + 1, "gauge"))
       return prom_fail("unexpected type", line);
-    if (is_typed(typed, *n_typed, start, (size_t)(p - start)))
+    if (is_typed(st->typed, st->n_typed, start, (size_t)(p - start)))
       return prom_fail("TYPE twice", line);
-    if (*n_typed == 256) return prom_fail("too many families", line);
-    snprintf(typed[(*n_typed)++], 96, "%.*s", (int)(p - start), start);
+    if (st->n_typed == 256) return prom_fail("too many families", line);
+    snprintf(st->typed[st->n_typed++], 96, "%.*s", (int)(p - start), start);
     return NULL;
   }
   if (line[0] == '#') return prom_fail("unknown comment", line);
   const char *p = line, *start = line;
   if (!name_ok(&p)) return prom_fail("bad metric name", line);
-  if (!is_typed(typed, *n_typed, start, (size_t)(p - start)))
+  if (!is_typed(st->typed, st->n_typed, start, (size_t)(p - start)))
     return prom_fail("sample before its TYPE", line);
+  /* A family's samples form one group, right after its TYPE line. */
+  const char *cur = st->typed[st->n_typed - 1];
+  if (strlen(cur) != (size_t)(p - start) ||
+      strncmp(cur, start, (size_t)(p - start)))
+    return prom_fail("sample outside its family's group", line);
   if (*p == '{') {
     p++;
     while (*p != '}') {
@@ -309,29 +356,72 @@ static const char *prom_line(char *line, char (*typed)[96], int *n_typed,
     }
     p++;
   }
+  if (st->n_series == st->cap_series) {
+    size_t cap = st->cap_series ? 2 * st->cap_series : 256;
+    char **v = realloc(st->series, cap * sizeof *v);
+    if (!v) return prom_fail("out of memory", line);
+    st->series = v;
+    st->cap_series = cap;
+  }
+  st->series[st->n_series++] = strndup(start, (size_t)(p - start));
   if (*p++ != ' ') return prom_fail("no value", line);
   if (strcmp(p, "NaN") && strcmp(p, "+Inf") && strcmp(p, "-Inf")) {
     char *end;
     strtod(p, &end);
     if (end == p || *end) return prom_fail("bad value", line);
   }
-  (*samples)++;
+  st->samples++;
   return NULL;
 }
 
+static int cmp_str(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 const char *h_prom_check(const char *text) {
-  static char typed[256][96];
-  int n_typed = 0, n_help = 0, samples = 0;
+  static prom_state st;
+  memset(&st, 0, sizeof st);
   size_t len = strlen(text);
   if (!len || text[len - 1] != '\n') return "does not end with a newline";
+  if (!utf8_ok((const unsigned char *)text)) return "not UTF-8";
   char *copy = strdup(text), *save = NULL;
   const char *err = NULL;
   for (char *line = strtok_r(copy, "\n", &save); line && !err;
        line = strtok_r(NULL, "\n", &save))
-    err = prom_line(line, typed, &n_typed, &n_help, &samples);
+    err = prom_line(line, &st);
   free(copy);
-  if (err) return err;
-  if (n_help != n_typed) return "a family without HELP";
-  if (!samples) return "no samples";
-  return NULL;
+  if (!err && st.n_help != st.n_typed) err = "a family without HELP";
+  if (!err && !st.samples) err = "no samples";
+  if (!err) {
+    qsort(st.series, st.n_series, sizeof *st.series, cmp_str);
+    for (size_t i = 1; i < st.n_series && !err; i++)
+      if (!strcmp(st.series[i - 1], st.series[i]))
+        err = prom_fail("duplicate series", st.series[i]);
+  }
+  for (size_t i = 0; i < st.n_series; i++) free(st.series[i]);
+  free(st.series);
+  return err;
+}
+
+int h_promtool_check_metrics(const char *promtool, const char *text,
+                             const char *tmpdir, char **out) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.XXXXXX", tmpdir);
+  int fd = mkstemp(path);
+  if (fd < 0) return -1;
+  size_t len = strlen(text), off = 0;
+  while (off < len) {
+    ssize_t n = write(fd, text + off, len - off);
+    if (n <= 0) {
+      close(fd);
+      unlink(path);
+      return -1;
+    }
+    off += (size_t)n;
+  }
+  close(fd);
+  char *argv[] = {(char *)promtool, "check", "metrics", NULL};
+  int rc = h_run_in(argv, NULL, path, out);
+  unlink(path);
+  return rc;
 }

@@ -32,16 +32,25 @@ int h_request(int port, const char *method, const char *path,
 const char *h_header(const hresp *r, const char *name);
 void h_free(hresp *r);
 
-/* Checks the Prometheus text exposition format: every line is a HELP, a
- * TYPE (counter or gauge, once per family) or a sample of a family typed
- * before it, with well-formed labels and a number. NULL when it is right,
+/* Checks the Prometheus text exposition format: UTF-8; every line is a
+ * HELP, a TYPE (counter or gauge, once per family) or a sample of the family
+ * typed just before it (a family's samples form one group), with
+ * well-formed labels and a number; no series twice. NULL when it is right,
  * else what is wrong (a static string). */
 const char *h_prom_check(const char *text);
+/* `promtool check metrics` on `text` (written to a file in `tmpdir`, given
+ * as stdin). Returns promtool's exit status (-1: could not run it); its
+ * output goes to *out (malloc'd). */
+int h_promtool_check_metrics(const char *promtool, const char *text,
+                             const char *tmpdir, char **out);
 
 /* Run argv (PATH lookup) with extra "NAME=value" entries added to the
  * environment (NULL-terminated, may be NULL); stdout and stderr are captured
  * into *out (malloc'd, NUL-terminated). Returns the exit status, or -1. */
 int h_run(char *const argv[], char *const env_extra[], char **out);
+/* The same with stdin read from the file `in` (NULL: /dev/null). */
+int h_run_in(char *const argv[], char *const env_extra[], const char *in,
+             char **out);
 /* The full path of a program found in PATH (malloc'd), or NULL. */
 char *h_which(const char *prog);
 

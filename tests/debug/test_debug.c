@@ -168,16 +168,22 @@ static int send_get(const char *path) {
 }
 
 /* Missing tools skip, or fail when SLUICE_REQUIRE_BROKER=1 (CI). */
-static char *need_go(void) {
-  char *go = h_which("go");
-  if (!go) {
+static char *need_tool(const char *prog, const char *package,
+                       const char *what) {
+  char *path = h_which(prog);
+  if (!path) {
     const char *req = getenv("SLUICE_REQUIRE_BROKER");
     if (req && !strcmp(req, "1"))
-      fail_msg("go not found in PATH (required in CI: scripts/setup.sh "
-               "installs golang-go)");
-    print_message("SKIP: go not found in PATH: go tool pprof not tested\n");
+      fail_msg("%s not found in PATH (required in CI: scripts/setup.sh "
+               "installs %s)",
+               prog, package);
+    print_message("SKIP: %s not found in PATH: %s not tested\n", prog, what);
   }
-  return go;
+  return path;
+}
+
+static char *need_go(void) {
+  return need_tool("go", "golang-go", "go tool pprof");
 }
 
 /* `go tool pprof -top <args> URL`, asserting exit 0; output malloc'd. */
@@ -518,11 +524,37 @@ static void test_metrics(void **state) {
     hk->suspend(hk->user, tok);
     hk->end(hk->user, tok, &info, outcome);
   }
+  /* A name that is not UTF-8 (AMQP names are bytes): Prometheus refuses
+   * such label values and would fail the whole scrape. */
+  const char *bad = "dbg\xff\xc3(";
+  for (int i = 0; i < 4; i += 2) {
+    sluice_delivery_info info = {bad, (uint64_t)i + 1, 1, (uint64_t)i + 200,
+                                 0};
+    void *tok = hk->begin(hk->user, &info);
+    int outcome = dbg_leaky_handler(i);
+    hk->suspend(hk->user, tok);
+    hk->end(hk->user, tok, &info, outcome);
+  }
   hresp r;
   expect("/metrics", 200, "text/plain; version=0.0.4", &r);
   const char *err = h_prom_check(r.body);
   if (err) fail_msg("/metrics: %s\n%s", err, r.body);
+  char *promtool = need_tool("promtool", "prometheus",
+                             "promtool check metrics");
+  if (promtool) {
+    char *out = NULL;
+    int rc = h_promtool_check_metrics(promtool, r.body, tmpdir, &out);
+    if (rc != 0)
+      fail_msg("promtool check metrics exited %d:\n%s\n%s", rc,
+               out ? out : "", r.body);
+    free(out);
+    free(promtool);
+  }
   const char *want[] = {
+      "\nsluice_residual_messages_total{queue=\"dbg\\\\xFF\\\\xC3(\","
+      "outcome=\"ack\"} 2\n",
+      "# TYPE sluice_build_info gauge\n",
+      "\nsluice_profiler_sample_rate_bytes 1\n",
       "# TYPE sluice_residual_bytes_per_message gauge\n",
       "\nsluice_residual_messages_total{queue=\"dbg\\\"q\\\\x\","
       "outcome=\"nack\"} 3\n",
@@ -555,6 +587,14 @@ static void test_metrics(void **state) {
       found = 1;
     }
   }
+  assert_true(found);
+  /* The same spelling as the label: JSON strings must be UTF-8 too. */
+  found = 0;
+  for (size_t i = 0; i < json_array_size(res); i++)
+    if (!strcmp(json_string_value(json_object_get(json_array_get(res, i),
+                                                  "queue")),
+                "dbg\\xFF\\xC3("))
+      found = 1;
   assert_true(found);
   assert_true(json_integer_value(json_object_get(
                   json_object_get(j, "memstats"), "rss_bytes")) > 0);
