@@ -4,7 +4,15 @@
 #include <string.h>
 
 
-#include "internal.h"
+#include "amqp_util.h"
+
+char *sluice__bytes_str(char *dst, size_t dstlen, amqp_bytes_t b) {
+  if (!dstlen) return dst;
+  size_t n = b.len < dstlen - 1 ? b.len : dstlen - 1;
+  if (n) memcpy(dst, b.bytes, n);
+  dst[n] = '\0';
+  return dst;
+}
 
 int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
                         amqp_table_t *out) {
@@ -165,7 +173,7 @@ int sluice__reply_to_err(amqp_rpc_reply_t r, uint16_t *code, char *text,
         t = m->reply_text;
       }
       char tmp[256];
-      snprintf(tmp, sizeof(tmp), "%.*s", (int)t.len, (const char *)t.bytes);
+      sluice__bytes_str(tmp, sizeof(tmp), t);
       if (code) *code = c;
       if (text && textlen) snprintf(text, textlen, "%s", tmp);
       int err = sluice__close_code_to_err(c, tmp);

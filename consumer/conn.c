@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* The synchronous steps of a connection: connect and log in, open channels,
- * declare the topology, subscribe, close. They run on the loop thread (or
- * before it runs), bounded by connect_timeout_ms and rpc_timeout_ms; the
- * steady state never calls them. */
+/* A connection attempt, one step after the other: parse the URI, TCP
+ * connect, AMQP login, open the two channels, basic.qos; and the close.
+ * Today each step is a blocking call on the loop thread (or before it
+ * runs), bounded by connect_timeout_ms and rpc_timeout_ms; the steady state
+ * never calls them. Each step takes what the previous one produced and
+ * nothing else, so that they can become the states of a non-blocking
+ * attempt. The topology and subscriptions that follow are topology.c's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +17,6 @@
 #include <amqp_tcp_socket.h>
 
 #include "internal.h"
-
-static struct timeval ms_tv(int ms) {
-  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-  return tv;
-}
 
 static amqp_table_entry_t bool_entry(const char *key, int v) {
   amqp_table_entry_t e;
@@ -36,14 +34,14 @@ static amqp_table_entry_t str_entry(const char *key, const char *v) {
   return e;
 }
 
-/* Record a broker close for sluice_consumer_last_close(). */
-static void note_close(sluice_consumer *c, uint16_t code, const char *text) {
+void sluice__note_close(sluice_consumer *c, uint16_t code,
+                        const char *text) {
   if (!code) return;
   c->last_close_code = code;
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
 }
 
-int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
+int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
                       uint16_t *code, char *text, size_t textlen) {
   char buf[1024];
   sluice_uri u;
@@ -62,7 +60,7 @@ int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
     amqp_destroy_connection(conn);
     return SLUICE_ENOMEM;
   }
-  struct timeval tv = ms_tv(a->connect_timeout_ms);
+  struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
   int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
   if (st != AMQP_STATUS_OK) {
     snprintf(text, textlen, "connect to %s:%d: %s", u.host, u.port,
@@ -71,12 +69,13 @@ int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
     return st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
   }
   amqp_set_handshake_timeout(conn, &tv);
-  struct timeval rtv = ms_tv(a->rpc_timeout_ms);
+  struct timeval rtv = sluice__tv_ms(a->rpc_timeout_ms);
   amqp_set_rpc_timeout(conn, &rtv);
 
   /* rabbitmq-c advertises only authentication_failure_close and
    * exchange_exchange_bindings by default; server basic.cancel and
-   * connection.blocked need their capabilities (FACTS.md). */
+   * connection.blocked need their capabilities
+   * (docs/rabbitmq-c-event-loop.md, "Capabilities"). */
   amqp_table_entry_t caps[] = {
       bool_entry("consumer_cancel_notify", 1),
       bool_entry("connection.blocked", 1),
@@ -124,7 +123,7 @@ int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
 }
 
 static int connect_uri(sluice_consumer *c, const char *uri_str) {
-  sluice_open_args a = {uri_str, c->conn_name, c->o.connect_timeout_ms,
+  sluice__open_args a = {uri_str, c->conn_name, c->o.connect_timeout_ms,
                         c->o.rpc_timeout_ms,
                         c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
                         c->o.frame_max};
@@ -133,7 +132,7 @@ static int connect_uri(sluice_consumer *c, const char *uri_str) {
   amqp_connection_state_t conn;
   int rc = sluice__amqp_open(&a, &conn, &code, text, sizeof(text));
   if (rc) {
-    note_close(c, code, text);
+    sluice__note_close(c, code, text);
     sluice__log(c, rc == SLUICE_ECONNECT ? SLUICE_LOG_WARN : SLUICE_LOG_ERROR,
                 "%s (%s)", text, sluice_strerror(rc));
     return rc;
@@ -161,7 +160,7 @@ static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
   char text[256];
   int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
                                 sizeof(text));
-  note_close(c, code, text);
+  sluice__note_close(c, code, text);
   return rc;
 }
 
@@ -200,7 +199,7 @@ int sluice__setup_channel(sluice_consumer *c) {
     char text[256];
     int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
                                   sizeof(text));
-    note_close(c, code, text);
+    sluice__note_close(c, code, text);
     if (rc) return rc;
   }
   return 0;
@@ -224,77 +223,6 @@ int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
     if (rc2) return rc2;
   }
   return rc;
-}
-
-static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
-  uint16_t code;
-  char text[256];
-  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, &code, text,
-                              sizeof(text));
-  if (rc == 0) return 0;
-  note_close(c, code, text);
-  sluice__log(c, SLUICE_LOG_ERROR, "%s '%s': %s%s%s", what, name,
-              sluice_strerror(rc), text[0] ? ": " : "", text);
-  return rc;
-}
-
-int sluice__apply_topology(sluice_consumer *c, struct topo *t) {
-  amqp_channel_t ch = SLUICE_TOPOLOGY_CHANNEL;
-  switch (t->kind) {
-    case TOPO_EXCHANGE:
-      amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
-                            amqp_cstring_bytes(t->type), t->passive,
-                            t->durable, t->auto_delete, t->internal, t->args);
-      return topo_reply(c, "declare exchange", t->name);
-    case TOPO_QUEUE:
-      amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
-                         t->durable, t->exclusive, t->auto_delete, t->args);
-      return topo_reply(c, "declare queue", t->name);
-    case TOPO_BIND:
-      amqp_queue_bind(c->conn, ch, amqp_cstring_bytes(t->name),
-                      amqp_cstring_bytes(t->exchange),
-                      amqp_cstring_bytes(t->routing_key), t->args);
-      return topo_reply(c, "bind queue", t->name);
-  }
-  return SLUICE_EINVAL;
-}
-
-int sluice__consume(sluice_consumer *c, struct sub *s) {
-  /* A passive declare on the topology channel first: basic.consume on a
-   * missing queue would close the consuming channel and every other
-   * subscription on it. */
-  amqp_queue_declare(c->conn, SLUICE_TOPOLOGY_CHANNEL,
-                     amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
-                     amqp_empty_table);
-  int rc = topo_reply(c, "subscribe to queue", s->queue);
-  if (rc) return rc;
-
-  amqp_table_entry_t prio;
-  amqp_table_t args = amqp_empty_table;
-  if (s->priority) {
-    prio.key = amqp_cstring_bytes("x-priority");
-    prio.value.kind = AMQP_FIELD_KIND_I32;
-    prio.value.value.i32 = s->priority;
-    args.num_entries = 1;
-    args.entries = &prio;
-  }
-  amqp_basic_consume_ok_t *ok = amqp_basic_consume(
-      c->conn, SLUICE_CONSUME_CHANNEL, amqp_cstring_bytes(s->queue),
-      amqp_cstring_bytes(s->tag), 0, c->o.ack_mode == SLUICE_ACK_AUTO,
-      s->exclusive, args);
-  uint16_t code;
-  char text[256];
-  rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
-                            sizeof(text));
-  if (rc || !ok) {
-    note_close(c, code, text);
-    sluice__log(c, SLUICE_LOG_ERROR, "basic.consume '%s': %s%s%s", s->queue,
-                sluice_strerror(rc), text[0] ? ": " : "", text);
-    return rc ? rc : SLUICE_EPROTO;
-  }
-  s->active = 1;
-  s->cancelled = 0;
-  return 0;
 }
 
 void sluice__disconnect(sluice_consumer *c, int graceful) {

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
-/* Internals shared by consumer/ and reconnect/. Not installed. */
+/* The consumer's internals, shared by its files (consumer.c lifecycle,
+ * frames.c reading, delivery.c slots/completion/acks, topology.c
+ * declarations and recovery, conn.c connecting, workers.c) and reconnect/.
+ * Not installed. */
 #ifndef SLUICE_CONSUMER_INTERNAL_H
 #define SLUICE_CONSUMER_INTERNAL_H
 
@@ -14,49 +17,14 @@
 #include <sluice/reconnect.h>
 
 #include "ackq.h"
+#include "amqp_util.h"
 #include "bound.h"
+#include "loop.h"
+#include "util.h"
 
 #define SLUICE_MAX_SUBS 64
-#define SLUICE_CONSUME_CHANNEL 1
-#define SLUICE_TOPOLOGY_CHANNEL 2
-
-#if defined(__GNUC__)
-#define SLUICE_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define SLUICE_PRINTF(a, b)
-#endif
-
-/* ---- callbacks and logging --------------------------------------------- */
-
-/* Callbacks in progress on this thread, innermost first: lets free() refuse
- * to destroy the object whose callback is running (log.c). */
-typedef struct sluice__cb_frame {
-  const void *owner; /* the consumer or publisher whose callback runs */
-  struct sluice__cb_frame *up;
-} sluice__cb_frame;
-
-extern _Thread_local sluice__cb_frame *sluice__cb_top;
-
-static inline void sluice__cb_enter(sluice__cb_frame *f, const void *owner) {
-  f->owner = owner;
-  f->up = sluice__cb_top;
-  sluice__cb_top = f;
-}
-
-static inline void sluice__cb_leave(sluice__cb_frame *f) {
-  sluice__cb_top = f->up;
-}
-
-/* 1 if a callback of `owner` is running on this thread. */
-int sluice__cb_inside(const void *owner);
-
-/* A log sink with its level; `owner` is the handle its callback belongs to. */
-typedef struct sluice__logger {
-  sluice_log_fn fn;
-  void *user;
-  int level;
-  const void *owner;
-} sluice__logger;
+#define SLUICE_CONSUME_CHANNEL SLUICE__CH_MAIN
+#define SLUICE_TOPOLOGY_CHANNEL SLUICE__CH_TOPOLOGY
 
 /* ---- deliveries --------------------------------------------------------- */
 
@@ -144,16 +112,12 @@ struct sluice_consumer {
   _Atomic int blocked;
 
   /* loop */
-  struct event_base *base;
-  int own_base;
-  struct event *ev_read, *ev_write, *ev_wake, *ev_hb, *ev_ack, *ev_stop,
-      *ev_retry, *ev_drain;
+  sluice__loop loop;
   int wake_fd;
-  int reading;      /* ev_read is added */
-  int want_write;   /* ev_write is added */
+  int reading;      /* READ is armed */
+  int want_write;   /* WRITE is armed */
   int write_budget; /* bytes writable without another poll(2) */
   int ack_timer_on;
-  int in_dispatch;  /* inside a frame-reading pass */
   int run_result;
   int started;
   pthread_t loop_thread;
@@ -168,8 +132,6 @@ struct sluice_consumer {
   /* delivery assembly */
   sluice_delivery *asm_d;
   char asm_tag[256], asm_exchange[256], asm_rk[256];
-  uint64_t asm_delivery_tag;
-  int asm_redelivered;
 
   /* held deliveries, loop thread: current generation in tag order, and the
    * ones left over from dead connections */
@@ -179,7 +141,6 @@ struct sluice_consumer {
 
   /* slot pool (loop thread allocates; any thread may complete) */
   sluice_delivery *pool;
-  size_t pool_size;
 
   /* completions from other threads */
   pthread_mutex_t cq_mu;
@@ -217,52 +178,66 @@ struct sluice_consumer {
   _Atomic uint64_t seq;
 };
 
-/* log.c */
-void sluice__vlogf(const sluice__logger *lg, int level, const char *fmt,
-                   va_list ap);
-void sluice__logf(const sluice__logger *lg, int level, const char *fmt, ...)
-    SLUICE_PRINTF(3, 4);
-/* The consumer's log (stderr at WARN for NULL). */
+/* log.c: the consumer's log (stderr at WARN for NULL) */
 void sluice__log(const sluice_consumer *c, int level, const char *fmt, ...)
-    SLUICE_PRINTF(3, 4);
-uint64_t sluice__now_ms(void);
+    SLUICE__PRINTF(3, 4);
 
-/* amqp_util.c */
-int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
-                        amqp_table_t *out);
-/* The x- arguments of a queue declaration (quorum, DLX, TTL, ...). */
-int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
-                       amqp_table_t *out);
-int sluice__reply_to_err(amqp_rpc_reply_t r, uint16_t *code, char *text,
-                         size_t textlen);
-int sluice__close_code_to_err(uint16_t code, const char *text);
-/* Size needed to copy properties (strings + headers) into a block. */
-size_t sluice__props_size(const amqp_basic_properties_t *p);
-/* Copy properties into `blk` (at least sluice__props_size bytes). */
-void sluice__props_copy(const amqp_basic_properties_t *p,
-                        sluice_properties *out, char *blk);
-int sluice__amqp_status_to_err(int status);
-
-/* conn.c: synchronous steps, loop thread */
-typedef struct sluice_open_args {
-  const char *uri, *conn_name;
-  int connect_timeout_ms, rpc_timeout_ms, heartbeat_s, frame_max;
-} sluice_open_args;
-/* Open and log in; on failure `code`/`text` say why. */
-int sluice__amqp_open(const sluice_open_args *a, amqp_connection_state_t *out,
-                      uint16_t *code, char *text, size_t textlen);
-int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
-                       uint16_t *code, char *text, size_t textlen);
-int sluice__connect(sluice_consumer *c);
-int sluice__setup_channel(sluice_consumer *c);
-int sluice__apply_topology(sluice_consumer *c, struct topo *t);
-int sluice__consume(sluice_consumer *c, struct sub *s);
-void sluice__disconnect(sluice_consumer *c, int graceful);
-
-/* consumer.c */
+/* consumer.c: lifecycle */
 void sluice__emit(sluice_consumer *c, const sluice_event *ev);
 void sluice__conn_lost(sluice_consumer *c, int err);
+void sluice__check_stop(sluice_consumer *c);
+void sluice__begin_stop(sluice_consumer *c);
+/* End the run with `result`. */
+void sluice__finish(sluice_consumer *c, int result);
+
+/* conn.c: connecting and disconnecting (loop thread) */
+int sluice__connect(sluice_consumer *c);
+int sluice__setup_channel(sluice_consumer *c);
+void sluice__disconnect(sluice_consumer *c, int graceful);
+/* Record a broker close for sluice_consumer_last_close(). */
+void sluice__note_close(sluice_consumer *c, uint16_t code, const char *text);
+
+/* topology.c: declarations, subscriptions, recovery */
+int sluice__apply_topology(sluice_consumer *c, struct topo *t);
+int sluice__consume(sluice_consumer *c, struct sub *s);
+/* Declare the topology again and subscribe (after a connect). */
+int sluice__recover(sluice_consumer *c);
+struct sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag);
+void sluice__topology_free(sluice_consumer *c);
+
+/* frames.c: reading, assembly, heartbeats (loop thread) */
+void sluice__read_frames(sluice_consumer *c);
 void sluice__kick_read(sluice_consumer *c);
+void sluice__update_pause(sluice_consumer *c);
+void sluice__heartbeat(sluice_consumer *c);
+
+/* delivery.c: slots, dispatch, completion, acks */
+/* A new delivery held (in tag order) on the live connection. */
+sluice_delivery *sluice__delivery_new(sluice_consumer *c);
+/* Charge `bytes` of a delivery to the in-flight bound. */
+void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes);
+/* An assembled delivery: to its handler, or settled if it cannot run. */
+void sluice__dispatch(sluice_consumer *c, sluice_delivery *d);
+/* Settle a delivery that never reaches a handler (unknown tag). */
+void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
+                              ackq_kind kind);
+void sluice__run_handler(sluice_consumer *c, sluice_delivery *d);
+void sluice__drain_completions(sluice_consumer *c);
+void sluice__flush_acks(sluice_consumer *c);
+/* Stop: send the pending acks, waiting up to `wait_ms` each time for the
+ * socket to take more. */
+void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms);
+/* The connection died: drop pending acks, release or orphan what it held. */
+void sluice__deliveries_conn_lost(sluice_consumer *c);
+/* Stop: take back what waits for a worker (left to the broker). */
+void sluice__abandon_queued(sluice_consumer *c);
+/* AUTO stop past its deadline: what waits for a worker goes to on_abandoned. */
+void sluice__hand_off_queued(sluice_consumer *c);
+/* The run ended: release what the broker takes back. */
+void sluice__deliveries_stopped(sluice_consumer *c);
+void sluice__deliveries_free(sluice_consumer *c);
+/* Deliveries held and still being worked on (stop waits for them). */
+size_t sluice__busy_count(const sluice_consumer *c);
 
 /* workers.c */
 int sluice__workers_start(sluice_consumer *c);
@@ -270,10 +245,6 @@ void sluice__workers_stop(sluice_consumer *c);
 void sluice__workers_push(sluice_consumer *c, sluice_delivery *d);
 /* Take back every queued delivery not yet handled (stop/reconnect). */
 sluice_delivery *sluice__workers_take_all(sluice_consumer *c);
-void sluice__run_handler(sluice_consumer *c, sluice_delivery *d);
-
-/* consumer.c: completion from any thread */
-int sluice__complete(sluice_delivery *d, int outcome, int from_handler);
 
 /* reconnect/ */
 int sluice__registry_new(unsigned cap, struct sluice__registry **out);
@@ -289,7 +260,5 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err);
 void sluice__reconnect_connected(sluice_consumer *c);
 /* The reconnect clock: opts.reconnect.now_ms when set, else monotonic ms. */
 uint64_t sluice__reconnect_now(sluice_consumer *c);
-/* End the run with `result` (consumer.c). */
-void sluice__finish(sluice_consumer *c, int result);
 
 #endif

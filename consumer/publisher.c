@@ -9,10 +9,11 @@
 
 #include <sluice/publisher.h>
 
-#include "internal.h"
+#include "amqp_util.h"
+#include "util.h"
 
-#define PUB_CH 1
-#define PUB_TOPO_CH 2
+#define PUB_CH SLUICE__CH_MAIN
+#define PUB_TOPO_CH SLUICE__CH_TOPOLOGY
 
 enum { SEQ_NONE = 0, SEQ_PENDING, SEQ_ACKED, SEQ_NACKED };
 
@@ -46,8 +47,9 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
   if (opts) p->o = *opts;
   if (p->o.log_level == 0) p->o.log_level = SLUICE_LOG_WARN;
   p->log = (sluice__logger){p->o.log, p->o.log_user, p->o.log_level, p};
-  if (!p->o.uri) p->o.uri = "amqp://guest:guest@127.0.0.1:5672/";
-  if (p->o.connect_timeout_ms <= 0) p->o.connect_timeout_ms = 10000;
+  if (!p->o.uri) p->o.uri = SLUICE__DEFAULT_URI;
+  if (p->o.connect_timeout_ms <= 0)
+    p->o.connect_timeout_ms = SLUICE__DEFAULT_CONNECT_TIMEOUT_MS;
   if (p->o.confirm_timeout_ms <= 0) p->o.confirm_timeout_ms = 30000;
   if (p->o.max_outstanding == 0) p->o.max_outstanding = 1024;
   p->cap = p->o.max_outstanding;
@@ -57,12 +59,12 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
     free(p);
     return SLUICE_ENOMEM;
   }
-  sluice_open_args a = {p->o.uri,
-                        p->o.connection_name,
-                        p->o.connect_timeout_ms,
-                        p->o.confirm_timeout_ms,
-                        0,
-                        131072};
+  sluice__open_args a = {p->o.uri,
+                         p->o.connection_name,
+                         p->o.connect_timeout_ms,
+                         p->o.confirm_timeout_ms,
+                         0,
+                         SLUICE__DEFAULT_FRAME_MAX};
   char text[512];
   uint16_t code;
   int rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
@@ -135,12 +137,9 @@ static void settle(sluice_publisher *p, uint64_t tag, int multiple,
 /* Read the rest of a basic.return (header and body) and report it. */
 static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
   char text[256], exch[256], rk[256];
-  snprintf(text, sizeof(text), "%.*s", (int)m->reply_text.len,
-           (const char *)m->reply_text.bytes);
-  snprintf(exch, sizeof(exch), "%.*s", (int)m->exchange.len,
-           (const char *)m->exchange.bytes);
-  snprintf(rk, sizeof(rk), "%.*s", (int)m->routing_key.len,
-           (const char *)m->routing_key.bytes);
+  sluice__bytes_str(text, sizeof(text), m->reply_text);
+  sluice__bytes_str(exch, sizeof(exch), m->exchange);
+  sluice__bytes_str(rk, sizeof(rk), m->routing_key);
   uint16_t code = m->reply_code;
   amqp_message_t msg;
   amqp_rpc_reply_t r = amqp_read_message(p->conn, PUB_CH, &msg, 0);
@@ -149,8 +148,7 @@ static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
   if (p->o.on_return) {
     char mid[256] = "";
     if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
-      snprintf(mid, sizeof(mid), "%.*s", (int)msg.properties.message_id.len,
-               (const char *)msg.properties.message_id.bytes);
+      sluice__bytes_str(mid, sizeof(mid), msg.properties.message_id);
     sluice_returned ret = {code,        text,          exch,
                            rk,          msg.body.bytes, msg.body.len,
                            mid[0] ? mid : NULL};
@@ -171,8 +169,7 @@ static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
     uint64_t now = sluice__now_ms();
     if (now >= deadline) return SLUICE_ETIMEDOUT;
     uint64_t left = deadline - now;
-    struct timeval tv = {(time_t)(left / 1000),
-                         (suseconds_t)((left % 1000) * 1000)};
+    struct timeval tv = sluice__tv_ms(left);
     amqp_frame_t f;
     int st = amqp_simple_wait_frame_noblock(p->conn, &f, &tv);
     if (st == AMQP_STATUS_TIMEOUT) return SLUICE_ETIMEDOUT;
@@ -200,8 +197,7 @@ static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
       case AMQP_CHANNEL_CLOSE_METHOD: {
         amqp_channel_close_t *m = f.payload.method.decoded;
         char t[256];
-        snprintf(t, sizeof(t), "%.*s", (int)m->reply_text.len,
-                 (const char *)m->reply_text.bytes);
+        sluice__bytes_str(t, sizeof(t), m->reply_text);
         pub_note_close(p, m->reply_code, t);
         amqp_channel_close_ok_t ok;
         memset(&ok, 0, sizeof(ok));
@@ -214,8 +210,7 @@ static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
       case AMQP_CONNECTION_CLOSE_METHOD: {
         amqp_connection_close_t *m = f.payload.method.decoded;
         char t[256];
-        snprintf(t, sizeof(t), "%.*s", (int)m->reply_text.len,
-                 (const char *)m->reply_text.bytes);
+        sluice__bytes_str(t, sizeof(t), m->reply_text);
         pub_note_close(p, m->reply_code, t);
         p->broken = 1;
         return SLUICE_ECLOSED;

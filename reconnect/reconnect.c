@@ -1,8 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Reconnect policy: which errors are worth retrying, when to try again,
  * when to give up. The attempt itself runs in consumer.c (on_retry). */
-#include <event2/event.h>
-
 #include "../consumer/internal.h"
 
 int sluice__retryable(int err) {
@@ -72,9 +70,7 @@ void sluice__reconnect_schedule(sluice_consumer *c, int err) {
   sluice__emit(c, &ev);
   sluice__log(c, SLUICE_LOG_INFO, "reconnecting in %llu ms (attempt %u)",
               (unsigned long long)delay, c->attempt);
-  struct timeval tv = {(time_t)(delay / 1000),
-                       (suseconds_t)((delay % 1000) * 1000)};
-  event_add(c->ev_retry, &tv);
+  sluice__loop_arm(&c->loop, SLUICE__W_RETRY, delay);
 }
 
 void sluice__reconnect_connected(sluice_consumer *c) {

@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/* What the consumer and the publisher share about AMQP: the defaults, the
+ * channel numbers, opening a connection, and conversions between
+ * rabbitmq-c's types and sluice's (amqp_util.c, conn.c). Not installed. */
+#ifndef SLUICE_CONSUMER_AMQP_UTIL_H
+#define SLUICE_CONSUMER_AMQP_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <amqp.h>
+
+#include <sluice/consumer.h>
+
+/* Defaults shared by sluice_consumer_opts and sluice_publisher_opts. */
+#define SLUICE__DEFAULT_URI "amqp://guest:guest@127.0.0.1:5672/"
+#define SLUICE__DEFAULT_FRAME_MAX 131072
+#define SLUICE__MIN_FRAME_MAX 4096 /* AMQP 0-9-1's frame-min-size */
+#define SLUICE__DEFAULT_CONNECT_TIMEOUT_MS 10000
+
+/* Channels: deliveries (consumer) or publishes (publisher) on one, the
+ * synchronous declarations on the other, so that a failed declaration,
+ * which closes its channel, never takes the deliveries with it. */
+#define SLUICE__CH_MAIN 1
+#define SLUICE__CH_TOPOLOGY 2
+
+/* ---- connecting (conn.c) -------------------------------------------------- */
+
+typedef struct sluice__open_args {
+  const char *uri, *conn_name;
+  int connect_timeout_ms, rpc_timeout_ms, heartbeat_s, frame_max;
+} sluice__open_args;
+
+/* Open a TCP connection and log in; on failure `code`/`text` say why. */
+int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
+                      uint16_t *code, char *text, size_t textlen);
+/* The result of the last synchronous call on `ch`; a failed call closed the
+ * channel, which is answered and opened again. */
+int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
+                       uint16_t *code, char *text, size_t textlen);
+
+/* ---- conversions (amqp_util.c) ------------------------------------------- */
+
+/* `b` as a C string in `dst` (truncated to dstlen - 1 bytes); returns dst. */
+char *sluice__bytes_str(char *dst, size_t dstlen, amqp_bytes_t b);
+
+int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
+                        amqp_table_t *out);
+/* The x- arguments of a queue declaration (quorum, DLX, TTL, ...). */
+int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
+                       amqp_table_t *out);
+int sluice__reply_to_err(amqp_rpc_reply_t r, uint16_t *code, char *text,
+                         size_t textlen);
+int sluice__close_code_to_err(uint16_t code, const char *text);
+int sluice__amqp_status_to_err(int status);
+/* Size needed to copy properties (strings + headers) into a block. */
+size_t sluice__props_size(const amqp_basic_properties_t *p);
+/* Copy properties into `blk` (at least sluice__props_size bytes). */
+void sluice__props_copy(const amqp_basic_properties_t *p,
+                        sluice_properties *out, char *blk);
+
+#endif

@@ -1,0 +1,562 @@
+/* SPDX-License-Identifier: MIT */
+/* A delivery from its slot to its ack: the slot pool and the held list,
+ * dispatch to a handler (inline or a worker), completion from any thread,
+ * and the acks written back to the broker. frames.c hands over each
+ * delivery once assembled (sluice__dispatch).
+ *
+ * Only the loop thread touches the connection. Worker threads and deferred
+ * completions hand finished deliveries back through a mutex-protected queue
+ * and an eventfd. See docs/architecture.md. */
+#include <poll.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define SLOT_KEEP_BYTES (64 * 1024) /* larger blocks are freed after use */
+
+static void process_completion(sluice_consumer *c, sluice_delivery *d);
+static void queue_ack(sluice_consumer *c, uint64_t tag, ackq_kind kind);
+
+static void counter_max(_Atomic uint64_t *m, uint64_t v) {
+  uint64_t cur = atomic_load_explicit(m, memory_order_relaxed);
+  while (v > cur && !atomic_compare_exchange_weak(m, &cur, v)) {
+  }
+}
+
+static int on_loop_thread(const sluice_consumer *c) {
+  return c->started && pthread_equal(pthread_self(), c->loop_thread);
+}
+
+/* ---- slots and the held list --------------------------------------------- */
+
+static sluice_delivery *slot_get(sluice_consumer *c) {
+  sluice_delivery *d = c->pool;
+  if (d) {
+    c->pool = d->pool_next;
+  } else {
+    d = calloc(1, sizeof(*d));
+    if (!d) return NULL;
+    d->c = c;
+  }
+  d->pool_next = NULL;
+  d->prev = d->next = d->qnext = NULL;
+  d->hook_token = NULL;
+  d->outcome = 0;
+  d->early_outcome = -1;
+  d->too_big = 0;
+  d->on_stale = 0;
+  d->body_got = d->body_size = d->mem = 0;
+  memset(&d->msg, 0, sizeof(d->msg));
+  memset(&d->info, 0, sizeof(d->info));
+  return d;
+}
+
+/* Return a slot to the pool. Slots are never freed before the consumer, so a
+ * late second sluice_delivery_done() on a recycled handle finds a valid
+ * object (and SLUICE_EALREADY) instead of freed memory. */
+static void slot_put(sluice_consumer *c, sluice_delivery *d) {
+  if (d->blk_cap > SLOT_KEEP_BYTES) {
+    free(d->blk);
+    d->blk = NULL;
+    d->blk_cap = 0;
+  }
+  atomic_store(&d->state, DS_FREE);
+  /* FIFO would delay reuse further; LIFO keeps the cache warm. A stale
+   * handle is a caller bug either way, and never a crash. */
+  d->pool_next = c->pool;
+  c->pool = d;
+}
+
+static void held_link(sluice_consumer *c, sluice_delivery *d) {
+  d->on_stale = 0;
+  d->next = NULL;
+  d->prev = c->held_tail;
+  if (c->held_tail)
+    c->held_tail->next = d;
+  else
+    c->held_head = d;
+  c->held_tail = d;
+}
+
+static void held_unlink(sluice_consumer *c, sluice_delivery *d) {
+  if (d->on_stale) {
+    if (d->prev)
+      d->prev->next = d->next;
+    else
+      c->stale_head = d->next;
+    if (d->next) d->next->prev = d->prev;
+  } else {
+    if (d->prev)
+      d->prev->next = d->next;
+    else
+      c->held_head = d->next;
+    if (d->next)
+      d->next->prev = d->prev;
+    else
+      c->held_tail = d->prev;
+  }
+  d->prev = d->next = NULL;
+}
+
+/* Move a held delivery to the stale list: its connection died while it was
+ * in a handler, deferred or completing; it finishes later as stale. */
+static void held_to_stale(sluice_consumer *c, sluice_delivery *d) {
+  held_unlink(c, d);
+  d->on_stale = 1;
+  d->prev = NULL;
+  d->next = c->stale_head;
+  if (c->stale_head) c->stale_head->prev = d;
+  c->stale_head = d;
+}
+
+sluice_delivery *sluice__delivery_new(sluice_consumer *c) {
+  sluice_delivery *d = slot_get(c);
+  if (!d) return NULL;
+  atomic_store(&d->state, DS_ASSEMBLING);
+  d->msg.generation = atomic_load(&c->generation);
+  held_link(c, d);
+  sluice__bound_hold(&c->bound);
+  atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
+  atomic_store_explicit(&c->n_max_inflight, c->bound.peak_count,
+                        memory_order_relaxed);
+  return d;
+}
+
+void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
+  d->mem += bytes;
+  sluice__bound_charge(&c->bound, bytes);
+  atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
+                        memory_order_relaxed);
+}
+
+/* Forget a held delivery (loop thread). */
+static void release(sluice_consumer *c, sluice_delivery *d) {
+  held_unlink(c, d);
+  sluice__bound_release(&c->bound, d->mem);
+  if (atomic_load(&d->state) == DS_ABANDONED) c->abandoned--;
+  atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
+  atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
+                        memory_order_relaxed);
+  slot_put(c, d);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
+                              ackq_kind kind) {
+  uint64_t tag = d->msg.delivery_tag;
+  release(c, d);
+  if (c->o.ack_mode == SLUICE_ACK_MANUAL) queue_ack(c, tag, kind);
+  sluice__update_pause(c);
+}
+
+/* AUTO mode, stop past its deadline: a delivery the broker settled that no
+ * handler will take goes to the application (or is counted and logged). */
+static void hand_off(sluice_consumer *c, sluice_delivery *d) {
+  atomic_fetch_add(&c->n_dropped, 1);
+  if (c->o.on_abandoned) {
+    sluice__cb_frame f;
+    sluice__cb_enter(&f, c);
+    c->o.on_abandoned(c, &d->msg, c->o.abandoned_user);
+    sluice__cb_leave(&f);
+  }
+  release(c, d);
+}
+
+static void reject_too_big(sluice_consumer *c, sluice_delivery *d) {
+  atomic_fetch_add(&c->n_too_big, 1);
+  sluice__log(c, SLUICE_LOG_ERROR,
+              "message of %zu bytes on queue '%s' exceeds max_body %zu: "
+              "rejected (dead-lettered if the queue has a DLX)",
+              d->body_size, d->msg.queue, c->o.max_body);
+  sluice_event ev = {.type = SLUICE_EV_REJECTED_BIG,
+                     .err = SLUICE_ETOOBIG,
+                     .queue = d->msg.queue,
+                     .generation = d->msg.generation};
+  sluice__emit(c, &ev);
+  sluice__settle_unhandled(c, d, ACKQ_REJECT);
+}
+
+void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
+  d->msg.body_len = d->body_got;
+  if (d->msg.body) ((char *)d->msg.body)[d->body_got] = '\0';
+  if (d->too_big) {
+    reject_too_big(c, d);
+    return;
+  }
+  atomic_fetch_add_explicit(&c->n_delivered, 1, memory_order_relaxed);
+  if (d->msg.redelivered) atomic_fetch_add(&c->n_redelivered, 1);
+  if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
+    atomic_store(&d->state, DS_ABANDONED);
+    c->abandoned++;
+    return;
+  }
+  if (c->draining) {
+    hand_off(c, d);
+    return;
+  }
+  d->info.queue = d->msg.queue;
+  d->info.delivery_tag = d->msg.delivery_tag;
+  d->info.generation = d->msg.generation;
+  d->info.seq = atomic_fetch_add(&c->seq, 1) + 1;
+  d->info.body_len = d->msg.body_len;
+  if (c->n_threads > 0) {
+    atomic_store(&d->state, DS_QUEUED);
+    sluice__workers_push(c, d);
+  } else {
+    sluice__run_handler(c, d);
+  }
+}
+
+/* ---- the handler and completion ------------------------------------------ */
+
+static int valid_final(int outcome) {
+  return outcome == SLUICE_ACK || outcome == SLUICE_NACK ||
+         outcome == SLUICE_REJECT;
+}
+
+/* A delivery whose connection died: its tag means nothing on the next
+ * channel and the broker redelivers the message. Never in autoAck mode: the
+ * broker settled the message when it sent it and will not send it again, so
+ * what sluice holds must still be handled. Any thread. */
+static int is_stale(sluice_consumer *c, const sluice_delivery *d) {
+  return c->o.ack_mode == SLUICE_ACK_MANUAL &&
+         d->msg.generation != atomic_load(&c->generation);
+}
+
+/* Final step of every handled delivery, on the completing thread. */
+static void complete_now(sluice_consumer *c, sluice_delivery *d, int outcome) {
+  d->outcome = outcome;
+  int stale = is_stale(c, d);
+  if (c->has_hooks && c->hooks.end && d->hook_token)
+    c->hooks.end(c->hooks.user, d->hook_token, &d->info,
+                 stale ? SLUICE_OUTCOME_STALE : outcome);
+  atomic_fetch_sub_explicit(&c->n_in_handler, 1, memory_order_relaxed);
+  if (on_loop_thread(c)) {
+    process_completion(c, d);
+    return;
+  }
+  pthread_mutex_lock(&c->cq_mu);
+  int was_empty = c->cq_head == NULL;
+  d->qnext = NULL;
+  if (c->cq_tail)
+    c->cq_tail->qnext = d;
+  else
+    c->cq_head = d;
+  c->cq_tail = d;
+  pthread_mutex_unlock(&c->cq_mu);
+  if (was_empty && c->wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t w = write(c->wake_fd, &one, sizeof(one));
+    (void)w; /* EAGAIN: the counter is already non-zero, a wake is due */
+  }
+}
+
+void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
+  if (is_stale(c, d)) {
+    /* Its connection died while it waited for a worker: the broker will
+     * redeliver it; running the handler now would process it twice. */
+    atomic_store(&d->state, DS_HANDLER);
+    atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed);
+    atomic_store(&d->state, DS_COMPLETING);
+    complete_now(c, d, SLUICE_NACK);
+    return;
+  }
+  atomic_store(&d->state, DS_HANDLER);
+  uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
+                                         memory_order_relaxed) + 1;
+  counter_max(&c->n_max_in_handler, n);
+  sluice__cb_frame f;
+  sluice__cb_enter(&f, c);
+  if (c->has_hooks && c->hooks.begin)
+    d->hook_token = c->hooks.begin(c->hooks.user, &d->info);
+  int rc = d->sub->handler(d, &d->msg, d->sub->user);
+  if (c->has_hooks && c->hooks.suspend)
+    c->hooks.suspend(c->hooks.user, d->hook_token);
+  sluice__cb_leave(&f);
+
+  if (rc == SLUICE_DEFER) {
+    int st = DS_HANDLER;
+    if (atomic_compare_exchange_strong(&d->state, &st, DS_DEFERRED)) return;
+    /* st == DS_HANDLER_DONE: done() already ran on another thread */
+    atomic_store(&d->state, DS_COMPLETING);
+    complete_now(c, d, d->early_outcome);
+    return;
+  }
+  int st = atomic_exchange(&d->state, DS_COMPLETING);
+  if (st == DS_HANDLER_DONE) {
+    sluice__log(c, SLUICE_LOG_WARN,
+                "handler returned %d after sluice_delivery_done(); the "
+                "first completion wins",
+                rc);
+    complete_now(c, d, d->early_outcome);
+    return;
+  }
+  if (!valid_final(rc)) {
+    atomic_fetch_add(&c->n_errors, 1);
+    sluice__log(c, SLUICE_LOG_ERROR,
+                "handler for queue '%s' returned invalid value %d; message "
+                "requeued (nack)",
+                d->msg.queue, rc);
+    rc = SLUICE_OUTCOME_ERROR;
+  }
+  complete_now(c, d, rc);
+}
+
+/* ---- public delivery API ------------------------------------------------- */
+
+int sluice_delivery_done(sluice_delivery *d, int outcome) {
+  if (!d) return SLUICE_EINVAL;
+  if (!valid_final(outcome)) return SLUICE_EINVAL;
+  sluice_consumer *c = d->c;
+  int st = DS_DEFERRED;
+  if (atomic_compare_exchange_strong(&d->state, &st, DS_COMPLETING)) {
+    int stale = is_stale(c, d);
+    complete_now(c, d, outcome);
+    return stale ? SLUICE_ESTALE : 0;
+  }
+  if (st == DS_HANDLER) {
+    /* Completed from another thread before the handler returned DEFER: the
+     * handler's return does the rest, so the slot is never recycled while
+     * the handler still runs. */
+    d->early_outcome = outcome;
+    if (atomic_compare_exchange_strong(&d->state, &st, DS_HANDLER_DONE))
+      return 0;
+  }
+  sluice__log(c, SLUICE_LOG_WARN,
+              "sluice_delivery_done() on a delivery that is not deferred "
+              "(completed twice?)");
+  return SLUICE_EALREADY;
+}
+
+const sluice_message *sluice_delivery_message(const sluice_delivery *d) {
+  return d ? &d->msg : NULL;
+}
+
+void sluice_delivery_enter(sluice_delivery *d) {
+  if (d && d->c->has_hooks && d->c->hooks.resume)
+    d->c->hooks.resume(d->c->hooks.user, d->hook_token);
+}
+
+void sluice_delivery_leave(sluice_delivery *d) {
+  if (d && d->c->has_hooks && d->c->hooks.suspend)
+    d->c->hooks.suspend(d->c->hooks.user, d->hook_token);
+}
+
+/* ---- back on the loop thread --------------------------------------------- */
+
+static void process_completion(sluice_consumer *c, sluice_delivery *d) {
+  int outcome = d->outcome;
+  int stale = c->o.ack_mode == SLUICE_ACK_MANUAL &&
+              (!c->connected || d->on_stale ||
+               d->msg.generation != atomic_load(&c->generation));
+  uint64_t tag = d->msg.delivery_tag;
+  if (outcome == SLUICE_OUTCOME_ERROR) {
+    sluice_event ev = {.type = SLUICE_EV_HANDLER_ERROR,
+                       .err = SLUICE_EHANDLER,
+                       .queue = d->msg.queue,
+                       .generation = d->msg.generation};
+    sluice__emit(c, &ev);
+  }
+  release(c, d);
+  if (stale) {
+    atomic_fetch_add(&c->n_stale, 1);
+  } else if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
+    queue_ack(c, tag,
+              outcome == SLUICE_ACK      ? ACKQ_ACK
+              : outcome == SLUICE_REJECT ? ACKQ_REJECT
+                                         : ACKQ_NACK);
+  } else {
+    /* autoAck: the broker settled it on delivery; count the outcome. */
+    switch (outcome) {
+      case SLUICE_ACK:
+        atomic_fetch_add(&c->n_acked, 1);
+        break;
+      case SLUICE_REJECT:
+        atomic_fetch_add(&c->n_rejected, 1);
+        break;
+      default:
+        atomic_fetch_add(&c->n_nacked, 1);
+        break;
+    }
+  }
+  sluice__update_pause(c);
+  if (c->stopping) sluice__check_stop(c);
+}
+
+void sluice__drain_completions(sluice_consumer *c) {
+  pthread_mutex_lock(&c->cq_mu);
+  sluice_delivery *d = c->cq_head;
+  c->cq_head = c->cq_tail = NULL;
+  pthread_mutex_unlock(&c->cq_mu);
+  while (d) {
+    sluice_delivery *next = d->qnext;
+    process_completion(c, d);
+    d = next;
+  }
+}
+
+/* ---- acks ---------------------------------------------------------------- */
+
+/* Bytes that may be written after poll() said POLLOUT without asking again.
+ * POLLOUT on TCP means at least a third of the send buffer is free (4 KiB
+ * buffers at the very least), so 1 KiB of 21-byte ack frames cannot block,
+ * and one poll(2) serves ~48 acks instead of one. */
+#define WRITE_BUDGET 1024
+#define ACK_FRAME_BYTES 21
+
+static int emit_ack(void *user, uint64_t tag, ackq_kind kind, int multiple,
+                    size_t count) {
+  sluice_consumer *c = user;
+  if (c->write_budget < ACK_FRAME_BYTES) {
+    if (!sluice__fd_writable(c->fd)) return 1;
+    c->write_budget = WRITE_BUDGET;
+  }
+  c->write_budget -= ACK_FRAME_BYTES;
+  int st;
+  switch (kind) {
+    case ACKQ_ACK:
+      st = amqp_basic_ack(c->conn, SLUICE_CONSUME_CHANNEL, tag, multiple);
+      if (st == 0) atomic_fetch_add(&c->n_acked, count);
+      break;
+    case ACKQ_NACK:
+      st = amqp_basic_nack(c->conn, SLUICE_CONSUME_CHANNEL, tag, multiple, 1);
+      if (st == 0) atomic_fetch_add(&c->n_nacked, count);
+      break;
+    default:
+      st = amqp_basic_reject(c->conn, SLUICE_CONSUME_CHANNEL, tag, 0);
+      if (st == 0) atomic_fetch_add(&c->n_rejected, count);
+      break;
+  }
+  if (st != 0) return -1;
+  atomic_fetch_add_explicit(&c->n_ack_frames, 1, memory_order_relaxed);
+  return 0;
+}
+
+static uint64_t min_outstanding(const sluice_consumer *c) {
+  return c->held_head ? c->held_head->msg.delivery_tag : UINT64_MAX;
+}
+
+void sluice__flush_acks(sluice_consumer *c) {
+  if (!c->connected || c->acks.n == 0) return;
+  int rc = sluice__ackq_flush(&c->acks, min_outstanding(c), emit_ack, c);
+  if (rc < 0 && c->acks.n > 0) {
+    if (!sluice__fd_writable(c->fd) && c->connected) {
+      if (!c->want_write) {
+        sluice__loop_arm(&c->loop, SLUICE__W_WRITE, 0);
+        c->want_write = 1;
+      }
+      return;
+    }
+    sluice__conn_lost(c, SLUICE_ESOCKET);
+    return;
+  }
+  if (c->ack_timer_on) {
+    sluice__loop_disarm(&c->loop, SLUICE__W_ACK);
+    c->ack_timer_on = 0;
+  }
+}
+
+void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms) {
+  while (c->acks.n > 0 && c->connected) {
+    struct pollfd p = {c->fd, POLLOUT, 0};
+    if (poll(&p, 1, wait_ms) != 1) break;
+    if (sluice__ackq_flush(&c->acks, min_outstanding(c), emit_ack, c) < 0 &&
+        sluice__fd_writable(c->fd))
+      break; /* a send failed */
+  }
+}
+
+static void queue_ack(sluice_consumer *c, uint64_t tag, ackq_kind kind) {
+  if (sluice__ackq_push(&c->acks, tag, kind) != 0) {
+    /* Out of memory for one entry: send now rather than lose it. */
+    sluice__flush_acks(c);
+    if (sluice__ackq_push(&c->acks, tag, kind) != 0) return;
+  }
+  if (c->acks.n >= c->o.ack_batch) {
+    sluice__flush_acks(c);
+  } else if (!c->ack_timer_on) {
+    sluice__loop_arm(&c->loop, SLUICE__W_ACK, c->o.ack_flush_ms);
+    c->ack_timer_on = 1;
+  }
+}
+
+/* ---- connection loss and stop -------------------------------------------- */
+
+void sluice__abandon_queued(sluice_consumer *c) {
+  sluice_delivery *q = sluice__workers_take_all(c);
+  while (q) {
+    sluice_delivery *next = q->qnext;
+    atomic_store(&q->state, DS_ABANDONED);
+    c->abandoned++;
+    q = next;
+  }
+}
+
+void sluice__hand_off_queued(sluice_consumer *c) {
+  sluice_delivery *q = sluice__workers_take_all(c);
+  while (q) {
+    sluice_delivery *next = q->qnext;
+    hand_off(c, q);
+    q = next;
+  }
+}
+
+void sluice__deliveries_conn_lost(sluice_consumer *c) {
+  if (c->acks.n)
+    sluice__log(c, SLUICE_LOG_INFO,
+                "%zu completions not acknowledged before the connection "
+                "closed: the broker redelivers them",
+                c->acks.n);
+  atomic_fetch_add(&c->n_stale, c->acks.n);
+  sluice__ackq_reset(&c->acks);
+  c->asm_d = NULL; /* still on the held list; released below */
+  /* Manual mode: deliveries still waiting for a worker go back to the
+   * broker (it redelivers them). AutoAck: the broker will never send them
+   * again, so the workers still handle them (they land on the stale list
+   * below, which only means "of a dead connection"). */
+  if (c->o.ack_mode == SLUICE_ACK_MANUAL) sluice__abandon_queued(c);
+  sluice_delivery *d = c->held_head;
+  while (d) {
+    sluice_delivery *next = d->next;
+    int st = atomic_load(&d->state);
+    if (st == DS_ASSEMBLING || st == DS_ABANDONED) {
+      if (st == DS_ABANDONED) atomic_fetch_add(&c->n_stale, 1);
+      release(c, d);
+    } else {
+      held_to_stale(c, d);
+    }
+    d = next;
+  }
+  sluice__update_pause(c);
+}
+
+size_t sluice__busy_count(const sluice_consumer *c) {
+  return c->bound.count - c->abandoned - (c->asm_d ? 1 : 0);
+}
+
+void sluice__deliveries_stopped(sluice_consumer *c) {
+  sluice__drain_completions(c);
+  /* Abandoned and unfinished deliveries are the broker's again. */
+  sluice_delivery *d = c->held_head;
+  while (d) {
+    sluice_delivery *next = d->next;
+    if (atomic_load(&d->state) == DS_ABANDONED ||
+        atomic_load(&d->state) == DS_ASSEMBLING)
+      release(c, d);
+    d = next;
+  }
+  c->asm_d = NULL;
+}
+
+void sluice__deliveries_free(sluice_consumer *c) {
+  sluice__drain_completions(c);
+  while (c->held_head) release(c, c->held_head);
+  while (c->stale_head) release(c, c->stale_head);
+  while (c->pool) {
+    sluice_delivery *d = c->pool;
+    c->pool = d->pool_next;
+    free(d->blk);
+    free(d);
+  }
+}

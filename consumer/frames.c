@@ -1,0 +1,400 @@
+/* SPDX-License-Identifier: MIT */
+/* From the socket to an assembled delivery: reading frames without ever
+ * blocking (rabbitmq-c with a zero timeout), assembling basic.deliver +
+ * header + body frames into a delivery, the broker's methods (closes,
+ * cancels, connection.blocked), the in-flight bound that pauses reading,
+ * and heartbeats. Hands each delivery to delivery.c (sluice__dispatch).
+ * How rabbitmq-c 0.11 is driven from an event loop, and why:
+ * docs/rabbitmq-c-event-loop.md. Loop thread only. */
+#include <poll.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+
+#include "internal.h"
+
+#define READ_BUDGET 256 /* frames per wake-up before yielding */
+
+/* ---- the in-flight bound ------------------------------------------------- */
+
+void sluice__update_pause(sluice_consumer *c) {
+  switch (sluice__bound_update(&c->bound)) {
+    case BOUND_PAUSE:
+      atomic_store(&c->n_read_pauses, c->bound.pauses);
+      if (c->reading) {
+        sluice__loop_disarm(&c->loop, SLUICE__W_READ);
+        c->reading = 0;
+      }
+      break;
+    case BOUND_RESUME:
+      if (c->connected) sluice__kick_read(c);
+      break;
+  }
+}
+
+/* Read again soon without waiting for the socket. A zero timeout rather than
+ * an active event: libevent runs events activated from a callback in the
+ * same pass, so a busy stream would starve the wake-up and timer events. */
+static void schedule_drain(sluice_consumer *c) {
+  if (!sluice__loop_armed(&c->loop, SLUICE__W_DRAIN))
+    sluice__loop_arm(&c->loop, SLUICE__W_DRAIN, 0);
+}
+
+static int buffered(sluice_consumer *c) {
+  return amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn);
+}
+
+void sluice__kick_read(sluice_consumer *c) {
+  if (!c->connected || c->bound.full || !c->loop.ev[SLUICE__W_READ]) return;
+  if (!c->reading) {
+    sluice__loop_arm(&c->loop, SLUICE__W_READ, 0);
+    c->reading = 1;
+  }
+  /* Frames may sit in rabbitmq-c's buffer while the socket is quiet, after
+   * a synchronous call read past its reply (docs/rabbitmq-c-event-loop.md,
+   * "Draining after synchronous calls"). */
+  if (buffered(c)) schedule_drain(c);
+}
+
+/* ---- delivery assembly --------------------------------------------------- */
+
+static void copy_shortstr(char *dst, amqp_bytes_t b) {
+  sluice__bytes_str(dst, 256, b);
+}
+
+static void on_deliver(sluice_consumer *c, amqp_basic_deliver_t *m) {
+  sluice_delivery *d = sluice__delivery_new(c);
+  if (!d) {
+    sluice__log(c, SLUICE_LOG_ERROR, "out of memory for a delivery");
+    sluice__conn_lost(c, SLUICE_ENOMEM);
+    return;
+  }
+  copy_shortstr(c->asm_tag, m->consumer_tag);
+  copy_shortstr(c->asm_exchange, m->exchange);
+  copy_shortstr(c->asm_rk, m->routing_key);
+  d->sub = sluice__sub_by_tag(c, m->consumer_tag);
+  d->msg.delivery_tag = m->delivery_tag;
+  d->msg.redelivered = m->redelivered;
+  d->msg.queue = d->sub ? d->sub->queue : "";
+  c->asm_d = d;
+}
+
+/* The content header: size the delivery's block and copy the properties
+ * and the three strings into it; the body follows. */
+static int on_header(sluice_consumer *c, amqp_frame_t *f) {
+  sluice_delivery *d = c->asm_d;
+  amqp_basic_properties_t *p = f->payload.properties.decoded;
+  uint64_t body = f->payload.properties.body_size;
+  size_t strs = strlen(c->asm_tag) + strlen(c->asm_exchange) +
+                strlen(c->asm_rk) + 3;
+  size_t props = sluice__props_size(p);
+  d->body_size = (size_t)body;
+  d->too_big = body > c->o.max_body;
+  size_t need = props + strs + (d->too_big ? 0 : (size_t)body) + 1;
+  if (need > d->blk_cap) {
+    free(d->blk);
+    d->blk = malloc(need);
+    d->blk_cap = d->blk ? need : 0;
+    if (!d->blk) return SLUICE_ENOMEM;
+  }
+  /* props first (8-aligned), then the three strings, then the body */
+  sluice__props_copy(p, &d->msg.props, d->blk);
+  char *w = d->blk + props;
+  size_t n = strlen(c->asm_tag) + 1;
+  memcpy(w, c->asm_tag, n);
+  d->msg.consumer_tag = w;
+  w += n;
+  n = strlen(c->asm_exchange) + 1;
+  memcpy(w, c->asm_exchange, n);
+  d->msg.exchange = w;
+  w += n;
+  n = strlen(c->asm_rk) + 1;
+  memcpy(w, c->asm_rk, n);
+  d->msg.routing_key = w;
+  w += n;
+  d->msg.body = w;
+  sluice__charge(c, d, need);
+  return 0;
+}
+
+static void delivery_complete(sluice_consumer *c) {
+  sluice_delivery *d = c->asm_d;
+  c->asm_d = NULL;
+  if (!d->sub) {
+    sluice__log(c, SLUICE_LOG_WARN,
+                "delivery for unknown consumer tag '%s': requeued",
+                d->msg.consumer_tag);
+    sluice__settle_unhandled(c, d, ACKQ_NACK);
+    return;
+  }
+  sluice__dispatch(c, d);
+  sluice__update_pause(c);
+}
+
+static void on_body(sluice_consumer *c, amqp_frame_t *f) {
+  sluice_delivery *d = c->asm_d;
+  if (!d || !d->msg.body || f->channel != SLUICE_CONSUME_CHANNEL) {
+    sluice__log(c, SLUICE_LOG_ERROR, "content body out of place");
+    sluice__conn_lost(c, SLUICE_EPROTO);
+    return;
+  }
+  size_t len = f->payload.body_fragment.len;
+  if (len > d->body_size - d->body_got) {
+    sluice__log(c, SLUICE_LOG_ERROR, "body longer than announced");
+    sluice__conn_lost(c, SLUICE_EPROTO);
+    return;
+  }
+  if (!d->too_big)
+    memcpy((char *)d->msg.body + d->body_got, f->payload.body_fragment.bytes,
+           len);
+  d->body_got += len;
+  if (d->body_got == d->body_size) {
+    if (d->too_big) d->body_got = 0;
+    delivery_complete(c);
+  }
+}
+
+/* ---- the broker's methods ------------------------------------------------ */
+
+static void on_broker_close(sluice_consumer *c, amqp_frame_t *f, int channel) {
+  uint16_t code;
+  amqp_bytes_t text;
+  if (channel) {
+    amqp_channel_close_t *m = f->payload.method.decoded;
+    code = m->reply_code;
+    text = m->reply_text;
+  } else {
+    amqp_connection_close_t *m = f->payload.method.decoded;
+    code = m->reply_code;
+    text = m->reply_text;
+    amqp_connection_close_ok_t ok;
+    memset(&ok, 0, sizeof(ok));
+    amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+  }
+  c->last_close_code = code;
+  sluice__bytes_str(c->last_close_text, sizeof(c->last_close_text), text);
+  int err = sluice__close_code_to_err(code, c->last_close_text);
+  if (channel && err == SLUICE_ECLOSED) err = SLUICE_ECHANNEL;
+  sluice__log(c, SLUICE_LOG_WARN, "broker closed the %s: %u %s",
+              channel ? "channel" : "connection", code, c->last_close_text);
+  /* A closed consuming channel takes its deliveries' tags with it; start
+   * over on a fresh connection (a new generation). */
+  sluice__conn_lost(c, err);
+}
+
+static void on_server_cancel(sluice_consumer *c, amqp_basic_cancel_t *m) {
+  struct sub *s = sluice__sub_by_tag(c, m->consumer_tag);
+  if (!m->nowait) {
+    amqp_basic_cancel_ok_t ok;
+    ok.consumer_tag = m->consumer_tag;
+    amqp_send_method(c->conn, SLUICE_CONSUME_CHANNEL,
+                     AMQP_BASIC_CANCEL_OK_METHOD, &ok);
+  }
+  if (!s) return;
+  s->active = 0;
+  s->cancelled = 1;
+  sluice__log(c, SLUICE_LOG_WARN,
+              "the broker cancelled the subscription to '%s' (queue deleted?)",
+              s->queue);
+  sluice_event ev = {.type = SLUICE_EV_CANCELLED,
+                     .err = SLUICE_ENOTFOUND,
+                     .queue = s->queue,
+                     .generation = atomic_load(&c->generation)};
+  sluice__emit(c, &ev);
+}
+
+static void on_blocked(sluice_consumer *c, amqp_connection_blocked_t *m) {
+  char reason[256];
+  sluice__bytes_str(reason, sizeof(reason), m->reason);
+  c->blocked = 1;
+  sluice_event ev = {.type = SLUICE_EV_BLOCKED,
+                     .err = SLUICE_EBLOCKED,
+                     .text = reason,
+                     .generation = atomic_load(&c->generation)};
+  sluice__emit(c, &ev);
+}
+
+static void on_connection_method(sluice_consumer *c, amqp_frame_t *f) {
+  amqp_method_number_t id = f->payload.method.id;
+  switch (id) {
+    case AMQP_CONNECTION_CLOSE_METHOD:
+      on_broker_close(c, f, 0);
+      return;
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+      on_blocked(c, f->payload.method.decoded);
+      return;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD: {
+      c->blocked = 0;
+      sluice_event ev = {.type = SLUICE_EV_UNBLOCKED,
+                         .generation = atomic_load(&c->generation)};
+      sluice__emit(c, &ev);
+      return;
+    }
+    default:
+      sluice__log(c, SLUICE_LOG_DEBUG, "ignored method 0x%08x on channel 0",
+                  id);
+      return;
+  }
+}
+
+static void on_method(sluice_consumer *c, amqp_frame_t *f) {
+  amqp_method_number_t id = f->payload.method.id;
+  if (f->channel == 0) {
+    on_connection_method(c, f);
+    return;
+  }
+  if (f->channel != SLUICE_CONSUME_CHANNEL) {
+    if (id == AMQP_CHANNEL_CLOSE_METHOD) {
+      /* The topology channel closed outside a call: reopen at next use. */
+      on_broker_close(c, f, 1);
+    }
+    return;
+  }
+  switch (id) {
+    case AMQP_BASIC_DELIVER_METHOD:
+      if (c->asm_d) {
+        sluice__log(c, SLUICE_LOG_ERROR, "basic.deliver inside a delivery");
+        sluice__conn_lost(c, SLUICE_EPROTO);
+        return;
+      }
+      on_deliver(c, f->payload.method.decoded);
+      return;
+    case AMQP_BASIC_CANCEL_METHOD:
+      on_server_cancel(c, f->payload.method.decoded);
+      return;
+    case AMQP_BASIC_CANCEL_OK_METHOD: {
+      amqp_basic_cancel_ok_t *m = f->payload.method.decoded;
+      struct sub *s = sluice__sub_by_tag(c, m->consumer_tag);
+      if (s) s->active = 0;
+      if (c->stopping) sluice__check_stop(c);
+      return;
+    }
+    case AMQP_CHANNEL_CLOSE_METHOD:
+      on_broker_close(c, f, 1);
+      return;
+    default:
+      sluice__log(c, SLUICE_LOG_DEBUG, "ignored method 0x%08x", id);
+      return;
+  }
+}
+
+static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
+  switch (f->frame_type) {
+    case AMQP_FRAME_METHOD:
+      on_method(c, f);
+      return;
+    case AMQP_FRAME_HEADER:
+      if (!c->asm_d || c->asm_d->msg.body ||
+          f->channel != SLUICE_CONSUME_CHANNEL) {
+        sluice__log(c, SLUICE_LOG_ERROR, "content header out of place");
+        sluice__conn_lost(c, SLUICE_EPROTO);
+        return;
+      }
+      if (on_header(c, f) != 0) {
+        sluice__conn_lost(c, SLUICE_ENOMEM);
+        return;
+      }
+      if (c->asm_d->body_size == 0) delivery_complete(c);
+      return;
+    case AMQP_FRAME_BODY:
+      on_body(c, f);
+      return;
+    default:
+      return; /* heartbeats are consumed by rabbitmq-c */
+  }
+}
+
+/* ---- reading ------------------------------------------------------------- */
+
+static int stop_asked(const sluice_consumer *c) {
+  return !c->stopping &&
+         atomic_load_explicit(&c->stop_requested, memory_order_relaxed);
+}
+
+void sluice__read_frames(sluice_consumer *c) {
+  int budget = READ_BUDGET;
+  int got = 0;
+  if (stop_asked(c) && !c->stopped) sluice__begin_stop(c);
+  while (budget-- > 0 && c->connected && !c->bound.full) {
+    amqp_frame_t f;
+    struct timeval tv = {0, 0};
+    int st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
+    if (st == AMQP_STATUS_TIMEOUT) break;
+    if (st != AMQP_STATUS_OK) {
+      sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
+                  amqp_error_string2(st));
+      sluice__conn_lost(c, sluice__amqp_status_to_err(st));
+      return;
+    }
+    got = 1;
+    handle_frame(c, &f);
+    if (stop_asked(c) && !c->asm_d) {
+      /* An inline handler asked to stop: finish the delivery being read,
+       * leave the rest to the broker. */
+      if (c->conn) amqp_maybe_release_buffers(c->conn);
+      sluice__begin_stop(c);
+      if (!c->connected) return;
+      continue;
+    }
+    /* Every frame was copied out: rabbitmq-c's pools can be recycled
+     * (docs/rabbitmq-c-event-loop.md, "Releasing buffers"). */
+    if (c->conn) amqp_maybe_release_buffers(c->conn);
+  }
+  if (got) c->last_rx_ms = sluice__now_ms();
+  if (budget < 0 && c->connected && !c->bound.full && buffered(c))
+    schedule_drain(c);
+}
+
+/* ---- heartbeats ---------------------------------------------------------- */
+
+/* Reading is paused for back-pressure, so a close or a reset would wait
+ * for the bound to free up: look at the socket without reading it. A
+ * reset has thrown the unread bytes away anyway. After an orderly close,
+ * MANUAL mode gives up the unread rest too (the broker redelivers all it
+ * held), but autoAck keeps it: those messages will never be sent again,
+ * and they are read once the handlers free the bound. Returns 1 if the
+ * connection was declared lost. */
+static int paused_peer_gone(sluice_consumer *c) {
+  struct pollfd pf = {c->fd, POLLRDHUP, 0};
+  if (poll(&pf, 1, 0) != 1) return 0;
+  int reset = (pf.revents & (POLLERR | POLLHUP)) != 0;
+  if (!reset && !((pf.revents & POLLRDHUP) &&
+                  c->o.ack_mode == SLUICE_ACK_MANUAL))
+    return 0;
+  sluice__log(c, SLUICE_LOG_WARN, "connection %s while reading was paused",
+              reset ? "reset" : "closed by the broker");
+  sluice__conn_lost(c, reset ? SLUICE_ESOCKET : SLUICE_ECLOSED);
+  return 1;
+}
+
+void sluice__heartbeat(sluice_consumer *c) {
+  if (!c->connected) return;
+  if (!c->bound.full) {
+    /* rabbitmq-c sends and checks heartbeats only inside its wait calls:
+     * a quiet socket never wakes the read event, so drive it from here
+     * (docs/rabbitmq-c-event-loop.md, "Heartbeats"). */
+    sluice__read_frames(c);
+    return;
+  }
+  if (paused_peer_gone(c)) return;
+  /* Bytes waiting in the kernel prove the peer alive; otherwise apply the
+   * two-interval rule ourselves. */
+  int pending = 0;
+  uint64_t now = sluice__now_ms();
+  if ((ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0) ||
+      amqp_data_in_buffer(c->conn))
+    c->last_rx_ms = now;
+  else if (now - c->last_rx_ms > 2000u * (uint64_t)c->heartbeat_s) {
+    sluice__log(c, SLUICE_LOG_WARN, "no heartbeat for %llu ms: peer is gone",
+                (unsigned long long)(now - c->last_rx_ms));
+    sluice__conn_lost(c, SLUICE_EHEARTBEAT);
+    return;
+  }
+  if (sluice__fd_writable(c->fd)) {
+    amqp_frame_t hb;
+    memset(&hb, 0, sizeof(hb));
+    hb.frame_type = AMQP_FRAME_HEARTBEAT;
+    hb.channel = 0;
+    if (amqp_send_frame(c->conn, &hb) != 0)
+      sluice__conn_lost(c, SLUICE_ESOCKET);
+  }
+}

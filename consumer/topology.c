@@ -1,0 +1,275 @@
+/* SPDX-License-Identifier: MIT */
+/* What the application declared through the consumer (exchanges, queues,
+ * bindings) and its subscriptions: sent at once when connected, remembered,
+ * and declared again after every reconnect (sluice__recover). The calls are
+ * synchronous on the topology channel, bounded by rpc_timeout_ms; a failed
+ * declaration closes that channel only, never the consuming one. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- sending ------------------------------------------------------------- */
+
+static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
+  uint16_t code;
+  char text[256];
+  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, &code, text,
+                              sizeof(text));
+  if (rc == 0) return 0;
+  sluice__note_close(c, code, text);
+  sluice__log(c, SLUICE_LOG_ERROR, "%s '%s': %s%s%s", what, name,
+              sluice_strerror(rc), text[0] ? ": " : "", text);
+  return rc;
+}
+
+int sluice__apply_topology(sluice_consumer *c, struct topo *t) {
+  amqp_channel_t ch = SLUICE_TOPOLOGY_CHANNEL;
+  switch (t->kind) {
+    case TOPO_EXCHANGE:
+      amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
+                            amqp_cstring_bytes(t->type), t->passive,
+                            t->durable, t->auto_delete, t->internal, t->args);
+      return topo_reply(c, "declare exchange", t->name);
+    case TOPO_QUEUE:
+      amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
+                         t->durable, t->exclusive, t->auto_delete, t->args);
+      return topo_reply(c, "declare queue", t->name);
+    case TOPO_BIND:
+      amqp_queue_bind(c->conn, ch, amqp_cstring_bytes(t->name),
+                      amqp_cstring_bytes(t->exchange),
+                      amqp_cstring_bytes(t->routing_key), t->args);
+      return topo_reply(c, "bind queue", t->name);
+  }
+  return SLUICE_EINVAL;
+}
+
+int sluice__consume(sluice_consumer *c, struct sub *s) {
+  /* A passive declare on the topology channel first: basic.consume on a
+   * missing queue would close the consuming channel and every other
+   * subscription on it. */
+  amqp_queue_declare(c->conn, SLUICE_TOPOLOGY_CHANNEL,
+                     amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
+                     amqp_empty_table);
+  int rc = topo_reply(c, "subscribe to queue", s->queue);
+  if (rc) return rc;
+
+  amqp_table_entry_t prio;
+  amqp_table_t args = amqp_empty_table;
+  if (s->priority) {
+    prio.key = amqp_cstring_bytes("x-priority");
+    prio.value.kind = AMQP_FIELD_KIND_I32;
+    prio.value.value.i32 = s->priority;
+    args.num_entries = 1;
+    args.entries = &prio;
+  }
+  amqp_basic_consume_ok_t *ok = amqp_basic_consume(
+      c->conn, SLUICE_CONSUME_CHANNEL, amqp_cstring_bytes(s->queue),
+      amqp_cstring_bytes(s->tag), 0, c->o.ack_mode == SLUICE_ACK_AUTO,
+      s->exclusive, args);
+  uint16_t code;
+  char text[256];
+  rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
+                            sizeof(text));
+  if (rc || !ok) {
+    sluice__note_close(c, code, text);
+    sluice__log(c, SLUICE_LOG_ERROR, "basic.consume '%s': %s%s%s", s->queue,
+                sluice_strerror(rc), text[0] ? ": " : "", text);
+    return rc ? rc : SLUICE_EPROTO;
+  }
+  s->active = 1;
+  s->cancelled = 0;
+  return 0;
+}
+
+int sluice__recover(sluice_consumer *c) {
+  int rc = 0;
+  for (struct topo *t = c->topo; !rc && t; t = t->next)
+    rc = sluice__apply_topology(c, t);
+  for (int i = 0; !rc && i < SLUICE_MAX_SUBS; i++)
+    if (c->subs[i].used && !c->subs[i].cancelled)
+      rc = sluice__consume(c, &c->subs[i]);
+  return rc;
+}
+
+struct sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
+  for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
+    struct sub *s = &c->subs[i];
+    if (s->used && s->tag && strlen(s->tag) == tag.len &&
+        memcmp(s->tag, tag.bytes, tag.len) == 0)
+      return s;
+  }
+  return NULL;
+}
+
+/* ---- declarations -------------------------------------------------------- */
+
+static char *pool_str(amqp_pool_t *p, const char *s) {
+  if (!s) s = "";
+  size_t n = strlen(s) + 1;
+  char *d = amqp_pool_alloc(p, n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+static struct topo *topo_new(enum topo_kind kind) {
+  struct topo *t = calloc(1, sizeof(*t));
+  if (!t) return NULL;
+  t->kind = kind;
+  init_amqp_pool(&t->pool, 1024);
+  return t;
+}
+
+static void topo_free(struct topo *t) {
+  empty_amqp_pool(&t->pool);
+  free(t);
+}
+
+/* Send `t` now if connected, and remember it for the next connection. */
+static int topo_add(sluice_consumer *c, struct topo *t) {
+  if (c->connected) {
+    int rc = sluice__apply_topology(c, t);
+    sluice__kick_read(c);
+    if (rc) {
+      topo_free(t);
+      if (rc != SLUICE_ENOTFOUND && rc != SLUICE_ECONFLICT &&
+          rc != SLUICE_ECHANNEL && c->started)
+        sluice__conn_lost(c, rc);
+      return rc;
+    }
+  }
+  *c->topo_tail = t;
+  c->topo_tail = &t->next;
+  return 0;
+}
+
+int sluice_consumer_declare_exchange(sluice_consumer *c,
+                                     const sluice_exchange_decl *d) {
+  if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
+  struct topo *t = topo_new(TOPO_EXCHANGE);
+  if (!t) return SLUICE_ENOMEM;
+  t->name = pool_str(&t->pool, d->name);
+  t->type = pool_str(&t->pool, d->type ? d->type : "direct");
+  t->durable = d->durable;
+  t->auto_delete = d->auto_delete;
+  t->internal = d->internal;
+  t->passive = d->passive;
+  int rc = sluice__kv_to_table(&t->pool, d->args, d->n_args, &t->args);
+  if (!rc && (!t->name || !t->type)) rc = SLUICE_ENOMEM;
+  if (rc) {
+    topo_free(t);
+    return rc;
+  }
+  return topo_add(c, t);
+}
+
+int sluice_consumer_declare_queue(sluice_consumer *c,
+                                  const sluice_queue_decl *d) {
+  if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
+  struct topo *t = topo_new(TOPO_QUEUE);
+  if (!t) return SLUICE_ENOMEM;
+  t->name = pool_str(&t->pool, d->name);
+  t->durable = d->durable || d->quorum; /* quorum queues must be durable */
+  t->exclusive = d->exclusive;
+  t->auto_delete = d->auto_delete;
+  t->passive = d->passive;
+  int rc = sluice__queue_args(&t->pool, d, &t->args);
+  if (!rc && !t->name) rc = SLUICE_ENOMEM;
+  if (rc) {
+    topo_free(t);
+    return rc;
+  }
+  return topo_add(c, t);
+}
+
+int sluice_consumer_bind_queue(sluice_consumer *c, const char *queue,
+                               const char *exchange, const char *routing_key,
+                               const sluice_kv *args, size_t n_args) {
+  if (!c || !queue || !queue[0] || !exchange) return SLUICE_EINVAL;
+  struct topo *t = topo_new(TOPO_BIND);
+  if (!t) return SLUICE_ENOMEM;
+  t->name = pool_str(&t->pool, queue);
+  t->exchange = pool_str(&t->pool, exchange);
+  t->routing_key = pool_str(&t->pool, routing_key);
+  int rc = sluice__kv_to_table(&t->pool, args, n_args, &t->args);
+  if (!rc && (!t->name || !t->exchange || !t->routing_key)) rc = SLUICE_ENOMEM;
+  if (rc) {
+    topo_free(t);
+    return rc;
+  }
+  return topo_add(c, t);
+}
+
+int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
+                                uint32_t *purged) {
+  if (!c || !queue) return SLUICE_EINVAL;
+  if (!c->connected) return SLUICE_ECLOSED;
+  amqp_queue_purge_ok_t *ok =
+      amqp_queue_purge(c->conn, SLUICE_TOPOLOGY_CHANNEL,
+                       amqp_cstring_bytes(queue));
+  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, NULL, NULL, 0);
+  if (rc == 0 && purged && ok) *purged = ok->message_count;
+  sluice__kick_read(c);
+  return rc;
+}
+
+/* ---- subscriptions ------------------------------------------------------- */
+
+static void sub_clear(struct sub *s) {
+  free(s->queue);
+  free(s->tag);
+  memset(s, 0, sizeof(*s));
+}
+
+int sluice_consumer_subscribe(sluice_consumer *c,
+                              const sluice_subscribe_opts *o) {
+  if (!c || !o || !o->queue || !o->queue[0] || !o->handler)
+    return SLUICE_EINVAL;
+  if (c->stopping || c->stopped) return SLUICE_ESTATE;
+  struct sub *s = NULL;
+  for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
+    if (!c->subs[i].used) {
+      s = &c->subs[i];
+      break;
+    }
+  }
+  if (!s) return SLUICE_ELIMIT;
+  char tag[256];
+  if (o->consumer_tag) {
+    if (strlen(o->consumer_tag) > 255) return SLUICE_EINVAL;
+    snprintf(tag, sizeof(tag), "%s", o->consumer_tag);
+  } else {
+    snprintf(tag, sizeof(tag), "sluice.%ld.%u", (long)getpid(),
+             ++c->tag_counter);
+  }
+  memset(s, 0, sizeof(*s));
+  s->queue = sluice__strdup(o->queue);
+  s->tag = sluice__strdup(tag);
+  if (!s->queue || !s->tag) {
+    sub_clear(s);
+    return SLUICE_ENOMEM;
+  }
+  s->handler = o->handler;
+  s->user = o->user;
+  s->exclusive = o->exclusive;
+  s->priority = o->priority;
+  s->used = 1;
+  if (c->connected) {
+    int rc = sluice__consume(c, s);
+    sluice__kick_read(c);
+    if (rc) {
+      sub_clear(s);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+void sluice__topology_free(sluice_consumer *c) {
+  while (c->topo) {
+    struct topo *t = c->topo;
+    c->topo = t->next;
+    topo_free(t);
+  }
+  for (int i = 0; i < SLUICE_MAX_SUBS; i++) sub_clear(&c->subs[i]);
+}
