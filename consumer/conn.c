@@ -167,18 +167,18 @@ static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
 int sluice__connect(sluice_consumer *c) {
   int rc = SLUICE_ECONNECT;
   for (size_t i = 0; i < c->n_uris; i++) {
-    size_t idx = (c->uri_next + i) % c->n_uris;
+    size_t idx = sluice__policy_node(&c->policy, i);
     rc = connect_uri(c, c->uris[idx]);
     if (rc == 0) {
-      c->uri_next = idx; /* stay on the node that works */
+      sluice__policy_node_up(&c->policy, idx); /* stay on the node */
       break;
     }
     /* Credentials and vhosts are the same on every node of a cluster:
      * trying the next one would only repeat the refusal. */
-    if (rc == SLUICE_EAUTH || rc == SLUICE_EVHOST || rc == SLUICE_EURI) break;
+    if (sluice__err_class(rc) & SLUICE__ERR_EVERY_NODE) break;
   }
   if (rc) {
-    c->uri_next = (c->uri_next + 1) % c->n_uris;
+    sluice__policy_nodes_failed(&c->policy);
     return rc;
   }
   if ((rc = open_channel(c, SLUICE_CONSUME_CHANNEL)) ||

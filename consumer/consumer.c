@@ -101,16 +101,8 @@ static int copy_uris(sluice_consumer *c, const char *const *uris, size_t n) {
   c->n_uris = n;
   for (size_t i = 0; i < n; i++)
     if (!(c->uris[i] = sluice__strdup(uris[i]))) return SLUICE_ENOMEM;
-  if (c->o.reconnect.shuffle && n > 1) {
-    for (size_t i = n - 1; i > 0; i--) {
-      c->rng_state =
-          c->rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-      size_t j = (size_t)((c->rng_state >> 33) % (i + 1));
-      char *t = c->uris[i];
-      c->uris[i] = c->uris[j];
-      c->uris[j] = t;
-    }
-  }
+  if (c->o.reconnect.shuffle && n > 1)
+    sluice__policy_shuffle(&c->policy, (void **)c->uris, n);
   return 0;
 }
 
@@ -147,10 +139,9 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   c->topo_tail = &c->topo;
   c->bound.max_count = o.max_inflight;
   c->bound.max_bytes = o.max_inflight_bytes;
-  c->backoff.min_ms = o.reconnect.min_delay_ms;
-  c->backoff.max_ms = o.reconnect.max_delay_ms;
-  c->rng_state = (uint64_t)(uintptr_t)c ^ sluice__now_ms() ^
-                 ((uint64_t)getpid() << 32);
+  sluice__policy_init(&c->policy, &o.reconnect, n,
+                      (uint64_t)(uintptr_t)c ^ sluice__now_ms() ^
+                          ((uint64_t)getpid() << 32));
   pthread_mutex_init(&c->cq_mu, NULL);
   pthread_mutex_init(&c->wq_mu, NULL);
   pthread_cond_init(&c->wq_cv, NULL);
@@ -203,7 +194,7 @@ static int establish(sluice_consumer *c) {
     sluice__disconnect(c, 0);
     return rc;
   }
-  c->connected_at_ms = sluice__reconnect_now(c);
+  sluice__policy_up(&c->policy);
   return 0;
 }
 
@@ -216,36 +207,71 @@ int sluice_consumer_connect(sluice_consumer *c) {
   return rc;
 }
 
+/* ---- reconnecting -------------------------------------------------------- */
+
+/* The connection is gone or an attempt failed: ask the policy, then arm
+ * the retry timer, or end the run. */
+static void schedule_retry(sluice_consumer *c, int err) {
+  sluice__decision d = sluice__policy_failed(&c->policy, err);
+  switch (d.action) {
+    case SLUICE__FATAL:
+      if (c->o.reconnect.enabled)
+        sluice__log(c, SLUICE_LOG_ERROR, "not reconnecting: %s",
+                    sluice_strerror(err));
+      finish_stop(c, err);
+      return;
+    case SLUICE__GIVE_UP: {
+      sluice__log(c, SLUICE_LOG_ERROR, "gave up after %u attempts: %s",
+                  d.attempt, sluice_strerror(err));
+      sluice_event ev = {.type = SLUICE_EV_GAVE_UP,
+                         .err = err,
+                         .attempt = d.attempt,
+                         .generation = atomic_load(&c->generation)};
+      sluice__emit(c, &ev);
+      finish_stop(c, SLUICE_EGAVEUP);
+      return;
+    }
+    case SLUICE__RETRY: {
+      sluice_event ev = {.type = SLUICE_EV_RECONNECTING,
+                         .err = err,
+                         .delay_ms = d.delay_ms,
+                         .attempt = d.attempt,
+                         .generation = atomic_load(&c->generation)};
+      sluice__emit(c, &ev);
+      sluice__log(c, SLUICE_LOG_INFO, "reconnecting in %llu ms (attempt %u)",
+                  (unsigned long long)d.delay_ms, d.attempt);
+      sluice__loop_arm(&c->loop, SLUICE__W_RETRY, d.delay_ms);
+      return;
+    }
+  }
+}
+
 static void retry(sluice_consumer *c) {
   if (c->stopping || c->stopped) return;
   int rc = establish(c);
   if (rc) {
-    sluice__reconnect_schedule(c, rc);
+    schedule_retry(c, rc);
     return;
   }
   if (arm_connection(c) != 0) {
     sluice__conn_lost(c, SLUICE_ENOMEM);
     return;
   }
-  sluice__reconnect_connected(c);
+  /* Generation 1 is the first connection (made after failed attempts at
+   * start): not a reconnect. */
+  if (atomic_load(&c->generation) > 1) atomic_fetch_add(&c->n_reconnects, 1);
+  sluice_event ev = {.type = SLUICE_EV_CONNECTED,
+                     .attempt = sluice__policy_connected(&c->policy),
+                     .generation = atomic_load(&c->generation)};
+  sluice__emit(c, &ev);
 }
 
 /* ---- losing a connection ------------------------------------------------- */
 
 /* The reply code to report with a close: a broker's close only. */
 static uint16_t broker_close_code(const sluice_consumer *c, int err) {
-  switch (err) {
-    case SLUICE_ECHANNEL:
-    case SLUICE_ECLOSED:
-    case SLUICE_EAUTH:
-    case SLUICE_ENOTFOUND:
-    case SLUICE_EBROKER:
-    case SLUICE_ECONFLICT:
-    case SLUICE_EVHOST:
-      return c->last_close_code;
-    default:
-      return 0; /* not a broker close */
-  }
+  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code
+                                                       : 0;
 }
 
 /* Everything that belonged to the dead connection's loop: its socket
@@ -296,7 +322,7 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
     finish_stop(c, 0);
     return;
   }
-  sluice__reconnect_schedule(c, err);
+  schedule_retry(c, err);
 }
 
 /* ---- the loop ------------------------------------------------------------ */
@@ -357,7 +383,7 @@ static int first_connection(sluice_consumer *c) {
     int rc = establish(c);
     if (rc) {
       if (!c->o.reconnect.enabled || !sluice__retryable(rc)) return rc;
-      sluice__reconnect_schedule(c, rc);
+      schedule_retry(c, rc);
       return 1; /* running, not connected yet */
     }
   }
@@ -538,7 +564,33 @@ static void finish_stop(sluice_consumer *c, int result) {
   sluice__loop_break(&c->loop);
 }
 
-void sluice__finish(sluice_consumer *c, int result) { finish_stop(c, result); }
+/* ---- close listeners ----------------------------------------------------- */
+
+int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn,
+                             void *user, sluice_listen_scope scope,
+                             sluice_listener *out) {
+  if (!c) return SLUICE_EINVAL;
+  /* c->generation names the live connection, or the next one while down
+   * (it moves on when a connection dies). */
+  int rc = sluice__registry_add(c->registry, fn, user, scope,
+                                atomic_load(&c->generation), out);
+  if (rc == SLUICE_ELIMIT)
+    sluice__log(c, SLUICE_LOG_ERROR,
+                "close-listener registry full (%u): registration refused; "
+                "remove listeners with sluice_consumer_off_close() or use "
+                "SLUICE_LISTEN_GENERATION",
+                sluice__registry_capacity(c->registry));
+  return rc;
+}
+
+int sluice_consumer_off_close(sluice_consumer *c, sluice_listener h) {
+  if (!c) return SLUICE_EINVAL;
+  return sluice__registry_remove(c->registry, h);
+}
+
+size_t sluice_consumer_close_listener_count(const sluice_consumer *c) {
+  return c ? sluice__registry_count(c->registry) : 0;
+}
 
 /* ---- stats --------------------------------------------------------------- */
 

@@ -16,6 +16,8 @@
 #include <sluice/consumer.h>
 #include <sluice/reconnect.h>
 
+#include "../reconnect/policy.h"
+#include "../reconnect/registry.h"
 #include "ackq.h"
 #include "amqp_util.h"
 #include "bound.h"
@@ -95,7 +97,7 @@ struct sluice_consumer {
   sluice_consumer_opts o; /* with defaults applied; strings below */
   sluice__logger log;
   char **uris;
-  size_t n_uris, uri_next;
+  size_t n_uris;
   char *conn_name;
   sluice_delivery_hooks hooks;
   int has_hooks;
@@ -163,12 +165,9 @@ struct sluice_consumer {
   int draining;     /* AUTO stop past its deadline: hand deliveries off */
   uint64_t stop_deadline_ms;
 
-  /* reconnect */
-  struct sluice__registry *registry;
-  sluice_backoff backoff;
-  unsigned attempt;
-  uint64_t connected_at_ms;
-  uint64_t rng_state;
+  /* reconnect: the policy decides, the consumer arms SLUICE__W_RETRY */
+  sluice__registry *registry;
+  sluice__policy policy;
 
   /* counters (atomics: read from any thread) */
   _Atomic uint64_t n_delivered, n_acked, n_nacked, n_rejected, n_errors,
@@ -187,8 +186,6 @@ void sluice__emit(sluice_consumer *c, const sluice_event *ev);
 void sluice__conn_lost(sluice_consumer *c, int err);
 void sluice__check_stop(sluice_consumer *c);
 void sluice__begin_stop(sluice_consumer *c);
-/* End the run with `result`. */
-void sluice__finish(sluice_consumer *c, int result);
 
 /* conn.c: connecting and disconnecting (loop thread) */
 int sluice__connect(sluice_consumer *c);
@@ -245,20 +242,5 @@ void sluice__workers_stop(sluice_consumer *c);
 void sluice__workers_push(sluice_consumer *c, sluice_delivery *d);
 /* Take back every queued delivery not yet handled (stop/reconnect). */
 sluice_delivery *sluice__workers_take_all(sluice_consumer *c);
-
-/* reconnect/ */
-int sluice__registry_new(unsigned cap, struct sluice__registry **out);
-void sluice__registry_free(struct sluice__registry *r);
-void sluice__registry_dispatch(struct sluice__registry *r, sluice_consumer *c,
-                               const sluice_event *ev);
-void sluice__registry_generation_died(struct sluice__registry *r,
-                                      uint64_t generation);
-size_t sluice__registry_count(const struct sluice__registry *r);
-/* 0 for errors that retrying cannot fix (credentials, vhost, missing queue) */
-int sluice__retryable(int err);
-void sluice__reconnect_schedule(sluice_consumer *c, int err);
-void sluice__reconnect_connected(sluice_consumer *c);
-/* The reconnect clock: opts.reconnect.now_ms when set, else monotonic ms. */
-uint64_t sluice__reconnect_now(sluice_consumer *c);
 
 #endif

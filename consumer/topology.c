@@ -132,8 +132,9 @@ static int topo_add(sluice_consumer *c, struct topo *t) {
     sluice__kick_read(c);
     if (rc) {
       topo_free(t);
-      if (rc != SLUICE_ENOTFOUND && rc != SLUICE_ECONFLICT &&
-          rc != SLUICE_ECHANNEL && c->started)
+      /* A failure that closed more than the topology channel (which
+       * rpc_result has reopened) takes the connection down. */
+      if (!(sluice__err_class(rc) & SLUICE__ERR_CHANNEL_ONLY) && c->started)
         sluice__conn_lost(c, rc);
       return rc;
     }

@@ -6,7 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "../consumer/internal.h"
+#include "registry.h"
 
 struct slot {
   sluice_close_fn fn;
@@ -27,8 +27,8 @@ struct sluice__registry {
 
 #define SLOT_BITS 16
 
-int sluice__registry_new(unsigned cap, struct sluice__registry **out) {
-  struct sluice__registry *r =
+int sluice__registry_new(unsigned cap, sluice__registry **out) {
+  sluice__registry *r =
       calloc(1, sizeof(*r) + (size_t)cap * sizeof(struct slot));
   if (!r) return SLUICE_ENOMEM;
   pthread_mutex_init(&r->mu, NULL);
@@ -38,22 +38,22 @@ int sluice__registry_new(unsigned cap, struct sluice__registry **out) {
   return 0;
 }
 
-void sluice__registry_free(struct sluice__registry *r) {
+void sluice__registry_free(sluice__registry *r) {
   if (!r) return;
   pthread_mutex_destroy(&r->mu);
   free(r);
 }
 
-size_t sluice__registry_count(const struct sluice__registry *r) {
+size_t sluice__registry_count(const sluice__registry *r) {
   if (!r) return 0;
-  struct sluice__registry *m = (struct sluice__registry *)r;
+  sluice__registry *m = (sluice__registry *)r;
   pthread_mutex_lock(&m->mu);
   size_t n = m->count;
   pthread_mutex_unlock(&m->mu);
   return n;
 }
 
-static void slot_free(struct sluice__registry *r, struct slot *s) {
+static void slot_free(sluice__registry *r, struct slot *s) {
   s->used = 0;
   s->fn = NULL;
   s->user = NULL;
@@ -61,13 +61,12 @@ static void slot_free(struct sluice__registry *r, struct slot *s) {
   r->count--;
 }
 
-int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn,
-                             void *user, sluice_listen_scope scope,
-                             sluice_listener *out) {
-  if (!c || !fn || !out) return SLUICE_EINVAL;
+int sluice__registry_add(sluice__registry *r, sluice_close_fn fn, void *user,
+                         sluice_listen_scope scope, uint64_t generation,
+                         sluice_listener *out) {
+  if (!fn || !out) return SLUICE_EINVAL;
   if (scope != SLUICE_LISTEN_GENERATION && scope != SLUICE_LISTEN_PERSISTENT)
     return SLUICE_EINVAL;
-  struct sluice__registry *r = c->registry;
   pthread_mutex_lock(&r->mu);
   for (unsigned i = 0; i < r->cap; i++) {
     struct slot *s = &r->slots[i];
@@ -77,27 +76,17 @@ int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn,
     s->user = user;
     s->scope = scope;
     s->epoch = r->epoch;
-    /* c->generation names the live connection, or the next one while
-     * down (it moves on when a connection dies). */
-    s->generation = atomic_load(&c->generation);
+    s->generation = generation;
     r->count++;
     *out = (s->serial << SLOT_BITS) | i;
     pthread_mutex_unlock(&r->mu);
     return 0;
   }
-  unsigned cap = r->cap;
   pthread_mutex_unlock(&r->mu);
-  sluice__log(c, SLUICE_LOG_ERROR,
-              "close-listener registry full (%u): registration refused; "
-              "remove listeners with sluice_consumer_off_close() or use "
-              "SLUICE_LISTEN_GENERATION",
-              cap);
   return SLUICE_ELIMIT;
 }
 
-int sluice_consumer_off_close(sluice_consumer *c, sluice_listener h) {
-  if (!c) return SLUICE_EINVAL;
-  struct sluice__registry *r = c->registry;
+int sluice__registry_remove(sluice__registry *r, sluice_listener h) {
   unsigned i = (unsigned)(h & ((1u << SLOT_BITS) - 1));
   uint64_t serial = h >> SLOT_BITS;
   int rc = SLUICE_EALREADY;
@@ -110,11 +99,11 @@ int sluice_consumer_off_close(sluice_consumer *c, sluice_listener h) {
   return rc;
 }
 
-size_t sluice_consumer_close_listener_count(const sluice_consumer *c) {
-  return c ? sluice__registry_count(c->registry) : 0;
+unsigned sluice__registry_capacity(const sluice__registry *r) {
+  return r ? r->cap : 0;
 }
 
-void sluice__registry_dispatch(struct sluice__registry *r, sluice_consumer *c,
+void sluice__registry_dispatch(sluice__registry *r, sluice_consumer *c,
                                const sluice_event *ev) {
   pthread_mutex_lock(&r->mu);
   uint64_t epoch = ++r->epoch;
@@ -135,7 +124,7 @@ void sluice__registry_dispatch(struct sluice__registry *r, sluice_consumer *c,
   }
 }
 
-void sluice__registry_generation_died(struct sluice__registry *r,
+void sluice__registry_generation_died(sluice__registry *r,
                                       uint64_t generation) {
   pthread_mutex_lock(&r->mu);
   for (unsigned i = 0; i < r->cap; i++) {

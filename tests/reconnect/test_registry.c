@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* The close-listener registry and the backoff, without a broker. */
+/* The close-listener registry (through the consumer's API, and alone) and
+ * the backoff, without a broker. The policy: test_policy.c. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,9 +8,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include <event2/event.h>
+#include <sluice/sluice.h>
 
-#include "consumer/internal.h"
+#include "reconnect/registry.h"
 
 static sluice_consumer *new_consumer(unsigned cap) {
   sluice_consumer_opts o = {.max_close_listeners = cap};
@@ -71,80 +72,98 @@ static void remove_twice_and_stale(void **state) {
   sluice_consumer_free(c);
 }
 
-/* listener 0 removes itself, listener 1 removes listener 2, listener 3
- * registers a new one: each of the rest sees the event once. */
-static sluice_consumer *g_c;
+/* The registry alone, without a consumer: listener 0 removes itself,
+ * listener 1 removes listener 2, listener 3 registers a new one: each of
+ * the rest sees the event once. */
+static sluice__registry *g_r;
 static void self_remove(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[0]++;
-  assert_int_equal(sluice_consumer_off_close(c, handles[0]), 0);
+  assert_int_equal(sluice__registry_remove(g_r, handles[0]), 0);
 }
 static void remove_other(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[1]++;
-  sluice_consumer_off_close(c, handles[2]);
+  sluice__registry_remove(g_r, handles[2]);
 }
 static void registers(sluice_consumer *c, const sluice_event *ev, void *u) {
   calls[3]++;
-  sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)4, SLUICE_LISTEN_PERSISTENT,
-                  &handles[4]);
+  sluice__registry_add(g_r, count_cb, (void *)(intptr_t)4,
+                       SLUICE_LISTEN_PERSISTENT, 1, &handles[4]);
 }
 
 static void unregister_inside_callback(void **state) {
   (void)state;
   memset(calls, 0, sizeof(calls));
-  g_c = new_consumer(8);
-  sluice_consumer_on_close(g_c, self_remove, NULL, SLUICE_LISTEN_PERSISTENT, &handles[0]);
-  sluice_consumer_on_close(g_c, remove_other, NULL, SLUICE_LISTEN_PERSISTENT,
-                  &handles[1]);
-  sluice_consumer_on_close(g_c, count_cb, (void *)(intptr_t)2, SLUICE_LISTEN_PERSISTENT,
-                  &handles[2]);
-  sluice_consumer_on_close(g_c, registers, NULL, SLUICE_LISTEN_PERSISTENT, &handles[3]);
+  assert_int_equal(sluice__registry_new(8, &g_r), 0);
+  sluice__registry_add(g_r, self_remove, NULL, SLUICE_LISTEN_PERSISTENT, 1,
+                       &handles[0]);
+  sluice__registry_add(g_r, remove_other, NULL, SLUICE_LISTEN_PERSISTENT, 1,
+                       &handles[1]);
+  sluice__registry_add(g_r, count_cb, (void *)(intptr_t)2,
+                       SLUICE_LISTEN_PERSISTENT, 1, &handles[2]);
+  sluice__registry_add(g_r, registers, NULL, SLUICE_LISTEN_PERSISTENT, 1,
+                       &handles[3]);
   sluice_event ev = {.type = SLUICE_EV_CLOSED, .err = SLUICE_ECLOSED};
-  sluice__registry_dispatch(g_c->registry, g_c, &ev);
+  sluice__registry_dispatch(g_r, NULL, &ev);
   assert_int_equal(calls[0], 1);
   assert_int_equal(calls[1], 1);
   assert_int_equal(calls[2], 0); /* removed before its turn */
   assert_int_equal(calls[3], 1);
   assert_int_equal(calls[4], 0); /* registered during dispatch */
-  assert_int_equal(sluice_consumer_close_listener_count(g_c), 3);
-  sluice__registry_dispatch(g_c->registry, g_c, &ev);
+  assert_int_equal(sluice__registry_count(g_r), 3);
+  sluice__registry_dispatch(g_r, NULL, &ev);
   assert_int_equal(calls[0], 1);
   assert_int_equal(calls[4], 1);
-  sluice_consumer_free(g_c);
+  sluice__registry_free(g_r);
 }
 
 static void generation_listeners_go_with_their_connection(void **state) {
   (void)state;
   memset(calls, 0, sizeof(calls));
-  sluice_consumer *c = new_consumer(4);
-  /* not connected yet: binds to the next connection, generation 1 */
+  sluice__registry *r;
+  assert_int_equal(sluice__registry_new(4, &r), 0);
+  /* bound to generation 1 (the first connection, or the next one) */
   sluice_listener h;
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)0,
-                                   SLUICE_LISTEN_GENERATION, &h), 0);
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)1,
-                                   SLUICE_LISTEN_PERSISTENT, &handles[1]), 0);
+  assert_int_equal(sluice__registry_add(r, count_cb, (void *)(intptr_t)0,
+                                        SLUICE_LISTEN_GENERATION, 1, &h),
+                   0);
+  assert_int_equal(sluice__registry_add(r, count_cb, (void *)(intptr_t)1,
+                                        SLUICE_LISTEN_PERSISTENT, 1,
+                                        &handles[1]),
+                   0);
   /* a close of another generation does not concern it */
   sluice_event ev0 = {.type = SLUICE_EV_CLOSED, .generation = 0};
-  sluice__registry_dispatch(c->registry, c, &ev0);
+  sluice__registry_dispatch(r, NULL, &ev0);
   assert_int_equal(calls[0], 0);
   assert_int_equal(calls[1], 1);
   sluice_event ev = {.type = SLUICE_EV_CLOSED, .generation = 1};
-  sluice__registry_dispatch(c->registry, c, &ev);
-  sluice__registry_generation_died(c->registry, 1);
+  sluice__registry_dispatch(r, NULL, &ev);
+  sluice__registry_generation_died(r, 1);
   assert_int_equal(calls[0], 1);
-  assert_int_equal(sluice_consumer_close_listener_count(c), 1);
-  assert_int_equal(sluice_consumer_off_close(c, h), SLUICE_EALREADY);
+  assert_int_equal(sluice__registry_count(r), 1);
+  assert_int_equal(sluice__registry_remove(r, h), SLUICE_EALREADY);
+  /* a generation listener hears GAVE_UP whatever its generation */
+  assert_int_equal(sluice__registry_add(r, count_cb, (void *)(intptr_t)3,
+                                        SLUICE_LISTEN_GENERATION, 7, &h),
+                   0);
+  sluice_event gu = {.type = SLUICE_EV_GAVE_UP, .generation = 2};
+  sluice__registry_dispatch(r, NULL, &gu);
+  assert_int_equal(calls[3], 1);
+  assert_int_equal(sluice__registry_remove(r, h), 0);
   /* registering one per "reconnect" never accumulates */
   for (uint64_t g = 2; g < 1000; g++) {
-    atomic_store(&c->generation, g); /* the next connection's */
-    assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)2,
-                                     SLUICE_LISTEN_GENERATION, &h), 0);
+    assert_int_equal(sluice__registry_add(r, count_cb, (void *)(intptr_t)2,
+                                          SLUICE_LISTEN_GENERATION, g, &h),
+                     0);
     sluice_event e = {.type = SLUICE_EV_CLOSED, .generation = g};
-    sluice__registry_dispatch(c->registry, c, &e);
-    sluice__registry_generation_died(c->registry, g);
-    assert_int_equal(sluice_consumer_close_listener_count(c), 1);
+    sluice__registry_dispatch(r, NULL, &e);
+    sluice__registry_generation_died(r, g);
+    assert_int_equal(sluice__registry_count(r), 1);
   }
   assert_int_equal(calls[2], 998);
-  sluice_consumer_free(c);
+  assert_int_equal(sluice__registry_add(r, NULL, NULL,
+                                        SLUICE_LISTEN_PERSISTENT, 1, &h),
+                   SLUICE_EINVAL);
+  sluice__registry_free(r);
 }
 
 static void backoff_sequence(void **state) {
@@ -177,103 +196,6 @@ static void backoff_sequence(void **state) {
 }
 
 
-/* The reconnect policy with an injected clock and random source: the delay
- * windows double up to the cap, a connection that stays up reset_after_ms
- * starts them over, a shorter one does not; max_attempts counts failures
- * in a row; errors that retrying cannot fix stop at once. */
-struct fake {
-  uint64_t now, r;
-  unsigned reconnecting, gave_up;
-  uint64_t delay[16];
-  unsigned attempt[16];
-};
-
-static uint64_t fake_now(void *u) { return ((struct fake *)u)->now; }
-static uint64_t fake_random(void *u) { return ((struct fake *)u)->r; }
-
-static void fake_event(sluice_consumer *c, const sluice_event *ev, void *u) {
-  struct fake *f = u;
-  if (ev->type == SLUICE_EV_RECONNECTING && f->reconnecting < 16) {
-    f->delay[f->reconnecting] = ev->delay_ms;
-    f->attempt[f->reconnecting] = ev->attempt;
-    f->reconnecting++;
-  }
-  if (ev->type == SLUICE_EV_GAVE_UP) f->gave_up++;
-}
-
-static uint64_t expect_delay(uint64_t min, uint64_t cap, uint64_t r) {
-  return min + r % (cap - min + 1);
-}
-
-static void backoff_reset_with_injected_clock(void **state) {
-  (void)state;
-  struct fake f = {.now = 1000, .r = 1000000007ULL};
-  sluice_consumer_opts o = {
-      .on_event = fake_event,
-      .event_user = &f,
-      .log_level = -1,
-      .reconnect = {.enabled = 1,
-                    .min_delay_ms = 100,
-                    .max_delay_ms = 1000,
-                    .max_attempts = 3,
-                    .reset_after_ms = 5000,
-                    .now_ms = fake_now,
-                    .random = fake_random,
-                    .clock_user = &f},
-  };
-  sluice_consumer *c;
-  assert_int_equal(sluice_consumer_new(&o, &c), 0);
-
-  /* three failures in a row: windows [100,100], [100,200], [100,400] */
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  assert_int_equal(f.reconnecting, 3);
-  assert_int_equal(f.delay[0], 100);
-  assert_int_equal(f.delay[1], expect_delay(100, 200, f.r));
-  assert_int_equal(f.delay[2], expect_delay(100, 400, f.r));
-  assert_int_equal(f.attempt[2], 3);
-
-  /* connected at t=1000, lost at t=5999: up less than reset_after_ms, so
-   * the delay keeps growing, but the failure count starts over */
-  sluice__reconnect_connected(c);
-  f.now = 5999;
-  sluice__reconnect_schedule(c, SLUICE_ECLOSED);
-  assert_int_equal(f.delay[3], expect_delay(100, 800, f.r));
-  assert_int_equal(f.attempt[3], 1);
-
-  /* connected at t=7000 and up for exactly reset_after_ms: back to min */
-  f.now = 7000;
-  sluice__reconnect_connected(c);
-  f.now = 12000;
-  f.r = UINT64_MAX;
-  sluice__reconnect_schedule(c, SLUICE_ECLOSED);
-  assert_int_equal(f.delay[4], 100);
-  assert_int_equal(f.attempt[4], 1);
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  assert_int_equal(f.delay[5], expect_delay(100, 200, f.r));
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  assert_int_equal(f.reconnecting, 7);
-  assert_int_equal(f.gave_up, 0);
-
-  /* the fourth failure in a row is one too many: gave up */
-  sluice__reconnect_schedule(c, SLUICE_ECONNECT);
-  assert_int_equal(f.reconnecting, 7);
-  assert_int_equal(f.gave_up, 1);
-  assert_true(sluice_consumer_stopped(c));
-  sluice_consumer_free(c);
-
-  /* refused credentials: no attempt is even scheduled */
-  memset(&f, 0, sizeof(f));
-  f.now = 1000;
-  assert_int_equal(sluice_consumer_new(&o, &c), 0);
-  sluice__reconnect_schedule(c, SLUICE_EAUTH);
-  assert_int_equal(f.reconnecting, 0);
-  assert_int_equal(f.gave_up, 0);
-  assert_true(sluice_consumer_stopped(c));
-  sluice_consumer_free(c);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(full_registry_refuses),
@@ -281,7 +203,6 @@ int main(void) {
       cmocka_unit_test(unregister_inside_callback),
       cmocka_unit_test(generation_listeners_go_with_their_connection),
       cmocka_unit_test(backoff_sequence),
-      cmocka_unit_test(backoff_reset_with_injected_clock),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
