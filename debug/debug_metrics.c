@@ -148,7 +148,8 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          "Deliveries held now: buffered, in a handler or deferred.",
          st.in_flight);
   metric(b, "sluice_in_flight_bytes", GAUGE,
-         "Body bytes of the deliveries held now.", st.in_flight_bytes);
+         "Bytes sluice holds for the deliveries held now (body, properties "
+         "and headers).", st.in_flight_bytes);
   metric(b, "sluice_max_in_flight_messages", GAUGE,
          "High-water mark of sluice_in_flight_messages.", st.max_in_flight);
   metric(b, "sluice_buffered_messages", GAUGE,

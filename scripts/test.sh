@@ -12,7 +12,9 @@ JOBS=$(nproc)
 bash scripts/setup.sh
 bash scripts/broker.sh start
 
-export SLUICE_REQUIRE_BROKER=1   # broker tests fail instead of skipping
+# Tests that need the broker or a tool setup.sh installs (go, promtool,
+# prometheus) fail instead of skipping.
+export SLUICE_REQUIRE_BROKER=1
 export CTEST_OUTPUT_ON_FAILURE=1
 
 run_build() { # name, cmake args...

@@ -71,6 +71,32 @@ static int buf_add(buf *b, const char *d, size_t n) {
   return 0;
 }
 
+static int chunked(const char *head) {
+  for (const char *p = strstr(head, "\r\n"); p; p = strstr(p + 2, "\r\n"))
+    if (!strncasecmp(p + 2, "Transfer-Encoding:", 18))
+      return strcasestr(p + 20, "chunked") != NULL &&
+             strcasestr(p + 20, "chunked") < strstr(p + 2, "\r\n");
+  return 0;
+}
+
+/* Decode a chunked body in place (read to EOF: requests say Connection:
+ * close); returns its length. A malformed or cut body keeps what decoded. */
+static size_t dechunk(char *d, size_t n) {
+  size_t in = 0, out = 0;
+  while (in < n) {
+    char *end;
+    unsigned long long len = strtoull(d + in, &end, 16);
+    char *eol = memmem(d + in, n - in, "\r\n", 2);
+    if (end == d + in || !eol) break;
+    in = (size_t)(eol - d) + 2;
+    if (len == 0 || len > n - in) break;
+    memmove(d + out, d + in, (size_t)len);
+    out += (size_t)len;
+    in += (size_t)len + 2; /* the chunk's CRLF */
+  }
+  return out;
+}
+
 int h_read(int fd, hresp *r) {
   memset(r, 0, sizeof *r);
   buf b = {0};
@@ -102,6 +128,8 @@ int h_read(int fd, hresp *r) {
   r->head = strndup(b.d, head_end);
   r->body_len = b.n - head_end;
   if (clen >= 0 && r->body_len > (size_t)clen) r->body_len = (size_t)clen;
+  if (clen < 0 && r->head && chunked(r->head))
+    r->body_len = dechunk(b.d + head_end, r->body_len);
   r->body = malloc(r->body_len + 1);
   if (r->body) {
     memcpy(r->body, b.d + head_end, r->body_len);
