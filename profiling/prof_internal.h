@@ -9,7 +9,10 @@
  *   prof_table.c      the table of tracked blocks (pointer -> record)
  *   prof_stack.c      unwinding (libunwind) and the interned stack table
  *   prof_scope.c      scopes, residual, re-checks, aggregates, leak verdicts
- *   prof_symbols.c    loaded modules, ELF symbol tables, name cache
+ *   prof_symbols.c    loaded modules, ELF symbol tables, name cache, and
+ *                     the frames (function, file:line, inlined calls) of
+ *                     an address that every writer reads
+ *   prof_lines.c      DWARF line tables and inlined calls (libdw)
  *   prof_snapshot.c   snapshots and their differences
  *   prof_out.c        output dispatch, files, shared formatting
  *   prof_out_pprof.c  gzipped profile.proto
@@ -30,6 +33,9 @@
 
 #ifndef SLUICE_PROF_INTERPOSE
 #define SLUICE_PROF_INTERPOSE 1
+#endif
+#ifndef SLUICE_PROF_HAVE_LIBDW
+#define SLUICE_PROF_HAVE_LIBDW 0
 #endif
 
 #define SLUICE__LIKELY(x) __builtin_expect(!!(x), 1)
@@ -354,7 +360,9 @@ int sluice__queue_find(const char *name); /* -1 when unknown */
 const char *sluice__outcome_name(int outcome);
 
 /* ------------------------------------------------------------------------ */
-/* Symbols and mappings, resolved at report time. */
+/* Symbols and mappings, resolved at report time. Every writer names its
+ * frames through sluice__sym_frames() (or the stack helpers below that
+ * call it), so an address is resolved once per view, lines included. */
 typedef struct sluice__mapping {
   uint64_t start, limit, offset;
   const char *path;     /* owned by the symbol cache */
@@ -365,13 +373,58 @@ typedef struct sluice__symtab sluice__symtab; /* one report's view */
 /* Open a view of the loaded modules (takes the symbol lock until close). */
 sluice__symtab *sluice__sym_open(void);
 void sluice__sym_close(sluice__symtab *st);
-/* Name of the function containing `pc` (a return address minus 1); never
- * NULL; borrowed until sluice__sym_close(). `mapping` gets the index of
- * its mapping or -1. */
-const char *sluice__sym_name(sluice__symtab *st, uintptr_t pc, int *mapping);
 size_t sluice__sym_mappings(sluice__symtab *st, const sluice__mapping **out);
 void sluice__sym_lock_all(void);
 void sluice__sym_unlock_all(void);
+
+/* One frame of source: a function and where in it. An address inside
+ * inlined code has several, the innermost inlined call first. */
+typedef struct sluice__frame {
+  const char *func;    /* function name; never NULL from sluice__sym_frames */
+  const char *file;    /* source file as the DWARF names it; NULL: unknown */
+  uint32_t line;       /* 0: unknown */
+  uint32_t start_line; /* where the function is declared; 0: unknown */
+} sluice__frame;
+
+/* Inlined calls kept per address (innermost first; the outermost, the
+ * function that holds the code, is always kept). */
+#define SLUICE__MAX_INLINE 16
+/* Frames of one stack once inlined calls are expanded (leaf side kept). */
+#define SLUICE__MAX_FRAMES 128
+
+/* The frames at `pc` (an address inside a call: return address minus 1),
+ * innermost first, at most `max` (>= 1); the last is the function that
+ * holds the code (its ELF symbol's name when it has one). Without debug
+ * information: one frame, the symbol's name, no file. Resolved once per
+ * view (cached until sluice__sym_close); strings borrowed until then.
+ * `mapping` (may be NULL) gets the index of the mapping or -1. Returns the
+ * count. */
+int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
+                       int max, int *mapping);
+/* Does mapping i have line information (DWARF read for it so far)? */
+int sluice__sym_mapping_has_lines(sluice__symtab *st, size_t i);
+
+/* prof_lines.c: DWARF of one module, opened on demand, at most
+ * SLUICE__DWARF_OPEN at once (least recently used closed first). Called
+ * with the symbol lock and the guard held. */
+#define SLUICE__DWARF_OPEN 16
+typedef struct sluice__dwarf sluice__dwarf;
+/* Frames of `pc` (absolute) in the module at `path` loaded at `base`;
+ * strings valid until the next call. `*state`: 0 not tried, 1 has DWARF,
+ * -1 none (then 0 is returned without looking again). `*slot` is the
+ * module's session, NULL when closed (reopened on demand). */
+int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
+                         uintptr_t base, const char *build_id, uintptr_t pc,
+                         sluice__frame *out, int max);
+void sluice__dwarf_close(sluice__dwarf **slot);
+typedef struct sluice__dwarf_stats {
+  uint64_t opened, closed, no_dwarf, lookups;
+  size_t open;
+} sluice__dwarf_stats;
+void sluice__dwarf_stats_get(sluice__dwarf_stats *out);
+/* 0 when SLUICE_PROF_LINES=0 asked for function names only, or the
+ * library was built without libdw. */
+int sluice__lines_enabled(void);
 
 /* ------------------------------------------------------------------------ */
 /* Snapshots. Values are raw sampled counts; writers unbias them. */
@@ -429,11 +482,17 @@ int sluice__write_folded(const sluice_prof_snapshot *s,
                          const sluice_prof_output *o, sluice__out *out);
 int sluice__write_residual(const sluice_prof_output *o, sluice__out *out);
 
-/* Names of the frames of stack `id`, leaf first, at most SLUICE__MAX_DEPTH;
- * the overflow stack gets one made-up frame "[stack table full]" with pc 0.
- * `pcs` (return addresses) and `maps` (mapping index or -1) may be NULL. */
-uint32_t sluice__stack_names(sluice__symtab *st, uint32_t id,
-                             const char **names, uintptr_t *pcs, int *maps);
+/* The frames of stack `id` with inlined calls expanded, leaf first, at
+ * most `max` (leaf side kept); strings borrowed until sluice__sym_close().
+ * The overflow stack has one frame, "[stack table full]". */
+uint32_t sluice__stack_sframes(sluice__symtab *st, uint32_t id,
+                               sluice__frame *out, uint32_t max);
+/* "func (file.c:12)" (the file's base name), or "func" without a line. */
+void sluice__put_frame(sluice__buf *b, const sluice__frame *f);
+/* The first `max` frames of stack `id` with put_frame, joined by " <- ":
+ * the sites of the residual report and of the leak verdict. */
+void sluice__put_chain(sluice__buf *b, sluice__symtab *st, uint32_t id,
+                       uint32_t max);
 /* Does a residual row pass the output's queue/outcome filter? */
 int sluice__resid_match(const sluice_prof_output *o,
                         const sluice__snap_resid *r);

@@ -92,23 +92,42 @@ void sluice__fmt_value(char *buf, size_t n, int64_t v, int bytes) {
   snprintf(buf, n, "%s%s", num, units[u]);
 }
 
-uint32_t sluice__stack_names(sluice__symtab *st, uint32_t id,
-                             const char **names, uintptr_t *pcs, int *maps) {
-  uint32_t n;
-  const uintptr_t *f = sluice__stack_frames(id, &n);
+uint32_t sluice__stack_sframes(sluice__symtab *st, uint32_t id,
+                               sluice__frame *out, uint32_t max) {
+  if (!max) return 0;
   if (id == SLUICE__STACK_FULL) {
-    names[0] = "[stack table full]";
-    if (pcs) pcs[0] = 0;
-    if (maps) maps[0] = -1;
+    out[0] = (sluice__frame){"[stack table full]", NULL, 0, 0};
     return 1;
   }
+  uint32_t n, k = 0;
+  const uintptr_t *f = sluice__stack_frames(id, &n);
   if (n > SLUICE__MAX_DEPTH) n = SLUICE__MAX_DEPTH;
-  for (uint32_t i = 0; i < n; i++) {
-    /* A return address points after the call: look up the call itself. */
-    names[i] = sluice__sym_name(st, f[i] - 1, maps ? &maps[i] : NULL);
-    if (pcs) pcs[i] = f[i];
+  for (uint32_t i = 0; i < n && k < max; i++) {
+    int room = max - k < SLUICE__MAX_INLINE ? (int)(max - k)
+                                            : SLUICE__MAX_INLINE;
+    k += (uint32_t)sluice__sym_frames(st, f[i] - 1, out + k, room, NULL);
   }
-  return n;
+  return k;
+}
+
+void sluice__put_frame(sluice__buf *b, const sluice__frame *f) {
+  sluice__buf_puts(b, f->func);
+  if (!f->file) return;
+  const char *base = strrchr(f->file, '/');
+  sluice__buf_printf(b, " (%s", base ? base + 1 : f->file);
+  if (f->line) sluice__buf_printf(b, ":%u", f->line);
+  sluice__buf_putc(b, ')');
+}
+
+void sluice__put_chain(sluice__buf *b, sluice__symtab *st, uint32_t id,
+                       uint32_t max) {
+  sluice__frame f[SLUICE__MAX_FRAMES];
+  uint32_t n = sluice__stack_sframes(st, id, f, SLUICE__MAX_FRAMES);
+  if (!n) sluice__buf_puts(b, "?");
+  for (uint32_t i = 0; i < n && i < max; i++) {
+    if (i) sluice__buf_puts(b, " <- ");
+    sluice__put_frame(b, &f[i]);
+  }
 }
 
 /* ------------------------------------------------------------------------ */

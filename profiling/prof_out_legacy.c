@@ -10,8 +10,8 @@
  *
  * Counts are raw samples and the header names the rate, so pprof unbiases
  * them itself (the same formula as Go's); at rate 1 the header says
- * "heapprofile" (nothing to unbias). Addresses are return addresses (pprof
- * subtracts 1 from callers). The format has no labels and no negative
+ * "heapprofile" (nothing to unbias). Callers are return addresses (pprof
+ * subtracts 1), the leaf the address of its call. The format has no labels and no negative
  * numbers: a residual profile is summed per stack, and a difference keeps
  * only what grew. When the allocation totals equal the in-use totals, pprof
  * would ignore the allocation columns, so (like Go) one byte is added. */
@@ -89,8 +89,12 @@ int sluice__write_legacy(const sluice_prof_snapshot *s,
     sluice__buf_printf(&b, "%lld: %lld [%lld: %lld] @", (long long)r->v[0],
                        (long long)r->v[1], (long long)r->v[2],
                        (long long)r->v[3]);
+    /* The leaf as the address of the call itself: google-pprof takes the
+     * first address as is (subtracting 1 from callers only) and would put
+     * the allocation on the line after the call; go tool pprof subtracts
+     * 1 from every address, which still lands inside the call. */
     for (uint32_t k = 0; k < nf; k++)
-      sluice__buf_printf(&b, " 0x%lx", (unsigned long)f[k]);
+      sluice__buf_printf(&b, " 0x%lx", (unsigned long)(f[k] - (k == 0)));
     sluice__buf_putc(&b, '\n');
     if (b.len >= 16384) {
       rc = b.oom ? SLUICE_ENOMEM : sluice__out_write(out, b.data, b.len);

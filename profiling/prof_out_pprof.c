@@ -7,8 +7,11 @@
  * the last one by default), already unbiased, with a "bytes" label (mean
  * block size) like Go's. Residual profiles carry residual_objects/count and
  * residual_space/bytes with "queue", "outcome" and "message" labels, so
- * `-tagfocus outcome=nack` works. Functions and mappings are filled in
- * (has_functions), so `go tool pprof` needs no binary. */
+ * `-tagfocus outcome=nack` works. Functions, source lines (several Line
+ * entries per Location for inlined calls, innermost first) and mappings
+ * are filled in (has_functions; has_filenames, has_line_numbers and
+ * has_inline_frames where the module has DWARF), so `go tool pprof` needs
+ * no binary. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -60,19 +63,26 @@ static void pb_msg(sluice__buf *b, unsigned field, sluice__buf *m) {
 
 typedef struct tables {
   const char **strs;
-  uint32_t *str_func; /* function id of string i, 0 = none yet */
   size_t n_strs, cap_strs;
   uint32_t *str_idx; /* hash index, string index + 1 */
   size_t str_icap;
-  /* locations: pc -> id */
+  sluice__symtab *st;
+  /* locations: pc -> id, with their lines */
   uintptr_t *loc_pc;
   int *loc_map;
-  uint32_t *loc_func;
+  uint32_t *loc_line0; /* first entry in lines */
+  uint16_t *loc_nlines;
   size_t n_locs, cap_locs;
   uint32_t *loc_idx;
   size_t loc_icap;
-  uint32_t *func_name; /* function id - 1 -> string index */
+  /* lines of all locations: function id, line */
+  uint32_t (*lines)[2];
+  size_t n_lines, cap_lines;
+  /* functions: name, file (string indexes), start line */
+  uint32_t (*funcs)[3];
   size_t n_funcs, cap_funcs;
+  uint32_t *func_idx; /* hash index, function id */
+  size_t func_icap;
   int oom;
 } tables;
 
@@ -118,16 +128,10 @@ static int64_t str_id(tables *t, const char *s) {
     if (!strcmp(t->strs[i], s)) return i;
     j = (j + 1) & (t->str_icap - 1);
   }
-  size_t cap = t->cap_strs;
-  if (grow_arr((void **)&t->strs, &cap, t->n_strs + 1, sizeof(char *)))
+  if (grow_arr((void **)&t->strs, &t->cap_strs, t->n_strs + 1,
+               sizeof(char *)))
     goto oom;
-  size_t cap2 = t->cap_strs;
-  if (grow_arr((void **)&t->str_func, &cap2, t->n_strs + 1,
-               sizeof(uint32_t)))
-    goto oom;
-  t->cap_strs = cap < cap2 ? cap : cap2;
   t->strs[t->n_strs] = s;
-  t->str_func[t->n_strs] = 0;
   t->str_idx[j] = (uint32_t)++t->n_strs;
   return (int64_t)t->n_strs - 1;
 oom:
@@ -135,18 +139,50 @@ oom:
   return 0;
 }
 
-static uint32_t func_id(tables *t, const char *name) {
-  int64_t s = str_id(t, name);
-  if (t->oom) return 0;
-  if (t->str_func[s]) return t->str_func[s];
-  if (grow_arr((void **)&t->func_name, &t->cap_funcs, t->n_funcs + 1,
-               sizeof(uint32_t))) {
-    t->oom = 1;
-    return 0;
+static uint64_t pair_hash(uint32_t a, uint32_t b) {
+  uint64_t h = ((uint64_t)a << 32 | b) * 0x9E3779B97F4A7C15ull;
+  return h ^ (h >> 29);
+}
+
+static int rehash_funcs(tables *t) {
+  size_t cap = t->func_icap ? t->func_icap * 2 : 256;
+  uint32_t *idx = sluice__calloc(cap, sizeof(uint32_t));
+  if (!idx) return -1;
+  for (size_t i = 0; i < t->n_funcs; i++) {
+    size_t j = pair_hash(t->funcs[i][0], t->funcs[i][1]) & (cap - 1);
+    while (idx[j]) j = (j + 1) & (cap - 1);
+    idx[j] = (uint32_t)i + 1;
   }
-  t->func_name[t->n_funcs++] = (uint32_t)s;
-  t->str_func[s] = (uint32_t)t->n_funcs;
+  sluice__free(t->func_idx);
+  t->func_idx = idx;
+  t->func_icap = cap;
+  return 0;
+}
+
+/* A function is its name and its file (pprof's identity, less the start
+ * line, which the same function always has). */
+static uint32_t func_id(tables *t, const sluice__frame *f) {
+  uint32_t name = (uint32_t)str_id(t, f->func);
+  uint32_t file = f->file ? (uint32_t)str_id(t, f->file) : 0;
+  if (t->oom) return 0;
+  if ((t->n_funcs + 1) * 2 > t->func_icap && rehash_funcs(t)) goto oom;
+  size_t j = pair_hash(name, file) & (t->func_icap - 1);
+  while (t->func_idx[j]) {
+    uint32_t *e = t->funcs[t->func_idx[j] - 1];
+    if (e[0] == name && e[1] == file) return t->func_idx[j];
+    j = (j + 1) & (t->func_icap - 1);
+  }
+  if (grow_arr((void **)&t->funcs, &t->cap_funcs, t->n_funcs + 1,
+               sizeof(*t->funcs)))
+    goto oom;
+  t->funcs[t->n_funcs][0] = name;
+  t->funcs[t->n_funcs][1] = file;
+  t->funcs[t->n_funcs][2] = f->start_line;
+  t->func_idx[j] = (uint32_t)++t->n_funcs;
   return (uint32_t)t->n_funcs;
+oom:
+  t->oom = 1;
+  return 0;
 }
 
 static uint64_t pc_hash(uintptr_t pc) {
@@ -169,7 +205,9 @@ static int rehash_locs(tables *t) {
   return 0;
 }
 
-static uint32_t loc_id(tables *t, uintptr_t pc, const char *name, int map) {
+/* The location of return address pc (0: the "[stack table full]" frame),
+ * resolved to its lines (inlined calls first) when first seen. */
+static uint32_t loc_id(tables *t, uintptr_t pc) {
   if (t->oom) return 0;
   if ((t->n_locs + 1) * 2 > t->loc_icap && rehash_locs(t)) goto oom;
   size_t j = pc_hash(pc) & (t->loc_icap - 1);
@@ -178,17 +216,37 @@ static uint32_t loc_id(tables *t, uintptr_t pc, const char *name, int map) {
     if (t->loc_pc[i] == pc) return i + 1;
     j = (j + 1) & (t->loc_icap - 1);
   }
-  uint32_t f = func_id(t, name);
-  if (t->oom) return 0;
-  size_t c1 = t->cap_locs, c2 = t->cap_locs, c3 = t->cap_locs;
+  sluice__frame f[SLUICE__MAX_INLINE];
+  int map = -1, nf = 1;
+  if (pc) nf = sluice__sym_frames(t->st, pc - 1, f, SLUICE__MAX_INLINE, &map);
+  else f[0] = (sluice__frame){"[stack table full]", NULL, 0, 0};
+  if (grow_arr((void **)&t->lines, &t->cap_lines, t->n_lines + (size_t)nf,
+               sizeof(*t->lines)))
+    goto oom;
+  uint32_t line0 = (uint32_t)t->n_lines;
+  for (int i = 0; i < nf; i++) {
+    uint32_t fid = func_id(t, &f[i]);
+    if (t->oom) return 0;
+    t->lines[t->n_lines][0] = fid;
+    t->lines[t->n_lines][1] = f[i].line;
+    t->n_lines++;
+  }
+  size_t c1 = t->cap_locs, c2 = t->cap_locs, c3 = t->cap_locs,
+         c4 = t->cap_locs;
   if (grow_arr((void **)&t->loc_pc, &c1, t->n_locs + 1, sizeof(uintptr_t)) ||
       grow_arr((void **)&t->loc_map, &c2, t->n_locs + 1, sizeof(int)) ||
-      grow_arr((void **)&t->loc_func, &c3, t->n_locs + 1, sizeof(uint32_t)))
+      grow_arr((void **)&t->loc_line0, &c3, t->n_locs + 1,
+               sizeof(uint32_t)) ||
+      grow_arr((void **)&t->loc_nlines, &c4, t->n_locs + 1,
+               sizeof(uint16_t)))
     goto oom;
-  t->cap_locs = c1 < c2 ? (c1 < c3 ? c1 : c3) : (c2 < c3 ? c2 : c3);
+  t->cap_locs = c1 < c2 ? c1 : c2;
+  if (c3 < t->cap_locs) t->cap_locs = c3;
+  if (c4 < t->cap_locs) t->cap_locs = c4;
   t->loc_pc[t->n_locs] = pc;
   t->loc_map[t->n_locs] = map;
-  t->loc_func[t->n_locs] = f;
+  t->loc_line0[t->n_locs] = line0;
+  t->loc_nlines[t->n_locs] = (uint16_t)nf;
   t->loc_idx[j] = (uint32_t)++t->n_locs;
   return (uint32_t)t->n_locs;
 oom:
@@ -198,13 +256,15 @@ oom:
 
 static void tables_free(tables *t) {
   sluice__free(t->strs);
-  sluice__free(t->str_func);
   sluice__free(t->str_idx);
   sluice__free(t->loc_pc);
   sluice__free(t->loc_map);
-  sluice__free(t->loc_func);
+  sluice__free(t->loc_line0);
+  sluice__free(t->loc_nlines);
   sluice__free(t->loc_idx);
-  sluice__free(t->func_name);
+  sluice__free(t->lines);
+  sluice__free(t->funcs);
+  sluice__free(t->func_idx);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -238,16 +298,17 @@ static void label_num(sluice__buf *b, tables *t, const char *k, int64_t v,
 }
 
 /* One sample: stack `id`, `nv` values, and labels written by `labels`. */
-static void sample(sluice__buf *b, tables *t, sluice__symtab *st,
-                   uint32_t id, const int64_t *v, int nv,
-                   const sluice__snap_resid *r, int64_t avg) {
-  const char *names[SLUICE__MAX_DEPTH];
-  uintptr_t pcs[SLUICE__MAX_DEPTH];
-  int maps[SLUICE__MAX_DEPTH];
-  uint32_t n = sluice__stack_names(st, id, names, pcs, maps);
+static void sample(sluice__buf *b, tables *t, uint32_t id, const int64_t *v,
+                   int nv, const sluice__snap_resid *r, int64_t avg) {
   sluice__buf m = {0}, packed = {0};
-  for (uint32_t i = 0; i < n; i++)
-    pb_varint(&packed, loc_id(t, pcs[i], names[i], maps[i]));
+  if (id == SLUICE__STACK_FULL) {
+    pb_varint(&packed, loc_id(t, 0));
+  } else {
+    uint32_t n;
+    const uintptr_t *pcs = sluice__stack_frames(id, &n);
+    if (n > SLUICE__MAX_DEPTH) n = SLUICE__MAX_DEPTH;
+    for (uint32_t i = 0; i < n; i++) pb_varint(&packed, loc_id(t, pcs[i]));
+  }
   pb_bytes(&m, 1, packed.data ? packed.data : "", packed.len);
   packed.len = 0;
   for (int i = 0; i < nv; i++) pb_varint(&packed, (uint64_t)v[i]);
@@ -275,6 +336,7 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
                  o->value == SLUICE_PROF_RESIDUAL_OBJECTS;
   sluice__symtab *st = sluice__sym_open();
   if (!st) return SLUICE_ENOMEM;
+  t.st = st;
   str_id(&t, "");
   if (residual) {
     value_type(&b, &t, 1, "residual_objects", "count");
@@ -285,7 +347,7 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
       int64_t v[2];
       sluice__unbias(r->n, r->b, s->rate, &v[0], &v[1]);
       if (!v[0] && !v[1]) continue;
-      sample(&b, &t, st, r->key.stack, v, 2, r, r->n ? r->b / r->n : 0);
+      sample(&b, &t, r->key.stack, v, 2, r, r->n ? r->b / r->n : 0);
     }
   } else {
     value_type(&b, &t, 1, "alloc_objects", "count");
@@ -298,7 +360,7 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
       sluice__unbias(e->alloc_n, e->alloc_b, s->rate, &v[0], &v[1]);
       sluice__unbias(e->inuse_n, e->inuse_b, s->rate, &v[2], &v[3]);
       if (!v[0] && !v[1] && !v[2] && !v[3]) continue;
-      sample(&b, &t, st, e->stack, v, 4, NULL,
+      sample(&b, &t, e->stack, v, 4, NULL,
              e->alloc_n ? e->alloc_b / e->alloc_n : 0);
     }
   }
@@ -314,6 +376,11 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
     pb_int(&m, 5, str_id(&t, maps[i].path));
     pb_int(&m, 6, str_id(&t, maps[i].build_id));
     pb_int(&m, 7, 1); /* has_functions */
+    if (sluice__sym_mapping_has_lines(st, i)) {
+      pb_int(&m, 8, 1);  /* has_filenames */
+      pb_int(&m, 9, 1);  /* has_line_numbers */
+      pb_int(&m, 10, 1); /* has_inline_frames */
+    }
     pb_msg(&b, 3, &m);
   }
   for (size_t i = 0; i < t.n_locs; i++) {
@@ -321,14 +388,21 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
     if (t.loc_map[i] >= 0) pb_int(&m, 2, t.loc_map[i] + 1);
     /* Go's convention: the address of the call, not the return address. */
     pb_int(&m, 3, t.loc_pc[i] ? (int64_t)(t.loc_pc[i] - 1) : 0);
-    pb_int(&ln, 1, t.loc_func[i]);
-    pb_msg(&m, 4, &ln);
+    /* Innermost inlined call first, as pprof expects. */
+    for (uint32_t k = 0; k < t.loc_nlines[i]; k++) {
+      const uint32_t *l = t.lines[t.loc_line0[i] + k];
+      pb_int(&ln, 1, l[0]);
+      pb_int(&ln, 2, l[1]);
+      pb_msg(&m, 4, &ln);
+    }
     pb_msg(&b, 4, &m);
   }
   for (size_t i = 0; i < t.n_funcs; i++) {
     pb_int(&m, 1, (int64_t)i + 1);
-    pb_int(&m, 2, t.func_name[i]);
-    pb_int(&m, 3, t.func_name[i]);
+    pb_int(&m, 2, t.funcs[i][0]);
+    pb_int(&m, 3, t.funcs[i][0]);
+    pb_int(&m, 4, t.funcs[i][1]);
+    pb_int(&m, 5, t.funcs[i][2]);
     pb_msg(&b, 5, &m);
   }
   sluice__buf_free(&m);

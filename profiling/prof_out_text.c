@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Text outputs: `top` (the columns of `go tool pprof -top`), folded stacks
- * for flamegraph.pl, and the residual report. */
+/* Text outputs: `top` (the columns of `go tool pprof -top -lines`), folded
+ * stacks for flamegraph.pl (functions, inlined calls included), and the
+ * residual report (sites with file:line). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -13,10 +14,13 @@
 #include "prof_internal.h"
 
 /* ------------------------------------------------------------------------ */
-/* Per-function accumulation for `top`. */
+/* Per-line accumulation for `top`: a node is a function and a source line
+ * (what `go tool pprof -top -lines` shows), or a function alone where
+ * there is no line information. Inlined calls are nodes of their own. */
 
 typedef struct fnacc {
-  const char *name;
+  const char *name, *file; /* borrowed from the symbol view */
+  uint32_t line;
   int64_t flat, cum;
   size_t last_row;
 } fnacc;
@@ -29,13 +33,24 @@ typedef struct fnmap {
   int oom;
 } fnmap;
 
-static uint64_t name_hash(const char *s) {
-  uint64_t h = 1469598103934665603ull;
+static uint64_t name_hash(const char *s, uint64_t h) {
   for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
   return h;
 }
 
-static fnacc *fn_get(fnmap *m, const char *name) {
+static uint64_t node_hash(const char *name, const char *file, uint32_t line) {
+  uint64_t h = name_hash(name, 1469598103934665603ull);
+  if (file) h = name_hash(file, h ^ 0x2f);
+  return (h ^ line) * 0x9E3779B97F4A7C15ull;
+}
+
+static int same_node(const fnacc *a, const sluice__frame *f) {
+  if (a->line != f->line || !a->file != !f->file) return 0;
+  if (strcmp(a->name, f->func)) return 0;
+  return !a->file || !strcmp(a->file, f->file);
+}
+
+static fnacc *fn_get(fnmap *m, const sluice__frame *f) {
   if (m->oom) return NULL;
   if ((m->n + 1) * 2 > m->icap) {
     size_t cap = m->icap ? m->icap * 2 : 256;
@@ -45,7 +60,8 @@ static fnacc *fn_get(fnmap *m, const char *name) {
       return NULL;
     }
     for (size_t i = 0; i < m->n; i++) {
-      size_t j = name_hash(m->v[i].name) & (cap - 1);
+      size_t j = node_hash(m->v[i].name, m->v[i].file, m->v[i].line) &
+                 (cap - 1);
       while (idx[j]) j = (j + 1) & (cap - 1);
       idx[j] = (uint32_t)i + 1;
     }
@@ -53,10 +69,10 @@ static fnacc *fn_get(fnmap *m, const char *name) {
     m->idx = idx;
     m->icap = cap;
   }
-  size_t j = name_hash(name) & (m->icap - 1);
+  size_t j = node_hash(f->func, f->file, f->line) & (m->icap - 1);
   while (m->idx[j]) {
     fnacc *a = &m->v[m->idx[j] - 1];
-    if (!strcmp(a->name, name)) return a;
+    if (same_node(a, f)) return a;
     j = (j + 1) & (m->icap - 1);
   }
   if (m->n == m->cap) {
@@ -70,7 +86,9 @@ static fnacc *fn_get(fnmap *m, const char *name) {
     m->cap = cap;
   }
   fnacc *a = &m->v[m->n];
-  a->name = name;
+  a->name = f->func;
+  a->file = f->file;
+  a->line = f->line;
   a->flat = a->cum = 0;
   a->last_row = (size_t)-1;
   m->idx[j] = (uint32_t)++m->n;
@@ -87,7 +105,11 @@ static int fn_cmp(const void *x, const void *y) {
     return abs64(a->flat) < abs64(b->flat) ? 1 : -1;
   if (abs64(a->cum) != abs64(b->cum))
     return abs64(a->cum) < abs64(b->cum) ? 1 : -1;
-  return strcmp(a->name, b->name);
+  int c = strcmp(a->name, b->name);
+  if (c) return c;
+  c = strcmp(a->file ? a->file : "", b->file ? b->file : "");
+  if (c) return c;
+  return a->line < b->line ? -1 : a->line > b->line;
 }
 
 static void fmt_pct(char *buf, size_t n, int64_t v, int64_t total) {
@@ -135,17 +157,17 @@ static void top_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
                     void *arg) {
   (void)r;
   top_arg *a = arg;
-  const char *names[SLUICE__MAX_DEPTH];
-  uint32_t n = sluice__stack_names(a->st, stack, names, NULL, NULL);
+  sluice__frame f[SLUICE__MAX_FRAMES];
+  uint32_t n = sluice__stack_sframes(a->st, stack, f, SLUICE__MAX_FRAMES);
   a->total += v;
   a->row++;
   for (uint32_t i = 0; i < n; i++) {
-    fnacc *f = fn_get(&a->m, names[i]);
-    if (!f) return;
-    if (i == 0) f->flat += v;
-    if (f->last_row != a->row) { /* recursion counts once */
-      f->cum += v;
-      f->last_row = a->row;
+    fnacc *e = fn_get(&a->m, &f[i]);
+    if (!e) return;
+    if (i == 0) e->flat += v;
+    if (e->last_row != a->row) { /* recursion counts once */
+      e->cum += v;
+      e->last_row = a->row;
     }
   }
 }
@@ -208,8 +230,10 @@ int sluice__write_top(const sluice_prof_snapshot *s,
     fmt_pct(p1, sizeof p1, f->flat, a.total);
     fmt_pct(p2, sizeof p2, sum, a.total);
     fmt_pct(p3, sizeof p3, f->cum, a.total);
-    sluice__buf_printf(&b, "%10s %6s %6s %10s %6s  %s\n", v1, p1, p2, v2, p3,
+    sluice__buf_printf(&b, "%10s %6s %6s %10s %6s  %s", v1, p1, p2, v2, p3,
                        f->name);
+    if (f->file) sluice__buf_printf(&b, " %s:%u", f->file, f->line);
+    sluice__buf_putc(&b, '\n');
   }
   int rc = (b.oom || a.m.oom) ? SLUICE_ENOMEM
                               : sluice__out_write(out, b.data, b.len);
@@ -233,8 +257,8 @@ static void fold_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
                      void *arg) {
   fold_arg *a = arg;
   if (a->rc) return;
-  const char *names[SLUICE__MAX_DEPTH];
-  uint32_t n = sluice__stack_names(a->st, stack, names, NULL, NULL);
+  sluice__frame f[SLUICE__MAX_FRAMES];
+  uint32_t n = sluice__stack_sframes(a->st, stack, f, SLUICE__MAX_FRAMES);
   int first = 1;
   if (r) { /* residual: the queue and outcome as root frames */
     const char *q = sluice__queue_name(r->key.queue);
@@ -244,7 +268,7 @@ static void fold_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
   }
   for (uint32_t i = n; i-- > 0;) {
     if (!first) sluice__buf_putc(&a->b, ';');
-    sluice__buf_puts(&a->b, names[i]);
+    sluice__buf_puts(&a->b, f[i].func);
     first = 0;
   }
   sluice__buf_printf(&a->b, " %lld\n", (long long)v);
@@ -279,7 +303,8 @@ typedef struct site {
 } site;
 
 /* Top sites of one queue/outcome from the snapshot's residual rows. Stacks
- * that read the same (a function allocating at two lines) are merged. */
+ * that read the same (they differ below the frames shown, or two lines of
+ * a function without line information) are merged. */
 static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
                          sluice__symtab *st, const char *queue, int outcome,
                          site *tmp) {
@@ -306,10 +331,7 @@ static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
     sluice__unbias(tmp[i].n, tmp[i].b, s->rate, &tmp[i].n, &tmp[i].b);
     total += tmp[i].b;
     sluice__buf c = {0};
-    const char *names[SLUICE__MAX_DEPTH];
-    uint32_t nf = sluice__stack_names(st, tmp[i].stack, names, NULL, NULL);
-    for (uint32_t k = 0; k < nf && k < 6; k++)
-      sluice__buf_printf(&c, "%s%s", k ? " <- " : "", names[k]);
+    sluice__put_chain(&c, st, tmp[i].stack, 6);
     size_t j = 0;
     while (j < m && (!c.data || !chain[j] || strcmp(chain[j], c.data))) j++;
     if (j < m) {

@@ -449,13 +449,7 @@ static void fire_verdict(const note *x, sluice_prof_leak_fn fn, void *user) {
   for (size_t i = 0; chains && i < acc.len; i++) {
     sluice__unbias(acc.v[i].n, acc.v[i].b, rate, &acc.v[i].n, &acc.v[i].b);
     sluice__buf c = {0};
-    uint32_t nf;
-    const uintptr_t *f = sluice__stack_frames(acc.v[i].stack, &nf);
-    for (uint32_t j = 0; j < nf && j < 4; j++) {
-      if (j) sluice__buf_puts(&c, " <- ");
-      sluice__buf_puts(&c, sluice__sym_name(st, f[j] - 1, NULL));
-    }
-    if (!nf) sluice__buf_puts(&c, "[stack table full]");
+    sluice__put_chain(&c, st, acc.v[i].stack, 4);
     size_t j = 0;
     while (j < m && (!c.data || !chains[j].data ||
                      strcmp(chains[j].data, c.data)))
@@ -481,11 +475,11 @@ static void fire_verdict(const note *x, sluice_prof_leak_fn fn, void *user) {
   size_t ns = m < 5 ? m : 5;
   sluice_prof_site sites[5];
   for (size_t i = 0; i < ns; i++) {
-    uint32_t nf;
-    const uintptr_t *f = sluice__stack_frames(acc.v[i].stack, &nf);
+    sluice__frame leaf;
     sites[i].stack = chains[i].data ? chains[i].data : "?";
-    sites[i].function =
-        nf ? sluice__sym_name(st, f[0] - 1, NULL) : "[stack table full]";
+    sites[i].function = sluice__stack_sframes(st, acc.v[i].stack, &leaf, 1)
+                            ? leaf.func
+                            : "?";
     sites[i].bytes = (uint64_t)acc.v[i].b;
     sites[i].objects = (uint64_t)acc.v[i].n;
   }

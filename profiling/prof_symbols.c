@@ -8,7 +8,12 @@
  * debug file found by build id, else .dynsym. The functions are kept sorted
  * per module and looked up by binary search. The module list comes from
  * dl_iterate_phdr() at each report; modules and their tables are cached
- * across reports. */
+ * across reports.
+ *
+ * Source lines and inlined calls come from the module's DWARF
+ * (prof_lines.c) when it has some. Each view (one report) resolves an
+ * address once: its frames are kept in the view, with the strings copied
+ * out of libdw, until sluice__sym_close(). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -45,16 +50,43 @@ typedef struct module {
   char *strs;
   size_t strs_len;
   int seen;
+  sluice__dwarf *dw; /* open DWARF session, or NULL */
+  int dw_state;      /* 0 not tried, 1 has DWARF, -1 none */
 } module;
+
+/* An address resolved in a view: frames[first .. first + n). n == 0: an
+ * empty slot. */
+typedef struct pc_ent {
+  uintptr_t pc;
+  uint32_t first;
+  int16_t n, map;
+} pc_ent;
+
+/* Strings copied into a view, in chunks that never move. */
+typedef struct chunk {
+  struct chunk *next;
+  size_t used, cap;
+  char data[];
+} chunk;
 
 struct sluice__symtab {
   module **mods; /* seen this time */
   size_t n_mods;
   sluice__mapping *maps;
   size_t n_maps;
+  module **map_mod; /* module of each mapping */
   sluice__buf extra; /* names made up for unknown addresses */
   char **extra_names;
   size_t n_extra, cap_extra;
+  /* Frames of the addresses resolved so far (open addressing). */
+  pc_ent *pcs;
+  size_t n_pcs, cap_pcs;
+  sluice__frame *frames;
+  size_t n_frames, cap_frames;
+  /* Interned copies of libdw's strings. */
+  chunk *chunks;
+  const char **istr;
+  size_t n_istr, cap_istr;
 };
 
 static pthread_mutex_t sym_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -303,6 +335,7 @@ sluice__symtab *sluice__sym_open(void) {
         continue;
       }
       *pp = m->next;
+      sluice__dwarf_close(&m->dw);
       atomic_fetch_sub(&sluice__overhead,
                        m->n_funcs * sizeof(func) + (m->strs ? m->strs_len : 0));
       sluice__free(m->funcs);
@@ -318,9 +351,11 @@ sluice__symtab *sluice__sym_open(void) {
   if (st) {
     st->mods = sluice__calloc(n ? n : 1, sizeof(module *));
     st->maps = sluice__calloc(n ? n * MAX_SEGS : 1, sizeof(sluice__mapping));
-    if (!st->mods || !st->maps) {
+    st->map_mod = sluice__calloc(n ? n * MAX_SEGS : 1, sizeof(module *));
+    if (!st->mods || !st->maps || !st->map_mod) {
       sluice__free(st->mods);
       sluice__free(st->maps);
+      sluice__free(st->map_mod);
       sluice__free(st);
       st = NULL;
     }
@@ -332,6 +367,7 @@ sluice__symtab *sluice__sym_open(void) {
     for (size_t i = 0; i < st->n_mods; i++) {
       module *m = st->mods[i];
       for (int j = 0; j < m->nseg; j++) {
+        st->map_mod[st->n_maps] = m;
         sluice__mapping *mp = &st->maps[st->n_maps++];
         mp->start = m->seg_lo[j];
         mp->limit = m->seg_hi[j];
@@ -354,6 +390,14 @@ void sluice__sym_close(sluice__symtab *st) {
   sluice__buf_free(&st->extra);
   sluice__free(st->mods);
   sluice__free(st->maps);
+  sluice__free(st->map_mod);
+  sluice__free(st->pcs);
+  sluice__free(st->frames);
+  sluice__free(st->istr);
+  for (chunk *c = st->chunks, *next; c; c = next) {
+    next = c->next;
+    sluice__free(c);
+  }
   sluice__free(st);
   pthread_mutex_unlock(&sym_mu);
   sluice__leave_guard();
@@ -378,43 +422,211 @@ static const char *keep_name(sluice__symtab *st, const char *s) {
   return d;
 }
 
-const char *sluice__sym_name(sluice__symtab *st, uintptr_t pc, int *mapping) {
-  if (mapping) *mapping = -1;
-  if (!st) return "?";
+/* The module holding pc and its mapping index, or NULL. */
+static module *find_module(sluice__symtab *st, uintptr_t pc, int *mapping) {
   int mi = 0;
   for (size_t i = 0; i < st->n_mods; i++) {
     module *m = st->mods[i];
     for (int j = 0; j < m->nseg; j++, mi++) {
       if (pc < m->seg_lo[j] || pc >= m->seg_hi[j]) continue;
       if (mapping) *mapping = mi;
-      if (!m->loaded) {
-        sluice__enter_guard();
-        load_module(m);
-        sluice__leave_guard();
-      }
-      uintptr_t rel = pc - m->base;
-      size_t lo = 0, hi = m->n_funcs;
-      while (lo < hi) { /* last func with lo <= rel */
-        size_t mid = (lo + hi) / 2;
-        if (m->funcs[mid].lo <= rel) lo = mid + 1;
-        else hi = mid;
-      }
-      if (lo && rel < m->funcs[lo - 1].hi)
-        return m->strs + m->funcs[lo - 1].name;
-      const char *base = strrchr(m->path, '/');
-      char buf[320];
-      snprintf(buf, sizeof buf, "%s+0x%lx", base ? base + 1 : m->path,
-               (unsigned long)rel);
-      sluice__enter_guard();
-      const char *r = keep_name(st, buf);
-      sluice__leave_guard();
-      return r;
+      return m;
     }
   }
-  char buf[32];
-  snprintf(buf, sizeof buf, "0x%lx", (unsigned long)pc);
+  return NULL;
+}
+
+/* The ELF symbol's name for pc in m (NULL m: none), else a made-up one. */
+static const char *elf_name(sluice__symtab *st, module *m, uintptr_t pc) {
+  char buf[320];
+  if (m) {
+    if (!m->loaded) {
+      sluice__enter_guard();
+      load_module(m);
+      sluice__leave_guard();
+    }
+    uintptr_t rel = pc - m->base;
+    size_t lo = 0, hi = m->n_funcs;
+    while (lo < hi) { /* last func with lo <= rel */
+      size_t mid = (lo + hi) / 2;
+      if (m->funcs[mid].lo <= rel) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo && rel < m->funcs[lo - 1].hi)
+      return m->strs + m->funcs[lo - 1].name;
+    const char *base = strrchr(m->path, '/');
+    snprintf(buf, sizeof buf, "%s+0x%lx", base ? base + 1 : m->path,
+             (unsigned long)rel);
+  } else {
+    snprintf(buf, sizeof buf, "0x%lx", (unsigned long)pc);
+  }
   sluice__enter_guard();
   const char *r = keep_name(st, buf);
   sluice__leave_guard();
   return r;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frames with source lines, resolved once per view. */
+
+static int lines_on = -1;
+
+int sluice__lines_enabled(void) {
+#if SLUICE_PROF_HAVE_LIBDW
+  if (lines_on < 0) {
+    const char *e = getenv("SLUICE_PROF_LINES");
+    lines_on = !(e && e[0] == '0' && !e[1]);
+  }
+  return lines_on;
+#else
+  return 0;
+#endif
+}
+
+static uint64_t mix(uint64_t h) {
+  h *= 0x9E3779B97F4A7C15ull;
+  return h ^ (h >> 29);
+}
+
+static uint64_t str_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* A copy of s that lives as long as the view; NULL when out of memory. */
+static const char *intern(sluice__symtab *st, const char *s) {
+  if (!s) return NULL;
+  if ((st->n_istr + 1) * 2 > st->cap_istr) {
+    size_t cap = st->cap_istr ? st->cap_istr * 2 : 64;
+    const char **v = sluice__calloc(cap, sizeof(char *));
+    if (!v) return NULL;
+    for (size_t i = 0; i < st->cap_istr; i++) {
+      if (!st->istr[i]) continue;
+      size_t j = str_hash(st->istr[i]) & (cap - 1);
+      while (v[j]) j = (j + 1) & (cap - 1);
+      v[j] = st->istr[i];
+    }
+    sluice__free(st->istr);
+    st->istr = v;
+    st->cap_istr = cap;
+  }
+  size_t j = str_hash(s) & (st->cap_istr - 1);
+  while (st->istr[j]) {
+    if (!strcmp(st->istr[j], s)) return st->istr[j];
+    j = (j + 1) & (st->cap_istr - 1);
+  }
+  size_t len = strlen(s) + 1;
+  chunk *c = st->chunks;
+  if (!c || c->cap - c->used < len) {
+    size_t cap = len > 16384 ? len : 16384;
+    c = sluice__malloc(sizeof(chunk) + cap);
+    if (!c) return NULL;
+    c->used = 0;
+    c->cap = cap;
+    c->next = st->chunks;
+    st->chunks = c;
+  }
+  char *d = c->data + c->used;
+  memcpy(d, s, len);
+  c->used += len;
+  st->istr[j] = d;
+  st->n_istr++;
+  return d;
+}
+
+/* Keep frames f[0..n) of pc in the view's cache (best effort). */
+static void cache_put(sluice__symtab *st, uintptr_t pc, int map,
+                      const sluice__frame *f, int n) {
+  if ((st->n_pcs + 1) * 2 > st->cap_pcs) {
+    size_t cap = st->cap_pcs ? st->cap_pcs * 2 : 256;
+    pc_ent *v = sluice__calloc(cap, sizeof *v);
+    if (!v) return;
+    for (size_t i = 0; i < st->cap_pcs; i++) {
+      if (!st->pcs[i].n) continue;
+      size_t j = mix(st->pcs[i].pc) & (cap - 1);
+      while (v[j].n) j = (j + 1) & (cap - 1);
+      v[j] = st->pcs[i];
+    }
+    sluice__free(st->pcs);
+    st->pcs = v;
+    st->cap_pcs = cap;
+  }
+  if (st->n_frames + (size_t)n > st->cap_frames) {
+    size_t cap = st->cap_frames ? st->cap_frames * 2 : 256;
+    while (cap < st->n_frames + (size_t)n) cap *= 2;
+    sluice__frame *v = sluice__realloc(st->frames, cap * sizeof *v);
+    if (!v) return;
+    st->frames = v;
+    st->cap_frames = cap;
+  }
+  size_t j = mix(pc) & (st->cap_pcs - 1);
+  while (st->pcs[j].n) j = (j + 1) & (st->cap_pcs - 1);
+  st->pcs[j] = (pc_ent){pc, (uint32_t)st->n_frames, (int16_t)n, (int16_t)map};
+  memcpy(st->frames + st->n_frames, f, (size_t)n * sizeof *f);
+  st->n_frames += (size_t)n;
+  st->n_pcs++;
+}
+
+/* Copy n frames to out[max]: the innermost ones and the outermost. */
+static int copy_out(sluice__frame *out, int max, const sluice__frame *f,
+                    int n) {
+  if (n <= max) {
+    memcpy(out, f, (size_t)n * sizeof *f);
+    return n;
+  }
+  memcpy(out, f, (size_t)(max - 1) * sizeof *f);
+  out[max - 1] = f[n - 1];
+  return max;
+}
+
+int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
+                       int max, int *mapping) {
+  if (mapping) *mapping = -1;
+  if (max < 1) return 0;
+  if (!st) {
+    out[0] = (sluice__frame){"?", NULL, 0, 0};
+    return 1;
+  }
+  if (st->cap_pcs) {
+    size_t j = mix(pc) & (st->cap_pcs - 1);
+    while (st->pcs[j].n) {
+      if (st->pcs[j].pc == pc) {
+        if (mapping) *mapping = st->pcs[j].map;
+        return copy_out(out, max, st->frames + st->pcs[j].first,
+                        st->pcs[j].n);
+      }
+      j = (j + 1) & (st->cap_pcs - 1);
+    }
+  }
+  int map = -1;
+  module *m = find_module(st, pc, &map);
+  const char *name = elf_name(st, m, pc);
+  sluice__frame f[SLUICE__MAX_INLINE];
+  int n = 0;
+  if (m && m->dw_state >= 0 && sluice__lines_enabled()) {
+    sluice__enter_guard();
+    n = sluice__dwarf_frames(&m->dw, &m->dw_state, m->path, m->base,
+                             m->build_id, pc, f, SLUICE__MAX_INLINE);
+    /* libdw's strings live until its session closes: copy them. */
+    for (int i = 0; i < n; i++) {
+      f[i].func = intern(st, f[i].func);
+      f[i].file = intern(st, f[i].file);
+      if (!f[i].file) f[i].line = 0;
+    }
+    sluice__leave_guard();
+  }
+  if (n == 0) f[n++] = (sluice__frame){name, NULL, 0, 0};
+  else if (!f[n - 1].func) f[n - 1].func = name;
+  for (int i = 0; i < n; i++)
+    if (!f[i].func) f[i].func = "?";
+  sluice__enter_guard();
+  cache_put(st, pc, map, f, n);
+  sluice__leave_guard();
+  if (mapping) *mapping = map;
+  return copy_out(out, max, f, n);
+}
+
+int sluice__sym_mapping_has_lines(sluice__symtab *st, size_t i) {
+  return st && i < st->n_maps && st->map_mod[i]->dw_state > 0;
 }

@@ -7,6 +7,7 @@ set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git ca-certificates
   librabbitmq-dev libevent-dev libunwind-dev libcmocka-dev zlib1g-dev
+  libdw-dev
   libjansson-dev
   rabbitmq-server amqp-tools
   golang-go google-perftools valgrind heaptrack gnuplot-nox

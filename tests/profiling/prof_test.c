@@ -226,23 +226,34 @@ int tprofile_parse(const void *data, size_t len, tprofile *p) {
       p->n_mappings++;
     } else if (f == 4 && w == 2) {
       uint64_t loc[3] = {0, 0, 0};
+      tloclines ll = {0};
       while (rd_field(&sub, &f2, &w2, &v2, &sub2)) {
         if (f2 == 1) loc[0] = v2;
         if (f2 == 2) loc[2] = v2;
         if (f2 == 4 && w2 == 2) {
           unsigned f3, w3;
-          uint64_t v3;
+          uint64_t v3, line[2] = {0, 0};
           rd sub3;
           while (rd_field(&sub2, &f3, &w3, &v3, &sub3))
-            if (f3 == 1 && !loc[1]) loc[1] = v3;
+            if (f3 == 1 || f3 == 2) line[f3 - 1] = v3;
+          if (!loc[1]) loc[1] = line[0];
+          if (ll.n < TPROF_MAX_LINES) {
+            memcpy(ll.v[ll.n], line, sizeof line);
+            ll.n++;
+          }
         }
       }
       p->locs = realloc(p->locs, (p->n_locs + 1) * sizeof(*p->locs));
+      p->loc_lines =
+          realloc(p->loc_lines, (p->n_locs + 1) * sizeof(*p->loc_lines));
+      p->loc_lines[p->n_locs] = ll;
       memcpy(p->locs[p->n_locs++], loc, sizeof loc);
     } else if (f == 5 && w == 2) {
-      uint64_t fn[2] = {0, 0};
-      while (rd_field(&sub, &f2, &w2, &v2, &sub2))
+      uint64_t fn[3] = {0, 0, 0};
+      while (rd_field(&sub, &f2, &w2, &v2, &sub2)) {
         if (f2 == 1 || f2 == 2) fn[f2 - 1] = v2;
+        if (f2 == 4) fn[2] = v2;
+      }
       p->funcs = realloc(p->funcs, (p->n_funcs + 1) * sizeof(*p->funcs));
       memcpy(p->funcs[p->n_funcs++], fn, sizeof fn);
     } else if (f == 6 && w == 2) {
@@ -288,6 +299,7 @@ void tprofile_free(tprofile *p) {
   free(p->types);
   free(p->samples);
   free(p->locs);
+  free(p->loc_lines);
   free(p->funcs);
   memset(p, 0, sizeof *p);
 }
@@ -309,6 +321,27 @@ const char *tprofile_frame(const tprofile *p, const tsample *s, size_t i) {
         return p->strings[p->funcs[f][1]];
   }
   return NULL;
+}
+
+size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i,
+                      tline *out, size_t max) {
+  if (i >= s->n_locs) return 0;
+  for (size_t l = 0; l < p->n_locs; l++) {
+    if (p->locs[l][0] != s->locs[i]) continue;
+    size_t n = 0;
+    for (size_t k = 0; k < p->loc_lines[l].n && n < max; k++) {
+      tline t = {NULL, NULL, (int64_t)p->loc_lines[l].v[k][1]};
+      for (size_t f = 0; f < p->n_funcs; f++) {
+        if (p->funcs[f][0] != p->loc_lines[l].v[k][0]) continue;
+        if (p->funcs[f][1] < p->n_strings) t.func = p->strings[p->funcs[f][1]];
+        if (p->funcs[f][2] && p->funcs[f][2] < p->n_strings)
+          t.file = p->strings[p->funcs[f][2]];
+      }
+      out[n++] = t;
+    }
+    return n;
+  }
+  return 0;
 }
 
 const tlabel *tsample_label(const tsample *s, const char *key) {

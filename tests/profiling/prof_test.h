@@ -22,17 +22,21 @@
  * their blocks with sluice_prof_note_alloc(), which records the caller's
  * stack exactly like the malloc hook. */
 #ifdef SLUICE_TEST_NO_INTERPOSE
-__attribute__((always_inline)) static inline void *t_noted(void *p,
-                                                           size_t n) {
-  sluice_prof_note_alloc(p, n);
-  return p;
-}
-__attribute__((always_inline)) static inline void t_unnote(void *p) {
-  sluice_prof_note_free(p);
-  free(p);
-}
-#define TALLOC(n) t_noted(malloc(n), (n))
-#define TFREE(p) t_unnote(p)
+/* A statement expression, not an inline function: with source lines an
+ * inlined helper would be a frame of its own, the leaf of every stack. */
+#define TALLOC(n)                      \
+  __extension__({                      \
+    size_t t_n_ = (n);                 \
+    void *t_p_ = malloc(t_n_);         \
+    sluice_prof_note_alloc(t_p_, t_n_); \
+    t_p_;                              \
+  })
+#define TFREE(p)                   \
+  __extension__({                  \
+    void *t_q_ = (p);              \
+    sluice_prof_note_free(t_q_);   \
+    free(t_q_);                    \
+  })
 #else
 #define TALLOC(n) malloc(n)
 #define TFREE(p) free(p)
@@ -66,6 +70,18 @@ typedef struct tsample {
   size_t n_labels;
 } tsample;
 
+/* The Line entries of a location (innermost inlined call first). */
+#define TPROF_MAX_LINES 16
+typedef struct tloclines {
+  size_t n;
+  uint64_t v[TPROF_MAX_LINES][2]; /* function id, line */
+} tloclines;
+
+typedef struct tline {
+  const char *func, *file; /* NULL when absent */
+  int64_t line;
+} tline;
+
 typedef struct tprofile {
   char **strings;
   size_t n_strings;
@@ -73,9 +89,10 @@ typedef struct tprofile {
   size_t n_types;
   tsample *samples;
   size_t n_samples;
-  uint64_t (*locs)[3]; /* id, function id, mapping id */
+  uint64_t (*locs)[3]; /* id, function id of the first line, mapping id */
+  tloclines *loc_lines; /* per location */
   size_t n_locs;
-  uint64_t (*funcs)[2]; /* id, name string index */
+  uint64_t (*funcs)[3]; /* id, name, filename string indexes */
   size_t n_funcs;
   size_t n_mappings;
   int64_t period;
@@ -85,8 +102,13 @@ typedef struct tprofile {
 int tprofile_parse(const void *data, size_t len, tprofile *p);
 void tprofile_free(tprofile *p);
 int tprofile_type_index(const tprofile *p, const char *type);
-/* Name of frame `i` (0 = leaf) of sample `s`, or NULL. */
+/* Name of frame `i` (0 = leaf) of sample `s`, or NULL. With inlined calls
+ * it is the innermost one's. */
 const char *tprofile_frame(const tprofile *p, const tsample *s, size_t i);
+/* The lines of location `i` (0 = leaf) of sample `s`, innermost first, at
+ * most max; returns the count. */
+size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i,
+                      tline *out, size_t max);
 const tlabel *tsample_label(const tsample *s, const char *key);
 /* Sum of sample type `type` over samples whose leaf is `fn` (any when NULL). */
 int64_t tprofile_sum(const tprofile *p, const char *type, const char *fn);

@@ -28,9 +28,11 @@ static int setup(void **state) {
 }
 
 static void *big[16], *small[8];
+static int big_line; /* the line of alloc_big's allocation */
 
 T_NOINLINE static void alloc_big(int n, size_t size) {
   for (int i = 0; i < n; i++) {
+    big_line = __LINE__ + 1;
     big[i] = TALLOC(size);
     memset(big[i], i, size);
   }
@@ -59,24 +61,50 @@ static void free_all(void) {
   }
 }
 
-/* A row of `top` for function fn, or NULL. */
-static const char *top_row(const char *text, const char *fn, char *row,
-                           size_t n) {
-  const char *p = strstr(text, "cum%\n");
-  if (!p) return NULL;
-  p += 5;
+/* The next row of `top` at or after p for function fn (followed by its
+ * file:line, if any), or NULL; *next: where the following row starts. */
+static const char *top_row_at(const char *p, const char *fn, char *row,
+                              size_t n, const char **next) {
   size_t fl = strlen(fn);
   while (*p) {
     const char *nl = strchr(p, '\n');
     size_t len = nl ? (size_t)(nl - p) : strlen(p);
-    if (len > fl && !memcmp(p + len - fl, fn, fl) && p[len - fl - 1] == ' ') {
-      snprintf(row, n, "%.*s", (int)len, p);
-      return row;
+    /* The name follows the cum% column and two spaces. */
+    const char *name = strstr(p, "%  ");
+    while (name && name < p + len && name[3] == ' ')
+      name = strstr(name + 1, "%  ");
+    if (name && name < p + len) {
+      name += 3;
+      size_t rest = len - (size_t)(name - p);
+      if (rest >= fl && !memcmp(name, fn, fl) &&
+          (rest == fl || name[fl] == ' ')) {
+        snprintf(row, n, "%.*s", (int)len, p);
+        if (next) *next = p + len + (nl ? 1 : 0);
+        return row;
+      }
     }
     if (!nl) break;
     p = nl + 1;
   }
   return NULL;
+}
+
+/* The first row of `top` for function fn, or NULL. */
+static const char *top_row(const char *text, const char *fn, char *row,
+                           size_t n) {
+  const char *p = strstr(text, "cum%\n");
+  return p ? top_row_at(p + 5, fn, row, n, NULL) : NULL;
+}
+
+/* The sum of the flat column over fn's rows (one per line of fn). */
+static long top_flat_sum(const char *text, const char *fn, int *rows) {
+  char row[512];
+  long sum = 0;
+  *rows = 0;
+  const char *p = strstr(text, "cum%\n");
+  for (p = p ? p + 5 : ""; top_row_at(p, fn, row, sizeof row, &p);)
+    sum += strtol(row, NULL, 10), ++*rows;
+  return sum;
 }
 
 static void test_pprof(void **state) {
@@ -163,13 +191,20 @@ static void test_top_and_folded(void **state) {
       strstr(tbuf_str(&out), "      flat  flat%   sum%        cum   cum%\n"));
   assert_non_null(top_row(tbuf_str(&out), "alloc_big", row, sizeof row));
   assert_true(!strncmp(row, "    9.77kB ", 11));
+  if (SLUICE_TEST_LINES) { /* rows are lines: "alloc_big file:line" */
+    char want[512];
+    snprintf(want, sizeof want, "alloc_big %s:%d", __FILE__, big_line);
+    assert_non_null(strstr(row, want));
+  }
   assert_non_null(top_row(tbuf_str(&out), "test_top_and_folded", row,
                           sizeof row));
 
   assert_int_equal(
       t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_ALLOC_OBJECTS, NULL), 0);
-  assert_non_null(top_row(tbuf_str(&out), "alloc_small", row, sizeof row));
-  long objs = strtol(row, NULL, 10); /* 105 per call, test_pprof too */
+  /* 105 per call (test_pprof's too), on two lines when there are lines. */
+  int rows = 0;
+  long objs = top_flat_sum(tbuf_str(&out), "alloc_small", &rows);
+  assert_int_equal(rows, SLUICE_TEST_LINES ? 2 : 1);
   assert_true(objs >= 105 && objs % 105 == 0);
 
   assert_int_equal(
@@ -309,6 +344,82 @@ static void test_api_edges(void **state) {
   tbuf_free(&out);
 }
 
+/* Source lines and inlined calls, as each writer shows them. */
+static int inl_line, outer_line;
+static void *inl_kept[3];
+
+__attribute__((always_inline)) static inline void *inl_alloc(size_t n) {
+  inl_line = __LINE__ + 1;
+  void *p = TALLOC(n);
+  memset(p, 1, n);
+  return p;
+}
+
+T_NOINLINE static void alloc_inlined(void) {
+  for (int i = 0; i < 3; i++) {
+    outer_line = __LINE__ + 1;
+    inl_kept[i] = inl_alloc(777);
+  }
+}
+
+static void test_lines(void **state) {
+  (void)state;
+  if (!SLUICE_TEST_LINES) {
+    print_message("SKIP: libsluice_prof built without libdw\n");
+    skip();
+  }
+  alloc_inlined();
+  tbuf out = {0};
+  assert_int_equal(
+      t_report(&out, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_INUSE_SPACE, NULL), 0);
+  tprofile p;
+  assert_int_equal(tprofile_parse(out.data, out.len, &p), 0);
+  /* The leaf location holds two Line entries: the inlined function first,
+   * at the allocation; then its caller, at the call. */
+  assert_int_equal(tprofile_sum(&p, "inuse_space", "inl_alloc"), 3 * 777);
+  int seen = 0;
+  for (size_t i = 0; i < p.n_samples; i++) {
+    const char *leaf = tprofile_frame(&p, &p.samples[i], 0);
+    if (!leaf || strcmp(leaf, "inl_alloc")) continue;
+    tline l[4];
+    assert_int_equal(tprofile_lines(&p, &p.samples[i], 0, l, 4), 2);
+    assert_string_equal(l[0].func, "inl_alloc");
+    assert_string_equal(l[0].file, __FILE__);
+    assert_int_equal(l[0].line, inl_line);
+    assert_string_equal(l[1].func, "alloc_inlined");
+    assert_string_equal(l[1].file, __FILE__);
+    assert_int_equal(l[1].line, outer_line);
+    /* The caller's location: test_lines, at its call of alloc_inlined. */
+    assert_true(tprofile_lines(&p, &p.samples[i], 1, l, 4) >= 1);
+    assert_string_equal(l[0].func, "test_lines");
+    assert_string_equal(l[0].file, __FILE__);
+    seen++;
+  }
+  assert_int_equal(seen, 1);
+  tprofile_free(&p);
+
+  /* top: a row per line, the inlined function's included. */
+  char row[512], want[512];
+  assert_int_equal(
+      t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_INUSE_SPACE, NULL), 0);
+  assert_non_null(top_row(tbuf_str(&out), "inl_alloc", row, sizeof row));
+  snprintf(want, sizeof want, "  inl_alloc %s:%d", __FILE__, inl_line);
+  assert_non_null(strstr(row, want));
+  assert_true(!strncmp(row, "    2.28kB ", 11));
+  assert_non_null(top_row(tbuf_str(&out), "alloc_inlined", row, sizeof row));
+  snprintf(want, sizeof want, "  alloc_inlined %s:%d", __FILE__, outer_line);
+  assert_non_null(strstr(row, want));
+
+  /* Folded stacks: the inlined call is a frame of its own. */
+  assert_int_equal(
+      t_report(&out, SLUICE_PROF_FMT_FOLDED, SLUICE_PROF_INUSE_SPACE, NULL),
+      0);
+  assert_non_null(
+      strstr(tbuf_str(&out), ";test_lines;alloc_inlined;inl_alloc 2331\n"));
+  tbuf_free(&out);
+  for (int i = 0; i < 3; i++) TFREE(inl_kept[i]);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_pprof, setup),
@@ -317,6 +428,7 @@ int main(void) {
       cmocka_unit_test_setup(test_diff, setup),
       cmocka_unit_test_setup(test_unbiased_sampling, setup),
       cmocka_unit_test_setup(test_api_edges, setup),
+      cmocka_unit_test_setup(test_lines, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -146,7 +146,10 @@ static uint64_t next_seq = 1;
 static void *g_map[MAP_CAP];
 static size_t g_map_len;
 
+static int store_line; /* the line of store_in_map's allocation */
+
 T_NOINLINE static int store_in_map(int i) {
+  store_line = __LINE__ + 1;
   char *p = TALLOC(100);
   memset(p, i, 100);
   g_map[g_map_len++] = p;
@@ -188,7 +191,14 @@ static void test_leak_per_message(void **state) {
   const verdict *v = find_verdict(q, SLUICE_ACK);
   assert_non_null(v);
   assert_string_equal(v->site, "store_in_map");
-  assert_true(strstr(v->stack, "store_in_map <- deliver") != NULL);
+  if (SLUICE_TEST_LINES) { /* "store_in_map (test_prof_scope.c:N) <- ..." */
+    char want[128];
+    snprintf(want, sizeof want, "store_in_map (test_prof_scope.c:%d) <- "
+             "deliver (test_prof_scope.c:", store_line);
+    assert_true(strstr(v->stack, want) != NULL);
+  } else {
+    assert_true(strstr(v->stack, "store_in_map <- deliver") != NULL);
+  }
   assert_true(v->bpm > 99.9 && v->bpm < 100.1);
 
   /* The top residual site is the handler. */
@@ -207,6 +217,12 @@ static void test_leak_per_message(void **state) {
   assert_non_null(strstr(tbuf_str(&out), "t.leak"));
   assert_non_null(strstr(tbuf_str(&out), "LEAK"));
   assert_non_null(strstr(tbuf_str(&out), "store_in_map"));
+  if (SLUICE_TEST_LINES) { /* the site's line, the verdict's */
+    char want[64];
+    snprintf(want, sizeof want, "  store_in_map (test_prof_scope.c:%d) <- ",
+             store_line);
+    assert_non_null(strstr(tbuf_str(&out), want));
+  }
 
   /* pprof: residual samples carry the queue and outcome labels. */
   assert_int_equal(

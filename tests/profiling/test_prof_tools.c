@@ -2,7 +2,10 @@
 /* The profiles read by the real tools: `go tool pprof` (Debian golang-go)
  * and `google-pprof` (Debian google-perftools), and the profiler preloaded
  * into a program that knows nothing about it. A missing tool skips the test,
- * or fails it when SLUICE_REQUIRE_BROKER=1 (CI). */
+ * or fails it when SLUICE_REQUIRE_BROKER=1 (CI). Source lines and inlined
+ * frames are read back with `-lines` and `-list`, for the executable, a
+ * shared library and a preloaded program; a program without debug
+ * information falls back to function names. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -17,6 +20,7 @@
 #include <cmocka.h>
 
 #include "prof_test.h"
+#include "prof_testlib.h"
 
 static char *go, *gpprof;
 static char dir[64];
@@ -85,14 +89,38 @@ static char *run_ok(char *const argv[]) {
 /* ------------------------------------------------------------------------ */
 /* What the profiles contain. */
 
+/* The tests compare the lines the tools print with the lines recorded
+ * here (the line after each assignment). */
+static int hold_line, leak_line, inl_line, call_line;
+
 static void *held[20];
 
 T_NOINLINE static void hold_buffers(void) {
   for (int i = 0; i < 20; i++) {
+    hold_line = __LINE__ + 1;
     held[i] = TALLOC(5000);
     memset(held[i], i, 5000);
   }
 }
+
+/* An inlined function: its own frame (a second Line of the location). */
+__attribute__((always_inline)) static inline void *inl_make(size_t n) {
+  inl_line = __LINE__ + 1;
+  void *p = TALLOC(n);
+  memset(p, 3, n);
+  return p;
+}
+
+static void *inl_held[4];
+
+T_NOINLINE static void call_inlined(void) {
+  for (int i = 0; i < 4; i++) {
+    call_line = __LINE__ + 1;
+    inl_held[i] = inl_make(3000);
+  }
+}
+
+static void *lib_held[3];
 
 static void *grown[10];
 
@@ -107,6 +135,7 @@ static void *errors[64];
 static int n_errors;
 
 T_NOINLINE static int leak_on_nack(int i) {
+  leak_line = __LINE__ + 1;
   char *ctx = TALLOC(64);
   memset(ctx, i, 64);
   if (i % 2) {
@@ -135,7 +164,73 @@ static void prepare(void) {
   if (done) return;
   done = 1;
   hold_buffers();
+  call_inlined();
+  for (int i = 0; i < 3; i++) lib_held[i] = prof_testlib_alloc(2000);
   run_deliveries();
+}
+
+/* Lines are checked where the library was built with libdw; CI must have
+ * it (scripts/setup.sh installs libdw-dev). */
+static int lines_expected(void) {
+  if (SLUICE_TEST_LINES) return 1;
+  if (t_tools_required())
+    fail_msg("libsluice_prof built without libdw: no source lines");
+  print_message("SKIP (lines): libsluice_prof built without libdw\n");
+  return 0;
+}
+
+/* Does `out` have a row naming fn at file:line (`-lines` output)? An
+ * inlined call is marked: "fn file:line (inline)" by go tool pprof,
+ * "fn (inline) file:line" by google-pprof. */
+static int has_line(const char *out, const char *fn, const char *file,
+                    int line) {
+  char want[3][1024];
+  snprintf(want[0], sizeof want[0], " %s %s:%d\n", fn, file, line);
+  snprintf(want[1], sizeof want[1], " %s %s:%d (inline)\n", fn, file, line);
+  snprintf(want[2], sizeof want[2], " %s (inline) %s:%d\n", fn, file, line);
+  for (int i = 0; i < 3; i++)
+    if (strstr(out, want[i])) return i + 1;
+  return 0;
+}
+
+/* In `pprof -list` output: the value on source line `line` of the listing
+ * of fn ("." when none, NULL when the line is not listed). */
+static const char *list_value(const char *out, const char *fn, int line,
+                              char *val, size_t n) {
+  char hdr[256];
+  snprintf(hdr, sizeof hdr, " %s in ", fn);
+  const char *p = strstr(out, hdr);
+  if (!p) return NULL;
+  char want[32];
+  snprintf(want, sizeof want, " %d:", line);
+  for (p = strchr(p, '\n'); p && *p; p = strchr(p + 1, '\n')) {
+    const char *eol = strchr(p + 1, '\n');
+    if (!strncmp(p + 1, "ROUTINE", 7)) return NULL; /* the next function */
+    const char *hit = strstr(p, want);
+    if (hit && (!eol || hit < eol)) {
+      if (sscanf(p + 1, "%31s", val) != 1) return NULL;
+      (void)n;
+      return val;
+    }
+  }
+  return NULL;
+}
+
+/* The line of the first occurrence of `text` in file `path`, or 0. */
+static int line_of(const char *path, const char *text) {
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  char buf[1024];
+  int line = 0, found = 0;
+  while (fgets(buf, sizeof buf, f)) {
+    line++;
+    if (strstr(buf, text)) {
+      found = line;
+      break;
+    }
+  }
+  fclose(f);
+  return found;
 }
 
 static void test_go_pprof(void **state) {
@@ -170,6 +265,39 @@ static void test_go_pprof(void **state) {
                           "-tagignore=outcome=nack", resid, NULL});
   assert_null(strstr(out, "leak_on_nack"));
   free(out);
+  if (lines_expected()) {
+    /* Lines, inlined frames and a shared library's lines, by pprof. */
+    out = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", heap,
+                            NULL});
+    assert_true(has_line(out, "hold_buffers", __FILE__, hold_line));
+    assert_int_equal(has_line(out, "inl_make", __FILE__, inl_line), 2);
+    assert_int_equal(has_line(out, "call_inlined", __FILE__, call_line), 1);
+    assert_int_equal(has_line(out, "lib_make", PROF_TESTLIB_SRC,
+                              prof_testlib_line()),
+                     2);
+    assert_non_null(strstr(out, " prof_testlib_alloc " PROF_TESTLIB_SRC ":"));
+    free(out);
+    char val[32];
+    /* -source_path: pprof's guess from the working directory can strip
+     * the absolute path to a wrong relative one. */
+    out = run_ok((char *[]){go, "tool", "pprof", "-list=^hold_buffers$",
+                            "-source_path=" SRC_DIR, heap, NULL});
+    assert_non_null(strstr(out, "hold_buffers in "));
+    assert_non_null(strstr(out, "test_prof_tools.c\n"));
+    assert_non_null(list_value(out, "hold_buffers", hold_line, val,
+                               sizeof val));
+    assert_string_equal(val, "97.66kB"); /* 20 x 5000 B */
+    free(out);
+    out = run_ok((char *[]){go, "tool", "pprof", "-list=^inl_make$",
+                            "-source_path=" SRC_DIR, heap, NULL});
+    assert_non_null(list_value(out, "inl_make", inl_line, val, sizeof val));
+    assert_string_equal(val, "11.72kB"); /* 4 x 3000 B */
+    free(out);
+    out = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines",
+                            "-tagfocus=outcome=nack", resid, NULL});
+    assert_true(has_line(out, "leak_on_nack", __FILE__, leak_line));
+    free(out);
+  }
   out = run_ok((char *[]){go, "tool", "pprof", "-tags", resid, NULL});
   assert_non_null(strstr(out, "outcome"));
   assert_non_null(strstr(out, "nack"));
@@ -226,6 +354,15 @@ static void test_google_pprof(void **state) {
   char *out = run_ok((char *[]){gpprof, "--text", exe, heap, NULL});
   assert_non_null(strstr(out, "hold_buffers"));
   free(out);
+  if (lines_expected()) {
+    /* google-pprof symbolizes the addresses itself (addr2line), the shared
+     * library's too: the leaf's address must land on the call's line. */
+    out = run_ok((char *[]){gpprof, "--text", "--lines", exe, heap, NULL});
+    assert_true(has_line(out, "hold_buffers", __FILE__, hold_line));
+    assert_true(has_line(out, "lib_make", PROF_TESTLIB_SRC,
+                         prof_testlib_line()));
+    free(out);
+  }
   /* The legacy residual profile too. */
   write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_RESIDUAL_SPACE,
                 heap);
@@ -274,10 +411,23 @@ static void test_preload(void **state) {
   assert_int_equal(tprofile_sum(&p, "inuse_space", "handle_request"), 0);
   tprofile_free(&p);
   tbuf_free(&file);
+  int leak_src = line_of(PROF_LEAKY_SRC, "malloc(sizeof *n)");
+  assert_true(leak_src > 0);
   if (go) {
     char *o = run_ok((char *[]){go, "tool", "pprof", "-top", pb, NULL});
     assert_non_null(strstr(o, "leak_some"));
     free(o);
+    if (lines_expected()) {
+      o = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", pb, NULL});
+      assert_true(has_line(o, "leak_some", PROF_LEAKY_SRC, leak_src));
+      free(o);
+      char val[32];
+      o = run_ok((char *[]){go, "tool", "pprof", "-list=^leak_some$",
+                            "-source_path=" SRC_DIR, pb, NULL});
+      assert_non_null(list_value(o, "leak_some", leak_src, val, sizeof val));
+      assert_string_equal(val, "62.50kB"); /* 1000 x 64 B */
+      free(o);
+    }
   } else {
     NEED("go", go);
   }
@@ -300,6 +450,43 @@ static void test_preload(void **state) {
   if (gpprof) {
     char *o = run_ok((char *[]){gpprof, "--text", PROF_LEAKY, heap, NULL});
     assert_non_null(strstr(o, "leak_some"));
+    free(o);
+    if (lines_expected()) {
+      o = run_ok((char *[]){gpprof, "--text", "--lines", PROF_LEAKY, heap,
+                            NULL});
+      assert_true(has_line(o, "leak_some", PROF_LEAKY_SRC, leak_src));
+      free(o);
+    }
+  }
+
+  /* No debug information at all: function names from the ELF symbols,
+   * no file, no line; the tools read it the same. */
+  out.len = 0;
+  assert_int_equal(t_run((char *[]){PROF_LEAKY_NODEBUG, NULL}, env_pb, &out),
+                   0);
+  tbuf_free(&file);
+  f = fopen(pb, "rb");
+  assert_non_null(f);
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    tbuf_write(chunk, n, &file);
+  fclose(f);
+  assert_int_equal(tprofile_parse(file.data, file.len, &p), 0);
+  assert_string_equal(tprofile_top_leaf(&p, "inuse_space"), "leak_some");
+  assert_int_equal(tprofile_sum(&p, "inuse_space", "leak_some"), 64000);
+  for (size_t i = 0; i < p.n_samples; i++) {
+    const char *leaf = tprofile_frame(&p, &p.samples[i], 0);
+    if (!leaf || strcmp(leaf, "leak_some")) continue;
+    tline l[4];
+    assert_int_equal(tprofile_lines(&p, &p.samples[i], 0, l, 4), 1);
+    assert_null(l[0].file);
+    assert_int_equal(l[0].line, 0);
+  }
+  tprofile_free(&p);
+  tbuf_free(&file);
+  if (go) {
+    char *o = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", pb,
+                                NULL});
+    assert_non_null(strstr(o, " leak_some\n"));
     free(o);
   }
 
@@ -347,6 +534,8 @@ int main(void) {
   int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
   for (int i = 0; i < 20; i++) TFREE(held[i]);
   for (int i = 0; i < 10; i++) TFREE(grown[i]);
+  for (int i = 0; i < 4; i++) TFREE(inl_held[i]);
+  for (int i = 0; i < 3; i++) TFREE(lib_held[i]);
   for (int i = 0; i < n_errors; i++) TFREE(errors[i]);
   return rc;
 }
