@@ -17,6 +17,7 @@
 #include <amqp_tcp_socket.h>
 
 #include "internal.h"
+#include "uri.h"
 
 static amqp_table_entry_t bool_entry(const char *key, int v) {
   amqp_table_entry_t e;
@@ -41,17 +42,16 @@ void sluice__note_close(sluice_consumer *c, uint16_t code,
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
 }
 
-int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
-                      uint16_t *code, char *text, size_t textlen) {
-  char buf[1024];
-  sluice_uri u;
-  *out = NULL;
-  *code = 0;
-  if (textlen) text[0] = '\0';
-  int rc = sluice_uri_parse(a->uri, &u, buf, sizeof(buf));
-  if (rc == SLUICE_ELIMIT) rc = SLUICE_EURI;
-  if (rc) return rc;
-  if (u.tls) return SLUICE_ENOTSUP;
+/* TCP connect and AMQP login to a parsed URI. */
+static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
+                       amqp_connection_state_t *out, uint16_t *code,
+                       char *text, size_t textlen) {
+  const sluice_uri u = *uri;
+  int rc;
+  if (u.tls) {
+    snprintf(text, textlen, "amqps:// is not supported by this build");
+    return SLUICE_ENOTSUP;
+  }
 
   amqp_connection_state_t conn = amqp_new_connection();
   if (!conn) return SLUICE_ENOMEM;
@@ -120,6 +120,26 @@ int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
   }
   *out = conn;
   return 0;
+}
+
+/* Parse the URI into a buffer of its own (a URI may carry a JWT of a
+ * few KiB as its password), then connect and log in. */
+int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
+                      uint16_t *code, char *text, size_t textlen) {
+  char *buf;
+  sluice_uri u;
+  sluice__uri_err e;
+  *out = NULL;
+  *code = 0;
+  if (textlen) text[0] = '\0';
+  int rc = sluice__uri_parse_alloc(a->uri, &u, &buf, &e);
+  if (rc) {
+    sluice__uri_err_text(rc, &e, text, textlen);
+    return rc;
+  }
+  rc = open_parsed(a, &u, out, code, text, textlen);
+  free(buf);
+  return rc;
 }
 
 static int connect_uri(sluice_consumer *c, const char *uri_str) {

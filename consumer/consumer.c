@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "uri.h"
 
 #define STOP_CHECK_MS 50 /* stop progress is checked this often */
 
@@ -81,16 +82,31 @@ static int apply_defaults(sluice_consumer_opts *o) {
   return 0;
 }
 
-/* Validate every URI now: a typo should fail here, not at 3 a.m. */
-static int check_uris(const char *const *uris, size_t n) {
+/* Validate every URI now: a typo should fail here, not at 3 a.m. The log
+ * says what is wrong and where, without quoting the URI (a password). */
+static int check_uris(const sluice_consumer_opts *o, const char *const *uris,
+                      size_t n) {
+  sluice__logger lg = {o->log, o->log_user, o->log_level, NULL};
   for (size_t i = 0; i < n; i++) {
-    char buf[1024];
     sluice_uri u;
+    sluice__uri_err e;
+    char *buf, why[160];
     if (!uris[i]) return SLUICE_EINVAL;
-    int rc = sluice_uri_parse(uris[i], &u, buf, sizeof(buf));
-    if (rc == SLUICE_ELIMIT) rc = SLUICE_EURI;
-    if (rc) return rc;
-    if (u.tls) return SLUICE_ENOTSUP;
+    int rc = sluice__uri_parse_alloc(uris[i], &u, &buf, &e);
+    int tls = !rc && u.tls;
+    free(buf);
+    if (rc) {
+      sluice__logf(&lg, SLUICE_LOG_ERROR, "URI %zu of %zu: %s: %s", i + 1, n,
+                   sluice_strerror(rc),
+                   sluice__uri_err_text(rc, &e, why, sizeof(why)));
+      return rc;
+    }
+    if (tls) {
+      sluice__logf(&lg, SLUICE_LOG_ERROR,
+                   "URI %zu of %zu: amqps:// is not supported by this build",
+                   i + 1, n);
+      return SLUICE_ENOTSUP;
+    }
   }
   return 0;
 }
@@ -125,7 +141,7 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
     uris = o.uri ? &o.uri : &def;
     n = 1;
   }
-  if ((rc = check_uris(uris, n))) return rc;
+  if ((rc = check_uris(&o, uris, n))) return rc;
 
   sluice_consumer *c = calloc(1, sizeof(*c));
   if (!c) return SLUICE_ENOMEM;

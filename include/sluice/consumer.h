@@ -460,7 +460,8 @@ SLUICE_EXPORT struct event_base *sluice_consumer_base(sluice_consumer *c);
 /* ------------------------------------------------------------------------ */
 /** \name URIs */
 
-/** A parsed AMQP URI. Strings point into the caller's `buf`. */
+/** A parsed AMQP URI. Strings point into the caller's `buf`, or to static
+ *  strings for the defaults ("guest", "localhost", "/"). */
 typedef struct sluice_uri {
   const char *user, *password, *host, *vhost;
   int port;
@@ -468,9 +469,13 @@ typedef struct sluice_uri {
 } sluice_uri;
 
 /** Parse `amqp://[user[:pass]@]host[:port][/vhost]` (percent-decoding each
- *  part; an empty path means vhost "/"). Thread-safe.
+ *  part; an empty path means vhost "/", no host means "localhost"). The
+ *  scheme is case-insensitive; a percent-encoded NUL (`%00`) in any part is
+ *  malformed, since it would cut the part short. Thread-safe.
  *  \return 0; SLUICE_EURI when malformed; SLUICE_ELIMIT when `buflen` is too
- *          small (it needs strlen(uri) + 8). */
+ *          small: strlen(uri) + 8 bytes are always enough.
+ *  \since 0.2 (the scheme's case, `%00` and the buffer bound for the
+ *         shortest URIs) */
 SLUICE_EXPORT int sluice_uri_parse(const char *uri, sluice_uri *out, char *buf,
                                    size_t buflen);
 

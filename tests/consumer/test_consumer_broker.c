@@ -473,6 +473,28 @@ static void wrong_password(void **s) {
   sluice_consumer_free(c);
 }
 
+/* A URI whose password is an OAuth2 token (a JWT of 1-2 KiB) reaches the
+ * broker: a refusal is a clean SLUICE_EAUTH, never a malformed URI, for the
+ * consumer and the publisher alike. */
+static void long_password_reaches_broker(void **s) {
+  char uri[4096];
+  int k = snprintf(uri, sizeof(uri), "amqp://guest:eyJhbGciOiJSUzI1NiJ9.");
+  for (int i = 0; i < 2000; i++) uri[k++] = "abcdefXYZ0123-_"[i % 15];
+  snprintf(uri + k, sizeof(uri) - (size_t)k, "@127.0.0.1:5672/");
+  assert_true(strlen(uri) > 2000);
+  sluice_consumer_opts o = {.uri = uri, .log_level = -1};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  assert_int_equal(sluice_consumer_connect(c), SLUICE_EAUTH);
+  char text[256];
+  assert_int_equal(sluice_consumer_last_close(c, text, sizeof(text)), 403);
+  sluice_consumer_free(c);
+  sluice_publisher_opts po = {.uri = uri, .log_level = -1};
+  sluice_publisher *p = NULL;
+  assert_int_equal(sluice_publisher_new(&po, &p), SLUICE_EAUTH);
+  assert_null(p);
+}
+
 static void missing_queue(void **s) {
   struct ctx *x = ctx_new(M_ACK, 1);
   sluice_consumer_opts o = {.uri = TEST_URI, .log_level = -1};
@@ -797,6 +819,7 @@ int main(void) {
       cmocka_unit_test(graceful_stop_mid_stream),
       cmocka_unit_test(auto_stop_hands_off),
       cmocka_unit_test(wrong_password),
+      cmocka_unit_test(long_password_reaches_broker),
       cmocka_unit_test(missing_queue),
       cmocka_unit_test(done_misuse),
       cmocka_unit_test(too_big_rejected),
