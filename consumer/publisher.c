@@ -2,6 +2,7 @@
 /* A blocking publisher with confirms. Confirms are tracked in a ring indexed
  * by sequence number; the ring is never larger than max_outstanding, since
  * publishing waits for confirms before it would overflow. */
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,8 @@ struct sluice_publisher {
   uint16_t close_code;
   char close_text[256];
   int broken;         /* the channel or connection is gone */
+  int blocked;        /* connection.blocked, not yet unblocked */
+  char blocked_reason[256];
 };
 
 static void pub_note_close(sluice_publisher *p, uint16_t code,
@@ -52,6 +55,8 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
     p->o.connect_timeout_ms = SLUICE__DEFAULT_CONNECT_TIMEOUT_MS;
   if (p->o.confirm_timeout_ms <= 0) p->o.confirm_timeout_ms = 30000;
   if (p->o.max_outstanding == 0) p->o.max_outstanding = 1024;
+  if (p->o.blocked_timeout_ms == 0)
+    p->o.blocked_timeout_ms = p->o.confirm_timeout_ms;
   p->cap = p->o.max_outstanding;
   p->ring = calloc(p->cap, 1);
   p->next_seq = p->low = 1;
@@ -161,64 +166,147 @@ static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
   return 0;
 }
 
-/* Handle frames until `until_pending` or fewer are unconfirmed, or the
- * deadline passes. */
-static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
-  uint64_t deadline = sluice__now_ms() + (uint64_t)timeout_ms;
-  while (p->rep.pending > until_pending) {
-    uint64_t now = sluice__now_ms();
-    if (now >= deadline) return SLUICE_ETIMEDOUT;
-    uint64_t left = deadline - now;
-    struct timeval tv = sluice__tv_ms(left);
-    amqp_frame_t f;
-    int st = amqp_simple_wait_frame_noblock(p->conn, &f, &tv);
-    if (st == AMQP_STATUS_TIMEOUT) return SLUICE_ETIMEDOUT;
-    if (st != AMQP_STATUS_OK) {
+static void emit(sluice_publisher *p, sluice_event_type type,
+                 const char *text) {
+  if (!p->o.on_event) return;
+  sluice_event ev = {.type = type,
+                     .err = type == SLUICE_EV_BLOCKED ? SLUICE_EBLOCKED : 0,
+                     .text = text};
+  sluice__cb_frame f;
+  sluice__cb_enter(&f, p);
+  p->o.on_event(p, &ev, p->o.event_user);
+  sluice__cb_leave(&f);
+}
+
+/* Act on one frame. 0, or an error that ends the call. */
+static int handle_frame(sluice_publisher *p, amqp_frame_t *f) {
+  if (f->frame_type != AMQP_FRAME_METHOD) return 0;
+  switch (f->payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+      amqp_basic_ack_t *m = f->payload.method.decoded;
+      settle(p, m->delivery_tag, m->multiple, SEQ_ACKED);
+      return 0;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      amqp_basic_nack_t *m = f->payload.method.decoded;
+      settle(p, m->delivery_tag, m->multiple, SEQ_NACKED);
+      return 0;
+    }
+    case AMQP_BASIC_RETURN_METHOD:
+      return read_return(p, f->payload.method.decoded);
+    case AMQP_CONNECTION_BLOCKED_METHOD: {
+      amqp_connection_blocked_t *m = f->payload.method.decoded;
+      sluice__bytes_str(p->blocked_reason, sizeof(p->blocked_reason),
+                        m->reason);
+      p->blocked = 1;
+      sluice__logf(&p->log, SLUICE_LOG_WARN,
+                   "publisher: blocked by the broker: %s", p->blocked_reason);
+      emit(p, SLUICE_EV_BLOCKED, p->blocked_reason);
+      return 0;
+    }
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      p->blocked = 0;
+      p->blocked_reason[0] = '\0';
+      sluice__logf(&p->log, SLUICE_LOG_INFO, "publisher: unblocked");
+      emit(p, SLUICE_EV_UNBLOCKED, NULL);
+      return 0;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      amqp_channel_close_t *m = f->payload.method.decoded;
+      char t[256];
+      sluice__bytes_str(t, sizeof(t), m->reply_text);
+      pub_note_close(p, m->reply_code, t);
+      amqp_channel_close_ok_t ok;
+      memset(&ok, 0, sizeof(ok));
+      amqp_send_method(p->conn, f->channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
       p->broken = 1;
-      return sluice__amqp_status_to_err(st);
+      sluice__logf(&p->log, SLUICE_LOG_ERROR,
+                   "publisher: channel closed: %u %s", m->reply_code, t);
+      return SLUICE_ECLOSED;
     }
-    if (f.frame_type != AMQP_FRAME_METHOD) continue;
-    switch (f.payload.method.id) {
-      case AMQP_BASIC_ACK_METHOD: {
-        amqp_basic_ack_t *m = f.payload.method.decoded;
-        settle(p, m->delivery_tag, m->multiple, SEQ_ACKED);
-        break;
-      }
-      case AMQP_BASIC_NACK_METHOD: {
-        amqp_basic_nack_t *m = f.payload.method.decoded;
-        settle(p, m->delivery_tag, m->multiple, SEQ_NACKED);
-        break;
-      }
-      case AMQP_BASIC_RETURN_METHOD: {
-        int rc = read_return(p, f.payload.method.decoded);
-        if (rc) return rc;
-        break;
-      }
-      case AMQP_CHANNEL_CLOSE_METHOD: {
-        amqp_channel_close_t *m = f.payload.method.decoded;
-        char t[256];
-        sluice__bytes_str(t, sizeof(t), m->reply_text);
-        pub_note_close(p, m->reply_code, t);
-        amqp_channel_close_ok_t ok;
-        memset(&ok, 0, sizeof(ok));
-        amqp_send_method(p->conn, f.channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
-        p->broken = 1;
-        sluice__logf(&p->log, SLUICE_LOG_ERROR,
-                     "publisher: channel closed: %u %s", m->reply_code, t);
-        return SLUICE_ECLOSED;
-      }
-      case AMQP_CONNECTION_CLOSE_METHOD: {
-        amqp_connection_close_t *m = f.payload.method.decoded;
-        char t[256];
-        sluice__bytes_str(t, sizeof(t), m->reply_text);
-        pub_note_close(p, m->reply_code, t);
-        p->broken = 1;
-        return SLUICE_ECLOSED;
-      }
-      default:
-        break;
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+      amqp_connection_close_t *m = f->payload.method.decoded;
+      char t[256];
+      sluice__bytes_str(t, sizeof(t), m->reply_text);
+      pub_note_close(p, m->reply_code, t);
+      p->broken = 1;
+      return SLUICE_ECLOSED;
     }
-    amqp_maybe_release_buffers(p->conn);
+    default:
+      return 0;
+  }
+}
+
+/* Read one frame, waiting until `deadline` at most. 0 with a frame handled,
+ * SLUICE_ETIMEDOUT, or the error that broke the connection. */
+static int pump_one(sluice_publisher *p, uint64_t deadline) {
+  uint64_t now = sluice__now_ms();
+  struct timeval tv = sluice__tv_ms(deadline > now ? deadline - now : 0);
+  amqp_frame_t f;
+  int st = amqp_simple_wait_frame_noblock(p->conn, &f, &tv);
+  if (st == AMQP_STATUS_TIMEOUT) return SLUICE_ETIMEDOUT;
+  if (st != AMQP_STATUS_OK) {
+    p->broken = 1;
+    return sluice__amqp_status_to_err(st);
+  }
+  int rc = handle_frame(p, &f);
+  amqp_maybe_release_buffers(p->conn);
+  return rc;
+}
+
+/* While blocked, a call waits at most blocked_timeout_ms from the moment it
+ * finds the connection blocked (`*since`, 0 until then); then
+ * SLUICE_EBLOCKED. Until then it may shorten `*deadline` to that moment. */
+static int blocked_expired(const sluice_publisher *p, uint64_t now,
+                           uint64_t *since, uint64_t *deadline) {
+  if (!p->blocked) return 0;
+  if (p->o.blocked_timeout_ms < 0) return 1;
+  if (!*since) *since = now;
+  uint64_t until = *since + (uint64_t)p->o.blocked_timeout_ms;
+  if (now >= until) return 1;
+  if (until < *deadline) *deadline = until;
+  return 0;
+}
+
+/* Handle frames until `until_pending` or fewer are unconfirmed, or the
+ * deadline passes (SLUICE_ETIMEDOUT), or the broker blocks the connection
+ * for longer than blocked_timeout_ms (SLUICE_EBLOCKED). */
+static int pump(sluice_publisher *p, uint64_t until_pending, int timeout_ms) {
+  uint64_t deadline = sluice__now_ms() + (uint64_t)timeout_ms, since = 0;
+  while (p->rep.pending > until_pending) {
+    uint64_t now = sluice__now_ms(), dl = deadline;
+    if (blocked_expired(p, now, &since, &dl)) return SLUICE_EBLOCKED;
+    if (now >= deadline) return SLUICE_ETIMEDOUT;
+    int rc = pump_one(p, dl);
+    if (rc && rc != SLUICE_ETIMEDOUT) return rc;
+  }
+  return 0;
+}
+
+/* Handle whatever the broker has sent, without waiting: confirms, and above
+ * all connection.blocked, so that nothing is written into a connection the
+ * broker no longer reads (rabbitmq-c's send would wait without limit once
+ * the socket buffers are full). One poll() when nothing is there. */
+static int drain(sluice_publisher *p) {
+  for (;;) {
+    if (!amqp_data_in_buffer(p->conn) && !amqp_frames_enqueued(p->conn)) {
+      struct pollfd pfd = {.fd = amqp_get_sockfd(p->conn), .events = POLLIN};
+      if (poll(&pfd, 1, 0) <= 0) return 0;
+    }
+    int rc = pump_one(p, 0);
+    if (rc == SLUICE_ETIMEDOUT) return 0; /* a partial frame: later */
+    if (rc) return rc;
+  }
+}
+
+/* While blocked, wait for connection.unblocked (bounded as above). */
+static int wait_unblocked(sluice_publisher *p) {
+  uint64_t since = 0;
+  while (p->blocked) {
+    uint64_t dl = UINT64_MAX;
+    if (blocked_expired(p, sluice__now_ms(), &since, &dl))
+      return SLUICE_EBLOCKED;
+    int rc = pump_one(p, dl);
+    if (rc && rc != SLUICE_ETIMEDOUT) return rc;
   }
   return 0;
 }
@@ -232,10 +320,11 @@ int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
                              size_t len, const sluice_publish_props *props) {
   if (!p || !routing_key || (!body && len)) return SLUICE_EINVAL;
   if (p->broken) return SLUICE_ECLOSED;
-  if (!p->o.no_confirms && p->rep.pending >= p->cap) {
-    int rc = pump(p, p->cap / 2, p->o.confirm_timeout_ms);
-    if (rc) return rc;
-  }
+  int rc = drain(p);
+  if (!rc) rc = wait_unblocked(p);
+  if (!rc && !p->o.no_confirms && p->rep.pending >= p->cap)
+    rc = pump(p, p->cap / 2, p->o.confirm_timeout_ms);
+  if (rc) return rc;
   amqp_basic_properties_t bp;
   memset(&bp, 0, sizeof(bp));
   bp._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
@@ -263,7 +352,7 @@ int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
       bp.priority = props->priority;
     }
     if (props->n_headers) {
-      int rc = sluice__kv_to_table(&pool, props->headers, props->n_headers,
+      rc = sluice__kv_to_table(&pool, props->headers, props->n_headers,
                                    &bp.headers);
       if (rc) {
         empty_amqp_pool(&pool);
@@ -292,7 +381,8 @@ int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
 
 int sluice_publisher_wait(sluice_publisher *p, sluice_publish_report *report) {
   if (!p) return SLUICE_EINVAL;
-  int rc = p->o.no_confirms ? 0 : pump(p, 0, p->o.confirm_timeout_ms);
+  int rc = drain(p);
+  if (!rc && !p->o.no_confirms) rc = pump(p, 0, p->o.confirm_timeout_ms);
   if (report) *report = p->rep;
   if (rc) return rc;
   if (p->rep.nacked) return SLUICE_ENACKED;
@@ -375,6 +465,13 @@ int sluice_publisher_queue_depth(sluice_publisher *p, const char *queue,
     if (consumers) *consumers = ok->consumer_count;
   }
   return rc;
+}
+
+int sluice_publisher_blocked(const sluice_publisher *p, char *buf,
+                             size_t buflen) {
+  if (!p) return 0;
+  if (buf && buflen) snprintf(buf, buflen, "%s", p->blocked_reason);
+  return p->blocked;
 }
 
 int sluice_publisher_last_close(const sluice_publisher *p, char *buf,

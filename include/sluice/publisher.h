@@ -10,6 +10,13 @@
  * run inside the call that reads the broker's answers (publish, wait) and
  * take `(publisher, payload, user)`; they must not free the publisher
  * (refused, as sluice_consumer_free() from a consumer's callback).
+ *
+ * Resource alarms: when the broker runs low on memory or disk it blocks the
+ * connections that publish (`connection.blocked`) and stops reading from
+ * them. The publisher reports it (SLUICE_EV_BLOCKED / SLUICE_EV_UNBLOCKED to
+ * `on_event`, sluice_publisher_blocked()) and never writes into a blocked
+ * connection: a call waits for `connection.unblocked`, bounded by
+ * `blocked_timeout_ms`, then fails with SLUICE_EBLOCKED.
  */
 #ifndef SLUICE_PUBLISHER_H
 #define SLUICE_PUBLISHER_H
@@ -44,6 +51,15 @@ typedef struct sluice_returned {
 typedef void (*sluice_return_fn)(sluice_publisher *p, const sluice_returned *r,
                                  void *user);
 
+/** Receives the publisher's events: SLUICE_EV_BLOCKED (the broker blocked
+ *  the connection; `text` is its reason, e.g. "low on memory") and
+ *  SLUICE_EV_UNBLOCKED. Runs on the thread that called into the publisher,
+ *  inside that call; `ev` is borrowed for the call. Like every publisher
+ *  callback it must not free the publisher.
+ *  \since 0.2 */
+typedef void (*sluice_publisher_event_fn)(sluice_publisher *p,
+                                          const sluice_event *ev, void *user);
+
 /** Publisher options. Zero-initialise; zero means the default. */
 typedef struct sluice_publisher_opts {
   /** Default amqp://guest:guest@127.0.0.1:5672/; read during
@@ -61,6 +77,13 @@ typedef struct sluice_publisher_opts {
   void *log_user;    /**< \since 0.2 */
   int log_level;     /**< most verbose level logged; default WARN;
                           negative: nothing \since 0.2 */
+  /** BLOCKED / UNBLOCKED; may be NULL. \since 0.2 */
+  sluice_publisher_event_fn on_event;
+  void *event_user; /**< for on_event \since 0.2 */
+  /** How long a call waits for `connection.unblocked` once it finds the
+   *  connection blocked; default confirm_timeout_ms; negative: do not wait
+   *  (SLUICE_EBLOCKED at once). \since 0.2 */
+  int blocked_timeout_ms;
 } sluice_publisher_opts;
 
 /** Properties of a published message; NULL means persistent, no fields.
@@ -101,11 +124,13 @@ SLUICE_EXPORT int sluice_publisher_new(const sluice_publisher_opts *opts,
 SLUICE_EXPORT void sluice_publisher_free(sluice_publisher *p);
 
 /** Publish one message. Waits for confirms first when max_outstanding are
- *  unconfirmed. `exchange` "" is the default exchange. Everything is read
+ *  unconfirmed, and for `connection.unblocked` while the broker blocks the
+ *  connection. `exchange` "" is the default exchange. Everything is read
  *  during the call.
  *  \return 0; SLUICE_EINVAL; SLUICE_ECLOSED (the broker closed the channel,
  *          e.g. a missing exchange: see sluice_publisher_last_close());
- *          SLUICE_ETIMEDOUT; SLUICE_ESOCKET.
+ *          SLUICE_EBLOCKED (still blocked after blocked_timeout_ms; nothing
+ *          was sent); SLUICE_ETIMEDOUT; SLUICE_ESOCKET.
  *  \since 0.2 (sluice_publish() before) */
 SLUICE_EXPORT int sluice_publisher_publish(sluice_publisher *p,
                                            const char *exchange,
@@ -117,7 +142,9 @@ SLUICE_EXPORT int sluice_publisher_publish(sluice_publisher *p,
  *  confirm_timeout_ms), then fill `report` (may be NULL).
  *  \return 0 when all were confirmed; SLUICE_ENACKED when some were nacked;
  *          SLUICE_ERETURNED when some were returned (and none nacked);
- *          SLUICE_ETIMEDOUT; SLUICE_ECLOSED. */
+ *          SLUICE_EBLOCKED when the broker blocked the connection for
+ *          blocked_timeout_ms during the wait (the confirms of what it has
+ *          not read yet cannot come); SLUICE_ETIMEDOUT; SLUICE_ECLOSED. */
 SLUICE_EXPORT int sluice_publisher_wait(sluice_publisher *p,
                                         sluice_publish_report *report);
 
@@ -148,6 +175,14 @@ SLUICE_EXPORT int sluice_publisher_queue_depth(sluice_publisher *p,
                                                const char *queue,
                                                uint32_t *messages,
                                                uint32_t *consumers);
+
+/** Whether the broker blocks the connection now, as far as the publisher has
+ *  read (it reads on every call into it). The reason is copied to `buf` (may
+ *  be NULL) when blocked.
+ *  \return 1 blocked, 0 not (or `p` NULL).
+ *  \since 0.2 */
+SLUICE_EXPORT int sluice_publisher_blocked(const sluice_publisher *p, char *buf,
+                                           size_t buflen);
 
 /** The last broker close (reply code, text copied to buf), 0 if none. */
 SLUICE_EXPORT int sluice_publisher_last_close(const sluice_publisher *p,
