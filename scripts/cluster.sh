@@ -17,7 +17,9 @@
 #   SLUICE_CLUSTER_PORT  first AMQP port, default 5681 (5681, 5682, 5683)
 #   SLUICE_CLUSTER_DIR   default /tmp/sluice-cluster
 # Tests kill nodes by the pid in DIR/node<i>/pid and hold DIR/lock (flock)
-# while they use the cluster, so concurrent suites take turns.
+# while they use the cluster, so concurrent suites take turns; start and
+# stop wait for that lock (bounded) unless SLUICE_CLUSTER_LOCK_HELD=1 says
+# the caller holds it.
 set -euo pipefail
 
 cmd=${1:-start}
@@ -82,7 +84,18 @@ start_node() {
       RABBITMQ_CONF_ENV_FILE="$DIR/rabbitmq-env.conf" \
       RABBITMQ_CONFIG_FILE="$DIR/none.conf" \
       RABBITMQ_ADVANCED_CONFIG_FILE="$DIR/none.config" \
-      rabbitmq-server -detached >/dev/null 2>&1
+      rabbitmq-server -detached >/dev/null 2>&1 9>&-  # not the lock
+}
+
+# Wait (bounded) for a cluster test of a concurrent suite to finish: it may
+# have killed a node on purpose and be starting it again itself.
+lock() {
+  [ "${SLUICE_CLUSTER_LOCK_HELD:-0}" = 1 ] && return 0
+  exec 9<>"$DIR/lock"
+  if ! flock -w 900 9; then
+    echo "cluster: $DIR/lock still held after 900 s" >&2
+    exit 1
+  fi
 }
 
 wait_node() { # node, seconds: until the AMQP port accepts
@@ -119,6 +132,7 @@ case "$cmd" in
     fi
     t0=$SECONDS
     prepare_dirs
+    lock
     started=()
     for i in "${NODES[@]}"; do
       if ! node_up "$i"; then
@@ -154,11 +168,7 @@ case "$cmd" in
          "$(for i in "${NODES[@]}"; do printf '%s:%s ' "$(name "$i")" "$(amqp_port "$i")"; done)"
     ;;
   stop)
-    if [ -e "$DIR/lock" ]; then
-      # Wait (bounded) for a cluster test of a concurrent suite to finish.
-      exec 9<>"$DIR/lock"
-      flock -w 600 9 || echo "cluster: lock still held after 600 s; stopping anyway" >&2
-    fi
+    [ -d "$DIR" ] && lock
     # The data is deleted below, so a graceful stop buys nothing: SIGTERM
     # (RabbitMQ shuts down on it), SIGKILL after 30 s.
     pids=()

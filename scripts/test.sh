@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# The whole test suite: install what is missing, start the broker, build and
-# run every test (unit + broker integration) plainly, under ASan+UBSan and
-# under TSan, and the consumer's tests under valgrind.
+# The whole test suite: install what is missing, start the broker and the
+# 3-node test cluster, build and run every test (unit + broker + cluster
+# integration) plainly, under ASan+UBSan and under TSan, and the consumer's
+# tests under valgrind.
 #   SLUICE_TEST_QUICK=1   only the plain build
+# Both the broker and the cluster are left running, as other suites on the
+# same machine may be using them (scripts/cluster.sh stop ends the cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -11,17 +14,35 @@ JOBS=$(nproc)
 
 bash scripts/setup.sh
 bash scripts/broker.sh start
+# The cluster boots while the first build compiles (run_build waits for it).
+CLUSTER_LOG=$(mktemp)
+bash scripts/cluster.sh start >"$CLUSTER_LOG" 2>&1 &
+CLUSTER_PID=$!
 
 # Tests that need the broker or a tool setup.sh installs (go, promtool,
 # prometheus) fail instead of skipping.
 export SLUICE_REQUIRE_BROKER=1
+export SLUICE_REQUIRE_CLUSTER=1  # cluster tests too (scripts/cluster.sh)
 export CTEST_OUTPUT_ON_FAILURE=1
+
+wait_cluster() {
+  [ -n "$CLUSTER_PID" ] || return 0
+  if ! wait "$CLUSTER_PID"; then
+    cat "$CLUSTER_LOG" >&2
+    echo "test.sh: scripts/cluster.sh start failed" >&2
+    exit 1
+  fi
+  cat "$CLUSTER_LOG"
+  rm -f "$CLUSTER_LOG"
+  CLUSTER_PID=
+}
 
 run_build() { # name, cmake args...
   local name=$1; shift
   echo "=== build: $name"
   cmake -S "$ROOT" -B "$ROOT/build-$name" -DSLUICE_WERROR=ON "$@" >/dev/null
   cmake --build "$ROOT/build-$name" -j"$JOBS"
+  wait_cluster
   echo "=== test: $name"
   (cd "$ROOT/build-$name" && ctest -j"$JOBS" --timeout 600 \
      --output-on-failure)

@@ -176,6 +176,7 @@ int cl_start(void) {
   if (pid == 0) {
     close_inherited(-1);
     dup2(2, 1); /* the script's progress goes to stderr */
+    setenv("SLUICE_CLUSTER_LOCK_HELD", "1", 1); /* this process holds it */
     execlp("bash", "bash", SLUICE_CLUSTER_SCRIPT, "start", (char *)NULL);
     _exit(127);
   }

@@ -509,6 +509,9 @@ static void memory_alarm_blocks_publisher(void **state) {
 int main(void) {
   cl_require("test_cluster", 900);
   setvbuf(stdout, NULL, _IONBF, 0);
+  /* SLUICE_TEST_FILTER=memory_alarm* runs the matching tests only */
+  if (getenv("SLUICE_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("SLUICE_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(memory_alarm_blocks_publisher),
       cmocka_unit_test(quorum_leader_killed),
