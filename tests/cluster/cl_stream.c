@@ -215,7 +215,7 @@ int cl_publish_id(sluice_publisher *p, const char *queue, unsigned id,
   memset(body, '.', size);
   memcpy(body, id_s, l);
   sluice_publish_props pr = {.message_id = id_s};
-  return sluice_publish(p, "", queue, body, size, &pr);
+  return sluice_publisher_publish(p, "", queue, body, size, &pr);
 }
 
 int cl_fill(const char *uri, const char *queue, unsigned first, unsigned n,

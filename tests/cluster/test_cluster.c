@@ -280,7 +280,7 @@ static void single_node_crash(void **state) {
       .reconnect = {.enabled = 1, .max_attempts = UINT32_MAX},
   };
   assert_non_null(cl_stream_consumer(s, &o));
-  assert_int_equal(sluice_declare_queue(s->c, &d), 0);
+  assert_int_equal(sluice_consumer_declare_queue(s->c, &d), 0);
   cl_stream_start(s);
 
   assert_int_equal(cl_wait_distinct(s, n / 2, 60), 0);
@@ -395,10 +395,10 @@ static void memory_alarm_blocks_publisher(void **state) {
   sluice_publisher_opts po = {.uri = cl_uri(node),
                               .connection_name = "alarm publisher",
                               .on_event = pub_event,
-                              .user = &ev};
+                              .event_user = &ev};
   sluice_publisher *p = NULL, *p2 = NULL;
   assert_int_equal(sluice_publisher_new(&po, &p), 0);
-  po.user = &ev2;
+  po.event_user = &ev2;
   po.blocked_timeout_ms = 200;
   po.connection_name = "alarm publisher (200 ms)";
   assert_int_equal(sluice_publisher_new(&po, &p2), 0);
