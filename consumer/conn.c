@@ -16,6 +16,8 @@
 
 #include <amqp_tcp_socket.h>
 
+#include <sluice/version.h>
+
 #include "internal.h"
 #include "uri.h"
 
@@ -93,7 +95,7 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
   props[np].value.value.table.entries = caps;
   np++;
   props[np++] = str_entry("product", "sluice");
-  props[np++] = str_entry("version", "0.1.0");
+  props[np++] = str_entry("version", SLUICE_VERSION_STRING);
   if (a->conn_name) props[np++] = str_entry("connection_name", a->conn_name);
   amqp_table_t table = {np, props};
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Reconnect figures, against the broker on 127.0.0.1:5672 through the
- * loopback fault proxy of the tests (tests/reconnect/proxy.c):
+ * loopback fault proxy of the tests (tests/common/proxy.c):
  *
  *   latency  time from the proxy accepting connections again to the first
  *            delivery handled on the new connection, median of N cuts

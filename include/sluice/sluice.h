@@ -10,10 +10,6 @@
 #include <sluice/consumer.h>
 #include <sluice/publisher.h>
 #include <sluice/reconnect.h>
-
-#define SLUICE_VERSION_MAJOR 0
-#define SLUICE_VERSION_MINOR 1
-#define SLUICE_VERSION_PATCH 0
-#define SLUICE_VERSION_STRING "0.1.0"
+#include <sluice/version.h> /* generated: SLUICE_VERSION_* */
 
 #endif /* SLUICE_SLUICE_H */

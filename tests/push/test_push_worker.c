@@ -24,7 +24,7 @@
 #include "examples/push_worker/jobs.h"
 #include "push_util.h"
 #include "tests/common/broker_util.h"
-#include "tests/reconnect/proxy.h"
+#include "tests/common/proxy.h"
 
 #define WAIT_MS 60000 /* bound for one worker run; never reached */
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Reconnect against the real broker, with faults injected by a loopback
- * proxy (tests/reconnect/proxy.c) or by rabbitmqctl on this test's own
+ * proxy (tests/common/proxy.c) or by rabbitmqctl on this test's own
  * connection only. Every test is bounded by a watchdog; no test asserts a
  * timing (the figures are printed). */
 #include <setjmp.h>
