@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 # The whole test suite: install what is missing, start the broker and the
 # 3-node test cluster, build and run every test (unit + broker + cluster
-# integration) plainly, under ASan+UBSan and under TSan, and the consumer's
-# tests under valgrind.
+# integration) plainly (RelWithDebInfo), in a Release build, under
+# ASan+UBSan and under TSan (both Debug), and the consumer's tests under
+# valgrind.
 #   SLUICE_TEST_QUICK=1   only the plain build
 # Both the broker and the cluster are left running, as other suites on the
 # same machine may be using them (scripts/cluster.sh stop ends the cluster).
@@ -38,7 +39,7 @@ wait_cluster() {
 }
 
 run_build() { # name, cmake args...
-  local name=$1; shift
+  local name=$1 t0=$SECONDS; shift
   echo "=== build: $name"
   cmake -S "$ROOT" -B "$ROOT/build-$name" -DSLUICE_WERROR=ON "$@" >/dev/null
   cmake --build "$ROOT/build-$name" -j"$JOBS"
@@ -46,6 +47,7 @@ run_build() { # name, cmake args...
   echo "=== test: $name"
   (cd "$ROOT/build-$name" && ctest -j"$JOBS" --timeout 600 \
      --output-on-failure)
+  echo "=== $name: $((SECONDS - t0)) s"
 }
 
 run_build default -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -57,6 +59,7 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
       --error-exitcode=9 "$ROOT/build-default/tests/$t" >/dev/null
     echo "valgrind clean: $t"
   done
+  run_build release -DCMAKE_BUILD_TYPE=Release
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_build asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_ASAN=ON -DSLUICE_UBSAN=ON
@@ -64,4 +67,4 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
     run_build tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON \
       -DSLUICE_BUILD_BENCH=OFF
 fi
-echo "=== all tests passed"
+echo "=== all tests passed in $SECONDS s"
