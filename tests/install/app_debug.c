@@ -16,13 +16,13 @@ int main(void) {
   sluice_prof_memstats_read(&before);
   sluice_debug_opts o = {.addr = "127.0.0.1:0"};
   sluice_debug_server *s = NULL;
-  int rc = sluice_debug_server_start(NULL, &o, &s);
+  int rc = sluice_debug_server_new(&o, &s);
   if (rc != 0) {
-    fprintf(stderr, "app_debug: start: %s\n", sluice_strerror(rc));
+    fprintf(stderr, "app_debug: new: %s\n", sluice_strerror(rc));
     return 1;
   }
   int port = sluice_debug_server_port(s);
-  sluice_debug_server_stop(s);
+  sluice_debug_server_free(s);
   sluice_prof_memstats_read(&after);
   sluice_prof_stop();
   if (port <= 0) return 1;
