@@ -27,6 +27,13 @@ typedef struct sluice__dbg_snap {
 
 typedef struct sluice__dbg_pending sluice__dbg_pending;
 
+/* An accepted connection, from its accept to its close (debug_server.c). */
+typedef struct sluice__dbg_conn {
+  struct bufferevent *bev; /* NULL: a free slot; we hold a reference */
+  uint64_t accepted_ms;    /* when it was accepted, or its last reply sent */
+  int serving;             /* a request of it is being answered */
+} sluice__dbg_conn;
+
 struct sluice_debug_server {
   sluice_consumer *c;
   char *token; /* NULL: no authentication (loopback only) */
@@ -53,6 +60,25 @@ struct sluice_debug_server {
   unsigned n_pending;
   uint64_t requests;     /* requests dispatched to a handler */
   uint64_t unauthorized; /* refused with 401 or 403 */
+
+  /* Connections (server thread only): at most max_connections tracked,
+   * each given timeout_s to send a whole request. */
+  sluice__dbg_conn *conns; /* max_connections + 1 slots */
+  unsigned max_connections;
+  unsigned n_conns;
+  struct evconnlistener *listener;
+  struct event *sweep_ev;  /* closes connections past their deadline */
+  struct event *resume_ev; /* accepts again after a failed accept() */
+  struct event *yield_ev;  /* accepts again after an eviction */
+  struct event *calm_ev;   /* ends an episode of failed accept() calls */
+  int cap_paused;          /* every place is taken by an answer */
+  int yielding;            /* an evicted socket is still to be closed */
+  unsigned backoff_ms;     /* current pause after a failed accept(), or 0 */
+  uint64_t accept_failures; /* failed accept() calls, this episode */
+  uint64_t timed_out;      /* closed: no whole request within timeout_s */
+  uint64_t evicted;        /* closed to admit a newer connection */
+  sluice_log_fn log;
+  void *log_user;
 };
 
 /* ---- replies (debug_server.c) ------------------------------------------ */

@@ -17,11 +17,39 @@
 #include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <event2/bufferevent.h>
+#include <event2/listener.h>
 
 #include "debug_internal.h"
 
 #define DEFAULT_ADDR "127.0.0.1:6060"
+#define DEFAULT_MAX_CONNECTIONS 32
+#define MAX_BACKOFF_MS 1000 /* longest pause after a failed accept() */
+#define CALM_MS 5000        /* accept() working this long ends an episode */
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void dbg_log(const sluice_debug_server *s, int level, const char *fmt,
+                    ...) __attribute__((format(printf, 3, 4)));
+static void dbg_log(const sluice_debug_server *s, int level, const char *fmt,
+                    ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (s->log)
+    s->log(level, line, s->log_user);
+  else if (level <= SLUICE_LOG_WARN)
+    fprintf(stderr, "sluice debug endpoint: %s\n", line);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Replies. */
@@ -148,6 +176,214 @@ static int host_ok(struct evhttp_request *req) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Connections.
+ *
+ * evhttp's timeout restarts with every byte received: a client trickling a
+ * header byte every few seconds holds its socket for ever. And libevent
+ * 2.1's evhttp can neither cap its connections nor say when one starts
+ * (2.2 has evhttp_set_newreqcb). Its one hook at accept time is the
+ * bufferevent a connection is made with (evhttp_set_bevcb): the server
+ * makes it, keeps a reference on it, and finds the connection again from
+ * it. So each connection has
+ *  - a deadline for its whole request: timeout_s from its accept (or from
+ *    its previous answer, kept alive) to a complete request, however the
+ *    bytes trickle in;
+ *  - one of max_connections places: a new connection past the cap evicts
+ *    the oldest one still sending its request (one being answered is never
+ *    cut), or is closed itself when every other is being answered, and
+ *    accepting pauses until a place frees;
+ * and a failed accept() (EMFILE at the fd limit) pauses accepting with a
+ * backoff instead of spinning on the readable listener, logged once per
+ * episode. Server thread only. */
+
+/* The evhttp connection of a tracked bufferevent; NULL once evhttp has let
+ * go of it (bufferevent_free() clears the callbacks; our reference keeps
+ * the object). */
+static struct evhttp_connection *conn_of(const sluice__dbg_conn *k) {
+  bufferevent_event_cb ev = NULL;
+  void *arg = NULL;
+  bufferevent_getcb(k->bev, NULL, NULL, &ev, &arg);
+  return ev ? arg : NULL;
+}
+
+static sluice__dbg_conn *slot_of(sluice_debug_server *s,
+                                 struct evhttp_request *req) {
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  struct bufferevent *bev =
+      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+  for (unsigned i = 0; bev && i <= s->max_connections; i++)
+    if (s->conns[i].bev == bev) return &s->conns[i];
+  return NULL;
+}
+
+/* Accept unless every place is taken by a connection being answered (a
+ * newcomer could evict none), a failed accept() is backing off, or an
+ * eviction waits for its socket to close (libevent closes it from the loop,
+ * so a burst of accepts would otherwise take a new descriptor per evicted
+ * one before any is given back). */
+static void update_accepting(sluice_debug_server *s) {
+  if (!s->listener) return;
+  if (s->cap_paused && s->n_conns < s->max_connections) s->cap_paused = 0;
+  int backing_off = event_pending(s->resume_ev, EV_TIMEOUT, NULL);
+  if (s->cap_paused || backing_off || s->yielding)
+    evconnlistener_disable(s->listener);
+  else
+    evconnlistener_enable(s->listener);
+}
+
+/* Drop our reference to connections evhttp has closed: that frees their
+ * bufferevent and closes the socket. */
+static void reap(sluice_debug_server *s) {
+  for (unsigned i = 0; i <= s->max_connections; i++) {
+    sluice__dbg_conn *k = &s->conns[i];
+    if (k->bev && !conn_of(k)) {
+      bufferevent_decref(k->bev);
+      k->bev = NULL;
+      s->n_conns--;
+    }
+  }
+}
+
+static void close_conn(sluice_debug_server *s, sluice__dbg_conn *k) {
+  struct evhttp_connection *evcon = conn_of(k);
+  if (evcon) evhttp_connection_free(evcon); /* its pending request too */
+}
+
+/* Close the connection that has waited longest for its request; 1 if there
+ * was one. */
+static int evict_oldest(sluice_debug_server *s) {
+  sluice__dbg_conn *oldest = NULL;
+  for (unsigned i = 0; i <= s->max_connections; i++) {
+    sluice__dbg_conn *k = &s->conns[i];
+    if (k->bev && !k->serving && conn_of(k) &&
+        (!oldest || k->accepted_ms < oldest->accepted_ms))
+      oldest = k;
+  }
+  if (!oldest) return 0;
+  s->evicted++;
+  close_conn(s, oldest);
+  reap(s);
+  return 1;
+}
+
+static void sweep(evutil_socket_t fd, short what, void *arg) {
+  sluice_debug_server *s = arg;
+  (void)fd;
+  (void)what;
+  uint64_t now = now_ms(), limit = (uint64_t)s->timeout_s * 1000;
+  reap(s);
+  for (unsigned i = 0; i <= s->max_connections; i++) {
+    sluice__dbg_conn *k = &s->conns[i];
+    if (k->bev && !k->serving && now - k->accepted_ms >= limit) {
+      s->timed_out++;
+      close_conn(s, k);
+    }
+  }
+  reap(s);
+  if (!s->n_conns) event_del(s->sweep_ev);
+  update_accepting(s);
+}
+
+/* evhttp_set_bevcb: a connection was accepted. */
+static struct bufferevent *on_accept(struct event_base *base, void *arg) {
+  sluice_debug_server *s = arg;
+  if (s->accept_failures && !event_pending(s->calm_ev, EV_TIMEOUT, NULL)) {
+    struct timeval tv = {CALM_MS / 1000, 0};
+    event_add(s->calm_ev, &tv);
+  }
+  reap(s);
+  if (s->n_conns >= s->max_connections && evict_oldest(s)) {
+    s->yielding = 1;
+    event_active(s->yield_ev, EV_TIMEOUT, 1);
+  }
+  sluice__dbg_conn *k = NULL;
+  for (unsigned i = 0; !k && i <= s->max_connections; i++)
+    if (!s->conns[i].bev) k = &s->conns[i];
+  /* NULL makes evhttp create one we do not track: only when out of
+   * memory, or past the cap before accepting pauses. */
+  if (!k) return NULL;
+  struct bufferevent *bev =
+      bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+  if (!bev) return NULL;
+  bufferevent_incref(bev);
+  k->bev = bev;
+  k->serving = 0;
+  k->accepted_ms = now_ms();
+  s->n_conns++;
+  if (s->n_conns > s->max_connections) {
+    /* Every other connection is being answered: this one goes at once
+     * (past its deadline) and accepting pauses until a place frees. */
+    s->evicted++;
+    k->accepted_ms = 0;
+    s->cap_paused = 1;
+    event_active(s->sweep_ev, EV_TIMEOUT, 1);
+  }
+  if (!event_pending(s->sweep_ev, EV_TIMEOUT, NULL)) {
+    unsigned ms = s->timeout_s * 1000u / 4;
+    struct timeval tv = {0, (suseconds_t)((ms < 250 ? ms : 250) * 1000)};
+    event_add(s->sweep_ev, &tv);
+  }
+  update_accepting(s);
+  return bev;
+}
+
+static void on_reply_sent(struct evhttp_request *req, void *arg) {
+  sluice_debug_server *s = arg;
+  sluice__dbg_conn *k = slot_of(s, req);
+  if (!k) return;
+  /* Kept alive: the next request gets timeout_s from now. */
+  k->serving = 0;
+  k->accepted_ms = now_ms();
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg) {
+  sluice_debug_server *s = arg;
+  (void)fd;
+  (void)what;
+  s->yielding = 0;
+  update_accepting(s);
+}
+
+/* accept() has worked for CALM_MS since the last failure: the episode is
+ * over. */
+static void on_calm(evutil_socket_t fd, short what, void *arg) {
+  sluice_debug_server *s = arg;
+  (void)fd;
+  (void)what;
+  dbg_log(s, SLUICE_LOG_INFO, "accepting again after %llu failed accept() "
+          "calls", (unsigned long long)s->accept_failures);
+  s->accept_failures = 0;
+  s->backoff_ms = 0;
+}
+
+/* accept() failed for a reason other than a retriable one: EMFILE or
+ * ENFILE at the fd limit, ENOBUFS, ENOMEM. The listener stays readable, so
+ * accepting pauses (10 ms, doubling up to MAX_BACKOFF_MS) instead of
+ * spinning. One warning per episode, which ends once accept() has worked
+ * for CALM_MS (an INFO line then). */
+static _Thread_local sluice_debug_server *this_server; /* its thread's */
+
+static void on_accept_error(struct evconnlistener *lev, void *arg) {
+  /* `arg` is evhttp's (the listener's callback is evhttp's own). */
+  sluice_debug_server *s = this_server;
+  int err = EVUTIL_SOCKET_ERROR();
+  (void)lev;
+  (void)arg;
+  event_del(s->calm_ev);
+  if (s->accept_failures++ == 0)
+    dbg_log(s, SLUICE_LOG_WARN,
+            "accept(): %s; accepting pauses and retries with a backoff "
+            "(up to %d ms) until it works again",
+            strerror(err), MAX_BACKOFF_MS);
+  s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 10;
+  if (s->backoff_ms > MAX_BACKOFF_MS) s->backoff_ms = MAX_BACKOFF_MS;
+  struct timeval tv = {(time_t)(s->backoff_ms / 1000),
+                       (suseconds_t)(s->backoff_ms % 1000) * 1000};
+  event_add(s->resume_ev, &tv);
+  update_accepting(s);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Routing. */
 
 static const struct route {
@@ -169,6 +405,13 @@ static void dispatch(struct evhttp_request *req, void *arg) {
   /* Nothing on this thread may count against a message's scope. The thread
    * never enters one; this makes sure of it. */
   if (sluice_prof_scope_current()) sluice_prof_scope_enter(0);
+  /* The request is complete: its deadline is met; the answer is bounded
+   * by evhttp's timeout (and a ?seconds=N wait). */
+  sluice__dbg_conn *k = slot_of(s, req);
+  if (k) {
+    k->serving = 1;
+    evhttp_request_set_on_complete_cb(req, on_reply_sent, s);
+  }
 
   if (s->token ? !authorized(s, req) : !host_ok(req)) {
     s->unauthorized++;
@@ -290,6 +533,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg) {
 
 static void *serve(void *arg) {
   sluice_debug_server *s = arg;
+  this_server = s;
   sluice_prof_scope_enter(0);
   event_base_dispatch(s->base);
   return NULL;
@@ -297,7 +541,16 @@ static void *serve(void *arg) {
 
 static void destroy(sluice_debug_server *s) {
   sluice__dbg_pprof_cleanup(s);
-  if (s->http) evhttp_free(s->http);
+  if (s->http) evhttp_free(s->http); /* closes every connection */
+  if (s->conns) {
+    for (unsigned i = 0; i <= s->max_connections; i++)
+      if (s->conns[i].bev) bufferevent_decref(s->conns[i].bev);
+    free(s->conns);
+  }
+  if (s->sweep_ev) event_free(s->sweep_ev);
+  if (s->resume_ev) event_free(s->resume_ev);
+  if (s->yield_ev) event_free(s->yield_ev);
+  if (s->calm_ev) event_free(s->calm_ev);
   if (s->wake_ev) event_free(s->wake_ev);
   if (s->base) event_base_free(s->base);
   if (s->wake_fd >= 0) close(s->wake_fd);
@@ -321,6 +574,10 @@ static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
   s->timeout_s = o->timeout_s ? o->timeout_s : 10;
   s->max_seconds = o->max_seconds ? o->max_seconds : 300;
   s->max_snapshots = o->max_snapshots ? o->max_snapshots : 8;
+  s->max_connections =
+      o->max_connections ? o->max_connections : DEFAULT_MAX_CONNECTIONS;
+  s->log = o->log;
+  s->log_user = o->log_user;
   s->next_snap_id = 1;
   int rc = SLUICE_ENOMEM;
   if (o->token) {
@@ -329,8 +586,14 @@ static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
     s->token_len = strlen(s->token);
   }
   s->snaps = calloc(s->max_snapshots, sizeof *s->snaps);
+  s->conns = calloc(s->max_connections + 1, sizeof *s->conns);
   s->base = event_base_new();
-  if (!s->snaps || !s->base) goto fail;
+  if (!s->snaps || !s->conns || !s->base) goto fail;
+  s->sweep_ev = event_new(s->base, -1, EV_PERSIST, sweep, s);
+  s->resume_ev = evtimer_new(s->base, on_resume, s);
+  s->yield_ev = evtimer_new(s->base, on_resume, s);
+  s->calm_ev = evtimer_new(s->base, on_calm, s);
+  if (!s->sweep_ev || !s->resume_ev || !s->yield_ev || !s->calm_ev) goto fail;
   s->http = evhttp_new(s->base);
   if (!s->http) goto fail;
   /* Every request line and header together, and no body at all: no path
@@ -345,11 +608,14 @@ static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
   evhttp_set_gencb(s->http, dispatch, s);
+  evhttp_set_bevcb(s->http, on_accept, s);
 
   rc = SLUICE_ESOCKET;
   s->bound = evhttp_bind_socket_with_handle(s->http, a.host,
                                             (ev_uint16_t)a.port);
   if (!s->bound) goto fail;
+  s->listener = evhttp_bound_socket_get_listener(s->bound);
+  evconnlistener_set_error_cb(s->listener, on_accept_error);
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   if (getsockname(evhttp_bound_socket_get_fd(s->bound),

@@ -22,12 +22,16 @@
  * - `/healthz`: "ok" while the consumer is connected (or with no consumer).
  *
  * It binds to loopback unless told otherwise; any other address needs
- * `allow_remote` and a bearer token. Requests are bounded in size and time,
- * so a slow or malicious client cannot stall anything (libevent 2.1's evhttp
- * cannot cap concurrent connections: idle ones are closed after
- * `timeout_s`). The server runs on its
- * own thread and event_base, so report generation never blocks a consumer's
- * loop, and its allocations are outside every message scope.
+ * `allow_remote` and a bearer token. Requests are bounded in size and in
+ * total time (`timeout_s` for a whole request, however slowly its bytes
+ * come), connections in number (`max_connections`: the oldest one still
+ * sending its request makes room for a new one), and a failed accept() at
+ * the fd limit pauses accepting with a backoff instead of spinning: a slow
+ * or malicious client cannot stall anything, nor take the sockets a
+ * consumer in the same process needs (docs/debug-endpoint.md, "Limits").
+ * The server runs on its own thread and event_base, so report generation
+ * never blocks a consumer's loop, and its allocations are outside every
+ * message scope.
  */
 #ifndef SLUICE_DEBUG_H
 #define SLUICE_DEBUG_H
@@ -66,13 +70,26 @@ typedef struct sluice_debug_opts {
   /** Request line + headers; no path takes a body, so any body is refused
    *  (413). Default 8192. */
   size_t max_request_bytes;
-  /** Idle time allowed while a request is read or its answer written, per
-   *  connection (a ?seconds=N request gets N more); default 10. */
+  /** Seconds a connection has to send a whole request (request line and
+   *  headers), from its accept or its previous answer, however slowly the
+   *  bytes trickle in; also the idle time allowed while an answer is
+   *  written (a ?seconds=N request gets N more). Default 10.
+   *  \since 0.2 (an idle time only, restarted by every byte, in 0.1) */
   int timeout_s;
   /** Cap for ?seconds=N; default 300. At most 4 such requests wait at
    *  once; more are answered 503. */
   unsigned max_seconds;
   unsigned max_snapshots;   /**< kept for ?base=; default 8 (oldest go) */
+  /** Connections open at once; default 32. Past it, a new connection
+   *  closes the one that has waited longest for its request; when every one
+   *  is being answered, the new one is closed and accepting pauses.
+   *  \since 0.2 */
+  unsigned max_connections;
+  /** Log sink (the consumer's type): accept() failures, once per episode.
+   *  Default: stderr at SLUICE_LOG_WARN. Called on the server's thread.
+   *  \since 0.2 */
+  sluice_log_fn log;
+  void *log_user; /**< for `log` \since 0.2 */
 } sluice_debug_opts;
 
 /** Create the endpoint and start serving on its own thread. Any thread;
