@@ -18,6 +18,23 @@ cmake --install "$build" --prefix "$prefix" >"$tmp/install.log"
 libdir=$(dirname "$(find "$prefix" -name pkgconfig -type d | head -n 1)")
 test -f "$prefix/include/sluice/version.h"
 
+if [ "$with_prof" = 1 ]; then
+  step "layering: libsluice_prof stands alone (docs/architecture.md)"
+  needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+  prof_needs=$(needed "$libdir/libsluice_prof.so")
+  if echo "$prof_needs" | grep -E '^lib(sluice|rabbitmq|event)'; then
+    echo "libsluice_prof.so must not need libsluice, rabbitmq-c or libevent"
+    exit 1
+  fi
+  if needed "$libdir/libsluice.so" | grep -E '^lib(sluice_prof|jansson)'; then
+    echo "libsluice.so must not need the profiler or jansson"; exit 1
+  fi
+  # profiling.h must not bring in the consumer's API: a program may name
+  # its own sluice_consumer.
+  printf '#include <sluice/profiling.h>\ntypedef int sluice_consumer;\n' |
+    "$cc" -std=c11 -fsyntax-only -Werror -I"$prefix/include" -x c -
+fi
+
 step "pkg-config"
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 pcs=(sluice)
