@@ -405,9 +405,11 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
 int sluice__sym_mapping_has_lines(sluice__symtab *st, size_t i);
 
 /* prof_lines.c: DWARF of one module, opened on demand, at most
- * SLUICE__DWARF_OPEN at once (least recently used closed first). Called
- * with the symbol lock and the guard held. */
+ * SLUICE__DWARF_OPEN at once holding about SLUICE__DWARF_BYTES of heap
+ * (least recently used closed first; the one in use stays even when it
+ * alone is bigger). Called with the symbol lock and the guard held. */
 #define SLUICE__DWARF_OPEN 16
+#define SLUICE__DWARF_BYTES (32u << 20)
 typedef struct sluice__dwarf sluice__dwarf;
 /* Frames of `pc` (absolute) in the module at `path` loaded at `base`;
  * strings valid until the next call. `*state`: 0 not tried, 1 has DWARF,
@@ -418,8 +420,8 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
                          sluice__frame *out, int max);
 void sluice__dwarf_close(sluice__dwarf **slot);
 typedef struct sluice__dwarf_stats {
-  uint64_t opened, closed, no_dwarf, lookups;
-  size_t open;
+  uint64_t opened, closed, evicted, no_dwarf, lookups, cus;
+  size_t open, open_bytes;
 } sluice__dwarf_stats;
 void sluice__dwarf_stats_get(sluice__dwarf_stats *out);
 /* 0 when SLUICE_PROF_LINES=0 asked for function names only, or the

@@ -10,9 +10,11 @@
 #define _GNU_SOURCE
 #endif
 #include <dirent.h>
+#include <dlfcn.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -525,11 +527,80 @@ static void test_preload(void **state) {
 #endif
 }
 
+/* More modules with DWARF than the profiler keeps open (16): copies of the
+ * test library, each loaded on its own. One report names the lines of
+ * every copy (sessions closed to make room are opened again on demand),
+ * and the profiler's memory does not grow with the copies beyond the
+ * bound. */
+#define N_COPIES 24
+
+static void copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+  assert_non_null(in);
+  assert_non_null(out);
+  char buf[8192];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+    assert_int_equal(fwrite(buf, 1, n, out), n);
+  fclose(in);
+  assert_int_equal(fclose(out), 0);
+}
+
+static void test_many_modules(void **state) {
+  (void)state;
+  if (!lines_expected()) skip();
+  void *libs[N_COPIES];
+  void *blocks[N_COPIES];
+  for (int i = 0; i < N_COPIES; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "libcopy%d.so", i);
+    char *path = path_in(name);
+    copy_file(PROF_TESTLIB_SO, path);
+    libs[i] = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    assert_non_null(libs[i]);
+    void *(*alloc)(size_t) =
+        (void *(*)(size_t))(uintptr_t)dlsym(libs[i], "prof_testlib_alloc");
+    assert_non_null(alloc);
+    blocks[i] = alloc(1000 + (size_t)i); /* a size per copy */
+    free(path);
+  }
+  tbuf out = {0};
+  for (int round = 0; round < 2; round++) {
+    assert_int_equal(t_report(&out, SLUICE_PROF_FMT_PPROF,
+                              SLUICE_PROF_INUSE_SPACE, NULL),
+                     0);
+    tprofile p;
+    assert_int_equal(tprofile_parse(out.data, out.len, &p), 0);
+    int seen[N_COPIES] = {0};
+    int t = tprofile_type_index(&p, "inuse_space");
+    for (size_t i = 0; i < p.n_samples; i++) {
+      tline l[4];
+      size_t n = tprofile_lines(&p, &p.samples[i], 0, l, 4);
+      int64_t v = p.samples[i].values[t];
+      if (n != 2 || v < 1000 || v >= 1000 + N_COPIES) continue;
+      if (!l[0].func || strcmp(l[0].func, "lib_make") || !l[0].file ||
+          strcmp(l[0].file, PROF_TESTLIB_SRC) ||
+          l[0].line != prof_testlib_line())
+        continue;
+      assert_string_equal(l[1].func, "prof_testlib_alloc");
+      seen[v - 1000]++;
+    }
+    for (int i = 0; i < N_COPIES; i++) assert_int_equal(seen[i], 1);
+    tprofile_free(&p);
+  }
+  tbuf_free(&out);
+  for (int i = 0; i < N_COPIES; i++) {
+    TFREE(blocks[i]);
+    dlclose(libs[i]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_go_pprof),
       cmocka_unit_test(test_google_pprof),
       cmocka_unit_test(test_preload),
+      cmocka_unit_test(test_many_modules),
   };
   int rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
   for (int i = 0; i < 20; i++) TFREE(held[i]);
