@@ -384,6 +384,7 @@ typedef struct sluice__frame {
   const char *file;    /* source file as the DWARF names it; NULL: unknown */
   uint32_t line;       /* 0: unknown */
   uint32_t start_line; /* where the function is declared; 0: unknown */
+  int inlined;         /* an inlined call: no frame of its own */
 } sluice__frame;
 
 /* Inlined calls kept per address (innermost first; the outermost, the
@@ -489,7 +490,8 @@ int sluice__write_residual(const sluice_prof_output *o, sluice__out *out);
  * The overflow stack has one frame, "[stack table full]". */
 uint32_t sluice__stack_sframes(sluice__symtab *st, uint32_t id,
                                sluice__frame *out, uint32_t max);
-/* "func (file.c:12)" (the file's base name), or "func" without a line. */
+/* "func (file.c:12)" (the file's base name; "(file.c:12, inlined)" for an
+ * inlined call), or "func" without a line. */
 void sluice__put_frame(sluice__buf *b, const sluice__frame *f);
 /* The first `max` frames of stack `id` with put_frame, joined by " <- ":
  * the sites of the residual report and of the leak verdict. */

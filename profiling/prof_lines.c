@@ -274,16 +274,34 @@ void sluice__dwarf_close(sluice__dwarf **slot) {
 /* CU indexes. */
 
 /* The name of a subprogram or inlined call (through its abstract origin
- * and specification): the linkage name when there is one (what the ELF
- * symbol says, C++ included), else the name; NULL when neither. */
-static const char *die_name(Dwarf_Die *die) {
+ * and specification), NULL when it has none. C: the name (a linkage name
+ * there is an asm label, glibc's __GI___strdup); other languages: the
+ * linkage name when there is one (C++'s mangled name, what the ELF symbol
+ * says and pprof demangles), else the name. */
+static const char *die_name(Dwarf_Die *die, int is_c) {
   Dwarf_Attribute a;
-  const char *n = dwarf_formstring(
-      dwarf_attr_integrate(die, DW_AT_linkage_name, &a));
+  const char *n = is_c ? dwarf_diename(die) : NULL;
+  if (!n)
+    n = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_linkage_name, &a));
   if (!n)
     n = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name,
                                               &a));
   return n ? n : dwarf_diename(die);
+}
+
+static int lang_is_c(Dwarf_Die *cu) {
+  switch (dwarf_srclang(cu)) {
+    case DW_LANG_C:
+    case DW_LANG_C89:
+    case DW_LANG_C99:
+    case DW_LANG_C11:
+#ifdef DW_LANG_C17
+    case DW_LANG_C17:
+#endif
+      return 1;
+    default:
+      return 0;
+  }
 }
 
 static uint32_t decl_line(Dwarf_Die *die) {
@@ -323,7 +341,8 @@ static int add_range(cuidx *x, uint64_t lo, uint64_t hi, uint32_t die,
  * (with their ranges) and descended into; lexical blocks and namespaces
  * are descended into; everything else (types, variables, declarations,
  * abstract instances) is skipped with its subtree. */
-static void walk(cuidx *x, Dwarf_Die *first, uint32_t parent, uint32_t depth) {
+static void walk(cuidx *x, Dwarf_Die *first, uint32_t parent, uint32_t depth,
+                 int is_c) {
   if (depth >= MAX_NEST) return;
   Dwarf_Die d = *first;
   do {
@@ -351,7 +370,7 @@ static void walk(cuidx *x, Dwarf_Die *first, uint32_t parent, uint32_t depth) {
       }
       int inl = tag == DW_TAG_inlined_subroutine;
       x->dies[x->n_dies++] = (fdie){
-          die_name(&d),
+          die_name(&d, is_c),
           parent,
           inl ? udata(&d, DW_AT_call_file) : 0,
           inl ? udata(&d, DW_AT_call_line) : 0,
@@ -366,7 +385,7 @@ static void walk(cuidx *x, Dwarf_Die *first, uint32_t parent, uint32_t depth) {
     }
     Dwarf_Die child;
     if (dwarf_haschildren(&d) > 0 && dwarf_child(&d, &child) == 0)
-      walk(x, &child, inner, inner_depth);
+      walk(x, &child, inner, inner_depth, is_c);
   } while (!x->oom && dwarf_siblingof(&d, &d) == 0);
 }
 
@@ -387,7 +406,7 @@ static cuidx *cu_index(sluice__dwarf *d, Dwarf_Die *cu) {
   if (!x) return NULL;
   x->off = off;
   Dwarf_Die child;
-  if (dwarf_child(cu, &child) == 0) walk(x, &child, NONE, 0);
+  if (dwarf_child(cu, &child) == 0) walk(x, &child, NONE, 0, lang_is_c(cu));
   if (!x->oom && x->n_ranges) {
     qsort(x->ranges, x->n_ranges, sizeof *x->ranges, range_cmp);
     x->maxhi = sluice__malloc(x->n_ranges * sizeof *x->maxhi);
@@ -472,6 +491,7 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
       out[n].file = file;
       out[n].line = line > 0 ? (uint32_t)line : 0;
       out[n].start_line = f->decl_line;
+      out[n].inlined = f->inlined;
       n++;
     }
     if (!f->inlined) {
@@ -491,6 +511,7 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
     out[n].file = file;
     out[n].line = line > 0 ? (uint32_t)line : 0;
     out[n].start_line = 0;
+    out[n].inlined = 0;
     n++;
   }
   /* Keep within the bounds; this session stays (its strings are in use

@@ -96,7 +96,7 @@ uint32_t sluice__stack_sframes(sluice__symtab *st, uint32_t id,
                                sluice__frame *out, uint32_t max) {
   if (!max) return 0;
   if (id == SLUICE__STACK_FULL) {
-    out[0] = (sluice__frame){"[stack table full]", NULL, 0, 0};
+    out[0] = (sluice__frame){"[stack table full]", NULL, 0, 0, 0};
     return 1;
   }
   uint32_t n, k = 0;
@@ -116,7 +116,7 @@ void sluice__put_frame(sluice__buf *b, const sluice__frame *f) {
   const char *base = strrchr(f->file, '/');
   sluice__buf_printf(b, " (%s", base ? base + 1 : f->file);
   if (f->line) sluice__buf_printf(b, ":%u", f->line);
-  sluice__buf_putc(b, ')');
+  sluice__buf_puts(b, f->inlined ? ", inlined)" : ")");
 }
 
 void sluice__put_chain(sluice__buf *b, sluice__symtab *st, uint32_t id,

@@ -219,7 +219,7 @@ static uint32_t loc_id(tables *t, uintptr_t pc) {
   sluice__frame f[SLUICE__MAX_INLINE];
   int map = -1, nf = 1;
   if (pc) nf = sluice__sym_frames(t->st, pc - 1, f, SLUICE__MAX_INLINE, &map);
-  else f[0] = (sluice__frame){"[stack table full]", NULL, 0, 0};
+  else f[0] = (sluice__frame){"[stack table full]", NULL, 0, 0, 0};
   if (grow_arr((void **)&t->lines, &t->cap_lines, t->n_lines + (size_t)nf,
                sizeof(*t->lines)))
     goto oom;

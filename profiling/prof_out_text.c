@@ -21,6 +21,7 @@
 typedef struct fnacc {
   const char *name, *file; /* borrowed from the symbol view */
   uint32_t line;
+  int inlined;
   int64_t flat, cum;
   size_t last_row;
 } fnacc;
@@ -45,7 +46,9 @@ static uint64_t node_hash(const char *name, const char *file, uint32_t line) {
 }
 
 static int same_node(const fnacc *a, const sluice__frame *f) {
-  if (a->line != f->line || !a->file != !f->file) return 0;
+  if (a->line != f->line || !a->file != !f->file ||
+      a->inlined != f->inlined)
+    return 0;
   if (strcmp(a->name, f->func)) return 0;
   return !a->file || !strcmp(a->file, f->file);
 }
@@ -89,6 +92,7 @@ static fnacc *fn_get(fnmap *m, const sluice__frame *f) {
   a->name = f->func;
   a->file = f->file;
   a->line = f->line;
+  a->inlined = f->inlined;
   a->flat = a->cum = 0;
   a->last_row = (size_t)-1;
   m->idx[j] = (uint32_t)++m->n;
@@ -109,7 +113,8 @@ static int fn_cmp(const void *x, const void *y) {
   if (c) return c;
   c = strcmp(a->file ? a->file : "", b->file ? b->file : "");
   if (c) return c;
-  return a->line < b->line ? -1 : a->line > b->line;
+  if (a->line != b->line) return a->line < b->line ? -1 : 1;
+  return a->inlined - b->inlined;
 }
 
 static void fmt_pct(char *buf, size_t n, int64_t v, int64_t total) {
@@ -233,7 +238,7 @@ int sluice__write_top(const sluice_prof_snapshot *s,
     sluice__buf_printf(&b, "%10s %6s %6s %10s %6s  %s", v1, p1, p2, v2, p3,
                        f->name);
     if (f->file) sluice__buf_printf(&b, " %s:%u", f->file, f->line);
-    sluice__buf_putc(&b, '\n');
+    sluice__buf_puts(&b, f->inlined ? " (inline)\n" : "\n");
   }
   int rc = (b.oom || a.m.oom) ? SLUICE_ENOMEM
                               : sluice__out_write(out, b.data, b.len);

@@ -436,8 +436,11 @@ static module *find_module(sluice__symtab *st, uintptr_t pc, int *mapping) {
   return NULL;
 }
 
-/* The ELF symbol's name for pc in m (NULL m: none), else a made-up one. */
-static const char *elf_name(sluice__symtab *st, module *m, uintptr_t pc) {
+/* The ELF symbol's name for pc in m (NULL m: none), else a made-up one
+ * ("module+0xoffset"; *found is then 0). */
+static const char *elf_name(sluice__symtab *st, module *m, uintptr_t pc,
+                            int *found) {
+  *found = 0;
   char buf[320];
   if (m) {
     if (!m->loaded) {
@@ -452,8 +455,10 @@ static const char *elf_name(sluice__symtab *st, module *m, uintptr_t pc) {
       if (m->funcs[mid].lo <= rel) lo = mid + 1;
       else hi = mid;
     }
-    if (lo && rel < m->funcs[lo - 1].hi)
+    if (lo && rel < m->funcs[lo - 1].hi) {
+      *found = 1;
       return m->strs + m->funcs[lo - 1].name;
+    }
     const char *base = strrchr(m->path, '/');
     snprintf(buf, sizeof buf, "%s+0x%lx", base ? base + 1 : m->path,
              (unsigned long)rel);
@@ -585,7 +590,7 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
   if (mapping) *mapping = -1;
   if (max < 1) return 0;
   if (!st) {
-    out[0] = (sluice__frame){"?", NULL, 0, 0};
+    out[0] = (sluice__frame){"?", NULL, 0, 0, 0};
     return 1;
   }
   if (st->cap_pcs) {
@@ -601,7 +606,8 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
   }
   int map = -1;
   module *m = find_module(st, pc, &map);
-  const char *name = elf_name(st, m, pc);
+  int found;
+  const char *name = elf_name(st, m, pc, &found);
   sluice__frame f[SLUICE__MAX_INLINE];
   int n = 0;
   if (m && m->dw_state >= 0 && sluice__lines_enabled()) {
@@ -616,8 +622,12 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
     }
     sluice__leave_guard();
   }
-  if (n == 0) f[n++] = (sluice__frame){name, NULL, 0, 0};
-  else if (!f[n - 1].func) f[n - 1].func = name;
+  /* The function that holds the code goes by its ELF symbol's name, as
+   * without DWARF (and as google-pprof names it): DWARF may know it by an
+   * internal alias (glibc's __GI___strdup for strdup). */
+  if (n == 0) f[n++] = (sluice__frame){name, NULL, 0, 0, 0};
+  else if (!f[n - 1].func || (found && !f[n - 1].inlined))
+    f[n - 1].func = name;
   for (int i = 0; i < n; i++)
     if (!f[i].func) f[i].func = "?";
   sluice__enter_guard();

@@ -403,12 +403,14 @@ static void test_lines(void **state) {
   assert_int_equal(
       t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   assert_non_null(top_row(tbuf_str(&out), "inl_alloc", row, sizeof row));
-  snprintf(want, sizeof want, "  inl_alloc %s:%d", __FILE__, inl_line);
+  snprintf(want, sizeof want, "  inl_alloc %s:%d (inline)", __FILE__,
+           inl_line);
   assert_non_null(strstr(row, want));
   assert_true(!strncmp(row, "    2.28kB ", 11));
   assert_non_null(top_row(tbuf_str(&out), "alloc_inlined", row, sizeof row));
   snprintf(want, sizeof want, "  alloc_inlined %s:%d", __FILE__, outer_line);
   assert_non_null(strstr(row, want));
+  assert_null(strstr(row, "(inline)"));
 
   /* Folded stacks: the inlined call is a frame of its own. */
   assert_int_equal(
@@ -416,6 +418,20 @@ static void test_lines(void **state) {
       0);
   assert_non_null(
       strstr(tbuf_str(&out), ";test_lines;alloc_inlined;inl_alloc 2331\n"));
+  for (int i = 0; i < 3; i++) TFREE(inl_kept[i]);
+
+  /* The residual report's sites: "fn (file.c:N) <- caller (...)". */
+  sluice_prof_scope sc = sluice_prof_scope_begin("lines.q", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(sc);
+  alloc_inlined();
+  sluice_prof_scope_enter(prev);
+  assert_int_equal(sluice_prof_scope_end(sc, SLUICE_ACK, NULL), 0);
+  assert_int_equal(t_report(&out, SLUICE_PROF_FMT_RESIDUAL, 0, NULL), 0);
+  snprintf(want, sizeof want,
+           "  inl_alloc (test_prof_output.c:%d, inlined) <- alloc_inlined "
+           "(test_prof_output.c:%d) <- test_lines (test_prof_output.c:",
+           inl_line, outer_line);
+  assert_non_null(strstr(tbuf_str(&out), want));
   tbuf_free(&out);
   for (int i = 0; i < 3; i++) TFREE(inl_kept[i]);
 }

@@ -219,7 +219,8 @@ static const char *list_value(const char *out, const char *fn, int line,
 }
 
 /* The line of the first occurrence of `text` in file `path`, or 0. */
-static int line_of(const char *path, const char *text) {
+__attribute__((unused)) static int line_of(const char *path,
+                                           const char *text) {
   FILE *f = fopen(path, "r");
   if (!f) return 0;
   char buf[1024];
