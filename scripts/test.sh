@@ -3,8 +3,8 @@
 # The whole test suite: install what is missing, start the broker and the
 # 3-node test cluster, build and run every test (unit + broker + cluster
 # integration) plainly (RelWithDebInfo), in a Release build, under
-# ASan+UBSan and under TSan (both Debug), and the consumer's tests under
-# valgrind.
+# ASan+UBSan and under TSan (both Debug), and the consumer's and the
+# profiler's tests under valgrind.
 #   SLUICE_TEST_QUICK=1   only the plain build
 # Both the broker and the cluster are left running, as other suites on the
 # same machine may be using them (scripts/cluster.sh stop ends the cluster).
@@ -58,6 +58,20 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
     valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
       --error-exitcode=9 "$ROOT/build-default/tests/$t" >/dev/null
     echo "valgrind clean: $t"
+  done
+  # The profiler's own code (and libdw reading DWARF) under valgrind: a
+  # build that does not replace malloc (valgrind's would win anyway).
+  echo "=== valgrind: profiler tests (SLUICE_PROF_MALLOC=OFF)"
+  cmake -S "$ROOT" -B "$ROOT/build-valgrind" -DSLUICE_WERROR=ON \
+    -DSLUICE_PROF_MALLOC=OFF -DSLUICE_BUILD_BENCH=OFF >/dev/null
+  prof_tests="test_prof_output test_prof_scope test_prof_bounds test_prof_tools"
+  # shellcheck disable=SC2086
+  cmake --build "$ROOT/build-valgrind" -j"$JOBS" --target $prof_tests
+  for t in $prof_tests; do
+    valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
+      --error-exitcode=9 --suppressions="$ROOT/tests/profiling/valgrind.supp" \
+      "$ROOT/build-valgrind/tests/profiling/$t" >/dev/null
+    echo "valgrind clean: profiling/$t"
   done
   run_build release -DCMAKE_BUILD_TYPE=Release
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
