@@ -38,6 +38,10 @@ int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
         e[i].value.kind = AMQP_FIELD_KIND_I64;
         e[i].value.value.i64 = v->u.i;
         break;
+      case SLUICE_VAL_UINT:
+        e[i].value.kind = AMQP_FIELD_KIND_U64;
+        e[i].value.value.u64 = v->u.u;
+        break;
       case SLUICE_VAL_DOUBLE:
         e[i].value.kind = AMQP_FIELD_KIND_F64;
         e[i].value.value.f64 = v->u.d;
@@ -267,8 +271,14 @@ static void value_copy(const amqp_field_value_t *v, sluice_value *o,
       o->u.i = v->value.i64;
       break;
     case AMQP_FIELD_KIND_U64:
-      o->kind = SLUICE_VAL_INT;
-      o->u.i = (int64_t)v->value.u64;
+      /* Wrapped into int64 it would read as a negative number. */
+      if (v->value.u64 <= (uint64_t)INT64_MAX) {
+        o->kind = SLUICE_VAL_INT;
+        o->u.i = (int64_t)v->value.u64;
+      } else {
+        o->kind = SLUICE_VAL_UINT;
+        o->u.u = v->value.u64;
+      }
       break;
     case AMQP_FIELD_KIND_F32:
       o->kind = SLUICE_VAL_DOUBLE;

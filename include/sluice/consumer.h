@@ -45,14 +45,23 @@ typedef struct sluice_delivery sluice_delivery;
 /* ------------------------------------------------------------------------ */
 /** \name Values, headers and arguments */
 
-/** Kind of a header or argument value. */
+/** Kind of a header or argument value.
+ *
+ *  Integers: every AMQP integer whose value fits in int64_t is
+ *  SLUICE_VAL_INT (`u.i`), whatever its wire type; an unsigned 64-bit one
+ *  above INT64_MAX is SLUICE_VAL_UINT (`u.u`), never a wrapped negative
+ *  number (0.1 read UINT64_MAX as -1). So code that handles SLUICE_VAL_INT
+ *  sees every value it can represent, and a value it cannot is a kind of
+ *  its own. Sent (publisher, declaration arguments), SLUICE_VAL_INT is a
+ *  signed 64-bit field and SLUICE_VAL_UINT an unsigned one. */
 typedef enum sluice_value_kind {
   SLUICE_VAL_VOID = 0, /**< no value / unsupported AMQP type (table, array) */
   SLUICE_VAL_BOOL,
-  SLUICE_VAL_INT,    /**< any AMQP integer that fits in int64 */
+  SLUICE_VAL_INT,    /**< an AMQP integer that fits in int64: `u.i` */
   SLUICE_VAL_DOUBLE, /**< f32, f64 */
   SLUICE_VAL_STRING, /**< long string or byte array: `str`/`len` */
-  SLUICE_VAL_TIMESTAMP
+  SLUICE_VAL_TIMESTAMP,
+  SLUICE_VAL_UINT /**< unsigned 64-bit above INT64_MAX: `u.u` \since 0.2 */
 } sluice_value_kind;
 
 /** A header or argument value. Strings are not NUL-terminated on input to
@@ -63,6 +72,7 @@ typedef struct sluice_value {
   union {
     int b;
     int64_t i;
+    uint64_t u; /**< SLUICE_VAL_UINT \since 0.2 */
     double d;
     uint64_t ts;
     struct {
@@ -85,6 +95,9 @@ typedef struct sluice_kv {
   { (k), { .kind = SLUICE_VAL_INT, .u.i = (v) } }
 #define SLUICE_KV_BOOL(k, v) \
   { (k), { .kind = SLUICE_VAL_BOOL, .u.b = (v) } }
+/** \since 0.2 */
+#define SLUICE_KV_UINT(k, v) \
+  { (k), { .kind = SLUICE_VAL_UINT, .u.u = (v) } }
 
 /* ------------------------------------------------------------------------ */
 /** \name Messages */

@@ -711,6 +711,58 @@ static void headers_and_properties(void **s) {
   ctx_free(x);
 }
 
+/* An unsigned 64-bit header above INT64_MAX arrives as SLUICE_VAL_UINT with
+ * its value (0.1: SLUICE_VAL_INT, UINT64_MAX read as -1); one that fits is
+ * SLUICE_VAL_INT. Published by sluice, through RabbitMQ, to a handler. */
+struct u64_seen {
+  sluice_consumer *c;
+  sluice_value big, small;
+  int n;
+};
+static int u64_handler(sluice_delivery *d, const sluice_message *m,
+                       void *user) {
+  struct u64_seen *u = user;
+  const sluice_value *b = sluice_message_header(m, "x-big");
+  const sluice_value *sm = sluice_message_header(m, "x-small");
+  if (b) u->big = *b;
+  if (sm) u->small = *sm;
+  u->n++;
+  sluice_consumer_stop(u->c);
+  return SLUICE_ACK;
+}
+
+static void u64_header_values(void **s) {
+  const char *q = tb_qname("u64");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  sluice_publisher_opts po = {.uri = TEST_URI};
+  sluice_publisher *p;
+  assert_int_equal(sluice_publisher_new(&po, &p), 0);
+  sluice_kv h[] = {SLUICE_KV_UINT("x-big", UINT64_MAX),
+                   SLUICE_KV_UINT("x-small", 5)};
+  sluice_publish_props pr = {.headers = h, .n_headers = 2};
+  assert_int_equal(sluice_publisher_publish(p, "", q, "x", 1, &pr), 0);
+  sluice_publish_report rep;
+  assert_int_equal(sluice_publisher_wait(p, &rep), 0);
+  sluice_publisher_free(p);
+
+  struct u64_seen u = {0};
+  sluice_consumer_opts o = {.uri = TEST_URI};
+  assert_int_equal(sluice_consumer_new(&o, &u.c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = u64_handler, .user = &u};
+  assert_int_equal(sluice_consumer_subscribe(u.c, &so), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(u.c, 20, &to), 0);
+  assert_false(to);
+  assert_int_equal(u.n, 1);
+  assert_int_equal(u.big.kind, SLUICE_VAL_UINT);
+  assert_true(u.big.u.u == UINT64_MAX);
+  assert_int_equal(u.small.kind, SLUICE_VAL_INT);
+  assert_int_equal(u.small.u.i, 5);
+  sluice_consumer_free(u.c);
+  tb_delete_queue(q);
+}
+
 /* Freeing a consumer or publisher from inside one of its own callbacks is
  * refused (logged; the object stays usable) on the loop thread, on a
  * worker thread and in an event callback; after run() returns it frees. */
@@ -826,6 +878,7 @@ int main(void) {
       cmocka_unit_test(server_cancel_event),
       cmocka_unit_test(heartbeats_keep_idle_connection),
       cmocka_unit_test(headers_and_properties),
+      cmocka_unit_test(u64_header_values),
       cmocka_unit_test(free_inside_callback_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
