@@ -13,6 +13,7 @@ PKGS=(
   golang-go google-perftools valgrind heaptrack gnuplot-nox
   procps iproute2 curl
   prometheus
+  clang libclang-rt-14-dev
 )
 
 missing=()

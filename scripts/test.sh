@@ -80,5 +80,7 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     run_build tsan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_TSAN=ON \
       -DSLUICE_BUILD_BENCH=OFF
+  echo "=== fuzz: each target ${FUZZ_SECONDS:-25} s (clang, ASan+UBSan)"
+  bash scripts/fuzz.sh
 fi
 echo "=== all tests passed in $SECONDS s"

@@ -16,6 +16,7 @@ const char *pw_kind_name(pw_kind k) {
 int pw_mix_parse(const char *s, pw_mix *out, char *err, size_t errlen) {
   memset(out, 0, sizeof(*out));
   unsigned total = 0;
+  int given[PW_JOB_KINDS_] = {0};
   const char *p = s ? s : "";
   while (*p) {
     const char *eq = strchr(p, '=');
@@ -32,8 +33,15 @@ int pw_mix_parse(const char *s, pw_mix *out, char *err, size_t errlen) {
         k = i;
     char *num_end;
     double pct = strtod(eq + 1, &num_end);
-    if (k < 0 || num_end != end || pct < 0 || pct > 100) {
+    /* !(pct >= 0 && pct <= 100) also refuses "nan" */
+    if (k < 0 || num_end != end || !(pct >= 0 && pct <= 100)) {
       snprintf(err, errlen, "mix: bad entry \"%.*s\"", (int)(end - p), p);
+      return -1;
+    }
+    /* Twice the same kind would count twice in the total but once in the
+     * mix (found by fuzz/fuzz_jobs.c). */
+    if (given[k]++) {
+      snprintf(err, errlen, "mix: \"%s\" given twice", kind_names[k]);
       return -1;
     }
     out->permille[k] = (unsigned)(pct * 10 + 0.5);
