@@ -26,12 +26,17 @@
 
 /* ---- connecting (conn.c) -------------------------------------------------- */
 
+struct sluice__tls_config;
+
 typedef struct sluice__open_args {
   const char *uri, *conn_name;
   int connect_timeout_ms, rpc_timeout_ms, heartbeat_s, frame_max;
+  const struct sluice__tls_config *tls; /* for amqps:// URIs */
+  const struct sluice__logger *log;     /* warnings */
 } sluice__open_args;
 
-/* Open a TCP connection and log in; on failure `code`/`text` say why. */
+/* Open a TCP (or TLS, for amqps://) connection and log in; on failure
+ * `code`/`text` say why. */
 int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
                       uint16_t *code, char *text, size_t textlen);
 /* The result of the last synchronous call on `ch`; a failed call closed the

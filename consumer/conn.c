@@ -14,11 +14,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <netdb.h>
+#include <poll.h>
+
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/ssl.h>
 
 #include <sluice/version.h>
 
 #include "internal.h"
+#include "tls.h"
 #include "uri.h"
 
 static amqp_table_entry_t bool_entry(const char *key, int v) {
@@ -44,32 +50,85 @@ void sluice__note_close(sluice_consumer *c, uint16_t code,
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
 }
 
-/* TCP connect and AMQP login to a parsed URI. */
+/* A plaintext login failed before any AMQP reply: is the port a TLS one?
+ * Ask as a client would (the AMQP protocol header) and look at the first
+ * byte of the answer: 0x15 (alert) or 0x16 (handshake) is a TLS record; a
+ * TLS listener answers the header with an alert. Bounded by `ms`. */
+static int speaks_tls(const char *host, int port, int ms) {
+  struct addrinfo hint = {0}, *res = NULL;
+  char ps[16];
+  hint.ai_socktype = SOCK_STREAM;
+  snprintf(ps, sizeof(ps), "%d", port);
+  if (getaddrinfo(host, ps, &hint, &res) != 0 || !res) return 0;
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  int yes = 0;
+  uint64_t deadline = sluice__now_ms() + (uint64_t)ms;
+  if (fd < 0) goto out;
+  if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 &&
+      errno != EINPROGRESS)
+    goto out;
+  struct pollfd p = {fd, POLLOUT, 0};
+  uint64_t now = sluice__now_ms();
+  if (poll(&p, 1, now < deadline ? (int)(deadline - now) : 0) != 1) goto out;
+  static const char hdr[8] = {'A', 'M', 'Q', 'P', 0, 0, 9, 1};
+  if (send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) != (ssize_t)sizeof(hdr))
+    goto out;
+  p.events = POLLIN;
+  now = sluice__now_ms();
+  if (poll(&p, 1, now < deadline ? (int)(deadline - now) : 0) != 1) goto out;
+  unsigned char b;
+  yes = recv(fd, &b, 1, 0) == 1 && (b == 0x15 || b == 0x16);
+out:
+  if (fd >= 0) close(fd);
+  freeaddrinfo(res);
+  return yes;
+}
+
+/* TCP (or TLS) connect and AMQP login to a parsed URI. */
 static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
                        amqp_connection_state_t *out, uint16_t *code,
                        char *text, size_t textlen) {
   const sluice_uri u = *uri;
   int rc;
-  if (u.tls) {
-    snprintf(text, textlen, "amqps:// is not supported by this build");
-    return SLUICE_ENOTSUP;
-  }
+  if (u.tls && !a->tls) return SLUICE_ENOTSUP;
 
   amqp_connection_state_t conn = amqp_new_connection();
   if (!conn) return SLUICE_ENOMEM;
-  amqp_socket_t *sock = amqp_tcp_socket_new(conn);
-  if (!sock) {
+  amqp_socket_t *sock;
+  sluice__tls_diag diag;
+  char t[256];
+  if (u.tls) {
+    rc = sluice__tls_socket(conn, a->tls, u.host, &diag, &sock, t, sizeof(t));
+    if (rc) {
+      snprintf(text, textlen, "%s", t);
+      amqp_destroy_connection(conn);
+      return rc;
+    }
+  } else if (!(sock = amqp_tcp_socket_new(conn))) {
     amqp_destroy_connection(conn);
     return SLUICE_ENOMEM;
   }
+  const char *proto = u.tls ? "TLS to" : "connect to";
   struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
   int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
   if (st != AMQP_STATUS_OK) {
-    snprintf(text, textlen, "connect to %s:%d: %s", u.host, u.port,
-             amqp_error_string2(st));
+    rc = u.tls ? sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t,
+                                   sizeof(t))
+               : 0;
+    if (!rc) {
+      snprintf(t, sizeof(t), "%s", amqp_error_string2(st));
+      rc = st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
+    }
+    snprintf(text, textlen, "%s %s:%d: %s", proto, u.host, u.port, t);
     amqp_destroy_connection(conn);
-    return st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
+    return rc;
   }
+  if (u.tls && !a->tls->verify_peer)
+    sluice__logf(a->log, SLUICE_LOG_WARN,
+                 "TLS to %s:%d: the broker's certificate is not verified "
+                 "(skip_verify_peer)",
+                 u.host, u.port);
   amqp_set_handshake_timeout(conn, &tv);
   struct timeval rtv = sluice__tv_ms(a->rpc_timeout_ms);
   amqp_set_rpc_timeout(conn, &rtv);
@@ -103,10 +162,23 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
       conn, u.vhost, 0, a->frame_max, a->heartbeat_s, &table,
       AMQP_SASL_METHOD_PLAIN, u.user, u.password);
   if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-    char t[256];
     rc = sluice__reply_to_err(r, code, t, sizeof(t));
-    if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-        r.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
+    int lib = r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION;
+    int tls_rc = 0;
+    if (lib && u.tls)
+      tls_rc = sluice__tls_error(&diag, SLUICE__TLS_AT_LOGIN, r.library_error,
+                                 t, sizeof(t));
+    if (tls_rc) {
+      rc = tls_rc;
+    } else if (lib && !u.tls && r.library_error != AMQP_STATUS_TIMEOUT &&
+               speaks_tls(u.host, u.port,
+                          a->connect_timeout_ms < 2000 ? a->connect_timeout_ms
+                                                       : 2000)) {
+      rc = SLUICE_ETLSPORT;
+      snprintf(t, sizeof(t),
+               "the port speaks TLS (its answer to the AMQP header is a TLS "
+               "record): use amqps://");
+    } else if (lib && r.library_error == AMQP_STATUS_CONNECTION_CLOSED) {
       /* The socket closed during the handshake without a reply code. We
        * advertise authentication_failure_close, so RabbitMQ (3.2+) answers
        * refused credentials with a 403 first; a bare close is a node
@@ -119,6 +191,10 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
              u.port, u.vhost, u.user, t[0] ? t : sluice_strerror(rc));
     amqp_destroy_connection(conn);
     return rc;
+  }
+  if (u.tls) {
+    /* diag lives on this stack: no callback may reach it any more. */
+    SSL_CTX_set_app_data(amqp_ssl_socket_get_context(sock), NULL);
   }
   *out = conn;
   return 0;
@@ -145,10 +221,14 @@ int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
 }
 
 static int connect_uri(sluice_consumer *c, const char *uri_str) {
-  sluice__open_args a = {uri_str, c->conn_name, c->o.connect_timeout_ms,
-                        c->o.rpc_timeout_ms,
-                        c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
-                        c->o.frame_max};
+  sluice__open_args a = {uri_str,
+                         c->conn_name,
+                         c->o.connect_timeout_ms,
+                         c->o.rpc_timeout_ms,
+                         c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
+                         c->o.frame_max,
+                         c->has_tls ? &c->tls : NULL,
+                         &c->log};
   uint16_t code;
   char text[512];
   amqp_connection_state_t conn;
@@ -187,17 +267,30 @@ static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
 }
 
 int sluice__connect(sluice_consumer *c) {
-  int rc = SLUICE_ECONNECT;
+  int rc = SLUICE_ECONNECT, retryable = 0;
   for (size_t i = 0; i < c->n_uris; i++) {
     size_t idx = sluice__policy_node(&c->policy, i);
-    rc = connect_uri(c, c->uris[idx]);
-    if (rc == 0) {
+    int node_rc = connect_uri(c, c->uris[idx]);
+    if (node_rc == 0) {
       sluice__policy_node_up(&c->policy, idx); /* stay on the node */
+      rc = 0;
       break;
+    }
+    /* What the attempt reports: the last node's error, unless an earlier
+     * node failed in a way that may pass (down, restarting) and this one
+     * for good (its certificate): that one is worth retrying. */
+    if (sluice__retryable(node_rc)) {
+      rc = node_rc;
+      retryable = 1;
+    } else if (!retryable) {
+      rc = node_rc;
     }
     /* Credentials and vhosts are the same on every node of a cluster:
      * trying the next one would only repeat the refusal. */
-    if (sluice__err_class(rc) & SLUICE__ERR_EVERY_NODE) break;
+    if (sluice__err_class(node_rc) & SLUICE__ERR_EVERY_NODE) {
+      rc = node_rc;
+      break;
+    }
   }
   if (rc) {
     sluice__policy_nodes_failed(&c->policy);

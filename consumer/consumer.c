@@ -83,10 +83,12 @@ static int apply_defaults(sluice_consumer_opts *o) {
 }
 
 /* Validate every URI now: a typo should fail here, not at 3 a.m. The log
- * says what is wrong and where, without quoting the URI (a password). */
+ * says what is wrong and where, without quoting the URI (a password). Sets
+ * `*tls` when one of them is amqps://. */
 static int check_uris(const sluice_consumer_opts *o, const char *const *uris,
-                      size_t n) {
+                      size_t n, int *any_tls) {
   sluice__logger lg = {o->log, o->log_user, o->log_level, NULL};
+  *any_tls = 0;
   for (size_t i = 0; i < n; i++) {
     sluice_uri u;
     sluice__uri_err e;
@@ -101,12 +103,7 @@ static int check_uris(const sluice_consumer_opts *o, const char *const *uris,
                    sluice__uri_err_text(rc, &e, why, sizeof(why)));
       return rc;
     }
-    if (tls) {
-      sluice__logf(&lg, SLUICE_LOG_ERROR,
-                   "URI %zu of %zu: amqps:// is not supported by this build",
-                   i + 1, n);
-      return SLUICE_ENOTSUP;
-    }
+    if (tls) *any_tls = 1;
   }
   return 0;
 }
@@ -141,7 +138,8 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
     uris = o.uri ? &o.uri : &def;
     n = 1;
   }
-  if ((rc = check_uris(&o, uris, n))) return rc;
+  int any_tls;
+  if ((rc = check_uris(&o, uris, n, &any_tls))) return rc;
 
   sluice_consumer *c = calloc(1, sizeof(*c));
   if (!c) return SLUICE_ENOMEM;
@@ -173,6 +171,17 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
     goto nomem;
   c->o.connection_name = NULL;
   if (sluice__registry_new(o.max_close_listeners, &c->registry)) goto nomem;
+  if (any_tls) {
+    char text[512];
+    c->has_tls = 1;
+    rc = sluice__tls_config_init(&c->tls, &o.tls, text, sizeof(text));
+    if (rc) {
+      sluice__log(c, SLUICE_LOG_ERROR, "%s", text);
+      sluice_consumer_free(c);
+      return rc;
+    }
+  }
+  memset(&c->o.tls, 0, sizeof(c->o.tls)); /* the copies are in c->tls */
   *out = c;
   return 0;
 nomem:
@@ -674,6 +683,7 @@ void sluice_consumer_free(sluice_consumer *c) {
   for (size_t i = 0; i < c->n_uris; i++) free(c->uris ? c->uris[i] : NULL);
   free(c->uris);
   free(c->conn_name);
+  sluice__tls_config_free(&c->tls);
   sluice__registry_free(c->registry);
   sluice__ackq_free(&c->acks);
   pthread_mutex_destroy(&c->cq_mu);

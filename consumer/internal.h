@@ -22,6 +22,7 @@
 #include "amqp_util.h"
 #include "bound.h"
 #include "loop.h"
+#include "tls.h"
 #include "util.h"
 
 #define SLUICE_MAX_SUBS 64
@@ -99,6 +100,8 @@ struct sluice_consumer {
   char **uris;
   size_t n_uris;
   char *conn_name;
+  sluice__tls_config tls; /* for amqps:// URIs (has_tls) */
+  int has_tls;
   sluice_delivery_hooks hooks;
   int has_hooks;
 

@@ -6,11 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 
 #include <sluice/publisher.h>
 
 #include "amqp_util.h"
+#include "tls.h"
 #include "util.h"
 
 #define PUB_CH SLUICE__CH_MAIN
@@ -64,15 +66,25 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
     free(p);
     return SLUICE_ENOMEM;
   }
-  sluice__open_args a = {p->o.uri,
-                         p->o.connection_name,
-                         p->o.connect_timeout_ms,
-                         p->o.confirm_timeout_ms,
-                         0,
-                         SLUICE__DEFAULT_FRAME_MAX};
   char text[512];
   uint16_t code;
-  int rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
+  /* The TLS settings serve this one connection only. */
+  sluice__tls_config tls;
+  int rc = 0, is_tls = strncasecmp(p->o.uri, "amqps://", 8) == 0;
+  if (is_tls) rc = sluice__tls_config_init(&tls, &p->o.tls, text, sizeof(text));
+  memset(&p->o.tls, 0, sizeof(p->o.tls)); /* not kept */
+  if (!rc) {
+    sluice__open_args a = {p->o.uri,
+                           p->o.connection_name,
+                           p->o.connect_timeout_ms,
+                           p->o.confirm_timeout_ms,
+                           0,
+                           SLUICE__DEFAULT_FRAME_MAX,
+                           is_tls ? &tls : NULL,
+                           &p->log};
+    rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
+  }
+  if (is_tls) sluice__tls_config_free(&tls);
   if (rc) {
     sluice__logf(&p->log, SLUICE_LOG_ERROR, "publisher: %s (%s)", text,
                  sluice_strerror(rc));

@@ -1,11 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 #include "bench_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sluice/sluice.h>
 
@@ -88,4 +92,15 @@ unsigned bu_depth(const char *uri, const char *queue) {
   sluice_publisher_queue_depth(p, queue, &d, NULL);
   sluice_publisher_free(p);
   return d;
+}
+
+int bu_port_open(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_port = htons((uint16_t)port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+  close(fd);
+  return ok;
 }

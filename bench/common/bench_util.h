@@ -16,5 +16,7 @@ double bu_median(double *v, int n);
  * bytes, with confirms. Exits on error. */
 void bu_fill(const char *uri, const char *queue, unsigned long n, size_t size);
 unsigned bu_depth(const char *uri, const char *queue);
+/* 1 if 127.0.0.1:port accepts TCP connections. */
+int bu_port_open(int port);
 
 #endif

@@ -4,7 +4,13 @@
  * pre-filled queue. Prints msg/s, client CPU per message and the ratio.
  *
  *   sluice-bench-consume [--count N] [--size B] [--rounds R]
- *                        [--only per-message|coalesced|prefetch|auto]
+ *                        [--only per-message|coalesced|prefetch|auto|tls]
+ *
+ * The "tls" variants run against the TLS node of scripts/tls-broker.sh
+ * (SLUICE_TLS_PORT, SLUICE_TLS_AMQP_PORT, SLUICE_TLS_DIR as there): sluice
+ * over amqps:// against rabbitmq-c's SSL socket in the same loop, both with
+ * the node's client certificate, the queue filled through the node's
+ * plaintext port; they are skipped when the node is not up.
  */
 #include <getopt.h>
 #include <stdatomic.h>
@@ -14,6 +20,7 @@
 #include <sys/time.h>
 
 #include <amqp.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
 
 #include <sluice/sluice.h>
@@ -22,6 +29,26 @@
 
 static const char *URI = "amqp://guest:guest@127.0.0.1:5672/";
 static const char *QUEUE = "sluice.bench.consume";
+
+/* The TLS node (scripts/tls-broker.sh). */
+static int tls_port = 5671, tls_amqp_port = 5691;
+static char tls_uri[128], tls_fill_uri[128];
+static char ca[512], cert[512], key[512];
+
+static void tls_setup(void) {
+  const char *v = getenv("SLUICE_TLS_PORT");
+  if (v) tls_port = atoi(v);
+  if ((v = getenv("SLUICE_TLS_AMQP_PORT"))) tls_amqp_port = atoi(v);
+  const char *dir = getenv("SLUICE_TLS_DIR");
+  if (!dir) dir = "/tmp/sluice-tls";
+  snprintf(ca, sizeof(ca), "%s/certs/ca.pem", dir);
+  snprintf(cert, sizeof(cert), "%s/certs/client.pem", dir);
+  snprintf(key, sizeof(key), "%s/certs/client.key", dir);
+  snprintf(tls_uri, sizeof(tls_uri), "amqps://guest:guest@localhost:%d/",
+           tls_port);
+  snprintf(tls_fill_uri, sizeof(tls_fill_uri),
+           "amqp://guest:guest@127.0.0.1:%d/", tls_amqp_port);
+}
 
 struct result {
   double rate;   /* msg/s */
@@ -39,10 +66,23 @@ static void check(amqp_rpc_reply_t r, const char *what) {
 
 /* ack_every: 0 = autoAck; 1 = ack each; k = ack multiple every k */
 static struct result raw_loop(unsigned long n, unsigned prefetch,
-                              unsigned ack_every) {
+                              unsigned ack_every, int tls) {
   amqp_connection_state_t conn = amqp_new_connection();
-  amqp_socket_t *s = amqp_tcp_socket_new(conn);
-  if (amqp_socket_open(s, "127.0.0.1", 5672)) exit(1);
+  amqp_socket_t *s;
+  if (tls == 1) {
+    /* rabbitmq-c's SSL socket as its documentation sets it up. */
+    s = amqp_ssl_socket_new(conn);
+    if (!s || amqp_ssl_socket_set_cacert(s, ca) ||
+        amqp_ssl_socket_set_key(s, cert, key) ||
+        amqp_socket_open(s, "localhost", tls_port)) {
+      fprintf(stderr, "raw: TLS connect to localhost:%d failed\n", tls_port);
+      exit(1);
+    }
+  } else {
+    s = amqp_tcp_socket_new(conn);
+    if (amqp_socket_open(s, "127.0.0.1", tls ? tls_amqp_port : 5672))
+      exit(1);
+  }
   check(amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest",
                    "guest"),
         "login");
@@ -92,8 +132,15 @@ static int noop(sluice_delivery *d, const sluice_message *m, void *u) {
   return SLUICE_ACK;
 }
 
-static struct result sluice_run(unsigned long n, sluice_consumer_opts o) {
-  o.uri = URI;
+static struct result sluice_run(unsigned long n, sluice_consumer_opts o,
+                                int tls) {
+  o.uri = tls == 2 ? tls_fill_uri : URI;
+  if (tls == 1) {
+    o.uri = tls_uri;
+    o.tls.ca_file = ca;
+    o.tls.cert_file = cert;
+    o.tls.key_file = key;
+  }
   g_n = n;
   atomic_store(&g_got, 0);
   if (sluice_consumer_new(&o, &g_c)) exit(1);
@@ -121,6 +168,8 @@ struct variant {
   unsigned prefetch;
   unsigned raw_ack_every; /* 0 = autoAck */
   sluice_consumer_opts o;
+  int tls; /* 1: both over TLS, on the TLS node; 2: on the TLS node's
+              plaintext port (what TLS costs) */
 };
 
 int main(int argc, char **argv) {
@@ -145,17 +194,24 @@ int main(int argc, char **argv) {
 
   struct variant vs[] = {
       {"prefetch 100, ack each", "per-message", 100, 1,
-       {.prefetch = 100, .ack_batch = 1}},
+       {.prefetch = 100, .ack_batch = 1}, 0},
       {"prefetch 100, coalesced (sluice default)", "coalesced", 100, 1,
-       {.prefetch = 100}},
+       {.prefetch = 100}, 0},
       {"prefetch 1000, coalesced vs raw multiple/100", "coalesced", 1000, 100,
-       {.prefetch = 1000}},
-      {"prefetch 1", "prefetch", 1, 1, {.prefetch = 1}},
-      {"prefetch 10", "prefetch", 10, 1, {.prefetch = 10}},
+       {.prefetch = 1000}, 0},
+      {"prefetch 1", "prefetch", 1, 1, {.prefetch = 1}, 0},
+      {"prefetch 10", "prefetch", 10, 1, {.prefetch = 10}, 0},
       {"prefetch 1000, ack each", "prefetch", 1000, 1,
-       {.prefetch = 1000, .ack_batch = 1}},
-      {"autoAck", "auto", 0, 0, {.ack_mode = SLUICE_ACK_AUTO}},
+       {.prefetch = 1000, .ack_batch = 1}, 0},
+      {"autoAck", "auto", 0, 0, {.ack_mode = SLUICE_ACK_AUTO}, 0},
+      {"TLS node, plaintext port: prefetch 100, ack each", "tls", 100, 1,
+       {.prefetch = 100, .ack_batch = 1}, 2},
+      {"TLS: prefetch 100, ack each", "tls", 100, 1,
+       {.prefetch = 100, .ack_batch = 1}, 1},
+      {"TLS: prefetch 100, coalesced (sluice default)", "tls", 100, 1,
+       {.prefetch = 100}, 1},
   };
+  tls_setup();
   printf("# %lu x %zu B messages per run, %d round(s), medians; client CPU "
          "is this process only (the broker runs beside it)\n",
          n, size, rounds);
@@ -163,18 +219,26 @@ int main(int argc, char **argv) {
          "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg");
   for (size_t v = 0; v < sizeof(vs) / sizeof(*vs); v++) {
     if (only && strcmp(only, vs[v].group) != 0) continue;
+    if (vs[v].tls && !bu_port_open(tls_port)) {
+      printf("%-46s skipped: no TLS node on port %d (scripts/tls-broker.sh "
+             "start)\n",
+             vs[v].name, tls_port);
+      continue;
+    }
+    const char *fill = vs[v].tls ? tls_fill_uri : URI;
     double rr[15], sr[15], rc[15], sc[15];
     for (int r = 0; r < rounds; r++) {
       /* alternate which goes first: the broker warms up too */
       for (int k = 0; k < 2; k++) {
         int do_raw = (r + k) % 2 == 0;
-        bu_fill(URI, QUEUE, n, size);
+        bu_fill(fill, QUEUE, n, size);
         if (do_raw) {
-          struct result x = raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every);
+          struct result x = raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every,
+                                     vs[v].tls);
           rr[r] = x.rate;
           rc[r] = x.cpu_us;
         } else {
-          struct result x = sluice_run(n, vs[v].o);
+          struct result x = sluice_run(n, vs[v].o, vs[v].tls);
           sr[r] = x.rate;
           sc[r] = x.cpu_us;
         }

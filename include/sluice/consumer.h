@@ -237,6 +237,47 @@ typedef enum sluice_log_level {
 typedef void (*sluice_log_fn)(int level, const char *msg, void *user);
 
 /* ------------------------------------------------------------------------ */
+/** \name TLS */
+
+/** Lowest TLS version accepted (sluice_tls_opts.min_version). \since 0.2 */
+typedef enum sluice_tls_version {
+  SLUICE_TLS_DEFAULT = 0, /**< TLS 1.2 */
+  SLUICE_TLS_1_2 = 12,
+  SLUICE_TLS_1_3 = 13
+} sluice_tls_version;
+
+/** TLS settings, used for every amqps:// URI of a consumer or publisher
+ *  (amqp:// URIs in the same list ignore them). Zero-initialise: the
+ *  defaults verify the broker's certificate against the system's CAs and
+ *  its name against the URI's host (a DNS name or an IP address), send that
+ *  host in SNI (not an IP address) and accept TLS 1.2 and 1.3. A failure is
+ *  never retried in plaintext. Strings are copied; the files are read at
+ *  sluice_consumer_new() / sluice_publisher_new() (an unreadable one fails
+ *  there with SLUICE_ETLSCONFIG) and again at each connection.
+ *  See docs/consumer.md, "TLS". \since 0.2 */
+typedef struct sluice_tls_opts {
+  const char *ca_file;   /**< PEM bundle of the CAs to trust; with
+                              `ca_dir` unset too: the system's store */
+  const char *ca_dir;    /**< directory of hashed CA certificates
+                              (`openssl rehash`) */
+  const char *cert_file; /**< client certificate chain (PEM), for mutual
+                              TLS */
+  const char *key_file;  /**< its private key (PEM); default: `cert_file` */
+  const char *key_password; /**< for an encrypted key; never prompted */
+  /** The name sent in SNI and matched against the certificate; default:
+   *  each URI's host. For a broker reached by an address or a name its
+   *  certificate does not carry (a tunnel, a load balancer). */
+  const char *server_name;
+  sluice_tls_version min_version;
+  /** 1: accept a valid certificate issued for another name. Weakens TLS:
+   *  any holder of a certificate from a trusted CA can pose as the broker. */
+  int skip_verify_hostname;
+  /** 1: accept any certificate, unverified: anyone on the path can read and
+   *  change the traffic. Tests only; logged as a warning at each connect. */
+  int skip_verify_peer;
+} sluice_tls_opts;
+
+/* ------------------------------------------------------------------------ */
 /** \name Options */
 
 typedef enum sluice_ack_mode {
@@ -246,18 +287,20 @@ typedef enum sluice_ack_mode {
 
 /** Consumer options. Zero-initialise; a zero field means its default. */
 typedef struct sluice_consumer_opts {
-  /** Broker URI, amqp://user:pass@host:port/vhost; copied.
-   *  Default "amqp://guest:guest@127.0.0.1:5672/". */
+  /** Broker URI, amqp://user:pass@host:port/vhost, or amqps:// for TLS
+   *  (see `tls`); copied. Default "amqp://guest:guest@127.0.0.1:5672/". */
   const char *uri;
   /** Or a list of URIs (a cluster's nodes) tried in turn; overrides `uri`.
-   *  The strings are copied (the array too). */
+   *  amqp:// and amqps:// may be mixed. The strings are copied (the array
+   *  too). */
   const char *const *uris;
   size_t n_uris;
   const char *connection_name;  /**< shown by the management UI; copied */
   int heartbeat_s;        /**< default 30; negative disables heartbeats */
   int frame_max;          /**< default 131072; at least 4096 (else
                                SLUICE_EINVAL) */
-  int connect_timeout_ms; /**< TCP connect + handshake; default 10000 */
+  int connect_timeout_ms; /**< TCP connect, TLS handshake and AMQP login,
+                               per node; default 10000 */
   int rpc_timeout_ms;     /**< synchronous broker calls; default 10000 */
 
   sluice_ack_mode ack_mode;
@@ -292,6 +335,8 @@ typedef struct sluice_consumer_opts {
    *  the kernel's default in MANUAL mode; negative: the kernel's default. */
   int socket_rcvbuf;
 
+  sluice_tls_opts tls; /**< for amqps:// URIs \since 0.2 */
+
   sluice_reconnect_opts reconnect;
   unsigned max_close_listeners; /**< registry capacity; default 16, at
                                      most 4096 (else SLUICE_EINVAL) */
@@ -310,7 +355,8 @@ typedef struct sluice_consumer_opts {
 
 /** Create a consumer. Does not connect. Copies every string of `opts`.
  *  \return 0; SLUICE_EINVAL for bad options (out of the documented ranges);
- *          SLUICE_EURI for a malformed URI; SLUICE_ENOTSUP for amqps://;
+ *          SLUICE_EURI for a malformed URI; SLUICE_ETLSCONFIG when a TLS
+ *          file does not load (an amqps:// URI is given; why in the log);
  *          SLUICE_ENOMEM. */
 SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
                                       sluice_consumer **out);
@@ -478,7 +524,7 @@ SLUICE_EXPORT struct event_base *sluice_consumer_base(sluice_consumer *c);
 typedef struct sluice_uri {
   const char *user, *password, *host, *vhost;
   int port;
-  int tls; /**< amqps:// (not supported by this build: SLUICE_ENOTSUP) */
+  int tls; /**< 1 for amqps:// (default port 5671; 5672 for amqp://) */
 } sluice_uri;
 
 /** Parse `amqp://[user[:pass]@]host[:port][/vhost]` (percent-decoding each

@@ -49,7 +49,20 @@ extern "C" {
   XX(ENOTSUP, -25, "operation not supported")                                 \
   XX(EIO, -26, "I/O error while writing output")                              \
   XX(EBLOCKED, -27, "the broker blocked the connection (resource alarm)")     \
-  XX(ECONFLICT, -28, "declared entity exists with different arguments")
+  XX(ECONFLICT, -28, "declared entity exists with different arguments")     \
+  XX(ETLS, -29, "TLS handshake or TLS connection failed")                     \
+  XX(ETLSCA, -30, "the broker's certificate is not signed by a trusted CA")   \
+  XX(ETLSEXPIRED, -31,                                                        \
+     "the broker's certificate has expired or is not yet valid")              \
+  XX(ETLSHOST, -32,                                                           \
+     "the broker's certificate does not match the host name or address")      \
+  XX(ETLSVERIFY, -33, "the broker's certificate failed verification")         \
+  XX(ETLSCLIENT, -34, "the broker refused the client certificate")            \
+  XX(ENOTTLS, -35, "TLS to a port that does not speak TLS (amqps:// to a "    \
+                   "plaintext port?)")                                        \
+  XX(ETLSPORT, -36, "plaintext AMQP to a TLS port (amqp:// where amqps:// "   \
+                    "is needed?)")                                            \
+  XX(ETLSCONFIG, -37, "TLS settings unusable (CA, certificate or key file)")
 
 /** The error codes. */
 typedef enum sluice_errno {
@@ -57,7 +70,7 @@ typedef enum sluice_errno {
 #define SLUICE_ERR_ENUM_(name, val, msg) SLUICE_##name = (val),
   SLUICE_ERRNO_MAP(SLUICE_ERR_ENUM_)
 #undef SLUICE_ERR_ENUM_
-  SLUICE_ERR_MIN_ = -28 /**< the lowest code; for tests */
+  SLUICE_ERR_MIN_ = -37 /**< the lowest code; for tests */
 } sluice_errno;
 
 /** Human-readable message for an error code ("success" for 0, "unknown

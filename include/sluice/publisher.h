@@ -84,6 +84,8 @@ typedef struct sluice_publisher_opts {
    *  connection blocked; default confirm_timeout_ms; negative: do not wait
    *  (SLUICE_EBLOCKED at once). \since 0.2 */
   int blocked_timeout_ms;
+  sluice_tls_opts tls; /**< for an amqps:// `uri`; read during
+                            sluice_publisher_new() \since 0.2 */
 } sluice_publisher_opts;
 
 /** Properties of a published message; NULL means persistent, no fields.
@@ -114,7 +116,9 @@ typedef struct sluice_publish_report {
 
 /** Connect and enable confirms.
  *  \return 0; SLUICE_EURI, SLUICE_ECONNECT, SLUICE_EAUTH, SLUICE_EVHOST,
- *          SLUICE_ETIMEDOUT, SLUICE_ENOMEM. */
+ *          SLUICE_ETIMEDOUT, SLUICE_ENOMEM; for amqps:// the TLS codes
+ *          (SLUICE_ETLS*, SLUICE_ENOTTLS) and for amqp:// to a TLS port
+ *          SLUICE_ETLSPORT, as for sluice_consumer_connect(). */
 SLUICE_EXPORT int sluice_publisher_new(const sluice_publisher_opts *opts,
                                        sluice_publisher **out);
 

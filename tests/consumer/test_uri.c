@@ -200,8 +200,21 @@ static void consumer_new_rejects_bad_uri(void **state) {
   const char *list[] = {"amqp://a/", "amqp://b:99999/"};
   sluice_consumer_opts o2 = {.uris = list, .n_uris = 2};
   assert_int_equal(sluice_consumer_new(&o2, &c), SLUICE_EURI);
-  sluice_consumer_opts o3 = {.uri = "amqps://h/"};
-  assert_int_equal(sluice_consumer_new(&o3, &c), SLUICE_ENOTSUP);
+  /* amqps:// is accepted; its TLS files are loaded at creation. */
+  sluice_consumer_opts o3 = {.uri = "amqps://h/", .log_level = -1};
+  assert_int_equal(sluice_consumer_new(&o3, &c), 0);
+  sluice_consumer_free(c);
+  o3.tls.ca_file = "/nonexistent/ca.pem";
+  assert_int_equal(sluice_consumer_new(&o3, &c), SLUICE_ETLSCONFIG);
+  assert_null(c);
+  o3.tls.ca_file = NULL;
+  o3.tls.min_version = 11;
+  assert_int_equal(sluice_consumer_new(&o3, &c), SLUICE_EINVAL);
+  /* TLS files are not read for a plaintext URI. */
+  sluice_consumer_opts o5 = {.uri = "amqp://h/"};
+  o5.tls.ca_file = "/nonexistent/ca.pem";
+  assert_int_equal(sluice_consumer_new(&o5, &c), 0);
+  sluice_consumer_free(c);
   sluice_consumer_opts o4 = {.ack_mode = 7};
   assert_int_equal(sluice_consumer_new(&o4, &c), SLUICE_EINVAL);
   sluice_consumer_free(NULL); /* no-op */
