@@ -6,7 +6,8 @@ set -euo pipefail
 
 PKGS=(
   build-essential cmake pkg-config git ca-certificates
-  librabbitmq-dev libevent-dev libunwind-dev libcmocka-dev zlib1g-dev
+  librabbitmq-dev libevent-dev libssl-dev openssl libunwind-dev libcmocka-dev
+  zlib1g-dev
   libdw-dev
   libjansson-dev
   rabbitmq-server amqp-tools
