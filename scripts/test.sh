@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# The whole test suite: install what is missing, start the broker and the
-# 3-node test cluster, build and run every test (unit + broker + cluster
-# integration) plainly (RelWithDebInfo), in a Release build, under
-# ASan+UBSan and under TSan (both Debug), and the consumer's and the
-# profiler's tests under valgrind.
+# The whole test suite: install what is missing, start the broker, the
+# 3-node test cluster and the TLS node, build and run every test (unit +
+# broker + cluster + TLS integration) plainly (RelWithDebInfo), in a Release
+# build, under ASan+UBSan and under TSan (both Debug), and the consumer's
+# and the profiler's tests under valgrind.
 #   SLUICE_TEST_QUICK=1   only the plain build
-# Both the broker and the cluster are left running, as other suites on the
-# same machine may be using them (scripts/cluster.sh stop ends the cluster).
+# The broker, the cluster and the TLS node are left running, as other suites
+# on the same machine may be using them (scripts/cluster.sh stop ends the
+# cluster, scripts/tls-broker.sh stop the TLS node).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -19,11 +20,16 @@ bash scripts/broker.sh start
 CLUSTER_LOG=$(mktemp)
 bash scripts/cluster.sh start >"$CLUSTER_LOG" 2>&1 &
 CLUSTER_PID=$!
+# So does the TLS node (scripts/tls-broker.sh: a RabbitMQ node of its own).
+TLS_LOG=$(mktemp)
+bash scripts/tls-broker.sh start >"$TLS_LOG" 2>&1 &
+TLS_PID=$!
 
 # Tests that need the broker or a tool setup.sh installs (go, promtool,
 # prometheus) fail instead of skipping.
 export SLUICE_REQUIRE_BROKER=1
 export SLUICE_REQUIRE_CLUSTER=1  # cluster tests too (scripts/cluster.sh)
+export SLUICE_REQUIRE_TLS=1      # and TLS tests (scripts/tls-broker.sh)
 export CTEST_OUTPUT_ON_FAILURE=1
 
 wait_cluster() {
@@ -38,12 +44,25 @@ wait_cluster() {
   CLUSTER_PID=
 }
 
+wait_tls() {
+  [ -n "$TLS_PID" ] || return 0
+  if ! wait "$TLS_PID"; then
+    cat "$TLS_LOG" >&2
+    echo "test.sh: scripts/tls-broker.sh start failed" >&2
+    exit 1
+  fi
+  cat "$TLS_LOG"
+  rm -f "$TLS_LOG"
+  TLS_PID=
+}
+
 run_build() { # name, cmake args...
   local name=$1 t0=$SECONDS; shift
   echo "=== build: $name"
   cmake -S "$ROOT" -B "$ROOT/build-$name" -DSLUICE_WERROR=ON "$@" >/dev/null
   cmake --build "$ROOT/build-$name" -j"$JOBS"
   wait_cluster
+  wait_tls
   echo "=== test: $name"
   (cd "$ROOT/build-$name" && ctest -j"$JOBS" --timeout 600 \
      --output-on-failure)
