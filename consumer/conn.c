@@ -50,10 +50,12 @@ void sluice__note_close(sluice_consumer *c, uint16_t code,
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
 }
 
-/* A plaintext login failed before any AMQP reply: is the port a TLS one?
- * Ask as a client would (the AMQP protocol header) and look at the first
- * byte of the answer: 0x15 (alert) or 0x16 (handshake) is a TLS record; a
- * TLS listener answers the header with an alert. Bounded by `ms`. */
+/* A plaintext login failed with a reset (or garbage) before any AMQP
+ * reply, as when RabbitMQ's TLS listener answers the AMQP header with a TLS
+ * alert and resets: is the port a TLS one? Ask again as a client would (the
+ * AMQP protocol header) and look at the first byte of the answer: 0x15
+ * (alert) or 0x16 (handshake) is a TLS record. Bounded by `ms`. An orderly
+ * close (a node going down, a balancer with no backend) is not probed. */
 static int speaks_tls(const char *host, int port, int ms) {
   struct addrinfo hint = {0}, *res = NULL;
   char ps[16];
@@ -170,7 +172,9 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
                                  t, sizeof(t));
     if (tls_rc) {
       rc = tls_rc;
-    } else if (lib && !u.tls && r.library_error != AMQP_STATUS_TIMEOUT &&
+    } else if (lib && !u.tls &&
+               (r.library_error == AMQP_STATUS_SOCKET_ERROR ||
+                r.library_error == AMQP_STATUS_BAD_AMQP_DATA) &&
                speaks_tls(u.host, u.port,
                           a->connect_timeout_ms < 2000 ? a->connect_timeout_ms
                                                        : 2000)) {
