@@ -16,7 +16,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "common/broker_util.h"
+#include "broker_util.h"
 #include "proxy.h"
 #include "tls_util.h"
 
