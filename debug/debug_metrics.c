@@ -98,12 +98,23 @@ static void label_value(struct evbuffer *b, const char *v) {
   }
 }
 
+/* queue="...",key="...",outcome="..." (no key label without a key). */
+static void labels(struct evbuffer *b, const sluice_prof_residual_stats *r) {
+  evbuffer_add_printf(b, "queue=\"");
+  label_value(b, r->queue ? r->queue : "");
+  if (r->key_name) {
+    evbuffer_add_printf(b, "\",key=\"");
+    label_value(b, r->key);
+  }
+  evbuffer_add_printf(b, "\",outcome=\"%s\"",
+                      sluice_outcome_name(r->outcome));
+}
+
 static void qo_labels(struct evbuffer *b, const char *name,
                       const sluice_prof_residual_stats *r) {
-  evbuffer_add_printf(b, "%s{queue=\"", name);
-  label_value(b, r->queue ? r->queue : "");
-  evbuffer_add_printf(b, "\",outcome=\"%s\"} ",
-                      sluice_outcome_name(r->outcome));
+  evbuffer_add_printf(b, "%s{", name);
+  labels(b, r);
+  evbuffer_add_printf(b, "} ");
 }
 
 static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
@@ -182,10 +193,19 @@ typedef enum {
   R_BYTES,
   R_LEAKED,
   R_LEAKED_BYTES,
+  R_SKIPPED,
   R_RETAINED,
+  R_RETAINED_OBJECTS,
   R_PER_MESSAGE,
+  R_LEVEL_OFF,
+  R_AGE,
   R_LEAKING
 } rfield;
+
+static void real(struct evbuffer *b, double v) {
+  if (isfinite(v)) evbuffer_add_printf(b, "%.17g\n", v);
+  else evbuffer_add_printf(b, "NaN\n");
+}
 
 static void residual_family(struct evbuffer *b,
                             const sluice_prof_residual_stats *v, size_t n,
@@ -194,36 +214,42 @@ static void residual_family(struct evbuffer *b,
   family(b, name, k, help);
   for (size_t i = 0; i < n; i++) {
     const sluice_prof_residual_stats *r = &v[i];
+    unsigned long long x = 0;
     qo_labels(b, name, r);
     switch (f) {
-      case R_MESSAGES:
-        evbuffer_add_printf(b, "%llu\n", (unsigned long long)r->messages);
-        break;
-      case R_BYTES:
-        evbuffer_add_printf(b, "%llu\n",
-                            (unsigned long long)r->bytes_at_end);
-        break;
-      case R_LEAKED:
-        evbuffer_add_printf(b, "%llu\n", (unsigned long long)r->leaked);
-        break;
-      case R_LEAKED_BYTES:
-        evbuffer_add_printf(b, "%llu\n",
-                            (unsigned long long)r->bytes_leaked);
-        break;
-      case R_RETAINED:
-        evbuffer_add_printf(b, "%llu\n",
-                            (unsigned long long)r->retained_bytes);
-        break;
+      case R_MESSAGES: x = r->messages; break;
+      case R_BYTES: x = r->bytes_at_end; break;
+      case R_LEAKED: x = r->leaked; break;
+      case R_LEAKED_BYTES: x = r->bytes_leaked; break;
+      case R_SKIPPED: x = r->skipped; break;
+      case R_RETAINED: x = r->retained_bytes; break;
+      case R_RETAINED_OBJECTS: x = r->retained_objects; break;
+      case R_LEVEL_OFF: x = r->level_off_messages; break;
+      case R_LEAKING: x = r->leaking ? 1 : 0; break;
       case R_PER_MESSAGE:
-        if (isfinite(r->window_bytes_per_message))
-          evbuffer_add_printf(b, "%.17g\n", r->window_bytes_per_message);
-        else
-          evbuffer_add_printf(b, "NaN\n");
-        break;
-      case R_LEAKING:
-        evbuffer_add_printf(b, "%d\n", r->leaking ? 1 : 0);
-        break;
+        real(b, r->bytes_per_message);
+        continue;
+      case R_AGE:
+        real(b, r->oldest_age_seconds);
+        continue;
     }
+    evbuffer_add_printf(b, "%llu\n", x);
+  }
+}
+
+/* The verdict as an enum: one sample per group, labelled with its state. */
+static void state_family(struct evbuffer *b,
+                         const sluice_prof_residual_stats *v, size_t n) {
+  const char *name = "sluice_residual_state";
+  family(b, name, GAUGE,
+         "The verdict of each queue/key/outcome: 1 on its current state "
+         "(ok, growing, bounded, LEAK).");
+  for (size_t i = 0; i < n; i++) {
+    const sluice_prof_residual_stats *r = &v[i];
+    evbuffer_add_printf(b, "%s{", name);
+    labels(b, r);
+    evbuffer_add_printf(b, ",state=\"%s\"} 1\n",
+                        sluice_prof_state_name(r->state));
   }
 }
 
@@ -243,16 +269,32 @@ static void residual_metrics(struct evbuffer *b) {
   residual_family(b, v, n, "sluice_residual_leaked_bytes_total", COUNTER,
                   "Sum of residual bytes still live after the grace period.",
                   R_LEAKED_BYTES);
+  residual_family(b, v, n, "sluice_residual_skipped_rechecks_total", COUNTER,
+                  "Messages with a residual that got no after-grace re-check "
+                  "(pending queue full; the grace period is never "
+                  "shortened).",
+                  R_SKIPPED);
   residual_family(b, v, n, "sluice_residual_retained_bytes", GAUGE,
-                  "Bytes still live now that finished messages allocated.",
+                  "Bytes still live now that finished messages allocated "
+                  "(pending ones included).",
                   R_RETAINED);
+  residual_family(b, v, n, "sluice_residual_retained_objects", GAUGE,
+                  "Blocks still live now that finished messages allocated.",
+                  R_RETAINED_OBJECTS);
   residual_family(b, v, n, "sluice_residual_bytes_per_message", GAUGE,
-                  "Mean residual bytes per message after the grace period, "
-                  "over the last full window.",
+                  "Growth of the retained bytes per message (the verdict's "
+                  "slope).",
                   R_PER_MESSAGE);
+  residual_family(b, v, n, "sluice_residual_level_off_messages", GAUGE,
+                  "Growing: messages of further growth before it is called "
+                  "a leak.",
+                  R_LEVEL_OFF);
+  residual_family(b, v, n, "sluice_residual_oldest_age_seconds", GAUGE,
+                  "Age of the oldest memory still live from the group.",
+                  R_AGE);
   residual_family(b, v, n, "sluice_residual_leaking", GAUGE,
-                  "1 while the leak verdict holds for the queue and outcome.",
-                  R_LEAKING);
+                  "1 while the verdict is LEAK.", R_LEAKING);
+  state_family(b, v, n);
   free(v);
 }
 
@@ -309,6 +351,20 @@ static void heap_metrics(struct evbuffer *b) {
                       (unsigned long long)m.scopes_retained);
   metric(b, "sluice_profiler_scopes_refused_total", COUNTER,
          "Scopes refused because the scope pool was full.", m.scopes_refused);
+  metric(b, "sluice_profiler_rechecks_skipped_total", COUNTER,
+         "Scopes that ended with a residual without an after-grace re-check "
+         "(max_pending reached).",
+         m.rechecks_skipped);
+  metric(b, "sluice_profiler_groups", GAUGE,
+         "Residual groups (queue, outcome, key value) in use.", m.groups);
+  metric(b, "sluice_profiler_overflow_total", COUNTER,
+         "Scopes counted in an (other) row: group pool full or too many key "
+         "values.",
+         m.groups_overflow + m.keys_overflow);
+  metric(b, "sluice_profiler_deferred_unentered_total", COUNTER,
+         "Deferred deliveries completed on a thread that never entered one "
+         "and allocated in between.",
+         m.deferred_unentered);
 }
 
 void sluice__dbg_metrics(sluice_debug_server *s, struct evhttp_request *req,

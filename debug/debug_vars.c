@@ -48,6 +48,13 @@ static json_t *memstats(jb *b) {
   F(scopes_pending);
   F(scopes_retained);
   F(scopes_refused);
+  F(rechecks_skipped);
+  F(groups);
+  F(groups_overflow);
+  F(keys_overflow);
+  F(ledgers);
+  F(ledger_merges);
+  F(deferred_unentered);
   F(overhead_bytes);
   F(sample_rate);
 #undef F
@@ -101,6 +108,14 @@ static json_t *residual(jb *b) {
     char *qn = sluice__dbg_utf8_clean(r->queue ? r->queue : "");
     set(b, o, "queue", qn ? json_string(qn) : NULL);
     free(qn);
+    if (r->key_name) {
+      char *kn = sluice__dbg_utf8_clean(r->key_name);
+      char *kv = sluice__dbg_utf8_clean(r->key);
+      set(b, o, "key_name", kn ? json_string(kn) : NULL);
+      set(b, o, "key", kv ? json_string(kv) : NULL);
+      free(kn);
+      free(kv);
+    }
     set(b, o, "outcome", json_string(sluice_outcome_name(r->outcome)));
 #define F(name) set(b, o, #name, num(r->name))
     F(messages);
@@ -112,11 +127,19 @@ static json_t *residual(jb *b) {
     F(leaked);
     F(bytes_leaked);
     F(objects_leaked);
+    F(skipped);
     F(retained_bytes);
     F(retained_objects);
+    F(slope_messages);
+    F(level_off_messages);
+    F(oldest_age_messages);
 #undef F
-    set(b, o, "window_bytes_per_message",
-        json_real(r->window_bytes_per_message));
+    set(b, o, "state", json_string(sluice_prof_state_name(r->state)));
+    set(b, o, "bytes_per_message", json_real(r->bytes_per_message));
+    set(b, o, "objects_per_message", json_real(r->objects_per_message));
+    set(b, o, "slope_seconds", json_real(r->slope_seconds));
+    set(b, o, "level_off_seconds", json_real(r->level_off_seconds));
+    set(b, o, "oldest_age_seconds", json_real(r->oldest_age_seconds));
     set(b, o, "leaking", json_boolean(r->leaking));
     if (json_array_append_new(a, o)) b->oom = 1; /* takes o even then */
   }

@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "prof_internal.h"
+#include "prof_resid.h"
 
 __thread sluice__tls sluice__t __attribute__((tls_model("initial-exec")));
 _Atomic unsigned sluice__flags;
@@ -143,7 +143,9 @@ static int64_t draw(sluice__tls *t, uint64_t rate) {
 
 void sluice__rec_release(const sluice__rec *r) {
   if (r->stack) sluice__stack_free(r->stack, r->size);
-  if (r->scope)
+  if (r->scope & SLUICE__EXT)
+    sluice__ledger_release(&sluice__t, r->scope);
+  else if (r->scope)
     sluice__scope_credit_mine(&sluice__t, r->scope, -(int64_t)r->size, -1);
 }
 
@@ -186,13 +188,36 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
 
 int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
+  if (t->guard) {
+    /* The profiler's own allocation: it must not take the sample the
+     * countdown would give to the next allocation of the program's. */
+    if (t->scope) atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
+                                        memory_order_relaxed);
+    return -1;
+  }
+  if (t->scope && t->capture) { /* adaptive stacks: every block, weight 1 */
+    atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
+                          memory_order_relaxed);
+    t->guard++;
+    return 2;
+  }
   int sampled = t->scope ? scoped_countdown(t, n) : left <= 0;
-  if (t->guard || (!sampled && !t->scope)) return -1;
+  if (!sampled && !t->scope) return -1;
   t->guard++;
   return decide(t, n, sampled);
 }
 
-void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
+/* The stack id of a capture: weight 1 when captured by the adaptive mode
+ * (a sample at rate 1 unbiases to itself anyway). */
+static uint32_t capture_stack(int k, void *const *frames, int nframes,
+                              size_t n) {
+  uint32_t id = sluice__stack_intern(frames, nframes);
+  if (k == 2) id |= SLUICE__EXACT;
+  sluice__stack_alloc(id, n);
+  return id;
+}
+
+void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
                           void *const *frames, int nframes) {
   /* Plain locals, not the record's fields: testing two 32-bit fields that
    * were just stored as one 64-bit word stalls store forwarding. */
@@ -206,10 +231,7 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
       t->pend_ref = scope;
     }
   }
-  if (nframes >= 0) {
-    stack = sluice__stack_intern(frames, nframes);
-    sluice__stack_alloc(stack, n);
-  }
+  if (nframes >= 0) stack = capture_stack(k, frames, nframes, n);
   if (stack | scope) {
     if (scope) sluice__scope_credit_mine(t, scope, (int64_t)n, 1);
     ensure_track_flag();
@@ -226,7 +248,7 @@ void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left) {
   if (k < 0) return;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? sluice__backtrace(frames) : -1;
-  sluice__alloc_finish(t, p, n, frames, nf);
+  sluice__alloc_finish(t, p, n, k, frames, nf);
 }
 
 void sluice__free_slow(const void *p, unsigned flags) {
@@ -245,8 +267,38 @@ void sluice__untrack(const void *p) {
   if (sluice__table_take((uintptr_t)p, &r)) sluice__rec_release(&r);
 }
 
+/* Heap-profile side of a realloc to n bytes: count it, and take a sample
+ * (or a capture at weight 1) like an allocation. Returns the new stack id
+ * or 0. */
+static uint32_t realloc_sample(sluice__tls *t, size_t n) {
+  if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
+  sluice__bump(&t->frees, 1);
+  sluice__bump(&t->mallocs, 1);
+  sluice__bump(&t->alloc_bytes, n);
+  if (t->guard != 1) return 0;
+  int k;
+  if (t->scope && t->capture) {
+    k = 2;
+  } else {
+    int sampled;
+    if (t->scope) {
+      sampled = scoped_countdown(t, n);
+    } else {
+      int64_t left =
+          atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
+          (int64_t)n;
+      atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
+      sampled = left <= 0;
+    }
+    k = decide(t, n, sampled);
+  }
+  if (!k) return 0;
+  void *frames[SLUICE__CAPTURE_MAX];
+  return capture_stack(k, frames, sluice__backtrace(frames), n);
+}
+
 void *sluice__realloc_done(void *p, void *q, size_t n,
-                           const sluice__rec *old) {
+                           const sluice__rec *old, size_t usable) {
   sluice__tls *t = &sluice__t;
   unsigned flags = sluice__flags_now();
   if (!q) {
@@ -261,52 +313,52 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
     }
     return q;
   }
-  if (!old) {
-    /* Not tracked before: a free and a new allocation in the current
-     * scope (a block that had no scope takes the one it grows in). */
+  uint32_t cur = 0;
+  if (t->scope && (flags & SLUICE__F_REC)) cur = sluice__scope_ref(t->scope);
+  if (!old && !(cur && n > usable)) {
+    /* Not tracked, and no growth to charge: a free and a new allocation
+     * (sampled like any other; inside a scope it is a new block of the
+     * scope's only if the block was never seen: see below). */
     if (flags & SLUICE__F_REC) {
       sluice__on_free(p, SLUICE__F_REC);
-      sluice__on_alloc(q, n);
+      if (!cur) sluice__on_alloc(q, n);
+      else {
+        /* Shrunk or same size in a scope: nobody's growth; sample it for
+         * the heap profile only. */
+        t->guard++;
+        uint32_t st = realloc_sample(t, n);
+        if (st) {
+          sluice__rec r = {n, st, 0}, dup;
+          ensure_track_flag();
+          int rc = sluice__table_insert((uintptr_t)q, &r, &dup);
+          if (rc == 1) sluice__rec_release(&dup);
+          if (rc < 0) sluice__rec_release(&r);
+        }
+        t->guard--;
+      }
     }
     return q;
   }
-  /* Tracked: keep the block's scope (a block without one takes the
-   * current scope, as an untracked block does); the stack sample is
-   * redrawn. */
+  /* Tracked, or grown inside a scope: the bytes added are the growing
+   * scope's (prof_ledger.c); the stack sample is redrawn. */
   t->guard++;
-  if (old->stack) sluice__stack_free(old->stack, old->size);
-  sluice__rec r = {n, 0, old->scope};
-  if (r.scope) {
-    sluice__scope_credit_mine(t, r.scope, (int64_t)n - (int64_t)old->size,
-                              0);
-  } else if (t->scope && (flags & SLUICE__F_REC)) {
-    r.scope = sluice__scope_ref(t->scope);
-    if (r.scope) sluice__scope_credit_mine(t, r.scope, (int64_t)n, 1);
+  sluice__rec base = {0, 0, 0};
+  uint64_t old_size = usable;
+  if (old) {
+    base = *old;
+    old_size = old->size;
+    if (old->stack) sluice__stack_free(old->stack, old->size);
   }
-  if (flags & SLUICE__F_REC) {
-    if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
-    sluice__bump(&t->frees, 1);
-    sluice__bump(&t->mallocs, 1);
-    sluice__bump(&t->alloc_bytes, n);
-    int sampled;
-    if (t->scope) {
-      sampled = scoped_countdown(t, n);
-    } else {
-      int64_t left =
-          atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
-          (int64_t)n;
-      atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-      sampled = left <= 0;
-    }
-    if (t->guard == 1) {
-      if (decide(t, n, sampled)) {
-        void *frames[SLUICE__CAPTURE_MAX];
-        r.stack = sluice__stack_intern(frames, sluice__backtrace(frames));
-        sluice__stack_alloc(r.stack, n);
-      }
-    }
-  }
+  sluice__rec r = {n, 0, 0};
+  if (flags & SLUICE__F_REC) r.stack = realloc_sample(t, n);
+  /* Growth layers keep a stack only when it is exact: captured at weight
+   * 1, or at rate 1 (a Poisson sample of the whole block says nothing
+   * unbiased about the bytes added). */
+  uint32_t layer_stack =
+      (r.stack & SLUICE__EXACT) || sluice__rate() <= 1 ? r.stack : 0;
+  sluice__ledger_realloc(t, &base, old_size, n, cur, layer_stack, &r);
   if (r.stack || r.scope) {
+    ensure_track_flag();
     sluice__rec dup;
     int rc = sluice__table_insert((uintptr_t)q, &r, &dup);
     if (rc == 1) sluice__rec_release(&dup);
@@ -345,7 +397,7 @@ static void fork_parent(void) {
 static void fork_child(void) {
   sluice__table_unlock_all();
   sluice__stacks_unlock_all();
-  sluice__scopes_unlock_all();
+  sluice__scopes_fork_child();
   sluice__sym_unlock_all();
   /* Only this thread survives: fold the others' counters. */
   sluice__tls *self = &sluice__t;
@@ -369,9 +421,7 @@ static int init_locked(const sluice_prof_opts *o) {
   sluice__self_range_init();
   if ((rc = sluice__table_init())) return rc;
   if ((rc = sluice__stacks_init(o->max_stacks))) return rc;
-  if ((rc = sluice__scopes_init(o->max_scopes, o->max_pending,
-                                o->max_queues)))
-    return rc;
+  if ((rc = sluice__scopes_init(o))) return rc;
   if (pthread_key_create(&reg_key, tls_dtor)) return SLUICE_ENOMEM;
   pthread_atfork(fork_prepare, fork_parent, fork_child);
   inited = 1;
@@ -388,15 +438,20 @@ int sluice_prof_start(const sluice_prof_opts *opts) {
   else memset(&o, 0, sizeof o);
   if (!o.sample_rate) o.sample_rate = DEFAULT_RATE;
   if (!o.max_stacks) o.max_stacks = 65536;
-  if (!o.max_scopes) o.max_scopes = 16384;
-  if (!o.max_pending) o.max_pending = 4096;
+  if (!o.max_scopes) o.max_scopes = 65536;
+  if (!o.max_pending) o.max_pending = o.max_scopes / 2 ? o.max_scopes / 2 : 1;
   if (!o.max_queues) o.max_queues = 64;
+  if (!o.max_groups) o.max_groups = 1024;
+  if (!o.max_keys) o.max_keys = 32;
   if (!o.grace_ms) o.grace_ms = 1000;
   if (!o.leak_threshold) o.leak_threshold = 1;
   if (!o.leak_window) o.leak_window = 100;
-  if (!o.leak_windows) o.leak_windows = 3;
+  if (!o.horizon_messages) o.horizon_messages = 50000;
+  if (!o.horizon_ms) o.horizon_ms = 120000;
+  if (!o.adaptive_messages) o.adaptive_messages = 1000;
   if (o.max_scopes > (1u << 24) || o.max_queues > 4096 ||
-      o.max_pending > (1u << 24))
+      o.max_pending > (1u << 24) || o.max_groups < 16 ||
+      o.max_groups > (1u << 20) || o.max_keys > 4096 || o.horizon_ms < 0)
     return SLUICE_EINVAL;
 
   sluice__t.guard++;
@@ -421,6 +476,7 @@ int sluice_prof_start(const sluice_prof_opts *opts) {
 
 void sluice_prof_stop(void) {
   atomic_fetch_and(&sluice__flags, ~SLUICE__F_REC);
+  sluice__bg_stop();
 }
 
 int sluice_prof_running(void) {
@@ -495,7 +551,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
       sluice__unbias((int64_t)(c.alloc_n - c.free_n),
                      (int64_t)(c.alloc_b - c.free_b), ms->sample_rate, &n,
                      &b);
-      live += b;
+      live += b + (int64_t)(c.x_alloc_b - c.x_free_b);
     }
     ms->sampled_live_bytes = live > 0 ? (uint64_t)live : 0;
     ms->tracked_blocks = sluice__table_count();

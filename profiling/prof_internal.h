@@ -8,7 +8,15 @@
  *   prof_mem.c        the profiler's own memory (bypasses the hooks), buffers
  *   prof_table.c      the table of tracked blocks (pointer -> record)
  *   prof_stack.c      unwinding (libunwind) and the interned stack table
- *   prof_scope.c      scopes, residual, re-checks, aggregates, leak verdicts
+ *   prof_scope.c      scopes (slots), credits, residual at end, re-checks,
+ *                     sweeps to sinks, the consumer hooks
+ *   prof_ledger.c     blocks grown by realloc in another scope: who owns
+ *                     which bytes of the block (growth layers)
+ *   prof_group.c      groups (queue, outcome, key value), their exact
+ *                     retained counters, growth curves and verdict states
+ *   prof_verdict.c    verdict callbacks and lines, top sites
+ *   prof_bg.c         the background re-check thread
+ *   prof_check.c      the leak assertion for users' tests
  *   prof_symbols.c    loaded modules, ELF symbol tables, name cache, and
  *                     the frames (function, file:line, inlined calls) of
  *                     an address that every writer reads
@@ -56,6 +64,8 @@ void *sluice__malloc(size_t n);
 void *sluice__calloc(size_t n, size_t m);
 void *sluice__realloc(void *p, size_t n);
 void sluice__free(void *p);
+/* Zeroed, aligned to `align` (a power of two); sluice__free() frees it. */
+void *sluice__aligned_calloc(size_t align, size_t n);
 char *sluice__strdup(const char *s);
 /* Bytes held by long-lived structures, kept by their owners. */
 extern _Atomic uint64_t sluice__overhead;
@@ -130,6 +140,12 @@ typedef struct sluice__tls {
   uint32_t pend_ref;
   int64_t pend_b, pend_n;
   uint64_t rng;          /* xorshift state for the sampler */
+  /* The current scope captures every stack at weight 1 (adaptive). */
+  uint8_t capture;
+  /* The deferred-completion warning: this thread entered a delivery with
+   * the resume hook once; its malloc count at its last completion. */
+  uint8_t entered;
+  uint64_t end_mallocs;
   /* MemStats counters; written by the owner only, read by others. */
   _Atomic uint64_t mallocs, frees, alloc_bytes;
   struct sluice__tls *next, *prev; /* registry of live threads */
@@ -168,16 +184,18 @@ void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left);
 /* The slow path in two halves, so that the caller can take the stack itself
  * (fewer frames of ours to unwind and drop):
  * prepare: -1 nothing to record; 0 record without a stack; 1 record with a
- *          stack. For 0 and 1 the guard is held until finish.
- * finish:  nframes < 0 means no stack. */
+ *          sampled stack; 2 with a stack at weight 1 (adaptive capture).
+ *          For 0, 1 and 2 the guard is held until finish.
+ * finish:  `k` is what prepare returned; nframes < 0 means no stack. */
 int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left);
-void sluice__alloc_finish(sluice__tls *t, void *p, size_t n,
+void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
                           void *const *frames, int nframes);
 void sluice__untrack(const void *p);
 /* After the real realloc: `q` (NULL on failure) replaced `p`, whose record
- * (if it was tracked) is `old`. */
+ * (if it was tracked) is `old`; `usable` is malloc_usable_size(p) taken
+ * before, for an untracked block grown inside a scope (else 0). */
 void *sluice__realloc_done(void *p, void *q, size_t n,
-                           const struct sluice__rec *old);
+                           const struct sluice__rec *old, size_t usable);
 void sluice__rec_release(const struct sluice__rec *r);
 
 #define SLUICE__ARMED (INT64_MIN / 4)
@@ -252,11 +270,19 @@ void sluice__leave_guard(void);
 /* Records of tracked blocks. */
 typedef struct sluice__rec {
   uint64_t size;  /* requested bytes */
-  uint32_t stack; /* stack id when sampled, 0 otherwise */
-  uint32_t scope; /* 0, slot index + 1, or SLUICE__SINK | sink index */
+  uint32_t stack; /* stack id when sampled, 0 otherwise; SLUICE__EXACT:
+                     captured at weight 1 (adaptive stacks, rate 1) */
+  uint32_t scope; /* owner: 0; slot index + 1; SLUICE__SINK | sink index;
+                     SLUICE__EXT | ledger index (several owners) */
 } sluice__rec;
 
+/* Kinds of owner reference (rec.scope, ledger layers, credits). */
 #define SLUICE__SINK 0x80000000u
+#define SLUICE__EXT 0x40000000u
+#define SLUICE__REF_IDX(r) ((r) & 0x3FFFFFFFu)
+/* A stack sampled at weight 1 (not to be unbiased). */
+#define SLUICE__EXACT 0x80000000u
+#define SLUICE__STACK_ID(s) ((s) & ~SLUICE__EXACT)
 
 int sluice__table_init(void);
 /* Insert or replace; the replaced record (if any) is copied to `old` and 1
@@ -277,8 +303,11 @@ void sluice__table_unlock_all(void);
 /* Stacks. Id 0 = none; id 1 = "[stack table full]". */
 #define SLUICE__STACK_FULL 1u
 
+/* Per stack: Poisson samples (to unbias) and blocks captured at weight 1
+ * (x_: exact, never unbiased). */
 typedef struct sluice__stack_counts {
   uint64_t alloc_n, alloc_b, free_n, free_b;
+  uint64_t x_alloc_n, x_alloc_b, x_free_n, x_free_b;
 } sluice__stack_counts;
 
 int sluice__stacks_init(size_t cap);
@@ -290,8 +319,9 @@ int sluice__backtrace(void **frames);
  * dropped); returns the stack id. */
 uint32_t sluice__stack_intern(void *const *frames, int n);
 const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n);
-void sluice__stack_alloc(uint32_t id, uint64_t size);
-void sluice__stack_free(uint32_t id, uint64_t size);
+/* `s` may carry SLUICE__EXACT. */
+void sluice__stack_alloc(uint32_t s, uint64_t size);
+void sluice__stack_free(uint32_t s, uint64_t size);
 void sluice__stack_counts_get(uint32_t id, sluice__stack_counts *out);
 uint32_t sluice__stack_max_id(void); /* ids are 1 .. this */
 uint64_t sluice__stack_dropped(void);
@@ -303,10 +333,10 @@ void sluice__self_range_init(void);
 
 /* ------------------------------------------------------------------------ */
 /* Scopes. */
-int sluice__scopes_init(size_t max_scopes, size_t max_pending,
-                        size_t max_queues);
+int sluice__scopes_init(const sluice_prof_opts *o);
 void sluice__scopes_configure(const sluice_prof_opts *o);
 uint32_t sluice__scope_ref(uint64_t handle); /* for a new block, or 0 */
+/* Credit (or debit, negative) an owner reference: a slot or a sink. */
 void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects);
 /* Credit from thread t: kept thread-local when ref is t's current slot. */
 static inline void sluice__scope_credit_mine(sluice__tls *t, uint32_t ref,
@@ -318,6 +348,8 @@ static inline void sluice__scope_credit_mine(sluice__tls *t, uint32_t ref,
   }
   sluice__scope_credit(ref, bytes, objects);
 }
+/* Growth layers (prof_ledger.c) referring to a slot or a sink. */
+void sluice__scope_xref(uint32_t ref, int delta);
 /* Add t's pending credits to its slot; t has no current slot after. */
 void sluice__scope_flush(sluice__tls *t);
 
@@ -336,28 +368,35 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
                           memory_order_relaxed);
   }
   t->scope = s;
+  t->capture = 0; /* sluice_prof_scope_enter() sets it for its scope */
 }
 void sluice__scopes_lock_all(void);
 void sluice__scopes_unlock_all(void);
+void sluice__scopes_fork_child(void);
 void sluice__scopes_stats(sluice_prof_memstats *ms);
 
 /* Residual rows collected for a snapshot or a verdict. */
 typedef struct sluice__resid_key {
-  uint32_t stack;
+  uint32_t stack;   /* may carry SLUICE__EXACT */
   uint16_t queue;
   uint8_t outcome;
   uint8_t pad_;
-  uint64_t seq; /* 0 when the message is not known any more */
+  uint32_t kind;    /* (queue, key value) + 1; 0: none */
+  uint32_t group;   /* group index */
+  uint64_t seq;     /* 0 when the message is not known any more */
 } sluice__resid_key;
-/* Visit every sampled block left by an ended scope, with its key. `queue`
- * -1 and `outcomes` 0 mean all. Holds the scope lock during the pass. */
-void sluice__residual_collect(int queue, unsigned outcomes,
+/* Visit every sampled block (and growth layer) left by an ended scope,
+ * with its key. `group` -1 means all. Holds the scope lock during the
+ * pass; `fn` must not call back into the profiler. */
+void sluice__residual_collect(int64_t group,
                               void (*fn)(const sluice__resid_key *k,
                                          uint64_t size, void *arg),
                               void *arg);
 const char *sluice__queue_name(unsigned idx);
-int sluice__queue_find(const char *name); /* -1 when unknown */
 const char *sluice__outcome_name(int outcome);
+/* A copy of the key value of kind `k` (index + 1) and its key's name, or
+ * NULL; under the scope lock. */
+char *sluice__kind_key_dup(uint32_t k, char **key_name);
 
 /* ------------------------------------------------------------------------ */
 /* Symbols and mappings, resolved at report time. Every writer names its
@@ -433,7 +472,8 @@ int sluice__lines_enabled(void);
 /* Snapshots. Values are raw sampled counts; writers unbias them. */
 typedef struct sluice__snap_stack {
   uint32_t stack;
-  int64_t alloc_n, alloc_b, inuse_n, inuse_b;
+  int64_t alloc_n, alloc_b, inuse_n, inuse_b;     /* samples: unbiased */
+  int64_t x_alloc_n, x_alloc_b, x_inuse_n, x_inuse_b; /* weight 1 */
 } sluice__snap_stack;
 
 typedef struct sluice__snap_resid {
@@ -450,8 +490,20 @@ struct sluice_prof_snapshot {
   size_t n_stacks;
   sluice__snap_resid *resid;
   size_t n_resid;
+  /* Key values and names of the kinds the rows name ([kind - 1]). */
+  char **keys, **key_names;
+  size_t n_keys;
   sluice_prof_memstats ms;
 };
+
+/* The key value and key name of a residual row, NULL when none. */
+const char *sluice__snap_key(const sluice_prof_snapshot *s,
+                             const sluice__resid_key *k,
+                             const char **key_name);
+/* Unbiased values of a residual row (rows of weight-1 blocks as they are). */
+void sluice__resid_unbias(const sluice_prof_snapshot *s,
+                          const sluice__snap_resid *r, int64_t *n,
+                          int64_t *b);
 
 /* Go's unbiasing of a bucket of `n` samples totalling `b` bytes. */
 void sluice__unbias(int64_t n, int64_t b, uint64_t rate, int64_t *on,
@@ -498,7 +550,8 @@ void sluice__put_frame(sluice__buf *b, const sluice__frame *f);
 void sluice__put_chain(sluice__buf *b, sluice__symtab *st, uint32_t id,
                        uint32_t max);
 /* Does a residual row pass the output's queue/outcome filter? */
-int sluice__resid_match(const sluice_prof_output *o,
+int sluice__resid_match(const sluice_prof_snapshot *s,
+                        const sluice_prof_output *o,
                         const sluice__snap_resid *r);
 /* Value `v` of a snapshot row, unbiased. */
 int64_t sluice__stack_value(const sluice_prof_snapshot *s,
@@ -510,5 +563,30 @@ int sluice__value_is_bytes(int value);
 void sluice__fmt_value(char *buf, size_t n, int64_t v, int bytes);
 /* Strip gcc clone suffixes (".constprop.0", ".isra.0", ".part.0", ...). */
 void sluice__clean_name(char *name);
+
+/* Top sites of a group's residual, from its sampled rows: rows of blocks
+ * captured at weight 1 when there are any (adaptive stacks), else the
+ * unbiased Poisson samples; stacks that read the same over `depth` frames
+ * are one site; each site's share of the rows is applied to the group's
+ * exact retained bytes and objects. */
+typedef struct sluice__site_row {
+  uint32_t stack; /* with SLUICE__EXACT when captured at weight 1 */
+  int64_t n, b;
+} sluice__site_row;
+typedef struct sluice__site_rows {
+  sluice__site_row *v;
+  size_t len, cap;
+  int oom;
+} sluice__site_rows;
+void sluice__site_add(sluice__site_rows *r, uint32_t stack, int64_t n,
+                      int64_t b);
+void sluice__site_rows_free(sluice__site_rows *r);
+/* Fills out[0..cap) biggest first; chains[i] holds out[i].stack (free them
+ * with sluice__buf_free); names are borrowed from `st`. */
+size_t sluice__sites_top(sluice__site_rows *r, uint64_t rate,
+                         sluice__symtab *st, int64_t retained_b,
+                         int64_t retained_n, unsigned depth,
+                         sluice_prof_site *out, sluice__buf *chains,
+                         size_t cap);
 
 #endif /* SLUICE_PROF_INTERNAL_H */

@@ -57,7 +57,7 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
   if (k < 0) return p;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;
-  sluice__alloc_finish(t, p, n, frames, nf < 0 && k ? 0 : nf);
+  sluice__alloc_finish(t, p, n, k, frames, nf < 0 && k ? 0 : nf);
   return p;
 }
 
@@ -98,11 +98,17 @@ EXPORT void *realloc(void *p, size_t n) {
   /* Take the record before glibc may release p: once released, another
    * thread may get the same address and record it. */
   sluice__rec old;
-  int had = (f & SLUICE__F_TRACK) && !sluice__t.in_fork &&
+  sluice__tls *t = &sluice__t;
+  int had = (f & SLUICE__F_TRACK) && !t->in_fork &&
             sluice__table_take((uintptr_t)p, &old);
+  /* An untracked block grown inside a scope: its size before, for the
+   * bytes the scope adds. */
+  size_t usable = !had && t->scope && (f & SLUICE__F_REC) && !t->guard
+                      ? malloc_usable_size(p)
+                      : 0;
   void *q = __libc_realloc(p, n);
   int e = errno;
-  sluice__realloc_done(p, q, n, had ? &old : NULL);
+  sluice__realloc_done(p, q, n, had ? &old : NULL, usable);
   errno = e;
   return q;
 }

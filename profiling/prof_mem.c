@@ -19,6 +19,7 @@ extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
 extern void __libc_free(void *);
+extern void *__libc_memalign(size_t, size_t);
 #define REAL_MALLOC __libc_malloc
 #define REAL_CALLOC __libc_calloc
 #define REAL_REALLOC __libc_realloc
@@ -44,6 +45,17 @@ void *sluice__realloc(void *p, size_t n) {
 
 void sluice__free(void *p) {
   REAL_FREE(p);
+}
+
+void *sluice__aligned_calloc(size_t align, size_t n) {
+#if SLUICE_PROF_INTERPOSE
+  void *p = __libc_memalign(align, n ? n : 1);
+#else
+  void *p = NULL;
+  if (posix_memalign(&p, align, n ? n : 1)) p = NULL;
+#endif
+  if (p) memset(p, 0, n);
+  return p;
 }
 
 char *sluice__strdup(const char *s) {

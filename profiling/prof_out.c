@@ -44,11 +44,13 @@ int64_t sluice__stack_value(const sluice_prof_snapshot *s,
     case SLUICE_PROF_INUSE_SPACE:
     case SLUICE_PROF_INUSE_OBJECTS:
       sluice__unbias(st->inuse_n, st->inuse_b, s->rate, &n, &b);
-      return value == SLUICE_PROF_INUSE_SPACE ? b : n;
+      return value == SLUICE_PROF_INUSE_SPACE ? b + st->x_inuse_b
+                                              : n + st->x_inuse_n;
     case SLUICE_PROF_ALLOC_SPACE:
     case SLUICE_PROF_ALLOC_OBJECTS:
       sluice__unbias(st->alloc_n, st->alloc_b, s->rate, &n, &b);
-      return value == SLUICE_PROF_ALLOC_SPACE ? b : n;
+      return value == SLUICE_PROF_ALLOC_SPACE ? b + st->x_alloc_b
+                                              : n + st->x_alloc_n;
     default:
       return 0;
   }
@@ -57,18 +59,23 @@ int64_t sluice__stack_value(const sluice_prof_snapshot *s,
 int64_t sluice__resid_value(const sluice_prof_snapshot *s,
                             const sluice__snap_resid *r, int value) {
   int64_t n, b;
-  sluice__unbias(r->n, r->b, s->rate, &n, &b);
+  sluice__resid_unbias(s, r, &n, &b);
   if (value == SLUICE_PROF_RESIDUAL_SPACE) return b;
   if (value == SLUICE_PROF_RESIDUAL_OBJECTS) return n;
   return 0;
 }
 
-int sluice__resid_match(const sluice_prof_output *o,
+int sluice__resid_match(const sluice_prof_snapshot *s,
+                        const sluice_prof_output *o,
                         const sluice__snap_resid *r) {
   if (o->outcomes && !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->key.outcome)))
     return 0;
   if (o->queue && strcmp(o->queue, sluice__queue_name(r->key.queue)))
     return 0;
+  if (o->key) {
+    const char *k = sluice__snap_key(s, &r->key, NULL);
+    if (!k || strcmp(o->key, k)) return 0;
+  }
   return 1;
 }
 
@@ -95,6 +102,7 @@ void sluice__fmt_value(char *buf, size_t n, int64_t v, int bytes) {
 uint32_t sluice__stack_sframes(sluice__symtab *st, uint32_t id,
                                sluice__frame *out, uint32_t max) {
   if (!max) return 0;
+  id = SLUICE__STACK_ID(id);
   if (id == SLUICE__STACK_FULL) {
     out[0] = (sluice__frame){"[stack table full]", NULL, 0, 0, 0};
     return 1;

@@ -10,8 +10,11 @@
  *
  * Counts are raw samples and the header names the rate, so pprof unbiases
  * them itself (the same formula as Go's); at rate 1 the header says
- * "heapprofile" (nothing to unbias). Callers are return addresses (pprof
- * subtracts 1), the leaf the address of its call. The format has no labels and no negative
+ * "heapprofile" (nothing to unbias). When some blocks were captured at
+ * weight 1 (adaptive stacks), raw counts cannot say so: every value is then
+ * unbiased here and the header says "heapprofile". Callers are return
+ * addresses (pprof subtracts 1), the leaf the address of its call. The
+ * format has no labels and no negative
  * numbers: a residual profile is summed per stack, and a difference keeps
  * only what grew. When the allocation totals equal the in-use totals, pprof
  * would ignore the allocation columns, so (like Go) one byte is added. */
@@ -41,14 +44,29 @@ int sluice__write_legacy(const sluice_prof_snapshot *s,
   row *rows = sluice__calloc(cap ? cap : 1, sizeof(row));
   if (!rows) return SLUICE_ENOMEM;
   size_t n = 0;
+  /* Weight-1 blocks in what is written: unbias everything here. */
+  int mixed = 0;
+  if (residual) {
+    for (size_t i = 0; i < s->n_resid; i++)
+      if ((s->resid[i].key.stack & SLUICE__EXACT) &&
+          sluice__resid_match(s, o, &s->resid[i]))
+        mixed = 1;
+  } else {
+    for (size_t i = 0; i < s->n_stacks; i++)
+      if (s->stacks[i].x_alloc_n || s->stacks[i].x_inuse_n) mixed = 1;
+  }
+  if (s->rate <= 1) mixed = 0;
   if (residual) {
     /* Rows are sorted by stack: sum the queues/outcomes/messages. */
     for (size_t i = 0; i < s->n_resid; i++) {
       const sluice__snap_resid *r = &s->resid[i];
-      if (!sluice__resid_match(o, r)) continue;
-      if (!n || rows[n - 1].stack != r->key.stack) rows[n++].stack = r->key.stack;
-      rows[n - 1].v[0] += r->n;
-      rows[n - 1].v[1] += r->b;
+      if (!sluice__resid_match(s, o, r)) continue;
+      uint32_t id = SLUICE__STACK_ID(r->key.stack);
+      if (!n || rows[n - 1].stack != id) rows[n++].stack = id;
+      int64_t rn = r->n, rb = r->b;
+      if (mixed) sluice__resid_unbias(s, r, &rn, &rb);
+      rows[n - 1].v[0] += rn;
+      rows[n - 1].v[1] += rb;
     }
     for (size_t i = 0; i < n; i++) {
       rows[i].v[2] = rows[i].v[0];
@@ -58,10 +76,17 @@ int sluice__write_legacy(const sluice_prof_snapshot *s,
     for (size_t i = 0; i < s->n_stacks; i++) {
       const sluice__snap_stack *e = &s->stacks[i];
       rows[n].stack = e->stack;
-      rows[n].v[0] = e->inuse_n;
-      rows[n].v[1] = e->inuse_b;
-      rows[n].v[2] = e->alloc_n;
-      rows[n].v[3] = e->alloc_b;
+      if (mixed) {
+        rows[n].v[0] = sluice__stack_value(s, e, SLUICE_PROF_INUSE_OBJECTS);
+        rows[n].v[1] = sluice__stack_value(s, e, SLUICE_PROF_INUSE_SPACE);
+        rows[n].v[2] = sluice__stack_value(s, e, SLUICE_PROF_ALLOC_OBJECTS);
+        rows[n].v[3] = sluice__stack_value(s, e, SLUICE_PROF_ALLOC_SPACE);
+      } else {
+        rows[n].v[0] = e->inuse_n + e->x_inuse_n;
+        rows[n].v[1] = e->inuse_b + e->x_inuse_b;
+        rows[n].v[2] = e->alloc_n + e->x_alloc_n;
+        rows[n].v[3] = e->alloc_b + e->x_alloc_b;
+      }
       n++;
     }
   }
@@ -74,7 +99,8 @@ int sluice__write_legacy(const sluice_prof_snapshot *s,
   if (tot[2] == tot[0] && tot[3] == tot[1]) tot[3]++;
 
   sluice__buf b = {0};
-  int unsampled = s->rate <= 1 || s->rate == (uint64_t)SLUICE_PROF_RATE_NONE;
+  int unsampled = s->rate <= 1 ||
+                  s->rate == (uint64_t)SLUICE_PROF_RATE_NONE || mixed;
   sluice__buf_printf(&b, "heap profile: %lld: %lld [%lld: %lld] @ ",
                      (long long)tot[0], (long long)tot[1], (long long)tot[2],
                      (long long)tot[3]);

@@ -6,8 +6,8 @@
  * alloc_space/bytes, inuse_objects/count, inuse_space/bytes; pprof shows
  * the last one by default), already unbiased, with a "bytes" label (mean
  * block size) like Go's. Residual profiles carry residual_objects/count and
- * residual_space/bytes with "queue", "outcome" and "message" labels, so
- * `-tagfocus outcome=nack` works. Functions, source lines (several Line
+ * residual_space/bytes with "queue", "outcome", "key" and "message"
+ * labels, so `-tagfocus outcome=nack` works. Functions, source lines (several Line
  * entries per Location for inlined calls, innermost first) and mappings
  * are filled in (has_functions; has_filenames, has_line_numbers and
  * has_inline_frames where the module has DWARF), so `go tool pprof` needs
@@ -298,8 +298,10 @@ static void label_num(sluice__buf *b, tables *t, const char *k, int64_t v,
 }
 
 /* One sample: stack `id`, `nv` values, and labels written by `labels`. */
-static void sample(sluice__buf *b, tables *t, uint32_t id, const int64_t *v,
-                   int nv, const sluice__snap_resid *r, int64_t avg) {
+static void sample(sluice__buf *b, tables *t, const sluice_prof_snapshot *s,
+                   uint32_t id, const int64_t *v, int nv,
+                   const sluice__snap_resid *r, int64_t avg) {
+  id = SLUICE__STACK_ID(id);
   sluice__buf m = {0}, packed = {0};
   if (id == SLUICE__STACK_FULL) {
     pb_varint(&packed, loc_id(t, 0));
@@ -317,6 +319,8 @@ static void sample(sluice__buf *b, tables *t, uint32_t id, const int64_t *v,
     const char *q = sluice__queue_name(r->key.queue);
     if (*q) label_str(&m, t, "queue", q);
     label_str(&m, t, "outcome", sluice__outcome_name(r->key.outcome));
+    const char *key = sluice__snap_key(s, &r->key, NULL);
+    if (key) label_str(&m, t, "key", key);
     if (r->key.seq) label_num(&m, t, "message", (int64_t)r->key.seq, NULL);
   }
   if (avg) label_num(&m, t, "bytes", avg, "bytes");
@@ -343,11 +347,11 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
     value_type(&b, &t, 1, "residual_space", "bytes");
     for (size_t i = 0; i < s->n_resid; i++) {
       const sluice__snap_resid *r = &s->resid[i];
-      if (!sluice__resid_match(o, r)) continue;
+      if (!sluice__resid_match(s, o, r)) continue;
       int64_t v[2];
-      sluice__unbias(r->n, r->b, s->rate, &v[0], &v[1]);
+      sluice__resid_unbias(s, r, &v[0], &v[1]);
       if (!v[0] && !v[1]) continue;
-      sample(&b, &t, r->key.stack, v, 2, r, r->n ? r->b / r->n : 0);
+      sample(&b, &t, s, r->key.stack, v, 2, r, r->n ? r->b / r->n : 0);
     }
   } else {
     value_type(&b, &t, 1, "alloc_objects", "count");
@@ -357,11 +361,13 @@ int sluice__write_pprof(const sluice_prof_snapshot *s,
     for (size_t i = 0; i < s->n_stacks; i++) {
       const sluice__snap_stack *e = &s->stacks[i];
       int64_t v[4];
-      sluice__unbias(e->alloc_n, e->alloc_b, s->rate, &v[0], &v[1]);
-      sluice__unbias(e->inuse_n, e->inuse_b, s->rate, &v[2], &v[3]);
+      v[0] = sluice__stack_value(s, e, SLUICE_PROF_ALLOC_OBJECTS);
+      v[1] = sluice__stack_value(s, e, SLUICE_PROF_ALLOC_SPACE);
+      v[2] = sluice__stack_value(s, e, SLUICE_PROF_INUSE_OBJECTS);
+      v[3] = sluice__stack_value(s, e, SLUICE_PROF_INUSE_SPACE);
       if (!v[0] && !v[1] && !v[2] && !v[3]) continue;
-      sample(&b, &t, e->stack, v, 4, NULL,
-             e->alloc_n ? e->alloc_b / e->alloc_n : 0);
+      int64_t an = e->alloc_n + e->x_alloc_n, ab = e->alloc_b + e->x_alloc_b;
+      sample(&b, &t, s, e->stack, v, 4, NULL, an ? ab / an : 0);
     }
   }
 

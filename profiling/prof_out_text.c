@@ -139,7 +139,7 @@ static void for_rows(const sluice_prof_snapshot *s,
   if (is_residual(o->value)) {
     for (size_t i = 0; i < s->n_resid; i++) {
       const sluice__snap_resid *r = &s->resid[i];
-      if (!sluice__resid_match(o, r)) continue;
+      if (!sluice__resid_match(s, o, r)) continue;
       int64_t v = sluice__resid_value(s, r, o->value);
       if (v) fn(r->key.stack, v, r, arg);
     }
@@ -205,9 +205,10 @@ int sluice__write_top(const sluice_prof_snapshot *s,
   char v1[32], v2[32], p1[16], p2[16], p3[16];
   sluice__buf_printf(&b, "Type: %s\n", sluice_prof_value_name(o->value));
   time_line(&b, s);
-  if (is_residual(o->value) && (o->queue || o->outcomes)) {
-    sluice__buf_printf(&b, "Filter: queue=%s outcomes=",
-                       o->queue ? o->queue : "*");
+  if (is_residual(o->value) && (o->queue || o->outcomes || o->key)) {
+    sluice__buf_printf(&b, "Filter: queue=%s ", o->queue ? o->queue : "*");
+    if (o->key) sluice__buf_printf(&b, "key=%s ", o->key);
+    sluice__buf_puts(&b, "outcomes=");
     for (int k = 0, first = 1; k < SLUICE__N_OUTCOMES; k++)
       if (!o->outcomes || (o->outcomes & SLUICE_PROF_OUTCOME_BIT(k))) {
         sluice__buf_printf(&b, "%s%s", first ? "" : ",",
@@ -252,6 +253,7 @@ int sluice__write_top(const sluice_prof_snapshot *s,
 /* ------------------------------------------------------------------------ */
 
 typedef struct fold_arg {
+  const sluice_prof_snapshot *s;
   sluice__symtab *st;
   sluice__buf b;
   sluice__out *out;
@@ -265,10 +267,12 @@ static void fold_row(uint32_t stack, int64_t v, const sluice__snap_resid *r,
   sluice__frame f[SLUICE__MAX_FRAMES];
   uint32_t n = sluice__stack_sframes(a->st, stack, f, SLUICE__MAX_FRAMES);
   int first = 1;
-  if (r) { /* residual: the queue and outcome as root frames */
-    const char *q = sluice__queue_name(r->key.queue);
-    sluice__buf_printf(&a->b, "[queue %s];[%s]", *q ? q : "-",
-                       sluice__outcome_name(r->key.outcome));
+  if (r) { /* residual: the queue, key value and outcome as root frames */
+    const char *q = sluice__queue_name(r->key.queue), *kn;
+    const char *k = sluice__snap_key(a->s, &r->key, &kn);
+    sluice__buf_printf(&a->b, "[queue %s];", *q ? q : "-");
+    if (k) sluice__buf_printf(&a->b, "[%s=%s];", kn ? kn : "key", k);
+    sluice__buf_printf(&a->b, "[%s]", sluice__outcome_name(r->key.outcome));
     first = 0;
   }
   for (uint32_t i = n; i-- > 0;) {
@@ -288,6 +292,7 @@ int sluice__write_folded(const sluice_prof_snapshot *s,
                          const sluice_prof_output *o, sluice__out *out) {
   fold_arg a;
   memset(&a, 0, sizeof a);
+  a.s = s;
   a.out = out;
   a.st = sluice__sym_open();
   if (!a.st) return SLUICE_ENOMEM;
@@ -302,75 +307,118 @@ int sluice__write_folded(const sluice_prof_snapshot *s,
 /* ------------------------------------------------------------------------ */
 /* The residual report. */
 
-typedef struct site {
-  uint32_t stack;
-  int64_t n, b;
-} site;
-
-/* Top sites of one queue/outcome from the snapshot's residual rows. Stacks
- * that read the same (they differ below the frames shown, or two lines of
- * a function without line information) are merged. */
+/* Top sites of one group from the snapshot's residual rows. Stacks that
+ * read the same (they differ below the frames shown, or two lines of a
+ * function without line information) are merged. */
 static void report_sites(sluice__buf *b, const sluice_prof_snapshot *s,
-                         sluice__symtab *st, const char *queue, int outcome,
-                         site *tmp) {
-  size_t n = 0;
-  int64_t total = 0;
+                         sluice__symtab *st,
+                         const sluice_prof_residual_stats *g) {
+  sluice__site_rows rows = {0};
   for (size_t i = 0; i < s->n_resid; i++) {
     const sluice__snap_resid *r = &s->resid[i];
-    if (r->key.outcome != outcome ||
-        strcmp(sluice__queue_name(r->key.queue), queue))
+    const char *k = sluice__snap_key(s, &r->key, NULL);
+    if (r->key.outcome != g->outcome ||
+        strcmp(sluice__queue_name(r->key.queue), g->queue) ||
+        strcmp(k ? k : "", g->key))
       continue;
-    if (!n || tmp[n - 1].stack != r->key.stack)
-      tmp[n++] = (site){r->key.stack, 0, 0};
-    tmp[n - 1].n += r->n;
-    tmp[n - 1].b += r->b;
+    sluice__site_add(&rows, r->key.stack, r->n, r->b);
   }
+  sluice_prof_site sites[5];
+  sluice__buf chains[5];
+  memset(chains, 0, sizeof chains);
+  size_t n = sluice__sites_top(&rows, s->rate, st, (int64_t)g->retained_bytes,
+                               (int64_t)g->retained_objects, 6, sites, chains,
+                               5);
+  if (rows.oom) b->oom = 1;
+  sluice__site_rows_free(&rows);
   if (!n) return;
-  char **chain = sluice__calloc(n, sizeof(char *));
-  if (!chain) {
-    b->oom = 1;
-    return;
-  }
-  size_t m = 0;
-  for (size_t i = 0; i < n; i++) {
-    sluice__unbias(tmp[i].n, tmp[i].b, s->rate, &tmp[i].n, &tmp[i].b);
-    total += tmp[i].b;
-    sluice__buf c = {0};
-    sluice__put_chain(&c, st, tmp[i].stack, 6);
-    size_t j = 0;
-    while (j < m && (!c.data || !chain[j] || strcmp(chain[j], c.data))) j++;
-    if (j < m) {
-      tmp[j].n += tmp[i].n;
-      tmp[j].b += tmp[i].b;
-      sluice__buf_free(&c);
-    } else {
-      tmp[m] = tmp[i];
-      chain[m++] = c.data; /* owned now */
-    }
-  }
-  /* Sort the merged sites with their chains. */
-  for (size_t i = 1; i < m; i++)
-    for (size_t j = i; j > 0 && tmp[j].b > tmp[j - 1].b; j--) {
-      site t = tmp[j];
-      tmp[j] = tmp[j - 1];
-      tmp[j - 1] = t;
-      char *c = chain[j];
-      chain[j] = chain[j - 1];
-      chain[j - 1] = c;
-    }
-  sluice__buf_printf(b, "\ntop residual sites, queue %s, outcome %s:\n",
-                     *queue ? queue : "-", sluice__outcome_name(outcome));
+  sluice__buf_printf(b, "\ntop residual sites, queue %s, ",
+                     *g->queue ? g->queue : "-");
+  if (g->key_name) sluice__buf_printf(b, "%s=%s, ", g->key_name, g->key);
+  sluice__buf_printf(b, "outcome %s:\n", sluice__outcome_name(g->outcome));
   sluice__buf_printf(b, "%10s %6s %8s  %s\n", "bytes", "%", "objects",
                      "stack (leaf first)");
-  for (size_t i = 0; i < m && i < 5; i++) {
+  for (size_t i = 0; i < n; i++) {
     char v[32], p[16];
-    sluice__fmt_value(v, sizeof v, tmp[i].b, 1);
-    fmt_pct(p, sizeof p, tmp[i].b, total);
-    sluice__buf_printf(b, "%10s %6s %8lld  %s\n", v, p, (long long)tmp[i].n,
-                       chain[i] ? chain[i] : "?");
+    sluice__fmt_value(v, sizeof v, (int64_t)sites[i].bytes, 1);
+    snprintf(p, sizeof p, "%.0f%%", 100 * sites[i].share);
+    sluice__buf_printf(b, "%10s %6s %8llu  %s\n", v, p,
+                       (unsigned long long)sites[i].objects, sites[i].stack);
+    sluice__buf_free(&chains[i]);
   }
-  for (size_t i = 0; i < m; i++) sluice__free(chain[i]);
-  sluice__free(chain);
+}
+
+/* The verdict column: the state and its evidence. */
+static void verdict_text(sluice__buf *b, const sluice_prof_residual_stats *r) {
+  char v[32];
+  switch (r->state) {
+    case SLUICE_PROF_LEAK:
+      sluice__buf_printf(b,
+                         "LEAK: growth over %llu msgs / %.0f s; oldest "
+                         "%llu msgs / %.0f s old",
+                         (unsigned long long)r->slope_messages,
+                         r->slope_seconds,
+                         (unsigned long long)r->oldest_age_messages,
+                         r->oldest_age_seconds);
+      break;
+    case SLUICE_PROF_GROWING:
+      sluice__buf_printf(b,
+                         "growing for %llu msgs / %.0f s: a leak unless it "
+                         "levels off within %llu msgs and %.0f s",
+                         (unsigned long long)r->slope_messages,
+                         r->slope_seconds,
+                         (unsigned long long)r->level_off_messages,
+                         r->level_off_seconds);
+      break;
+    case SLUICE_PROF_BOUNDED:
+      sluice__fmt_value(v, sizeof v, (int64_t)r->retained_bytes, 1);
+      sluice__buf_printf(b, "bounded at %s; oldest %llu msgs / %.0f s old",
+                         v, (unsigned long long)r->oldest_age_messages,
+                         r->oldest_age_seconds);
+      break;
+    default:
+      sluice__buf_puts(b, "ok");
+  }
+}
+
+static int resid_row_match(const sluice_prof_output *o,
+                           const sluice_prof_residual_stats *r) {
+  if (o->queue && strcmp(o->queue, r->queue)) return 0;
+  if (o->outcomes && !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->outcome)))
+    return 0;
+  if (o->key && strcmp(o->key, r->key)) return 0;
+  return 1;
+}
+
+static void report_header(sluice__buf *b, const sluice_prof_snapshot *s) {
+  const sluice_prof_opts *opts = sluice__opts();
+  sluice__buf_puts(b, "sluice residual report\n");
+  if (opts->grace_ms < 0) sluice__buf_puts(b, "grace: none");
+  else sluice__buf_printf(b, "grace: %ld ms", opts->grace_ms);
+  sluice__buf_printf(b,
+                     "; verdict: growth >= %zu B/message lasting %llu "
+                     "messages and %.0f s; sample rate: ",
+                     opts->leak_threshold,
+                     (unsigned long long)opts->horizon_messages,
+                     (double)opts->horizon_ms / 1000);
+  if (s->rate == (uint64_t)SLUICE_PROF_RATE_NONE)
+    sluice__buf_puts(b, "none (no stacks)");
+  else
+    sluice__buf_printf(b, "%llu B", (unsigned long long)s->rate);
+  if (opts->adaptive_messages > 0)
+    sluice__buf_printf(b, "; adaptive stacks: %ld messages",
+                       opts->adaptive_messages);
+  sluice__buf_puts(b, "\n");
+  if (s->ms.rechecks_skipped)
+    sluice__buf_printf(b,
+                       "re-checks skipped (pending queue full): %llu; the "
+                       "grace period is never shortened\n",
+                       (unsigned long long)s->ms.rechecks_skipped);
+  sluice__buf_printf(b, "\n%-20s %-14s %-7s %9s %9s %10s %7s %7s %8s %7s "
+                        "%10s %9s  %s\n",
+                     "queue", "key", "outcome", "messages", "residual",
+                     "B/msg@end", "pending", "cached", "leaked", "skipped",
+                     "retained", "B/msg", "verdict");
 }
 
 int sluice__write_residual(const sluice_prof_output *o, sluice__out *out) {
@@ -384,58 +432,38 @@ int sluice__write_residual(const sluice_prof_output *o, sluice__out *out) {
     sluice__free(v);
     return rc;
   }
-  const sluice_prof_opts *opts = sluice__opts();
   sluice__buf b = {0};
-  sluice__buf_puts(&b, "sluice residual report\n");
-  if (opts->grace_ms < 0) sluice__buf_puts(&b, "grace: none");
-  else sluice__buf_printf(&b, "grace: %ld ms", opts->grace_ms);
-  sluice__buf_printf(&b,
-                     "; leak: >= %zu B/message for %u windows of %u "
-                     "messages; sample rate: ",
-                     opts->leak_threshold, opts->leak_windows,
-                     opts->leak_window);
-  if (s->rate == (uint64_t)SLUICE_PROF_RATE_NONE)
-    sluice__buf_puts(&b, "none (no stacks)\n\n");
-  else
-    sluice__buf_printf(&b, "%llu B\n\n", (unsigned long long)s->rate);
-  sluice__buf_printf(&b, "%-20s %-7s %9s %9s %10s %7s %7s %8s %10s %10s  %s\n",
-                     "queue", "outcome", "messages", "residual", "B/msg@end",
-                     "pending", "cached", "leaked", "B/msg-win", "retained",
-                     "verdict");
+  report_header(&b, s);
   for (size_t i = 0; i < n; i++) {
     const sluice_prof_residual_stats *r = &v[i];
-    if (o->queue && strcmp(o->queue, r->queue)) continue;
-    if (o->outcomes && !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->outcome)))
-      continue;
-    char ret[32];
+    if (!resid_row_match(o, r)) continue;
+    char ret[32], key[160];
     sluice__fmt_value(ret, sizeof ret, (int64_t)r->retained_bytes, 1);
+    if (r->key_name) snprintf(key, sizeof key, "%s=%s", r->key_name, r->key);
+    else snprintf(key, sizeof key, "-");
     sluice__buf_printf(
-        &b, "%-20s %-7s %9llu %9llu %10.1f %7llu %7llu %8llu %10.1f %10s  %s\n",
-        *r->queue ? r->queue : "-", sluice__outcome_name(r->outcome),
+        &b,
+        "%-20s %-14s %-7s %9llu %9llu %10.1f %7llu %7llu %8llu %7llu %10s "
+        "%9.1f  ",
+        *r->queue ? r->queue : "-", key, sluice__outcome_name(r->outcome),
         (unsigned long long)r->messages,
         (unsigned long long)r->with_residual,
         r->messages ? (double)r->bytes_at_end / (double)r->messages : 0.0,
         (unsigned long long)r->pending, (unsigned long long)r->cached,
-        (unsigned long long)r->leaked, r->window_bytes_per_message, ret,
-        r->leaking ? "LEAK" : r->retained_bytes ? "retains" : "ok");
+        (unsigned long long)r->leaked, (unsigned long long)r->skipped, ret,
+        r->bytes_per_message);
+    verdict_text(&b, r);
+    sluice__buf_putc(&b, '\n');
   }
-  site *tmp = sluice__calloc(s->n_resid ? s->n_resid : 1, sizeof(site));
   sluice__symtab *st = sluice__sym_open();
-  if (tmp && st) {
-    for (size_t i = 0; i < n; i++) {
-      const sluice_prof_residual_stats *r = &v[i];
-      if (o->queue && strcmp(o->queue, r->queue)) continue;
-      if (o->outcomes &&
-          !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->outcome)))
-        continue;
-      if (r->retained_bytes || r->pending || r->leaking)
-        report_sites(&b, s, st, r->queue, r->outcome, tmp);
-    }
+  for (size_t i = 0; st && i < n; i++) {
+    const sluice_prof_residual_stats *r = &v[i];
+    if (resid_row_match(o, r) &&
+        (r->retained_bytes || r->pending || r->state != SLUICE_PROF_OK))
+      report_sites(&b, s, st, r);
   }
-  rc = (b.oom || !tmp || !st) ? SLUICE_ENOMEM
-                              : sluice__out_write(out, b.data, b.len);
-  sluice__sym_close(st);
-  sluice__free(tmp);
+  rc = (b.oom || !st) ? SLUICE_ENOMEM : sluice__out_write(out, b.data, b.len);
+  if (st) sluice__sym_close(st);
   sluice__buf_free(&b);
   sluice__free(v);
   sluice_prof_snapshot_free(s);

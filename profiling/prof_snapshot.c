@@ -23,13 +23,15 @@ typedef struct resid_map {
 static uint64_t key_hash(const sluice__resid_key *k) {
   uint64_t h = k->stack * 0x9E3779B97F4A7C15ull;
   h ^= ((uint64_t)k->queue << 8 | k->outcome) * 0xC2B2AE3D27D4EB4Full;
+  h ^= ((uint64_t)k->kind << 32 | k->group) * 0xD6E8FEB86659FD93ull;
   h ^= k->seq * 0x165667B19E3779F9ull;
   return h ^ (h >> 31);
 }
 
 static int key_eq(const sluice__resid_key *a, const sluice__resid_key *b) {
   return a->stack == b->stack && a->queue == b->queue &&
-         a->outcome == b->outcome && a->seq == b->seq;
+         a->outcome == b->outcome && a->kind == b->kind &&
+         a->group == b->group && a->seq == b->seq;
 }
 
 static int map_grow(resid_map *m) {
@@ -94,8 +96,50 @@ static int resid_cmp(const void *x, const void *y) {
   if (a->stack != b->stack) return a->stack < b->stack ? -1 : 1;
   if (a->queue != b->queue) return a->queue < b->queue ? -1 : 1;
   if (a->outcome != b->outcome) return a->outcome < b->outcome ? -1 : 1;
+  if (a->kind != b->kind) return a->kind < b->kind ? -1 : 1;
+  if (a->group != b->group) return a->group < b->group ? -1 : 1;
   if (a->seq != b->seq) return a->seq < b->seq ? -1 : 1;
   return 0;
+}
+
+/* Copies of the key values and names the rows name. */
+static int copy_keys(sluice_prof_snapshot *s) {
+  uint32_t max = 0;
+  for (size_t i = 0; i < s->n_resid; i++)
+    if (s->resid[i].key.kind > max) max = s->resid[i].key.kind;
+  if (!max) return 0;
+  s->keys = sluice__calloc(max, sizeof(char *));
+  s->key_names = sluice__calloc(max, sizeof(char *));
+  if (!s->keys || !s->key_names) return -1;
+  s->n_keys = max;
+  sluice__scopes_lock_all();
+  for (size_t i = 0; i < s->n_resid; i++) {
+    uint32_t k = s->resid[i].key.kind;
+    if (!k || s->keys[k - 1]) continue;
+    s->keys[k - 1] = sluice__kind_key_dup(k, &s->key_names[k - 1]);
+  }
+  sluice__scopes_unlock_all();
+  return 0;
+}
+
+const char *sluice__snap_key(const sluice_prof_snapshot *s,
+                             const sluice__resid_key *k,
+                             const char **key_name) {
+  if (key_name) *key_name = NULL;
+  if (!k->kind || k->kind > s->n_keys || !s->keys[k->kind - 1]) return NULL;
+  if (key_name) *key_name = s->key_names[k->kind - 1];
+  return s->keys[k->kind - 1];
+}
+
+void sluice__resid_unbias(const sluice_prof_snapshot *s,
+                          const sluice__snap_resid *r, int64_t *n,
+                          int64_t *b) {
+  if (r->key.stack & SLUICE__EXACT) {
+    *n = r->n;
+    *b = r->b;
+  } else {
+    sluice__unbias(r->n, r->b, s->rate, n, b);
+  }
 }
 
 static uint64_t wall_ns(void) {
@@ -122,20 +166,25 @@ int sluice_prof_snapshot_take(sluice_prof_snapshot **out) {
     for (uint32_t id = SLUICE__STACK_FULL; id <= max; id++) {
       sluice__stack_counts c;
       sluice__stack_counts_get(id, &c);
-      if (!c.alloc_n && !c.free_n) continue;
+      if (!c.alloc_n && !c.free_n && !c.x_alloc_n && !c.x_free_n) continue;
       sluice__snap_stack *e = &s->stacks[s->n_stacks++];
       e->stack = id;
       e->alloc_n = (int64_t)c.alloc_n;
       e->alloc_b = (int64_t)c.alloc_b;
       e->inuse_n = (int64_t)(c.alloc_n - c.free_n);
       e->inuse_b = (int64_t)(c.alloc_b - c.free_b);
+      e->x_alloc_n = (int64_t)c.x_alloc_n;
+      e->x_alloc_b = (int64_t)c.x_alloc_b;
+      e->x_inuse_n = (int64_t)(c.x_alloc_n - c.x_free_n);
+      e->x_inuse_b = (int64_t)(c.x_alloc_b - c.x_free_b);
     }
-    sluice__residual_collect(-1, 0, resid_visit, &m);
+    sluice__residual_collect(-1, resid_visit, &m);
     if (m.oom) goto out;
     if (m.len) qsort(m.rows, m.len, sizeof *m.rows, resid_cmp);
     s->resid = m.rows;
     s->n_resid = m.len;
     m.rows = NULL;
+    if (copy_keys(s)) goto out;
   }
   sluice__leave_guard();
   sluice_prof_memstats_read(&s->ms);
@@ -156,6 +205,12 @@ void sluice_prof_snapshot_free(sluice_prof_snapshot *s) {
   sluice__enter_guard();
   sluice__free(s->stacks);
   sluice__free(s->resid);
+  for (size_t i = 0; i < s->n_keys; i++) {
+    sluice__free(s->keys[i]);
+    sluice__free(s->key_names[i]);
+  }
+  sluice__free(s->keys);
+  sluice__free(s->key_names);
   sluice__free(s);
   sluice__leave_guard();
 }
@@ -176,6 +231,26 @@ static int resid_by_site(const sluice_prof_snapshot *s, int sign,
     map_add(m, &k, sign * s->resid[i].n, sign * s->resid[i].b);
   }
   return m->oom ? -1 : 0;
+}
+
+/* The key names of a difference: cur's, else base's. */
+static int dup_keys(sluice_prof_snapshot *d, const sluice_prof_snapshot *cur,
+                    const sluice_prof_snapshot *base) {
+  size_t n = cur->n_keys > base->n_keys ? cur->n_keys : base->n_keys;
+  if (!n) return 0;
+  d->keys = sluice__calloc(n, sizeof(char *));
+  d->key_names = sluice__calloc(n, sizeof(char *));
+  if (!d->keys || !d->key_names) return -1;
+  d->n_keys = n;
+  for (size_t i = 0; i < n; i++) {
+    const sluice_prof_snapshot *f =
+        i < cur->n_keys && cur->keys[i] ? cur : base;
+    if (i >= f->n_keys || !f->keys[i]) continue;
+    d->keys[i] = sluice__strdup(f->keys[i]);
+    d->key_names[i] = sluice__strdup(f->key_names[i] ? f->key_names[i] : "key");
+    if (!d->keys[i] || !d->key_names[i]) return -1;
+  }
+  return 0;
 }
 
 #define MS_DIFF(f) d->ms.f = cur->ms.f - base->ms.f
@@ -210,6 +285,10 @@ int sluice_prof_snapshot_diff(const sluice_prof_snapshot *base,
       e.alloc_b = -a->alloc_b;
       e.inuse_n = -a->inuse_n;
       e.inuse_b = -a->inuse_b;
+      e.x_alloc_n = -a->x_alloc_n;
+      e.x_alloc_b = -a->x_alloc_b;
+      e.x_inuse_n = -a->x_inuse_n;
+      e.x_inuse_b = -a->x_inuse_b;
       i++;
     } else if (b && (!a || b->stack < a->stack)) {
       e = *b;
@@ -220,10 +299,15 @@ int sluice_prof_snapshot_diff(const sluice_prof_snapshot *base,
       e.alloc_b = b->alloc_b - a->alloc_b;
       e.inuse_n = b->inuse_n - a->inuse_n;
       e.inuse_b = b->inuse_b - a->inuse_b;
+      e.x_alloc_n = b->x_alloc_n - a->x_alloc_n;
+      e.x_alloc_b = b->x_alloc_b - a->x_alloc_b;
+      e.x_inuse_n = b->x_inuse_n - a->x_inuse_n;
+      e.x_inuse_b = b->x_inuse_b - a->x_inuse_b;
       i++;
       j++;
     }
-    if (e.alloc_n || e.alloc_b || e.inuse_n || e.inuse_b)
+    if (e.alloc_n || e.alloc_b || e.inuse_n || e.inuse_b || e.x_alloc_n ||
+        e.x_alloc_b || e.x_inuse_n || e.x_inuse_b)
       d->stacks[d->n_stacks++] = e;
   }
   if (resid_by_site(cur, 1, &m) || resid_by_site(base, -1, &m)) goto out;
@@ -234,6 +318,7 @@ int sluice_prof_snapshot_diff(const sluice_prof_snapshot *base,
   d->resid = m.rows;
   d->n_resid = k;
   m.rows = NULL;
+  if (dup_keys(d, cur, base)) goto out;
   d->ms = cur->ms;
   MS_DIFF(heap_live_bytes);
   MS_DIFF(heap_mapped_bytes);

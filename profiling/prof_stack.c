@@ -26,6 +26,8 @@ typedef struct stk {
   const uintptr_t *frames;
   uint32_t n;
   _Atomic uint64_t alloc_n, alloc_b, free_n, free_b;
+  /* Blocks captured at weight 1 (adaptive stacks, rate 1). */
+  _Atomic uint64_t x_alloc_n, x_alloc_b, x_free_n, x_free_b;
 } stk;
 
 #define CHUNK_WORDS 65536
@@ -223,6 +225,7 @@ uint32_t sluice__stack_intern(void *const *frames, int n) {
 }
 
 const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n) {
+  id = SLUICE__STACK_ID(id);
   if (!entries || id <= SLUICE__STACK_FULL ||
       id > atomic_load_explicit(&last_id, memory_order_acquire)) {
     *n = 0;
@@ -232,16 +235,22 @@ const uintptr_t *sluice__stack_frames(uint32_t id, uint32_t *n) {
   return entries[id].frames;
 }
 
-void sluice__stack_alloc(uint32_t id, uint64_t size) {
-  stk *e = &entries[id];
-  atomic_fetch_add_explicit(&e->alloc_n, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->alloc_b, size, memory_order_relaxed);
+void sluice__stack_alloc(uint32_t s, uint64_t size) {
+  stk *e = &entries[SLUICE__STACK_ID(s)];
+  int x = (s & SLUICE__EXACT) != 0;
+  atomic_fetch_add_explicit(x ? &e->x_alloc_n : &e->alloc_n, 1,
+                            memory_order_relaxed);
+  atomic_fetch_add_explicit(x ? &e->x_alloc_b : &e->alloc_b, size,
+                            memory_order_relaxed);
 }
 
-void sluice__stack_free(uint32_t id, uint64_t size) {
-  stk *e = &entries[id];
-  atomic_fetch_add_explicit(&e->free_n, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->free_b, size, memory_order_relaxed);
+void sluice__stack_free(uint32_t s, uint64_t size) {
+  stk *e = &entries[SLUICE__STACK_ID(s)];
+  int x = (s & SLUICE__EXACT) != 0;
+  atomic_fetch_add_explicit(x ? &e->x_free_n : &e->free_n, 1,
+                            memory_order_relaxed);
+  atomic_fetch_add_explicit(x ? &e->x_free_b : &e->free_b, size,
+                            memory_order_relaxed);
 }
 
 void sluice__stack_counts_get(uint32_t id, sluice__stack_counts *out) {
@@ -251,6 +260,10 @@ void sluice__stack_counts_get(uint32_t id, sluice__stack_counts *out) {
   out->free_b = atomic_load_explicit(&e->free_b, memory_order_relaxed);
   out->alloc_n = atomic_load_explicit(&e->alloc_n, memory_order_relaxed);
   out->alloc_b = atomic_load_explicit(&e->alloc_b, memory_order_relaxed);
+  out->x_free_n = atomic_load_explicit(&e->x_free_n, memory_order_relaxed);
+  out->x_free_b = atomic_load_explicit(&e->x_free_b, memory_order_relaxed);
+  out->x_alloc_n = atomic_load_explicit(&e->x_alloc_n, memory_order_relaxed);
+  out->x_alloc_b = atomic_load_explicit(&e->x_alloc_b, memory_order_relaxed);
 }
 
 uint32_t sluice__stack_max_id(void) {

@@ -9,7 +9,8 @@
  *               [--leak none|global-map|probe-path|error-path|listener]
  *               [--count N] [--duration S] [--stats-fd FD]
  *               [--stats-interval-ms MS] [--prof-rate BYTES|none]
- *               [--leak-window N] [--grace-ms MS] [--max-listeners N]
+ *               [--leak-window N] [--horizon N,MS] [--grace-ms MS]
+ *               [--max-listeners N]
  *               [--stop-timeout-ms MS] [--quiet]
  *
  * A job is a JSON object {"token": ..., "title": ..., "body": ...} with an
@@ -83,6 +84,8 @@ typedef struct pw_config {
   size_t prof_rate; /* 0: profiler off */
   unsigned leak_window;
   long grace_ms;
+  uint64_t horizon_msgs; /* the profiler's verdict horizon */
+  long horizon_ms;
   unsigned max_listeners;
   unsigned stop_timeout_ms;
   int quiet;
@@ -791,7 +794,10 @@ static void usage(FILE *f, const char *argv0) {
           "  --prof-rate BYTES|none  profiler sampling rate; 1 = every "
           "allocation (1);\n"
           "                          0 turns the profiler off\n"
-          "  --leak-window N         messages per leak-verdict window (100)\n"
+          "  --leak-window N         messages between growth-curve points "
+          "(100)\n"
+          "  --horizon N,MS          verdict horizon: messages and ms "
+          "(50000,120000)\n"
           "  --grace-ms MS           residual re-check delay (1000)\n"
           "  --max-listeners N       close-listener registry capacity (16)\n"
           "  --stop-timeout-ms MS    graceful stop budget (10000)\n"
@@ -813,7 +819,7 @@ static int parse_args(int argc, char **argv, pw_config *c) {
   enum {
     O_URI = 256, O_QUEUE, O_GATEWAY, O_API_KEY, O_ACK, O_PREFETCH, O_WORKERS,
     O_CONNS, O_TIMEOUT, O_ATTEMPTS, O_RETRY_DELAY, O_LEAK, O_DEBUG, O_REPORT,
-    O_COUNT, O_DURATION, O_STATS_FD, O_STATS_INT, O_PROF_RATE, O_WINDOW,
+    O_COUNT, O_DURATION, O_STATS_FD, O_STATS_INT, O_PROF_RATE, O_WINDOW, O_HORIZON,
     O_GRACE, O_LISTENERS, O_STOP_TIMEOUT, O_QUIET, O_HELP
   };
   static const struct option lo[] = {
@@ -838,6 +844,7 @@ static int parse_args(int argc, char **argv, pw_config *c) {
       {"prof-rate", required_argument, 0, O_PROF_RATE},
       {"leak-window", required_argument, 0, O_WINDOW},
       {"grace-ms", required_argument, 0, O_GRACE},
+      {"horizon", required_argument, 0, O_HORIZON},
       {"max-listeners", required_argument, 0, O_LISTENERS},
       {"stop-timeout-ms", required_argument, 0, O_STOP_TIMEOUT},
       {"quiet", no_argument, 0, O_QUIET},
@@ -925,6 +932,20 @@ static int parse_args(int argc, char **argv, pw_config *c) {
         bad = parse_uint(optarg, 3600000, &v);
         c->grace_ms = (long)v;
         break;
+      case O_HORIZON: {
+        char *comma = strchr(optarg, ',');
+        unsigned long long ms = 0;
+        if (!comma) {
+          bad = 1;
+          break;
+        }
+        *comma = 0;
+        bad = parse_uint(optarg, UINT32_MAX, &v) || v == 0 ||
+              parse_uint(comma + 1, 86400000, &ms) || ms == 0;
+        c->horizon_msgs = v;
+        c->horizon_ms = (long)ms;
+        break;
+      }
       case O_LISTENERS:
         bad = parse_uint(optarg, 4096, &v) || v == 0;
         c->max_listeners = (unsigned)v;
@@ -985,8 +1006,9 @@ static json_t *final_json(pw_worker *w, double elapsed) {
   for (size_t i = 0; i < n && i < 64; i++)
     json_array_append_new(
         aggs,
-        json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
-                  "queue", v[i].queue, "outcome",
+        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, "
+                  "s:s, s:b}",
+                  "queue", v[i].queue, "key", v[i].key, "outcome",
                   sluice_outcome_name(v[i].outcome), "messages",
                   (json_int_t)v[i].messages, "with_residual",
                   (json_int_t)v[i].with_residual, "bytes_at_end",
@@ -994,8 +1016,9 @@ static json_t *final_json(pw_worker *w, double elapsed) {
                   (json_int_t)v[i].cached, "leaked", (json_int_t)v[i].leaked,
                   "bytes_leaked", (json_int_t)v[i].bytes_leaked,
                   "retained_bytes", (json_int_t)v[i].retained_bytes,
-                  "window_bytes_per_message", v[i].window_bytes_per_message,
-                  "leaking", v[i].leaking));
+                  "bytes_per_message", v[i].bytes_per_message, "state",
+                  sluice_prof_state_name(v[i].state), "leaking",
+                  v[i].leaking));
   json_object_set_new(o, "aggregates", aggs);
   json_t *verdicts = json_array();
   pthread_mutex_lock(&w->verdict_mu);
@@ -1051,6 +1074,8 @@ int main(int argc, char **argv) {
     sluice_prof_opts po = {.sample_rate = cfg->prof_rate,
                            .grace_ms = cfg->grace_ms,
                            .leak_window = cfg->leak_window,
+                           .horizon_messages = cfg->horizon_msgs,
+                           .horizon_ms = cfg->horizon_ms,
                            .on_leak = on_leak,
                            .leak_user = w};
     int rc = sluice_prof_start(&po);

@@ -64,11 +64,15 @@ extern "C" {
 /** What one message left behind, handed to sluice_prof_opts.on_residual. */
 typedef struct sluice_prof_residual {
   const char *queue;      /**< the scope's queue ("" when none) */
+  /** The scope's key value (sluice_prof_scope_begin_key()), or NULL.
+   *  \since 0.2 */
+  const char *key;
   uint64_t seq;           /**< the scope's sequence number (delivery seq) */
   uint64_t delivery_tag;  /**< as given to sluice_prof_scope_begin() */
   int outcome;            /**< sluice_outcome the scope ended with */
   /** 0: reported when the scope ended; 1: reported after the grace period
-   *  (only for scopes that had a residual when they ended). */
+   *  (only for scopes that had a residual when they ended and got a
+   *  re-check: see sluice_prof_opts.max_pending). */
   int after_grace;
   uint64_t bytes;           /**< residual bytes at this stage (exact) */
   uint64_t objects;         /**< residual objects at this stage (exact) */
@@ -80,31 +84,81 @@ typedef struct sluice_prof_residual {
 typedef void (*sluice_prof_residual_fn)(const sluice_prof_residual *r,
                                         void *user);
 
-/** One allocation site in a leak verdict. */
+/** The verdict of a group of messages (queue, outcome, key value), from the
+ *  growth of the memory its messages retain against their number. See
+ *  docs/profiling.md, "The verdict". \since 0.2 */
+typedef enum sluice_prof_state {
+  /** Nothing retained. */
+  SLUICE_PROF_OK = 0,
+  /** Retained memory grows with messages; no bound seen yet, and the
+   *  growth has not yet lasted the horizon (`level_off_*` says for how much
+   *  longer it may grow before it is called a leak). */
+  SLUICE_PROF_GROWING = 1,
+  /** Retained memory that stopped growing: a cache, a pool, a set of keys
+   *  updated in place (`retained` is its size). */
+  SLUICE_PROF_BOUNDED = 2,
+  /** Growth that kept going past the horizon, in messages and in time, with
+   *  survivors older than the horizon: a leak of `bytes_per_message`. */
+  SLUICE_PROF_LEAK = 3
+} sluice_prof_state;
+
+/** "ok", "growing", "bounded", "LEAK"; "?" otherwise. \since 0.2 */
+SLUICE_EXPORT const char *sluice_prof_state_name(int state);
+
+/** One allocation site in a verdict. */
 typedef struct sluice_prof_site {
   const char *function; /**< the function that called the allocator */
   const char *stack;    /**< "leaf <- caller <- ..." (a few frames) */
-  uint64_t bytes;       /**< residual bytes from this site (unbiased) */
-  uint64_t objects;     /**< residual objects from this site (unbiased) */
+  uint64_t bytes;       /**< retained bytes from this site (see `share`) */
+  uint64_t objects;     /**< retained objects from this site */
+  /** The site's share of the group's retained bytes, 0..1: from the blocks
+   *  captured at weight 1 (adaptive stacks, rate 1) when there are some,
+   *  else from the unbiased samples. `bytes` is this share of the exact
+   *  retained bytes. \since 0.2 */
+  double share;
 } sluice_prof_site;
 
-/** A leak verdict: residual per message stayed above the threshold over the
- *  window for one queue and outcome. */
+/** The state of one key value of a queue and outcome, for the one-line
+ *  comparison "type=probe: 128 B/message, type=push: 0". \since 0.2 */
+typedef struct sluice_prof_kind_summary {
+  const char *key;           /**< key value, "(other)", or NULL (no key) */
+  int state;                 /**< sluice_prof_state */
+  double bytes_per_message;
+  uint64_t messages;
+} sluice_prof_kind_summary;
+
+/** A verdict: a group (queue, outcome, key value) became LEAK. */
 typedef struct sluice_prof_leak {
   const char *queue;
   int outcome;               /**< sluice_outcome */
-  double bytes_per_message;  /**< mean residual after grace, last window */
+  /** The key's name ("type", "header:x-kind") and this group's value, or
+   *  NULL when the queue has no key. \since 0.2 */
+  const char *key_name;
+  const char *key;
+  int state;                 /**< sluice_prof_state (LEAK) \since 0.2 */
+  /** Slope of the retained memory over the horizon: bytes and objects left
+   *  behind per message of this group. */
+  double bytes_per_message;
   double objects_per_message;
-  uint64_t messages;         /**< messages in the windows that convicted */
-  uint64_t retained_bytes;   /**< still live now from this queue/outcome */
+  uint64_t messages;         /**< messages the slope spans */
+  double seconds;            /**< time the slope spans \since 0.2 */
+  uint64_t retained_bytes;   /**< still live now from this group */
   uint64_t retained_objects;
+  /** Age of the oldest memory still live from this group (at least), in
+   *  the group's messages and in seconds. \since 0.2 */
+  uint64_t oldest_age_messages;
+  double oldest_age_seconds;
   size_t n_sites;            /**< entries in `sites` (at most 5) */
-  const sluice_prof_site *sites; /**< top residual sites, biggest first;
-                                      empty when stacks are not sampled */
+  const sluice_prof_site *sites; /**< top sites, biggest first; empty when
+                                      no stack was sampled */
+  /** Every key value of the same queue and outcome, this one included,
+   *  biggest per-message figure first (at most 8). \since 0.2 */
+  size_t n_kinds;
+  const sluice_prof_kind_summary *kinds;
 } sluice_prof_leak;
 
-/** A leak verdict callback. `v` and everything it points to are borrowed
- *  for the call. */
+/** A verdict callback. `v` and everything it points to are borrowed for
+ *  the call. */
 typedef void (*sluice_prof_leak_fn)(const sluice_prof_leak *v, void *user);
 
 /** Profiler options. Zero-initialise; a zero field means its default. */
@@ -117,36 +171,63 @@ typedef struct sluice_prof_opts {
    *  "[stack table full]" entry. Default 65536. Fixed at the first start. */
   size_t max_stacks;
   /** Scopes alive at once: open, waiting for their re-check, or retaining
-   *  memory. Default 16384. Fixed at the first start. */
+   *  memory (128 bytes each, allocated in chunks of 1024 as needed).
+   *  Default 65536. Fixed at the first start. */
   size_t max_scopes;
-  /** Ended scopes waiting for their re-check (a ring); when it is full the
-   *  oldest is re-checked early. Default 4096. Fixed at the first start. */
+  /** Ended scopes waiting for their after-grace re-check, at most. The
+   *  queue grows as needed up to this; past it a scope ends without a
+   *  re-check (counted in `skipped`; its memory still counts in its group):
+   *  the grace period is never shortened. Default max_scopes / 2. Fixed at
+   *  the first start. */
   size_t max_pending;
   /** Distinct queue names aggregated; the rest go under "(other)".
    *  Default 64. Fixed at the first start. */
   size_t max_queues;
-  /** Grace period before a residual is re-checked, in ms. Default 1000.
-   *  Negative: re-check at once when the scope ends. */
+  /** Grace period before a message's residual is re-checked (the
+   *  on_residual callback with after_grace = 1, and the cached/leaked
+   *  counts), in ms. Default 1000. Negative: re-check at once when the
+   *  scope ends. The verdict does not depend on it. */
   long grace_ms;
-  /** Leak verdict: mean residual bytes per message after grace that counts
-   *  as leaking. Default 1. */
+  /** Verdict: growth in bytes per message that counts (the slope of the
+   *  retained memory against messages). Default 1. */
   size_t leak_threshold;
-  /** Leak verdict: messages per window (per queue and outcome). Default 100. */
+  /** Verdict: messages between two points of a group's growth curve
+   *  (more as the curve is thinned to span the horizon). Default 100. */
   unsigned leak_window;
-  /** Leak verdict: consecutive windows above the threshold. Default 3.
-   *  The verdict also needs at least half of what those messages left to be
-   *  still live, so that a cache evicted after the grace period (an LRU) is
-   *  not called a leak. */
-  unsigned leak_windows;
   sluice_prof_residual_fn on_residual; /**< may be NULL */
   void *residual_user;
-  /** Called when a queue/outcome becomes leaking. NULL: one line on stderr. */
+  /** Called when a group becomes LEAK. NULL: one line on stderr. */
   sluice_prof_leak_fn on_leak;
   void *leak_user;
-  /** Monotonic clock in ns for the grace period (tests); NULL: the system's
-   *  CLOCK_MONOTONIC. */
+  /** Monotonic clock in ns for the grace period and the horizon (tests);
+   *  NULL: the system's CLOCK_MONOTONIC. */
   uint64_t (*now_ns)(void *user);
   void *clock_user;
+  /** Verdict horizon: growth must last this many messages of the group AND
+   *  `horizon_ms`, with memory older than both still live, to be called a
+   *  leak. Too short convicts caches bigger than the horizon while they
+   *  fill; too long delays the verdict (GROWING says how long is left).
+   *  Defaults 50000 messages and 120000 ms. \since 0.2 */
+  uint64_t horizon_messages;
+  long horizon_ms;
+  /** Groups (queue, outcome, key value) kept; the rest are counted under
+   *  "(other)" rows. Default 1024. Fixed at the first start. \since 0.2 */
+  size_t max_groups;
+  /** Key values per queue with rows of their own; the others (and values
+   *  whose rows retain nothing, evicted to make room) go under "(other)".
+   *  Default 32. \since 0.2 */
+  size_t max_keys;
+  /** Adaptive stacks: when a group turns GROWING, every allocation of the
+   *  next this many messages of its queue and key value is recorded with
+   *  its stack at weight 1, so that the verdict names its sites at any
+   *  sampling rate. Default 1000; negative: off. \since 0.2 */
+  long adaptive_messages;
+  /** Background re-check: a profiler thread runs the due re-checks and
+   *  re-evaluates the verdicts every this many ms, so that they stay
+   *  current when traffic stops. It starts with the first scope. Default
+   *  250; negative: no thread (call sluice_prof_poll() yourself).
+   *  \since 0.2 */
+  long poll_ms;
 } sluice_prof_opts;
 
 /** Start recording, or change the settings of a running profiler (the
@@ -195,6 +276,17 @@ SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_begin(const char *queue,
                                                         uint64_t seq,
                                                         uint64_t tag);
 
+/** Open a scope for a message with a key value: its residual is also
+ *  kept per key value (bounded: sluice_prof_opts.max_keys per queue).
+ *  \param queue    as for sluice_prof_scope_begin()
+ *  \param key_name what the key is ("type", "routing_key",
+ *                  "header:x-kind"), shown in reports; NULL: "key"
+ *  \param key      the value (copied), NULL: no key
+ *  \return as sluice_prof_scope_begin(). \since 0.2 */
+SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_begin_key(
+    const char *queue, const char *key_name, const char *key, uint64_t seq,
+    uint64_t tag);
+
 /** Make `s` the calling thread's current scope (0: none).
  *  \return the previous one, to restore with another call. */
 SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s);
@@ -221,13 +313,15 @@ SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s,
 SLUICE_EXPORT int sluice_prof_scope_end(sluice_prof_scope s, int outcome,
                                         sluice_prof_residual *out);
 
-/** Run the re-checks whose grace period has passed (also done by every
- *  scope end and every report).
+/** Run the re-checks whose grace period has passed and re-evaluate the
+ *  verdicts (also done by every scope end, every report and the background
+ *  thread, sluice_prof_opts.poll_ms).
  *  \return how many scopes were re-checked. */
 SLUICE_EXPORT size_t sluice_prof_poll(void);
 
 /** Hooks for sluice_consumer_opts.hooks: `begin` opens a scope for the
- *  delivery (queue name, seq, delivery tag) and enters it, `resume`/
+ *  delivery (queue name, key value when the subscription names a key, seq,
+ *  delivery tag) and enters it, `resume`/
  *  `suspend` enter and leave it on any thread, `end` closes it with the
  *  outcome. The hooks do nothing while the profiler is not running.
  *  \return a static table; never NULL. */
@@ -236,10 +330,17 @@ SLUICE_EXPORT const sluice_delivery_hooks *sluice_prof_delivery_hooks(void);
 /* ------------------------------------------------------------------------ */
 /** \name Residual aggregates */
 
-/** Residual totals for one queue and outcome, since the first start. */
+/** Residual totals and the verdict of one group: queue, outcome and key
+ *  value, since the first start. */
 typedef struct sluice_prof_residual_stats {
   const char *queue;          /**< valid until the process exits */
   int outcome;                /**< sluice_outcome */
+  /** The key's name ("type", "header:x-kind"), NULL when the queue has
+   *  no key; valid until the process exits. \since 0.2 */
+  const char *key_name;
+  /** The key value ("" without a key; "(other)" for the values without a
+   *  row of their own), cut to 127 bytes. \since 0.2 */
+  char key[128];
   uint64_t messages;          /**< scopes ended */
   uint64_t with_residual;     /**< ... that had a residual at end */
   uint64_t bytes_at_end;      /**< sum of residual bytes at end */
@@ -249,14 +350,34 @@ typedef struct sluice_prof_residual_stats {
   uint64_t leaked;            /**< residual still live after grace */
   uint64_t bytes_leaked;      /**< sum of residual bytes after grace */
   uint64_t objects_leaked;
-  uint64_t retained_bytes;    /**< still live now from finished scopes */
+  /** Ended with a residual but without a re-check (the pending queue was
+   *  full): not in cached/leaked, still in retained. \since 0.2 */
+  uint64_t skipped;
+  /** Still live now from every ended scope of the group, pending ones
+   *  included (exact). */
+  uint64_t retained_bytes;
   uint64_t retained_objects;
-  double window_bytes_per_message; /**< mean of the last full window */
-  int leaking;                /**< the leak verdict holds */
+  int state;                  /**< sluice_prof_state \since 0.2 */
+  /** Growth of `retained` per message: over the horizon (LEAK), over the
+   *  growth so far (GROWING), over the recent curve (BOUNDED, near 0).
+   *  \since 0.2 */
+  double bytes_per_message;
+  double objects_per_message;
+  uint64_t slope_messages;    /**< messages that slope spans \since 0.2 */
+  double slope_seconds;       /**< \since 0.2 */
+  /** GROWING: messages and seconds of further growth before it is called a
+   *  leak (both must pass). \since 0.2 */
+  uint64_t level_off_messages;
+  double level_off_seconds;
+  /** Age of the oldest memory still live from the group (at least), in its
+   *  messages and in seconds. \since 0.2 */
+  uint64_t oldest_age_messages;
+  double oldest_age_seconds;
+  int leaking;                /**< state == SLUICE_PROF_LEAK */
 } sluice_prof_residual_stats;
 
-/** Copy the aggregates that have at least one message, ordered by queue
- *  then outcome. Runs the due re-checks first.
+/** Copy the groups that have at least one message, ordered by queue, key
+ *  value, then outcome. Runs the due re-checks first.
  *  \param out  up to `cap` entries are written; may be NULL if cap is 0
  *  \return the number of aggregates (may exceed `cap`). */
 SLUICE_EXPORT size_t sluice_prof_residual_stats_get(
@@ -282,6 +403,22 @@ typedef struct sluice_prof_memstats {
   uint64_t scopes_pending;    /**< ended, waiting for the re-check */
   uint64_t scopes_retained;   /**< ended with memory still live */
   uint64_t scopes_refused;    /**< begins refused: scope pool full */
+  /** Scopes that ended with a residual but got no after-grace re-check
+   *  (max_pending reached), since start. \since 0.2 */
+  uint64_t rechecks_skipped;
+  uint64_t groups;            /**< groups in use \since 0.2 */
+  /** Scopes counted in an "(other)" row: group pool full (groups_overflow)
+   *  or key values past max_keys (keys_overflow). \since 0.2 */
+  uint64_t groups_overflow;
+  uint64_t keys_overflow;
+  /** Blocks grown by realloc in other scopes than their owner's, followed
+   *  per growth layer now; layers merged because a block had too many.
+   *  \since 0.2 */
+  uint64_t ledgers;
+  uint64_t ledger_merges;
+  /** Deferred deliveries completed on a thread that never entered them
+   *  (sluice_delivery_enter()) and allocated in between. \since 0.2 */
+  uint64_t deferred_unentered;
   uint64_t overhead_bytes;    /**< the profiler's own memory (approx.) */
   uint64_t sample_rate;
 } sluice_prof_memstats;
@@ -356,7 +493,7 @@ SLUICE_EXPORT const char *sluice_prof_value_name(int value);
 typedef struct sluice_prof_output {
   sluice_prof_format format;
   /** TOP and FOLDED: the value shown. PPROF and LEGACY: a RESIDUAL_* value
-   *  writes the residual profile (with queue/outcome/message labels in
+   *  writes the residual profile (with queue/outcome/key/message labels in
    *  pprof), any other the heap profile (all four Go heap sample types). */
   sluice_prof_value value;
   unsigned max_rows; /**< TOP: rows shown; default 30; UINT32_MAX: all */
@@ -364,6 +501,8 @@ typedef struct sluice_prof_output {
   /** RESIDUAL_*: only these outcomes, a mask of SLUICE_PROF_OUTCOME_BIT();
    *  0: all. */
   unsigned outcomes;
+  /** RESIDUAL_*: only this key value; NULL: all. \since 0.2 */
+  const char *key;
 } sluice_prof_output;
 
 /** Write a report of snapshot `s` (NULL: a snapshot taken now; the

@@ -15,7 +15,7 @@
 
 extern char **environ;
 
-uint64_t t_clock_ns = 1000000000ull;
+_Atomic uint64_t t_clock_ns = 1000000000ull;
 
 uint64_t t_clock(void *user) {
   (void)user;

@@ -125,8 +125,10 @@ char *t_which(const char *tool);
 /* 1 when missing tools must fail the test (CI), 0 when they may skip. */
 int t_tools_required(void);
 
-/* A settable clock for grace periods. */
-extern uint64_t t_clock_ns;
+/* A settable clock for grace periods and horizons (the profiler's thread
+ * reads it too). */
+#include <stdatomic.h>
+extern _Atomic uint64_t t_clock_ns;
 uint64_t t_clock(void *user);
 
 #endif /* SLUICE_PROF_TEST_H */

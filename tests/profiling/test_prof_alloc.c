@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The malloc interposition itself (not built under ASan/TSan): every
- * allocation function, realloc keeping a block's scope, pointers the
- * profiler never saw, errno, fork. */
+ * allocation function, realloc growth charged to the growing scope,
+ * pointers the profiler never saw, errno, fork (with the profiler's
+ * thread running). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -23,17 +24,20 @@
 /* Sizes no allocator can satisfy, hidden from the compiler's checks. */
 static volatile size_t huge = SIZE_MAX / 2;
 
-static sluice_prof_residual last_after_grace;
+static _Atomic int after_grace_seen;
 
 static void on_residual(const sluice_prof_residual *r, void *user) {
   (void)user;
-  if (r->after_grace) last_after_grace = *r;
+  if (r->after_grace) after_grace_seen++;
 }
 
 static int setup(void **state) {
   (void)state;
   sluice_prof_opts o = {.sample_rate = 1,
                         .grace_ms = 1000,
+                        .leak_window = 10,
+                        .horizon_messages = 50,
+                        .horizon_ms = 500,
                         .on_residual = on_residual,
                         .now_ns = t_clock};
   assert_int_equal(sluice_prof_start(&o), 0);
@@ -107,8 +111,18 @@ static void test_all_allocators(void **state) {
   assert_int_equal(malloc_usable_size(NULL), 0);
 }
 
-/* realloc keeps the block's original scope. */
-static void test_realloc_keeps_scope(void **state) {
+static uint64_t retained_of(const char *queue) {
+  sluice_prof_residual_stats st[16];
+  size_t n = sluice_prof_residual_stats_get(st, 16);
+  uint64_t retained = 0;
+  for (size_t i = 0; i < n && i < 16; i++)
+    if (!strcmp(st[i].queue, queue)) retained += st[i].retained_bytes;
+  return retained;
+}
+
+/* realloc: the bytes a scope adds to a block are that scope's, whoever
+ * owns the rest; a shrink takes bytes back from the top. */
+static void test_realloc_growth(void **state) {
   (void)state;
   sluice_prof_scope a = sluice_prof_scope_begin("a.realloc", 1, 1);
   sluice_prof_scope prev = sluice_prof_scope_enter(a);
@@ -119,51 +133,114 @@ static void test_realloc_keeps_scope(void **state) {
   assert_int_equal(sluice_prof_scope_end(a, SLUICE_ACK, &r), 0);
   assert_int_equal(r.bytes, 10);
 
-  /* Grown inside another message: still the first message's block. */
+  /* Grown inside another message: the growth is that message's. */
   sluice_prof_scope b = sluice_prof_scope_begin("a.realloc", 2, 2);
   prev = sluice_prof_scope_enter(b);
   p = realloc(p, 100000); /* moves */
   memset(p, 2, 100000);
   sluice_prof_scope_enter(prev);
   assert_int_equal(sluice_prof_scope_end(b, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 99990);
+  assert_int_equal(r.objects, 0);
+  assert_int_equal(retained_of("a.realloc"), 100000);
+
+  /* A shrink in a third message takes back from the top (b's growth). */
+  sluice_prof_scope c = sluice_prof_scope_begin("a.realloc", 3, 3);
+  prev = sluice_prof_scope_enter(c);
+  p = realloc(p, 50000);
+  sluice_prof_scope_enter(prev);
+  assert_int_equal(sluice_prof_scope_end(c, SLUICE_ACK, &r), 0);
   assert_int_equal(r.bytes, 0);
   pass_grace();
-  assert_int_equal(last_after_grace.seq, 1);
-  assert_int_equal(last_after_grace.bytes, 100000);
-  assert_int_equal(last_after_grace.objects, 1);
+  assert_int_equal(retained_of("a.realloc"), 50000);
 
   /* A failed realloc leaves the block and its accounting alone. */
   errno = 0;
   assert_null(realloc(p, huge));
   assert_int_equal(errno, ENOMEM);
-  sluice_prof_residual_stats st[8];
-  size_t n = sluice_prof_residual_stats_get(st, 8);
-  uint64_t retained = 0;
-  for (size_t i = 0; i < n && i < 8; i++)
-    if (!strcmp(st[i].queue, "a.realloc")) retained += st[i].retained_bytes;
-  assert_int_equal(retained, 100000);
+  assert_int_equal(retained_of("a.realloc"), 50000);
 
-  /* realloc to 0 frees. */
+  /* realloc to 0 frees every layer. */
   assert_null(realloc(p, 0));
-  n = sluice_prof_residual_stats_get(st, 8);
-  retained = 0;
-  for (size_t i = 0; i < n && i < 8; i++)
-    if (!strcmp(st[i].queue, "a.realloc")) retained += st[i].retained_bytes;
-  assert_int_equal(retained, 0);
+  assert_int_equal(retained_of("a.realloc"), 0);
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.ledgers, 0);
 
-  /* A block allocated outside any scope and grown inside one takes it. */
+  /* A block allocated outside any scope and grown inside one: the scope
+   * owns what it added (the size before is what malloc_usable_size says
+   * of a block the profiler never saw). */
+  sluice_prof_stop();
   char *q = malloc(10);
-  sluice_prof_scope c = sluice_prof_scope_begin("a.realloc2", 3, 3);
-  prev = sluice_prof_scope_enter(c);
-  q = realloc(q, 50);
+  setup(NULL);
+  size_t before = malloc_usable_size(q);
+  sluice_prof_scope d = sluice_prof_scope_begin("a.realloc2", 4, 4);
+  prev = sluice_prof_scope_enter(d);
+  q = realloc(q, 500);
   sluice_prof_scope_enter(prev);
   uint64_t bytes, objects;
-  usage(c, &bytes, &objects);
-  assert_int_equal(bytes, 50);
-  assert_int_equal(objects, 1);
+  usage(d, &bytes, &objects);
+  assert_int_equal(bytes, 500 - before);
+  assert_int_equal(objects, 0);
   free(q);
-  assert_int_equal(sluice_prof_scope_end(c, SLUICE_ACK, &r), 0);
+  usage(d, &bytes, &objects);
+  assert_int_equal(bytes, 0);
+  assert_int_equal(sluice_prof_scope_end(d, SLUICE_ACK, &r), 0);
   assert_int_equal(r.bytes, 0);
+}
+
+/* A log buffer grown 64 bytes per message by every message: 64 B/message
+ * at the realloc site, whatever the number of growers. */
+static char *g_log;
+static size_t g_log_len;
+
+T_NOINLINE static void log_append(int i) {
+  g_log = realloc(g_log, g_log_len + 64);
+  memset(g_log + g_log_len, i, 64);
+  g_log_len += 64;
+}
+
+static void test_realloc_log_buffer(void **state) {
+  (void)state;
+  g_log = malloc(64); /* before any message */
+  g_log_len = 64;
+  for (int i = 0; i < 200; i++) {
+    sluice_prof_scope s = sluice_prof_scope_begin("a.log", (uint64_t)i, 0);
+    sluice_prof_scope prev = sluice_prof_scope_enter(s);
+    log_append(i);
+    sluice_prof_scope_enter(prev);
+    sluice_prof_residual r;
+    assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
+    if (r.bytes != 64) fprintf(stderr, "i=%d bytes=%llu\n", i, (unsigned long long)r.bytes);
+    assert_int_equal(r.bytes, 64); /* each message own growth */
+    t_clock_ns += 10000000ull;
+  }
+  sluice_prof_residual_stats st[16];
+  size_t n = sluice_prof_residual_stats_get(st, 16);
+  const sluice_prof_residual_stats *lg = NULL;
+  for (size_t i = 0; i < n && i < 16; i++)
+    if (!strcmp(st[i].queue, "a.log")) lg = &st[i];
+  assert_non_null(lg);
+  assert_int_equal(lg->retained_bytes, 200 * 64);
+  assert_int_equal(lg->retained_objects, 0);
+  assert_int_equal(lg->state, SLUICE_PROF_LEAK);
+  assert_true(lg->bytes_per_message > 63.9 && lg->bytes_per_message < 64.1);
+
+  /* The site is the realloc's. */
+  tbuf out = {0};
+  sluice_prof_output o = {.format = SLUICE_PROF_FMT_RESIDUAL,
+                          .queue = "a.log"};
+  assert_int_equal(sluice_prof_write(NULL, &o, tbuf_write, &out), 0);
+  assert_non_null(strstr(tbuf_str(&out), "log_append"));
+  tbuf_free(&out);
+
+  free(g_log);
+  g_log = NULL;
+  assert_int_equal(retained_of("a.log"), 0);
+  n = sluice_prof_residual_stats_get(st, 16);
+  for (size_t i = 0; i < n && i < 16; i++)
+    if (!strcmp(st[i].queue, "a.log"))
+      assert_int_equal(st[i].state, SLUICE_PROF_OK);
 }
 
 /* Pointers the profiler never saw go straight to glibc. */
@@ -179,12 +256,12 @@ static void test_untracked_pointer(void **state) {
   sluice_prof_scope s = sluice_prof_scope_begin("a.untracked", 1, 1);
   sluice_prof_scope prev = sluice_prof_scope_enter(s);
   free(old);                /* freed inside a scope it never belonged to */
-  old2 = realloc(old2, 10); /* grown inside: adopts the scope */
+  old2 = realloc(old2, 10); /* shrunk inside: nothing added, nothing owed */
   sluice_prof_scope_enter(prev);
   uint64_t b, n;
   usage(s, &b, &n);
-  assert_int_equal(b, 10);
-  assert_int_equal(n, 1);
+  assert_int_equal(b, 0);
+  assert_int_equal(n, 0);
   free(old2);
   usage(s, &b, &n);
   assert_int_equal(b, 0);
@@ -266,7 +343,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_interposing, setup),
       cmocka_unit_test_setup(test_all_allocators, setup),
-      cmocka_unit_test_setup(test_realloc_keeps_scope, setup),
+      cmocka_unit_test_setup(test_realloc_growth, setup),
+      cmocka_unit_test_setup(test_realloc_log_buffer, setup),
       cmocka_unit_test_setup(test_untracked_pointer, setup),
       cmocka_unit_test_setup(test_errno_preserved, setup),
       cmocka_unit_test_setup(test_memstats, setup),

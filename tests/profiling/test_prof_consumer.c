@@ -62,7 +62,8 @@ static void test_consumer_residual(void **state) {
   sluice_prof_opts po = {.sample_rate = 1,
                          .grace_ms = -1,
                          .leak_window = 10,
-                         .leak_windows = 2};
+                         .horizon_messages = 20,
+                         .horizon_ms = 1};
   assert_int_equal(sluice_prof_start(&po), 0);
 
   sluice_consumer_opts o = {.uri = TEST_URI,

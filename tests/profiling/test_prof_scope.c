@@ -96,13 +96,19 @@ static int get_stats(const char *queue, int outcome,
   return -1;
 }
 
+/* Each delivery moves the test clock 10 ms: verdicts need 20 messages
+ * and 200 ms of growth (a small horizon), grace is 1 s. */
+#define MSG_NS 10000000ull
+
 static void start(size_t rate) {
   sluice_prof_opts o = {
       .sample_rate = rate,
       .grace_ms = 1000,
       .leak_threshold = 1,
-      .leak_window = 10,
-      .leak_windows = 2,
+      .leak_window = 5,
+      .horizon_messages = 20,
+      .horizon_ms = 200,
+      .poll_ms = -1,
       .on_residual = on_residual,
       .on_leak = on_leak,
       .now_ns = t_clock,
@@ -133,6 +139,7 @@ T_NOINLINE static int deliver(const char *queue, uint64_t seq, handler_fn h,
   void *tok = hk->begin(hk->user, &info);
   int outcome = h(i);
   hk->suspend(hk->user, tok);
+  t_clock_ns += MSG_NS;
   hk->end(hk->user, tok, &info, outcome);
   return outcome;
 }
@@ -175,6 +182,10 @@ static void test_leak_per_message(void **state) {
   assert_int_equal(st.objects_at_end, 30);
   assert_int_equal(st.pending, 30);
   assert_int_equal(st.leaked, 0);
+  /* Retained counts the pending messages too. */
+  assert_int_equal(st.retained_bytes, 3000);
+  assert_int_equal(st.retained_objects, 30);
+  assert_int_equal(st.state, SLUICE_PROF_LEAK);
 
   pass_grace();
   assert_int_equal(count_seen(q, 1, 100, 1), 30);
@@ -185,8 +196,8 @@ static void test_leak_per_message(void **state) {
   assert_int_equal(st.retained_bytes, 3000);
   assert_int_equal(st.retained_objects, 30);
   assert_true(st.leaking);
-  assert_true(st.window_bytes_per_message > 99.9 &&
-              st.window_bytes_per_message < 100.1);
+  assert_true(st.bytes_per_message > 99.9 && st.bytes_per_message < 100.1);
+  assert_true(st.objects_per_message > 0.99 && st.objects_per_message < 1.01);
 
   const verdict *v = find_verdict(q, SLUICE_ACK);
   assert_non_null(v);
@@ -253,6 +264,9 @@ static void test_leak_per_message(void **state) {
   assert_int_equal(get_stats(q, SLUICE_ACK, &st), 0);
   assert_int_equal(st.retained_bytes, 0);
   assert_int_equal(st.retained_objects, 0);
+  /* Not sticky: nothing retained is ok, whatever happened before. */
+  assert_int_equal(st.state, SLUICE_PROF_OK);
+  assert_false(st.leaking);
 }
 
 /* ------------------------------------------------------------------------ */
