@@ -151,8 +151,10 @@ static void merge_generations(ledger *L) {
 static void make_room(ledger *L) {
   pthread_mutex_lock(&R.mu);
   for (uint32_t i = 0; i < L->n; i++) {
-    uint32_t to = sluice__fold_target(L->l[i].ref);
-    if (to) move_layer(L, i, to);
+    uint32_t from = L->l[i].ref, to = sluice__fold_target(from);
+    if (!to) continue;
+    sluice__fold_done(from, L->l[i].bytes, i == 0);
+    move_layer(L, i, to);
   }
   merge_equal(L);
   if (L->n == LAYERS) merge_generations(L);

@@ -61,6 +61,9 @@ typedef struct slot {
   uint64_t end_b, end_n;   /* residual at end */
   uint64_t end_msg;        /* the group's message count at the end */
   uint64_t end_ns;
+  /* Growth layers moved to the group's sink while the slot waited for its
+   * re-check (prof_ledger.c): still live then, counted by the re-check. */
+  uint64_t folded_b, folded_n;
 } __attribute__((aligned(SLUICE__CACHELINE))) slot;
 
 /* A sink generation: blocks of retired messages of one group, swept out of
@@ -247,8 +250,10 @@ void sluice__slot_free(uint32_t idx);
 /* Sweep retired slots to their groups' sinks and give back empty ones. */
 void sluice__reclaim(int full);
 /* Ledger folding: the sink a growth layer charged to `ref` may move to
- * (`ref` an ended slot), or 0. Called with R.mu held. */
+ * (`ref` an ended slot), or 0; sluice__fold_done() records the move on
+ * the slot. Called with R.mu held. */
 uint32_t sluice__fold_target(uint32_t ref);
+void sluice__fold_done(uint32_t ref, uint64_t bytes, int objects);
 
 /* ---- prof_group.c (under R.mu) ------------------------------------------ */
 int sluice__groups_init(const sluice_prof_opts *o);

@@ -289,9 +289,10 @@ static void recheck(notes *ns, uint32_t idx) {
   grp *g = group_at(s->group);
   g->pending--;
   R.n_closed--;
-  int64_t n = slot_live_n(s), b = slot_live_b(s);
+  int64_t n = slot_live_n(s) + (int64_t)s->folded_n;
+  int64_t b = slot_live_b(s) + (int64_t)s->folded_b;
   residual_note(ns, s, 1, b, n);
-  if (slot_empty(s)) {
+  if (slot_empty(s) && !s->folded_b && !s->folded_n) {
     g->cached++;
     sluice__slot_free(idx);
   } else {
@@ -418,6 +419,7 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
     s->seq = seq;
     s->tag = tag;
     s->end_b = s->end_n = 0;
+    s->folded_b = s->folded_n = 0;
     s->begin_thread = &sluice__t;
     atomic_store_explicit(&s->capture, kd->capture_left ? 1 : 0,
                           memory_order_relaxed);
@@ -755,6 +757,13 @@ void sluice__scopes_stats(sluice_prof_memstats *ms) {
   pthread_mutex_unlock(&R.mu);
   ms->ledgers = sluice__ledger_count();
   ms->ledger_merges = sluice__ledger_overflows();
+}
+
+void sluice__fold_done(uint32_t ref, uint64_t bytes, int objects) {
+  slot *s = slot_at(ref - 1);
+  if (s->state != S_CLOSED) return;
+  s->folded_b += bytes;
+  s->folded_n += (uint64_t)objects;
 }
 
 uint32_t sluice__fold_target(uint32_t ref) {
