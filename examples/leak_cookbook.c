@@ -180,7 +180,7 @@ static int trace(const char *path) {
   return 0;
 }
 
-static int write_out(void *user, const void *data, size_t len) {
+static int write_out(const void *data, size_t len, void *user) {
   return fwrite(data, 1, len, user) == len ? 0 : -1;
 }
 

@@ -608,7 +608,11 @@ static void test_prometheus_scrapes_worker(void **state) {
   char *prometheus = h_which("prometheus");
   assert_non_null(prometheus); /* main() checked */
 
-  sluice_prof_opts po = {.grace_ms = 200, .leak_window = 20};
+  /* A short verdict horizon: the leaky queue is LEAK within the run. */
+  sluice_prof_opts po = {.grace_ms = 200,
+                         .leak_window = 20,
+                         .horizon_messages = 100,
+                         .horizon_ms = 1};
   assert_int_equal(sluice_prof_start(&po), 0);
 
   q_clean = tb_qname("prom.clean");
