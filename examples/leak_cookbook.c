@@ -7,6 +7,7 @@
  * the residual report (stdout).
  *
  *   sluice-leak-cookbook [--messages N] [--rate BYTES]   (30000, 1)
+ *                        [--out FILE]   (also a profile: .pb.gz, .txt, ...)
  *   sluice-leak-cookbook --trace FILE
  *
  * --trace writes the growth curves of docs/img/verdict-states.svg instead:
@@ -192,16 +193,18 @@ static void quiet(const sluice_prof_leak *v, void *user) {
 int main(int argc, char **argv) {
   unsigned long n = 30000;
   size_t rate = 1;
-  const char *trace_file = NULL;
+  const char *trace_file = NULL, *out_file = NULL;
   static struct option lo[] = {{"messages", 1, 0, 'n'},
                                {"rate", 1, 0, 'r'},
                                {"trace", 1, 0, 't'},
+                               {"out", 1, 0, 'o'},
                                {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:r:t:", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:r:t:o:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rate = strtoul(optarg, NULL, 10);
     else if (ch == 't') trace_file = optarg;
+    else if (ch == 'o') out_file = optarg;
     else return 2;
   }
   if (n > MAX_MSGS) n = MAX_MSGS;
@@ -223,6 +226,11 @@ int main(int argc, char **argv) {
     deliver("logs", NULL, i, h_log, 0);
   }
   now_ns += 2000000000ull; /* past the grace period */
+  if (out_file) {
+    /* A residual profile for go tool pprof (.pb.gz), or by the name. */
+    sluice_prof_output po = {.value = SLUICE_PROF_RESIDUAL_SPACE};
+    if (sluice_prof_write_file(NULL, &po, out_file)) return 1;
+  }
   sluice_prof_output out = {.format = SLUICE_PROF_FMT_RESIDUAL};
   return sluice_prof_write(NULL, &out, write_out, stdout) ? 1 : 0;
 }
