@@ -24,7 +24,7 @@
 #define SLUICE__CH_MAIN 1
 #define SLUICE__CH_TOPOLOGY 2
 
-/* ---- connecting (conn.c) -------------------------------------------------- */
+/* ---- connecting (conn.c) ------------------------------------------------- */
 
 struct sluice__tls_config;
 

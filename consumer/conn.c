@@ -300,8 +300,8 @@ int sluice__connect(sluice_consumer *c) {
     sluice__policy_nodes_failed(&c->policy);
     return rc;
   }
-  if ((rc = open_channel(c, SLUICE_CONSUME_CHANNEL)) ||
-      (rc = open_channel(c, SLUICE_TOPOLOGY_CHANNEL))) {
+  if ((rc = open_channel(c, SLUICE__CH_MAIN)) ||
+      (rc = open_channel(c, SLUICE__CH_TOPOLOGY))) {
     sluice__disconnect(c, 0);
     return rc;
   }
@@ -313,7 +313,7 @@ int sluice__connect(sluice_consumer *c) {
 
 int sluice__setup_channel(sluice_consumer *c) {
   if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    amqp_basic_qos(c->conn, SLUICE_CONSUME_CHANNEL, 0, c->o.prefetch, 0);
+    amqp_basic_qos(c->conn, SLUICE__CH_MAIN, 0, c->o.prefetch, 0);
     uint16_t code;
     char text[256];
     int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
@@ -348,8 +348,8 @@ void sluice__disconnect(sluice_consumer *c, int graceful) {
   if (!c->conn) return;
   if (graceful) {
     /* Bounded by the rpc timeout set at connect. */
-    amqp_channel_close(c->conn, SLUICE_TOPOLOGY_CHANNEL, AMQP_REPLY_SUCCESS);
-    amqp_channel_close(c->conn, SLUICE_CONSUME_CHANNEL, AMQP_REPLY_SUCCESS);
+    amqp_channel_close(c->conn, SLUICE__CH_TOPOLOGY, AMQP_REPLY_SUCCESS);
+    amqp_channel_close(c->conn, SLUICE__CH_MAIN, AMQP_REPLY_SUCCESS);
     amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
   }
   amqp_destroy_connection(c->conn);

@@ -27,9 +27,7 @@ const sluice_value *sluice_message_header(const sluice_message *msg,
   return NULL;
 }
 
-#define OUTCOME_NAME(name, value, text) [value] = text,
-static const char *const outcome_names[] = {SLUICE_OUTCOME_MAP(OUTCOME_NAME)};
-#undef OUTCOME_NAME
+static const char *const outcome_names[] = SLUICE_OUTCOME_NAMES;
 _Static_assert(sizeof(outcome_names) / sizeof(*outcome_names) ==
                    SLUICE_OUTCOME_COUNT_,
                "SLUICE_OUTCOME_MAP values must be dense from 0");
@@ -309,7 +307,7 @@ static void quiesce(sluice_consumer *c) {
   sluice__loop_disarm(&c->loop, SLUICE__W_ACK);
   sluice__loop_disarm(&c->loop, SLUICE__W_DRAIN);
   c->ack_timer_on = 0;
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++) c->subs[i].active = 0;
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++) c->subs[i].active = 0;
   /* connection.blocked belonged to the dead connection; the next one says
    * again if the broker still has an alarm. */
   c->blocked = 0;
@@ -484,13 +482,13 @@ int sluice_consumer_stopped(const sluice_consumer *c) {
 
 /* Cancel every active subscription; 0, or -1 if the connection died. */
 static int cancel_subscriptions(sluice_consumer *c) {
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
-    struct sub *s = &c->subs[i];
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++) {
+    struct sluice__sub *s = &c->subs[i];
     if (!s->used || !s->active) continue;
     amqp_basic_cancel_t m;
     memset(&m, 0, sizeof(m));
     m.consumer_tag = amqp_cstring_bytes(s->tag);
-    if (amqp_send_method(c->conn, SLUICE_CONSUME_CHANNEL,
+    if (amqp_send_method(c->conn, SLUICE__CH_MAIN,
                          AMQP_BASIC_CANCEL_METHOD, &m) != 0) {
       sluice__conn_lost(c, SLUICE_ESOCKET);
       return -1;
@@ -514,7 +512,7 @@ void sluice__begin_stop(sluice_consumer *c) {
 }
 
 static int subs_open(const sluice_consumer *c) {
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++)
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++)
     if (c->subs[i].used && c->subs[i].active) return 1;
   return 0;
 }

@@ -15,7 +15,8 @@
 #define SLOT_KEEP_BYTES (64 * 1024) /* larger blocks are freed after use */
 
 static void process_completion(sluice_consumer *c, sluice_delivery *d);
-static void queue_ack(sluice_consumer *c, uint64_t tag, ackq_kind kind);
+static void queue_ack(sluice_consumer *c, uint64_t tag,
+                      sluice__ackq_kind kind);
 
 static void counter_max(_Atomic uint64_t *m, uint64_t v) {
   uint64_t cur = atomic_load_explicit(m, memory_order_relaxed);
@@ -60,7 +61,7 @@ static void slot_put(sluice_consumer *c, sluice_delivery *d) {
     d->blk = NULL;
     d->blk_cap = 0;
   }
-  atomic_store(&d->state, DS_FREE);
+  atomic_store(&d->state, SLUICE__DS_FREE);
   /* FIFO would delay reuse further; LIFO keeps the cache warm. A stale
    * handle is a caller bug either way, and never a crash. */
   d->pool_next = c->pool;
@@ -112,7 +113,7 @@ static void held_to_stale(sluice_consumer *c, sluice_delivery *d) {
 sluice_delivery *sluice__delivery_new(sluice_consumer *c) {
   sluice_delivery *d = slot_get(c);
   if (!d) return NULL;
-  atomic_store(&d->state, DS_ASSEMBLING);
+  atomic_store(&d->state, SLUICE__DS_ASSEMBLING);
   d->msg.generation = atomic_load(&c->generation);
   held_link(c, d);
   sluice__bound_hold(&c->bound);
@@ -133,7 +134,7 @@ void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
 static void release(sluice_consumer *c, sluice_delivery *d) {
   held_unlink(c, d);
   sluice__bound_release(&c->bound, d->mem);
-  if (atomic_load(&d->state) == DS_ABANDONED) c->abandoned--;
+  if (atomic_load(&d->state) == SLUICE__DS_ABANDONED) c->abandoned--;
   atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
   atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
                         memory_order_relaxed);
@@ -143,7 +144,7 @@ static void release(sluice_consumer *c, sluice_delivery *d) {
 /* ---- dispatch ------------------------------------------------------------ */
 
 void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
-                              ackq_kind kind) {
+                              sluice__ackq_kind kind) {
   uint64_t tag = d->msg.delivery_tag;
   release(c, d);
   if (c->o.ack_mode == SLUICE_ACK_MANUAL) queue_ack(c, tag, kind);
@@ -174,7 +175,7 @@ static void reject_too_big(sluice_consumer *c, sluice_delivery *d) {
                      .queue = d->msg.queue,
                      .generation = d->msg.generation};
   sluice__emit(c, &ev);
-  sluice__settle_unhandled(c, d, ACKQ_REJECT);
+  sluice__settle_unhandled(c, d, SLUICE__ACKQ_REJECT);
 }
 
 void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
@@ -187,7 +188,7 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   atomic_fetch_add_explicit(&c->n_delivered, 1, memory_order_relaxed);
   if (d->msg.redelivered) atomic_fetch_add(&c->n_redelivered, 1);
   if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    atomic_store(&d->state, DS_ABANDONED);
+    atomic_store(&d->state, SLUICE__DS_ABANDONED);
     c->abandoned++;
     return;
   }
@@ -201,7 +202,7 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   d->info.seq = atomic_fetch_add(&c->seq, 1) + 1;
   d->info.body_len = d->msg.body_len;
   if (c->n_threads > 0) {
-    atomic_store(&d->state, DS_QUEUED);
+    atomic_store(&d->state, SLUICE__DS_QUEUED);
     sluice__workers_push(c, d);
   } else {
     sluice__run_handler(c, d);
@@ -256,13 +257,13 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
   if (is_stale(c, d)) {
     /* Its connection died while it waited for a worker: the broker will
      * redeliver it; running the handler now would process it twice. */
-    atomic_store(&d->state, DS_HANDLER);
+    atomic_store(&d->state, SLUICE__DS_HANDLER);
     atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed);
-    atomic_store(&d->state, DS_COMPLETING);
+    atomic_store(&d->state, SLUICE__DS_COMPLETING);
     complete_now(c, d, SLUICE_NACK);
     return;
   }
-  atomic_store(&d->state, DS_HANDLER);
+  atomic_store(&d->state, SLUICE__DS_HANDLER);
   uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
                                          memory_order_relaxed) + 1;
   counter_max(&c->n_max_in_handler, n);
@@ -276,15 +277,16 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
   sluice__cb_leave(&f);
 
   if (rc == SLUICE_DEFER) {
-    int st = DS_HANDLER;
-    if (atomic_compare_exchange_strong(&d->state, &st, DS_DEFERRED)) return;
-    /* st == DS_HANDLER_DONE: done() already ran on another thread */
-    atomic_store(&d->state, DS_COMPLETING);
+    int st = SLUICE__DS_HANDLER;
+    if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_DEFERRED))
+      return;
+    /* st == SLUICE__DS_HANDLER_DONE: done() already ran on another thread */
+    atomic_store(&d->state, SLUICE__DS_COMPLETING);
     complete_now(c, d, d->early_outcome);
     return;
   }
-  int st = atomic_exchange(&d->state, DS_COMPLETING);
-  if (st == DS_HANDLER_DONE) {
+  int st = atomic_exchange(&d->state, SLUICE__DS_COMPLETING);
+  if (st == SLUICE__DS_HANDLER_DONE) {
     sluice__log(c, SLUICE_LOG_WARN,
                 "handler returned %d after sluice_delivery_done(); the "
                 "first completion wins",
@@ -309,18 +311,18 @@ int sluice_delivery_done(sluice_delivery *d, int outcome) {
   if (!d) return SLUICE_EINVAL;
   if (!valid_final(outcome)) return SLUICE_EINVAL;
   sluice_consumer *c = d->c;
-  int st = DS_DEFERRED;
-  if (atomic_compare_exchange_strong(&d->state, &st, DS_COMPLETING)) {
+  int st = SLUICE__DS_DEFERRED;
+  if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_COMPLETING)) {
     int stale = is_stale(c, d);
     complete_now(c, d, outcome);
     return stale ? SLUICE_ESTALE : 0;
   }
-  if (st == DS_HANDLER) {
+  if (st == SLUICE__DS_HANDLER) {
     /* Completed from another thread before the handler returned DEFER: the
      * handler's return does the rest, so the slot is never recycled while
      * the handler still runs. */
     d->early_outcome = outcome;
-    if (atomic_compare_exchange_strong(&d->state, &st, DS_HANDLER_DONE))
+    if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_HANDLER_DONE))
       return 0;
   }
   sluice__log(c, SLUICE_LOG_WARN,
@@ -363,9 +365,9 @@ static void process_completion(sluice_consumer *c, sluice_delivery *d) {
     atomic_fetch_add(&c->n_stale, 1);
   } else if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
     queue_ack(c, tag,
-              outcome == SLUICE_ACK      ? ACKQ_ACK
-              : outcome == SLUICE_REJECT ? ACKQ_REJECT
-                                         : ACKQ_NACK);
+              outcome == SLUICE_ACK      ? SLUICE__ACKQ_ACK
+              : outcome == SLUICE_REJECT ? SLUICE__ACKQ_REJECT
+                                         : SLUICE__ACKQ_NACK);
   } else {
     /* autoAck: the broker settled it on delivery; count the outcome. */
     switch (outcome) {
@@ -398,14 +400,19 @@ void sluice__drain_completions(sluice_consumer *c) {
 
 /* ---- acks ---------------------------------------------------------------- */
 
-/* Bytes that may be written after poll() said POLLOUT without asking again.
+/* Acks are written only when the socket takes them: rabbitmq-c's send
+ * waits for the socket without a limit (docs/rabbitmq-c-event-loop.md,
+ * "Sends can block the loop"); what it does not take waits for WRITE.
+ *
+ * Bytes that may be written after poll() said POLLOUT without asking again.
  * POLLOUT on TCP means at least a third of the send buffer is free (4 KiB
  * buffers at the very least), so 1 KiB of 21-byte ack frames cannot block,
  * and one poll(2) serves ~48 acks instead of one. */
 #define WRITE_BUDGET 1024
 #define ACK_FRAME_BYTES 21
 
-static int emit_ack(void *user, uint64_t tag, ackq_kind kind, int multiple,
+static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
+                    int multiple,
                     size_t count) {
   sluice_consumer *c = user;
   if (c->write_budget < ACK_FRAME_BYTES) {
@@ -415,16 +422,16 @@ static int emit_ack(void *user, uint64_t tag, ackq_kind kind, int multiple,
   c->write_budget -= ACK_FRAME_BYTES;
   int st;
   switch (kind) {
-    case ACKQ_ACK:
-      st = amqp_basic_ack(c->conn, SLUICE_CONSUME_CHANNEL, tag, multiple);
+    case SLUICE__ACKQ_ACK:
+      st = amqp_basic_ack(c->conn, SLUICE__CH_MAIN, tag, multiple);
       if (st == 0) atomic_fetch_add(&c->n_acked, count);
       break;
-    case ACKQ_NACK:
-      st = amqp_basic_nack(c->conn, SLUICE_CONSUME_CHANNEL, tag, multiple, 1);
+    case SLUICE__ACKQ_NACK:
+      st = amqp_basic_nack(c->conn, SLUICE__CH_MAIN, tag, multiple, 1);
       if (st == 0) atomic_fetch_add(&c->n_nacked, count);
       break;
     default:
-      st = amqp_basic_reject(c->conn, SLUICE_CONSUME_CHANNEL, tag, 0);
+      st = amqp_basic_reject(c->conn, SLUICE__CH_MAIN, tag, 0);
       if (st == 0) atomic_fetch_add(&c->n_rejected, count);
       break;
   }
@@ -467,7 +474,8 @@ void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms) {
   }
 }
 
-static void queue_ack(sluice_consumer *c, uint64_t tag, ackq_kind kind) {
+static void queue_ack(sluice_consumer *c, uint64_t tag,
+                      sluice__ackq_kind kind) {
   if (sluice__ackq_push(&c->acks, tag, kind) != 0) {
     /* Out of memory for one entry: send now rather than lose it. */
     sluice__flush_acks(c);
@@ -487,7 +495,7 @@ void sluice__abandon_queued(sluice_consumer *c) {
   sluice_delivery *q = sluice__workers_take_all(c);
   while (q) {
     sluice_delivery *next = q->qnext;
-    atomic_store(&q->state, DS_ABANDONED);
+    atomic_store(&q->state, SLUICE__DS_ABANDONED);
     c->abandoned++;
     q = next;
   }
@@ -520,8 +528,8 @@ void sluice__deliveries_conn_lost(sluice_consumer *c) {
   while (d) {
     sluice_delivery *next = d->next;
     int st = atomic_load(&d->state);
-    if (st == DS_ASSEMBLING || st == DS_ABANDONED) {
-      if (st == DS_ABANDONED) atomic_fetch_add(&c->n_stale, 1);
+    if (st == SLUICE__DS_ASSEMBLING || st == SLUICE__DS_ABANDONED) {
+      if (st == SLUICE__DS_ABANDONED) atomic_fetch_add(&c->n_stale, 1);
       release(c, d);
     } else {
       held_to_stale(c, d);
@@ -541,8 +549,8 @@ void sluice__deliveries_stopped(sluice_consumer *c) {
   sluice_delivery *d = c->held_head;
   while (d) {
     sluice_delivery *next = d->next;
-    if (atomic_load(&d->state) == DS_ABANDONED ||
-        atomic_load(&d->state) == DS_ASSEMBLING)
+    if (atomic_load(&d->state) == SLUICE__DS_ABANDONED ||
+        atomic_load(&d->state) == SLUICE__DS_ASSEMBLING)
       release(c, d);
     d = next;
   }

@@ -1,6 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 #include <sluice/error.h>
 
+/* The table is dense from -1 down to SLUICE_ERR_MIN_ (its length): every
+ * value in range, and no two alike (the switches below would not compile). */
+#define IN_RANGE(name, val, msg)                                   \
+  _Static_assert((val) < 0 && (val) >= SLUICE_ERR_MIN_,            \
+                 "SLUICE_E" #name " outside -1 .. SLUICE_ERR_MIN_");
+SLUICE_ERRNO_MAP(IN_RANGE)
+#undef IN_RANGE
+
 const char *sluice_strerror(int err) {
   switch (err) {
     case 0:

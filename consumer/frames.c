@@ -18,14 +18,14 @@
 
 void sluice__update_pause(sluice_consumer *c) {
   switch (sluice__bound_update(&c->bound)) {
-    case BOUND_PAUSE:
+    case SLUICE__BOUND_PAUSE:
       atomic_store(&c->n_read_pauses, c->bound.pauses);
       if (c->reading) {
         sluice__loop_disarm(&c->loop, SLUICE__W_READ);
         c->reading = 0;
       }
       break;
-    case BOUND_RESUME:
+    case SLUICE__BOUND_RESUME:
       if (c->connected) sluice__kick_read(c);
       break;
   }
@@ -51,7 +51,7 @@ void sluice__kick_read(sluice_consumer *c) {
   }
   /* Frames may sit in rabbitmq-c's buffer while the socket is quiet, after
    * a synchronous call read past its reply (docs/rabbitmq-c-event-loop.md,
-   * "Draining after synchronous calls"). */
+   * "Synchronous calls"). */
   if (buffered(c)) schedule_drain(c);
 }
 
@@ -123,7 +123,7 @@ static void delivery_complete(sluice_consumer *c) {
     sluice__log(c, SLUICE_LOG_WARN,
                 "delivery for unknown consumer tag '%s': requeued",
                 d->msg.consumer_tag);
-    sluice__settle_unhandled(c, d, ACKQ_NACK);
+    sluice__settle_unhandled(c, d, SLUICE__ACKQ_NACK);
     return;
   }
   sluice__dispatch(c, d);
@@ -132,7 +132,7 @@ static void delivery_complete(sluice_consumer *c) {
 
 static void on_body(sluice_consumer *c, amqp_frame_t *f) {
   sluice_delivery *d = c->asm_d;
-  if (!d || !d->msg.body || f->channel != SLUICE_CONSUME_CHANNEL) {
+  if (!d || !d->msg.body || f->channel != SLUICE__CH_MAIN) {
     sluice__log(c, SLUICE_LOG_ERROR, "content body out of place");
     sluice__conn_lost(c, SLUICE_EPROTO);
     return;
@@ -182,11 +182,11 @@ static void on_broker_close(sluice_consumer *c, amqp_frame_t *f, int channel) {
 }
 
 static void on_server_cancel(sluice_consumer *c, amqp_basic_cancel_t *m) {
-  struct sub *s = sluice__sub_by_tag(c, m->consumer_tag);
+  struct sluice__sub *s = sluice__sub_by_tag(c, m->consumer_tag);
   if (!m->nowait) {
     amqp_basic_cancel_ok_t ok;
     ok.consumer_tag = m->consumer_tag;
-    amqp_send_method(c->conn, SLUICE_CONSUME_CHANNEL,
+    amqp_send_method(c->conn, SLUICE__CH_MAIN,
                      AMQP_BASIC_CANCEL_OK_METHOD, &ok);
   }
   if (!s) return;
@@ -242,7 +242,7 @@ static void on_method(sluice_consumer *c, amqp_frame_t *f) {
     on_connection_method(c, f);
     return;
   }
-  if (f->channel != SLUICE_CONSUME_CHANNEL) {
+  if (f->channel != SLUICE__CH_MAIN) {
     if (id == AMQP_CHANNEL_CLOSE_METHOD) {
       /* The topology channel closed outside a call: reopen at next use. */
       on_broker_close(c, f, 1);
@@ -263,7 +263,7 @@ static void on_method(sluice_consumer *c, amqp_frame_t *f) {
       return;
     case AMQP_BASIC_CANCEL_OK_METHOD: {
       amqp_basic_cancel_ok_t *m = f->payload.method.decoded;
-      struct sub *s = sluice__sub_by_tag(c, m->consumer_tag);
+      struct sluice__sub *s = sluice__sub_by_tag(c, m->consumer_tag);
       if (s) s->active = 0;
       if (c->stopping) sluice__check_stop(c);
       return;
@@ -284,7 +284,7 @@ static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
       return;
     case AMQP_FRAME_HEADER:
       if (!c->asm_d || c->asm_d->msg.body ||
-          f->channel != SLUICE_CONSUME_CHANNEL) {
+          f->channel != SLUICE__CH_MAIN) {
         sluice__log(c, SLUICE_LOG_ERROR, "content header out of place");
         sluice__conn_lost(c, SLUICE_EPROTO);
         return;
@@ -336,7 +336,8 @@ void sluice__read_frames(sluice_consumer *c) {
       continue;
     }
     /* Every frame was copied out: rabbitmq-c's pools can be recycled
-     * (docs/rabbitmq-c-event-loop.md, "Releasing buffers"). */
+     * (docs/rabbitmq-c-event-loop.md, "The amqp_maybe_release_buffers
+     * hazard"). */
     if (c->conn) amqp_maybe_release_buffers(c->conn);
   }
   if (got) c->last_rx_ms = sluice__now_ms();

@@ -25,28 +25,26 @@
 #include "tls.h"
 #include "util.h"
 
-#define SLUICE_MAX_SUBS 64
-#define SLUICE_CONSUME_CHANNEL SLUICE__CH_MAIN
-#define SLUICE_TOPOLOGY_CHANNEL SLUICE__CH_TOPOLOGY
+#define SLUICE__MAX_SUBS 64
 
 /* ---- deliveries --------------------------------------------------------- */
 
-enum delivery_state {
-  DS_FREE = 0,     /* in the slot pool */
-  DS_ASSEMBLING,   /* frames still arriving */
-  DS_QUEUED,       /* waiting for a worker */
-  DS_HANDLER,      /* a handler is running */
-  DS_DEFERRED,     /* handler returned SLUICE_DEFER */
-  DS_HANDLER_DONE, /* completed by sluice_delivery_done() inside handler */
-  DS_COMPLETING,   /* outcome known, on its way to the loop thread */
-  DS_ABANDONED     /* stopping: left unacked for the broker to requeue */
+enum sluice__delivery_state {
+  SLUICE__DS_FREE = 0,     /* in the slot pool */
+  SLUICE__DS_ASSEMBLING,   /* frames still arriving */
+  SLUICE__DS_QUEUED,       /* waiting for a worker */
+  SLUICE__DS_HANDLER,      /* a handler is running */
+  SLUICE__DS_DEFERRED,     /* handler returned SLUICE_DEFER */
+  SLUICE__DS_HANDLER_DONE, /* sluice_delivery_done() inside the handler */
+  SLUICE__DS_COMPLETING,   /* outcome known, on its way to the loop thread */
+  SLUICE__DS_ABANDONED     /* stopping: left unacked, the broker requeues */
 };
 
 struct sluice_delivery {
   struct sluice_consumer *c;
   _Atomic int state;
   int outcome;
-  struct sub *sub;
+  struct sluice__sub *sub;
   sluice_message msg;
   sluice_delivery_info info;
   void *hook_token;
@@ -69,18 +67,22 @@ struct sluice_delivery {
 
 /* ---- topology and subscriptions ----------------------------------------- */
 
-enum topo_kind { TOPO_EXCHANGE, TOPO_QUEUE, TOPO_BIND };
+enum sluice__topo_kind {
+  SLUICE__TOPO_EXCHANGE,
+  SLUICE__TOPO_QUEUE,
+  SLUICE__TOPO_BIND
+};
 
-struct topo {
-  enum topo_kind kind;
-  struct topo *next;
+struct sluice__topo {
+  enum sluice__topo_kind kind;
+  struct sluice__topo *next;
   amqp_pool_t pool; /* owns every string and the argument table */
   char *name, *type, *exchange, *routing_key;
   int durable, auto_delete, internal, passive, exclusive;
   amqp_table_t args;
 };
 
-struct sub {
+struct sluice__sub {
   int used;
   int active;    /* basic.consume-ok received on the current connection */
   int cancelled; /* by the broker (queue deleted) or by stop */
@@ -130,8 +132,8 @@ struct sluice_consumer {
   _Atomic int stopped;
 
   /* topology */
-  struct topo *topo, **topo_tail;
-  struct sub subs[SLUICE_MAX_SUBS];
+  struct sluice__topo *topo, **topo_tail;
+  struct sluice__sub subs[SLUICE__MAX_SUBS];
   unsigned tag_counter;
 
   /* delivery assembly */
@@ -142,7 +144,7 @@ struct sluice_consumer {
    * ones left over from dead connections */
   sluice_delivery *held_head, *held_tail;
   sluice_delivery *stale_head;
-  sluice_bound bound;    /* every delivery held, whatever its generation */
+  sluice__bound bound;    /* every delivery held, whatever its generation */
 
   /* slot pool (loop thread allocates; any thread may complete) */
   sluice_delivery *pool;
@@ -160,7 +162,7 @@ struct sluice_consumer {
   int n_threads;
 
   /* acks */
-  ackq acks;
+  sluice__ackq acks;
 
   /* stop */
   _Atomic int stop_requested;
@@ -198,11 +200,11 @@ void sluice__disconnect(sluice_consumer *c, int graceful);
 void sluice__note_close(sluice_consumer *c, uint16_t code, const char *text);
 
 /* topology.c: declarations, subscriptions, recovery */
-int sluice__apply_topology(sluice_consumer *c, struct topo *t);
-int sluice__consume(sluice_consumer *c, struct sub *s);
+int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t);
+int sluice__consume(sluice_consumer *c, struct sluice__sub *s);
 /* Declare the topology again and subscribe (after a connect). */
 int sluice__recover(sluice_consumer *c);
-struct sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag);
+struct sluice__sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag);
 void sluice__topology_free(sluice_consumer *c);
 
 /* frames.c: reading, assembly, heartbeats (loop thread) */
@@ -220,7 +222,7 @@ void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes);
 void sluice__dispatch(sluice_consumer *c, sluice_delivery *d);
 /* Settle a delivery that never reaches a handler (unknown tag). */
 void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
-                              ackq_kind kind);
+                              sluice__ackq_kind kind);
 void sluice__run_handler(sluice_consumer *c, sluice_delivery *d);
 void sluice__drain_completions(sluice_consumer *c);
 void sluice__flush_acks(sluice_consumer *c);

@@ -14,7 +14,7 @@
 static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
   uint16_t code;
   char text[256];
-  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, &code, text,
+  int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, &code, text,
                               sizeof(text));
   if (rc == 0) return 0;
   sluice__note_close(c, code, text);
@@ -23,19 +23,19 @@ static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
   return rc;
 }
 
-int sluice__apply_topology(sluice_consumer *c, struct topo *t) {
-  amqp_channel_t ch = SLUICE_TOPOLOGY_CHANNEL;
+int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t) {
+  amqp_channel_t ch = SLUICE__CH_TOPOLOGY;
   switch (t->kind) {
-    case TOPO_EXCHANGE:
+    case SLUICE__TOPO_EXCHANGE:
       amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
                             amqp_cstring_bytes(t->type), t->passive,
                             t->durable, t->auto_delete, t->internal, t->args);
       return topo_reply(c, "declare exchange", t->name);
-    case TOPO_QUEUE:
+    case SLUICE__TOPO_QUEUE:
       amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
                          t->durable, t->exclusive, t->auto_delete, t->args);
       return topo_reply(c, "declare queue", t->name);
-    case TOPO_BIND:
+    case SLUICE__TOPO_BIND:
       amqp_queue_bind(c->conn, ch, amqp_cstring_bytes(t->name),
                       amqp_cstring_bytes(t->exchange),
                       amqp_cstring_bytes(t->routing_key), t->args);
@@ -44,11 +44,11 @@ int sluice__apply_topology(sluice_consumer *c, struct topo *t) {
   return SLUICE_EINVAL;
 }
 
-int sluice__consume(sluice_consumer *c, struct sub *s) {
+int sluice__consume(sluice_consumer *c, struct sluice__sub *s) {
   /* A passive declare on the topology channel first: basic.consume on a
    * missing queue would close the consuming channel and every other
    * subscription on it. */
-  amqp_queue_declare(c->conn, SLUICE_TOPOLOGY_CHANNEL,
+  amqp_queue_declare(c->conn, SLUICE__CH_TOPOLOGY,
                      amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
                      amqp_empty_table);
   int rc = topo_reply(c, "subscribe to queue", s->queue);
@@ -64,7 +64,7 @@ int sluice__consume(sluice_consumer *c, struct sub *s) {
     args.entries = &prio;
   }
   amqp_basic_consume_ok_t *ok = amqp_basic_consume(
-      c->conn, SLUICE_CONSUME_CHANNEL, amqp_cstring_bytes(s->queue),
+      c->conn, SLUICE__CH_MAIN, amqp_cstring_bytes(s->queue),
       amqp_cstring_bytes(s->tag), 0, c->o.ack_mode == SLUICE_ACK_AUTO,
       s->exclusive, args);
   uint16_t code;
@@ -84,17 +84,17 @@ int sluice__consume(sluice_consumer *c, struct sub *s) {
 
 int sluice__recover(sluice_consumer *c) {
   int rc = 0;
-  for (struct topo *t = c->topo; !rc && t; t = t->next)
+  for (struct sluice__topo *t = c->topo; !rc && t; t = t->next)
     rc = sluice__apply_topology(c, t);
-  for (int i = 0; !rc && i < SLUICE_MAX_SUBS; i++)
+  for (int i = 0; !rc && i < SLUICE__MAX_SUBS; i++)
     if (c->subs[i].used && !c->subs[i].cancelled)
       rc = sluice__consume(c, &c->subs[i]);
   return rc;
 }
 
-struct sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
-    struct sub *s = &c->subs[i];
+struct sluice__sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++) {
+    struct sluice__sub *s = &c->subs[i];
     if (s->used && s->tag && strlen(s->tag) == tag.len &&
         memcmp(s->tag, tag.bytes, tag.len) == 0)
       return s;
@@ -112,21 +112,21 @@ static char *pool_str(amqp_pool_t *p, const char *s) {
   return d;
 }
 
-static struct topo *topo_new(enum topo_kind kind) {
-  struct topo *t = calloc(1, sizeof(*t));
+static struct sluice__topo *topo_new(enum sluice__topo_kind kind) {
+  struct sluice__topo *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->kind = kind;
   init_amqp_pool(&t->pool, 1024);
   return t;
 }
 
-static void topo_free(struct topo *t) {
+static void topo_free(struct sluice__topo *t) {
   empty_amqp_pool(&t->pool);
   free(t);
 }
 
 /* Send `t` now if connected, and remember it for the next connection. */
-static int topo_add(sluice_consumer *c, struct topo *t) {
+static int topo_add(sluice_consumer *c, struct sluice__topo *t) {
   if (c->connected) {
     int rc = sluice__apply_topology(c, t);
     sluice__kick_read(c);
@@ -147,7 +147,7 @@ static int topo_add(sluice_consumer *c, struct topo *t) {
 int sluice_consumer_declare_exchange(sluice_consumer *c,
                                      const sluice_exchange_decl *d) {
   if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
-  struct topo *t = topo_new(TOPO_EXCHANGE);
+  struct sluice__topo *t = topo_new(SLUICE__TOPO_EXCHANGE);
   if (!t) return SLUICE_ENOMEM;
   t->name = pool_str(&t->pool, d->name);
   t->type = pool_str(&t->pool, d->type ? d->type : "direct");
@@ -167,7 +167,7 @@ int sluice_consumer_declare_exchange(sluice_consumer *c,
 int sluice_consumer_declare_queue(sluice_consumer *c,
                                   const sluice_queue_decl *d) {
   if (!c || !d || !d->name || !d->name[0]) return SLUICE_EINVAL;
-  struct topo *t = topo_new(TOPO_QUEUE);
+  struct sluice__topo *t = topo_new(SLUICE__TOPO_QUEUE);
   if (!t) return SLUICE_ENOMEM;
   t->name = pool_str(&t->pool, d->name);
   t->durable = d->durable || d->quorum; /* quorum queues must be durable */
@@ -187,7 +187,7 @@ int sluice_consumer_bind_queue(sluice_consumer *c, const char *queue,
                                const char *exchange, const char *routing_key,
                                const sluice_kv *args, size_t n_args) {
   if (!c || !queue || !queue[0] || !exchange) return SLUICE_EINVAL;
-  struct topo *t = topo_new(TOPO_BIND);
+  struct sluice__topo *t = topo_new(SLUICE__TOPO_BIND);
   if (!t) return SLUICE_ENOMEM;
   t->name = pool_str(&t->pool, queue);
   t->exchange = pool_str(&t->pool, exchange);
@@ -206,9 +206,9 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
   if (!c || !queue) return SLUICE_EINVAL;
   if (!c->connected) return SLUICE_ECLOSED;
   amqp_queue_purge_ok_t *ok =
-      amqp_queue_purge(c->conn, SLUICE_TOPOLOGY_CHANNEL,
+      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY,
                        amqp_cstring_bytes(queue));
-  int rc = sluice__rpc_result(c->conn, SLUICE_TOPOLOGY_CHANNEL, NULL, NULL, 0);
+  int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, NULL, NULL, 0);
   if (rc == 0 && purged && ok) *purged = ok->message_count;
   sluice__kick_read(c);
   return rc;
@@ -216,7 +216,7 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
 
 /* ---- subscriptions ------------------------------------------------------- */
 
-static void sub_clear(struct sub *s) {
+static void sub_clear(struct sluice__sub *s) {
   free(s->queue);
   free(s->tag);
   memset(s, 0, sizeof(*s));
@@ -227,8 +227,8 @@ int sluice_consumer_subscribe(sluice_consumer *c,
   if (!c || !o || !o->queue || !o->queue[0] || !o->handler)
     return SLUICE_EINVAL;
   if (c->stopping || c->stopped) return SLUICE_ESTATE;
-  struct sub *s = NULL;
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++) {
+  struct sluice__sub *s = NULL;
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++) {
     if (!c->subs[i].used) {
       s = &c->subs[i];
       break;
@@ -268,9 +268,9 @@ int sluice_consumer_subscribe(sluice_consumer *c,
 
 void sluice__topology_free(sluice_consumer *c) {
   while (c->topo) {
-    struct topo *t = c->topo;
+    struct sluice__topo *t = c->topo;
     c->topo = t->next;
     topo_free(t);
   }
-  for (int i = 0; i < SLUICE_MAX_SUBS; i++) sub_clear(&c->subs[i]);
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++) sub_clear(&c->subs[i]);
 }

@@ -54,7 +54,7 @@
 /* Deepest stack recorded (Go records 32 frames for heap profiles). */
 #define SLUICE__MAX_DEPTH 64
 /* Outcomes aggregated: sluice_outcome values 0 .. SLUICE_OUTCOME_COUNT_-1. */
-#define SLUICE__N_OUTCOMES 6
+#define SLUICE__N_OUTCOMES SLUICE_OUTCOME_COUNT_
 
 /* ------------------------------------------------------------------------ */
 /* The profiler's own memory: glibc's __libc_* entry points when malloc is

@@ -42,8 +42,9 @@ _Static_assert(sizeof(void *) >= sizeof(sluice_prof_scope),
 
 resid_state sluice__R = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static const char *const outcome_names[N_OUT] = {
-    "ack", "nack", "reject", "defer", "stale", "error"};
+static const char *const outcome_names[] = SLUICE_OUTCOME_NAMES;
+_Static_assert(sizeof(outcome_names) / sizeof(*outcome_names) == N_OUT,
+               "one name per outcome");
 
 const char *sluice__outcome_name(int o) {
   return o >= 0 && o < N_OUT ? outcome_names[o] : "?";

@@ -794,20 +794,24 @@ static void split_args(run *r, const char *common, const char *own) {
   snprintf(r->label, sizeof(r->label), "%s", *own ? own : "default");
 }
 
-int main(int argc, char **argv) {
-  config cfg = {.duration = 60,
-                .interval_ms = 1000,
-                .rate = 200,
-                .mix = "probe=5,forbidden=2,gone=2,bad=1",
-                .out = "soak-out",
-                .title = "sluice-soak: push-worker memory over time",
-                .worker = SOAK_WORKER,
-                .uri = "amqp://guest:guest@127.0.0.1:5672/",
-                .source = "auto",
-                .worker_args = "",
-                .threshold = 1.0,
-                .heap_threshold = 64.0,
-                .gw = {.latency_ms = 2}};
+static const config defaults = {
+    .duration = 60,
+    .interval_ms = 1000,
+    .rate = 200,
+    .mix = "probe=5,forbidden=2,gone=2,bad=1",
+    .out = "soak-out",
+    .title = "sluice-soak: push-worker memory over time",
+    .worker = SOAK_WORKER,
+    .uri = "amqp://guest:guest@127.0.0.1:5672/",
+    .source = "auto",
+    .worker_args = "",
+    .threshold = 1.0,
+    .heap_threshold = 64.0,
+    .gw = {.latency_ms = 2}};
+
+/* The options up to --compare into `cfg`; `*compare` says whether run specs
+ * follow (from optind). Returns 0, or 2 after the usage. */
+static int parse_args(int argc, char **argv, config *cfg, int *compare) {
   enum {
     O_DURATION = 256, O_INTERVAL, O_RATE, O_MIX, O_OUT, O_TITLE, O_PARALLEL,
     O_THRESHOLD, O_HEAP_THRESHOLD, O_SOURCE, O_WORKER, O_URI, O_GATEWAY,
@@ -833,106 +837,110 @@ int main(int argc, char **argv) {
       {"worker-args", required_argument, 0, O_WARGS},
       {"compare", no_argument, 0, O_COMPARE},
       {0, 0, 0, 0}};
-  int ch, compare = 0;
+  *cfg = defaults;
+  *compare = 0;
+  int ch;
   /* "+": stop at the first non-option, so that --compare's run specs
    * (which start with "--" themselves) are not parsed as options. */
-  while (!compare && (ch = getopt_long(argc, argv, "+", lo, NULL)) != -1) {
+  while (!*compare && (ch = getopt_long(argc, argv, "+", lo, NULL)) != -1) {
     switch (ch) {
-      case O_DURATION: cfg.duration = strtod(optarg, NULL); break;
-      case O_INTERVAL: cfg.interval_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-      case O_RATE: cfg.rate = strtod(optarg, NULL); break;
-      case O_MIX: cfg.mix = optarg; break;
-      case O_OUT: cfg.out = optarg; break;
-      case O_TITLE: cfg.title = optarg; break;
-      case O_PARALLEL: cfg.parallel = 1; break;
-      case O_THRESHOLD: cfg.threshold = strtod(optarg, NULL); break;
-      case O_HEAP_THRESHOLD: cfg.heap_threshold = strtod(optarg, NULL); break;
-      case O_SOURCE: cfg.source = optarg; break;
-      case O_WORKER: cfg.worker = optarg; break;
-      case O_URI: cfg.uri = optarg; break;
-      case O_GATEWAY: cfg.gateway = optarg; break;
-      case O_GW_LAT: cfg.gw.latency_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-      case O_GW_JIT: cfg.gw.jitter_ms = (unsigned)strtoul(optarg, NULL, 10); break;
-      case O_GW_ERR: cfg.gw.error_rate = strtod(optarg, NULL); break;
-      case O_WARGS: cfg.worker_args = optarg; break;
-      case O_COMPARE: compare = 1; break;
+      case O_DURATION: cfg->duration = strtod(optarg, NULL); break;
+      case O_INTERVAL:
+        cfg->interval_ms = (unsigned)strtoul(optarg, NULL, 10);
+        break;
+      case O_RATE: cfg->rate = strtod(optarg, NULL); break;
+      case O_MIX: cfg->mix = optarg; break;
+      case O_OUT: cfg->out = optarg; break;
+      case O_TITLE: cfg->title = optarg; break;
+      case O_PARALLEL: cfg->parallel = 1; break;
+      case O_THRESHOLD: cfg->threshold = strtod(optarg, NULL); break;
+      case O_HEAP_THRESHOLD: cfg->heap_threshold = strtod(optarg, NULL); break;
+      case O_SOURCE: cfg->source = optarg; break;
+      case O_WORKER: cfg->worker = optarg; break;
+      case O_URI: cfg->uri = optarg; break;
+      case O_GATEWAY: cfg->gateway = optarg; break;
+      case O_GW_LAT:
+        cfg->gw.latency_ms = (unsigned)strtoul(optarg, NULL, 10);
+        break;
+      case O_GW_JIT:
+        cfg->gw.jitter_ms = (unsigned)strtoul(optarg, NULL, 10);
+        break;
+      case O_GW_ERR: cfg->gw.error_rate = strtod(optarg, NULL); break;
+      case O_WARGS: cfg->worker_args = optarg; break;
+      case O_COMPARE: *compare = 1; break;
       default: usage(argv[0]); return 2;
     }
   }
   char err[128];
   pw_mix mix;
-  if (cfg.duration <= 0 || cfg.duration > 7 * 86400 || cfg.interval_ms < 50 ||
-      cfg.rate <= 0 || (strcmp(cfg.source, "auto") && strcmp(cfg.source, "http") &&
-                        strcmp(cfg.source, "pipe")) ||
-      pw_mix_parse(cfg.mix, &mix, err, sizeof(err))) {
+  if (cfg->duration <= 0 || cfg->duration > 7 * 86400 ||
+      cfg->interval_ms < 50 || cfg->rate <= 0 ||
+      (strcmp(cfg->source, "auto") && strcmp(cfg->source, "http") &&
+       strcmp(cfg->source, "pipe")) ||
+      pw_mix_parse(cfg->mix, &mix, err, sizeof(err))) {
     usage(argv[0]);
     return 2;
   }
-  size_t nr = compare ? (size_t)(argc - optind) : 1;
-  if ((!compare && optind < argc) || nr == 0 || nr > MAX_RUNS) {
-    fprintf(stderr, "sluice-soak: give 1 to %d runs after --compare (last)\n",
-            MAX_RUNS);
-    return 2;
-  }
-  if (mkdir(cfg.out, 0777) && errno != EEXIST) {
-    fprintf(stderr, "sluice-soak: cannot create %s: %s\n", cfg.out,
-            strerror(errno));
-    return 1;
-  }
+  return 0;
+}
+
+static void catch_signals(void) {
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+}
 
-  pw_gateway *gw = NULL;
-  char gw_url[256];
-  if (cfg.gateway) {
-    snprintf(gw_url, sizeof(gw_url), "%s", cfg.gateway);
-  } else {
-    if (pw_gateway_start(&cfg.gw, &gw)) return 1;
-    pw_gateway_url(gw, gw_url, sizeof(gw_url));
+/* The gateway the workers post to: --gateway, or a stand-in of our own. */
+static int start_gateway(config *cfg, pw_gateway **gw, char *url,
+                         size_t cap) {
+  *gw = NULL;
+  if (cfg->gateway) {
+    snprintf(url, cap, "%s", cfg->gateway);
+    return 0;
   }
+  if (pw_gateway_start(&cfg->gw, gw)) return -1;
+  pw_gateway_url(*gw, url, cap);
+  return 0;
+}
 
-  static run runs[MAX_RUNS];
-  run *rp[MAX_RUNS];
+/* Each run's queue and worker arguments; `specs` holds one per run, or is
+ * NULL for a single run with the common arguments only. */
+static void set_up_runs(run *runs, run **rp, size_t nr, const config *cfg,
+                        char **specs) {
   for (size_t i = 0; i < nr; i++) {
     run *r = &runs[i];
     r->index = (int)i;
     r->fd = -1;
     snprintf(r->queue, sizeof(r->queue), "sluice.soak.%ld.%zu", (long)getpid(),
              i);
-    split_args(r, cfg.worker_args, compare ? argv[optind + (int)i] : "");
+    split_args(r, cfg->worker_args, specs ? specs[i] : "");
     rp[i] = r;
   }
-  printf("sluice-soak: %zu run%s of %.0f s at %.0f jobs/s (mix \"%s\"), %s, "
-         "gateway %s%s\n",
-         nr, nr > 1 ? "s" : "", cfg.duration, cfg.rate, cfg.mix,
-         cfg.parallel ? "in parallel" : "one after the other", gw_url,
-         gw ? " (stand-in)" : "");
-  fflush(stdout);
+}
+
+/* All runs, in parallel or one after the other; 1 if one failed to start. */
+static int execute(run **rp, size_t nr, const config *cfg, const char *url) {
   int failed = 0;
-  if (cfg.parallel) {
+  if (cfg->parallel) {
     size_t started = 0;
     for (; started < nr && !failed; started++)
-      failed = start_run(rp[started], &cfg, gw_url) != 0;
-    drive(rp, started - (failed ? 1 : 0), &cfg);
-  } else {
-    for (size_t i = 0; i < nr && !failed && !interrupted; i++) {
-      failed = start_run(rp[i], &cfg, gw_url) != 0;
-      if (!failed) drive(&rp[i], 1, &cfg);
-    }
+      failed = start_run(rp[started], cfg, url) != 0;
+    drive(rp, started - (failed ? 1 : 0), cfg);
+    return failed;
   }
-  write_csv(rp, nr, &cfg);
-  write_plot(rp, nr, &cfg);
-  write_verdicts(rp, nr, &cfg);
-  printf("sluice-soak: wrote %s/soak.csv, %s/soak.svg (.png), "
-         "%s/verdict.json\n",
-         cfg.out, cfg.out, cfg.out);
+  for (size_t i = 0; i < nr && !failed && !interrupted; i++) {
+    failed = start_run(rp[i], cfg, url) != 0;
+    if (!failed) drive(&rp[i], 1, cfg);
+  }
+  return failed;
+}
 
-  /* Clean up the queues. */
-  sluice_publisher_opts po = {.uri = cfg.uri};
+/* Delete the runs' queues and free what they hold. */
+static void clean_up(run *runs, size_t nr, const config *cfg) {
+  sluice_publisher_opts po = {.uri = cfg->uri};
   sluice_publisher *p;
   if (sluice_publisher_new(&po, &p) == 0) {
     for (size_t i = 0; i < nr; i++) {
@@ -949,6 +957,45 @@ int main(int argc, char **argv) {
     free(runs[i].s);
     free(runs[i].argv_store);
   }
+}
+
+int main(int argc, char **argv) {
+  config cfg;
+  int compare;
+  if (parse_args(argc, argv, &cfg, &compare)) return 2;
+  size_t nr = compare ? (size_t)(argc - optind) : 1;
+  if ((!compare && optind < argc) || nr == 0 || nr > MAX_RUNS) {
+    fprintf(stderr, "sluice-soak: give 1 to %d runs after --compare (last)\n",
+            MAX_RUNS);
+    return 2;
+  }
+  if (mkdir(cfg.out, 0777) && errno != EEXIST) {
+    fprintf(stderr, "sluice-soak: cannot create %s: %s\n", cfg.out,
+            strerror(errno));
+    return 1;
+  }
+  catch_signals();
+  pw_gateway *gw;
+  char gw_url[256];
+  if (start_gateway(&cfg, &gw, gw_url, sizeof(gw_url))) return 1;
+
+  static run runs[MAX_RUNS];
+  run *rp[MAX_RUNS];
+  set_up_runs(runs, rp, nr, &cfg, compare ? argv + optind : NULL);
+  printf("sluice-soak: %zu run%s of %.0f s at %.0f jobs/s (mix \"%s\"), %s, "
+         "gateway %s%s\n",
+         nr, nr > 1 ? "s" : "", cfg.duration, cfg.rate, cfg.mix,
+         cfg.parallel ? "in parallel" : "one after the other", gw_url,
+         gw ? " (stand-in)" : "");
+  fflush(stdout);
+  int failed = execute(rp, nr, &cfg, gw_url);
+  write_csv(rp, nr, &cfg);
+  write_plot(rp, nr, &cfg);
+  write_verdicts(rp, nr, &cfg);
+  printf("sluice-soak: wrote %s/soak.csv, %s/soak.svg (.png), "
+         "%s/verdict.json\n",
+         cfg.out, cfg.out, cfg.out);
+  clean_up(runs, nr, &cfg);
   pw_gateway_stop(gw);
   return failed ? 1 : 0;
 }

@@ -44,122 +44,19 @@
  * ({"type":"event",...}), samples every --stats-interval-ms
  * ({"type":"sample",...}) and a last {"type":"final",...} with the counters,
  * the residual aggregates and the leak verdicts with their top sites. The
- * soak runner and the tests read it. */
+ * soak runner and the tests read it.
+ *
+ * This file is the worker; its command line is cli.c, its stats lines and
+ * reports stats.c. */
 #include <errno.h>
-#include <event2/event.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <sluice/profiling.h>
-#include <sluice/sluice.h>
-#ifdef PW_HAVE_DEBUG
-#include <sluice/debug.h>
-#endif
-
 #include "jobs.h"
-#include "pw.h"
-
-/* ------------------------------------------------------------------------ */
-/* Configuration */
-
-typedef struct pw_config {
-  const char *uri, *queue, *gateway, *api_key, *debug_addr;
-  sluice_ack_mode ack;
-  unsigned prefetch;
-  int workers;
-  unsigned http_conns, http_timeout_ms, max_attempts, retry_delay_ms;
-  pw_leak leak;
-  int report;
-  uint64_t count;
-  double duration_s;
-  int stats_fd;
-  unsigned stats_interval_ms;
-  size_t prof_rate; /* 0: profiler off */
-  unsigned leak_window;
-  long grace_ms;
-  uint64_t horizon_msgs; /* the profiler's verdict horizon */
-  long horizon_ms;
-  unsigned max_listeners;
-  unsigned stop_timeout_ms;
-  int quiet;
-} pw_config;
-
-static const char *const leak_names[] = {"none", "global-map", "probe-path",
-                                         "error-path", "listener"};
-
-/* ------------------------------------------------------------------------ */
-/* The worker */
-
-#define MAP_BUCKETS 1024
-#define MAX_VERDICTS 16
-
-/* An in-flight map entry: which jobs are at the gateway, since when. */
-typedef struct pw_entry {
-  struct pw_entry *next;
-  uint64_t seq;
-  uint64_t started_ns;
-  char token[];
-} pw_entry;
-
-typedef struct pw_verdict {
-  char queue[128];
-  int outcome;
-  double bytes_per_message;
-  uint64_t messages;
-  char site[128];  /* the function that allocated what is left */
-  char stack[512];
-} pw_verdict;
-
-typedef struct pw_counters {
-  atomic_uint_fast64_t received, invalid, probes, sent, ok, rejected_4xx,
-      auth_failed, failed_5xx, no_reply, retried, dead_lettered,
-      republish_failed, finished, stale, aborted, abandoned;
-} pw_counters;
-
-struct pw_worker {
-  pw_config cfg;
-  sluice_consumer *c;
-  struct event_base *base;
-  pw_sender *sender;
-  pw_republisher *repub;
-  sluice_publisher *abandon_pub; /* autoAck stop hand-off (loop thread) */
-  char dlq[256];
-  double t0;
-
-  pthread_mutex_t map_mu;
-  pw_entry *map[MAP_BUCKETS];
-  size_t map_size;
-
-  pw_counters n;
-  atomic_uint_fast64_t next_seq;
-
-  /* Close listeners (loop thread only). */
-  uint64_t listeners_registered, listeners_refused, closes_seen;
-  int first_refusal_logged;
-
-  pthread_mutex_t verdict_mu;
-  pw_verdict verdicts[MAX_VERDICTS];
-  size_t n_verdicts;
-
-  struct event *stats_ev, *duration_ev;
-  int run_result;
-#ifdef PW_HAVE_DEBUG
-  sluice_debug_server *debug;
-#endif
-};
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "worker.h"
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -167,8 +64,6 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-#define LOAD(x) ((uint64_t)atomic_load_explicit(&(x), memory_order_relaxed))
-#define INC(x) atomic_fetch_add_explicit(&(x), 1, memory_order_relaxed)
 
 /* ---- the in-flight map --------------------------------------------------- */
 
@@ -200,7 +95,7 @@ static void inflight_del(pw_worker *w, uint64_t seq) {
   free(e);
 }
 
-static size_t inflight_size(pw_worker *w) {
+size_t pw_inflight_size(pw_worker *w) {
   pthread_mutex_lock(&w->map_mu);
   size_t n = w->map_size;
   pthread_mutex_unlock(&w->map_mu);
@@ -319,67 +214,76 @@ int pw_job_prepare(pw_job *job) {
   return job->auth ? 0 : -1;
 }
 
-void pw_job_complete(pw_job *job) {
+/* What the gateway's reply (or its absence) means for the job: the outcome,
+ * whether it goes to the dead-letter queue and why. Returns 0, or 1 when
+ * the job waits for its retry delay first. */
+static int decide(pw_job *job, int *outcome, int *dead, char *reason,
+                  size_t cap) {
   pw_worker *w = job->w;
-  sluice_delivery *d = job->d;
   int status = job->status;
-  unsigned attempt = job->attempt;
-  int outcome = SLUICE_ACK, dead = 0, auth_refused = 0;
-  char reason[192] = "";
-
+  *outcome = SLUICE_ACK;
+  *dead = 0;
   if (job->aborted) {
     /* The worker is stopping: give the message back (a NACK; in autoAck
      * mode, where the broker forgot the message when it sent it, a copy
      * republished to the queue). Not a failed attempt. */
     INC(w->n.aborted);
-    outcome = SLUICE_NACK;
-    attempt = attempt > 1 ? attempt - 1 : 0;
+    *outcome = SLUICE_NACK;
+    job->attempt = job->attempt > 1 ? job->attempt - 1 : 0;
   } else if (status >= 200 && status < 300) {
     INC(w->n.ok);
   } else if (status == 401 || status == 403) {
     INC(w->n.auth_failed);
-    auth_refused = 1;
-    dead = 1;
-    snprintf(reason, sizeof(reason),
-             "gateway %d: credentials refused", status);
+    *dead = 1;
+    snprintf(reason, cap, "gateway %d: credentials refused", status);
   } else if (status >= 400 && status < 500) {
     INC(w->n.rejected_4xx);
-    dead = 1;
-    snprintf(reason, sizeof(reason), "gateway %d", status);
+    *dead = 1;
+    snprintf(reason, cap, "gateway %d", status);
   } else if (status && status < 500) {
     /* 1xx/3xx: a misconfigured URL; trying again will not help. */
     INC(w->n.rejected_4xx);
-    dead = 1;
-    snprintf(reason, sizeof(reason), "gateway %d: unexpected status", status);
+    *dead = 1;
+    snprintf(reason, cap, "gateway %d: unexpected status", status);
   } else {
     if (!job->delayed) {
       if (status) INC(w->n.failed_5xx);
       else INC(w->n.no_reply);
     }
-    if (attempt >= w->cfg.max_attempts) {
-      dead = 1;
+    if (job->attempt >= w->cfg.max_attempts) {
+      *dead = 1;
       if (status)
-        snprintf(reason, sizeof(reason), "gateway %d after %u attempts",
-                 status, attempt);
+        snprintf(reason, cap, "gateway %d after %u attempts", status,
+                 job->attempt);
       else
-        snprintf(reason, sizeof(reason),
+        snprintf(reason, cap,
                  "no reply from the gateway (timeout or connection error) "
                  "after %u attempts",
-                 attempt);
+                 job->attempt);
     } else {
       /* Wait a little before the retry; the job (and its delivery) stay
        * held meanwhile, which also slows the intake while the gateway is
        * failing. */
-      if (!job->delayed && pw_sender_delay(job->sender, job) == 0) return;
+      if (!job->delayed && pw_sender_delay(job->sender, job) == 0) return 1;
       INC(w->n.retried);
-      outcome = SLUICE_NACK;
+      *outcome = SLUICE_NACK;
     }
   }
+  return 0;
+}
 
-  /* Clean-up, inside the delivery's scope so that the profiler sees what
-   * this message leaves behind. */
+/* Free the job, inside the delivery's scope so that the profiler sees what
+ * this message leaves behind; returns the republisher's item when the
+ * message goes to the dead-letter queue or (autoAck) back to the queue. */
+static pw_repub_item *clean_up(pw_job *job, int outcome, int dead,
+                               const char *reason) {
+  pw_worker *w = job->w;
+  sluice_delivery *d = job->d;
+  int status = job->status;
+  unsigned attempt = job->attempt;
   sluice_delivery_enter(d);
-  if (auth_refused && w->cfg.leak == PW_LEAK_ERROR_PATH) {
+  if ((status == 401 || status == 403) && !job->aborted &&
+      w->cfg.leak == PW_LEAK_ERROR_PATH) {
     /* The field bug: the credentials-refused branch returned early and
      * never released the request's auth context. */
     job->auth = NULL;
@@ -404,7 +308,16 @@ void pw_job_complete(pw_job *job) {
     }
   }
   sluice_delivery_leave(d);
+  return it;
+}
 
+void pw_job_complete(pw_job *job) {
+  pw_worker *w = job->w;
+  sluice_delivery *d = job->d;
+  int outcome, dead;
+  char reason[192] = "";
+  if (decide(job, &outcome, &dead, reason, sizeof(reason))) return;
+  pw_repub_item *it = clean_up(job, outcome, dead, reason);
   if (it) {
     pw_republish(w->repub, it);
     return;
@@ -504,159 +417,6 @@ static int on_job(sluice_delivery *d, const sluice_message *m, void *user) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Stats lines */
-
-static void emit(pw_worker *w, json_t *obj) {
-  if (w->cfg.stats_fd < 0 || !obj) {
-    json_decref(obj);
-    return;
-  }
-  char *s = json_dumps(obj, JSON_COMPACT);
-  json_decref(obj);
-  if (!s) return;
-  size_t len = strlen(s);
-  s[len] = '\n'; /* replaces the NUL; written with its length */
-  const char *p = s;
-  size_t left = len + 1;
-  while (left) {
-    ssize_t n = write(w->cfg.stats_fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    p += n;
-    left -= (size_t)n;
-  }
-  free(s);
-}
-
-typedef struct residual_sum {
-  uint64_t messages, with_residual, bytes_at_end, leaked, bytes_leaked,
-      retained_bytes, retained_objects, pending;
-  int leaking;
-} residual_sum;
-
-static void residual_totals(residual_sum *t) {
-  sluice_prof_residual_stats v[64];
-  size_t n = sluice_prof_residual_stats_get(v, 64);
-  memset(t, 0, sizeof(*t));
-  for (size_t i = 0; i < n && i < 64; i++) {
-    t->messages += v[i].messages;
-    t->with_residual += v[i].with_residual;
-    t->bytes_at_end += v[i].bytes_at_end;
-    t->leaked += v[i].leaked;
-    t->bytes_leaked += v[i].bytes_leaked;
-    t->retained_bytes += v[i].retained_bytes;
-    t->retained_objects += v[i].retained_objects;
-    t->pending += v[i].pending;
-    t->leaking |= v[i].leaking;
-  }
-}
-
-static json_t *counters_json(pw_worker *w) {
-  sluice_consumer_stats cs;
-  sluice_consumer_get_stats(w->c, &cs);
-  return json_pack(
-      "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-      "s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-      "s:I}}",
-      "received", (json_int_t)LOAD(w->n.received),
-      "finished", (json_int_t)LOAD(w->n.finished),
-      "invalid", (json_int_t)LOAD(w->n.invalid),
-      "probes", (json_int_t)LOAD(w->n.probes),
-      "sent", (json_int_t)LOAD(w->n.sent),
-      "ok", (json_int_t)LOAD(w->n.ok),
-      "rejected_4xx", (json_int_t)LOAD(w->n.rejected_4xx),
-      "auth_failed", (json_int_t)LOAD(w->n.auth_failed),
-      "failed_5xx", (json_int_t)LOAD(w->n.failed_5xx),
-      "no_reply", (json_int_t)LOAD(w->n.no_reply),
-      "retried", (json_int_t)LOAD(w->n.retried),
-      "dead_lettered", (json_int_t)LOAD(w->n.dead_lettered),
-      "republish_failed", (json_int_t)LOAD(w->n.republish_failed),
-      "stale", (json_int_t)LOAD(w->n.stale),
-      "aborted", (json_int_t)LOAD(w->n.aborted),
-      "abandoned", (json_int_t)LOAD(w->n.abandoned),
-      "inflight_map", (json_int_t)inflight_size(w),
-      "consumer",
-      "delivered", (json_int_t)cs.delivered,
-      "acked", (json_int_t)cs.acked,
-      "nacked", (json_int_t)cs.nacked,
-      "rejected", (json_int_t)cs.rejected,
-      "stale", (json_int_t)cs.stale,
-      "redelivered", (json_int_t)cs.redelivered,
-      "too_big", (json_int_t)cs.too_big,
-      "in_flight", (json_int_t)cs.in_flight,
-      "max_in_flight", (json_int_t)cs.max_in_flight,
-      "reconnects", (json_int_t)cs.reconnects,
-      "close_listeners", (json_int_t)cs.close_listeners);
-}
-
-static json_t *sample_json(pw_worker *w, const char *type) {
-  sluice_prof_memstats ms;
-  residual_sum r;
-  sluice_prof_memstats_read(&ms);
-  residual_totals(&r);
-  json_t *o = json_pack(
-      "{s:s, s:f, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-      "s:b}, s:I, s:I}",
-      "type", type, "t", now_s() - w->t0,
-      "rss_bytes", (json_int_t)ms.rss_bytes,
-      "heap_live_bytes", (json_int_t)ms.heap_live_bytes,
-      "live_objects", (json_int_t)ms.live_objects,
-      "residual",
-      "messages", (json_int_t)r.messages,
-      "with_residual", (json_int_t)r.with_residual,
-      "bytes_at_end", (json_int_t)r.bytes_at_end,
-      "leaked", (json_int_t)r.leaked,
-      "bytes_leaked", (json_int_t)r.bytes_leaked,
-      "retained_bytes", (json_int_t)r.retained_bytes,
-      "retained_objects", (json_int_t)r.retained_objects,
-      "pending", (json_int_t)r.pending,
-      "leaking", r.leaking,
-      "listeners_registered", (json_int_t)w->listeners_registered,
-      "listeners_refused", (json_int_t)w->listeners_refused);
-  if (o) json_object_set_new(o, "counters", counters_json(w));
-  return o;
-}
-
-static void on_stats_timer(evutil_socket_t fd, short what, void *arg) {
-  pw_worker *w = arg;
-  emit(w, sample_json(w, "sample"));
-}
-
-static void on_duration(evutil_socket_t fd, short what, void *arg) {
-  pw_worker *w = arg;
-  sluice_consumer_stop(w->c);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Profiler verdicts */
-
-static void on_leak(const sluice_prof_leak *v, void *user) {
-  pw_worker *w = user;
-  /* Keep this callback's own work out of any message's scope. */
-  sluice_prof_scope prev = sluice_prof_scope_enter(0);
-  pthread_mutex_lock(&w->verdict_mu);
-  if (w->n_verdicts < MAX_VERDICTS) {
-    pw_verdict *r = &w->verdicts[w->n_verdicts++];
-    snprintf(r->queue, sizeof(r->queue), "%s", v->queue ? v->queue : "");
-    r->outcome = v->outcome;
-    r->bytes_per_message = v->bytes_per_message;
-    r->messages = v->messages;
-    snprintf(r->site, sizeof(r->site), "%s",
-             v->n_sites ? v->sites[0].function : "(no stacks sampled)");
-    snprintf(r->stack, sizeof(r->stack), "%s",
-             v->n_sites ? v->sites[0].stack : "");
-  }
-  pthread_mutex_unlock(&w->verdict_mu);
-  fprintf(stderr,
-          "push-worker: LEAK: queue %s, outcome %s: %.1f B/message left "
-          "behind over %" PRIu64 " messages; top site %s (%s)\n",
-          v->queue, sluice_outcome_name(v->outcome), v->bytes_per_message,
-          v->messages, v->n_sites ? v->sites[0].function : "?",
-          v->n_sites ? v->sites[0].stack : "no stacks sampled");
-  sluice_prof_scope_enter(prev);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Consumer events and close listeners */
 
 static void on_close(struct sluice_consumer *c, const struct sluice_event *ev,
@@ -684,7 +444,7 @@ static void register_close_listener(pw_worker *w, uint64_t generation) {
           ": %s (%s); %zu listeners registered, none removed: a listener is "
           "registered on every reconnect and never released\n",
           generation, sluice_err_name(rc), sluice_strerror(rc), n);
-  emit(w, json_pack("{s:s, s:s, s:I, s:s, s:I, s:I}", "type", "event",
+  pw_emit(w, json_pack("{s:s, s:s, s:I, s:s, s:I, s:I}", "type", "event",
                     "event", "listener_refused", "generation",
                     (json_int_t)generation, "error", sluice_err_name(rc),
                     "listeners", (json_int_t)n, "refused",
@@ -716,8 +476,8 @@ static void on_abandoned(sluice_consumer *c, const sluice_message *m,
                              .message_id = m->props.message_id,
                              .headers = headers,
                              .n_headers = nh};
-  if (sluice_publisher_publish(w->abandon_pub, "", w->cfg.queue, m->body, m->body_len,
-                     &pr) == 0)
+  if (sluice_publisher_publish(w->abandon_pub, "", w->cfg.queue, m->body,
+                               m->body_len, &pr) == 0)
     INC(w->n.abandoned);
 }
 
@@ -726,7 +486,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   switch (ev->type) {
     case SLUICE_EV_CONNECTED:
       register_close_listener(w, ev->generation);
-      emit(w, json_pack("{s:s, s:s, s:I, s:I}", "type", "event", "event",
+      pw_emit(w, json_pack("{s:s, s:s, s:I, s:I}", "type", "event", "event",
                         "connected", "generation",
                         (json_int_t)ev->generation, "listeners",
                         (json_int_t)sluice_consumer_close_listener_count(c)));
@@ -736,7 +496,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
         fprintf(stderr, "push-worker: connection lost: %s%s%s\n",
                 sluice_strerror(ev->err), ev->text ? ": " : "",
                 ev->text ? ev->text : "");
-      emit(w, json_pack("{s:s, s:s, s:I}", "type", "event", "event",
+      pw_emit(w, json_pack("{s:s, s:s, s:I}", "type", "event", "event",
                         "closed", "generation", (json_int_t)ev->generation));
       break;
     case SLUICE_EV_GAVE_UP:
@@ -758,221 +518,17 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Options */
+/* Timers and signals */
 
-static void usage(FILE *f, const char *argv0) {
-  fprintf(f,
-          "usage: %s [options]\n"
-          "  --uri URI               broker (amqp://guest:guest@127.0.0.1:5672/)\n"
-          "  --queue NAME            work queue (push.jobs); dead letters go to "
-          "NAME.dead\n"
-          "  --gateway URL           push gateway "
-          "(http://127.0.0.1:8080/push)\n"
-          "  --api-key KEY           sent as Authorization: Bearer KEY "
-          "(sluice-demo)\n"
-          "  --ack auto|manual       acknowledgement mode (manual)\n"
-          "  --prefetch N            unacknowledged deliveries (100)\n"
-          "  --workers N             handler threads; 0 runs handlers on the "
-          "loop (0)\n"
-          "  --http-conns N          keep-alive connections to the gateway "
-          "(8)\n"
-          "  --http-timeout-ms MS    per request (5000)\n"
-          "  --max-attempts N        deliveries before a failing job is "
-          "dead-lettered (5)\n"
-          "  --retry-delay-ms MS     pause before a failed job is nacked "
-          "(100)\n"
-          "  --leak MODE             none|global-map|probe-path|error-path|"
-          "listener\n"
-          "  --debug-addr HOST:PORT  serve /debug/pprof, /debug/vars, "
-          "/metrics\n"
-          "  --report                print the residual report at exit\n"
-          "  --count N               stop after N jobs finished\n"
-          "  --duration S            stop after S seconds\n"
-          "  --stats-fd FD           JSON lines (events, samples, final) to "
-          "FD\n"
-          "  --stats-interval-ms MS  sample period on --stats-fd (1000)\n"
-          "  --prof-rate BYTES|none  profiler sampling rate; 1 = every "
-          "allocation (1);\n"
-          "                          0 turns the profiler off\n"
-          "  --leak-window N         messages between growth-curve points "
-          "(100)\n"
-          "  --horizon N,MS          verdict horizon: messages and ms "
-          "(50000,120000)\n"
-          "  --grace-ms MS           residual re-check delay (1000)\n"
-          "  --max-listeners N       close-listener registry capacity (16)\n"
-          "  --stop-timeout-ms MS    graceful stop budget (10000)\n"
-          "  --quiet                 fewer messages on stderr\n",
-          argv0);
+static void on_stats_timer(evutil_socket_t fd, short what, void *arg) {
+  pw_worker *w = arg;
+  pw_emit(w, pw_sample_json(w, "sample"));
 }
 
-static int parse_uint(const char *s, unsigned long long max,
-                      unsigned long long *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || v > max || s[0] == '-') return -1;
-  *out = v;
-  return 0;
+static void on_duration(evutil_socket_t fd, short what, void *arg) {
+  pw_worker *w = arg;
+  sluice_consumer_stop(w->c);
 }
-
-static int parse_args(int argc, char **argv, pw_config *c) {
-  enum {
-    O_URI = 256, O_QUEUE, O_GATEWAY, O_API_KEY, O_ACK, O_PREFETCH, O_WORKERS,
-    O_CONNS, O_TIMEOUT, O_ATTEMPTS, O_RETRY_DELAY, O_LEAK, O_DEBUG, O_REPORT,
-    O_COUNT, O_DURATION, O_STATS_FD, O_STATS_INT, O_PROF_RATE, O_WINDOW, O_HORIZON,
-    O_GRACE, O_LISTENERS, O_STOP_TIMEOUT, O_QUIET, O_HELP
-  };
-  static const struct option lo[] = {
-      {"uri", required_argument, 0, O_URI},
-      {"queue", required_argument, 0, O_QUEUE},
-      {"gateway", required_argument, 0, O_GATEWAY},
-      {"api-key", required_argument, 0, O_API_KEY},
-      {"ack", required_argument, 0, O_ACK},
-      {"prefetch", required_argument, 0, O_PREFETCH},
-      {"workers", required_argument, 0, O_WORKERS},
-      {"http-conns", required_argument, 0, O_CONNS},
-      {"http-timeout-ms", required_argument, 0, O_TIMEOUT},
-      {"max-attempts", required_argument, 0, O_ATTEMPTS},
-      {"retry-delay-ms", required_argument, 0, O_RETRY_DELAY},
-      {"leak", required_argument, 0, O_LEAK},
-      {"debug-addr", required_argument, 0, O_DEBUG},
-      {"report", no_argument, 0, O_REPORT},
-      {"count", required_argument, 0, O_COUNT},
-      {"duration", required_argument, 0, O_DURATION},
-      {"stats-fd", required_argument, 0, O_STATS_FD},
-      {"stats-interval-ms", required_argument, 0, O_STATS_INT},
-      {"prof-rate", required_argument, 0, O_PROF_RATE},
-      {"leak-window", required_argument, 0, O_WINDOW},
-      {"grace-ms", required_argument, 0, O_GRACE},
-      {"horizon", required_argument, 0, O_HORIZON},
-      {"max-listeners", required_argument, 0, O_LISTENERS},
-      {"stop-timeout-ms", required_argument, 0, O_STOP_TIMEOUT},
-      {"quiet", no_argument, 0, O_QUIET},
-      {"help", no_argument, 0, O_HELP},
-      {0, 0, 0, 0}};
-  int ch;
-  unsigned long long v;
-  while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-    int bad = 0;
-    switch (ch) {
-      case O_URI: c->uri = optarg; break;
-      case O_QUEUE: c->queue = optarg; break;
-      case O_GATEWAY: c->gateway = optarg; break;
-      case O_API_KEY: c->api_key = optarg; break;
-      case O_ACK:
-        if (strcmp(optarg, "auto") == 0) c->ack = SLUICE_ACK_AUTO;
-        else if (strcmp(optarg, "manual") == 0) c->ack = SLUICE_ACK_MANUAL;
-        else bad = 1;
-        break;
-      case O_PREFETCH:
-        bad = parse_uint(optarg, 65535, &v) || v == 0;
-        c->prefetch = (unsigned)v;
-        break;
-      case O_WORKERS:
-        bad = parse_uint(optarg, 256, &v);
-        c->workers = (int)v;
-        break;
-      case O_CONNS:
-        bad = parse_uint(optarg, 1024, &v) || v == 0;
-        c->http_conns = (unsigned)v;
-        break;
-      case O_TIMEOUT:
-        bad = parse_uint(optarg, 3600000, &v) || v == 0;
-        c->http_timeout_ms = (unsigned)v;
-        break;
-      case O_ATTEMPTS:
-        bad = parse_uint(optarg, 1000, &v) || v == 0;
-        c->max_attempts = (unsigned)v;
-        break;
-      case O_RETRY_DELAY:
-        bad = parse_uint(optarg, 3600000, &v);
-        c->retry_delay_ms = (unsigned)v;
-        break;
-      case O_LEAK:
-        bad = 1;
-        for (int i = 0; i < (int)(sizeof(leak_names) / sizeof(*leak_names));
-             i++)
-          if (strcmp(optarg, leak_names[i]) == 0) {
-            c->leak = (pw_leak)i;
-            bad = 0;
-          }
-        break;
-      case O_DEBUG: c->debug_addr = optarg; break;
-      case O_REPORT: c->report = 1; break;
-      case O_COUNT:
-        bad = parse_uint(optarg, UINT64_MAX, &v);
-        c->count = v;
-        break;
-      case O_DURATION: {
-        char *end;
-        c->duration_s = strtod(optarg, &end);
-        bad = *end || c->duration_s <= 0;
-        break;
-      }
-      case O_STATS_FD:
-        bad = parse_uint(optarg, 65535, &v);
-        c->stats_fd = (int)v;
-        break;
-      case O_STATS_INT:
-        bad = parse_uint(optarg, 3600000, &v) || v == 0;
-        c->stats_interval_ms = (unsigned)v;
-        break;
-      case O_PROF_RATE:
-        if (strcmp(optarg, "none") == 0) c->prof_rate = SLUICE_PROF_RATE_NONE;
-        else {
-          bad = parse_uint(optarg, SIZE_MAX, &v);
-          c->prof_rate = (size_t)v;
-        }
-        break;
-      case O_WINDOW:
-        bad = parse_uint(optarg, 1000000, &v) || v == 0;
-        c->leak_window = (unsigned)v;
-        break;
-      case O_GRACE:
-        bad = parse_uint(optarg, 3600000, &v);
-        c->grace_ms = (long)v;
-        break;
-      case O_HORIZON: {
-        char *comma = strchr(optarg, ',');
-        unsigned long long ms = 0;
-        if (!comma) {
-          bad = 1;
-          break;
-        }
-        *comma = 0;
-        bad = parse_uint(optarg, UINT32_MAX, &v) || v == 0 ||
-              parse_uint(comma + 1, 86400000, &ms) || ms == 0;
-        c->horizon_msgs = v;
-        c->horizon_ms = (long)ms;
-        break;
-      }
-      case O_LISTENERS:
-        bad = parse_uint(optarg, 4096, &v) || v == 0;
-        c->max_listeners = (unsigned)v;
-        break;
-      case O_STOP_TIMEOUT:
-        bad = parse_uint(optarg, 3600000, &v) || v == 0;
-        c->stop_timeout_ms = (unsigned)v;
-        break;
-      case O_QUIET: c->quiet = 1; break;
-      case O_HELP: usage(stdout, argv[0]); exit(0);
-      default: return -1;
-    }
-    if (bad) {
-      fprintf(stderr, "push-worker: bad value for --%s: \"%s\"\n",
-              lo[ch - O_URI].name, optarg);
-      return -1;
-    }
-  }
-  if (optind < argc) {
-    fprintf(stderr, "push-worker: unexpected argument \"%s\"\n", argv[optind]);
-    return -1;
-  }
-  return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* main */
 
 static sluice_consumer *volatile g_consumer;
 
@@ -981,9 +537,8 @@ static void on_signal(int sig) {
   if (g_consumer) sluice_consumer_stop(g_consumer);
 }
 
-static int write_stdout(const void *data, size_t len, void *user) {
-  return fwrite(data, 1, len, stdout) == len ? 0 : -1;
-}
+/* ------------------------------------------------------------------------ */
+/* Setting up, running, shutting down */
 
 static void die(const char *what, int rc) {
   fprintf(stderr, "push-worker: %s: %s (%s)\n", what, sluice_strerror(rc),
@@ -991,99 +546,24 @@ static void die(const char *what, int rc) {
   exit(1);
 }
 
-static json_t *final_json(pw_worker *w, double elapsed) {
-  json_t *o = sample_json(w, "final");
-  if (!o) return NULL;
-  json_object_set_new(o, "elapsed_s", json_real(elapsed));
-  json_object_set_new(o, "leak_mode", json_string(leak_names[w->cfg.leak]));
-  json_object_set_new(o, "interposing",
-                      json_boolean(sluice_prof_interposing()));
-  json_object_set_new(o, "profiling", json_boolean(w->cfg.prof_rate != 0));
-  json_object_set_new(o, "run_result", json_string(sluice_err_name(w->run_result)));
-  json_t *aggs = json_array();
-  sluice_prof_residual_stats v[64];
-  size_t n = sluice_prof_residual_stats_get(v, 64);
-  for (size_t i = 0; i < n && i < 64; i++)
-    json_array_append_new(
-        aggs,
-        json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, "
-                  "s:s, s:b}",
-                  "queue", v[i].queue, "key", v[i].key, "outcome",
-                  sluice_outcome_name(v[i].outcome), "messages",
-                  (json_int_t)v[i].messages, "with_residual",
-                  (json_int_t)v[i].with_residual, "bytes_at_end",
-                  (json_int_t)v[i].bytes_at_end, "cached",
-                  (json_int_t)v[i].cached, "leaked", (json_int_t)v[i].leaked,
-                  "bytes_leaked", (json_int_t)v[i].bytes_leaked,
-                  "retained_bytes", (json_int_t)v[i].retained_bytes,
-                  "bytes_per_message", v[i].bytes_per_message, "state",
-                  sluice_prof_state_name(v[i].state), "leaking",
-                  v[i].leaking));
-  json_object_set_new(o, "aggregates", aggs);
-  json_t *verdicts = json_array();
-  pthread_mutex_lock(&w->verdict_mu);
-  for (size_t i = 0; i < w->n_verdicts; i++) {
-    const pw_verdict *r = &w->verdicts[i];
-    json_array_append_new(
-        verdicts, json_pack("{s:s, s:s, s:f, s:I, s:s, s:s}", "queue",
-                            r->queue, "outcome",
-                            sluice_outcome_name(r->outcome),
-                            "bytes_per_message", r->bytes_per_message,
-                            "messages", (json_int_t)r->messages, "top_site",
-                            r->site, "stack", r->stack));
-  }
-  pthread_mutex_unlock(&w->verdict_mu);
-  json_object_set_new(o, "verdicts", verdicts);
-  return o;
+/* The profiler first, so that it sees everything after it. */
+static void start_profiler(pw_worker *w) {
+  if (!w->cfg.prof_rate) return;
+  sluice_prof_opts po = {.sample_rate = w->cfg.prof_rate,
+                         .grace_ms = w->cfg.grace_ms,
+                         .leak_window = w->cfg.leak_window,
+                         .horizon_messages = w->cfg.horizon_msgs,
+                         .horizon_ms = w->cfg.horizon_ms,
+                         .on_leak = pw_on_leak,
+                         .leak_user = w};
+  int rc = sluice_prof_start(&po);
+  if (rc) die("profiler", rc);
 }
 
-int main(int argc, char **argv) {
-  static pw_worker worker;
-  pw_worker *w = &worker;
-  pw_config *cfg = &w->cfg;
-  *cfg = (pw_config){
-      .uri = "amqp://guest:guest@127.0.0.1:5672/",
-      .queue = "push.jobs",
-      .gateway = "http://127.0.0.1:8080/push",
-      .api_key = "sluice-demo",
-      .ack = SLUICE_ACK_MANUAL,
-      .prefetch = 100,
-      .http_conns = 8,
-      .http_timeout_ms = 5000,
-      .max_attempts = 5,
-      .retry_delay_ms = 100,
-      .stats_fd = -1,
-      .prof_rate = 1,
-      .leak_window = 100,
-      .grace_ms = 1000,
-      .stop_timeout_ms = 10000,
-  };
-  if (parse_args(argc, argv, cfg)) {
-    usage(stderr, argv[0]);
-    return 2;
-  }
-  if (cfg->stats_fd >= 0 && !cfg->stats_interval_ms)
-    cfg->stats_interval_ms = 1000;
-  pthread_mutex_init(&w->map_mu, NULL);
-  pthread_mutex_init(&w->verdict_mu, NULL);
-  signal(SIGPIPE, SIG_IGN);
-  w->t0 = now_s();
-
-  /* The profiler first, so that it sees everything after it. */
-  if (cfg->prof_rate) {
-    sluice_prof_opts po = {.sample_rate = cfg->prof_rate,
-                           .grace_ms = cfg->grace_ms,
-                           .leak_window = cfg->leak_window,
-                           .horizon_messages = cfg->horizon_msgs,
-                           .horizon_ms = cfg->horizon_ms,
-                           .on_leak = on_leak,
-                           .leak_user = w};
-    int rc = sluice_prof_start(&po);
-    if (rc) die("profiler", rc);
-  }
-
-  w->base = event_base_new();
-  if (!w->base) die("event_base_new", SLUICE_ENOMEM);
+/* The consumer, connected now so that a wrong URI or password fails here,
+ * with the work queue and its dead-letter queue declared. */
+static void start_consumer(pw_worker *w) {
+  const pw_config *cfg = &w->cfg;
   char conn_name[300];
   snprintf(conn_name, sizeof(conn_name), "push-worker %s", cfg->queue);
   sluice_consumer_opts co = {
@@ -1112,11 +592,17 @@ int main(int argc, char **argv) {
   pw_dlq_name(cfg->queue, w->dlq, sizeof(w->dlq));
   pw_dlq_decl(w->dlq, &dd);
   pw_queue_decl(cfg->queue, &qd);
-  if ((rc = sluice_consumer_declare_queue(w->c, &dd))) die("declare dead-letter queue", rc);
-  if ((rc = sluice_consumer_declare_queue(w->c, &qd))) die("declare queue", rc);
+  if ((rc = sluice_consumer_declare_queue(w->c, &dd)))
+    die("declare dead-letter queue", rc);
+  if ((rc = sluice_consumer_declare_queue(w->c, &qd)))
+    die("declare queue", rc);
+}
 
-  if ((rc = pw_republisher_new(w, cfg->uri, cfg->queue, w->dlq, &w->repub)))
-    die("republisher", rc);
+/* The republisher and the HTTP sender, then the subscription. */
+static void start_pipeline(pw_worker *w) {
+  const pw_config *cfg = &w->cfg;
+  int rc = pw_republisher_new(w, cfg->uri, cfg->queue, w->dlq, &w->repub);
+  if (rc) die("republisher", rc);
   /* Inline handlers share the consumer's loop; worker threads must not
    * touch it, so the sender then gets a thread and a base of its own. */
   pw_sender_opts so = {.url = cfg->gateway,
@@ -1124,32 +610,36 @@ int main(int argc, char **argv) {
                        .timeout_ms = cfg->http_timeout_ms,
                        .retry_delay_ms = cfg->retry_delay_ms,
                        .base = cfg->workers == 0 ? w->base : NULL};
-  if (pw_sender_new(&so, &w->sender)) return 1;
-
+  if (pw_sender_new(&so, &w->sender)) exit(1);
   sluice_subscribe_opts sub = {.queue = cfg->queue, .handler = on_job,
                                .user = w};
   if ((rc = sluice_consumer_subscribe(w->c, &sub))) die("subscribe", rc);
+}
 
-  if (cfg->debug_addr) {
+static void start_debug_endpoint(pw_worker *w) {
+  if (!w->cfg.debug_addr) return;
 #ifdef PW_HAVE_DEBUG
-    sluice_debug_opts dopts = {.consumer = w->c, .addr = cfg->debug_addr};
-    if ((rc = sluice_debug_server_new(&dopts, &w->debug)))
-      die("debug endpoint", rc);
-    int port = sluice_debug_server_port(w->debug);
-    if (!cfg->quiet)
-      fprintf(stderr,
-              "push-worker: debug endpoint on port %d (/debug/pprof/heap, "
-              "/debug/pprof/residual, /debug/vars, /metrics, /healthz)\n",
-              port);
-    emit(w, json_pack("{s:s, s:s, s:i}", "type", "event", "event", "debug",
-                      "port", port));
-#else
+  sluice_debug_opts dopts = {.consumer = w->c, .addr = w->cfg.debug_addr};
+  int rc = sluice_debug_server_new(&dopts, &w->debug);
+  if (rc) die("debug endpoint", rc);
+  int port = sluice_debug_server_port(w->debug);
+  if (!w->cfg.quiet)
     fprintf(stderr,
-            "push-worker: built without the debug endpoint (sluice_debug); "
-            "--debug-addr ignored\n");
+            "push-worker: debug endpoint on port %d (/debug/pprof/heap, "
+            "/debug/pprof/residual, /debug/vars, /metrics, /healthz)\n",
+            port);
+  pw_emit(w, json_pack("{s:s, s:s, s:i}", "type", "event", "event", "debug",
+                       "port", port));
+#else
+  fprintf(stderr,
+          "push-worker: built without the debug endpoint (sluice_debug); "
+          "--debug-addr ignored\n");
 #endif
-  }
+}
 
+/* Samples on --stats-fd, the --duration limit, SIGTERM/SIGINT. */
+static void arm_timers_and_signals(pw_worker *w) {
+  const pw_config *cfg = &w->cfg;
   if (cfg->stats_interval_ms) {
     w->stats_ev = event_new(w->base, -1, EV_PERSIST, on_stats_timer, w);
     struct timeval tv = {cfg->stats_interval_ms / 1000,
@@ -1158,13 +648,10 @@ int main(int argc, char **argv) {
   }
   if (cfg->duration_s > 0) {
     w->duration_ev = evtimer_new(w->base, on_duration, w);
-    struct timeval tv = {(time_t)cfg->duration_s,
-                         (suseconds_t)((cfg->duration_s -
-                                        (double)(time_t)cfg->duration_s) *
-                                       1e6)};
+    time_t s = (time_t)cfg->duration_s;
+    struct timeval tv = {s, (suseconds_t)((cfg->duration_s - (double)s) * 1e6)};
     evtimer_add(w->duration_ev, &tv);
   }
-
   g_consumer = w->c;
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
@@ -1172,82 +659,46 @@ int main(int argc, char **argv) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+}
 
+/* Run until stopped; returns the seconds it ran. */
+static double run(pw_worker *w) {
+  const pw_config *cfg = &w->cfg;
   if (!cfg->quiet)
     fprintf(stderr,
             "push-worker: consuming %s (%s ack, prefetch %u, %d workers, "
             "leak %s) -> %s\n",
             cfg->queue, cfg->ack == SLUICE_ACK_AUTO ? "auto" : "manual",
-            cfg->prefetch, cfg->workers, leak_names[cfg->leak], cfg->gateway);
-  double t_start = now_s();
-  if ((rc = sluice_consumer_start(w->c, w->base))) die("start", rc);
+            cfg->prefetch, cfg->workers, pw_leak_names[cfg->leak],
+            cfg->gateway);
+  double t_start = pw_now_s();
+  int rc = sluice_consumer_start(w->c, w->base);
+  if (rc) die("start", rc);
   event_base_dispatch(w->base);
-  double elapsed = now_s() - t_start;
+  return pw_now_s() - t_start;
+}
 
-  /* Stopped. Jobs still at the gateway or waiting are given back, then the
-   * republisher finishes what it holds. */
+/* Stopped. Jobs still at the gateway or waiting are given back, then the
+ * republisher finishes what it holds. Residuals are checked again after the
+ * grace period: wait for it once if some are pending, so that the verdicts
+ * are final. */
+static void wind_down(pw_worker *w) {
   if (w->stats_ev) event_free(w->stats_ev);
   if (w->duration_ev) event_free(w->duration_ev);
   pw_sender_free(w->sender);
   pw_republisher_free(w->repub);
-
-  /* Residuals are checked again after the grace period: wait for it once
-   * if some are pending, so that the verdicts are final. */
-  if (cfg->prof_rate) {
-    residual_sum r;
-    residual_totals(&r);
-    if (r.pending && cfg->grace_ms > 0) {
-      struct timespec ts = {(cfg->grace_ms + 20) / 1000,
-                            ((cfg->grace_ms + 20) % 1000) * 1000000};
-      while (nanosleep(&ts, &ts) && errno == EINTR) {
-      }
+  if (!w->cfg.prof_rate) return;
+  if (pw_residual_pending() && w->cfg.grace_ms > 0) {
+    struct timespec ts = {(w->cfg.grace_ms + 20) / 1000,
+                          ((w->cfg.grace_ms + 20) % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) && errno == EINTR) {
     }
-    sluice_prof_poll();
   }
+  sluice_prof_poll();
+}
 
-  emit(w, final_json(w, elapsed));
-
-  sluice_consumer_stats cs;
-  sluice_consumer_get_stats(w->c, &cs);
-  sluice_prof_memstats ms;
-  sluice_prof_memstats_read(&ms);
-  residual_sum r;
-  residual_totals(&r);
-  uint64_t fin = LOAD(w->n.finished);
-  printf("push-worker: %" PRIu64 " jobs in %.2f s (%.0f/s), %s ack, "
-         "prefetch %u, %d workers, leak %s: %" PRIu64 " sent, %" PRIu64
-         " ok, %" PRIu64 " probes, %" PRIu64 " dead-lettered (%" PRIu64
-         " invalid, %" PRIu64 " 4xx, %" PRIu64 " auth), %" PRIu64
-         " retried; acked %" PRIu64 ", nacked %" PRIu64 ", rejected %" PRIu64
-         "; rss %.1f MiB, heap %.1f MiB; residual %.1f B/message (%" PRIu64
-         " B retained)%s%s\n",
-         fin, elapsed, elapsed > 0 ? (double)fin / elapsed : 0.0,
-         cfg->ack == SLUICE_ACK_AUTO ? "auto" : "manual", cfg->prefetch,
-         cfg->workers, leak_names[cfg->leak], LOAD(w->n.sent),
-         LOAD(w->n.ok), LOAD(w->n.probes), LOAD(w->n.dead_lettered),
-         LOAD(w->n.invalid), LOAD(w->n.rejected_4xx),
-         LOAD(w->n.auth_failed), LOAD(w->n.retried), cs.acked, cs.nacked,
-         cs.rejected, (double)ms.rss_bytes / 1048576.0,
-         (double)ms.heap_live_bytes / 1048576.0,
-         r.messages ? (double)r.retained_bytes / (double)r.messages : 0.0,
-         r.retained_bytes, r.leaking ? ", LEAK" : "",
-         w->listeners_refused ? ", close listeners REFUSED (registry full)"
-                              : "");
-  if (cfg->prof_rate && !sluice_prof_interposing())
-    printf("push-worker: this build cannot interpose malloc (sanitizer): "
-           "residuals count only announced blocks\n");
-  if (cfg->report && cfg->prof_rate) {
-    sluice_prof_output ro = {.format = SLUICE_PROF_FMT_RESIDUAL};
-    printf("\n");
-    sluice_prof_write(NULL, &ro, write_stdout, NULL);
-    sluice_prof_output to = {.format = SLUICE_PROF_FMT_TOP,
-                             .value = SLUICE_PROF_RESIDUAL_SPACE,
-                             .max_rows = 10};
-    printf("\n");
-    sluice_prof_write(NULL, &to, write_stdout, NULL);
-  }
-  fflush(stdout);
-
+/* The autoAck jobs handed back at the stop, then everything else. */
+static int clean_up_worker(pw_worker *w) {
 #ifdef PW_HAVE_DEBUG
   sluice_debug_server_free(w->debug);
 #endif
@@ -1256,8 +707,7 @@ int main(int argc, char **argv) {
     int wrc = sluice_publisher_wait(w->abandon_pub, &rep);
     printf("push-worker: %" PRIu64 " autoAck jobs not handled before the "
            "stop timeout were republished (%" PRIu64 " confirmed%s)\n",
-           LOAD(w->n.abandoned), rep.confirmed,
-           wrc ? ", some NOT" : "");
+           LOAD(w->n.abandoned), rep.confirmed, wrc ? ", some NOT" : "");
     sluice_publisher_free(w->abandon_pub);
   }
   g_consumer = NULL;
@@ -1267,4 +717,35 @@ int main(int argc, char **argv) {
   pthread_mutex_destroy(&w->map_mu);
   pthread_mutex_destroy(&w->verdict_mu);
   return w->run_result ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  static pw_worker worker;
+  pw_worker *w = &worker;
+  int rc = pw_cli_parse(argc, argv, &w->cfg);
+  if (rc) {
+    if (rc < 0) pw_cli_usage(stderr, argv[0]);
+    return rc < 0 ? 2 : 0;
+  }
+  pthread_mutex_init(&w->map_mu, NULL);
+  pthread_mutex_init(&w->verdict_mu, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  w->t0 = pw_now_s();
+
+  start_profiler(w);
+  w->base = event_base_new();
+  if (!w->base) die("event_base_new", SLUICE_ENOMEM);
+  start_consumer(w);
+  start_pipeline(w);
+  start_debug_endpoint(w);
+  arm_timers_and_signals(w);
+
+  double elapsed = run(w);
+
+  wind_down(w);
+  pw_emit(w, pw_final_json(w, elapsed));
+  pw_print_summary(w, elapsed);
+  if (w->cfg.report && w->cfg.prof_rate) pw_print_report();
+  fflush(stdout);
+  return clean_up_worker(w);
 }

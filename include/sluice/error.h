@@ -20,7 +20,9 @@
 extern "C" {
 #endif
 
-/* XX(name, value, message). Values are stable: append, never renumber. */
+/* XX(name, value, message). Values are stable and dense from -1 down:
+ * append, never renumber (error.c checks both at compile time).
+ * SLUICE_ECANCELED is reserved: no 0.2 function returns it. */
 #define SLUICE_ERRNO_MAP(XX)                                                  \
   XX(EINVAL, -1, "invalid argument")                                          \
   XX(ENOMEM, -2, "out of memory")                                             \
@@ -70,7 +72,10 @@ typedef enum sluice_errno {
 #define SLUICE_ERR_ENUM_(name, val, msg) SLUICE_##name = (val),
   SLUICE_ERRNO_MAP(SLUICE_ERR_ENUM_)
 #undef SLUICE_ERR_ENUM_
-  SLUICE_ERR_MIN_ = -37 /**< the lowest code; for tests */
+/** The lowest code (derived from the table; for tests). */
+#define SLUICE_ERR_ONE_(name, val, msg) -1
+  SLUICE_ERR_MIN_ = 0 SLUICE_ERRNO_MAP(SLUICE_ERR_ONE_)
+#undef SLUICE_ERR_ONE_
 } sluice_errno;
 
 /** Human-readable message for an error code ("success" for 0, "unknown

@@ -30,6 +30,12 @@ extern "C" {
   XX(OUTCOME_STALE, 4, "stale") /* completed after its connection died */ \
   XX(OUTCOME_ERROR, 5, "error") /* invalid handler return; requeued */
 
+/** Initializer of a C array of outcome names indexed by outcome:
+ *  `static const char *const names[] = SLUICE_OUTCOME_NAMES;` (C only).
+ *  \since 0.2 */
+#define SLUICE_OUTCOME_NAMES { SLUICE_OUTCOME_MAP(SLUICE_OUTCOME_NAME_) }
+#define SLUICE_OUTCOME_NAME_(name, value, text) [value] = text,
+
 /** What a handler returns, and what sluice_delivery_done() takes. */
 typedef enum sluice_outcome {
   SLUICE_ACK = 0,    /**< processed: basic.ack */

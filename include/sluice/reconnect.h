@@ -4,11 +4,11 @@
  * used between reconnect attempts.
  *
  * The registry has a fixed capacity (sluice_consumer_opts.max_close_listeners,
- * default 16, at most 4096). Registering returns a handle; removing takes it. Listeners of
- * scope SLUICE_LISTEN_GENERATION belong to one connection: they see that
- * connection's close and are then removed automatically, so code that
- * registers one per connection never accumulates them. A full registry is an
- * error (SLUICE_ELIMIT), never growth.
+ * default 16, at most 4096). Registering returns a handle; removing takes
+ * it. Listeners of scope SLUICE_LISTEN_GENERATION belong to one connection:
+ * they see that connection's close and are then removed automatically, so
+ * code that registers one per connection never accumulates them. A full
+ * registry is an error (SLUICE_ELIMIT), never growth.
  *
  * Listeners receive SLUICE_EV_CLOSED (connection or channel lost: broker
  * close with reply code and text, socket error, missed heartbeats),

@@ -19,33 +19,33 @@ enum { UNACKED = 0, SETTLED_ACK, SETTLED_NACK, SETTLED_REJECT };
 
 struct model {
   int broker[N + 1];     /* broker's view per tag */
-  int completed[N + 1];  /* -1 outstanding, else ackq_kind */
+  int completed[N + 1];  /* -1 outstanding, else sluice__ackq_kind */
   int frames;
   int multiples;
   int refuse_after;      /* emit fails after this many frames (-1 never) */
 };
 
-static int emit(void *user, uint64_t tag, ackq_kind kind, int multiple,
+static int emit(void *user, uint64_t tag, sluice__ackq_kind kind, int multiple,
                 size_t count) {
   struct model *m = user;
   if (m->refuse_after >= 0 && m->frames >= m->refuse_after) return 1;
   assert_true(tag >= 1 && tag <= N);
   size_t settled = 0;
   if (multiple) {
-    assert_int_equal(kind, ACKQ_ACK);
+    assert_int_equal(kind, SLUICE__ACKQ_ACK);
     m->multiples++;
     for (uint64_t t = 1; t <= tag; t++) {
       if (m->broker[t] != UNACKED) continue;
       /* covering an outstanding delivery would ack unprocessed work */
-      assert_int_equal(m->completed[t], ACKQ_ACK);
+      assert_int_equal(m->completed[t], SLUICE__ACKQ_ACK);
       m->broker[t] = SETTLED_ACK;
       settled++;
     }
   } else {
     assert_int_equal(m->broker[tag], UNACKED); /* never twice */
     assert_int_equal(m->completed[tag], (int)kind);
-    m->broker[tag] = kind == ACKQ_ACK    ? SETTLED_ACK
-                     : kind == ACKQ_NACK ? SETTLED_NACK
+    m->broker[tag] = kind == SLUICE__ACKQ_ACK    ? SETTLED_ACK
+                     : kind == SLUICE__ACKQ_NACK ? SETTLED_NACK
                                          : SETTLED_REJECT;
     settled = 1;
   }
@@ -65,7 +65,7 @@ static void run(unsigned seed, int nack_every, int flush_every, int window) {
   memset(&m, 0, sizeof(m));
   m.refuse_after = -1;
   for (int t = 0; t <= N; t++) m.completed[t] = -1;
-  ackq q;
+  sluice__ackq q;
   sluice__ackq_init(&q);
   srand(seed);
   /* complete tags in a random order within a sliding window, like workers
@@ -78,9 +78,9 @@ static void run(unsigned seed, int nack_every, int flush_every, int window) {
     int i = rand() % np;
     int tag = pending[i];
     pending[i] = pending[--np];
-    ackq_kind k = ACKQ_ACK;
-    if (nack_every && tag % nack_every == 0) k = ACKQ_NACK;
-    if (nack_every && tag % (nack_every * 3) == 0) k = ACKQ_REJECT;
+    sluice__ackq_kind k = SLUICE__ACKQ_ACK;
+    if (nack_every && tag % nack_every == 0) k = SLUICE__ACKQ_NACK;
+    if (nack_every && tag % (nack_every * 3) == 0) k = SLUICE__ACKQ_REJECT;
     m.completed[tag] = (int)k;
     assert_int_equal(sluice__ackq_push(&q, (uint64_t)tag, k), 0);
     done++;
@@ -95,8 +95,8 @@ static void run(unsigned seed, int nack_every, int flush_every, int window) {
   assert_int_equal(q.n, 0);
   for (int t = 1; t <= N; t++) {
     assert_int_not_equal(m.broker[t], UNACKED);
-    int want = m.completed[t] == ACKQ_ACK    ? SETTLED_ACK
-               : m.completed[t] == ACKQ_NACK ? SETTLED_NACK
+    int want = m.completed[t] == SLUICE__ACKQ_ACK    ? SETTLED_ACK
+               : m.completed[t] == SLUICE__ACKQ_NACK ? SETTLED_NACK
                                              : SETTLED_REJECT;
     assert_int_equal(m.broker[t], want);
   }
@@ -108,11 +108,11 @@ static void in_order_coalesces_to_one_frame(void **state) {
   struct model m;
   memset(&m, 0, sizeof(m));
   m.refuse_after = -1;
-  ackq q;
+  sluice__ackq q;
   sluice__ackq_init(&q);
   for (int t = 1; t <= 100; t++) {
-    m.completed[t] = ACKQ_ACK;
-    sluice__ackq_push(&q, (uint64_t)t, ACKQ_ACK);
+    m.completed[t] = SLUICE__ACKQ_ACK;
+    sluice__ackq_push(&q, (uint64_t)t, SLUICE__ACKQ_ACK);
   }
   for (int t = 101; t <= N; t++) m.completed[t] = -1;
   assert_int_equal(sluice__ackq_flush(&q, 101, emit, &m), 1);
@@ -126,12 +126,12 @@ static void outstanding_below_blocks_multiple(void **state) {
   memset(&m, 0, sizeof(m));
   m.refuse_after = -1;
   for (int t = 0; t <= N; t++) m.completed[t] = -1;
-  ackq q;
+  sluice__ackq q;
   sluice__ackq_init(&q);
   /* tag 1 is deferred; 2..10 done: no multiple ack may cover tag 1 */
   for (int t = 2; t <= 10; t++) {
-    m.completed[t] = ACKQ_ACK;
-    sluice__ackq_push(&q, (uint64_t)t, ACKQ_ACK);
+    m.completed[t] = SLUICE__ACKQ_ACK;
+    sluice__ackq_push(&q, (uint64_t)t, SLUICE__ACKQ_ACK);
   }
   assert_int_equal(sluice__ackq_flush(&q, 1, emit, &m), 9);
   assert_int_equal(m.multiples, 0);
@@ -145,14 +145,14 @@ static void nack_goes_before_covering_ack(void **state) {
   memset(&m, 0, sizeof(m));
   m.refuse_after = -1;
   for (int t = 0; t <= N; t++) m.completed[t] = -1;
-  ackq q;
+  sluice__ackq q;
   sluice__ackq_init(&q);
-  m.completed[3] = ACKQ_ACK;
-  sluice__ackq_push(&q, 3, ACKQ_ACK);
-  m.completed[1] = ACKQ_ACK;
-  sluice__ackq_push(&q, 1, ACKQ_ACK);
-  m.completed[2] = ACKQ_NACK;
-  sluice__ackq_push(&q, 2, ACKQ_NACK);
+  m.completed[3] = SLUICE__ACKQ_ACK;
+  sluice__ackq_push(&q, 3, SLUICE__ACKQ_ACK);
+  m.completed[1] = SLUICE__ACKQ_ACK;
+  sluice__ackq_push(&q, 1, SLUICE__ACKQ_ACK);
+  m.completed[2] = SLUICE__ACKQ_NACK;
+  sluice__ackq_push(&q, 2, SLUICE__ACKQ_NACK);
   assert_int_equal(sluice__ackq_flush(&q, UINT64_MAX, emit, &m), 2);
   assert_int_equal(m.broker[2], SETTLED_NACK);
   assert_int_equal(m.broker[1], SETTLED_ACK);

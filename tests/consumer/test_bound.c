@@ -13,19 +13,19 @@
 
 static void pauses_at_count(void **state) {
   (void)state;
-  sluice_bound b = {.max_count = 4, .max_bytes = 1 << 20};
+  sluice__bound b = {.max_count = 4, .max_bytes = 1 << 20};
   for (int i = 0; i < 3; i++) {
     sluice__bound_hold(&b);
     sluice__bound_charge(&b, 100);
-    assert_int_equal(sluice__bound_update(&b), BOUND_SAME);
+    assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_SAME);
   }
   sluice__bound_hold(&b);
   sluice__bound_charge(&b, 100);
-  assert_int_equal(sluice__bound_update(&b), BOUND_PAUSE);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_PAUSE);
   assert_true(b.full);
-  assert_int_equal(sluice__bound_update(&b), BOUND_SAME); /* once */
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_SAME); /* once */
   sluice__bound_release(&b, 100);
-  assert_int_equal(sluice__bound_update(&b), BOUND_RESUME);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_RESUME);
   assert_false(b.full);
   assert_int_equal(b.pauses, 1);
   assert_int_equal(b.peak_count, 4);
@@ -33,17 +33,17 @@ static void pauses_at_count(void **state) {
 
 static void pauses_at_bytes(void **state) {
   (void)state;
-  sluice_bound b = {.max_count = 1000, .max_bytes = 10000};
+  sluice__bound b = {.max_count = 1000, .max_bytes = 10000};
   sluice__bound_hold(&b);
   sluice__bound_charge(&b, 9999);
-  assert_int_equal(sluice__bound_update(&b), BOUND_SAME);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_SAME);
   sluice__bound_hold(&b);
   sluice__bound_charge(&b, 1);
-  assert_int_equal(sluice__bound_update(&b), BOUND_PAUSE);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_PAUSE);
   sluice__bound_release(&b, 1);
-  assert_int_equal(sluice__bound_update(&b), BOUND_RESUME);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_RESUME);
   sluice__bound_release(&b, 9999);
-  assert_int_equal(sluice__bound_update(&b), BOUND_SAME);
+  assert_int_equal(sluice__bound_update(&b), SLUICE__BOUND_SAME);
   assert_int_equal(b.count, 0);
   assert_int_equal(b.bytes, 0);
 }
@@ -52,7 +52,7 @@ static void pauses_at_bytes(void **state) {
  * completions come back: what is held never exceeds the bound. */
 static void deep_queue_stays_bounded(void **state) {
   (void)state;
-  sluice_bound b = {.max_count = 256, .max_bytes = 64 * 1024};
+  sluice__bound b = {.max_count = 256, .max_bytes = 64 * 1024};
   size_t held[512];
   size_t n = 0;
   unsigned long produced = 0, consumed = 0;
@@ -65,14 +65,14 @@ static void deep_queue_stays_bounded(void **state) {
       sluice__bound_charge(&b, sz);
       held[n++] = sz;
       produced++;
-      if (sluice__bound_update(&b) == BOUND_PAUSE) reading = 0;
+      if (sluice__bound_update(&b) == SLUICE__BOUND_PAUSE) reading = 0;
     }
     if (n && (rand() % 3 == 0 || !reading || produced == 100000)) {
       size_t i = (size_t)rand() % n;
       sluice__bound_release(&b, held[i]);
       held[i] = held[--n];
       consumed++;
-      if (sluice__bound_update(&b) == BOUND_RESUME) reading = 1;
+      if (sluice__bound_update(&b) == SLUICE__BOUND_RESUME) reading = 1;
     }
     assert_true(b.count <= b.max_count);
     /* bytes may pass the bound by the one message that crossed it */

@@ -693,7 +693,8 @@ static void headers_and_properties(void **s) {
   assert_int_equal(sluice_publisher_publish(p, "", q, "0{}", 3, &pr), 0);
   /* mandatory publish to nowhere comes back as returned */
   sluice_publish_props mand = {.mandatory = 1};
-  assert_int_equal(sluice_publisher_publish(p, "", "sluice.nowhere", "x", 1, &mand), 0);
+  assert_int_equal(
+      sluice_publisher_publish(p, "", "sluice.nowhere", "x", 1, &mand), 0);
   sluice_publish_report rep;
   assert_int_equal(sluice_publisher_wait(p, &rep), SLUICE_ERETURNED);
   assert_int_equal(rep.returned, 1);

@@ -26,27 +26,24 @@ static void count_cb(sluice_consumer *c, const sluice_event *ev, void *user) {
   calls[(intptr_t)user]++;
 }
 
+/* Register count_cb through the consumer's API. */
+static int add(sluice_consumer *c, int scope, sluice_listener *h) {
+  return sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)0, scope, h);
+}
+
 static void full_registry_refuses(void **state) {
   (void)state;
   sluice_consumer *c = new_consumer(4);
   sluice_listener h[5];
   for (int i = 0; i < 4; i++)
-    assert_int_equal(sluice_consumer_on_close(c, count_cb, (void *)(intptr_t)0,
-                                     SLUICE_LISTEN_PERSISTENT, &h[i]),
-                     0);
+    assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &h[i]), 0);
   assert_int_equal(sluice_consumer_close_listener_count(c), 4);
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
-                                   &h[4]),
-                   SLUICE_ELIMIT);
+  assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &h[4]), SLUICE_ELIMIT);
   assert_int_equal(sluice_consumer_close_listener_count(c), 4);
   /* freeing one makes room for exactly one */
   assert_int_equal(sluice_consumer_off_close(c, h[1]), 0);
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
-                                   &h[4]),
-                   0);
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
-                                   &h[1]),
-                   SLUICE_ELIMIT);
+  assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &h[4]), 0);
+  assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &h[1]), SLUICE_ELIMIT);
   sluice_consumer_free(c);
 }
 
@@ -54,21 +51,24 @@ static void remove_twice_and_stale(void **state) {
   (void)state;
   sluice_consumer *c = new_consumer(2);
   sluice_listener a, b;
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
-                                   &a), 0);
+  assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &a), 0);
   assert_int_not_equal(a, 0);
   assert_int_equal(sluice_consumer_off_close(c, a), 0);
   assert_int_equal(sluice_consumer_off_close(c, a), SLUICE_EALREADY);
   /* the slot is reused: the old handle must not remove the new listener */
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, SLUICE_LISTEN_PERSISTENT,
-                                   &b), 0);
+  assert_int_equal(add(c, SLUICE_LISTEN_PERSISTENT, &b), 0);
   assert_int_equal(sluice_consumer_off_close(c, a), SLUICE_EALREADY);
   assert_int_equal(sluice_consumer_close_listener_count(c), 1);
   assert_int_equal(sluice_consumer_off_close(c, 0), SLUICE_EALREADY);
-  assert_int_equal(sluice_consumer_off_close(c, ~(sluice_listener)0), SLUICE_EALREADY);
-  assert_int_equal(sluice_consumer_on_close(c, NULL, NULL, SLUICE_LISTEN_PERSISTENT, &b),
+  assert_int_equal(sluice_consumer_off_close(c, ~(sluice_listener)0),
+                   SLUICE_EALREADY);
+  assert_int_equal(sluice_consumer_on_close(c, NULL, NULL,
+                                            SLUICE_LISTEN_PERSISTENT, &b),
                    SLUICE_EINVAL);
-  assert_int_equal(sluice_consumer_on_close(c, count_cb, NULL, 9, &b), SLUICE_EINVAL);
+  assert_int_equal(add(c, 9, &b), SLUICE_EINVAL);
+  assert_int_equal(add(NULL, SLUICE_LISTEN_PERSISTENT, &b), SLUICE_EINVAL);
+  assert_int_equal(sluice_consumer_off_close(NULL, b), SLUICE_EINVAL);
+  assert_int_equal(sluice_consumer_close_listener_count(NULL), 0);
   sluice_consumer_free(c);
 }
 
@@ -178,7 +178,8 @@ static void backoff_sequence(void **state) {
   }
   /* r = 0: always the minimum (full jitter includes the floor) */
   sluice_backoff_reset(&b);
-  for (int i = 0; i < 10; i++) assert_int_equal(sluice_backoff_next(&b, 0), 100);
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(sluice_backoff_next(&b, 0), 100);
   /* every value stays inside [min, max] for any random input */
   sluice_backoff_reset(&b);
   uint64_t x = 88172645463325252ULL;
