@@ -351,13 +351,13 @@ static void heap_metrics(struct evbuffer *b) {
                       (unsigned long long)m.scopes_retained);
   metric(b, "sluice_profiler_scopes_refused_total", COUNTER,
          "Scopes refused because the scope pool was full.", m.scopes_refused);
-  metric(b, "sluice_profiler_rechecks_skipped_total", COUNTER,
+  metric(b, "sluice_profiler_skipped_rechecks_total", COUNTER,
          "Scopes that ended with a residual without an after-grace re-check "
          "(max_pending reached).",
          m.rechecks_skipped);
   metric(b, "sluice_profiler_groups", GAUGE,
          "Residual groups (queue, outcome, key value) in use.", m.groups);
-  metric(b, "sluice_profiler_overflow_total", COUNTER,
+  metric(b, "sluice_profiler_overflow_scopes_total", COUNTER,
          "Scopes counted in an (other) row: group pool full or too many key "
          "values.",
          m.groups_overflow + m.keys_overflow);

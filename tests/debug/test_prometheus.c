@@ -60,6 +60,7 @@
 #define HELD_BODY 100  /* their body size */
 #define LEAK_BYTES 64  /* what each message of the leaky queue keeps */
 #define WINDOW 5       /* scrape intervals per rate() window */
+#define KEYED 40       /* keyed messages, twice */
 #define MAX_READS 20000
 
 static uint64_t wall_ms(void) {
@@ -591,16 +592,49 @@ static int check_rates(const char *sel, int acked, uint64_t from_ms,
   return windows;
 }
 
-/* Series of a vector answer that carry queue label `queue` (all: NULL). */
-static size_t series_for(json_t *res, const char *queue) {
+/* Series of a vector answer whose label `name` is `value` (NULL: any
+ * series). */
+static size_t series_with(json_t *res, const char *name, const char *value) {
   size_t n = 0;
   for (size_t i = 0; i < json_array_size(res); i++) {
-    const char *q = json_string_value(
-        json_object_get(json_object_get(json_array_get(res, i), "metric"),
-                        "queue"));
-    if (!queue || (q && !strcmp(q, queue))) n++;
+    const char *v = json_string_value(json_object_get(
+        json_object_get(json_array_get(res, i), "metric"), name));
+    if (!value || (v && !strcmp(v, value))) n++;
   }
   return n;
+}
+
+static size_t series_for(json_t *res, const char *queue) {
+  return series_with(res, "queue", queue);
+}
+
+/* Messages with a key, through the profiler's scope API (a worker that
+ * names the kind of each message): on queue q_keyed, key "type" =
+ * "invoice" keeps its context, "receipt" frees it. */
+static void *keyed_leaks[2 * KEYED];
+static size_t n_keyed_leaks;
+static const char *q_keyed;
+
+static void keyed_messages(unsigned n, uint64_t seq0) {
+  for (unsigned i = 0; i < n; i++) {
+    int leak = i % 2;
+    sluice_prof_scope sc = sluice_prof_scope_begin_key(
+        q_keyed, "type", leak ? "invoice" : "receipt", seq0 + i, seq0 + i);
+    assert_true(sc != 0);
+    sluice_prof_scope prev = sluice_prof_scope_enter(sc);
+    char *ctx = malloc(LEAK_BYTES);
+    assert_non_null(ctx);
+    if (!sluice_prof_interposing()) sluice_prof_note_alloc(ctx, LEAK_BYTES);
+    memset(ctx, (int)i, LEAK_BYTES);
+    if (leak) {
+      keyed_leaks[n_keyed_leaks++] = ctx;
+    } else {
+      if (!sluice_prof_interposing()) sluice_prof_note_free(ctx);
+      free(ctx);
+    }
+    sluice_prof_scope_enter(prev);
+    assert_int_equal(sluice_prof_scope_end(sc, SLUICE_ACK, NULL), 0);
+  }
 }
 
 static void test_prometheus_scrapes_worker(void **state) {
@@ -618,6 +652,7 @@ static void test_prometheus_scrapes_worker(void **state) {
   q_clean = tb_qname("prom.clean");
   q_leak = tb_qname("prom.leaky");
   q_held = tb_qname("prom.held");
+  q_keyed = tb_qname("prom.keyed"); /* a profiler aggregate, not a queue */
   const char *qs[] = {q_clean, q_leak, q_held};
   for (int i = 0; i < 3; i++) {
     sluice_queue_decl qd = {.name = qs[i]};
@@ -652,6 +687,7 @@ static void test_prometheus_scrapes_worker(void **state) {
   tb_fill(q_clean, WARMUP, 16);
   tb_fill(q_leak, WARMUP, 16);
   tb_fill(q_held, HELD, HELD_BODY);
+  keyed_messages(KEYED, 1);
   uint64_t delivered = 2 * WARMUP + HELD, acked = 2 * WARMUP;
   wait_rest(c, delivered, acked);
   uint64_t leaked_1 = residual_of(q_leak, SLUICE_ACK, 1);
@@ -662,6 +698,8 @@ static void test_prometheus_scrapes_worker(void **state) {
   assert_int_equal(query1("sluice_in_flight_messages", rest_1), HELD);
   /* Bodies plus properties: at least the bodies. */
   assert_true(query1("sluice_in_flight_bytes", rest_1) >= HELD * HELD_BODY);
+  /* More keyed messages: their counters move between the two rests. */
+  keyed_messages(KEYED, KEYED + 1);
 
   /* The flow: the stats are read every 10 ms meanwhile. */
   flow f = {.n = FLOW};
@@ -714,24 +752,50 @@ static void test_prometheus_scrapes_worker(void **state) {
   assert_true(query1(promql, rest_2) == WARMUP + FLOW / 2);
 
   /* docs/debug-endpoint.md, "Which queue is leaking": the same queries. */
+  /* The verdict names the leaky queue, never the clean queue or key (the
+   * leaky key may or may not have had enough messages for its verdict). */
   json_t *res, *root = query("sluice_residual_leaking == 1", rest_2, &res);
-  if (json_array_size(res) != 1 || series_for(res, q_leak) != 1)
-    fail_msg("sluice_residual_leaking == 1: %zu series, want %s only",
-             json_array_size(res), q_leak);
+  if (series_for(res, q_leak) != 1 || series_for(res, q_clean) ||
+      series_with(res, "key", "receipt") ||
+      json_array_size(res) != 1 + series_with(res, "key", "invoice"))
+    fail_msg("sluice_residual_leaking == 1: %zu series, want %s (and the "
+             "invoice key of %s)",
+             json_array_size(res), q_leak, q_keyed);
   json_decref(root);
+  /* Queues that leak: the leaky one and the keyed one, not the clean one. */
   root = query("topk(3, sum by (queue, outcome) "
                "(rate(sluice_residual_leaked_bytes_total[5m])) > 0)",
                rest_2, &res);
-  if (json_array_size(res) != 1 || series_for(res, q_leak) != 1)
-    fail_msg("leak ranking: %zu series, want %s only",
-             json_array_size(res), q_leak);
+  if (json_array_size(res) != 2 || series_for(res, q_leak) != 1 ||
+      series_for(res, q_keyed) != 1)
+    fail_msg("leak ranking: %zu series, want %s and %s",
+             json_array_size(res), q_leak, q_keyed);
   json_decref(root);
   root = query("topk(3, sum by (queue) (sluice_residual_retained_bytes) > 0)",
                rest_2, &res);
-  if (json_array_size(res) != 1 || series_for(res, q_leak) != 1)
-    fail_msg("retained ranking: %zu series, want %s only",
-             json_array_size(res), q_leak);
+  if (json_array_size(res) != 2 || series_for(res, q_leak) != 1 ||
+      series_for(res, q_keyed) != 1)
+    fail_msg("retained ranking: %zu series, want %s and %s",
+             json_array_size(res), q_leak, q_keyed);
   json_decref(root);
+  /* Inside the keyed queue: which kind of message. */
+  snprintf(promql, sizeof promql,
+           "topk(5, sum by (key) (rate(sluice_residual_leaked_bytes_total"
+           "{queue=\"%s\"}[5m])) > 0)",
+           q_keyed);
+  root = query(promql, rest_2, &res);
+  if (json_array_size(res) != 1 || series_with(res, "key", "invoice") != 1)
+    fail_msg("%s: %zu series, want key=invoice only", promql,
+             json_array_size(res));
+  json_decref(root);
+  snprintf(promql, sizeof promql,
+           "sluice_residual_messages_total{queue=\"%s\",key=\"receipt\"}",
+           q_keyed);
+  assert_true(query1(promql, rest_2) == KEYED);
+  snprintf(promql, sizeof promql,
+           "sluice_residual_leaked_bytes_total{queue=\"%s\",key=\"receipt\"}",
+           q_keyed);
+  assert_true(query1(promql, rest_2) == 0);
   /* Bytes per message over the flow, between the two rests: exactly what
    * the profiler's figures say (both counters come from the same scrapes;
    * a 1 ms wider window as above). */
@@ -749,8 +813,8 @@ static void test_prometheus_scrapes_worker(void **state) {
   assert_true(fabs(per_msg - want) <= 1e-9 * want);
 
   /* The alert of docs/prometheus/sluice-rules.yml: pending (it needs 10
-   * minutes to fire) for the leaky queue, and for no other. Rules are
-   * evaluated every second: bounded wait, 20 s. */
+   * minutes to fire) for the leaky queue, never for the clean ones. Rules
+   * are evaluated every second: bounded wait, 20 s. */
   size_t n_alerts = 0;
   for (int i = 0; i < 200 && !n_alerts; i++) {
     json_t *data, *r = api("/api/v1/alerts", &data);
@@ -762,6 +826,9 @@ static void test_prometheus_scrapes_worker(void **state) {
                  "SluiceResidualLeak"))
         continue;
       const char *q = json_string_value(json_object_get(l, "queue"));
+      const char *kv = json_string_value(json_object_get(l, "key"));
+      if (q && !strcmp(q, q_keyed) && kv && !strcmp(kv, "invoice"))
+        continue;
       if (!q || strcmp(q, q_leak))
         fail_msg("SluiceResidualLeak for queue %s", q ? q : "(none)");
       n_alerts++;
@@ -798,6 +865,10 @@ static void test_prometheus_scrapes_worker(void **state) {
   for (size_t i = 0; i < n_leaks; i++) {
     if (!sluice_prof_interposing()) sluice_prof_note_free(leaks[i]);
     free(leaks[i]);
+  }
+  for (size_t i = 0; i < n_keyed_leaks; i++) {
+    if (!sluice_prof_interposing()) sluice_prof_note_free(keyed_leaks[i]);
+    free(keyed_leaks[i]);
   }
 }
 
