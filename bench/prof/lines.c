@@ -66,7 +66,9 @@ __attribute__((noinline)) static void sink(void *p) {
 typedef void (*fn_t)(unsigned path, int depth);
 static fn_t fns[NF];
 
-/* Four call sites per function, chosen by two bits of the path. */
+/* Four call sites per function, chosen by two bits of the path. Macros that
+ * define functions, laid out by hand. */
+/* clang-format off */
 #define DEF(i)                                                        \
   __attribute__((noinline)) static void f##i(unsigned path, int depth) { \
     if (depth == 0) {                                                 \
@@ -93,6 +95,7 @@ static fn_t fns[NF];
   DEF(a##0) DEF(a##1) DEF(a##2) DEF(a##3) DEF(a##4) DEF(a##5) DEF(a##6) \
   DEF(a##7)
 DEF8(0) DEF8(1) DEF8(2) DEF8(3) DEF8(4) DEF8(5) DEF8(6) DEF8(7)
+/* clang-format on */
 #define REF8(a)                                                            \
   f##a##0, f##a##1, f##a##2, f##a##3, f##a##4, f##a##5, f##a##6, f##a##7
 static fn_t fns[NF] = {REF8(0), REF8(1), REF8(2), REF8(3),

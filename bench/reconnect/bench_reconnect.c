@@ -29,8 +29,9 @@
 #include "proxy.h"
 
 #define BROKER "amqp://guest:guest@127.0.0.1:5672/"
-#define STABLE_MS 20 /* latency mode: reset_after_ms, and how long each
-                        connection lives before the next cut */
+/* latency mode: reset_after_ms, and how long each connection lives before
+ * the next cut */
+#define STABLE_MS 20
 
 static uint64_t now_us(void) {
   struct timespec ts;

@@ -88,6 +88,8 @@ typedef struct sluice_kv {
   sluice_value value;
 } sluice_kv;
 
+/* clang-format would spread each initializer over six lines. */
+/* clang-format off */
 /** Convenience constructors for sluice_kv arrays. */
 #define SLUICE_KV_STR(k, v) \
   { (k), { .kind = SLUICE_VAL_STRING, .u.s = { (v), 0 } } }
@@ -98,6 +100,7 @@ typedef struct sluice_kv {
 /** \since 0.2 */
 #define SLUICE_KV_UINT(k, v) \
   { (k), { .kind = SLUICE_VAL_UINT, .u.u = (v) } }
+/* clang-format on */
 
 /* ------------------------------------------------------------------------ */
 /** \name Messages */

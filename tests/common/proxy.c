@@ -22,8 +22,9 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
-#define HIGH_WATER (1u << 20) /* bytes queued towards a side before we stop
-                                 reading the other: memory stays bounded */
+/* bytes queued towards a side before we stop reading the other: memory
+ * stays bounded */
+#define HIGH_WATER (1u << 20)
 
 enum cmd {
   CMD_NONE,
