@@ -6,14 +6,18 @@
 
 #include <sluice/error.h>
 
-void sluice__ackq_init(sluice__ackq *q) { memset(q, 0, sizeof(*q)); }
+void sluice__ackq_init(sluice__ackq *q) {
+  memset(q, 0, sizeof(*q));
+}
 
 void sluice__ackq_free(sluice__ackq *q) {
   free(q->items);
   memset(q, 0, sizeof(*q));
 }
 
-void sluice__ackq_reset(sluice__ackq *q) { q->n = q->n_acks = 0; }
+void sluice__ackq_reset(sluice__ackq *q) {
+  q->n = q->n_acks = 0;
+}
 
 int sluice__ackq_push(sluice__ackq *q, uint64_t tag, sluice__ackq_kind kind) {
   if (q->n == q->cap) {
@@ -38,8 +42,7 @@ static void drop(sluice__ackq *q, size_t i) {
 }
 
 int sluice__ackq_flush(sluice__ackq *q, uint64_t min_outstanding,
-                       sluice__ackq_emit_fn emit,
-                       void *user) {
+                       sluice__ackq_emit_fn emit, void *user) {
   int written = 0;
 
   /* Pass 1: nacks and rejects, in completion order. */
@@ -75,10 +78,8 @@ int sluice__ackq_flush(sluice__ackq *q, uint64_t min_outstanding,
     if (emit(user, k, SLUICE__ACKQ_ACK, multiple, below) != 0) return -1;
     written++;
     for (size_t i = 0; i < q->n;) {
-      if (q->items[i].tag < min_outstanding)
-        drop(q, i);
-      else
-        i++;
+      if (q->items[i].tag < min_outstanding) drop(q, i);
+      else i++;
     }
   }
 

@@ -27,15 +27,15 @@ typedef struct sluice__ackq_item {
 typedef struct sluice__ackq {
   sluice__ackq_item *items; /* pending completions, in completion order */
   size_t n, cap;
-  size_t n_acks;    /* how many of items are SLUICE__ACKQ_ACK */
+  size_t n_acks; /* how many of items are SLUICE__ACKQ_ACK */
 } sluice__ackq;
 
 /* Emit one frame: (tag, kind, multiple) settling `count` deliveries. Returns
  * 0 if written; nonzero stops the flush with the rest kept pending (the
  * socket is not writable). */
 typedef int (*sluice__ackq_emit_fn)(void *user, uint64_t tag,
-                                    sluice__ackq_kind kind,
-                            int multiple, size_t count);
+                                    sluice__ackq_kind kind, int multiple,
+                                    size_t count);
 
 void sluice__ackq_init(sluice__ackq *q);
 void sluice__ackq_free(sluice__ackq *q);
@@ -47,7 +47,6 @@ int sluice__ackq_push(sluice__ackq *q, uint64_t tag, sluice__ackq_kind kind);
  * (UINT64_MAX when none). Returns the number of frames written, or a
  * negative value if emit stopped early (what remains stays pending). */
 int sluice__ackq_flush(sluice__ackq *q, uint64_t min_outstanding,
-                       sluice__ackq_emit_fn emit,
-                       void *user);
+                       sluice__ackq_emit_fn emit, void *user);
 
 #endif

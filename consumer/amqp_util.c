@@ -59,8 +59,7 @@ int sluice__kv_to_table(amqp_pool_t *pool, const sluice_kv *kv, size_t n,
         if (l) memcpy(e[i].value.value.bytes.bytes, v->u.s.str, l);
         break;
       }
-      default:
-        return SLUICE_EINVAL;
+      default: return SLUICE_EINVAL;
     }
   }
   out->num_entries = (int)n;
@@ -90,64 +89,50 @@ int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
 
 int sluice__close_code_to_err(uint16_t code, const char *text) {
   switch (code) {
-    case 0:
-      return SLUICE_ECLOSED;
+    case 0: return SLUICE_ECLOSED;
     case AMQP_ACCESS_REFUSED: /* 403 */
       if (text && strstr(text, "vhost")) return SLUICE_EVHOST;
       return SLUICE_EAUTH;
     case AMQP_NOT_ALLOWED: /* 530 */
       if (text && strstr(text, "vhost")) return SLUICE_EVHOST;
       return SLUICE_EBROKER;
-    case AMQP_NOT_FOUND: /* 404 */
-      return SLUICE_ENOTFOUND;
+    case AMQP_NOT_FOUND: /* 404 */ return SLUICE_ENOTFOUND;
     case AMQP_PRECONDITION_FAILED: /* 406 */
       if (text && strstr(text, "inequivalent")) return SLUICE_ECONFLICT;
       return SLUICE_ECHANNEL;
-    case AMQP_RESOURCE_LOCKED: /* 405 */
-      return SLUICE_ECHANNEL;
-    case AMQP_CONNECTION_FORCED: /* 320 */
-      return SLUICE_ECLOSED;
+    case AMQP_RESOURCE_LOCKED: /* 405 */ return SLUICE_ECHANNEL;
+    case AMQP_CONNECTION_FORCED: /* 320 */ return SLUICE_ECLOSED;
     case AMQP_FRAME_ERROR:
     case AMQP_SYNTAX_ERROR:
     case AMQP_COMMAND_INVALID:
     case AMQP_CHANNEL_ERROR:
     case AMQP_UNEXPECTED_FRAME:
-    case AMQP_NOT_IMPLEMENTED:
-      return SLUICE_EPROTO;
-    default:
-      return SLUICE_EBROKER;
+    case AMQP_NOT_IMPLEMENTED: return SLUICE_EPROTO;
+    default: return SLUICE_EBROKER;
   }
 }
 
 int sluice__amqp_status_to_err(int status) {
   switch (status) {
-    case AMQP_STATUS_OK:
-      return 0;
-    case AMQP_STATUS_NO_MEMORY:
-      return SLUICE_ENOMEM;
+    case AMQP_STATUS_OK: return 0;
+    case AMQP_STATUS_NO_MEMORY: return SLUICE_ENOMEM;
     case AMQP_STATUS_TIMEOUT:
-    case AMQP_STATUS_TIMER_FAILURE:
-      return SLUICE_ETIMEDOUT;
-    case AMQP_STATUS_HEARTBEAT_TIMEOUT:
-      return SLUICE_EHEARTBEAT;
+    case AMQP_STATUS_TIMER_FAILURE: return SLUICE_ETIMEDOUT;
+    case AMQP_STATUS_HEARTBEAT_TIMEOUT: return SLUICE_EHEARTBEAT;
     case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED:
     case AMQP_STATUS_SOCKET_ERROR:
     case AMQP_STATUS_TCP_ERROR:
-    case AMQP_STATUS_TCP_SOCKETLIB_INIT_ERROR:
-      return SLUICE_ESOCKET;
+    case AMQP_STATUS_TCP_SOCKETLIB_INIT_ERROR: return SLUICE_ESOCKET;
     case AMQP_STATUS_CONNECTION_CLOSED:
-    case AMQP_STATUS_SOCKET_CLOSED:
-      return SLUICE_ECLOSED;
+    case AMQP_STATUS_SOCKET_CLOSED: return SLUICE_ECLOSED;
     case AMQP_STATUS_BAD_AMQP_DATA:
     case AMQP_STATUS_UNKNOWN_CLASS:
     case AMQP_STATUS_UNKNOWN_METHOD:
     case AMQP_STATUS_WRONG_METHOD:
     case AMQP_STATUS_UNEXPECTED_STATE:
     case AMQP_STATUS_INCOMPATIBLE_AMQP_VERSION:
-    case AMQP_STATUS_TABLE_TOO_BIG:
-      return SLUICE_EPROTO;
-    default:
-      return SLUICE_ESOCKET;
+    case AMQP_STATUS_TABLE_TOO_BIG: return SLUICE_EPROTO;
+    default: return SLUICE_ESOCKET;
   }
 }
 
@@ -156,10 +141,8 @@ int sluice__reply_to_err(amqp_rpc_reply_t r, uint16_t *code, char *text,
   if (code) *code = 0;
   if (text && textlen) text[0] = '\0';
   switch (r.reply_type) {
-    case AMQP_RESPONSE_NORMAL:
-      return 0;
-    case AMQP_RESPONSE_NONE:
-      return SLUICE_EPROTO;
+    case AMQP_RESPONSE_NORMAL: return 0;
+    case AMQP_RESPONSE_NONE: return SLUICE_EPROTO;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION:
       if (text && textlen)
         snprintf(text, textlen, "%s", amqp_error_string2(r.library_error));
@@ -196,7 +179,9 @@ static size_t str_need(const amqp_basic_properties_t *p, amqp_flags_t f,
   return (p->_flags & f) ? b.len + 1 : 0;
 }
 
-static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
+static size_t align8(size_t n) {
+  return (n + 7) & ~(size_t)7;
+}
 
 size_t sluice__props_size(const amqp_basic_properties_t *p) {
   size_t n = 0;
@@ -231,11 +216,10 @@ static const char *put_str(char **blk, amqp_bytes_t b) {
   return s;
 }
 
-#define COPY_STR(flag, field)                                    \
+#define COPY_STR(flag, field) \
   out->field = (p->_flags & (flag)) ? put_str(&w, p->field) : NULL
 
-static void value_copy(const amqp_field_value_t *v, sluice_value *o,
-                       char **w) {
+static void value_copy(const amqp_field_value_t *v, sluice_value *o, char **w) {
   memset(o, 0, sizeof(*o));
   switch (v->kind) {
     case AMQP_FIELD_KIND_BOOLEAN:

@@ -43,8 +43,7 @@ static amqp_table_entry_t str_entry(const char *key, const char *v) {
   return e;
 }
 
-void sluice__note_close(sluice_consumer *c, uint16_t code,
-                        const char *text) {
+void sluice__note_close(sluice_consumer *c, uint16_t code, const char *text) {
   if (!code) return;
   c->last_close_code = code;
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
@@ -62,13 +61,12 @@ static int speaks_tls(const char *host, int port, int ms) {
   hint.ai_socktype = SOCK_STREAM;
   snprintf(ps, sizeof(ps), "%d", port);
   if (getaddrinfo(host, ps, &hint, &res) != 0 || !res) return 0;
-  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                  0);
+  int fd =
+      socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int yes = 0;
   uint64_t deadline = sluice__now_ms() + (uint64_t)ms;
   if (fd < 0) goto out;
-  if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 &&
-      errno != EINPROGRESS)
+  if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS)
     goto out;
   struct pollfd p = {fd, POLLOUT, 0};
   uint64_t now = sluice__now_ms();
@@ -89,8 +87,8 @@ out:
 
 /* TCP (or TLS) connect and AMQP login to a parsed URI. */
 static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
-                       amqp_connection_state_t *out, uint16_t *code,
-                       char *text, size_t textlen) {
+                       amqp_connection_state_t *out, uint16_t *code, char *text,
+                       size_t textlen) {
   const sluice_uri u = *uri;
   int rc;
   if (u.tls && !a->tls) return SLUICE_ENOTSUP;
@@ -115,8 +113,7 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
   struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
   int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
   if (st != AMQP_STATUS_OK) {
-    rc = u.tls ? sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t,
-                                   sizeof(t))
+    rc = u.tls ? sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t, sizeof(t))
                : 0;
     if (!rc) {
       snprintf(t, sizeof(t), "%s", amqp_error_string2(st));

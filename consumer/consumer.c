@@ -122,10 +122,8 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   if (!out) return SLUICE_EINVAL;
   *out = NULL;
   sluice_consumer_opts o;
-  if (opts)
-    o = *opts;
-  else
-    memset(&o, 0, sizeof(o));
+  if (opts) o = *opts;
+  else memset(&o, 0, sizeof(o));
   int rc = apply_defaults(&o);
   if (rc) return rc;
 
@@ -293,8 +291,7 @@ static void retry(sluice_consumer *c) {
 
 /* The reply code to report with a close: a broker's close only. */
 static uint16_t broker_close_code(const sluice_consumer *c, int err) {
-  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code
-                                                       : 0;
+  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code : 0;
 }
 
 /* Everything that belonged to the dead connection's loop: its socket
@@ -362,31 +359,20 @@ static void on_wake(sluice_consumer *c) {
 void sluice__on_watch(sluice_consumer *c, sluice__watch w) {
   switch (w) {
     case SLUICE__W_READ:
-    case SLUICE__W_DRAIN:
-      sluice__read_frames(c);
-      return;
+    case SLUICE__W_DRAIN: sluice__read_frames(c); return;
     case SLUICE__W_WRITE:
       c->want_write = 0;
       sluice__flush_acks(c);
       return;
-    case SLUICE__W_WAKE:
-      on_wake(c);
-      return;
-    case SLUICE__W_HEARTBEAT:
-      sluice__heartbeat(c);
-      return;
+    case SLUICE__W_WAKE: on_wake(c); return;
+    case SLUICE__W_HEARTBEAT: sluice__heartbeat(c); return;
     case SLUICE__W_ACK:
       c->ack_timer_on = 0;
       sluice__flush_acks(c);
       return;
-    case SLUICE__W_STOP:
-      sluice__check_stop(c);
-      return;
-    case SLUICE__W_RETRY:
-      retry(c);
-      return;
-    default:
-      return;
+    case SLUICE__W_STOP: sluice__check_stop(c); return;
+    case SLUICE__W_RETRY: retry(c); return;
+    default: return;
   }
 }
 
@@ -488,8 +474,8 @@ static int cancel_subscriptions(sluice_consumer *c) {
     amqp_basic_cancel_t m;
     memset(&m, 0, sizeof(m));
     m.consumer_tag = amqp_cstring_bytes(s->tag);
-    if (amqp_send_method(c->conn, SLUICE__CH_MAIN,
-                         AMQP_BASIC_CANCEL_METHOD, &m) != 0) {
+    if (amqp_send_method(c->conn, SLUICE__CH_MAIN, AMQP_BASIC_CANCEL_METHOD,
+                         &m) != 0) {
       sluice__conn_lost(c, SLUICE_ESOCKET);
       return -1;
     }
@@ -548,8 +534,7 @@ void sluice__check_stop(sluice_consumer *c) {
  * stop budget. */
 static void close_gracefully(sluice_consumer *c) {
   uint64_t now = sluice__now_ms();
-  int left = c->stop_deadline_ms > now ? (int)(c->stop_deadline_ms - now)
-                                       : 100;
+  int left = c->stop_deadline_ms > now ? (int)(c->stop_deadline_ms - now) : 100;
   sluice__flush_acks_blocking(c, left);
   if (c->acks.n)
     sluice__log(c, SLUICE_LOG_WARN, "%zu acks could not be sent at stop",
@@ -589,9 +574,8 @@ static void finish_stop(sluice_consumer *c, int result) {
 
 /* ---- close listeners ----------------------------------------------------- */
 
-int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn,
-                             void *user, sluice_listen_scope scope,
-                             sluice_listener *out) {
+int sluice_consumer_on_close(sluice_consumer *c, sluice_close_fn fn, void *user,
+                             sluice_listen_scope scope, sluice_listener *out) {
   if (!c) return SLUICE_EINVAL;
   /* c->generation names the live connection, or the next one while down
    * (it moves on when a connection dies). */

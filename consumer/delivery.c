@@ -15,8 +15,7 @@
 #define SLOT_KEEP_BYTES (64 * 1024) /* larger blocks are freed after use */
 
 static void process_completion(sluice_consumer *c, sluice_delivery *d);
-static void queue_ack(sluice_consumer *c, uint64_t tag,
-                      sluice__ackq_kind kind);
+static void queue_ack(sluice_consumer *c, uint64_t tag, sluice__ackq_kind kind);
 
 static void counter_max(_Atomic uint64_t *m, uint64_t v) {
   uint64_t cur = atomic_load_explicit(m, memory_order_relaxed);
@@ -72,29 +71,21 @@ static void held_link(sluice_consumer *c, sluice_delivery *d) {
   d->on_stale = 0;
   d->next = NULL;
   d->prev = c->held_tail;
-  if (c->held_tail)
-    c->held_tail->next = d;
-  else
-    c->held_head = d;
+  if (c->held_tail) c->held_tail->next = d;
+  else c->held_head = d;
   c->held_tail = d;
 }
 
 static void held_unlink(sluice_consumer *c, sluice_delivery *d) {
   if (d->on_stale) {
-    if (d->prev)
-      d->prev->next = d->next;
-    else
-      c->stale_head = d->next;
+    if (d->prev) d->prev->next = d->next;
+    else c->stale_head = d->next;
     if (d->next) d->next->prev = d->prev;
   } else {
-    if (d->prev)
-      d->prev->next = d->next;
-    else
-      c->held_head = d->next;
-    if (d->next)
-      d->next->prev = d->prev;
-    else
-      c->held_tail = d->prev;
+    if (d->prev) d->prev->next = d->next;
+    else c->held_head = d->next;
+    if (d->next) d->next->prev = d->prev;
+    else c->held_tail = d->prev;
   }
   d->prev = d->next = NULL;
 }
@@ -240,10 +231,8 @@ static void complete_now(sluice_consumer *c, sluice_delivery *d, int outcome) {
   pthread_mutex_lock(&c->cq_mu);
   int was_empty = c->cq_head == NULL;
   d->qnext = NULL;
-  if (c->cq_tail)
-    c->cq_tail->qnext = d;
-  else
-    c->cq_head = d;
+  if (c->cq_tail) c->cq_tail->qnext = d;
+  else c->cq_head = d;
   c->cq_tail = d;
   pthread_mutex_unlock(&c->cq_mu);
   if (was_empty && c->wake_fd >= 0) {
@@ -264,8 +253,8 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
     return;
   }
   atomic_store(&d->state, SLUICE__DS_HANDLER);
-  uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
-                                         memory_order_relaxed) + 1;
+  uint64_t n =
+      atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed) + 1;
   counter_max(&c->n_max_in_handler, n);
   sluice__cb_frame f;
   sluice__cb_enter(&f, c);
@@ -371,15 +360,9 @@ static void process_completion(sluice_consumer *c, sluice_delivery *d) {
   } else {
     /* autoAck: the broker settled it on delivery; count the outcome. */
     switch (outcome) {
-      case SLUICE_ACK:
-        atomic_fetch_add(&c->n_acked, 1);
-        break;
-      case SLUICE_REJECT:
-        atomic_fetch_add(&c->n_rejected, 1);
-        break;
-      default:
-        atomic_fetch_add(&c->n_nacked, 1);
-        break;
+      case SLUICE_ACK: atomic_fetch_add(&c->n_acked, 1); break;
+      case SLUICE_REJECT: atomic_fetch_add(&c->n_rejected, 1); break;
+      default: atomic_fetch_add(&c->n_nacked, 1); break;
     }
   }
   sluice__update_pause(c);
@@ -412,8 +395,7 @@ void sluice__drain_completions(sluice_consumer *c) {
 #define ACK_FRAME_BYTES 21
 
 static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
-                    int multiple,
-                    size_t count) {
+                    int multiple, size_t count) {
   sluice_consumer *c = user;
   if (c->write_budget < ACK_FRAME_BYTES) {
     if (!sluice__fd_writable(c->fd)) return 1;

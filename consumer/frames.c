@@ -186,8 +186,8 @@ static void on_server_cancel(sluice_consumer *c, amqp_basic_cancel_t *m) {
   if (!m->nowait) {
     amqp_basic_cancel_ok_t ok;
     ok.consumer_tag = m->consumer_tag;
-    amqp_send_method(c->conn, SLUICE__CH_MAIN,
-                     AMQP_BASIC_CANCEL_OK_METHOD, &ok);
+    amqp_send_method(c->conn, SLUICE__CH_MAIN, AMQP_BASIC_CANCEL_OK_METHOD,
+                     &ok);
   }
   if (!s) return;
   s->active = 0;
@@ -216,9 +216,7 @@ static void on_blocked(sluice_consumer *c, amqp_connection_blocked_t *m) {
 static void on_connection_method(sluice_consumer *c, amqp_frame_t *f) {
   amqp_method_number_t id = f->payload.method.id;
   switch (id) {
-    case AMQP_CONNECTION_CLOSE_METHOD:
-      on_broker_close(c, f, 0);
-      return;
+    case AMQP_CONNECTION_CLOSE_METHOD: on_broker_close(c, f, 0); return;
     case AMQP_CONNECTION_BLOCKED_METHOD:
       on_blocked(c, f->payload.method.decoded);
       return;
@@ -268,9 +266,7 @@ static void on_method(sluice_consumer *c, amqp_frame_t *f) {
       if (c->stopping) sluice__check_stop(c);
       return;
     }
-    case AMQP_CHANNEL_CLOSE_METHOD:
-      on_broker_close(c, f, 1);
-      return;
+    case AMQP_CHANNEL_CLOSE_METHOD: on_broker_close(c, f, 1); return;
     default:
       sluice__log(c, SLUICE_LOG_DEBUG, "ignored method 0x%08x", id);
       return;
@@ -279,12 +275,9 @@ static void on_method(sluice_consumer *c, amqp_frame_t *f) {
 
 static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
   switch (f->frame_type) {
-    case AMQP_FRAME_METHOD:
-      on_method(c, f);
-      return;
+    case AMQP_FRAME_METHOD: on_method(c, f); return;
     case AMQP_FRAME_HEADER:
-      if (!c->asm_d || c->asm_d->msg.body ||
-          f->channel != SLUICE__CH_MAIN) {
+      if (!c->asm_d || c->asm_d->msg.body || f->channel != SLUICE__CH_MAIN) {
         sluice__log(c, SLUICE_LOG_ERROR, "content header out of place");
         sluice__conn_lost(c, SLUICE_EPROTO);
         return;
@@ -295,11 +288,8 @@ static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
       }
       if (c->asm_d->body_size == 0) delivery_complete(c);
       return;
-    case AMQP_FRAME_BODY:
-      on_body(c, f);
-      return;
-    default:
-      return; /* heartbeats are consumed by rabbitmq-c */
+    case AMQP_FRAME_BODY: on_body(c, f); return;
+    default: return; /* heartbeats are consumed by rabbitmq-c */
   }
 }
 
@@ -358,8 +348,8 @@ static int paused_peer_gone(sluice_consumer *c) {
   struct pollfd pf = {c->fd, POLLRDHUP, 0};
   if (poll(&pf, 1, 0) != 1) return 0;
   int reset = (pf.revents & (POLLERR | POLLHUP)) != 0;
-  if (!reset && !((pf.revents & POLLRDHUP) &&
-                  c->o.ack_mode == SLUICE_ACK_MANUAL))
+  if (!reset &&
+      !((pf.revents & POLLRDHUP) && c->o.ack_mode == SLUICE_ACK_MANUAL))
     return 0;
   sluice__log(c, SLUICE_LOG_WARN, "connection %s while reading was paused",
               reset ? "reset" : "closed by the broker");

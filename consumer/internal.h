@@ -48,12 +48,12 @@ struct sluice_delivery {
   sluice_message msg;
   sluice_delivery_info info;
   void *hook_token;
-  size_t body_size;     /* announced by the content header */
-  size_t body_got;      /* received so far */
-  size_t mem;           /* bytes charged to the in-flight bound */
-  int too_big;          /* body discarded; will be rejected */
-  int on_stale;         /* linked on the stale list, not the held one */
-  int early_outcome;    /* sluice_delivery_done() while still in handler */
+  size_t body_size;  /* announced by the content header */
+  size_t body_got;   /* received so far */
+  size_t mem;        /* bytes charged to the in-flight bound */
+  int too_big;       /* body discarded; will be rejected */
+  int on_stale;      /* linked on the stale list, not the held one */
+  int early_outcome; /* sluice_delivery_done() while still in handler */
   /* storage: strings, headers and body live in one block */
   char *blk;
   size_t blk_cap;
@@ -111,8 +111,8 @@ struct sluice_consumer {
   amqp_connection_state_t conn;
   int fd;
   _Atomic int connected; /* read by get_stats from any thread */
-  int heartbeat_s;      /* negotiated */
-  uint64_t last_rx_ms;  /* last time bytes were seen from the broker */
+  int heartbeat_s;       /* negotiated */
+  uint64_t last_rx_ms;   /* last time bytes were seen from the broker */
   _Atomic uint64_t generation;
   uint16_t last_close_code;
   char last_close_text[256];
@@ -128,7 +128,7 @@ struct sluice_consumer {
   int run_result;
   int started;
   pthread_t loop_thread;
-  size_t abandoned;  /* held deliveries left unacked by a stop */
+  size_t abandoned; /* held deliveries left unacked by a stop */
   _Atomic int stopped;
 
   /* topology */
@@ -144,7 +144,7 @@ struct sluice_consumer {
    * ones left over from dead connections */
   sluice_delivery *held_head, *held_tail;
   sluice_delivery *stale_head;
-  sluice__bound bound;    /* every delivery held, whatever its generation */
+  sluice__bound bound; /* every delivery held, whatever its generation */
 
   /* slot pool (loop thread allocates; any thread may complete) */
   sluice_delivery *pool;
@@ -167,7 +167,7 @@ struct sluice_consumer {
   /* stop */
   _Atomic int stop_requested;
   int stopping;
-  int draining;     /* AUTO stop past its deadline: hand deliveries off */
+  int draining; /* AUTO stop past its deadline: hand deliveries off */
   uint64_t stop_deadline_ms;
 
   /* reconnect: the policy decides, the consumer arms SLUICE__W_RETRY */

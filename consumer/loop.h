@@ -42,8 +42,7 @@ typedef struct sluice__loop {
 int sluice__loop_attach(sluice__loop *l, struct event_base *base,
                         struct sluice_consumer *c, int wake_fd);
 /* A new connection: READ and WRITE now watch `fd`, disarmed. */
-int sluice__loop_set_socket(sluice__loop *l, struct sluice_consumer *c,
-                            int fd);
+int sluice__loop_set_socket(sluice__loop *l, struct sluice_consumer *c, int fd);
 /* Arm `w`; `ms` is its timeout or period (ignored for the socket and the
  * wake-up). A no-op while not attached. */
 void sluice__loop_arm(sluice__loop *l, sluice__watch w, uint64_t ms);

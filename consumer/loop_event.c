@@ -16,15 +16,11 @@ static void fired(evutil_socket_t fd, short what, void *arg) {
 static short flags_of(sluice__watch w) {
   switch (w) {
     case SLUICE__W_READ:
-    case SLUICE__W_WAKE:
-      return EV_READ | EV_PERSIST;
-    case SLUICE__W_WRITE:
-      return EV_WRITE;
+    case SLUICE__W_WAKE: return EV_READ | EV_PERSIST;
+    case SLUICE__W_WRITE: return EV_WRITE;
     case SLUICE__W_HEARTBEAT:
-    case SLUICE__W_STOP:
-      return EV_PERSIST;
-    default:
-      return 0; /* a one-shot timer */
+    case SLUICE__W_STOP: return EV_PERSIST;
+    default: return 0; /* a one-shot timer */
   }
 }
 

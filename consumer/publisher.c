@@ -26,13 +26,13 @@ struct sluice_publisher {
   amqp_connection_state_t conn;
   uint8_t *ring; /* state per sequence number, ring[seq % cap] */
   unsigned cap;
-  uint64_t next_seq;  /* next publish gets this (from 1) */
-  uint64_t low;       /* lowest sequence number not yet settled */
+  uint64_t next_seq; /* next publish gets this (from 1) */
+  uint64_t low;      /* lowest sequence number not yet settled */
   sluice_publish_report rep;
   uint16_t close_code;
   char close_text[256];
-  int broken;         /* the channel or connection is gone */
-  int blocked;        /* connection.blocked, not yet unblocked */
+  int broken;  /* the channel or connection is gone */
+  int blocked; /* connection.blocked, not yet unblocked */
   char blocked_reason[256];
 };
 
@@ -132,18 +132,15 @@ void sluice_publisher_free(sluice_publisher *p) {
   free(p);
 }
 
-static void settle(sluice_publisher *p, uint64_t tag, int multiple,
-                   int state) {
+static void settle(sluice_publisher *p, uint64_t tag, int multiple, int state) {
   uint64_t from = multiple ? p->low : tag;
   for (uint64_t s = from; s <= tag && s < p->next_seq; s++) {
     uint8_t *slot = &p->ring[s % p->cap];
     if (*slot != SEQ_PENDING) continue;
     *slot = (uint8_t)state;
     p->rep.pending--;
-    if (state == SEQ_ACKED)
-      p->rep.confirmed++;
-    else
-      p->rep.nacked++;
+    if (state == SEQ_ACKED) p->rep.confirmed++;
+    else p->rep.nacked++;
   }
   while (p->low < p->next_seq && p->ring[p->low % p->cap] != SEQ_PENDING) {
     p->ring[p->low % p->cap] = SEQ_NONE;
@@ -166,8 +163,12 @@ static int read_return(sluice_publisher *p, amqp_basic_return_t *m) {
     char mid[256] = "";
     if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
       sluice__bytes_str(mid, sizeof(mid), msg.properties.message_id);
-    sluice_returned ret = {code,        text,          exch,
-                           rk,          msg.body.bytes, msg.body.len,
+    sluice_returned ret = {code,
+                           text,
+                           exch,
+                           rk,
+                           msg.body.bytes,
+                           msg.body.len,
                            mid[0] ? mid : NULL};
     sluice__cb_frame f;
     sluice__cb_enter(&f, p);
@@ -243,8 +244,7 @@ static int handle_frame(sluice_publisher *p, amqp_frame_t *f) {
       p->broken = 1;
       return SLUICE_ECLOSED;
     }
-    default:
-      return 0;
+    default: return 0;
   }
 }
 
@@ -346,9 +346,9 @@ int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
   int mandatory = 0;
   if (props) {
     mandatory = props->mandatory;
-#define SET(field, flag)                  \
-  if (props->field) {                     \
-    bp._flags |= (flag);                  \
+#define SET(field, flag)                         \
+  if (props->field) {                            \
+    bp._flags |= (flag);                         \
     bp.field = amqp_cstring_bytes(props->field); \
   }
     SET(content_type, AMQP_BASIC_CONTENT_TYPE_FLAG);
@@ -365,7 +365,7 @@ int sluice_publisher_publish(sluice_publisher *p, const char *exchange,
     }
     if (props->n_headers) {
       rc = sluice__kv_to_table(&pool, props->headers, props->n_headers,
-                                   &bp.headers);
+                               &bp.headers);
       if (rc) {
         empty_amqp_pool(&pool);
         return rc;
@@ -446,8 +446,7 @@ int sluice_publisher_declare_exchange(sluice_publisher *p,
 }
 
 int sluice_publisher_bind_queue(sluice_publisher *p, const char *queue,
-                                const char *exchange,
-                                const char *routing_key) {
+                                const char *exchange, const char *routing_key) {
   if (!p || !queue || !exchange) return SLUICE_EINVAL;
   amqp_queue_bind(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue),
                   amqp_cstring_bytes(exchange), cs(routing_key),
@@ -468,9 +467,9 @@ int sluice_publisher_delete_queue(sluice_publisher *p, const char *queue,
 int sluice_publisher_queue_depth(sluice_publisher *p, const char *queue,
                                  uint32_t *messages, uint32_t *consumers) {
   if (!p || !queue) return SLUICE_EINVAL;
-  amqp_queue_declare_ok_t *ok =
-      amqp_queue_declare(p->conn, PUB_TOPO_CH, amqp_cstring_bytes(queue), 1,
-                         0, 0, 0, amqp_empty_table);
+  amqp_queue_declare_ok_t *ok = amqp_queue_declare(p->conn, PUB_TOPO_CH,
+                                                   amqp_cstring_bytes(queue), 1,
+                                                   0, 0, 0, amqp_empty_table);
   int rc = topo_result(p);
   if (rc == 0 && ok) {
     if (messages) *messages = ok->message_count;

@@ -43,10 +43,8 @@ static void ssl_reason(char *buf, size_t len) {
   buf[0] = '\0';
   if (e) {
     const char *r = ERR_reason_error_string(e);
-    if (r)
-      snprintf(buf, len, "%s", r);
-    else
-      ERR_error_string_n(e, buf, len);
+    if (r) snprintf(buf, len, "%s", r);
+    else ERR_error_string_n(e, buf, len);
   }
   ERR_clear_error();
 }
@@ -116,12 +114,8 @@ int sluice__tls_config_init(sluice__tls_config *out, const sluice_tls_opts *o,
   }
   switch (o->min_version) {
     case SLUICE_TLS_DEFAULT:
-    case SLUICE_TLS_1_2:
-      out->min_version = TLS1_2_VERSION;
-      break;
-    case SLUICE_TLS_1_3:
-      out->min_version = TLS1_3_VERSION;
-      break;
+    case SLUICE_TLS_1_2: out->min_version = TLS1_2_VERSION; break;
+    case SLUICE_TLS_1_3: out->min_version = TLS1_3_VERSION; break;
     default:
       snprintf(text, textlen, "TLS: unknown min_version %d", o->min_version);
       return SLUICE_EINVAL;
@@ -171,7 +165,8 @@ static sluice__tls_diag *diag_of(const SSL *ssl) {
 }
 
 static int verify_cb(int ok, X509_STORE_CTX *x) {
-  SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+  SSL *ssl =
+      X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
   sluice__tls_diag *d = ssl ? diag_of(ssl) : NULL;
   if (!ok && d && !d->verify_err) {
     d->verify_err = X509_STORE_CTX_get_error(x);
@@ -220,8 +215,8 @@ static int is_ip_literal(const char *host) {
 
 int sluice__tls_socket(amqp_connection_state_t conn,
                        const sluice__tls_config *cfg, const char *host,
-                       sluice__tls_diag *diag, amqp_socket_t **out,
-                       char *text, size_t textlen) {
+                       sluice__tls_diag *diag, amqp_socket_t **out, char *text,
+                       size_t textlen) {
   *out = NULL;
   memset(diag, 0, sizeof(*diag));
   diag->cfg = cfg;
@@ -247,8 +242,7 @@ int sluice__tls_socket(amqp_connection_state_t conn,
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_cb);
     if (cfg->verify_hostname) {
       X509_VERIFY_PARAM *vp = SSL_CTX_get0_param(ctx);
-      X509_VERIFY_PARAM_set_hostflags(vp,
-                                      X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
       int ok = is_ip_literal(name) ? X509_VERIFY_PARAM_set1_ip_asc(vp, name)
                                    : X509_VERIFY_PARAM_set1_host(vp, name, 0);
       if (ok != 1) {
@@ -270,20 +264,16 @@ static int verify_code(long e) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
     case X509_V_ERR_CERT_NOT_YET_VALID:
     case X509_V_ERR_ERROR_IN_CERT_NOT_BEFORE_FIELD:
-    case X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD:
-      return SLUICE_ETLSEXPIRED;
+    case X509_V_ERR_ERROR_IN_CERT_NOT_AFTER_FIELD: return SLUICE_ETLSEXPIRED;
     case X509_V_ERR_HOSTNAME_MISMATCH:
-    case X509_V_ERR_IP_ADDRESS_MISMATCH:
-      return SLUICE_ETLSHOST;
+    case X509_V_ERR_IP_ADDRESS_MISMATCH: return SLUICE_ETLSHOST;
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
     case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
     case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-    case X509_V_ERR_CERT_UNTRUSTED:
-      return SLUICE_ETLSCA;
-    default:
-      return SLUICE_ETLSVERIFY;
+    case X509_V_ERR_CERT_UNTRUSTED: return SLUICE_ETLSCA;
+    default: return SLUICE_ETLSVERIFY;
   }
 }
 
@@ -298,12 +288,9 @@ static int client_cert_alert(int a, int cert_requested) {
     case SSL3_AD_CERTIFICATE_UNKNOWN:
     case TLS1_AD_UNKNOWN_CA:
     case TLS1_AD_ACCESS_DENIED:
-    case TLS13_AD_CERTIFICATE_REQUIRED:
-      return 1;
-    case SSL3_AD_HANDSHAKE_FAILURE:
-      return cert_requested;
-    default:
-      return 0;
+    case TLS13_AD_CERTIFICATE_REQUIRED: return 1;
+    case SSL3_AD_HANDSHAKE_FAILURE: return cert_requested;
+    default: return 0;
   }
 }
 
@@ -316,10 +303,8 @@ static int not_tls_reason(unsigned long e) {
     case SSL_R_PACKET_LENGTH_TOO_LONG:
     case SSL_R_RECORD_LENGTH_MISMATCH:
     case SSL_R_HTTP_REQUEST:
-    case SSL_R_HTTPS_PROXY_REQUEST:
-      return 1;
-    default:
-      return 0;
+    case SSL_R_HTTPS_PROXY_REQUEST: return 1;
+    default: return 0;
   }
 }
 
@@ -329,8 +314,7 @@ int sluice__tls_error(const sluice__tls_diag *d, int when, int status,
   char why[200];
   ssl_reason(why, sizeof(why));
   if (d->verify_err) {
-    snprintf(text, textlen,
-             "certificate verify failed: %s (depth %d, %s)",
+    snprintf(text, textlen, "certificate verify failed: %s (depth %d, %s)",
              X509_verify_cert_error_string(d->verify_err), d->verify_depth,
              d->verify_subject[0] ? d->verify_subject : "no subject");
     return verify_code(d->verify_err);

@@ -34,16 +34,16 @@ void sluice__tls_config_free(sluice__tls_config *cfg);
 /* What OpenSSL saw during one attempt's handshake and first reads. */
 typedef struct sluice__tls_diag {
   const sluice__tls_config *cfg;
-  const char *sni;           /* the name sent in SNI, or NULL for none */
-  int started;               /* the handshake began (TCP was up) */
-  int done;                  /* the handshake completed */
-  int version;               /* the version it agreed on (TLS1_3_VERSION) */
-  int cert_requested;        /* the server asked for a client certificate */
-  long verify_err;           /* first X509_V_ERR_* of the server's chain */
+  const char *sni;    /* the name sent in SNI, or NULL for none */
+  int started;        /* the handshake began (TCP was up) */
+  int done;           /* the handshake completed */
+  int version;        /* the version it agreed on (TLS1_3_VERSION) */
+  int cert_requested; /* the server asked for a client certificate */
+  long verify_err;    /* first X509_V_ERR_* of the server's chain */
   int verify_depth;
-  char verify_subject[160];  /* the certificate it concerns */
-  int alert;                 /* fatal alert received from the server, -1 */
-  int alert_sent;            /* fatal alert we sent, -1 */
+  char verify_subject[160]; /* the certificate it concerns */
+  int alert;                /* fatal alert received from the server, -1 */
+  int alert_sent;           /* fatal alert we sent, -1 */
 } sluice__tls_diag;
 
 /* A new SSL socket on `conn` for a connection to `host` (the URI's),
@@ -52,8 +52,8 @@ typedef struct sluice__tls_diag {
  * SLUICE_ETLSCONFIG (why in `text`). */
 int sluice__tls_socket(amqp_connection_state_t conn,
                        const sluice__tls_config *cfg, const char *host,
-                       sluice__tls_diag *diag, amqp_socket_t **out,
-                       char *text, size_t textlen);
+                       sluice__tls_diag *diag, amqp_socket_t **out, char *text,
+                       size_t textlen);
 
 /* When the failure happened. */
 enum { SLUICE__TLS_AT_OPEN, SLUICE__TLS_AT_LOGIN };

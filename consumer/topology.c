@@ -28,8 +28,8 @@ int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t) {
   switch (t->kind) {
     case SLUICE__TOPO_EXCHANGE:
       amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
-                            amqp_cstring_bytes(t->type), t->passive,
-                            t->durable, t->auto_delete, t->internal, t->args);
+                            amqp_cstring_bytes(t->type), t->passive, t->durable,
+                            t->auto_delete, t->internal, t->args);
       return topo_reply(c, "declare exchange", t->name);
     case SLUICE__TOPO_QUEUE:
       amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
@@ -48,9 +48,8 @@ int sluice__consume(sluice_consumer *c, struct sluice__sub *s) {
   /* A passive declare on the topology channel first: basic.consume on a
    * missing queue would close the consuming channel and every other
    * subscription on it. */
-  amqp_queue_declare(c->conn, SLUICE__CH_TOPOLOGY,
-                     amqp_cstring_bytes(s->queue), 1, 0, 0, 0,
-                     amqp_empty_table);
+  amqp_queue_declare(c->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(s->queue),
+                     1, 0, 0, 0, amqp_empty_table);
   int rc = topo_reply(c, "subscribe to queue", s->queue);
   if (rc) return rc;
 
@@ -63,10 +62,10 @@ int sluice__consume(sluice_consumer *c, struct sluice__sub *s) {
     args.num_entries = 1;
     args.entries = &prio;
   }
-  amqp_basic_consume_ok_t *ok = amqp_basic_consume(
-      c->conn, SLUICE__CH_MAIN, amqp_cstring_bytes(s->queue),
-      amqp_cstring_bytes(s->tag), 0, c->o.ack_mode == SLUICE_ACK_AUTO,
-      s->exclusive, args);
+  amqp_basic_consume_ok_t *ok =
+      amqp_basic_consume(c->conn, SLUICE__CH_MAIN, amqp_cstring_bytes(s->queue),
+                         amqp_cstring_bytes(s->tag), 0,
+                         c->o.ack_mode == SLUICE_ACK_AUTO, s->exclusive, args);
   uint16_t code;
   char text[256];
   rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
@@ -206,8 +205,7 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
   if (!c || !queue) return SLUICE_EINVAL;
   if (!c->connected) return SLUICE_ECLOSED;
   amqp_queue_purge_ok_t *ok =
-      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY,
-                       amqp_cstring_bytes(queue));
+      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(queue));
   int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, NULL, NULL, 0);
   if (rc == 0 && purged && ok) *purged = ok->message_count;
   sluice__kick_read(c);

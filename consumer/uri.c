@@ -65,7 +65,7 @@ static int decode(parser *p, const char *s, const char *e, const char **out,
   return 0;
 }
 
-#define DECODE(p, s, e, out, part)                                        \
+#define DECODE(p, s, e, out, part)                                  \
   decode(p, s, e, out, "bad percent-escape in " part " (want %XX)", \
          "percent-encoded NUL (%00) in " part)
 
@@ -193,7 +193,6 @@ char *sluice__uri_err_text(int rc, const sluice__uri_err *err, char *dst,
                            size_t dstlen) {
   if (rc == SLUICE_EURI && err && err->what)
     snprintf(dst, dstlen, "%s at byte %zu", err->what, err->at);
-  else
-    snprintf(dst, dstlen, "%s", sluice_strerror(rc));
+  else snprintf(dst, dstlen, "%s", sluice_strerror(rc));
   return dst;
 }

@@ -57,10 +57,8 @@ void sluice__workers_stop(sluice_consumer *c) {
 void sluice__workers_push(sluice_consumer *c, sluice_delivery *d) {
   d->qnext = NULL;
   pthread_mutex_lock(&c->wq_mu);
-  if (c->wq_tail)
-    c->wq_tail->qnext = d;
-  else
-    c->wq_head = d;
+  if (c->wq_tail) c->wq_tail->qnext = d;
+  else c->wq_head = d;
   c->wq_tail = d;
   pthread_cond_signal(&c->wq_cv);
   pthread_mutex_unlock(&c->wq_mu);

@@ -67,16 +67,16 @@ struct sluice_debug_server {
   unsigned max_connections;
   unsigned n_conns;
   struct evconnlistener *listener;
-  struct event *sweep_ev;  /* closes connections past their deadline */
-  struct event *resume_ev; /* accepts again after a failed accept() */
-  struct event *yield_ev;  /* accepts again after an eviction */
-  struct event *calm_ev;   /* ends an episode of failed accept() calls */
-  int cap_paused;          /* every place is taken by an answer */
-  int yielding;            /* an evicted socket is still to be closed */
-  unsigned backoff_ms;     /* current pause after a failed accept(), or 0 */
+  struct event *sweep_ev;   /* closes connections past their deadline */
+  struct event *resume_ev;  /* accepts again after a failed accept() */
+  struct event *yield_ev;   /* accepts again after an eviction */
+  struct event *calm_ev;    /* ends an episode of failed accept() calls */
+  int cap_paused;           /* every place is taken by an answer */
+  int yielding;             /* an evicted socket is still to be closed */
+  unsigned backoff_ms;      /* current pause after a failed accept(), or 0 */
   uint64_t accept_failures; /* failed accept() calls, this episode */
-  uint64_t timed_out;      /* closed: no whole request within timeout_s */
-  uint64_t evicted;        /* closed to admit a newer connection */
+  uint64_t timed_out;       /* closed: no whole request within timeout_s */
+  uint64_t evicted;         /* closed to admit a newer connection */
   sluice_log_fn log;
   void *log_user;
 };

@@ -49,8 +49,7 @@ size_t sluice__dbg_utf8_len(const char *str) {
     n = 4;
     if (c == 0xF0) lo = 0x90;
     if (c == 0xF4) hi = 0x8F;
-  } else
-    return 0;
+  } else return 0;
   if (s[1] < lo || s[1] > hi) return 0;
   for (size_t i = 2; i < n; i++)
     if (s[i] < 0x80 || s[i] > 0xBF) return 0;
@@ -106,8 +105,7 @@ static void labels(struct evbuffer *b, const sluice_prof_residual_stats *r) {
     evbuffer_add_printf(b, "\",key=\"");
     label_value(b, r->key);
   }
-  evbuffer_add_printf(b, "\",outcome=\"%s\"",
-                      sluice_outcome_name(r->outcome));
+  evbuffer_add_printf(b, "\",outcome=\"%s\"", sluice_outcome_name(r->outcome));
 }
 
 static void qo_labels(struct evbuffer *b, const char *name,
@@ -160,7 +158,8 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          st.in_flight);
   metric(b, "sluice_in_flight_bytes", GAUGE,
          "Bytes sluice holds for the deliveries held now (body, properties "
-         "and headers).", st.in_flight_bytes);
+         "and headers).",
+         st.in_flight_bytes);
   metric(b, "sluice_max_in_flight_messages", GAUGE,
          "High-water mark of sluice_in_flight_messages.", st.max_in_flight);
   metric(b, "sluice_buffered_messages", GAUGE,
@@ -175,8 +174,8 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          st.read_pauses);
   metric(b, "sluice_reconnects_total", COUNTER, "Successful reconnects.",
          st.reconnects);
-  metric(b, "sluice_connection_up", GAUGE,
-         "1 while connected to the broker.", st.connected ? 1 : 0);
+  metric(b, "sluice_connection_up", GAUGE, "1 while connected to the broker.",
+         st.connected ? 1 : 0);
   metric(b, "sluice_connection_blocked", GAUGE,
          "1 while the broker blocks the connection (resource alarm).",
          st.blocked ? 1 : 0);
@@ -184,8 +183,8 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          "Generation of the live connection (of the next one while "
          "disconnected).",
          st.generation);
-  metric(b, "sluice_close_listeners", GAUGE,
-         "Registered close listeners.", st.close_listeners);
+  metric(b, "sluice_close_listeners", GAUGE, "Registered close listeners.",
+         st.close_listeners);
 }
 
 typedef enum {
@@ -226,12 +225,8 @@ static void residual_family(struct evbuffer *b,
       case R_RETAINED_OBJECTS: x = r->retained_objects; break;
       case R_LEVEL_OFF: x = r->level_off_messages; break;
       case R_LEAKING: x = r->leaking ? 1 : 0; break;
-      case R_PER_MESSAGE:
-        real(b, r->bytes_per_message);
-        continue;
-      case R_AGE:
-        real(b, r->oldest_age_seconds);
-        continue;
+      case R_PER_MESSAGE: real(b, r->bytes_per_message); continue;
+      case R_AGE: real(b, r->oldest_age_seconds); continue;
     }
     evbuffer_add_printf(b, "%llu\n", x);
   }
@@ -290,8 +285,7 @@ static void residual_metrics(struct evbuffer *b) {
                   "a leak.",
                   R_LEVEL_OFF);
   residual_family(b, v, n, "sluice_residual_oldest_age_seconds", GAUGE,
-                  "Age of the oldest memory still live from the group.",
-                  R_AGE);
+                  "Age of the oldest memory still live from the group.", R_AGE);
   residual_family(b, v, n, "sluice_residual_leaking", GAUGE,
                   "1 while the verdict is LEAK.", R_LEAKING);
   state_family(b, v, n);

@@ -16,12 +16,12 @@
 
 /* What a profile request asks for, once its parameters are checked. */
 typedef struct preq {
-  int residual;      /* /debug/pprof/residual */
-  int debug;         /* ?debug=1: text, MemStats at the bottom */
+  int residual; /* /debug/pprof/residual */
+  int debug;    /* ?debug=1: text, MemStats at the bottom */
   sluice_prof_output out;
-  unsigned seconds;  /* ?seconds=N, or 0 */
-  uint64_t base;     /* ?base=ID, or 0 */
-  char queue[256];   /* ?queue= (residual) */
+  unsigned seconds; /* ?seconds=N, or 0 */
+  uint64_t base;    /* ?base=ID, or 0 */
+  char queue[256];  /* ?queue= (residual) */
 } preq;
 
 struct sluice__dbg_pending {
@@ -86,8 +86,8 @@ static int parse_preq(sluice_debug_server *s, struct evhttp_request *req,
   memset(p, 0, sizeof *p);
   p->residual = residual;
   p->out.format = SLUICE_PROF_FMT_PPROF;
-  p->out.value =
-      residual ? SLUICE_PROF_RESIDUAL_SPACE : SLUICE_PROF_INUSE_SPACE;
+  p->out.value = residual ? SLUICE_PROF_RESIDUAL_SPACE
+                          : SLUICE_PROF_INUSE_SPACE;
   unsigned long long x;
   const char *v;
 
@@ -111,8 +111,7 @@ static int parse_preq(sluice_debug_server *s, struct evhttp_request *req,
     while (i < sizeof fmts / sizeof fmts[0] && strcmp(v, fmts[i].name)) i++;
     if (i == sizeof fmts / sizeof fmts[0] ||
         (fmts[i].f == SLUICE_PROF_FMT_RESIDUAL && !residual)) {
-      sluice__dbg_error(req, 400,
-                        "format: pprof, legacy, top, folded%s",
+      sluice__dbg_error(req, 400, "format: pprof, legacy, top, folded%s",
                         residual ? " or report" : "");
       return -1;
     }
@@ -167,8 +166,9 @@ static int parse_preq(sluice_debug_server *s, struct evhttp_request *req,
   }
   if ((v = evhttp_find_header(q, "base"))) {
     if (parse_uint(v, UINT64_MAX, &x) || !x) {
-      sluice__dbg_error(req, 400, "base: a snapshot ID from "
-                                  "/debug/pprof/snapshot");
+      sluice__dbg_error(req, 400,
+                        "base: a snapshot ID from "
+                        "/debug/pprof/snapshot");
       return -1;
     }
     p->base = x;
@@ -235,8 +235,8 @@ static void profiler_header(struct evhttp_request *req) {
   snprintf(v, sizeof v, "%s; interposing=%d",
            sluice_prof_running() ? "running" : "stopped",
            sluice_prof_interposing());
-  evhttp_add_header(evhttp_request_get_output_headers(req),
-                    "X-Sluice-Profiler", v);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "X-Sluice-Profiler",
+                    v);
 }
 
 /* Writes the report of `snap` (NULL: now) and answers. */

@@ -45,8 +45,7 @@ static void dbg_log(const sluice_debug_server *s, int level, const char *fmt,
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
-  if (s->log)
-    s->log(level, line, s->log_user);
+  if (s->log) s->log(level, line, s->log_user);
   else if (level <= SLUICE_LOG_WARN)
     fprintf(stderr, "sluice debug endpoint: %s\n", line);
 }
@@ -131,9 +130,8 @@ static int token_ok(const sluice_debug_server *s, const char *given,
 
 static int authorized(const sluice_debug_server *s,
                       struct evhttp_request *req) {
-  const char *a =
-      evhttp_find_header(evhttp_request_get_input_headers(req),
-                         "Authorization");
+  const char *a = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                     "Authorization");
   if (!a) return 0;
   while (*a == ' ') a++;
   if (strncasecmp(a, "Bearer", 6) != 0 || (a[6] != ' ' && a[6] != '\t'))
@@ -209,8 +207,8 @@ static struct evhttp_connection *conn_of(const sluice__dbg_conn *k) {
 static sluice__dbg_conn *slot_of(sluice_debug_server *s,
                                  struct evhttp_request *req) {
   struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-  struct bufferevent *bev =
-      evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+  struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon)
+                                  : NULL;
   for (unsigned i = 0; bev && i <= s->max_connections; i++)
     if (s->conns[i].bev == bev) return &s->conns[i];
   return NULL;
@@ -227,8 +225,7 @@ static void update_accepting(sluice_debug_server *s) {
   int backing_off = event_pending(s->resume_ev, EV_TIMEOUT, NULL);
   if (s->cap_paused || backing_off || s->yielding)
     evconnlistener_disable(s->listener);
-  else
-    evconnlistener_enable(s->listener);
+  else evconnlistener_enable(s->listener);
 }
 
 /* Drop our reference to connections evhttp has closed: that frees their
@@ -350,8 +347,10 @@ static void on_calm(evutil_socket_t fd, short what, void *arg) {
   sluice_debug_server *s = arg;
   (void)fd;
   (void)what;
-  dbg_log(s, SLUICE_LOG_INFO, "accepting again after %llu failed accept() "
-          "calls", (unsigned long long)s->accept_failures);
+  dbg_log(s, SLUICE_LOG_INFO,
+          "accepting again after %llu failed accept() "
+          "calls",
+          (unsigned long long)s->accept_failures);
   s->accept_failures = 0;
   s->backoff_ms = 0;
 }
@@ -574,8 +573,8 @@ static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
   s->timeout_s = o->timeout_s ? o->timeout_s : 10;
   s->max_seconds = o->max_seconds ? o->max_seconds : 300;
   s->max_snapshots = o->max_snapshots ? o->max_snapshots : 8;
-  s->max_connections =
-      o->max_connections ? o->max_connections : DEFAULT_MAX_CONNECTIONS;
+  s->max_connections = o->max_connections ? o->max_connections
+                                          : DEFAULT_MAX_CONNECTIONS;
   s->log = o->log;
   s->log_user = o->log_user;
   s->next_snap_id = 1;
@@ -611,15 +610,15 @@ static int start(const sluice_debug_opts *o, sluice_debug_server **out) {
   evhttp_set_bevcb(s->http, on_accept, s);
 
   rc = SLUICE_ESOCKET;
-  s->bound = evhttp_bind_socket_with_handle(s->http, a.host,
-                                            (ev_uint16_t)a.port);
+  s->bound =
+      evhttp_bind_socket_with_handle(s->http, a.host, (ev_uint16_t)a.port);
   if (!s->bound) goto fail;
   s->listener = evhttp_bound_socket_get_listener(s->bound);
   evconnlistener_set_error_cb(s->listener, on_accept_error);
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
-  if (getsockname(evhttp_bound_socket_get_fd(s->bound),
-                  (struct sockaddr *)&ss, &sl))
+  if (getsockname(evhttp_bound_socket_get_fd(s->bound), (struct sockaddr *)&ss,
+                  &sl))
     goto fail;
   s->port = ss.ss_family == AF_INET6
                 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)

@@ -86,9 +86,8 @@ static json_t *consumer(jb *b, sluice_consumer *c) {
   F(generation);
   F(close_listeners);
 #undef F
-  set(b, o, "buffered", num(st.in_flight > st.in_handler
-                                ? st.in_flight - st.in_handler
-                                : 0));
+  set(b, o, "buffered",
+      num(st.in_flight > st.in_handler ? st.in_flight - st.in_handler : 0));
   set(b, o, "connected", json_boolean(st.connected));
   set(b, o, "blocked", json_boolean(st.blocked));
   return o;

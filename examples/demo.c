@@ -63,15 +63,14 @@ int main(int argc, char **argv) {
       {"queue", required_argument, 0, 'q'},
       {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:a:p:w:u:q:", longopts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:a:p:w:u:q:", longopts, NULL)) !=
+         -1) {
     switch (ch) {
       case 'n': count = strtoul(optarg, NULL, 10); break;
       case 's': size = strtoul(optarg, NULL, 10); break;
       case 'a':
-        if (strcmp(optarg, "auto") == 0)
-          o.ack_mode = SLUICE_ACK_AUTO;
-        else if (strcmp(optarg, "manual") == 0)
-          o.ack_mode = SLUICE_ACK_MANUAL;
+        if (strcmp(optarg, "auto") == 0) o.ack_mode = SLUICE_ACK_AUTO;
+        else if (strcmp(optarg, "manual") == 0) o.ack_mode = SLUICE_ACK_MANUAL;
         else {
           fprintf(stderr, "--ack takes manual or auto\n");
           return 2;
@@ -82,8 +81,9 @@ int main(int argc, char **argv) {
       case 'u': uri = optarg; break;
       case 'q': queue = optarg; break;
       default:
-        fprintf(stderr, "usage: %s [--count N] [--size B] [--ack manual|auto] "
-                        "[--prefetch N] [--workers N] [--uri URI] [--queue Q]\n",
+        fprintf(stderr,
+                "usage: %s [--count N] [--size B] [--ack manual|auto] "
+                "[--prefetch N] [--workers N] [--uri URI] [--queue Q]\n",
                 argv[0]);
         return 2;
     }
@@ -105,7 +105,8 @@ int main(int argc, char **argv) {
   memset(body, 'x', size);
   double t0 = now_s();
   for (unsigned long i = 0; i < count; i++)
-    if ((rc = sluice_publisher_publish(pub, "", queue, body, size, NULL))) die("publish", rc);
+    if ((rc = sluice_publisher_publish(pub, "", queue, body, size, NULL)))
+      die("publish", rc);
   sluice_publish_report rep;
   if ((rc = sluice_publisher_wait(pub, &rep))) die("confirms", rc);
   double t1 = now_s();

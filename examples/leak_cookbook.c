@@ -101,8 +101,8 @@ NOINLINE static int on_log(unsigned long seq) {
 static void deliver(const char *queue, const char *key, unsigned long seq,
                     int (*h)(unsigned long, int), int arg) {
   now_ns += 10000000ull; /* 10 ms per message */
-  sluice_prof_scope s = sluice_prof_scope_begin_key(
-      queue, key ? "type" : NULL, key, seq, seq);
+  sluice_prof_scope s =
+      sluice_prof_scope_begin_key(queue, key ? "type" : NULL, key, seq, seq);
   sluice_prof_scope prev = sluice_prof_scope_enter(s);
   int outcome = h(seq, arg);
   sluice_prof_scope_enter(prev);
@@ -219,8 +219,7 @@ int main(int argc, char **argv) {
   if (trace_file) return trace(trace_file);
   for (unsigned long i = 0; i < n; i++) {
     deliver("orders", NULL, i, h_order, 0);
-    deliver("events", i % 10 == 0 ? "probe" : "push", i, h_event,
-            i % 10 == 0);
+    deliver("events", i % 10 == 0 ? "probe" : "push", i, h_event, i % 10 == 0);
     deliver("payments", NULL, i, h_payment, i % 20 == 0);
     deliver("lookups", NULL, i, h_lookup, 0);
     deliver("logs", NULL, i, h_log, 0);

@@ -95,9 +95,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sluice_properties out;
   sluice__props_copy(p, &out, blk);
   if ((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
-      out.n_headers != (size_t)(p->headers.num_entries > 0
-                                    ? p->headers.num_entries
-                                    : 0))
+      out.n_headers !=
+          (size_t)(p->headers.num_entries > 0 ? p->headers.num_entries : 0))
     abort();
   for (size_t i = 0; i < out.n_headers; i++)
     same_value(&p->headers.entries[i], &out.headers[i]);
@@ -134,10 +133,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case SLUICE_VAL_INT:
       case SLUICE_VAL_UINT:
       case SLUICE_VAL_DOUBLE:
-      case SLUICE_VAL_TIMESTAMP:
-        break;
-      default:
-        abort(); /* a kind the header does not document */
+      case SLUICE_VAL_TIMESTAMP: break;
+      default: abort(); /* a kind the header does not document */
     }
     /* the lookup a handler does finds a header of that name */
     const sluice_value *found = sluice_message_header(&m, kv->key);

@@ -92,10 +92,10 @@ static void props_seeds(void) {
   amqp_field_value_t v[16];
   int n = 0;
   amqp_table_entry_t h[16];
-#define ADD(k, kind_, field, val)      \
-  v[n].kind = (kind_);                 \
-  v[n].value.field = (val);            \
-  h[n] = entry((k), v[n]);             \
+#define ADD(k, kind_, field, val) \
+  v[n].kind = (kind_);            \
+  v[n].value.field = (val);       \
+  h[n] = entry((k), v[n]);        \
   n++
   ADD("s", AMQP_FIELD_KIND_UTF8, bytes, amqp_cstring_bytes("text"));
   ADD("bin", AMQP_FIELD_KIND_BYTES, bytes, amqp_cstring_bytes("b\x01y"));
@@ -111,8 +111,7 @@ static void props_seeds(void) {
   ADD("f32", AMQP_FIELD_KIND_F32, f32, 1.5f);
   ADD("f64", AMQP_FIELD_KIND_F64, f64, -2.25);
   ADD("ts", AMQP_FIELD_KIND_TIMESTAMP, u64, 1764547200);
-  ADD("x-death", AMQP_FIELD_KIND_ARRAY, array,
-      ((amqp_array_t){1, arr_v}));
+  ADD("x-death", AMQP_FIELD_KIND_ARRAY, array, ((amqp_array_t){1, arr_v}));
   ADD("nested", AMQP_FIELD_KIND_TABLE, table, ((amqp_table_t){2, inner}));
 #undef ADD
   memset(&p, 0, sizeof(p));
@@ -126,12 +125,10 @@ static void props_seeds(void) {
   amqp_field_value_t e;
   e.kind = AMQP_FIELD_KIND_UTF8;
   e.value.bytes = amqp_cstring_bytes("");
-  amqp_table_entry_t dup[] = {entry("k", v[0]), entry("k", v[2]),
-                              entry("", e)};
+  amqp_table_entry_t dup[] = {entry("k", v[0]), entry("k", v[2]), entry("", e)};
   p.headers.num_entries = 3;
   p.headers.entries = dup;
-  gen_write("props", "headers_dup_empty", buf,
-            gen_props(&p, buf, sizeof(buf)));
+  gen_write("props", "headers_dup_empty", buf, gen_props(&p, buf, sizeof(buf)));
 }
 
 int main(int argc, char **argv) {

@@ -143,8 +143,7 @@ static int64_t draw(sluice__tls *t, uint64_t rate) {
 
 void sluice__rec_release(const sluice__rec *r) {
   if (r->stack) sluice__stack_free(r->stack, r->size);
-  if (r->scope & SLUICE__EXT)
-    sluice__ledger_release(&sluice__t, r->scope);
+  if (r->scope & SLUICE__EXT) sluice__ledger_release(&sluice__t, r->scope);
   else if (r->scope)
     sluice__scope_credit_mine(&sluice__t, r->scope, -(int64_t)r->size, -1);
 }
@@ -191,13 +190,13 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left) {
   if (t->guard) {
     /* The profiler's own allocation: it must not take the sample the
      * countdown would give to the next allocation of the program's. */
-    if (t->scope) atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
-                                        memory_order_relaxed);
+    if (t->scope)
+      atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
+                            memory_order_relaxed);
     return -1;
   }
   if (t->scope && t->capture) { /* adaptive stacks: every block, weight 1 */
-    atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
-                          memory_order_relaxed);
+    atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
     t->guard++;
     return 2;
   }
@@ -297,8 +296,8 @@ static uint32_t realloc_sample(sluice__tls *t, size_t n) {
   return capture_stack(k, frames, sluice__backtrace(frames), n);
 }
 
-void *sluice__realloc_done(void *p, void *q, size_t n,
-                           const sluice__rec *old, size_t usable) {
+void *sluice__realloc_done(void *p, void *q, size_t n, const sluice__rec *old,
+                           size_t usable) {
   sluice__tls *t = &sluice__t;
   unsigned flags = sluice__flags_now();
   if (!q) {
@@ -549,8 +548,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
       sluice__stack_counts_get(id, &c);
       int64_t n, b;
       sluice__unbias((int64_t)(c.alloc_n - c.free_n),
-                     (int64_t)(c.alloc_b - c.free_b), ms->sample_rate, &n,
-                     &b);
+                     (int64_t)(c.alloc_b - c.free_b), ms->sample_rate, &n, &b);
       live += b + (int64_t)(c.x_alloc_b - c.x_free_b);
     }
     ms->sampled_live_bytes = live > 0 ? (uint64_t)live : 0;

@@ -53,8 +53,7 @@ const char *sluice_prof_state_name(int state) {
 
 static int group_chunk_add(void) {
   if (R.n_groups >= R.max_groups) return -1;
-  grp *c =
-      sluice__aligned_calloc(SLUICE__CACHELINE, GROUP_CHUNK * sizeof(grp));
+  grp *c = sluice__aligned_calloc(SLUICE__CACHELINE, GROUP_CHUNK * sizeof(grp));
   if (!c) return -1;
   atomic_store_explicit(&R.gchunks[R.n_groups >> GROUP_SHIFT], c,
                         memory_order_release);
@@ -145,9 +144,9 @@ int sluice__groups_init(const sluice_prof_opts *o) {
     if (group_new(0, i) != (uint32_t)i) goto oom;
     kinds[0].groups[i] = (uint32_t)i + 1;
   }
-  atomic_fetch_add(&sluice__overhead,
-                   nq * sizeof(qrow) + max_groups * sizeof(kind) +
-                       n_chunks * sizeof(*gchunks));
+  atomic_fetch_add(&sluice__overhead, nq * sizeof(qrow) +
+                                          max_groups * sizeof(kind) +
+                                          n_chunks * sizeof(*gchunks));
   return 0;
 oom:
   sluice__free(queues);
@@ -491,19 +490,17 @@ static void curve_add(grp *g, const curve_pt *p) {
     for (uint32_t i = 0; i < g->n_pts; i += 2) g->pts[k++] = g->pts[i];
     g->n_pts = k;
     g->interval *= 2;
-  } else if (g->n_pts < CURVE_CAP / 4 && g->interval > R.window &&
-             R.window) {
+  } else if (g->n_pts < CURVE_CAP / 4 && g->interval > R.window && R.window) {
     g->interval /= 2; /* traffic slowed: finer points again */
   }
   g->pts[g->n_pts++] = *p;
 }
 
 /* The latest point at least `m` messages (and `t` ns) before p, or NULL. */
-static const curve_pt *point_before(const grp *g, const curve_pt *p,
-                                    uint64_t m, uint64_t t) {
+static const curve_pt *point_before(const grp *g, const curve_pt *p, uint64_t m,
+                                    uint64_t t) {
   for (uint32_t i = g->n_pts; i-- > 0;)
-    if (p->m - g->pts[i].m >= m && p->t - g->pts[i].t >= t)
-      return &g->pts[i];
+    if (p->m - g->pts[i].m >= m && p->t - g->pts[i].t >= t) return &g->pts[i];
   return NULL;
 }
 
@@ -515,8 +512,7 @@ static double per_msg(int64_t d, uint64_t m) {
  * while (not again before ten times as many of its messages began). */
 static void arm_capture(grp *g) {
   kind *kd = &R.kinds[g->kind];
-  if (!R.adaptive || kd->capture_left || kd->begins < kd->capture_next)
-    return;
+  if (!R.adaptive || kd->capture_left || kd->begins < kd->capture_next) return;
   kd->capture_left = R.adaptive;
   kd->capture_next = kd->begins + 10 * R.adaptive;
 }
@@ -533,8 +529,7 @@ static void set_ok(grp *g) {
 }
 
 /* The state of group gi at point p (the newest point, or the live one). */
-static void evaluate(notes *ns, uint32_t gi, const curve_pt *p,
-                     uint64_t now) {
+static void evaluate(notes *ns, uint32_t gi, const curve_pt *p, uint64_t now) {
   grp *g = group_at(gi);
   if (p->b <= 0 && p->n <= 0) {
     set_ok(g);
@@ -586,8 +581,8 @@ static void evaluate(notes *ns, uint32_t gi, const curve_pt *p,
     g->level_msgs = g->level_ns = 0;
     /* Announced once per run, and a flapping group not more than once
      * per horizon. */
-    if (!g->fired && (!g->fired_msgs ||
-                      p->m >= g->fired_msgs + R.horizon_msgs)) {
+    if (!g->fired &&
+        (!g->fired_msgs || p->m >= g->fired_msgs + R.horizon_msgs)) {
       g->fired = 1;
       g->fired_msgs = p->m;
       note *x = sluice__note_add(ns);
@@ -612,8 +607,7 @@ static void evaluate(notes *ns, uint32_t gi, const curve_pt *p,
   if (prev != SLUICE_PROF_GROWING && prev != SLUICE_PROF_LEAK) arm_capture(g);
 }
 
-static void live_point(const grp *g, uint32_t gi, uint64_t now,
-                       curve_pt *p) {
+static void live_point(const grp *g, uint32_t gi, uint64_t now, curve_pt *p) {
   p->m = g->messages;
   sluice__group_retained(gi, &p->b, &p->n);
   /* Time moves for the verdict only with messages: an idle queue's growth
@@ -736,15 +730,14 @@ size_t sluice__kind_summaries(uint32_t gi, sluice_prof_kind_summary *out,
     }
     out[n].state = g->state;
     out[n].bytes_per_message =
-        g->state == SLUICE_PROF_BOUNDED || g->state == SLUICE_PROF_OK
-            ? 0.0
-            : g->bpm;
+        g->state == SLUICE_PROF_BOUNDED || g->state == SLUICE_PROF_OK ? 0.0
+                                                                      : g->bpm;
     out[n].messages = g->messages;
     n++;
   }
   for (size_t i = 1; i < n; i++)
-    for (size_t j = i; j > 0 && out[j].bytes_per_message >
-                                    out[j - 1].bytes_per_message;
+    for (size_t j = i;
+         j > 0 && out[j].bytes_per_message > out[j - 1].bytes_per_message;
          j--) {
       sluice_prof_kind_summary t = out[j];
       out[j] = out[j - 1];

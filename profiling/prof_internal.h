@@ -123,23 +123,23 @@ static inline void sluice__lock_release(sluice__lock *l) {
 enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
 
 typedef struct sluice__tls {
-  int guard;             /* >0: inside the profiler; record nothing */
-  int state;             /* SLUICE__T_* (registry membership) */
+  int guard; /* >0: inside the profiler; record nothing */
+  int state; /* SLUICE__T_* (registry membership) */
   /* Bytes until the next sample; reset by others when the rate changes.
    * Inside a scope it is held at SLUICE__ARMED (every allocation takes the
    * slow path) and the real countdown is saved_left. Zero in a new thread:
    * its first allocation takes the slow path, which registers the thread. */
   _Atomic int64_t sample_left;
   int64_t saved_left;
-  uint32_t epoch;        /* sampling epoch the countdown belongs to */
-  int in_fork;           /* between fork's prepare and parent/child */
-  uint64_t scope;        /* current scope handle, 0 = none */
+  uint32_t epoch; /* sampling epoch the countdown belongs to */
+  int in_fork;    /* between fork's prepare and parent/child */
+  uint64_t scope; /* current scope handle, 0 = none */
   /* Credits to the current scope's slot not yet added to its atomics:
    * blocks allocated and freed by this thread inside its own scope cost no
    * atomic operation. Flushed whenever the thread's scope changes. */
   uint32_t pend_ref;
   int64_t pend_b, pend_n;
-  uint64_t rng;          /* xorshift state for the sampler */
+  uint64_t rng; /* xorshift state for the sampler */
   /* The current scope captures every stack at weight 1 (adaptive). */
   uint8_t capture;
   /* The deferred-completion warning: this thread entered a delivery with
@@ -172,9 +172,8 @@ static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
 #if SLUICE_PROF_INTERPOSE
   *(uint64_t *)c += by;
 #else
-  atomic_store_explicit(
-      c, atomic_load_explicit(c, memory_order_relaxed) + by,
-      memory_order_relaxed);
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + by,
+                        memory_order_relaxed);
 #endif
 }
 
@@ -207,9 +206,8 @@ void sluice__rec_release(const struct sluice__rec *r);
  * malloc() can do it first and then tail-call glibc. */
 static inline int sluice__alloc_pre(size_t n, int64_t *left_out) {
   sluice__tls *t = &sluice__t;
-  int64_t left =
-      atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
-      (int64_t)n;
+  int64_t left = atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
+                 (int64_t)n;
   atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
   sluice__bump(&t->mallocs, 1);
   sluice__bump(&t->alloc_bytes, n);
@@ -279,7 +277,7 @@ typedef struct sluice__rec {
 /* Kinds of owner reference (rec.scope, ledger layers, credits). */
 #define SLUICE__SINK 0x80000000u
 #define SLUICE__EXT 0x40000000u
-#define SLUICE__REF_IDX(r) ((r) & 0x3FFFFFFFu)
+#define SLUICE__REF_IDX(r) ((r)&0x3FFFFFFFu)
 /* A stack sampled at weight 1 (not to be unbiased). */
 #define SLUICE__EXACT 0x80000000u
 #define SLUICE__STACK_ID(s) ((s) & ~SLUICE__EXACT)
@@ -359,13 +357,10 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
   if (t->scope == s) return;
   sluice__scope_flush(t);
   if (!t->scope && s) {
-    t->saved_left =
-        atomic_load_explicit(&t->sample_left, memory_order_relaxed);
-    atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
-                          memory_order_relaxed);
+    t->saved_left = atomic_load_explicit(&t->sample_left, memory_order_relaxed);
+    atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
   } else if (t->scope && !s) {
-    atomic_store_explicit(&t->sample_left, t->saved_left,
-                          memory_order_relaxed);
+    atomic_store_explicit(&t->sample_left, t->saved_left, memory_order_relaxed);
   }
   t->scope = s;
   t->capture = 0; /* sluice_prof_scope_enter() sets it for its scope */
@@ -377,13 +372,13 @@ void sluice__scopes_stats(sluice_prof_memstats *ms);
 
 /* Residual rows collected for a snapshot or a verdict. */
 typedef struct sluice__resid_key {
-  uint32_t stack;   /* may carry SLUICE__EXACT */
+  uint32_t stack; /* may carry SLUICE__EXACT */
   uint16_t queue;
   uint8_t outcome;
   uint8_t pad_;
-  uint32_t kind;    /* (queue, key value) + 1; 0: none */
-  uint32_t group;   /* group index */
-  uint64_t seq;     /* 0 when the message is not known any more */
+  uint32_t kind;  /* (queue, key value) + 1; 0: none */
+  uint32_t group; /* group index */
+  uint64_t seq;   /* 0 when the message is not known any more */
 } sluice__resid_key;
 /* Visit every sampled block (and growth layer) left by an ended scope,
  * with its key. `group` -1 means all. Holds the scope lock during the
@@ -472,7 +467,7 @@ int sluice__lines_enabled(void);
 /* Snapshots. Values are raw sampled counts; writers unbias them. */
 typedef struct sluice__snap_stack {
   uint32_t stack;
-  int64_t alloc_n, alloc_b, inuse_n, inuse_b;     /* samples: unbiased */
+  int64_t alloc_n, alloc_b, inuse_n, inuse_b;         /* samples: unbiased */
   int64_t x_alloc_n, x_alloc_b, x_inuse_n, x_inuse_b; /* weight 1 */
 } sluice__snap_stack;
 
@@ -498,12 +493,10 @@ struct sluice_prof_snapshot {
 
 /* The key value and key name of a residual row, NULL when none. */
 const char *sluice__snap_key(const sluice_prof_snapshot *s,
-                             const sluice__resid_key *k,
-                             const char **key_name);
+                             const sluice__resid_key *k, const char **key_name);
 /* Unbiased values of a residual row (rows of weight-1 blocks as they are). */
 void sluice__resid_unbias(const sluice_prof_snapshot *s,
-                          const sluice__snap_resid *r, int64_t *n,
-                          int64_t *b);
+                          const sluice__snap_resid *r, int64_t *n, int64_t *b);
 
 /* Go's unbiasing of a bucket of `n` samples totalling `b` bytes. */
 void sluice__unbias(int64_t n, int64_t b, uint64_t rate, int64_t *on,
@@ -520,10 +513,10 @@ int sluice__out_write(sluice__out *o, const void *d, size_t n);
 
 /* Symbolized stacks shared by the writers. */
 typedef struct sluice__sstack {
-  uint32_t n;            /* frames */
-  const char **names;    /* n names, leaf first (borrowed from symtab) */
-  const uintptr_t *pcs;  /* n return addresses, leaf first */
-  int64_t v[4];          /* values: see the writer */
+  uint32_t n;           /* frames */
+  const char **names;   /* n names, leaf first (borrowed from symtab) */
+  const uintptr_t *pcs; /* n return addresses, leaf first */
+  int64_t v[4];         /* values: see the writer */
   const sluice__snap_resid *resid; /* residual row, or NULL */
 } sluice__sstack;
 

@@ -55,8 +55,8 @@ static _Atomic uint64_t in_use, merges;
 
 static ledger *ledger_at(uint32_t ref) {
   uint32_t i = SLUICE__REF_IDX(ref);
-  ledger *c = atomic_load_explicit(&chunks[i >> LEDGER_SHIFT],
-                                   memory_order_acquire);
+  ledger *c =
+      atomic_load_explicit(&chunks[i >> LEDGER_SHIFT], memory_order_acquire);
   return &c[i & (LEDGER_CHUNK - 1)];
 }
 
@@ -201,9 +201,8 @@ static void shrink(sluice__tls *t, ledger *L, uint64_t rem) {
 }
 
 void sluice__ledger_realloc(sluice__tls *t, const sluice__rec *old,
-                            uint64_t old_size, uint64_t new_size,
-                            uint32_t cur, uint32_t layer_stack,
-                            sluice__rec *rec) {
+                            uint64_t old_size, uint64_t new_size, uint32_t cur,
+                            uint32_t layer_stack, sluice__rec *rec) {
   uint32_t oref = old->scope;
   if (!(oref & SLUICE__EXT)) {
     /* One owner: its own growth or shrink, or a shrink by anyone, or
@@ -228,10 +227,8 @@ void sluice__ledger_realloc(sluice__tls *t, const sluice__rec *old,
     return;
   }
   ledger *L = ledger_at(oref);
-  if (new_size > old_size)
-    grow(t, L, cur, layer_stack, new_size - old_size);
-  else if (new_size < old_size)
-    shrink(t, L, old_size - new_size);
+  if (new_size > old_size) grow(t, L, cur, layer_stack, new_size - old_size);
+  else if (new_size < old_size) shrink(t, L, old_size - new_size);
   if (L->n == 1) { /* one owner again: a plain record */
     rec->scope = L->l[0].ref;
     ledger_free(oref);

@@ -106,8 +106,7 @@ static int find_elf(Dwfl_Module *mod, void **userdata, const char *modname,
 static int find_debuginfo(Dwfl_Module *mod, void **userdata,
                           const char *modname, Dwarf_Addr base,
                           const char *file_name, const char *debuglink_file,
-                          GElf_Word debuglink_crc,
-                          char **debuginfo_file_name) {
+                          GElf_Word debuglink_crc, char **debuginfo_file_name) {
   (void)userdata;
   (void)modname;
   (void)base;
@@ -119,8 +118,8 @@ static int find_debuginfo(Dwfl_Module *mod, void **userdata,
   int n = dwfl_module_build_id(mod, &bits, &vaddr);
   if (n < 2 || n > 64) return -1;
   char path[64 + 2 * 64 + 16];
-  int k = snprintf(path, sizeof path, "/usr/lib/debug/.build-id/%02x/",
-                   bits[0]);
+  int k =
+      snprintf(path, sizeof path, "/usr/lib/debug/.build-id/%02x/", bits[0]);
   for (int i = 1; i < n; i++)
     k += snprintf(path + k, sizeof path - (size_t)k, "%02x", bits[i]);
   snprintf(path + k, sizeof path - (size_t)k, ".debug");
@@ -284,8 +283,8 @@ static const char *die_name(Dwarf_Die *die, int is_c) {
   if (!n)
     n = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_linkage_name, &a));
   if (!n)
-    n = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name,
-                                              &a));
+    n = dwarf_formstring(
+        dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name, &a));
   return n ? n : dwarf_diename(die);
 }
 
@@ -299,8 +298,7 @@ static int lang_is_c(Dwarf_Die *cu) {
     case DW_LANG_C17:
 #endif
       return 1;
-    default:
-      return 0;
+    default: return 0;
   }
 }
 
@@ -412,9 +410,8 @@ static cuidx *cu_index(sluice__dwarf *d, Dwarf_Die *cu) {
     x->maxhi = sluice__malloc(x->n_ranges * sizeof *x->maxhi);
     if (!x->maxhi) x->oom = 1;
     for (size_t i = 0; x->maxhi && i < x->n_ranges; i++)
-      x->maxhi[i] = i && x->maxhi[i - 1] > x->ranges[i].hi
-                        ? x->maxhi[i - 1]
-                        : x->ranges[i].hi;
+      x->maxhi[i] = i && x->maxhi[i - 1] > x->ranges[i].hi ? x->maxhi[i - 1]
+                                                           : x->ranges[i].hi;
   }
   if (x->oom) {
     cu_free(x);
@@ -471,16 +468,15 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
   int n = 0;
   Dwfl_Line *ln = dwfl_module_getsrc(d->mod, pc);
   int line = 0;
-  const char *file =
-      ln ? dwfl_lineinfo(ln, NULL, &line, NULL, NULL, NULL) : NULL;
+  const char *file = ln ? dwfl_lineinfo(ln, NULL, &line, NULL, NULL, NULL)
+                        : NULL;
   Dwarf_Addr bias = 0;
   Dwarf_Die *cu = dwfl_module_addrdie(d->mod, pc, &bias);
   cuidx *x = cu ? cu_index(d, cu) : NULL;
   uint32_t at = x ? innermost(x, pc - bias) : NONE;
   Dwarf_Files *files = NULL;
   size_t n_files = 0;
-  if (at != NONE && dwarf_getsrcfiles(cu, &files, &n_files) != 0)
-    files = NULL;
+  if (at != NONE && dwarf_getsrcfiles(cu, &files, &n_files) != 0) files = NULL;
   int outer = 0; /* reached the function that holds the code */
   for (uint32_t k = at; k != NONE; k = x->dies[k].parent) {
     const fdie *f = &x->dies[k];

@@ -13,9 +13,9 @@
 
 #include "prof_internal.h"
 
-static const char *const value_names[] = {
-    "inuse_space",    "inuse_objects",    "alloc_space",
-    "alloc_objects",  "residual_space",   "residual_objects"};
+static const char *const value_names[] = {"inuse_space",    "inuse_objects",
+                                          "alloc_space",    "alloc_objects",
+                                          "residual_space", "residual_objects"};
 
 const char *sluice_prof_value_name(int v) {
   return v >= 0 && v <= SLUICE_PROF_RESIDUAL_OBJECTS ? value_names[v] : "?";
@@ -51,8 +51,7 @@ int64_t sluice__stack_value(const sluice_prof_snapshot *s,
       sluice__unbias(st->alloc_n, st->alloc_b, s->rate, &n, &b);
       return value == SLUICE_PROF_ALLOC_SPACE ? b + st->x_alloc_b
                                               : n + st->x_alloc_n;
-    default:
-      return 0;
+    default: return 0;
   }
 }
 
@@ -70,8 +69,7 @@ int sluice__resid_match(const sluice_prof_snapshot *s,
                         const sluice__snap_resid *r) {
   if (o->outcomes && !(o->outcomes & SLUICE_PROF_OUTCOME_BIT(r->key.outcome)))
     return 0;
-  if (o->queue && strcmp(o->queue, sluice__queue_name(r->key.queue)))
-    return 0;
+  if (o->queue && strcmp(o->queue, sluice__queue_name(r->key.queue))) return 0;
   if (o->key) {
     const char *k = sluice__snap_key(s, &r->key, NULL);
     if (!k || strcmp(o->key, k)) return 0;
@@ -177,18 +175,10 @@ int sluice_prof_write(const sluice_prof_snapshot *s,
   sluice__enter_guard();
   int rc;
   switch (o.format) {
-    case SLUICE_PROF_FMT_PPROF:
-      rc = sluice__write_pprof(s, &o, &w);
-      break;
-    case SLUICE_PROF_FMT_LEGACY:
-      rc = sluice__write_legacy(s, &o, &w);
-      break;
-    case SLUICE_PROF_FMT_TOP:
-      rc = sluice__write_top(s, &o, &w);
-      break;
-    default:
-      rc = sluice__write_folded(s, &o, &w);
-      break;
+    case SLUICE_PROF_FMT_PPROF: rc = sluice__write_pprof(s, &o, &w); break;
+    case SLUICE_PROF_FMT_LEGACY: rc = sluice__write_legacy(s, &o, &w); break;
+    case SLUICE_PROF_FMT_TOP: rc = sluice__write_top(s, &o, &w); break;
+    default: rc = sluice__write_folded(s, &o, &w); break;
   }
   sluice__leave_guard();
   sluice_prof_snapshot_free(own);

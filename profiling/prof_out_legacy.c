@@ -99,8 +99,8 @@ int sluice__write_legacy(const sluice_prof_snapshot *s,
   if (tot[2] == tot[0] && tot[3] == tot[1]) tot[3]++;
 
   sluice__buf b = {0};
-  int unsampled = s->rate <= 1 ||
-                  s->rate == (uint64_t)SLUICE_PROF_RATE_NONE || mixed;
+  int unsampled = s->rate <= 1 || s->rate == (uint64_t)SLUICE_PROF_RATE_NONE ||
+                  mixed;
   sluice__buf_printf(&b, "heap profile: %lld: %lld [%lld: %lld] @ ",
                      (long long)tot[0], (long long)tot[1], (long long)tot[2],
                      (long long)tot[3]);

@@ -45,8 +45,7 @@ static void pb_int(sluice__buf *b, unsigned field, int64_t v) {
   pb_varint(b, (uint64_t)v);
 }
 
-static void pb_bytes(sluice__buf *b, unsigned field, const void *d,
-                     size_t n) {
+static void pb_bytes(sluice__buf *b, unsigned field, const void *d, size_t n) {
   pb_key(b, field, 2);
   pb_varint(b, n);
   sluice__buf_put(b, d, n);
@@ -128,8 +127,7 @@ static int64_t str_id(tables *t, const char *s) {
     if (!strcmp(t->strs[i], s)) return i;
     j = (j + 1) & (t->str_icap - 1);
   }
-  if (grow_arr((void **)&t->strs, &t->cap_strs, t->n_strs + 1,
-               sizeof(char *)))
+  if (grow_arr((void **)&t->strs, &t->cap_strs, t->n_strs + 1, sizeof(char *)))
     goto oom;
   t->strs[t->n_strs] = s;
   t->str_idx[j] = (uint32_t)++t->n_strs;
@@ -231,14 +229,11 @@ static uint32_t loc_id(tables *t, uintptr_t pc) {
     t->lines[t->n_lines][1] = f[i].line;
     t->n_lines++;
   }
-  size_t c1 = t->cap_locs, c2 = t->cap_locs, c3 = t->cap_locs,
-         c4 = t->cap_locs;
+  size_t c1 = t->cap_locs, c2 = t->cap_locs, c3 = t->cap_locs, c4 = t->cap_locs;
   if (grow_arr((void **)&t->loc_pc, &c1, t->n_locs + 1, sizeof(uintptr_t)) ||
       grow_arr((void **)&t->loc_map, &c2, t->n_locs + 1, sizeof(int)) ||
-      grow_arr((void **)&t->loc_line0, &c3, t->n_locs + 1,
-               sizeof(uint32_t)) ||
-      grow_arr((void **)&t->loc_nlines, &c4, t->n_locs + 1,
-               sizeof(uint16_t)))
+      grow_arr((void **)&t->loc_line0, &c3, t->n_locs + 1, sizeof(uint32_t)) ||
+      grow_arr((void **)&t->loc_nlines, &c4, t->n_locs + 1, sizeof(uint16_t)))
     goto oom;
   t->cap_locs = c1 < c2 ? c1 : c2;
   if (c3 < t->cap_locs) t->cap_locs = c3;
@@ -278,8 +273,7 @@ static void value_type(sluice__buf *b, tables *t, unsigned field,
   sluice__buf_free(&m);
 }
 
-static void label_str(sluice__buf *b, tables *t, const char *k,
-                      const char *v) {
+static void label_str(sluice__buf *b, tables *t, const char *k, const char *v) {
   sluice__buf m = {0};
   pb_int(&m, 1, str_id(t, k));
   pb_int(&m, 2, str_id(t, v));

@@ -46,8 +46,7 @@ static uint64_t node_hash(const char *name, const char *file, uint32_t line) {
 }
 
 static int same_node(const fnacc *a, const sluice__frame *f) {
-  if (a->line != f->line || !a->file != !f->file ||
-      a->inlined != f->inlined)
+  if (a->line != f->line || !a->file != !f->file || a->inlined != f->inlined)
     return 0;
   if (strcmp(a->name, f->func)) return 0;
   return !a->file || !strcmp(a->file, f->file);
@@ -131,11 +130,11 @@ static int is_residual(int value) {
 }
 
 /* Calls fn for every row of the snapshot that the output covers. */
-typedef void (*row_fn)(uint32_t stack, int64_t v,
-                       const sluice__snap_resid *r, void *arg);
+typedef void (*row_fn)(uint32_t stack, int64_t v, const sluice__snap_resid *r,
+                       void *arg);
 
-static void for_rows(const sluice_prof_snapshot *s,
-                     const sluice_prof_output *o, row_fn fn, void *arg) {
+static void for_rows(const sluice_prof_snapshot *s, const sluice_prof_output *o,
+                     row_fn fn, void *arg) {
   if (is_residual(o->value)) {
     for (size_t i = 0; i < s->n_resid; i++) {
       const sluice__snap_resid *r = &s->resid[i];
@@ -181,7 +180,8 @@ static void time_line(sluice__buf *b, const sluice_prof_snapshot *s) {
   time_t t = (time_t)(s->time_ns / 1000000000ull);
   struct tm tm;
   char when[64];
-  if (gmtime_r(&t, &tm) && strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm))
+  if (gmtime_r(&t, &tm) &&
+      strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm))
     sluice__buf_printf(b, "Time: %s\n", when);
   if (s->is_diff)
     sluice__buf_printf(b, "Duration: %.3fs (difference of two snapshots)\n",
@@ -223,8 +223,7 @@ int sluice__write_top(const sluice_prof_snapshot *s,
   sluice__buf_printf(&b, "Showing nodes accounting for %s, %s of %s total\n",
                      v1, p1, v2);
   if (shown < a.m.n)
-    sluice__buf_printf(&b, "Showing top %zu nodes out of %zu\n", shown,
-                       a.m.n);
+    sluice__buf_printf(&b, "Showing top %zu nodes out of %zu\n", shown, a.m.n);
   sluice__buf_printf(&b, "%10s %6s %6s %10s %6s\n", "flat", "flat%", "sum%",
                      "cum", "cum%");
   int64_t sum = 0;
@@ -372,12 +371,11 @@ static void verdict_text(sluice__buf *b, const sluice_prof_residual_stats *r) {
       break;
     case SLUICE_PROF_BOUNDED:
       sluice__fmt_value(v, sizeof v, (int64_t)r->retained_bytes, 1);
-      sluice__buf_printf(b, "bounded at %s; oldest %llu msgs / %.0f s old",
-                         v, (unsigned long long)r->oldest_age_messages,
+      sluice__buf_printf(b, "bounded at %s; oldest %llu msgs / %.0f s old", v,
+                         (unsigned long long)r->oldest_age_messages,
                          r->oldest_age_seconds);
       break;
-    default:
-      sluice__buf_puts(b, "ok");
+    default: sluice__buf_puts(b, "ok");
   }
 }
 
@@ -403,8 +401,7 @@ static void report_header(sluice__buf *b, const sluice_prof_snapshot *s) {
                      (double)opts->horizon_ms / 1000);
   if (s->rate == (uint64_t)SLUICE_PROF_RATE_NONE)
     sluice__buf_puts(b, "none (no stacks)");
-  else
-    sluice__buf_printf(b, "%llu B", (unsigned long long)s->rate);
+  else sluice__buf_printf(b, "%llu B", (unsigned long long)s->rate);
   if (opts->adaptive_messages > 0)
     sluice__buf_printf(b, "; adaptive stacks: %ld messages",
                        opts->adaptive_messages);
@@ -414,8 +411,9 @@ static void report_header(sluice__buf *b, const sluice_prof_snapshot *s) {
                        "re-checks skipped (pending queue full): %llu; the "
                        "grace period is never shortened\n",
                        (unsigned long long)s->ms.rechecks_skipped);
-  sluice__buf_printf(b, "\n%-20s %-14s %-7s %9s %9s %10s %7s %7s %8s %7s "
-                        "%10s %9s  %s\n",
+  sluice__buf_printf(b,
+                     "\n%-20s %-14s %-7s %9s %9s %10s %7s %7s %8s %7s "
+                     "%10s %9s  %s\n",
                      "queue", "key", "outcome", "messages", "residual",
                      "B/msg@end", "pending", "cached", "leaked", "skipped",
                      "retained", "B/msg", "verdict");
@@ -446,8 +444,7 @@ int sluice__write_residual(const sluice_prof_output *o, sluice__out *out) {
         "%-20s %-14s %-7s %9llu %9llu %10.1f %7llu %7llu %8llu %7llu %10s "
         "%9.1f  ",
         *r->queue ? r->queue : "-", key, sluice__outcome_name(r->outcome),
-        (unsigned long long)r->messages,
-        (unsigned long long)r->with_residual,
+        (unsigned long long)r->messages, (unsigned long long)r->with_residual,
         r->messages ? (double)r->bytes_at_end / (double)r->messages : 0.0,
         (unsigned long long)r->pending, (unsigned long long)r->cached,
         (unsigned long long)r->leaked, (unsigned long long)r->skipped, ret,

@@ -51,15 +51,15 @@ typedef struct slot {
   _Atomic uint8_t resumed; /* resume hook seen (deferred work entered) */
   _Atomic uint8_t capture; /* adaptive stacks: every block at weight 1 */
   uint8_t state, outcome, pad1_;
-  uint32_t group;          /* set when the scope ends */
-  uint32_t kind;           /* (queue, key value), set at begin */
-  uint32_t next_free;      /* free list, index + 1 */
-  uint32_t prev, next;     /* the group's survivors, index + 1 */
-  uint32_t linked;         /* in the group's survivors list */
+  uint32_t group;           /* set when the scope ends */
+  uint32_t kind;            /* (queue, key value), set at begin */
+  uint32_t next_free;       /* free list, index + 1 */
+  uint32_t prev, next;      /* the group's survivors, index + 1 */
+  uint32_t linked;          /* in the group's survivors list */
   const void *begin_thread; /* sluice__tls of the begin hook */
   uint64_t seq, tag;
-  uint64_t end_b, end_n;   /* residual at end */
-  uint64_t end_msg;        /* the group's message count at the end */
+  uint64_t end_b, end_n; /* residual at end */
+  uint64_t end_msg;      /* the group's message count at the end */
   uint64_t end_ns;
   /* Growth layers moved to the group's sink while the slot waited for its
    * re-check (prof_ledger.c): still live then, counted by the re-check. */
@@ -89,10 +89,10 @@ typedef struct grp {
   uint8_t used, outcome, state, run;
   uint8_t fired; /* the LEAK verdict was announced for this run */
   uint8_t pad2_[3];
-  uint32_t head, tail;   /* survivors: ended slots with memory, by end */
-  uint32_t cur_gen;      /* sink generation folds fill now (0..N_GEN-1) */
+  uint32_t head, tail; /* survivors: ended slots with memory, by end */
+  uint32_t cur_gen;    /* sink generation folds fill now (0..N_GEN-1) */
   uint32_t n_pts;
-  uint32_t next_free;    /* free list of groups, index + 1 */
+  uint32_t next_free; /* free list of groups, index + 1 */
   /* The current sweep's plan: retired slots with end_msg in
    * [sweep_lo + i * sweep_step, ...) go to generation sweep_gen[i]. */
   uint8_t sweep_nb;
@@ -100,18 +100,18 @@ typedef struct grp {
   uint64_t sweep_lo, sweep_step;
   uint64_t messages, with_residual, bytes_at_end, objects_at_end;
   uint64_t pending, cached, leaked, bytes_leaked, objects_leaked;
-  uint64_t skipped;      /* ended without an after-grace re-check */
-  uint64_t interval;     /* messages between curve points */
+  uint64_t skipped;  /* ended without an after-grace re-check */
+  uint64_t interval; /* messages between curve points */
   uint64_t first_ns;
-  uint64_t fired_msgs;   /* messages when on_leak last ran (0: never) */
+  uint64_t fired_msgs; /* messages when on_leak last ran (0: never) */
   curve_pt pts[CURVE_CAP];
-  curve_pt run_start;    /* where the current growth run began */
+  curve_pt run_start; /* where the current growth run began */
   /* The evaluated state (see prof_group.c). */
-  double bpm, opm;       /* per message: slope over the horizon or run */
+  double bpm, opm; /* per message: slope over the horizon or run */
   uint64_t slope_msgs, slope_ns; /* span of that slope */
   uint64_t level_msgs, level_ns; /* GROWING: left before the horizon */
   uint64_t age_msgs, age_ns;     /* oldest survivors (at least) */
-  int64_t plateau_b;     /* BOUNDED: the level */
+  int64_t plateau_b;             /* BOUNDED: the level */
 } __attribute__((aligned(SLUICE__CACHELINE))) grp;
 
 /* A kind of message: (queue, key value). Key values are bounded per
@@ -125,17 +125,17 @@ typedef struct kind {
   uint64_t capture_left;  /* messages still captured at weight 1 */
   uint64_t capture_next;  /* begins of this kind before re-arming */
   uint64_t begins;
-  uint64_t last_ns;       /* last begin (eviction picks the oldest) */
+  uint64_t last_ns; /* last begin (eviction picks the oldest) */
 } kind;
 
 typedef struct qrow {
   char *name;
-  char *key_name;   /* the key's name ("type", "header:x-kind"), or NULL */
-  uint32_t *keys;   /* kinds of this queue's key values [max_keys] */
-  uint32_t nokey;   /* kind of messages without a key, index + 1 */
-  uint32_t other;   /* kind "(other)" key values, index + 1 */
-  uint32_t n_keys;  /* key values with a kind of their own */
-  uint32_t misses;  /* lookups that fell to "(other)" since an eviction */
+  char *key_name;  /* the key's name ("type", "header:x-kind"), or NULL */
+  uint32_t *keys;  /* kinds of this queue's key values [max_keys] */
+  uint32_t nokey;  /* kind of messages without a key, index + 1 */
+  uint32_t other;  /* kind "(other)" key values, index + 1 */
+  uint32_t n_keys; /* key values with a kind of their own */
+  uint32_t misses; /* lookups that fell to "(other)" since an eviction */
 } qrow;
 
 /* A callback to run once the lock is released. */
@@ -143,9 +143,9 @@ enum { NOTE_RESIDUAL = 1, NOTE_VERDICT, NOTE_WARN };
 
 typedef struct note {
   int kind;
-  sluice_prof_residual r;   /* NOTE_RESIDUAL */
-  uint32_t group;           /* NOTE_VERDICT */
-  uint64_t n;               /* NOTE_WARN: allocations seen */
+  sluice_prof_residual r; /* NOTE_RESIDUAL */
+  uint32_t group;         /* NOTE_VERDICT */
+  uint64_t n;             /* NOTE_WARN: allocations seen */
 } note;
 
 typedef struct notes {
@@ -169,7 +169,7 @@ typedef struct resid_state {
   uint32_t ring_cap, ring_max, ring_head, ring_len;
   uint64_t skipped, dropped;
   /* queues, kinds, groups, sinks */
-  qrow *queues;   /* [0] "", [1..max_queues], [max_queues+1] "(other)" */
+  qrow *queues; /* [0] "", [1..max_queues], [max_queues+1] "(other)" */
   uint32_t n_queues, max_queues, n_q;
   kind *kinds;
   uint32_t max_kinds, n_kinds;
@@ -198,8 +198,8 @@ extern resid_state sluice__R;
 #define R sluice__R
 
 static inline slot *slot_at(uint32_t idx) {
-  slot *c = atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT],
-                                 memory_order_acquire);
+  slot *c =
+      atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT], memory_order_acquire);
   return &c[idx & (SLOT_CHUNK - 1)];
 }
 
@@ -222,8 +222,8 @@ static inline int sink_empty(const sink *k) {
 }
 
 static inline grp *group_at(uint32_t g) {
-  grp *c = atomic_load_explicit(&R.gchunks[g >> GROUP_SHIFT],
-                                  memory_order_acquire);
+  grp *c =
+      atomic_load_explicit(&R.gchunks[g >> GROUP_SHIFT], memory_order_acquire);
   return &c[g & (GROUP_CHUNK - 1)];
 }
 static inline sink *sink_of(uint32_t g, uint32_t gen) {
@@ -286,9 +286,8 @@ size_t sluice__kind_summaries(uint32_t gi, sluice_prof_kind_summary *out,
  * (and the ledger). `layer_stack`: the realloc's stack for the growth
  * layer when captured at weight 1, else 0. */
 void sluice__ledger_realloc(sluice__tls *t, const sluice__rec *old,
-                            uint64_t old_size, uint64_t new_size,
-                            uint32_t cur, uint32_t layer_stack,
-                            sluice__rec *rec);
+                            uint64_t old_size, uint64_t new_size, uint32_t cur,
+                            uint32_t layer_stack, sluice__rec *rec);
 /* The block of ledger `ref` is gone: debit every layer, free the ledger. */
 void sluice__ledger_release(sluice__tls *t, uint32_t ref);
 /* Visit the layers: owner ref, stack, bytes, objects (1 for the base). */

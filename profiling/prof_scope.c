@@ -154,7 +154,7 @@ void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects) {
 
 void sluice__scope_xref(uint32_t ref, int delta) {
   _Atomic int32_t *x = (ref & SLUICE__SINK) ? &sink_at(ref)->xrefs
-                                             : &slot_at(ref - 1)->xrefs;
+                                            : &slot_at(ref - 1)->xrefs;
   atomic_fetch_add_explicit(x, delta, memory_order_relaxed);
 }
 
@@ -204,8 +204,8 @@ static int notes_room(const notes *ns) {
   return ns->len <= MAX_NOTES - 4 && ns->arena_len <= NOTE_ARENA - 512;
 }
 
-static void residual_note(notes *ns, const slot *s, int after_grace,
-                          int64_t b, int64_t n) {
+static void residual_note(notes *ns, const slot *s, int after_grace, int64_t b,
+                          int64_t n) {
   if (!R.on_residual) return;
   note *x = sluice__note_add(ns);
   if (!x) return;
@@ -240,7 +240,8 @@ static int pool_grow(void) {
   if (R.n_slots >= R.max_slots) return -1;
   uint32_t n = R.max_slots - R.n_slots;
   if (n > SLOT_CHUNK) n = SLOT_CHUNK;
-  slot *c = sluice__aligned_calloc(SLUICE__CACHELINE, SLOT_CHUNK * sizeof(slot));
+  slot *c =
+      sluice__aligned_calloc(SLUICE__CACHELINE, SLOT_CHUNK * sizeof(slot));
   if (!c) return -1;
   for (uint32_t i = 0; i < n; i++) {
     atomic_init(&c[i].gen, 1);
@@ -481,10 +482,10 @@ int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
  * change of the slot's counters change the group's too. */
 static void join_group(slot *s, uint32_t g, int64_t *b, int64_t *n) {
   s->group = g;
-  int64_t ob = atomic_fetch_or_explicit(&s->live_b, LIVE_ENDED,
-                                        memory_order_acq_rel);
-  int64_t on = atomic_fetch_or_explicit(&s->live_n, LIVE_ENDED,
-                                        memory_order_acq_rel);
+  int64_t ob =
+      atomic_fetch_or_explicit(&s->live_b, LIVE_ENDED, memory_order_acq_rel);
+  int64_t on =
+      atomic_fetch_or_explicit(&s->live_n, LIVE_ENDED, memory_order_acq_rel);
   *b = live_value(ob);
   *n = live_value(on);
   grp *gr = group_at(g);
@@ -585,8 +586,7 @@ static int scope_end(sluice_prof_scope h, int outcome,
   }
   if (from_hook) check_unentered(&ns, s, t);
   /* New allocations through the old handle no longer count. */
-  atomic_store_explicit(&s->gen, (uint32_t)(h >> 32) + 1,
-                        memory_order_release);
+  atomic_store_explicit(&s->gen, (uint32_t)(h >> 32) + 1, memory_order_release);
   end_locked(&ns, (uint32_t)h, outcome, now, out);
   pthread_mutex_unlock(&R.mu);
   sluice__leave_guard();
@@ -640,8 +640,7 @@ static void hk_resume(void *user, void *token) {
   sluice__t.entered = 1;
   uint32_t ref = sluice__scope_ref(s);
   if (ref)
-    atomic_store_explicit(&slot_at(ref - 1)->resumed, 1,
-                          memory_order_relaxed);
+    atomic_store_explicit(&slot_at(ref - 1)->resumed, 1, memory_order_relaxed);
   sluice_prof_scope_enter(s);
 }
 
@@ -706,10 +705,8 @@ static void layer_visit(uint32_t owner, uint32_t stack, uint64_t bytes,
 static void collect_visit(uintptr_t key, sluice__rec *r, void *arg) {
   (void)key;
   if (!r->scope) return;
-  if (r->scope & SLUICE__EXT)
-    sluice__ledger_visit(r->scope, layer_visit, arg);
-  else
-    collect_one(arg, r->scope, r->stack, r->size);
+  if (r->scope & SLUICE__EXT) sluice__ledger_visit(r->scope, layer_visit, arg);
+  else collect_one(arg, r->scope, r->stack, r->size);
 }
 
 void sluice__residual_collect(int64_t group,
@@ -746,8 +743,7 @@ void sluice__scopes_stats(sluice_prof_memstats *ms) {
    * only those that still hold memory. */
   uint64_t retained = 0;
   for (uint32_t i = 0; i < R.n_slots && retained < R.n_retired; i++)
-    if (slot_at(i)->state == S_RETIRED && !slot_empty(slot_at(i)))
-      retained++;
+    if (slot_at(i)->state == S_RETIRED && !slot_empty(slot_at(i))) retained++;
   ms->scopes_retained = retained;
   ms->scopes_refused = R.refused;
   ms->rechecks_skipped = R.skipped;

@@ -84,8 +84,7 @@ static void map_add(resid_map *m, const sluice__resid_key *k, int64_t n,
   m->idx[j] = (uint32_t)++m->len;
 }
 
-static void resid_visit(const sluice__resid_key *k, uint64_t size,
-                        void *arg) {
+static void resid_visit(const sluice__resid_key *k, uint64_t size, void *arg) {
   if (!k->stack) return; /* not sampled: counted in the aggregates only */
   map_add(arg, k, 1, (int64_t)size);
 }
@@ -132,8 +131,7 @@ const char *sluice__snap_key(const sluice_prof_snapshot *s,
 }
 
 void sluice__resid_unbias(const sluice_prof_snapshot *s,
-                          const sluice__snap_resid *r, int64_t *n,
-                          int64_t *b) {
+                          const sluice__snap_resid *r, int64_t *n, int64_t *b) {
   if (r->key.stack & SLUICE__EXACT) {
     *n = r->n;
     *b = r->b;
@@ -243,8 +241,8 @@ static int dup_keys(sluice_prof_snapshot *d, const sluice_prof_snapshot *cur,
   if (!d->keys || !d->key_names) return -1;
   d->n_keys = n;
   for (size_t i = 0; i < n; i++) {
-    const sluice_prof_snapshot *f =
-        i < cur->n_keys && cur->keys[i] ? cur : base;
+    const sluice_prof_snapshot *f = i < cur->n_keys && cur->keys[i] ? cur
+                                                                    : base;
     if (i >= f->n_keys || !f->keys[i]) continue;
     d->keys[i] = sluice__strdup(f->keys[i]);
     d->key_names[i] = sluice__strdup(f->key_names[i] ? f->key_names[i] : "key");

@@ -38,8 +38,8 @@ typedef struct chunk {
   uintptr_t w[CHUNK_WORDS];
 } chunk;
 
-static stk *entries;            /* [0] unused, [1] "table full" */
-static _Atomic uint32_t *idx;   /* open addressing, 0 = empty */
+static stk *entries;          /* [0] unused, [1] "table full" */
+static _Atomic uint32_t *idx; /* open addressing, 0 = empty */
 static uint32_t idx_mask;
 static uint32_t cap;
 static _Atomic uint32_t last_id;

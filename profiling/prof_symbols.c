@@ -74,7 +74,7 @@ struct sluice__symtab {
   size_t n_mods;
   sluice__mapping *maps;
   size_t n_maps;
-  module **map_mod; /* module of each mapping */
+  module **map_mod;  /* module of each mapping */
   sluice__buf extra; /* names made up for unknown addresses */
   char **extra_names;
   size_t n_extra, cap_extra;
@@ -132,8 +132,8 @@ static int elf_map(const char *path, elf_view *v) {
   v->size = (size_t)st.st_size;
   const ElfW(Ehdr) *eh = m;
   if (memcmp(eh->e_ident, ELFMAG, SELFMAG) ||
-      eh->e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64
-                                                     : ELFCLASS32) ||
+      eh->e_ident[EI_CLASS] !=
+          (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32) ||
       eh->e_shoff == 0 || eh->e_shentsize != sizeof(ElfW(Shdr)) ||
       eh->e_shoff + (size_t)eh->e_shnum * sizeof(ElfW(Shdr)) > v->size) {
     munmap(m, v->size);
@@ -207,8 +207,7 @@ static int load_syms(module *m, const elf_view *v, const ElfW(Shdr) *symsec) {
   /* Symbols without a size run to the next symbol. */
   for (size_t i = 0; i < k; i++)
     if (f[i].hi <= f[i].lo)
-      f[i].hi = i + 1 < k && f[i + 1].lo > f[i].lo ? f[i + 1].lo
-                                                   : f[i].lo + 1;
+      f[i].hi = i + 1 < k && f[i + 1].lo > f[i].lo ? f[i + 1].lo : f[i].lo + 1;
   m->funcs = f;
   m->n_funcs = k;
   m->strs = s;
@@ -598,8 +597,7 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
     while (st->pcs[j].n) {
       if (st->pcs[j].pc == pc) {
         if (mapping) *mapping = st->pcs[j].map;
-        return copy_out(out, max, st->frames + st->pcs[j].first,
-                        st->pcs[j].n);
+        return copy_out(out, max, st->frames + st->pcs[j].first, st->pcs[j].n);
       }
       j = (j + 1) & (st->cap_pcs - 1);
     }
@@ -626,8 +624,7 @@ int sluice__sym_frames(sluice__symtab *st, uintptr_t pc, sluice__frame *out,
    * without DWARF (and as google-pprof names it): DWARF may know it by an
    * internal alias (glibc's __GI___strdup for strdup). */
   if (n == 0) f[n++] = (sluice__frame){name, NULL, 0, 0, 0};
-  else if (!f[n - 1].func || (found && !f[n - 1].inlined))
-    f[n - 1].func = name;
+  else if (!f[n - 1].func || (found && !f[n - 1].inlined)) f[n - 1].func = name;
   for (int i = 0; i < n; i++)
     if (!f[i].func) f[i].func = "?";
   sluice__enter_guard();

@@ -190,9 +190,10 @@ int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
     goto out;
   }
   uint32_t count = atomic_load_explicit(count_of(s), memory_order_relaxed);
-  if (!a || (uint64_t)(count + 1) * 8 >
-                (uint64_t)(atomic_load_explicit(&a->mask,
-                                                memory_order_relaxed) + 1) * 5) {
+  if (!a ||
+      (uint64_t)(count + 1) * 8 >
+          (uint64_t)(atomic_load_explicit(&a->mask, memory_order_relaxed) + 1) *
+              5) {
     if (grow(s, a)) {
       ret = -1;
       goto out;
@@ -250,8 +251,7 @@ int sluice__table_take(uintptr_t key, sluice__rec *out) {
   /* Nothing moved since the lock-free probe: its answer still holds. */
   if (seen >= 0 && atomic_load_explicit(&s->seq, memory_order_relaxed) == s1)
     i = seen;
-  else
-    i = a ? probe(a, key, h) : -1;
+  else i = a ? probe(a, key, h) : -1;
   if (i >= 0) {
     entry *e = &a->e[i];
     out->size = e->size;
@@ -275,8 +275,8 @@ void sluice__table_foreach(void (*fn)(uintptr_t key, sluice__rec *rec,
     if (atomic_load_explicit(count_of(s), memory_order_relaxed) == 0) continue;
     sluice__lock_acquire(&s->lock);
     array *a = atomic_load_explicit(&s->arr, memory_order_relaxed);
-    uint32_t mask =
-        a ? atomic_load_explicit(&a->mask, memory_order_relaxed) : 0;
+    uint32_t mask = a ? atomic_load_explicit(&a->mask, memory_order_relaxed)
+                      : 0;
     for (uint32_t i = 0; a && i <= mask; i++) {
       uintptr_t key = atomic_load_explicit(&a->e[i].key, memory_order_relaxed);
       if (!key) continue;

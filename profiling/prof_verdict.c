@@ -69,8 +69,7 @@ size_t sluice__sites_top(sluice__site_rows *r, uint64_t rate,
     sluice__buf c = {0};
     chain_of(&c, st, x.stack, depth);
     size_t j = 0;
-    while (j < m && (!c.data || !ch[j].data || strcmp(ch[j].data, c.data)))
-      j++;
+    while (j < m && (!c.data || !ch[j].data || strcmp(ch[j].data, c.data))) j++;
     if (j < m) {
       r->v[j].n += x.n;
       r->v[j].b += x.b;
@@ -108,10 +107,10 @@ size_t sluice__sites_top(sluice__site_rows *r, uint64_t rate,
     ch[i] = (sluice__buf){0};
     out[i].stack = chains[i].data ? chains[i].data : "?";
     out[i].share = share;
-    out[i].bytes = (uint64_t)(retained_b > 0 ? share * (double)retained_b
-                                             : (double)x->b);
-    out[i].objects = (uint64_t)(retained_n > 0 ? nshare * (double)retained_n
-                                               : (double)x->n);
+    out[i].bytes =
+        (uint64_t)(retained_b > 0 ? share * (double)retained_b : (double)x->b);
+    out[i].objects =
+        (uint64_t)(retained_n > 0 ? nshare * (double)retained_n : (double)x->n);
   }
   for (size_t i = 0; i < m; i++) sluice__buf_free(&ch[i]);
   sluice__free(ch);
@@ -121,8 +120,7 @@ size_t sluice__sites_top(sluice__site_rows *r, uint64_t rate,
 /* ------------------------------------------------------------------------ */
 /* The verdict. */
 
-static void site_visit(const sluice__resid_key *k, uint64_t size,
-                       void *arg) {
+static void site_visit(const sluice__resid_key *k, uint64_t size, void *arg) {
   sluice__site_add(arg, k->stack, 1, (int64_t)size);
 }
 
@@ -181,8 +179,7 @@ static void kinds_line(sluice__buf *b, const sluice_prof_leak *v) {
                        k->key ? k->key : "-");
     if (k->bytes_per_message > 0)
       sluice__buf_printf(b, "%.1f B/message", k->bytes_per_message);
-    else
-      sluice__buf_puts(b, "0");
+    else sluice__buf_puts(b, "0");
     if (k->state != SLUICE_PROF_OK && k->state != SLUICE_PROF_BOUNDED)
       sluice__buf_printf(b, " %s", sluice__state_name(k->state));
   }
@@ -208,8 +205,9 @@ static void print_verdict(const sluice_prof_leak *v) {
   kinds_line(&b, v);
   for (size_t i = 0; i < v->n_sites; i++) {
     sluice__fmt_value(ret, sizeof ret, (int64_t)v->sites[i].bytes, 1);
-    sluice__buf_printf(&b, "%s%s (%.0f%%, %s)", i ? ", " : "; top sites: ",
-                       v->sites[i].stack, 100 * v->sites[i].share, ret);
+    sluice__buf_printf(&b, "%s%s (%.0f%%, %s)",
+                       i ? ", " : "; top sites: ", v->sites[i].stack,
+                       100 * v->sites[i].share, ret);
   }
   sluice__buf_putc(&b, '\n');
   if (!b.oom) {
@@ -241,9 +239,10 @@ void sluice__fire_verdict(uint32_t gi) {
   sluice__buf chains[MAX_SITES];
   memset(chains, 0, sizeof chains);
   if (st)
-    c->v.n_sites = sluice__sites_top(
-        &rows, sluice__rate(), st, (int64_t)c->v.retained_bytes,
-        (int64_t)c->v.retained_objects, 4, sites, chains, MAX_SITES);
+    c->v.n_sites = sluice__sites_top(&rows, sluice__rate(), st,
+                                     (int64_t)c->v.retained_bytes,
+                                     (int64_t)c->v.retained_objects, 4, sites,
+                                     chains, MAX_SITES);
   c->v.sites = sites;
   sluice__leave_guard();
   if (c->fn) {
@@ -274,8 +273,8 @@ void sluice__warn_unentered(uint64_t allocations) {
       "in MemStats deferred_unentered.\n",
       (unsigned long long)allocations);
   if (n > 0) {
-    ssize_t w = write(2, line, (size_t)n < sizeof line ? (size_t)n
-                                                      : sizeof line - 1);
+    ssize_t w =
+        write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
     (void)w;
   }
 }

@@ -12,4 +12,6 @@ uint64_t sluice_backoff_next(sluice_backoff *b, uint64_t r) {
   return b->min_ms + r % span;
 }
 
-void sluice_backoff_reset(sluice_backoff *b) { b->attempt = 0; }
+void sluice_backoff_reset(sluice_backoff *b) {
+  b->attempt = 0;
+}

@@ -14,33 +14,28 @@ int sluice__err_class(int err) {
     case SLUICE_EAUTH:  /* credentials will not fix themselves */
     case SLUICE_EVHOST: /* nor will a missing vhost */
       return SLUICE__ERR_FATAL | SLUICE__ERR_EVERY_NODE | SLUICE__ERR_BROKER;
-    case SLUICE_EURI:
-      return SLUICE__ERR_FATAL | SLUICE__ERR_EVERY_NODE;
+    case SLUICE_EURI: return SLUICE__ERR_FATAL | SLUICE__ERR_EVERY_NODE;
     case SLUICE_ENOTFOUND: /* passive declare or subscribe: missing queue */
     case SLUICE_ECONFLICT: /* declared with other arguments */
       return SLUICE__ERR_FATAL | SLUICE__ERR_BROKER | SLUICE__ERR_CHANNEL_ONLY;
-    case SLUICE_ECHANNEL:
-      return SLUICE__ERR_BROKER | SLUICE__ERR_CHANNEL_ONLY;
+    case SLUICE_ECHANNEL: return SLUICE__ERR_BROKER | SLUICE__ERR_CHANNEL_ONLY;
     case SLUICE_ECLOSED:
-    case SLUICE_EBROKER:
-      return SLUICE__ERR_BROKER;
+    case SLUICE_EBROKER: return SLUICE__ERR_BROKER;
     case SLUICE_EINVAL:
-    case SLUICE_ENOTSUP:
-      return SLUICE__ERR_FATAL;
+    case SLUICE_ENOTSUP: return SLUICE__ERR_FATAL;
     case SLUICE_ETLSCONFIG: /* our own files: the same for every node */
       return SLUICE__ERR_FATAL | SLUICE__ERR_EVERY_NODE;
     case SLUICE_ETLSCA:      /* the broker's certificate, as verified here: */
     case SLUICE_ETLSEXPIRED: /* a node's, so the next node may do */
     case SLUICE_ETLSHOST:
     case SLUICE_ETLSVERIFY:
-    case SLUICE_ENOTTLS: /* amqps:// to a plaintext port, or */
+    case SLUICE_ENOTTLS:  /* amqps:// to a plaintext port, or */
     case SLUICE_ETLSPORT: /* amqp:// to a TLS one: a URI to fix */
       return SLUICE__ERR_FATAL;
     /* SLUICE_ETLSCLIENT and SLUICE_ETLS are retried: under TLS 1.3 the
      * refusal of a client certificate is inferred from a close (tls.c), and
      * a handshake can fail for passing reasons. */
-    default:
-      return 0;
+    default: return 0;
   }
 }
 

@@ -40,7 +40,7 @@ static inline int sluice__retryable(int err) {
 /* ---- the policy ---------------------------------------------------------- */
 
 typedef struct sluice__policy {
-  sluice_reconnect_opts o;  /* with defaults applied */
+  sluice_reconnect_opts o; /* with defaults applied */
   sluice_backoff backoff;
   unsigned attempt;         /* failed attempts in a row */
   uint64_t connected_at_ms; /* when the live connection came up; 0: none */

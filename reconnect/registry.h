@@ -31,7 +31,6 @@ unsigned sluice__registry_capacity(const sluice__registry *r);
 void sluice__registry_dispatch(sluice__registry *r, sluice_consumer *c,
                                const sluice_event *ev);
 /* Remove the generation listeners of `generation` and older. */
-void sluice__registry_generation_died(sluice__registry *r,
-                                      uint64_t generation);
+void sluice__registry_generation_died(sluice__registry *r, uint64_t generation);
 
 #endif

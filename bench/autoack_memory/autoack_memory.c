@@ -113,11 +113,10 @@ static struct report run_eager(void) {
   amqp_connection_state_t conn = amqp_new_connection();
   amqp_socket_t *s = amqp_tcp_socket_new(conn);
   if (amqp_socket_open(s, "127.0.0.1", 5672)) exit(1);
-  amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest",
-             "guest");
+  amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest");
   amqp_channel_open(conn, 1);
-  amqp_basic_consume(conn, 1, amqp_cstring_bytes(QUEUE), amqp_empty_bytes, 0,
-                     1, 0, amqp_empty_table);
+  amqp_basic_consume(conn, 1, amqp_cstring_bytes(QUEUE), amqp_empty_bytes, 0, 1,
+                     0, amqp_empty_table);
   pthread_t w[4];
   for (int i = 0; i < 4; i++) pthread_create(&w[i], NULL, eager_worker, NULL);
   double end = bu_now() + g_seconds;
@@ -131,10 +130,8 @@ static struct report run_eager(void) {
     n->env = env;
     n->next = NULL;
     pthread_mutex_lock(&e_mu);
-    if (e_tail)
-      e_tail->next = n;
-    else
-      e_head = n;
+    if (e_tail) e_tail->next = n;
+    else e_head = n;
     e_tail = n;
     if (++e_held > e_held_max) e_held_max = e_held;
     pthread_cond_signal(&e_cv);

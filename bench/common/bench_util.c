@@ -41,8 +41,12 @@ static long status_kib(const char *key) {
   return v;
 }
 
-long bu_rss_kib(void) { return status_kib("VmRSS:"); }
-long bu_hwm_kib(void) { return status_kib("VmHWM:"); }
+long bu_rss_kib(void) {
+  return status_kib("VmRSS:");
+}
+long bu_hwm_kib(void) {
+  return status_kib("VmHWM:");
+}
 
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -63,9 +67,9 @@ static void die(const char *what, int rc) {
   exit(1);
 }
 
-void bu_fill(const char *uri, const char *queue, unsigned long n,
-             size_t size) {
-  sluice_publisher_opts po = {.uri = uri, .connection_name = "bench fill",
+void bu_fill(const char *uri, const char *queue, unsigned long n, size_t size) {
+  sluice_publisher_opts po = {.uri = uri,
+                              .connection_name = "bench fill",
                               .max_outstanding = 4096};
   sluice_publisher *p;
   int rc = sluice_publisher_new(&po, &p);
@@ -77,7 +81,8 @@ void bu_fill(const char *uri, const char *queue, unsigned long n,
   memset(body, 'b', size);
   sluice_publish_props pr = {.transient = 1};
   for (unsigned long i = 0; i < n; i++)
-    if ((rc = sluice_publisher_publish(p, "", queue, body, size, &pr))) die("publish", rc);
+    if ((rc = sluice_publisher_publish(p, "", queue, body, size, &pr)))
+      die("publish", rc);
   sluice_publish_report rep;
   if ((rc = sluice_publisher_wait(p, &rep))) die("confirms", rc);
   free(body);

@@ -7,10 +7,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-double bu_now(void);          /* monotonic seconds */
-double bu_cpu(void);          /* this process's user+system CPU seconds */
-long bu_rss_kib(void);        /* VmRSS */
-long bu_hwm_kib(void);        /* VmHWM (peak RSS) */
+double bu_now(void);   /* monotonic seconds */
+double bu_cpu(void);   /* this process's user+system CPU seconds */
+long bu_rss_kib(void); /* VmRSS */
+long bu_hwm_kib(void); /* VmHWM (peak RSS) */
 double bu_median(double *v, int n);
 /* Delete, declare (durable) and fill a queue with n messages of `size`
  * bytes, with confirms. Exits on error. */

@@ -80,8 +80,7 @@ static struct result raw_loop(unsigned long n, unsigned prefetch,
     }
   } else {
     s = amqp_tcp_socket_new(conn);
-    if (amqp_socket_open(s, "127.0.0.1", tls ? tls_amqp_port : 5672))
-      exit(1);
+    if (amqp_socket_open(s, "127.0.0.1", tls ? tls_amqp_port : 5672)) exit(1);
   }
   check(amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest",
                    "guest"),
@@ -106,8 +105,7 @@ static struct result raw_loop(unsigned long n, unsigned prefetch,
       exit(1);
     }
     got++;
-    if (ack_every == 1)
-      amqp_basic_ack(conn, 1, env.delivery_tag, 0);
+    if (ack_every == 1) amqp_basic_ack(conn, 1, env.delivery_tag, 0);
     else if (ack_every > 1 && (got % ack_every == 0 || got == n))
       amqp_basic_ack(conn, 1, env.delivery_tag, 1);
     amqp_destroy_envelope(&env);
@@ -193,23 +191,51 @@ int main(int argc, char **argv) {
   if (rounds < 1 || rounds > 15 || n == 0) return 2;
 
   struct variant vs[] = {
-      {"prefetch 100, ack each", "per-message", 100, 1,
-       {.prefetch = 100, .ack_batch = 1}, 0},
-      {"prefetch 100, coalesced (sluice default)", "coalesced", 100, 1,
-       {.prefetch = 100}, 0},
-      {"prefetch 1000, coalesced vs raw multiple/100", "coalesced", 1000, 100,
-       {.prefetch = 1000}, 0},
+      {"prefetch 100, ack each",
+       "per-message",
+       100,
+       1,
+       {.prefetch = 100, .ack_batch = 1},
+       0},
+      {"prefetch 100, coalesced (sluice default)",
+       "coalesced",
+       100,
+       1,
+       {.prefetch = 100},
+       0},
+      {"prefetch 1000, coalesced vs raw multiple/100",
+       "coalesced",
+       1000,
+       100,
+       {.prefetch = 1000},
+       0},
       {"prefetch 1", "prefetch", 1, 1, {.prefetch = 1}, 0},
       {"prefetch 10", "prefetch", 10, 1, {.prefetch = 10}, 0},
-      {"prefetch 1000, ack each", "prefetch", 1000, 1,
-       {.prefetch = 1000, .ack_batch = 1}, 0},
+      {"prefetch 1000, ack each",
+       "prefetch",
+       1000,
+       1,
+       {.prefetch = 1000, .ack_batch = 1},
+       0},
       {"autoAck", "auto", 0, 0, {.ack_mode = SLUICE_ACK_AUTO}, 0},
-      {"TLS node, plaintext port: prefetch 100, ack each", "tls", 100, 1,
-       {.prefetch = 100, .ack_batch = 1}, 2},
-      {"TLS: prefetch 100, ack each", "tls", 100, 1,
-       {.prefetch = 100, .ack_batch = 1}, 1},
-      {"TLS: prefetch 100, coalesced (sluice default)", "tls", 100, 1,
-       {.prefetch = 100}, 1},
+      {"TLS node, plaintext port: prefetch 100, ack each",
+       "tls",
+       100,
+       1,
+       {.prefetch = 100, .ack_batch = 1},
+       2},
+      {"TLS: prefetch 100, ack each",
+       "tls",
+       100,
+       1,
+       {.prefetch = 100, .ack_batch = 1},
+       1},
+      {"TLS: prefetch 100, coalesced (sluice default)",
+       "tls",
+       100,
+       1,
+       {.prefetch = 100},
+       1},
   };
   tls_setup();
   printf("# %lu x %zu B messages per run, %d round(s), medians; client CPU "
@@ -233,8 +259,8 @@ int main(int argc, char **argv) {
         int do_raw = (r + k) % 2 == 0;
         bu_fill(fill, QUEUE, n, size);
         if (do_raw) {
-          struct result x = raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every,
-                                     vs[v].tls);
+          struct result x =
+              raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every, vs[v].tls);
           rr[r] = x.rate;
           rc[r] = x.cpu_us;
         } else {

@@ -225,8 +225,9 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
     }
     /* heaptrack is slow and writes a big trace: at most 3 rounds. */
     if (have_tmp && r < 3) {
-      char *argv[] = {"heaptrack", "-o", ht_out, CHURN_GLIBC_BIN, "--mode",
-                      "glibc", "--iters", it_ht, NULL};
+      char *argv[] = {"heaptrack",     "-o",     ht_out,
+                      CHURN_GLIBC_BIN, "--mode", "glibc",
+                      "--iters",       it_ht,    NULL};
       double x = run_child(argv);
       if (x > 0) v[N_ROWS][nv[N_ROWS]++] = x;
       char cmd[512];
@@ -269,10 +270,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[i], "--mode") && i + 1 < argc) mode = argv[++i];
     else if (!strcmp(argv[i], "--iters") && i + 1 < argc)
       iters = strtoul(argv[++i], NULL, 10);
-    else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
-      runs = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--no-heaptrack"))
-      heaptrack = 0;
+    else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--no-heaptrack")) heaptrack = 0;
     else {
       fprintf(stderr,
               "usage: %s [--runs N] [--iters N] [--no-heaptrack] "

@@ -37,8 +37,7 @@ static unsigned long g_n;
 static atomic_ulong g_got;
 
 __attribute__((noinline)) static int handler(sluice_delivery *d,
-                                             const sluice_message *m,
-                                             void *u) {
+                                             const sluice_message *m, void *u) {
   (void)d;
   (void)u;
   char *copy = malloc(m->body_len + 1);

@@ -96,10 +96,10 @@ static fn_t fns[NF];
   DEF(a##7)
 DEF8(0) DEF8(1) DEF8(2) DEF8(3) DEF8(4) DEF8(5) DEF8(6) DEF8(7)
 /* clang-format on */
-#define REF8(a)                                                            \
+#define REF8(a) \
   f##a##0, f##a##1, f##a##2, f##a##3, f##a##4, f##a##5, f##a##6, f##a##7
-static fn_t fns[NF] = {REF8(0), REF8(1), REF8(2), REF8(3),
-                       REF8(4), REF8(5), REF8(6), REF8(7)};
+    static fn_t fns[NF] = {REF8(0), REF8(1), REF8(2), REF8(3),
+                           REF8(4), REF8(5), REF8(6), REF8(7)};
 
 /* N distinct stacks: the first function and the path differ. */
 __attribute__((noinline)) static void make_stacks(unsigned n) {
@@ -152,8 +152,9 @@ static int measure(const char *mode, unsigned stacks) {
   long rss1 = maxrss_kb();
   sluice_prof_snapshot_free(s);
   /* Heap in use: arena chunks and mmapped ones (big inflated sections). */
-  double held = ((double)(m1.uordblks + m1.hblkhd) -
-                 (double)(m0.uordblks + m0.hblkhd)) / 1024.0;
+  double held =
+      ((double)(m1.uordblks + m1.hblkhd) - (double)(m0.uordblks + m0.hblkhd)) /
+      1024.0;
   double est = ((double)ms1.overhead_bytes - (double)ms0.overhead_bytes) /
                1024.0;
   printf("cold_ms=%.3f warm_ms=%.3f top_ms=%.3f held_kb=%.1f est_kb=%.1f "
@@ -169,8 +170,8 @@ static int measure(const char *mode, unsigned stacks) {
 extern char **environ;
 
 enum { V_COLD, V_WARM, V_TOP, V_HELD, V_EST, V_PEAK, N_V };
-static const char *const keys[N_V] = {"cold_ms=", "warm_ms=", "top_ms=",
-                                      "held_kb=", "est_kb=",  "peak_kb="};
+static const char *const keys[N_V] = {
+    "cold_ms=", "warm_ms=", "top_ms=", "held_kb=", "est_kb=", "peak_kb="};
 
 /* Run argv; parse the values it printed into v. 0 on success. */
 static int run_child(char *const argv[], double *v) {
@@ -242,15 +243,14 @@ static int driver(int runs, const unsigned *sizes, int n_sizes) {
       for (int m = 0; m < 2; m++) {
         char st[32];
         snprintf(st, sizeof st, "%u", sizes[si]);
-        char *argv[] = {self, "--mode", (char *)modes[m], "--stacks", st,
-                        NULL};
+        char *argv[] = {self, "--mode", (char *)modes[m], "--stacks", st, NULL};
         double x[N_V];
         if (run_child(argv, x)) continue;
         for (int k = 0; k < N_V; k++) v[si][m][k][nv[si][m]] = x[k];
         nv[si][m]++;
       }
-  printf("%7s %-10s %9s %9s %9s %9s %9s %9s\n", "stacks", "names",
-         "cold ms", "warm ms", "top ms", "held kB", "est kB", "peak kB");
+  printf("%7s %-10s %9s %9s %9s %9s %9s %9s\n", "stacks", "names", "cold ms",
+         "warm ms", "top ms", "held kB", "est kB", "peak kB");
   for (int si = 0; si < n_sizes; si++) {
     double med[2][N_V];
     for (int m = 0; m < 2; m++) {

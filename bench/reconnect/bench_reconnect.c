@@ -102,9 +102,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   struct state *s = user;
   pthread_mutex_lock(&s->mu);
   switch (ev->type) {
-    case SLUICE_EV_CLOSED:
-      s->closed++;
-      break;
+    case SLUICE_EV_CLOSED: s->closed++; break;
     case SLUICE_EV_RECONNECTING:
       s->reconnecting++;
       s->reconnecting_us = now_us();
@@ -115,17 +113,15 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
       if (s->held) {
         /* the previous connection's deferred delivery, completed late */
         int rc = sluice_delivery_done(s->held, SLUICE_ACK);
-        if (rc == SLUICE_ESTALE)
-          s->stale_ok++;
-        else
-          s->stale_bad++;
+        if (rc == SLUICE_ESTALE) s->stale_ok++;
+        else s->stale_bad++;
         s->held = NULL;
       }
       if (s->target) {
         /* what the field failure did: a listener on every connection */
         sluice_listener h;
-        if (sluice_consumer_on_close(c, bench_listener, s, SLUICE_LISTEN_GENERATION,
-                            &h) != 0)
+        if (sluice_consumer_on_close(c, bench_listener, s,
+                                     SLUICE_LISTEN_GENERATION, &h) != 0)
           s->refused++;
         static const unsigned at[4] = {1, 100, 1000, 0};
         for (int i = 0; i < 4; i++) {
@@ -140,8 +136,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
       }
       break;
     }
-    default:
-      break;
+    default: break;
   }
   signal_state(s);
   pthread_mutex_unlock(&s->mu);
@@ -392,7 +387,8 @@ static void fill_one(const char *queue) {
     sluice_publisher_delete_queue(p, queue, NULL);
     rc = sluice_publisher_declare_queue(p, &q);
   }
-  if (!rc) rc = sluice_publisher_publish(p, "", queue, "0", 1, NULL); /* persistent */
+  if (!rc)
+    rc = sluice_publisher_publish(p, "", queue, "0", 1, NULL); /* persistent */
   if (!rc) rc = sluice_publisher_wait(p, NULL);
   sluice_publisher_free(p);
   if (rc) {
@@ -414,8 +410,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   char queue[64];
-  snprintf(queue, sizeof(queue), "sluice.bench.reconnect.%ld",
-           (long)getpid());
+  snprintf(queue, sizeof(queue), "sluice.bench.reconnect.%ld", (long)getpid());
   fill_one(queue); /* one message goes round and round */
   int rc = 0;
   if (!strcmp(what, "latency") || !strcmp(what, "all"))

@@ -94,9 +94,9 @@ typedef struct run {
   int fd;
   char buf[1 << 16];
   size_t len;
-  json_t *last;  /* latest "sample" line */
+  json_t *last;            /* latest "sample" line */
   uint64_t last_published; /* publisher's count when that line arrived */
-  json_t *final; /* its "final" line */
+  json_t *final;           /* its "final" line */
   int debug_port;
   int http_ok; /* -1 unknown, 0 no, 1 yes */
   int exit_status;
@@ -119,7 +119,9 @@ typedef struct config {
 } config;
 
 static volatile sig_atomic_t interrupted;
-static void on_signal(int sig) { interrupted = 1; }
+static void on_signal(int sig) {
+  interrupted = 1;
+}
 
 static double now_s(void) {
   struct timespec ts;
@@ -163,8 +165,10 @@ static void *publisher(void *arg) {
     if (!rc) rc = sluice_publisher_wait(p, NULL);
     if (rc) {
       if (!atomic_load(&r->pub_error))
-        fprintf(stderr, "sluice-soak: run %d: publisher: %s; retrying every "
-                        "second\n", r->index, sluice_strerror(rc));
+        fprintf(stderr,
+                "sluice-soak: run %d: publisher: %s; retrying every "
+                "second\n",
+                r->index, sluice_strerror(rc));
       atomic_store(&r->pub_error, rc);
       sluice_publisher_free(p);
       p = NULL;
@@ -221,7 +225,8 @@ static uint64_t sum_residual(json_t *arr, const char *key) {
 static json_t *http_vars(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return NULL;
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  struct sockaddr_in a = {.sin_family = AF_INET,
+                          .sin_port = htons((uint16_t)port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   json_t *j = NULL;
   char *buf = NULL;
@@ -282,8 +287,8 @@ static int sample_http(run *r, sample *s) {
     s->http = 1;
     size_t i;
     json_t *a;
-    json_array_foreach(res, i, a) s->leaking |=
-        json_is_true(json_object_get(a, "leaking"));
+    json_array_foreach(res, i, a)
+        s->leaking |= json_is_true(json_object_get(a, "leaking"));
   }
   json_decref(j);
   return ok ? 0 : -1;
@@ -303,8 +308,10 @@ static void handle_line(run *r, json_t *j) {
   } else if (ev && strcmp(ev, "debug") == 0) {
     r->debug_port = (int)jint(j, "port");
   } else if (ev && strcmp(ev, "listener_refused") == 0) {
-    fprintf(stderr, "sluice-soak: run %d: the worker's close listener was "
-                    "refused (registry full)\n", r->index);
+    fprintf(stderr,
+            "sluice-soak: run %d: the worker's close listener was "
+            "refused (registry full)\n",
+            r->index);
   }
 }
 
@@ -402,9 +409,10 @@ static int start_run(run *r, const config *cfg, const char *gw_url) {
   const char *argv[MAX_ARGS + 24];
   size_t n = 0;
   argv[n++] = cfg->worker;
-  const char *fixed[] = {"--queue", r->queue, "--uri", cfg->uri, "--gateway",
-                         gw_url, "--stats-fd", "3", "--stats-interval-ms",
-                         interval, "--quiet"};
+  const char *fixed[] = {"--queue",    r->queue,    "--uri",
+                         cfg->uri,     "--gateway", gw_url,
+                         "--stats-fd", "3",         "--stats-interval-ms",
+                         interval,     "--quiet"};
   for (size_t i = 0; i < sizeof(fixed) / sizeof(*fixed); i++)
     argv[n++] = fixed[i];
   if (strcmp(cfg->source, "pipe") != 0) {
@@ -463,7 +471,8 @@ static void drive(run **rs, size_t nr, const config *cfg) {
     }
     if (now >= end || interrupted) break;
     struct pollfd pf[MAX_RUNS];
-    for (size_t i = 0; i < nr; i++) pf[i] = (struct pollfd){rs[i]->fd, POLLIN, 0};
+    for (size_t i = 0; i < nr; i++)
+      pf[i] = (struct pollfd){rs[i]->fd, POLLIN, 0};
     double until = next < end ? next : end;
     int ms = (int)((until - now_s()) * 1000) + 1;
     int k = poll(pf, (nfds_t)nr, ms > 0 ? ms : 0);
@@ -486,8 +495,10 @@ static void drive(run **rs, size_t nr, const config *cfg) {
     while (r->fd >= 0) {
       struct pollfd p = {r->fd, POLLIN, 0};
       if (poll(&p, 1, 30000) != 1) {
-        fprintf(stderr, "sluice-soak: run %d: no exit after SIGTERM; "
-                        "killing it\n", r->index);
+        fprintf(stderr,
+                "sluice-soak: run %d: no exit after SIGTERM; "
+                "killing it\n",
+                r->index);
         kill(r->pid, SIGKILL);
         close(r->fd);
         r->fd = -1;
@@ -540,8 +551,10 @@ static void judge(const run *r, const config *cfg, verdict *v) {
   if (r->n - first < 3) first = r->n > 3 ? r->n - 3 : 0;
   size_t n = r->n - first;
   double *t = calloc(n + 1, sizeof(double)), *m = calloc(n + 1, sizeof(double));
-  double *rss = calloc(n + 1, sizeof(double)), *heap = calloc(n + 1, sizeof(double));
-  double *res = calloc(n + 1, sizeof(double)), *rm = calloc(n + 1, sizeof(double));
+  double *rss = calloc(n + 1, sizeof(double)),
+         *heap = calloc(n + 1, sizeof(double));
+  double *res = calloc(n + 1, sizeof(double)),
+         *rm = calloc(n + 1, sizeof(double));
   for (size_t i = 0; i < n; i++) {
     const sample *s = &r->s[first + i];
     t[i] = s->t / 60.0;
@@ -560,7 +573,8 @@ static void judge(const run *r, const config *cfg, verdict *v) {
   v->residual_per_msg = slope(rm, res, n);
   for (size_t i = 0; i < r->n; i++) {
     if (r->s[i].depth > v->max_depth) v->max_depth = r->s[i].depth;
-    if (r->s[i].in_flight > v->max_in_flight) v->max_in_flight = r->s[i].in_flight;
+    if (r->s[i].in_flight > v->max_in_flight)
+      v->max_in_flight = r->s[i].in_flight;
     if ((double)r->s[i].rss > v->peak_rss) v->peak_rss = (double)r->s[i].rss;
   }
   size_t http = 0;
@@ -625,14 +639,12 @@ static void gp_escape(FILE *f, const char *s) {
   }
 }
 
-static void plot_body(FILE *f, run *const *runs, size_t nr,
-                      const config *cfg) {
-  fprintf(f,
-          "set datafile separator ','\n"
-          "set key top left opaque box\n"
-          "set grid\n"
-          "set xlabel 'time (s)'\n"
-          "set multiplot layout 3,2 title \"");
+static void plot_body(FILE *f, run *const *runs, size_t nr, const config *cfg) {
+  fprintf(f, "set datafile separator ','\n"
+             "set key top left opaque box\n"
+             "set grid\n"
+             "set xlabel 'time (s)'\n"
+             "set multiplot layout 3,2 title \"");
   gp_escape(f, cfg->title);
   fprintf(f, "\"\n");
   static const struct {
@@ -651,8 +663,9 @@ static void plot_body(FILE *f, run *const *runs, size_t nr,
     fprintf(f, "set title '%s'\nset yrange %s\nplot ", panels[p].title,
             panels[p].yrange);
     for (size_t k = 0; k < nr; k++) {
-      fprintf(f, "%s'%s/run%d.csv' every ::1 using 3:($%s/%s) with lines "
-                 "lw 2 title \"",
+      fprintf(f,
+              "%s'%s/run%d.csv' every ::1 using 3:($%s/%s) with lines "
+              "lw 2 title \"",
               k ? ", " : "", cfg->out, runs[k]->index, panels[p].col,
               panels[p].scale);
       gp_escape(f, runs[k]->label);
@@ -712,18 +725,20 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
     fmt_bytes(c, sizeof(c), v.heap_per_msg);
     fmt_bytes(d, sizeof(d), v.rss_per_msg);
     char line[2048];
-    snprintf(line, sizeof(line),
-             "run %d [%s]: %s (on %s, sampled from %s) | residual %.2f B/message (%" PRIu64
-             " B retained after %" PRIu64 " messages; profiler verdict: %s) | heap %s/min, %s/"
-             "message | RSS %s/min, %s/message, peak %.1f MiB | published %"
-             PRIu64 ", max queue depth %" PRIu64 ", max held in process %"
-             PRIu64 "%s\n",
-             r->index, r->label, v.leak ? "LEAK" : "ok", v.basis, v.source,
-             v.residual_per_msg, v.retained, v.messages,
-             v.profiler_leaking ? "leaking" : "none", b, c, a, d,
-             v.peak_rss / 1048576.0, v.published, v.max_depth,
-             v.max_in_flight, r->exit_status ? " | worker exit status != 0" : "");
-    uint64_t reconnects = r->final ? jint(r->final, "counters.consumer.reconnects") : 0;
+    snprintf(
+        line, sizeof(line),
+        "run %d [%s]: %s (on %s, sampled from %s) | residual %.2f B/message (%" PRIu64
+        " B retained after %" PRIu64
+        " messages; profiler verdict: %s) | heap %s/min, %s/"
+        "message | RSS %s/min, %s/message, peak %.1f MiB | published %" PRIu64
+        ", max queue depth %" PRIu64 ", max held in process %" PRIu64 "%s\n",
+        r->index, r->label, v.leak ? "LEAK" : "ok", v.basis, v.source,
+        v.residual_per_msg, v.retained, v.messages,
+        v.profiler_leaking ? "leaking" : "none", b, c, a, d,
+        v.peak_rss / 1048576.0, v.published, v.max_depth, v.max_in_flight,
+        r->exit_status ? " | worker exit status != 0" : "");
+    uint64_t reconnects =
+        r->final ? jint(r->final, "counters.consumer.reconnects") : 0;
     int pub_err = atomic_load(&((run *)r)->pub_error);
     if (reconnects || pub_err || !r->final) {
       size_t l = strlen(line);
@@ -742,24 +757,23 @@ static void write_verdicts(run *const *runs, size_t nr, const config *cfg) {
                   "run", r->index, "label", r->label, "leak", v.leak, "basis",
                   v.basis, "residual_per_message", v.residual_per_msg,
                   "retained_bytes", (json_int_t)v.retained, "messages",
-                  (json_int_t)v.messages, "heap_bytes_per_min",
-                  v.heap_per_min, "heap_bytes_per_message", v.heap_per_msg,
-                  "rss_bytes_per_min", v.rss_per_min,
-                  "rss_bytes_per_message", v.rss_per_msg, "peak_rss_bytes",
-                  v.peak_rss, "published", (json_int_t)v.published,
-                  "max_queue_depth", (json_int_t)v.max_depth,
-                  "max_in_flight", (json_int_t)v.max_in_flight,
-                  "exit_status", r->exit_status, "interposing",
-                  r->interposing, "samples", (json_int_t)r->n, "source",
-                  v.source, "reconnects", (json_int_t)reconnects,
+                  (json_int_t)v.messages, "heap_bytes_per_min", v.heap_per_min,
+                  "heap_bytes_per_message", v.heap_per_msg, "rss_bytes_per_min",
+                  v.rss_per_min, "rss_bytes_per_message", v.rss_per_msg,
+                  "peak_rss_bytes", v.peak_rss, "published",
+                  (json_int_t)v.published, "max_queue_depth",
+                  (json_int_t)v.max_depth, "max_in_flight",
+                  (json_int_t)v.max_in_flight, "exit_status", r->exit_status,
+                  "interposing", r->interposing, "samples", (json_int_t)r->n,
+                  "source", v.source, "reconnects", (json_int_t)reconnects,
                   "publisher_failed", pub_err != 0, "profiler_leaking",
                   v.profiler_leaking));
   }
   if (txt) fclose(txt);
   snprintf(path, sizeof(path), "%s/verdict.json", cfg->out);
   json_t *o = json_pack("{s:f, s:f, s:f, s:o}", "duration_s", cfg->duration,
-                        "rate", cfg->rate, "threshold", cfg->threshold,
-                        "runs", arr);
+                        "rate", cfg->rate, "threshold", cfg->threshold, "runs",
+                        arr);
   json_dump_file(o, path, JSON_INDENT(2));
   json_decref(o);
 }
@@ -794,28 +808,43 @@ static void split_args(run *r, const char *common, const char *own) {
   snprintf(r->label, sizeof(r->label), "%s", *own ? own : "default");
 }
 
-static const config defaults = {
-    .duration = 60,
-    .interval_ms = 1000,
-    .rate = 200,
-    .mix = "probe=5,forbidden=2,gone=2,bad=1",
-    .out = "soak-out",
-    .title = "sluice-soak: push-worker memory over time",
-    .worker = SOAK_WORKER,
-    .uri = "amqp://guest:guest@127.0.0.1:5672/",
-    .source = "auto",
-    .worker_args = "",
-    .threshold = 1.0,
-    .heap_threshold = 64.0,
-    .gw = {.latency_ms = 2}};
+static const config defaults = {.duration = 60,
+                                .interval_ms = 1000,
+                                .rate = 200,
+                                .mix = "probe=5,forbidden=2,gone=2,bad=1",
+                                .out = "soak-out",
+                                .title =
+                                    "sluice-soak: push-worker memory over time",
+                                .worker = SOAK_WORKER,
+                                .uri = "amqp://guest:guest@127.0.0.1:5672/",
+                                .source = "auto",
+                                .worker_args = "",
+                                .threshold = 1.0,
+                                .heap_threshold = 64.0,
+                                .gw = {.latency_ms = 2}};
 
 /* The options up to --compare into `cfg`; `*compare` says whether run specs
  * follow (from optind). Returns 0, or 2 after the usage. */
 static int parse_args(int argc, char **argv, config *cfg, int *compare) {
   enum {
-    O_DURATION = 256, O_INTERVAL, O_RATE, O_MIX, O_OUT, O_TITLE, O_PARALLEL,
-    O_THRESHOLD, O_HEAP_THRESHOLD, O_SOURCE, O_WORKER, O_URI, O_GATEWAY,
-    O_GW_LAT, O_GW_JIT, O_GW_ERR, O_WARGS, O_COMPARE
+    O_DURATION = 256,
+    O_INTERVAL,
+    O_RATE,
+    O_MIX,
+    O_OUT,
+    O_TITLE,
+    O_PARALLEL,
+    O_THRESHOLD,
+    O_HEAP_THRESHOLD,
+    O_SOURCE,
+    O_WORKER,
+    O_URI,
+    O_GATEWAY,
+    O_GW_LAT,
+    O_GW_JIT,
+    O_GW_ERR,
+    O_WARGS,
+    O_COMPARE
   };
   static const struct option lo[] = {
       {"duration", required_argument, 0, O_DURATION},
@@ -894,8 +923,7 @@ static void catch_signals(void) {
 }
 
 /* The gateway the workers post to: --gateway, or a stand-in of our own. */
-static int start_gateway(config *cfg, pw_gateway **gw, char *url,
-                         size_t cap) {
+static int start_gateway(config *cfg, pw_gateway **gw, char *url, size_t cap) {
   *gw = NULL;
   if (cfg->gateway) {
     snprintf(url, cap, "%s", cfg->gateway);

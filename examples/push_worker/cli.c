@@ -9,8 +9,8 @@
 
 #include "worker.h"
 
-const char *const pw_leak_names[] = {"none", "global-map", "probe-path",
-                                     "error-path", "listener", NULL};
+const char *const pw_leak_names[] = {"none",       "global-map", "probe-path",
+                                     "error-path", "listener",   NULL};
 
 static const pw_config defaults = {
     .uri = "amqp://guest:guest@127.0.0.1:5672/",
@@ -31,60 +31,61 @@ static const pw_config defaults = {
 };
 
 void pw_cli_usage(FILE *f, const char *argv0) {
-  fprintf(f,
-          "usage: %s [options]\n"
-          "  --uri URI               broker (amqp://guest:guest@127.0.0.1:5672/)\n"
-          "  --queue NAME            work queue (push.jobs); dead letters go to "
-          "NAME.dead\n"
-          "  --gateway URL           push gateway "
-          "(http://127.0.0.1:8080/push)\n"
-          "  --api-key KEY           sent as Authorization: Bearer KEY "
-          "(sluice-demo)\n"
-          "  --ack auto|manual       acknowledgement mode (manual)\n"
-          "  --prefetch N            unacknowledged deliveries (100)\n"
-          "  --workers N             handler threads; 0 runs handlers on the "
-          "loop (0)\n"
-          "  --http-conns N          keep-alive connections to the gateway "
-          "(8)\n"
-          "  --http-timeout-ms MS    per request (5000)\n"
-          "  --max-attempts N        deliveries before a failing job is "
-          "dead-lettered (5)\n"
-          "  --retry-delay-ms MS     pause before a failed job is nacked "
-          "(100)\n"
-          "  --leak MODE             none|global-map|probe-path|error-path|"
-          "listener\n"
-          "  --debug-addr HOST:PORT  serve /debug/pprof, /debug/vars, "
-          "/metrics\n"
-          "  --report                print the residual report at exit\n"
-          "  --count N               stop after N jobs finished\n"
-          "  --duration S            stop after S seconds\n"
-          "  --stats-fd FD           JSON lines (events, samples, final) to "
-          "FD\n"
-          "  --stats-interval-ms MS  sample period on --stats-fd (1000)\n"
-          "  --prof-rate BYTES|none  profiler sampling rate; 1 = every "
-          "allocation (1);\n"
-          "                          0 turns the profiler off\n"
-          "  --leak-window N         messages between growth-curve points "
-          "(100)\n"
-          "  --horizon N,MS          verdict horizon: messages and ms "
-          "(50000,120000)\n"
-          "  --grace-ms MS           residual re-check delay (1000)\n"
-          "  --max-listeners N       close-listener registry capacity (16)\n"
-          "  --stop-timeout-ms MS    graceful stop budget (10000)\n"
-          "  --quiet                 fewer messages on stderr\n",
-          argv0);
+  fprintf(
+      f,
+      "usage: %s [options]\n"
+      "  --uri URI               broker (amqp://guest:guest@127.0.0.1:5672/)\n"
+      "  --queue NAME            work queue (push.jobs); dead letters go to "
+      "NAME.dead\n"
+      "  --gateway URL           push gateway "
+      "(http://127.0.0.1:8080/push)\n"
+      "  --api-key KEY           sent as Authorization: Bearer KEY "
+      "(sluice-demo)\n"
+      "  --ack auto|manual       acknowledgement mode (manual)\n"
+      "  --prefetch N            unacknowledged deliveries (100)\n"
+      "  --workers N             handler threads; 0 runs handlers on the "
+      "loop (0)\n"
+      "  --http-conns N          keep-alive connections to the gateway "
+      "(8)\n"
+      "  --http-timeout-ms MS    per request (5000)\n"
+      "  --max-attempts N        deliveries before a failing job is "
+      "dead-lettered (5)\n"
+      "  --retry-delay-ms MS     pause before a failed job is nacked "
+      "(100)\n"
+      "  --leak MODE             none|global-map|probe-path|error-path|"
+      "listener\n"
+      "  --debug-addr HOST:PORT  serve /debug/pprof, /debug/vars, "
+      "/metrics\n"
+      "  --report                print the residual report at exit\n"
+      "  --count N               stop after N jobs finished\n"
+      "  --duration S            stop after S seconds\n"
+      "  --stats-fd FD           JSON lines (events, samples, final) to "
+      "FD\n"
+      "  --stats-interval-ms MS  sample period on --stats-fd (1000)\n"
+      "  --prof-rate BYTES|none  profiler sampling rate; 1 = every "
+      "allocation (1);\n"
+      "                          0 turns the profiler off\n"
+      "  --leak-window N         messages between growth-curve points "
+      "(100)\n"
+      "  --horizon N,MS          verdict horizon: messages and ms "
+      "(50000,120000)\n"
+      "  --grace-ms MS           residual re-check delay (1000)\n"
+      "  --max-listeners N       close-listener registry capacity (16)\n"
+      "  --stop-timeout-ms MS    graceful stop budget (10000)\n"
+      "  --quiet                 fewer messages on stderr\n",
+      argv0);
 }
 
 typedef enum kind {
-  K_STR,      /* const char * */
-  K_FLAG,     /* int, set to 1; no argument */
-  K_UINT,     /* an unsigned integer of the field's size, 0 .. max */
-  K_UINT1,    /* the same, 1 .. max */
-  K_ACK,      /* auto|manual */
-  K_LEAK,     /* one of pw_leak_names */
-  K_SECONDS,  /* double > 0 */
-  K_RATE,     /* "none" or an unsigned integer */
-  K_HORIZON,  /* N,MS: messages and ms, both above 0 */
+  K_STR,     /* const char * */
+  K_FLAG,    /* int, set to 1; no argument */
+  K_UINT,    /* an unsigned integer of the field's size, 0 .. max */
+  K_UINT1,   /* the same, 1 .. max */
+  K_ACK,     /* auto|manual */
+  K_LEAK,    /* one of pw_leak_names */
+  K_SECONDS, /* double > 0 */
+  K_RATE,    /* "none" or an unsigned integer */
+  K_HORIZON, /* N,MS: messages and ms, both above 0 */
   K_HELP
 } kind;
 
@@ -153,16 +154,11 @@ static int apply(const opt *o, const char *arg, pw_config *c) {
   void *field = (char *)c + o->off;
   unsigned long long v;
   switch (o->k) {
-    case K_STR:
-      *(const char **)field = arg;
-      return 0;
-    case K_FLAG:
-      *(int *)field = 1;
-      return 0;
+    case K_STR: *(const char **)field = arg; return 0;
+    case K_FLAG: *(int *)field = 1; return 0;
     case K_UINT:
     case K_UINT1:
-      if (parse_uint(arg, o->max, &v) || (o->k == K_UINT1 && v == 0))
-        return -1;
+      if (parse_uint(arg, o->max, &v) || (o->k == K_UINT1 && v == 0)) return -1;
       store_uint(field, o->size, v);
       return 0;
     case K_ACK:
@@ -204,8 +200,7 @@ static int apply(const opt *o, const char *arg, pw_config *c) {
       c->horizon_ms = (long)ms;
       return 0;
     }
-    default:
-      return -1;
+    default: return -1;
   }
 }
 

@@ -266,7 +266,9 @@ fail:
   return -1;
 }
 
-int pw_gateway_port(const pw_gateway *g) { return g->port; }
+int pw_gateway_port(const pw_gateway *g) {
+  return g->port;
+}
 
 const char *pw_gateway_url(const pw_gateway *g, char *buf, size_t cap) {
   snprintf(buf, cap, "http://127.0.0.1:%d/push", g->port);

@@ -22,19 +22,19 @@
 typedef struct pw_gateway pw_gateway;
 
 typedef struct pw_gateway_opts {
-  const char *addr;        /* "host:port"; default "127.0.0.1:0" (any port) */
-  unsigned latency_ms;     /* added before every /push reply */
-  unsigned jitter_ms;      /* plus uniform [0, jitter_ms] */
-  double error_rate;       /* random failures, 0..1 */
-  double error_4xx_share;  /* share of those answered 400 (rest 503) */
-  const char *api_key;     /* default "sluice-demo"; copied */
-  uint64_t seed;           /* for the random failures; default 1 */
+  const char *addr;       /* "host:port"; default "127.0.0.1:0" (any port) */
+  unsigned latency_ms;    /* added before every /push reply */
+  unsigned jitter_ms;     /* plus uniform [0, jitter_ms] */
+  double error_rate;      /* random failures, 0..1 */
+  double error_4xx_share; /* share of those answered 400 (rest 503) */
+  const char *api_key;    /* default "sluice-demo"; copied */
+  uint64_t seed;          /* for the random failures; default 1 */
 } pw_gateway_opts;
 
 typedef struct pw_gateway_stats {
-  uint64_t requests;  /* POST /push received */
-  uint64_t replied;   /* replies sent */
-  uint64_t ok;        /* 2xx */
+  uint64_t requests; /* POST /push received */
+  uint64_t replied;  /* replies sent */
+  uint64_t ok;       /* 2xx */
   uint64_t c400, c401, c403, c410, c500, c503;
   uint64_t in_progress; /* received, not yet answered */
 } pw_gateway_stats;

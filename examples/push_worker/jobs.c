@@ -81,9 +81,8 @@ size_t pw_job_body(pw_kind k, uint64_t i, char *buf, size_t cap) {
       break;
     case PW_JOB_BAD_JSON:
       /* Alternate between truncated JSON and no JSON at all. */
-      n = (i & 1) ? snprintf(buf, cap, "{\"token\": \"tok-%" PRIu64
-                                       "\", \"title\": ",
-                             i)
+      n = (i & 1) ? snprintf(buf, cap,
+                             "{\"token\": \"tok-%" PRIu64 "\", \"title\": ", i)
                   : snprintf(buf, cap, "push this to %" PRIu64 " please", i);
       break;
     case PW_JOB_MISSING:
@@ -102,8 +101,9 @@ size_t pw_job_body(pw_kind k, uint64_t i, char *buf, size_t cap) {
                            : k == PW_JOB_FAIL    ? "fail"
                                                  : "tok";
       n = snprintf(buf, cap,
-                   "{\"token\": \"%s-%08" PRIx64 "\", \"title\": \"Order %"
-                   PRIu64 " shipped\", \"body\": \"Your parcel is on its way. "
+                   "{\"token\": \"%s-%08" PRIx64
+                   "\", \"title\": \"Order %" PRIu64
+                   " shipped\", \"body\": \"Your parcel is on its way. "
                    "Track it in the app.\"}",
                    prefix, i * 2654435761u, i);
       break;

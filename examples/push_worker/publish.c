@@ -69,7 +69,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "push-publish: %s\n", err);
     return 2;
   }
-  sluice_publisher_opts po = {.uri = uri, .connection_name = "push-publish",
+  sluice_publisher_opts po = {.uri = uri,
+                              .connection_name = "push-publish",
                               .max_outstanding = 4096};
   sluice_publisher *p;
   int rc = sluice_publisher_new(&po, &p);
@@ -112,7 +113,8 @@ int main(int argc, char **argv) {
   double t1 = now_s();
   if (rc) die("confirms", rc);
   unsigned kinds[PW_JOB_KINDS_] = {0};
-  for (uint64_t i = first; i < first + count; i++) kinds[pw_mix_kind(&mix, i)]++;
+  for (uint64_t i = first; i < first + count; i++)
+    kinds[pw_mix_kind(&mix, i)]++;
   printf("push-publish: %" PRIu64 " jobs to %s in %.2f s, %" PRIu64
          " confirmed (",
          rep.published, queue, t1 - t0, rep.confirmed);

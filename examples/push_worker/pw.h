@@ -43,16 +43,16 @@ typedef struct pw_auth {
 typedef struct pw_job {
   struct pw_job *next; /* sender lists */
   pw_worker *w;
-  pw_sender *sender;   /* set by pw_sender_submit() */
+  pw_sender *sender; /* set by pw_sender_submit() */
   sluice_delivery *d;
-  uint64_t seq;        /* the worker's own job number */
-  uint64_t due_ns;     /* delayed retry: when to nack */
-  unsigned attempt;    /* 1 for a first delivery */
+  uint64_t seq;     /* the worker's own job number */
+  uint64_t due_ns;  /* delayed retry: when to nack */
+  unsigned attempt; /* 1 for a first delivery */
   int probe;
-  int status;          /* HTTP status; 0: no reply (timeout, refused) */
-  int aborted;         /* the worker stopped before it finished */
-  int delayed;         /* its retry delay has passed */
-  int conn;            /* sender connection index, -1 when none */
+  int status;  /* HTTP status; 0: no reply (timeout, refused) */
+  int aborted; /* the worker stopped before it finished */
+  int delayed; /* its retry delay has passed */
+  int conn;    /* sender connection index, -1 when none */
   pw_auth *auth;
   size_t payload_len;
   const char *payload; /* JSON body of the POST, into data */
@@ -77,9 +77,9 @@ void pw_republished(pw_worker *w, sluice_delivery *d, int dead, int outcome,
 /* ---- HTTP sender (sender.c) ---- */
 
 typedef struct pw_sender_opts {
-  const char *url;       /* http://host:port/path */
-  unsigned conns;        /* parallel keep-alive connections; default 8 */
-  unsigned timeout_ms;   /* per request; default 5000 */
+  const char *url;         /* http://host:port/path */
+  unsigned conns;          /* parallel keep-alive connections; default 8 */
+  unsigned timeout_ms;     /* per request; default 5000 */
   unsigned retry_delay_ms; /* pause before a retry is nacked */
   struct event_base *base; /* run on this base (its thread); NULL: own
                               thread and base */

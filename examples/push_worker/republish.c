@@ -51,14 +51,13 @@ static int publish(pw_republisher *r, const pw_repub_item *it) {
       .headers = it->dead ? h : h + 2, /* a retry carries x-attempts only */
       .n_headers = it->dead ? 4 : 1,
   };
-  return sluice_publisher_publish(r->pub, "", it->dead ? r->dlq : r->queue, m->body,
-                        m->body_len, &p);
+  return sluice_publisher_publish(r->pub, "", it->dead ? r->dlq : r->queue,
+                                  m->body, m->body_len, &p);
 }
 
 static void process(pw_republisher *r, pw_repub_item *batch) {
   int rc = connect_pub(r);
-  for (pw_repub_item *it = batch; it && !rc; it = it->next)
-    rc = publish(r, it);
+  for (pw_repub_item *it = batch; it && !rc; it = it->next) rc = publish(r, it);
   sluice_publish_report rep = {0};
   if (!rc) rc = sluice_publisher_wait(r->pub, &rep);
   if (rc) {

@@ -55,9 +55,9 @@ struct pw_sender {
   int wake_fd;
   struct event *wake_ev;
 
-  jlist wait;    /* waiting for a free connection */
-  jlist done;    /* replied, to complete */
-  jlist delay;   /* waiting for their retry delay, oldest first */
+  jlist wait;  /* waiting for a free connection */
+  jlist done;  /* replied, to complete */
+  jlist delay; /* waiting for their retry delay, oldest first */
   struct event *done_ev, *delay_ev;
   int shut;
 };
@@ -118,8 +118,8 @@ static void start(pw_sender *s, unsigned i, pw_job *job) {
   if (req) {
     job->conn = (int)i;
     s->conns[i].job = job;
-    if (evhttp_make_request(s->conns[i].evcon, req, EVHTTP_REQ_POST,
-                            s->path) != 0) {
+    if (evhttp_make_request(s->conns[i].evcon, req, EVHTTP_REQ_POST, s->path) !=
+        0) {
       /* libevent has disposed of the request. */
       s->conns[i].job = NULL;
       job->conn = -1;
@@ -244,8 +244,7 @@ static int parse_url(pw_sender *s, const char *url) {
              query ? "?" : "", query ? query : "");
     if (port > 0)
       snprintf(s->host_hdr, sizeof(s->host_hdr), "%s:%d", host, port);
-    else
-      snprintf(s->host_hdr, sizeof(s->host_hdr), "%s", host);
+    else snprintf(s->host_hdr, sizeof(s->host_hdr), "%s", host);
   }
   evhttp_uri_free(u);
   return ok ? 0 : -1;
@@ -260,7 +259,8 @@ int pw_sender_new(const pw_sender_opts *o, pw_sender **out) {
   s->wake_fd = -1;
   pthread_mutex_init(&s->mu, NULL);
   if (!o->url || parse_url(s, o->url)) {
-    fprintf(stderr, "push-worker: bad gateway URL \"%s\" (http://host:port/path)\n",
+    fprintf(stderr,
+            "push-worker: bad gateway URL \"%s\" (http://host:port/path)\n",
             o->url ? o->url : "");
     goto fail;
   }
@@ -285,8 +285,7 @@ int pw_sender_new(const pw_sender_opts *o, pw_sender **out) {
   s->wake_ev = event_new(s->base, s->wake_fd, EV_READ | EV_PERSIST, on_wake, s);
   s->done_ev = event_new(s->base, -1, 0, on_done, s);
   s->delay_ev = evtimer_new(s->base, on_delay, s);
-  if (!s->wake_ev || !s->done_ev || !s->delay_ev ||
-      event_add(s->wake_ev, NULL))
+  if (!s->wake_ev || !s->done_ev || !s->delay_ev || event_add(s->wake_ev, NULL))
     goto fail;
   if (s->own_base && pthread_create(&s->thread, NULL, run, s)) goto fail;
   *out = s;

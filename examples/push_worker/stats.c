@@ -61,35 +61,27 @@ static json_t *counters_json(pw_worker *w) {
       "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
       "s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
       "s:I}}",
-      "received", (json_int_t)LOAD(w->n.received),
-      "finished", (json_int_t)LOAD(w->n.finished),
-      "invalid", (json_int_t)LOAD(w->n.invalid),
-      "probes", (json_int_t)LOAD(w->n.probes),
-      "sent", (json_int_t)LOAD(w->n.sent),
-      "ok", (json_int_t)LOAD(w->n.ok),
-      "rejected_4xx", (json_int_t)LOAD(w->n.rejected_4xx),
-      "auth_failed", (json_int_t)LOAD(w->n.auth_failed),
-      "failed_5xx", (json_int_t)LOAD(w->n.failed_5xx),
-      "no_reply", (json_int_t)LOAD(w->n.no_reply),
-      "retried", (json_int_t)LOAD(w->n.retried),
-      "dead_lettered", (json_int_t)LOAD(w->n.dead_lettered),
-      "republish_failed", (json_int_t)LOAD(w->n.republish_failed),
-      "stale", (json_int_t)LOAD(w->n.stale),
-      "aborted", (json_int_t)LOAD(w->n.aborted),
-      "abandoned", (json_int_t)LOAD(w->n.abandoned),
-      "inflight_map", (json_int_t)pw_inflight_size(w),
-      "consumer",
-      "delivered", (json_int_t)cs.delivered,
-      "acked", (json_int_t)cs.acked,
-      "nacked", (json_int_t)cs.nacked,
-      "rejected", (json_int_t)cs.rejected,
-      "stale", (json_int_t)cs.stale,
-      "redelivered", (json_int_t)cs.redelivered,
-      "too_big", (json_int_t)cs.too_big,
-      "in_flight", (json_int_t)cs.in_flight,
-      "max_in_flight", (json_int_t)cs.max_in_flight,
-      "reconnects", (json_int_t)cs.reconnects,
-      "close_listeners", (json_int_t)cs.close_listeners);
+      "received", (json_int_t)LOAD(w->n.received), "finished",
+      (json_int_t)LOAD(w->n.finished), "invalid",
+      (json_int_t)LOAD(w->n.invalid), "probes", (json_int_t)LOAD(w->n.probes),
+      "sent", (json_int_t)LOAD(w->n.sent), "ok", (json_int_t)LOAD(w->n.ok),
+      "rejected_4xx", (json_int_t)LOAD(w->n.rejected_4xx), "auth_failed",
+      (json_int_t)LOAD(w->n.auth_failed), "failed_5xx",
+      (json_int_t)LOAD(w->n.failed_5xx), "no_reply",
+      (json_int_t)LOAD(w->n.no_reply), "retried",
+      (json_int_t)LOAD(w->n.retried), "dead_lettered",
+      (json_int_t)LOAD(w->n.dead_lettered), "republish_failed",
+      (json_int_t)LOAD(w->n.republish_failed), "stale",
+      (json_int_t)LOAD(w->n.stale), "aborted", (json_int_t)LOAD(w->n.aborted),
+      "abandoned", (json_int_t)LOAD(w->n.abandoned), "inflight_map",
+      (json_int_t)pw_inflight_size(w), "consumer", "delivered",
+      (json_int_t)cs.delivered, "acked", (json_int_t)cs.acked, "nacked",
+      (json_int_t)cs.nacked, "rejected", (json_int_t)cs.rejected, "stale",
+      (json_int_t)cs.stale, "redelivered", (json_int_t)cs.redelivered,
+      "too_big", (json_int_t)cs.too_big, "in_flight", (json_int_t)cs.in_flight,
+      "max_in_flight", (json_int_t)cs.max_in_flight, "reconnects",
+      (json_int_t)cs.reconnects, "close_listeners",
+      (json_int_t)cs.close_listeners);
 }
 
 json_t *pw_sample_json(pw_worker *w, const char *type) {
@@ -100,22 +92,18 @@ json_t *pw_sample_json(pw_worker *w, const char *type) {
   json_t *o = json_pack(
       "{s:s, s:f, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
       "s:b}, s:I, s:I}",
-      "type", type, "t", pw_now_s() - w->t0,
-      "rss_bytes", (json_int_t)ms.rss_bytes,
-      "heap_live_bytes", (json_int_t)ms.heap_live_bytes,
-      "live_objects", (json_int_t)ms.live_objects,
-      "residual",
-      "messages", (json_int_t)r.messages,
-      "with_residual", (json_int_t)r.with_residual,
-      "bytes_at_end", (json_int_t)r.bytes_at_end,
-      "leaked", (json_int_t)r.leaked,
-      "bytes_leaked", (json_int_t)r.bytes_leaked,
-      "retained_bytes", (json_int_t)r.retained_bytes,
-      "retained_objects", (json_int_t)r.retained_objects,
-      "pending", (json_int_t)r.pending,
-      "leaking", r.leaking,
-      "listeners_registered", (json_int_t)w->listeners_registered,
-      "listeners_refused", (json_int_t)w->listeners_refused);
+      "type", type, "t", pw_now_s() - w->t0, "rss_bytes",
+      (json_int_t)ms.rss_bytes, "heap_live_bytes",
+      (json_int_t)ms.heap_live_bytes, "live_objects",
+      (json_int_t)ms.live_objects, "residual", "messages",
+      (json_int_t)r.messages, "with_residual", (json_int_t)r.with_residual,
+      "bytes_at_end", (json_int_t)r.bytes_at_end, "leaked",
+      (json_int_t)r.leaked, "bytes_leaked", (json_int_t)r.bytes_leaked,
+      "retained_bytes", (json_int_t)r.retained_bytes, "retained_objects",
+      (json_int_t)r.retained_objects, "pending", (json_int_t)r.pending,
+      "leaking", r.leaking, "listeners_registered",
+      (json_int_t)w->listeners_registered, "listeners_refused",
+      (json_int_t)w->listeners_refused);
   if (o) json_object_set_new(o, "counters", counters_json(w));
   return o;
 }
@@ -160,8 +148,7 @@ json_t *pw_final_json(pw_worker *w, double elapsed) {
   json_t *o = pw_sample_json(w, "final");
   if (!o) return NULL;
   json_object_set_new(o, "elapsed_s", json_real(elapsed));
-  json_object_set_new(o, "leak_mode",
-                      json_string(pw_leak_names[w->cfg.leak]));
+  json_object_set_new(o, "leak_mode", json_string(pw_leak_names[w->cfg.leak]));
   json_object_set_new(o, "interposing",
                       json_boolean(sluice_prof_interposing()));
   json_object_set_new(o, "profiling", json_boolean(w->cfg.prof_rate != 0));
@@ -184,17 +171,15 @@ json_t *pw_final_json(pw_worker *w, double elapsed) {
                   "bytes_leaked", (json_int_t)v[i].bytes_leaked,
                   "retained_bytes", (json_int_t)v[i].retained_bytes,
                   "bytes_per_message", v[i].bytes_per_message, "state",
-                  sluice_prof_state_name(v[i].state), "leaking",
-                  v[i].leaking));
+                  sluice_prof_state_name(v[i].state), "leaking", v[i].leaking));
   json_object_set_new(o, "aggregates", aggs);
   json_t *verdicts = json_array();
   pthread_mutex_lock(&w->verdict_mu);
   for (size_t i = 0; i < w->n_verdicts; i++) {
     const pw_verdict *r = &w->verdicts[i];
     json_array_append_new(
-        verdicts, json_pack("{s:s, s:s, s:f, s:I, s:s, s:s}", "queue",
-                            r->queue, "outcome",
-                            sluice_outcome_name(r->outcome),
+        verdicts, json_pack("{s:s, s:s, s:f, s:I, s:s, s:s}", "queue", r->queue,
+                            "outcome", sluice_outcome_name(r->outcome),
                             "bytes_per_message", r->bytes_per_message,
                             "messages", (json_int_t)r->messages, "top_site",
                             r->site, "stack", r->stack));
@@ -212,25 +197,24 @@ void pw_print_summary(pw_worker *w, double elapsed) {
   residual_sum r;
   residual_totals(&r);
   uint64_t fin = LOAD(w->n.finished);
-  printf("push-worker: %" PRIu64 " jobs in %.2f s (%.0f/s), %s ack, "
-         "prefetch %u, %d workers, leak %s: %" PRIu64 " sent, %" PRIu64
-         " ok, %" PRIu64 " probes, %" PRIu64 " dead-lettered (%" PRIu64
-         " invalid, %" PRIu64 " 4xx, %" PRIu64 " auth), %" PRIu64
-         " retried; acked %" PRIu64 ", nacked %" PRIu64 ", rejected %" PRIu64
-         "; rss %.1f MiB, heap %.1f MiB; residual %.1f B/message (%" PRIu64
-         " B retained)%s%s\n",
-         fin, elapsed, elapsed > 0 ? (double)fin / elapsed : 0.0,
-         w->cfg.ack == SLUICE_ACK_AUTO ? "auto" : "manual", w->cfg.prefetch,
-         w->cfg.workers, pw_leak_names[w->cfg.leak], LOAD(w->n.sent),
-         LOAD(w->n.ok), LOAD(w->n.probes), LOAD(w->n.dead_lettered),
-         LOAD(w->n.invalid), LOAD(w->n.rejected_4xx),
-         LOAD(w->n.auth_failed), LOAD(w->n.retried), cs.acked, cs.nacked,
-         cs.rejected, (double)ms.rss_bytes / 1048576.0,
-         (double)ms.heap_live_bytes / 1048576.0,
-         r.messages ? (double)r.retained_bytes / (double)r.messages : 0.0,
-         r.retained_bytes, r.leaking ? ", LEAK" : "",
-         w->listeners_refused ? ", close listeners REFUSED (registry full)"
-                              : "");
+  printf(
+      "push-worker: %" PRIu64 " jobs in %.2f s (%.0f/s), %s ack, "
+      "prefetch %u, %d workers, leak %s: %" PRIu64 " sent, %" PRIu64
+      " ok, %" PRIu64 " probes, %" PRIu64 " dead-lettered (%" PRIu64
+      " invalid, %" PRIu64 " 4xx, %" PRIu64 " auth), %" PRIu64
+      " retried; acked %" PRIu64 ", nacked %" PRIu64 ", rejected %" PRIu64
+      "; rss %.1f MiB, heap %.1f MiB; residual %.1f B/message (%" PRIu64
+      " B retained)%s%s\n",
+      fin, elapsed, elapsed > 0 ? (double)fin / elapsed : 0.0,
+      w->cfg.ack == SLUICE_ACK_AUTO ? "auto" : "manual", w->cfg.prefetch,
+      w->cfg.workers, pw_leak_names[w->cfg.leak], LOAD(w->n.sent),
+      LOAD(w->n.ok), LOAD(w->n.probes), LOAD(w->n.dead_lettered),
+      LOAD(w->n.invalid), LOAD(w->n.rejected_4xx), LOAD(w->n.auth_failed),
+      LOAD(w->n.retried), cs.acked, cs.nacked, cs.rejected,
+      (double)ms.rss_bytes / 1048576.0, (double)ms.heap_live_bytes / 1048576.0,
+      r.messages ? (double)r.retained_bytes / (double)r.messages : 0.0,
+      r.retained_bytes, r.leaking ? ", LEAK" : "",
+      w->listeners_refused ? ", close listeners REFUSED (registry full)" : "");
   if (w->cfg.prof_rate && !sluice_prof_interposing())
     printf("push-worker: this build cannot interpose malloc (sanitizer): "
            "residuals count only announced blocks\n");

@@ -145,7 +145,9 @@ static PW_NOINLINE pw_job *job_new(pw_worker *w, sluice_delivery *d,
   return job;
 }
 
-static void job_free(pw_job *job) { free(job); }
+static void job_free(pw_job *job) {
+  free(job);
+}
 
 static PW_NOINLINE pw_auth *auth_new(const char *api_key) {
   size_t kl = strlen(api_key);
@@ -157,7 +159,9 @@ static PW_NOINLINE pw_auth *auth_new(const char *api_key) {
   return a;
 }
 
-static void auth_free(pw_auth *a) { free(a); }
+static void auth_free(pw_auth *a) {
+  free(a);
+}
 
 /* Deliveries so far of a message: the quorum queue's count of failed
  * deliveries, or the worker's own count on a republished retry. */
@@ -289,8 +293,7 @@ static pw_repub_item *clean_up(pw_job *job, int outcome, int dead,
     job->auth = NULL;
   }
   auth_free(job->auth);
-  if (w->cfg.leak != PW_LEAK_GLOBAL_MAP)
-    inflight_del(w, job->seq);
+  if (w->cfg.leak != PW_LEAK_GLOBAL_MAP) inflight_del(w, job->seq);
   /* else the field bug: the entry stays in the global map forever. */
   job_free(job);
   pw_repub_item *it = NULL;
@@ -322,7 +325,8 @@ void pw_job_complete(pw_job *job) {
     pw_republish(w->repub, it);
     return;
   }
-  if (dead) outcome = SLUICE_NACK; /* out of memory: let the broker
+  if (dead)
+    outcome = SLUICE_NACK; /* out of memory: let the broker
                                       redeliver */
   complete(w, d, outcome);
   if (outcome == SLUICE_ACK) finished(w);
@@ -332,8 +336,7 @@ void pw_job_complete(pw_job *job) {
 
 /* Check the job's fields; on failure write why into `reason`. */
 static int validate(json_t *root, const char **token, const char **title,
-                    const char **text, int *probe, char *reason,
-                    size_t cap) {
+                    const char **text, int *probe, char *reason, size_t cap) {
   static const struct {
     const char *name;
     size_t min, max;
@@ -381,7 +384,8 @@ static int on_job(sluice_delivery *d, const sluice_message *m, void *user) {
   unsigned attempt = attempt_of(m);
   char reason[192];
   json_error_t jerr;
-  json_t *root = json_loadb(m->body, m->body_len, JSON_REJECT_DUPLICATES, &jerr);
+  json_t *root =
+      json_loadb(m->body, m->body_len, JSON_REJECT_DUPLICATES, &jerr);
   if (!root) {
     INC(w->n.invalid);
     snprintf(reason, sizeof(reason), "invalid JSON: %s (line %d, column %d)",
@@ -444,11 +448,11 @@ static void register_close_listener(pw_worker *w, uint64_t generation) {
           ": %s (%s); %zu listeners registered, none removed: a listener is "
           "registered on every reconnect and never released\n",
           generation, sluice_err_name(rc), sluice_strerror(rc), n);
-  pw_emit(w, json_pack("{s:s, s:s, s:I, s:s, s:I, s:I}", "type", "event",
-                    "event", "listener_refused", "generation",
-                    (json_int_t)generation, "error", sluice_err_name(rc),
-                    "listeners", (json_int_t)n, "refused",
-                    (json_int_t)w->listeners_refused));
+  pw_emit(w,
+          json_pack("{s:s, s:s, s:I, s:s, s:I, s:I}", "type", "event", "event",
+                    "listener_refused", "generation", (json_int_t)generation,
+                    "error", sluice_err_name(rc), "listeners", (json_int_t)n,
+                    "refused", (json_int_t)w->listeners_refused));
 }
 
 /* autoAck mode, graceful stop: jobs the broker already handed over (and
@@ -486,9 +490,10 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   switch (ev->type) {
     case SLUICE_EV_CONNECTED:
       register_close_listener(w, ev->generation);
-      pw_emit(w, json_pack("{s:s, s:s, s:I, s:I}", "type", "event", "event",
-                        "connected", "generation",
-                        (json_int_t)ev->generation, "listeners",
+      pw_emit(w,
+              json_pack("{s:s, s:s, s:I, s:I}", "type", "event", "event",
+                        "connected", "generation", (json_int_t)ev->generation,
+                        "listeners",
                         (json_int_t)sluice_consumer_close_listener_count(c)));
       break;
     case SLUICE_EV_CLOSED:
@@ -497,7 +502,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
                 sluice_strerror(ev->err), ev->text ? ": " : "",
                 ev->text ? ev->text : "");
       pw_emit(w, json_pack("{s:s, s:s, s:I}", "type", "event", "event",
-                        "closed", "generation", (json_int_t)ev->generation));
+                           "closed", "generation", (json_int_t)ev->generation));
       break;
     case SLUICE_EV_GAVE_UP:
       fprintf(stderr, "push-worker: gave up reconnecting\n");
@@ -512,8 +517,7 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
       w->run_result = ev->err;
       event_base_loopexit(w->base, NULL);
       break;
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -574,7 +578,9 @@ static void start_consumer(pw_worker *w) {
       .workers = cfg->workers,
       .max_body = 1024 * 1024,
       .stop_timeout_ms = cfg->stop_timeout_ms,
-      .reconnect = {.enabled = 1, .min_delay_ms = 100, .max_delay_ms = 5000,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 100,
+                    .max_delay_ms = 5000,
                     .max_attempts = 20},
       .max_close_listeners = cfg->max_listeners,
       .on_event = on_event,
@@ -594,8 +600,7 @@ static void start_consumer(pw_worker *w) {
   pw_queue_decl(cfg->queue, &qd);
   if ((rc = sluice_consumer_declare_queue(w->c, &dd)))
     die("declare dead-letter queue", rc);
-  if ((rc = sluice_consumer_declare_queue(w->c, &qd)))
-    die("declare queue", rc);
+  if ((rc = sluice_consumer_declare_queue(w->c, &qd))) die("declare queue", rc);
 }
 
 /* The republisher and the HTTP sender, then the subscription. */
@@ -611,7 +616,8 @@ static void start_pipeline(pw_worker *w) {
                        .retry_delay_ms = cfg->retry_delay_ms,
                        .base = cfg->workers == 0 ? w->base : NULL};
   if (pw_sender_new(&so, &w->sender)) exit(1);
-  sluice_subscribe_opts sub = {.queue = cfg->queue, .handler = on_job,
+  sluice_subscribe_opts sub = {.queue = cfg->queue,
+                               .handler = on_job,
                                .user = w};
   if ((rc = sluice_consumer_subscribe(w->c, &sub))) die("subscribe", rc);
 }

@@ -67,7 +67,7 @@ typedef struct pw_verdict {
   int outcome;
   double bytes_per_message;
   uint64_t messages;
-  char site[128];  /* the function that allocated what is left */
+  char site[128]; /* the function that allocated what is left */
   char stack[512];
 } pw_verdict;
 

@@ -130,8 +130,8 @@ typedef struct sluice_properties {
 typedef struct sluice_message {
   const void *body; /**< NUL-terminated for convenience, not counted */
   size_t body_len;
-  const char *queue;        /**< the queue it was consumed from */
-  const char *exchange;     /**< "" for the default exchange */
+  const char *queue;    /**< the queue it was consumed from */
+  const char *exchange; /**< "" for the default exchange */
   const char *routing_key;
   const char *consumer_tag;
   uint64_t delivery_tag; /**< channel-scoped; see `generation` */
@@ -189,28 +189,28 @@ SLUICE_EXPORT void sluice_delivery_leave(sluice_delivery *d);
 /** \name Events and logging */
 
 typedef enum sluice_event_type {
-  SLUICE_EV_CONNECTED = 1,  /**< connection (re)established and recovered */
-  SLUICE_EV_CLOSED,         /**< connection or channel lost; see err/reply */
-  SLUICE_EV_CANCELLED,      /**< the broker cancelled a subscription */
-  SLUICE_EV_BLOCKED,        /**< connection.blocked (reason in `text`) */
-  SLUICE_EV_UNBLOCKED,      /**< connection.unblocked */
-  SLUICE_EV_RECONNECTING,   /**< next attempt in `delay_ms` */
-  SLUICE_EV_GAVE_UP,        /**< reconnect attempts exhausted */
-  SLUICE_EV_REJECTED_BIG,   /**< a body over max_body was rejected */
-  SLUICE_EV_HANDLER_ERROR,  /**< a handler returned an invalid value */
-  SLUICE_EV_STOPPED         /**< graceful stop finished */
+  SLUICE_EV_CONNECTED = 1, /**< connection (re)established and recovered */
+  SLUICE_EV_CLOSED,        /**< connection or channel lost; see err/reply */
+  SLUICE_EV_CANCELLED,     /**< the broker cancelled a subscription */
+  SLUICE_EV_BLOCKED,       /**< connection.blocked (reason in `text`) */
+  SLUICE_EV_UNBLOCKED,     /**< connection.unblocked */
+  SLUICE_EV_RECONNECTING,  /**< next attempt in `delay_ms` */
+  SLUICE_EV_GAVE_UP,       /**< reconnect attempts exhausted */
+  SLUICE_EV_REJECTED_BIG,  /**< a body over max_body was rejected */
+  SLUICE_EV_HANDLER_ERROR, /**< a handler returned an invalid value */
+  SLUICE_EV_STOPPED        /**< graceful stop finished */
 } sluice_event_type;
 
 /** An event. Borrowed for the duration of the callback. */
 typedef struct sluice_event {
   sluice_event_type type;
-  int err;              /**< SLUICE_E* classifying the event, or 0 */
-  uint16_t reply_code;  /**< AMQP reply code of a broker close, or 0 */
-  const char *text;     /**< broker reply text, blocked reason, or NULL */
-  const char *queue;    /**< queue concerned, or NULL */
-  uint64_t generation;  /**< connection generation concerned */
-  uint64_t delay_ms;    /**< for SLUICE_EV_RECONNECTING */
-  unsigned attempt;     /**< for SLUICE_EV_RECONNECTING */
+  int err;             /**< SLUICE_E* classifying the event, or 0 */
+  uint16_t reply_code; /**< AMQP reply code of a broker close, or 0 */
+  const char *text;    /**< broker reply text, blocked reason, or NULL */
+  const char *queue;   /**< queue concerned, or NULL */
+  uint64_t generation; /**< connection generation concerned */
+  uint64_t delay_ms;   /**< for SLUICE_EV_RECONNECTING */
+  unsigned attempt;    /**< for SLUICE_EV_RECONNECTING */
 } sluice_event;
 
 /** An event callback; runs on the loop thread. It may call
@@ -259,13 +259,13 @@ typedef enum sluice_tls_version {
  *  there with SLUICE_ETLSCONFIG) and again at each connection.
  *  See docs/consumer.md, "TLS". \since 0.2 */
 typedef struct sluice_tls_opts {
-  const char *ca_file;   /**< PEM bundle of the CAs to trust; with
+  const char *ca_file;      /**< PEM bundle of the CAs to trust; with
                               `ca_dir` unset too: the system's store */
-  const char *ca_dir;    /**< directory of hashed CA certificates
+  const char *ca_dir;       /**< directory of hashed CA certificates
                               (`openssl rehash`) */
-  const char *cert_file; /**< client certificate chain (PEM), for mutual
+  const char *cert_file;    /**< client certificate chain (PEM), for mutual
                               TLS */
-  const char *key_file;  /**< its private key (PEM); default: `cert_file` */
+  const char *key_file;     /**< its private key (PEM); default: `cert_file` */
   const char *key_password; /**< for an encrypted key; never prompted */
   /** The name sent in SNI and matched against the certificate; default:
    *  each URI's host. For a broker reached by an address or a name its
@@ -298,17 +298,17 @@ typedef struct sluice_consumer_opts {
    *  too). */
   const char *const *uris;
   size_t n_uris;
-  const char *connection_name;  /**< shown by the management UI; copied */
-  int heartbeat_s;        /**< default 30; negative disables heartbeats */
-  int frame_max;          /**< default 131072; at least 4096 (else
+  const char *connection_name; /**< shown by the management UI; copied */
+  int heartbeat_s;             /**< default 30; negative disables heartbeats */
+  int frame_max;               /**< default 131072; at least 4096 (else
                                SLUICE_EINVAL) */
-  int connect_timeout_ms; /**< TCP connect, TLS handshake and AMQP login,
+  int connect_timeout_ms;      /**< TCP connect, TLS handshake and AMQP login,
                                per node; default 10000 */
-  int rpc_timeout_ms;     /**< synchronous broker calls; default 10000 */
+  int rpc_timeout_ms;          /**< synchronous broker calls; default 10000 */
 
   sluice_ack_mode ack_mode;
-  uint16_t prefetch;   /**< basic.qos per consumer, MANUAL; default 100 */
-  int workers;         /**< 0: handlers inline on the loop thread; at
+  uint16_t prefetch; /**< basic.qos per consumer, MANUAL; default 100 */
+  int workers;       /**< 0: handlers inline on the loop thread; at
                             most 1024 (else SLUICE_EINVAL) */
 
   /** In-process bound on deliveries held by sluice (queued for workers, in a
@@ -348,7 +348,7 @@ typedef struct sluice_consumer_opts {
   void *event_user;
   sluice_log_fn log; /**< default: stderr */
   void *log_user;
-  int log_level;     /**< most verbose level logged; default WARN;
+  int log_level; /**< most verbose level logged; default WARN;
                           negative: nothing */
   const sluice_delivery_hooks *hooks; /**< copied; may be NULL */
 } sluice_consumer_opts;
@@ -417,12 +417,12 @@ typedef struct sluice_exchange_decl {
 typedef struct sluice_queue_decl {
   const char *name; /**< required (server-named queues are not recovered) */
   int durable, exclusive, auto_delete, passive;
-  int quorum;                        /**< x-queue-type=quorum */
-  const char *dead_letter_exchange;  /**< x-dead-letter-exchange */
+  int quorum;                       /**< x-queue-type=quorum */
+  const char *dead_letter_exchange; /**< x-dead-letter-exchange */
   const char *dead_letter_routing_key;
-  int64_t message_ttl_ms;            /**< x-message-ttl, 0 = none */
-  int64_t max_length;                /**< x-max-length, 0 = none */
-  const sluice_kv *args;             /**< further arguments */
+  int64_t message_ttl_ms; /**< x-message-ttl, 0 = none */
+  int64_t max_length;     /**< x-max-length, 0 = none */
+  const sluice_kv *args;  /**< further arguments */
   size_t n_args;
 } sluice_queue_decl;
 
@@ -441,12 +441,9 @@ SLUICE_EXPORT int sluice_consumer_declare_queue(sluice_consumer *c,
 /** Bind a queue to an exchange; strings and arguments copied.
  *  \return as sluice_consumer_declare_exchange().
  *  \since 0.2 (sluice_bind_queue() before) */
-SLUICE_EXPORT int sluice_consumer_bind_queue(sluice_consumer *c,
-                                             const char *queue,
-                                             const char *exchange,
-                                             const char *routing_key,
-                                             const sluice_kv *args,
-                                             size_t n_args);
+SLUICE_EXPORT int sluice_consumer_bind_queue(
+    sluice_consumer *c, const char *queue, const char *exchange,
+    const char *routing_key, const sluice_kv *args, size_t n_args);
 /** Purge a queue (not remembered). \return 0 or as above; `*purged` gets
  *  the number of messages removed when not NULL.
  *  \since 0.2 (sluice_purge_queue() before) */
@@ -458,13 +455,13 @@ SLUICE_EXPORT int sluice_consumer_purge_queue(sluice_consumer *c,
 /** \name Subscriptions */
 
 typedef struct sluice_subscribe_opts {
-  const char *queue;          /**< required; copied */
-  sluice_handler_fn handler;  /**< required */
+  const char *queue;         /**< required; copied */
+  sluice_handler_fn handler; /**< required */
   void *user;
-  const char *consumer_tag;   /**< default: generated; copied; at most
+  const char *consumer_tag; /**< default: generated; copied; at most
                                    255 bytes */
   int exclusive;
-  int priority;               /**< x-priority, 0 = none */
+  int priority; /**< x-priority, 0 = none */
 } sluice_subscribe_opts;
 
 /** Subscribe a handler to a queue. Sent now if connected, else at connect.
@@ -478,30 +475,30 @@ SLUICE_EXPORT int sluice_consumer_subscribe(sluice_consumer *c,
 
 /** Counters; a snapshot readable from any thread at any time. */
 typedef struct sluice_consumer_stats {
-  uint64_t delivered;      /**< deliveries handed to handlers */
+  uint64_t delivered;               /**< deliveries handed to handlers */
   uint64_t acked, nacked, rejected; /**< completed with each outcome */
-  uint64_t handler_errors; /**< invalid handler returns (nacked) */
-  uint64_t stale;          /**< completions dropped: connection died
+  uint64_t handler_errors;          /**< invalid handler returns (nacked) */
+  uint64_t stale;                   /**< completions dropped: connection died
                                 (MANUAL mode; the broker redelivers) */
-  uint64_t redelivered;    /**< deliveries with the redelivered flag */
-  uint64_t too_big;        /**< bodies over max_body, rejected */
-  uint64_t dropped;        /**< AUTO mode: settled by the broker, never
+  uint64_t redelivered;             /**< deliveries with the redelivered flag */
+  uint64_t too_big;                 /**< bodies over max_body, rejected */
+  uint64_t dropped;                 /**< AUTO mode: settled by the broker, never
                                 handled (stop timeout, handed to
                                 on_abandoned when set) */
-  uint64_t ack_frames;     /**< basic.ack/nack/reject frames written */
-  uint64_t in_flight;      /**< held now: buffered + in handler + deferred */
+  uint64_t ack_frames;              /**< basic.ack/nack/reject frames written */
+  uint64_t in_flight; /**< held now: buffered + in handler + deferred */
   uint64_t in_flight_bytes;
-  uint64_t max_in_flight;  /**< high-water mark of in_flight */
-  uint64_t in_handler;     /**< in a handler or deferred now */
-  uint64_t max_in_handler; /**< high-water mark of in_handler */
-  uint64_t read_pauses;    /**< times reading stopped on the in-flight bound */
-  uint64_t reconnects;     /**< successful reconnects */
-  uint64_t generation;     /**< generation of the live connection, or of
+  uint64_t max_in_flight;   /**< high-water mark of in_flight */
+  uint64_t in_handler;      /**< in a handler or deferred now */
+  uint64_t max_in_handler;  /**< high-water mark of in_handler */
+  uint64_t read_pauses;     /**< times reading stopped on the in-flight bound */
+  uint64_t reconnects;      /**< successful reconnects */
+  uint64_t generation;      /**< generation of the live connection, or of
                                 the next one while disconnected (from 1;
                                 it moves on when a connection dies) */
-  uint64_t close_listeners;/**< registered close listeners */
+  uint64_t close_listeners; /**< registered close listeners */
   int connected;
-  int blocked;             /**< broker sent connection.blocked on the live
+  int blocked; /**< broker sent connection.blocked on the live
                                 connection (cleared when it closes) */
 } sluice_consumer_stats;
 

@@ -79,7 +79,7 @@ typedef struct sluice_debug_opts {
   /** Cap for ?seconds=N; default 300. At most 4 such requests wait at
    *  once; more are answered 503. */
   unsigned max_seconds;
-  unsigned max_snapshots;   /**< kept for ?base=; default 8 (oldest go) */
+  unsigned max_snapshots; /**< kept for ?base=; default 8 (oldest go) */
   /** Connections open at once; default 32. Past it, a new connection
    *  closes the one that has waited longest for its request; when every one
    *  is being answered, the new one is closed and accepting pauses.

@@ -28,7 +28,7 @@ extern "C" {
   XX(ENOMEM, -2, "out of memory")                                             \
   XX(EURI, -3, "malformed AMQP URI")                                          \
   XX(ECONNECT, -4, "cannot connect to the broker")                            \
-  XX(EAUTH, -5, "the broker refused the credentials (ACCESS_REFUSED)")       \
+  XX(EAUTH, -5, "the broker refused the credentials (ACCESS_REFUSED)")        \
   XX(EVHOST, -6, "the virtual host does not exist or access to it is denied") \
   XX(ENOTFOUND, -7, "queue or exchange not found (NOT_FOUND)")                \
   XX(ECLOSED, -8, "the connection is closed")                                 \
@@ -51,7 +51,7 @@ extern "C" {
   XX(ENOTSUP, -25, "operation not supported")                                 \
   XX(EIO, -26, "I/O error while writing output")                              \
   XX(EBLOCKED, -27, "the broker blocked the connection (resource alarm)")     \
-  XX(ECONFLICT, -28, "declared entity exists with different arguments")     \
+  XX(ECONFLICT, -28, "declared entity exists with different arguments")       \
   XX(ETLS, -29, "TLS handshake or TLS connection failed")                     \
   XX(ETLSCA, -30, "the broker's certificate is not signed by a trusted CA")   \
   XX(ETLSEXPIRED, -31,                                                        \
@@ -60,10 +60,12 @@ extern "C" {
      "the broker's certificate does not match the host name or address")      \
   XX(ETLSVERIFY, -33, "the broker's certificate failed verification")         \
   XX(ETLSCLIENT, -34, "the broker refused the client certificate")            \
-  XX(ENOTTLS, -35, "TLS to a port that does not speak TLS (amqps:// to a "    \
-                   "plaintext port?)")                                        \
-  XX(ETLSPORT, -36, "plaintext AMQP to a TLS port (amqp:// where amqps:// "   \
-                    "is needed?)")                                            \
+  XX(ENOTTLS, -35,                                                            \
+     "TLS to a port that does not speak TLS (amqps:// to a "                  \
+     "plaintext port?)")                                                      \
+  XX(ETLSPORT, -36,                                                           \
+     "plaintext AMQP to a TLS port (amqp:// where amqps:// "                  \
+     "is needed?)")                                                           \
   XX(ETLSCONFIG, -37, "TLS settings unusable (CA, certificate or key file)")
 
 /** The error codes. */
@@ -74,7 +76,7 @@ typedef enum sluice_errno {
 #undef SLUICE_ERR_ENUM_
 /** The lowest code (derived from the table; for tests). */
 #define SLUICE_ERR_ONE_(name, val, msg) -1
-  SLUICE_ERR_MIN_ = 0 SLUICE_ERRNO_MAP(SLUICE_ERR_ONE_)
+      SLUICE_ERR_MIN_ = 0 SLUICE_ERRNO_MAP(SLUICE_ERR_ONE_)
 #undef SLUICE_ERR_ONE_
 } sluice_errno;
 

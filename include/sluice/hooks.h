@@ -22,18 +22,19 @@ extern "C" {
 /** The outcomes: XX(name, value, text). Values are stable and dense from 0;
  *  `text` is what sluice_outcome_name() and the profiler's reports print.
  *  \since 0.2 */
-#define SLUICE_OUTCOME_MAP(XX)                                         \
-  XX(ACK, 0, "ack")         /* processed: basic.ack */                 \
-  XX(NACK, 1, "nack")       /* failed, try again: requeue */           \
-  XX(REJECT, 2, "reject")   /* poison: requeue=false (dead-letter) */  \
-  XX(DEFER, 3, "defer")     /* finished later: sluice_delivery_done */ \
-  XX(OUTCOME_STALE, 4, "stale") /* completed after its connection died */ \
+#define SLUICE_OUTCOME_MAP(XX)                                             \
+  XX(ACK, 0, "ack")             /* processed: basic.ack */                 \
+  XX(NACK, 1, "nack")           /* failed, try again: requeue */           \
+  XX(REJECT, 2, "reject")       /* poison: requeue=false (dead-letter) */  \
+  XX(DEFER, 3, "defer")         /* finished later: sluice_delivery_done */ \
+  XX(OUTCOME_STALE, 4, "stale") /* completed after its connection died */  \
   XX(OUTCOME_ERROR, 5, "error") /* invalid handler return; requeued */
 
 /** Initializer of a C array of outcome names indexed by outcome:
  *  `static const char *const names[] = SLUICE_OUTCOME_NAMES;` (C only).
  *  \since 0.2 */
-#define SLUICE_OUTCOME_NAMES { SLUICE_OUTCOME_MAP(SLUICE_OUTCOME_NAME_) }
+#define SLUICE_OUTCOME_NAMES \
+  { SLUICE_OUTCOME_MAP(SLUICE_OUTCOME_NAME_) }
 #define SLUICE_OUTCOME_NAME_(name, value, text) [value] = text,
 
 /** What a handler returns, and what sluice_delivery_done() takes. */

@@ -63,21 +63,21 @@ extern "C" {
 
 /** What one message left behind, handed to sluice_prof_opts.on_residual. */
 typedef struct sluice_prof_residual {
-  const char *queue;      /**< the scope's queue ("" when none) */
+  const char *queue; /**< the scope's queue ("" when none) */
   /** The scope's key value (sluice_prof_scope_begin_key()), or NULL.
    *  \since 0.2 */
   const char *key;
-  uint64_t seq;           /**< the scope's sequence number (delivery seq) */
-  uint64_t delivery_tag;  /**< as given to sluice_prof_scope_begin() */
-  int outcome;            /**< sluice_outcome the scope ended with */
+  uint64_t seq;          /**< the scope's sequence number (delivery seq) */
+  uint64_t delivery_tag; /**< as given to sluice_prof_scope_begin() */
+  int outcome;           /**< sluice_outcome the scope ended with */
   /** 0: reported when the scope ended; 1: reported after the grace period
    *  (only for scopes that had a residual when they ended and got a
    *  re-check: see sluice_prof_opts.max_pending). */
   int after_grace;
-  uint64_t bytes;           /**< residual bytes at this stage (exact) */
-  uint64_t objects;         /**< residual objects at this stage (exact) */
-  uint64_t bytes_at_end;    /**< residual bytes when the scope ended */
-  uint64_t objects_at_end;  /**< residual objects when the scope ended */
+  uint64_t bytes;          /**< residual bytes at this stage (exact) */
+  uint64_t objects;        /**< residual objects at this stage (exact) */
+  uint64_t bytes_at_end;   /**< residual bytes when the scope ended */
+  uint64_t objects_at_end; /**< residual objects when the scope ended */
 } sluice_prof_residual;
 
 /** A per-message residual callback. `r` is borrowed for the call. */
@@ -121,8 +121,8 @@ typedef struct sluice_prof_site {
 /** The state of one key value of a queue and outcome, for the one-line
  *  comparison "type=probe: 128 B/message, type=push: 0". \since 0.2 */
 typedef struct sluice_prof_kind_summary {
-  const char *key;           /**< key value, "(other)", or NULL (no key) */
-  int state;                 /**< sluice_prof_state */
+  const char *key; /**< key value, "(other)", or NULL (no key) */
+  int state;       /**< sluice_prof_state */
   double bytes_per_message;
   uint64_t messages;
 } sluice_prof_kind_summary;
@@ -130,25 +130,25 @@ typedef struct sluice_prof_kind_summary {
 /** A verdict: a group (queue, outcome, key value) became LEAK. */
 typedef struct sluice_prof_leak {
   const char *queue;
-  int outcome;               /**< sluice_outcome */
+  int outcome; /**< sluice_outcome */
   /** The key's name ("type", "header:x-kind") and this group's value, or
    *  NULL when the queue has no key. \since 0.2 */
   const char *key_name;
   const char *key;
-  int state;                 /**< sluice_prof_state (LEAK) \since 0.2 */
+  int state; /**< sluice_prof_state (LEAK) \since 0.2 */
   /** Slope of the retained memory over the horizon: bytes and objects left
    *  behind per message of this group. */
   double bytes_per_message;
   double objects_per_message;
-  uint64_t messages;         /**< messages the slope spans */
-  double seconds;            /**< time the slope spans \since 0.2 */
-  uint64_t retained_bytes;   /**< still live now from this group */
+  uint64_t messages;       /**< messages the slope spans */
+  double seconds;          /**< time the slope spans \since 0.2 */
+  uint64_t retained_bytes; /**< still live now from this group */
   uint64_t retained_objects;
   /** Age of the oldest memory still live from this group (at least), in
    *  the group's messages and in seconds. \since 0.2 */
   uint64_t oldest_age_messages;
   double oldest_age_seconds;
-  size_t n_sites;            /**< entries in `sites` (at most 5) */
+  size_t n_sites;                /**< entries in `sites` (at most 5) */
   const sluice_prof_site *sites; /**< top sites, biggest first; empty when
                                       no stack was sampled */
   /** Every key value of the same queue and outcome, this one included,
@@ -283,9 +283,9 @@ SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_begin(const char *queue,
  *                  "header:x-kind"), shown in reports; NULL: "key"
  *  \param key      the value (copied), NULL: no key
  *  \return as sluice_prof_scope_begin(). \since 0.2 */
-SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_begin_key(
-    const char *queue, const char *key_name, const char *key, uint64_t seq,
-    uint64_t tag);
+SLUICE_EXPORT sluice_prof_scope
+sluice_prof_scope_begin_key(const char *queue, const char *key_name,
+                            const char *key, uint64_t seq, uint64_t tag);
 
 /** Make `s` the calling thread's current scope (0: none).
  *  \return the previous one, to restore with another call. */
@@ -299,8 +299,8 @@ SLUICE_EXPORT sluice_prof_scope sluice_prof_scope_current(void);
  *  recent credits to itself until it leaves the scope (call this from the
  *  scope's thread, or when no thread is inside it).
  *  \return 0; SLUICE_EINVAL if `s` is not an open scope (unknown, ended). */
-SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s,
-                                          uint64_t *bytes, uint64_t *objects);
+SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s, uint64_t *bytes,
+                                          uint64_t *objects);
 
 /** Close scope `s` with a final outcome: its residual is what it allocated
  *  that is still live. Fires on_residual, queues the re-check, and runs the
@@ -333,22 +333,22 @@ SLUICE_EXPORT const sluice_delivery_hooks *sluice_prof_delivery_hooks(void);
 /** Residual totals and the verdict of one group: queue, outcome and key
  *  value, since the first start. */
 typedef struct sluice_prof_residual_stats {
-  const char *queue;          /**< valid until the process exits */
-  int outcome;                /**< sluice_outcome */
+  const char *queue; /**< valid until the process exits */
+  int outcome;       /**< sluice_outcome */
   /** The key's name ("type", "header:x-kind"), NULL when the queue has
    *  no key; valid until the process exits. \since 0.2 */
   const char *key_name;
   /** The key value ("" without a key; "(other)" for the values without a
    *  row of their own), cut to 127 bytes. \since 0.2 */
   char key[128];
-  uint64_t messages;          /**< scopes ended */
-  uint64_t with_residual;     /**< ... that had a residual at end */
-  uint64_t bytes_at_end;      /**< sum of residual bytes at end */
+  uint64_t messages;      /**< scopes ended */
+  uint64_t with_residual; /**< ... that had a residual at end */
+  uint64_t bytes_at_end;  /**< sum of residual bytes at end */
   uint64_t objects_at_end;
-  uint64_t pending;           /**< waiting for their re-check now */
-  uint64_t cached;            /**< residual freed within the grace period */
-  uint64_t leaked;            /**< residual still live after grace */
-  uint64_t bytes_leaked;      /**< sum of residual bytes after grace */
+  uint64_t pending;      /**< waiting for their re-check now */
+  uint64_t cached;       /**< residual freed within the grace period */
+  uint64_t leaked;       /**< residual still live after grace */
+  uint64_t bytes_leaked; /**< sum of residual bytes after grace */
   uint64_t objects_leaked;
   /** Ended with a residual but without a re-check (the pending queue was
    *  full): not in cached/leaked, still in retained. \since 0.2 */
@@ -357,14 +357,14 @@ typedef struct sluice_prof_residual_stats {
    *  included (exact). */
   uint64_t retained_bytes;
   uint64_t retained_objects;
-  int state;                  /**< sluice_prof_state \since 0.2 */
+  int state; /**< sluice_prof_state \since 0.2 */
   /** Growth of `retained` per message: over the horizon (LEAK), over the
    *  growth so far (GROWING), over the recent curve (BOUNDED, near 0).
    *  \since 0.2 */
   double bytes_per_message;
   double objects_per_message;
-  uint64_t slope_messages;    /**< messages that slope spans \since 0.2 */
-  double slope_seconds;       /**< \since 0.2 */
+  uint64_t slope_messages; /**< messages that slope spans \since 0.2 */
+  double slope_seconds;    /**< \since 0.2 */
   /** GROWING: messages and seconds of further growth before it is called a
    *  leak (both must pass). \since 0.2 */
   uint64_t level_off_messages;
@@ -373,40 +373,40 @@ typedef struct sluice_prof_residual_stats {
    *  messages and in seconds. \since 0.2 */
   uint64_t oldest_age_messages;
   double oldest_age_seconds;
-  int leaking;                /**< state == SLUICE_PROF_LEAK */
+  int leaking; /**< state == SLUICE_PROF_LEAK */
 } sluice_prof_residual_stats;
 
 /** Copy the groups that have at least one message, ordered by queue, key
  *  value, then outcome. Runs the due re-checks first.
  *  \param out  up to `cap` entries are written; may be NULL if cap is 0
  *  \return the number of aggregates (may exceed `cap`). */
-SLUICE_EXPORT size_t sluice_prof_residual_stats_get(
-    sluice_prof_residual_stats *out, size_t cap);
+SLUICE_EXPORT size_t
+sluice_prof_residual_stats_get(sluice_prof_residual_stats *out, size_t cap);
 
 /* ------------------------------------------------------------------------ */
 /** \name MemStats */
 
 /** Process-wide counters, like Go's runtime.MemStats. */
 typedef struct sluice_prof_memstats {
-  uint64_t heap_live_bytes;   /**< in use per glibc (mallinfo2), exact */
-  uint64_t heap_mapped_bytes; /**< obtained from the system by malloc */
-  uint64_t live_objects;      /**< mallocs - frees (counted since start) */
-  uint64_t total_alloc_bytes; /**< bytes requested since start */
-  uint64_t mallocs;           /**< allocations since start */
-  uint64_t frees;             /**< frees of non-NULL pointers since start */
-  uint64_t rss_bytes;         /**< resident set size */
-  uint64_t sampled_live_bytes;/**< in-use estimate from the sampled stacks */
-  uint64_t tracked_blocks;    /**< blocks the profiler tracks now */
-  uint64_t stacks;            /**< distinct stacks recorded */
-  uint64_t stacks_dropped;    /**< samples counted as "[stack table full]" */
+  uint64_t heap_live_bytes;    /**< in use per glibc (mallinfo2), exact */
+  uint64_t heap_mapped_bytes;  /**< obtained from the system by malloc */
+  uint64_t live_objects;       /**< mallocs - frees (counted since start) */
+  uint64_t total_alloc_bytes;  /**< bytes requested since start */
+  uint64_t mallocs;            /**< allocations since start */
+  uint64_t frees;              /**< frees of non-NULL pointers since start */
+  uint64_t rss_bytes;          /**< resident set size */
+  uint64_t sampled_live_bytes; /**< in-use estimate from the sampled stacks */
+  uint64_t tracked_blocks;     /**< blocks the profiler tracks now */
+  uint64_t stacks;             /**< distinct stacks recorded */
+  uint64_t stacks_dropped;     /**< samples counted as "[stack table full]" */
   uint64_t scopes_open;
-  uint64_t scopes_pending;    /**< ended, waiting for the re-check */
-  uint64_t scopes_retained;   /**< ended with memory still live */
-  uint64_t scopes_refused;    /**< begins refused: scope pool full */
+  uint64_t scopes_pending;  /**< ended, waiting for the re-check */
+  uint64_t scopes_retained; /**< ended with memory still live */
+  uint64_t scopes_refused;  /**< begins refused: scope pool full */
   /** Scopes that ended with a residual but got no after-grace re-check
    *  (max_pending reached), since start. \since 0.2 */
   uint64_t rechecks_skipped;
-  uint64_t groups;            /**< groups in use \since 0.2 */
+  uint64_t groups; /**< groups in use \since 0.2 */
   /** Scopes counted in an "(other)" row: group pool full (groups_overflow)
    *  or key values past max_keys (keys_overflow). \since 0.2 */
   uint64_t groups_overflow;
@@ -419,7 +419,7 @@ typedef struct sluice_prof_memstats {
   /** Deferred deliveries completed on a thread that never entered them
    *  (sluice_delivery_enter()) and allocated in between. \since 0.2 */
   uint64_t deferred_unentered;
-  uint64_t overhead_bytes;    /**< the profiler's own memory (approx.) */
+  uint64_t overhead_bytes; /**< the profiler's own memory (approx.) */
   uint64_t sample_rate;
 } sluice_prof_memstats;
 
@@ -453,8 +453,8 @@ SLUICE_EXPORT void sluice_prof_snapshot_free(sluice_prof_snapshot *s);
 
 /** The MemStats taken with the snapshot (for a diff: cur - base, with
  *  rss and heap_live as signed deltas cast to uint64_t). */
-SLUICE_EXPORT void sluice_prof_snapshot_memstats(
-    const sluice_prof_snapshot *s, sluice_prof_memstats *out);
+SLUICE_EXPORT void sluice_prof_snapshot_memstats(const sluice_prof_snapshot *s,
+                                                 sluice_prof_memstats *out);
 
 /* ------------------------------------------------------------------------ */
 /** \name Outputs */
@@ -477,9 +477,9 @@ typedef enum sluice_prof_format {
 typedef enum sluice_prof_value {
   SLUICE_PROF_INUSE_SPACE = 0, /**< live bytes (the default) */
   SLUICE_PROF_INUSE_OBJECTS,
-  SLUICE_PROF_ALLOC_SPACE,     /**< bytes allocated since start */
+  SLUICE_PROF_ALLOC_SPACE, /**< bytes allocated since start */
   SLUICE_PROF_ALLOC_OBJECTS,
-  SLUICE_PROF_RESIDUAL_SPACE,  /**< live bytes left by ended scopes */
+  SLUICE_PROF_RESIDUAL_SPACE, /**< live bytes left by ended scopes */
   SLUICE_PROF_RESIDUAL_OBJECTS
 } sluice_prof_value;
 

@@ -72,10 +72,10 @@ typedef struct sluice_publisher_opts {
                                     default 1024 */
   int no_confirms;             /**< 1: fire and forget (not recommended) */
   sluice_return_fn on_return;  /**< unroutable messages; may be NULL */
-  void *return_user; /**< for on_return (`user` in 0.1) \since 0.2 */
-  sluice_log_fn log; /**< default: stderr \since 0.2 */
-  void *log_user;    /**< \since 0.2 */
-  int log_level;     /**< most verbose level logged; default WARN;
+  void *return_user;           /**< for on_return (`user` in 0.1) \since 0.2 */
+  sluice_log_fn log;           /**< default: stderr \since 0.2 */
+  void *log_user;              /**< \since 0.2 */
+  int log_level;               /**< most verbose level logged; default WARN;
                           negative: nothing \since 0.2 */
   /** BLOCKED / UNBLOCKED; may be NULL. \since 0.2 */
   sluice_publisher_event_fn on_event;
@@ -98,9 +98,9 @@ typedef struct sluice_publish_props {
   const char *expiration;
   const char *type;
   const char *app_id;
-  uint8_t transient;  /**< 1: delivery_mode 1; default persistent (2) */
+  uint8_t transient; /**< 1: delivery_mode 1; default persistent (2) */
   uint8_t priority;
-  int mandatory;      /**< return unroutable messages (counted, callback) */
+  int mandatory; /**< return unroutable messages (counted, callback) */
   const sluice_kv *headers;
   size_t n_headers;
 } sluice_publish_props;

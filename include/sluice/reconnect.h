@@ -37,17 +37,17 @@ struct sluice_event;
  *  Zero-initialise; a zero field means its default. \since 0.2 (in
  *  sluice/consumer.h before) */
 typedef struct sluice_reconnect_opts {
-  int enabled;              /**< 0 (default): a lost connection ends run() */
-  unsigned min_delay_ms;    /**< default 100 */
-  unsigned max_delay_ms;    /**< default 30000; not below min_delay_ms
+  int enabled;             /**< 0 (default): a lost connection ends run() */
+  unsigned min_delay_ms;   /**< default 100 */
+  unsigned max_delay_ms;   /**< default 30000; not below min_delay_ms
                                  (SLUICE_EINVAL) */
-  unsigned max_attempts;    /**< consecutive failed attempts before giving
+  unsigned max_attempts;   /**< consecutive failed attempts before giving
                                  up (a successful reconnect starts the
                                  count over); 0 = default 10;
                                  UINT32_MAX = forever */
-  unsigned reset_after_ms;  /**< a connection up this long resets the
+  unsigned reset_after_ms; /**< a connection up this long resets the
                                  backoff delay to min_delay_ms; 10000 */
-  int shuffle;              /**< try the URIs in random order (drawn from
+  int shuffle;             /**< try the URIs in random order (drawn from
                                  `random` when set) */
   /** Injectable clock in ms (tests); NULL: CLOCK_MONOTONIC. Loop thread. */
   uint64_t (*now_ms)(void *user);
@@ -95,8 +95,8 @@ SLUICE_EXPORT int sluice_consumer_off_close(sluice_consumer *c,
 
 /** Number of registered close listeners (0 for NULL). Any thread.
  *  \since 0.2 (sluice_close_listener_count() before) */
-SLUICE_EXPORT size_t sluice_consumer_close_listener_count(
-    const sluice_consumer *c);
+SLUICE_EXPORT size_t
+sluice_consumer_close_listener_count(const sluice_consumer *c);
 
 /** Exponential backoff with full jitter (the "Full Jitter" scheme): the n-th
  *  delay is uniform in [min, min(max, min * 2^n)]. Pure; not thread-safe. */

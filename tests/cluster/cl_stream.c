@@ -100,8 +100,7 @@ sluice_consumer *cl_stream_consumer(cl_stream *s, sluice_consumer_opts *o) {
   if (!o->log) o->log = quiet_log;
   sluice_consumer *c = NULL;
   if (sluice_consumer_new(o, &c) != 0) return NULL;
-  sluice_subscribe_opts so = {.queue = s->queue, .handler = handler,
-                              .user = s};
+  sluice_subscribe_opts so = {.queue = s->queue, .handler = handler, .user = s};
   if (sluice_consumer_subscribe(c, &so) != 0) {
     sluice_consumer_free(c);
     return NULL;
@@ -141,8 +140,7 @@ int cl_stream_join(cl_stream *s, int seconds, int *timed_out) {
     if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT &&
         !s->finished) {
       fired = 1;
-      fprintf(stderr, "watchdog: consumer still running after %d s\n",
-              seconds);
+      fprintf(stderr, "watchdog: consumer still running after %d s\n", seconds);
       sluice_consumer_stop(s->c);
       break;
     }
@@ -220,7 +218,8 @@ int cl_publish_id(sluice_publisher *p, const char *queue, unsigned id,
 
 int cl_fill(const char *uri, const char *queue, unsigned first, unsigned n,
             size_t size) {
-  sluice_publisher_opts po = {.uri = uri, .connection_name = "cluster fill",
+  sluice_publisher_opts po = {.uri = uri,
+                              .connection_name = "cluster fill",
                               .max_outstanding = 2048};
   sluice_publisher *p = NULL;
   int rc = sluice_publisher_new(&po, &p);

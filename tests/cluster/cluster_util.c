@@ -32,7 +32,9 @@ static const char *dir(void) {
   return e && *e ? e : "/tmp/sluice-cluster";
 }
 
-int cl_port(int node) { return base_port() + node - 1; }
+int cl_port(int node) {
+  return base_port() + node - 1;
+}
 
 const char *cl_name(int node) {
   static char names[CL_NODES + 1][32];
@@ -69,7 +71,9 @@ int cl_node_up(int node) {
   return ok;
 }
 
-static void on_alarm(int sig) { (void)sig; }
+static void on_alarm(int sig) {
+  (void)sig;
+}
 
 /* flock(LOCK_EX) bounded by SIGALRM: another suite's cluster test may hold
  * the lock for a while; the wait is an event (the lock's release). */
@@ -82,8 +86,10 @@ static void take_lock(const char *test, int wait_s) {
     exit(1);
   }
   if (flock(fd, LOCK_EX | LOCK_NB) == 0) return; /* kept open until exit */
-  fprintf(stderr, "%s: waiting up to %d s for the cluster lock (another "
-                  "suite's cluster test)\n", test, wait_s);
+  fprintf(stderr,
+          "%s: waiting up to %d s for the cluster lock (another "
+          "suite's cluster test)\n",
+          test, wait_s);
   struct sigaction sa = {.sa_handler = on_alarm}, old;
   sigaction(SIGALRM, &sa, &old); /* no SA_RESTART: flock returns EINTR */
   alarm((unsigned)wait_s);
@@ -103,13 +109,15 @@ void cl_require(const char *test, int lock_wait_s) {
   if (up == 0) {
     const char *req = getenv("SLUICE_REQUIRE_CLUSTER");
     if (req && strcmp(req, "1") == 0) {
-      fprintf(stderr, "%s: FAIL: no test cluster on 127.0.0.1:%d-%d and "
-                      "SLUICE_REQUIRE_CLUSTER=1\n",
+      fprintf(stderr,
+              "%s: FAIL: no test cluster on 127.0.0.1:%d-%d and "
+              "SLUICE_REQUIRE_CLUSTER=1\n",
               test, cl_port(1), cl_port(CL_NODES));
       exit(1);
     }
-    fprintf(stderr, "%s: SKIPPED: no test cluster on 127.0.0.1:%d-%d "
-                    "(start it with scripts/cluster.sh start)\n",
+    fprintf(stderr,
+            "%s: SKIPPED: no test cluster on 127.0.0.1:%d-%d "
+            "(start it with scripts/cluster.sh start)\n",
             test, cl_port(1), cl_port(CL_NODES));
     exit(77);
   }
@@ -216,8 +224,7 @@ int cl_quorum_leader(const char *queue) {
   /* Ask a node other than a possibly dead one: any running node knows. */
   for (int via = 1; via <= CL_NODES; via++) {
     if (!cl_node_up(via)) continue;
-    if (cl_ctl(via, out, sizeof(out), "list_queues name leader") != 0)
-      continue;
+    if (cl_ctl(via, out, sizeof(out), "list_queues name leader") != 0) continue;
     size_t ql = strlen(queue);
     for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
       if (strncmp(line, queue, ql) != 0 || line[ql] != '\t') continue;
@@ -284,8 +291,7 @@ static void tell_guardian(char state) {
 int cl_alarm_raise(int node) {
   start_guardian(node);
   tell_guardian('A');
-  return cl_ctl(node, NULL, 0, "set_vm_memory_high_watermark 0") == 0 ? 0
-                                                                       : -1;
+  return cl_ctl(node, NULL, 0, "set_vm_memory_high_watermark 0") == 0 ? 0 : -1;
 }
 
 int cl_alarm_clear(int node) {

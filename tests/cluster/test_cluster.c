@@ -35,7 +35,8 @@ static const char *qname(const char *prefix) {
 }
 
 static sluice_publisher *publisher(int node, const char *name) {
-  sluice_publisher_opts po = {.uri = cl_uri(node), .connection_name = name,
+  sluice_publisher_opts po = {.uri = cl_uri(node),
+                              .connection_name = name,
                               .max_outstanding = 2048};
   sluice_publisher *p = NULL;
   assert_int_equal(sluice_publisher_new(&po, &p), 0);
@@ -62,8 +63,7 @@ static void drain_repeats(cl_stream *s, int node) {
   sluice_consumer_free(s->c);
   s->c = NULL;
   uint32_t ready = 0;
-  assert_int_equal(cl_wait_no_consumers(cl_uri(node), s->queue, 30, &ready),
-                   0);
+  assert_int_equal(cl_wait_no_consumers(cl_uri(node), s->queue, 30, &ready), 0);
   if (ready == 0) return;
   printf("  %u messages came back after the stream: consuming them\n", ready);
   atomic_store(&s->stop_at_distinct, 0);
@@ -78,8 +78,7 @@ static void drain_repeats(cl_stream *s, int node) {
   assert_int_equal(atomic_load(&s->dup_fresh), 0);
   sluice_consumer_free(s->c);
   s->c = NULL;
-  assert_int_equal(cl_wait_no_consumers(cl_uri(node), s->queue, 30, &ready),
-                   0);
+  assert_int_equal(cl_wait_no_consumers(cl_uri(node), s->queue, 30, &ready), 0);
   assert_int_equal(ready, 0);
 }
 
@@ -132,7 +131,8 @@ static void *publish_main(void *arg) {
     sluice_publish_report rep = {0};
     int wrc = r->rc ? r->rc : sluice_publisher_wait(p, &rep);
     if (wrc == 0 && rep.confirmed - confirmed_before == k) {
-      for (unsigned i = 0; i < k; i++) atomic_store(&r->confirmed[first + i], 1);
+      for (unsigned i = 0; i < k; i++)
+        atomic_store(&r->confirmed[first + i], 1);
       r->n_confirmed += k;
     } else {
       r->n_unsure += k;
@@ -302,8 +302,7 @@ static void single_node_crash(void **state) {
   uint64_t first = atomic_load(&s->first_after_ms);
   printf("  %s killed after %u of %u handled; started again %llu ms after "
          "the kill, accepting (script returned) %llu ms after the kill\n",
-         cl_name(node), n / 2, n,
-         (unsigned long long)(t_restart - t_kill),
+         cl_name(node), n / 2, n, (unsigned long long)(t_restart - t_kill),
          (unsigned long long)(t_up - t_kill));
   printf("  first delivery %llu ms after the kill, %lld ms after the "
          "script returned\n",
@@ -341,8 +340,7 @@ struct pub_events {
   struct alarm_ctl *clear_on_block; /* or NULL */
 };
 
-static void pub_event(sluice_publisher *p, const sluice_event *ev,
-                      void *user) {
+static void pub_event(sluice_publisher *p, const sluice_event *ev, void *user) {
   (void)p;
   struct pub_events *e = user;
   if (ev->type == SLUICE_EV_BLOCKED) {

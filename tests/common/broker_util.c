@@ -26,8 +26,10 @@ void tb_require_broker(const char *test) {
   if (tb_broker_up()) return;
   const char *req = getenv("SLUICE_REQUIRE_BROKER");
   if (req && strcmp(req, "1") == 0) {
-    fprintf(stderr, "%s: FAIL: no RabbitMQ on 127.0.0.1:5672 and "
-                    "SLUICE_REQUIRE_BROKER=1\n", test);
+    fprintf(stderr,
+            "%s: FAIL: no RabbitMQ on 127.0.0.1:5672 and "
+            "SLUICE_REQUIRE_BROKER=1\n",
+            test);
     exit(1);
   }
   fprintf(stderr,
@@ -48,7 +50,8 @@ const char *tb_qname(const char *prefix) {
 }
 
 static sluice_publisher *pub(void) {
-  sluice_publisher_opts o = {.uri = TEST_URI, .connection_name = "test pub",
+  sluice_publisher_opts o = {.uri = TEST_URI,
+                             .connection_name = "test pub",
                              .max_outstanding = 2048};
   sluice_publisher *p = NULL;
   int rc = sluice_publisher_new(&o, &p);
@@ -86,7 +89,8 @@ void tb_fill(const char *queue, unsigned n, size_t size) {
     memset(body, '.', size > l ? size : l);
     memcpy(body, id, l);
     sluice_publish_props pr = {.message_id = id};
-    int rc = sluice_publisher_publish(p, "", queue, body, size > l ? size : l, &pr);
+    int rc =
+        sluice_publisher_publish(p, "", queue, body, size > l ? size : l, &pr);
     if (rc) {
       fprintf(stderr, "publish: %s\n", sluice_strerror(rc));
       abort();

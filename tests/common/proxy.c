@@ -73,10 +73,8 @@ static void pair_free(struct pair *x) {
   struct tproxy *p = x->p;
   for (int i = 0; i < 2; i++)
     if (x->side[i]) bufferevent_free(x->side[i]); /* closes the socket */
-  if (x->prev)
-    x->prev->next = x->next;
-  else
-    p->pairs = x->next;
+  if (x->prev) x->prev->next = x->next;
+  else p->pairs = x->next;
   if (x->next) x->next->prev = x->prev;
   atomic_fetch_sub(&p->open, 1);
   free(x);
@@ -93,8 +91,7 @@ static void on_read(struct bufferevent *bev, void *arg) {
   struct evbuffer *out = bufferevent_get_output(dst);
   evbuffer_add_buffer(out, bufferevent_get_input(bev));
   /* Back-pressure: stop reading until the other side drains. */
-  if (evbuffer_get_length(out) >= HIGH_WATER)
-    bufferevent_disable(bev, EV_READ);
+  if (evbuffer_get_length(out) >= HIGH_WATER) bufferevent_disable(bev, EV_READ);
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
@@ -182,9 +179,9 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 static int listen_on(struct tproxy *p) {
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(p->port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  p->lis = evconnlistener_new_bind(
-      p->base, on_accept, p, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
-      (struct sockaddr *)&a, sizeof(a));
+  p->lis = evconnlistener_new_bind(p->base, on_accept, p,
+                                   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                   128, (struct sockaddr *)&a, sizeof(a));
   if (!p->lis) return -1;
   struct sockaddr_in got;
   socklen_t gl = sizeof(got);
@@ -235,14 +232,10 @@ static int execute(struct tproxy *p, enum cmd cmd) {
       if (p->lis) evconnlistener_free(p->lis);
       p->lis = NULL;
       return 0;
-    case CMD_LISTEN:
-      return p->lis ? 0 : listen_on(p);
+    case CMD_LISTEN: return p->lis ? 0 : listen_on(p);
     case CMD_HOLD_ON:
-    case CMD_HOLD_OFF:
-      p->hold_new = cmd == CMD_HOLD_ON;
-      return 0;
-    case CMD_NONE:
-      break;
+    case CMD_HOLD_OFF: p->hold_new = cmd == CMD_HOLD_ON; return 0;
+    case CMD_NONE: break;
   }
   return 0;
 }
@@ -326,16 +319,24 @@ void tproxy_free(tproxy *p) {
   free(p);
 }
 
-uint16_t tproxy_port(const tproxy *p) { return p->port; }
+uint16_t tproxy_port(const tproxy *p) {
+  return p->port;
+}
 
 const char *tproxy_uri(const tproxy *p, char *buf, unsigned len) {
   snprintf(buf, len, "amqp://guest:guest@127.0.0.1:%u/", (unsigned)p->port);
   return buf;
 }
 
-unsigned tproxy_cut(tproxy *p) { return (unsigned)run_cmd(p, CMD_CUT); }
-unsigned tproxy_reset(tproxy *p) { return (unsigned)run_cmd(p, CMD_RESET); }
-unsigned tproxy_blackhole(tproxy *p) { return (unsigned)run_cmd(p, CMD_HOLE); }
+unsigned tproxy_cut(tproxy *p) {
+  return (unsigned)run_cmd(p, CMD_CUT);
+}
+unsigned tproxy_reset(tproxy *p) {
+  return (unsigned)run_cmd(p, CMD_RESET);
+}
+unsigned tproxy_blackhole(tproxy *p) {
+  return (unsigned)run_cmd(p, CMD_HOLE);
+}
 int tproxy_refuse(tproxy *p, int refuse) {
   return run_cmd(p, refuse ? CMD_REFUSE : CMD_LISTEN);
 }

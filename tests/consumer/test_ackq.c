@@ -18,11 +18,11 @@
 enum { UNACKED = 0, SETTLED_ACK, SETTLED_NACK, SETTLED_REJECT };
 
 struct model {
-  int broker[N + 1];     /* broker's view per tag */
-  int completed[N + 1];  /* -1 outstanding, else sluice__ackq_kind */
+  int broker[N + 1];    /* broker's view per tag */
+  int completed[N + 1]; /* -1 outstanding, else sluice__ackq_kind */
   int frames;
   int multiples;
-  int refuse_after;      /* emit fails after this many frames (-1 never) */
+  int refuse_after; /* emit fails after this many frames (-1 never) */
 };
 
 static int emit(void *user, uint64_t tag, sluice__ackq_kind kind, int multiple,
@@ -46,7 +46,7 @@ static int emit(void *user, uint64_t tag, sluice__ackq_kind kind, int multiple,
     assert_int_equal(m->completed[tag], (int)kind);
     m->broker[tag] = kind == SLUICE__ACKQ_ACK    ? SETTLED_ACK
                      : kind == SLUICE__ACKQ_NACK ? SETTLED_NACK
-                                         : SETTLED_REJECT;
+                                                 : SETTLED_REJECT;
     settled = 1;
   }
   assert_int_equal(settled, count);
@@ -97,7 +97,7 @@ static void run(unsigned seed, int nack_every, int flush_every, int window) {
     assert_int_not_equal(m.broker[t], UNACKED);
     int want = m.completed[t] == SLUICE__ACKQ_ACK    ? SETTLED_ACK
                : m.completed[t] == SLUICE__ACKQ_NACK ? SETTLED_NACK
-                                             : SETTLED_REJECT;
+                                                     : SETTLED_REJECT;
     assert_int_equal(m.broker[t], want);
   }
   sluice__ackq_free(&q);

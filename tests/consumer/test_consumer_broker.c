@@ -24,13 +24,13 @@ enum mode { M_ACK, M_DEFER, M_NACK_FIRST, M_REJECT, M_INVALID_FIRST, M_SLOW };
 struct ctx {
   sluice_consumer *c;
   enum mode mode;
-  unsigned n;               /* messages expected */
-  unsigned stop_after;      /* stop() after this many acks (0 = n) */
-  _Atomic unsigned acks;    /* handler decided ACK */
-  _Atomic unsigned calls;   /* handler invocations */
+  unsigned n;             /* messages expected */
+  unsigned stop_after;    /* stop() after this many acks (0 = n) */
+  _Atomic unsigned acks;  /* handler decided ACK */
+  _Atomic unsigned calls; /* handler invocations */
   _Atomic unsigned redelivered_calls;
   _Atomic unsigned char seen[MAXN];
-  _Atomic int cur, max;     /* deliveries in a handler or deferred */
+  _Atomic int cur, max; /* deliveries in a handler or deferred */
   int slow_us;
   /* deferred completions go through a second thread */
   pthread_mutex_t mu;
@@ -65,7 +65,9 @@ static void in(struct ctx *x) {
   }
 }
 
-static void out(struct ctx *x) { atomic_fetch_sub(&x->cur, 1); }
+static void out(struct ctx *x) {
+  atomic_fetch_sub(&x->cur, 1);
+}
 
 static void acked(struct ctx *x) {
   unsigned a = atomic_fetch_add(&x->acks, 1) + 1;
@@ -203,8 +205,7 @@ static void exactly_once(unsigned prefetch, int workers, enum mode mode,
   struct ctx *x = ctx_new(mode, n);
   pthread_t th;
   if (mode == M_DEFER) pthread_create(&th, NULL, completer, x);
-  sluice_consumer_opts o = {.prefetch = (uint16_t)prefetch,
-                            .workers = workers};
+  sluice_consumer_opts o = {.prefetch = (uint16_t)prefetch, .workers = workers};
   sluice_consumer *c = make(x, q, &o);
   int to = 0;
   int rc = tb_run_bounded(c, 60, &to);
@@ -233,8 +234,8 @@ static void exactly_once(unsigned prefetch, int workers, enum mode mode,
   assert_true(st.max_in_handler <= prefetch);
   printf("  prefetch %u, %d workers, %s: max in handler %d, %llu ack "
          "frames for %u messages\n",
-         prefetch, workers, mode == M_DEFER ? "deferred" : "inline",
-         x->max, (unsigned long long)st.ack_frames, n);
+         prefetch, workers, mode == M_DEFER ? "deferred" : "inline", x->max,
+         (unsigned long long)st.ack_frames, n);
   sluice_consumer_free(c);
   assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
   tb_delete_queue(q);
@@ -518,11 +519,13 @@ static void missing_queue(void **s) {
   sluice_consumer_free(c);
 
   /* subscribing before connecting: run() reports it and does not retry */
-  sluice_consumer_opts r = {.uri = TEST_URI, .log_level = -1,
+  sluice_consumer_opts r = {.uri = TEST_URI,
+                            .log_level = -1,
                             .reconnect = {.enabled = 1}};
   assert_int_equal(sluice_consumer_new(&r, &c), 0);
   sluice_subscribe_opts so2 = {.queue = tb_qname("missing2"),
-                               .handler = handler, .user = x};
+                               .handler = handler,
+                               .user = x};
   assert_int_equal(sluice_consumer_subscribe(c, &so2), 0);
   assert_int_equal(sluice_consumer_run(c), SLUICE_ENOTFOUND);
   sluice_consumer_free(c);
@@ -818,7 +821,8 @@ static void free_inside_callback_refused(void **s) {
                               .log = refusal_log,
                               .log_user = &r};
     assert_int_equal(sluice_consumer_new(&o, &r.c), 0);
-    sluice_subscribe_opts so = {.queue = q, .handler = refusal_handler,
+    sluice_subscribe_opts so = {.queue = q,
+                                .handler = refusal_handler,
                                 .user = &r};
     assert_int_equal(sluice_consumer_subscribe(r.c, &so), 0);
     int to = 0;
@@ -850,9 +854,8 @@ static void free_inside_callback_refused(void **s) {
   assert_int_equal(r.returned, 1);
   assert_int_equal(r.refused, 1);
   /* still usable after the refusal */
-  assert_int_equal(sluice_publisher_publish(r.p, "", "sluice.nowhere", "y", 1,
-                                            NULL),
-                   0);
+  assert_int_equal(
+      sluice_publisher_publish(r.p, "", "sluice.nowhere", "y", 1, NULL), 0);
   assert_int_equal(sluice_publisher_wait(r.p, &rep), SLUICE_ERETURNED);
   assert_int_equal(rep.confirmed, 2);
   sluice_publisher_free(r.p);

@@ -56,8 +56,8 @@ static void bad(const char *uri) {
 
 static void valid_uris(void **state) {
   (void)state;
-  ok("amqp://guest:guest@127.0.0.1:5672/", "guest", "guest", "127.0.0.1",
-     5672, "/");
+  ok("amqp://guest:guest@127.0.0.1:5672/", "guest", "guest", "127.0.0.1", 5672,
+     "/");
   ok("amqp://user:pass@host:10000/vhost", "user", "pass", "host", 10000,
      "vhost");
   ok("amqp://host", "guest", "guest", "host", 5672, "/");
@@ -137,9 +137,10 @@ static void diagnosis(void **state) {
  * (0.1 needed 18 bytes for the 7 of "amqp://"). */
 static void documented_buffer_size(void **state) {
   (void)state;
-  const char *uris[] = {"amqp://", "amqp:///", "amqps://", "amqps:///",
-                        "amqp://h", "amqp://@", "amqp://:@", "amqp://:@/",
-                        "amqp://u@h", "amqp://[::1]", "amqp://h:1/%2f"};
+  const char *uris[] = {"amqp://",      "amqp:///",      "amqps://",
+                        "amqps:///",    "amqp://h",      "amqp://@",
+                        "amqp://:@",    "amqp://:@/",    "amqp://u@h",
+                        "amqp://[::1]", "amqp://h:1/%2f"};
   for (size_t i = 0; i < sizeof(uris) / sizeof(*uris); i++) {
     char *buf;
     sluice_uri u;
@@ -187,8 +188,7 @@ static void small_buffer(void **state) {
   assert_int_equal(sluice_uri_parse("amqp://longusername:pw@host/", &u, buf,
                                     sizeof(buf)),
                    SLUICE_ELIMIT);
-  assert_int_equal(sluice_uri_parse(NULL, &u, buf, sizeof(buf)),
-                   SLUICE_EINVAL);
+  assert_int_equal(sluice_uri_parse(NULL, &u, buf, sizeof(buf)), SLUICE_EINVAL);
 }
 
 static void consumer_new_rejects_bad_uri(void **state) {
@@ -237,7 +237,9 @@ static void bad_uri_is_explained(void **state) {
   struct logged l = {0};
   sluice_consumer *c = NULL;
   const char *list[] = {"amqp://a/", "amqp://u:hunter2@b:80x/"};
-  sluice_consumer_opts o = {.uris = list, .n_uris = 2, .log = keep_log,
+  sluice_consumer_opts o = {.uris = list,
+                            .n_uris = 2,
+                            .log = keep_log,
                             .log_user = &l};
   assert_int_equal(sluice_consumer_new(&o, &c), SLUICE_EURI);
   assert_int_equal(l.n, 1);
@@ -248,7 +250,8 @@ static void bad_uri_is_explained(void **state) {
   memset(&l, 0, sizeof(l));
   sluice_publisher *p = NULL;
   sluice_publisher_opts po = {.uri = "amqp://u:hunter2@h/a/b",
-                              .log = keep_log, .log_user = &l};
+                              .log = keep_log,
+                              .log_user = &l};
   assert_int_equal(sluice_publisher_new(&po, &p), SLUICE_EURI);
   assert_null(p);
   assert_int_equal(l.n, 1);

@@ -72,7 +72,7 @@ static void integers_keep_their_value(void **state) {
       {"u64over", INT_FIELD(AMQP_FIELD_KIND_U64, u64, (uint64_t)INT64_MAX + 1)},
       {"u64max", INT_FIELD(AMQP_FIELD_KIND_U64, u64, UINT64_MAX)},
   };
-  const int64_t want_int[] = {INT8_MIN,  UINT8_MAX, INT16_MIN, UINT16_MAX,
+  const int64_t want_int[] = {INT8_MIN,  UINT8_MAX,  INT16_MIN, UINT16_MAX,
                               INT32_MIN, UINT32_MAX, INT64_MIN, INT64_MAX,
                               0,         INT64_MAX};
   size_t n = sizeof(w) / sizeof(*w);
@@ -86,8 +86,7 @@ static void integers_keep_their_value(void **state) {
     const sluice_value *v = sluice_message_header(&m, w[i].key);
     assert_non_null(v);
     if (v->kind != SLUICE_VAL_INT || v->u.i != want_int[i])
-      fail_msg("%s: kind %d value %lld", w[i].key, v->kind,
-               (long long)v->u.i);
+      fail_msg("%s: kind %d value %lld", w[i].key, v->kind, (long long)v->u.i);
   }
   const sluice_value *v = sluice_message_header(&m, "u64over");
   assert_int_equal(v->kind, SLUICE_VAL_UINT);

@@ -152,11 +152,10 @@ int h_request(int port, const char *method, const char *path,
   char *req = NULL;
   /* Our Host header unless the caller brings one. */
   char host[64] = "";
-  if (!headers || (strncasecmp(headers, "Host:", 5) &&
-                   !strcasestr(headers, "\nHost:")))
+  if (!headers ||
+      (strncasecmp(headers, "Host:", 5) && !strcasestr(headers, "\nHost:")))
     snprintf(host, sizeof host, "Host: 127.0.0.1:%d\r\n", port);
-  int n = asprintf(&req,
-                   "%s %s HTTP/1.1\r\n%sConnection: close\r\n%s\r\n",
+  int n = asprintf(&req, "%s %s HTTP/1.1\r\n%sConnection: close\r\n%s\r\n",
                    method, path, host, headers ? headers : "");
   if (n > 0 && !h_send(fd, req, (size_t)n)) h_read(fd, r);
   free(req);
@@ -242,8 +241,7 @@ int h_run_in(char *const argv[], char *const env_extra[], const char *in,
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
   posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
-  posix_spawn_file_actions_addopen(&fa, 0, in ? in : "/dev/null", O_RDONLY,
-                                   0);
+  posix_spawn_file_actions_addopen(&fa, 0, in ? in : "/dev/null", O_RDONLY, 0);
   pid_t pid;
   int e = posix_spawnp(&pid, argv[0], &fa, NULL, argv, env);
   posix_spawn_file_actions_destroy(&fa);
@@ -319,8 +317,7 @@ static int utf8_ok(const unsigned char *s) {
       n = 4;
       if (c == 0xF0) lo = 0x90;
       if (c == 0xF4) hi = 0x8F;
-    } else
-      return 0;
+    } else return 0;
     if (s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < n; i++)
       if (s[i] < 0x80 || s[i] > 0xBF) return 0;

@@ -7,9 +7,9 @@
 #include <stddef.h>
 
 typedef struct hresp {
-  int status;     /* 0 when the server closed without answering */
-  char *head;     /* status line and headers, NUL-terminated */
-  char *body;     /* NUL-terminated (not counted in body_len) */
+  int status; /* 0 when the server closed without answering */
+  char *head; /* status line and headers, NUL-terminated */
+  char *body; /* NUL-terminated (not counted in body_len) */
   size_t body_len;
 } hresp;
 

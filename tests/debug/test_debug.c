@@ -102,8 +102,9 @@ static json_t *get_json_at(int p, const char *path) {
     fail_msg("GET %s: Content-Type %s", path, ct ? ct : "(none)");
   json_error_t err;
   json_t *j = json_loads(r.body, 0, &err);
-  if (!j) fail_msg("%s is not JSON: %s (line %d)\n%s", path, err.text,
-                   err.line, r.body);
+  if (!j)
+    fail_msg("%s is not JSON: %s (line %d)\n%s", path, err.text, err.line,
+             r.body);
   h_free(&r);
   return j;
 }
@@ -206,8 +207,8 @@ static char *go_pprof(const char *go, const char *arg, const char *path) {
   argv[k] = NULL;
   char *out = NULL;
   int rc = h_run(argv, env, &out);
-  if (rc != 0) fail_msg("go tool pprof %s exited %d:\n%s", url, rc,
-                        out ? out : "");
+  if (rc != 0)
+    fail_msg("go tool pprof %s exited %d:\n%s", url, rc, out ? out : "");
   return out;
 }
 
@@ -384,8 +385,7 @@ static void test_paths(void **state) {
   expect("/", 404, "text/plain", NULL);
   expect("/debug/pprof/goroutine", 404, "text/plain", NULL);
   expect("/metrics/", 404, NULL, NULL);
-  const char *methods[] = {"POST", "PUT", "DELETE", "HEAD", "OPTIONS",
-                           "PATCH"};
+  const char *methods[] = {"POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
   for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
     int st = h_request(port, methods[i], "/debug/vars", NULL, &r);
     if (st != 405) fail_msg("%s: status %d, want 405", methods[i], st);
@@ -394,8 +394,8 @@ static void test_paths(void **state) {
   }
 
   /* No token: only a loopback Host (DNS rebinding). */
-  assert_int_equal(h_get(port, "/debug/vars", "Host: attacker.example\r\n",
-                         &r), 403);
+  assert_int_equal(h_get(port, "/debug/vars", "Host: attacker.example\r\n", &r),
+                   403);
   h_free(&r);
 }
 
@@ -415,8 +415,8 @@ static void test_go_tool_pprof(void **state) {
 
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 8; i++) {
-    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1,
-                                 (uint64_t)i + 1, 0};
+    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1, (uint64_t)i + 1,
+                                 0};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);
@@ -517,8 +517,7 @@ static void test_metrics(void **state) {
   const char *q = "dbg\"q\\x";
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 6; i++) {
-    sluice_delivery_info info = {q, (uint64_t)i + 1, 1, (uint64_t)i + 100,
-                                 0};
+    sluice_delivery_info info = {q, (uint64_t)i + 1, 1, (uint64_t)i + 100, 0};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);
@@ -528,8 +527,7 @@ static void test_metrics(void **state) {
    * such label values and would fail the whole scrape. */
   const char *bad = "dbg\xff\xc3(";
   for (int i = 0; i < 4; i += 2) {
-    sluice_delivery_info info = {bad, (uint64_t)i + 1, 1, (uint64_t)i + 200,
-                                 0};
+    sluice_delivery_info info = {bad, (uint64_t)i + 1, 1, (uint64_t)i + 200, 0};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);
@@ -539,14 +537,14 @@ static void test_metrics(void **state) {
   expect("/metrics", 200, "text/plain; version=0.0.4", &r);
   const char *err = h_prom_check(r.body);
   if (err) fail_msg("/metrics: %s\n%s", err, r.body);
-  char *promtool = need_tool("promtool", "prometheus",
-                             "promtool check metrics");
+  char *promtool =
+      need_tool("promtool", "prometheus", "promtool check metrics");
   if (promtool) {
     char *out = NULL;
     int rc = h_promtool_check_metrics(promtool, r.body, tmpdir, &out);
     if (rc != 0)
-      fail_msg("promtool check metrics exited %d:\n%s\n%s", rc,
-               out ? out : "", r.body);
+      fail_msg("promtool check metrics exited %d:\n%s\n%s", rc, out ? out : "",
+               r.body);
     free(out);
     free(promtool);
   }
@@ -582,8 +580,8 @@ static void test_metrics(void **state) {
     if (!strcmp(json_string_value(json_object_get(e, "queue")), q) &&
         !strcmp(json_string_value(json_object_get(e, "outcome")), "nack")) {
       assert_int_equal(json_integer_value(json_object_get(e, "messages")), 3);
-      assert_int_equal(
-          json_integer_value(json_object_get(e, "bytes_at_end")), 192);
+      assert_int_equal(json_integer_value(json_object_get(e, "bytes_at_end")),
+                       192);
       found = 1;
     }
   }
@@ -591,13 +589,13 @@ static void test_metrics(void **state) {
   /* The same spelling as the label: JSON strings must be UTF-8 too. */
   found = 0;
   for (size_t i = 0; i < json_array_size(res); i++)
-    if (!strcmp(json_string_value(json_object_get(json_array_get(res, i),
-                                                  "queue")),
+    if (!strcmp(json_string_value(
+                    json_object_get(json_array_get(res, i), "queue")),
                 "dbg\\xFF\\xC3("))
       found = 1;
   assert_true(found);
-  assert_true(json_integer_value(json_object_get(
-                  json_object_get(j, "memstats"), "rss_bytes")) > 0);
+  assert_true(json_integer_value(json_object_get(json_object_get(j, "memstats"),
+                                                 "rss_bytes")) > 0);
   json_decref(j);
 }
 
@@ -627,25 +625,22 @@ static void test_remote_needs_token(void **state) {
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int rc = sluice_debug_server_new(&bad[i].o, &s);
     if (rc != SLUICE_EINVAL)
-      fail_msg("%s (%s): %s, want SLUICE_EINVAL", bad[i].why,
-               bad[i].o.addr, sluice_err_name(rc));
+      fail_msg("%s (%s): %s, want SLUICE_EINVAL", bad[i].why, bad[i].o.addr,
+               sluice_err_name(rc));
     assert_null(s);
   }
-  assert_int_equal(sluice_debug_server_new(NULL, NULL),
-                   SLUICE_EINVAL);
+  assert_int_equal(sluice_debug_server_new(NULL, NULL), SLUICE_EINVAL);
   sluice_debug_server_free(NULL);
 
   /* The port in use: a socket error, not a crash. */
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   sluice_debug_opts same = {.addr = addr};
-  assert_int_equal(sluice_debug_server_new(&same, &s),
-                   SLUICE_ESOCKET);
+  assert_int_equal(sluice_debug_server_new(&same, &s), SLUICE_ESOCKET);
 
   /* Every interface with a token: requests need it. */
   const char *tok = "s3cret-Token_1";
-  sluice_debug_opts o = {.addr = "0.0.0.0:0", .allow_remote = 1,
-                         .token = tok};
+  sluice_debug_opts o = {.addr = "0.0.0.0:0", .allow_remote = 1, .token = tok};
   assert_int_equal(sluice_debug_server_new(&o, &s), 0);
   int p = sluice_debug_server_port(s);
   hresp r;
@@ -671,13 +666,13 @@ static void test_remote_needs_token(void **state) {
   h_free(&r);
   assert_int_equal(h_request(p, "POST", "/metrics", NULL, &r), 401);
   h_free(&r);
-  assert_int_equal(
-      h_get(p, "/debug/vars", "Authorization: Bearer s3cret-Token_1\r\n", &r),
-      200);
+  assert_int_equal(h_get(p, "/debug/vars",
+                         "Authorization: Bearer s3cret-Token_1\r\n", &r),
+                   200);
   h_free(&r);
-  assert_int_equal(
-      h_get(p, "/healthz", "Authorization: bearer  s3cret-Token_1 \r\n", &r),
-      200);
+  assert_int_equal(h_get(p, "/healthz",
+                         "Authorization: bearer  s3cret-Token_1 \r\n", &r),
+                   200);
   h_free(&r);
   /* With a token, any Host will do (the server is meant to be remote). */
   assert_int_equal(h_get(p, "/healthz",
@@ -817,8 +812,11 @@ static void test_outside_scopes(void **state) {
   int p = sluice_debug_server_port(s);
   /* The server thread allocates for each of these. */
   hresp r;
-  const char *paths[] = {"/debug/vars", "/metrics", "/debug/pprof/heap",
-                         "/debug/pprof/snapshot", "/debug/pprof/heap?base=1",
+  const char *paths[] = {"/debug/vars",
+                         "/metrics",
+                         "/debug/pprof/heap",
+                         "/debug/pprof/snapshot",
+                         "/debug/pprof/heap?base=1",
                          "/healthz"};
   for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
     assert_int_equal(h_get(p, paths[i], NULL, &r), 200);

@@ -41,8 +41,7 @@ static int n_kept;
 
 /* Every fourth message is rejected and leaves 100 bytes behind. */
 T_NOINLINE static int dbg_broker_handler(sluice_delivery *d,
-                                         const sluice_message *m,
-                                         void *user) {
+                                         const sluice_message *m, void *user) {
   (void)d;
   (void)user;
   int id = atoi(m->props.message_id ? m->props.message_id : "0");
@@ -126,8 +125,8 @@ static void promtool_check(const char *text) {
   int rc = h_promtool_check_metrics(promtool, text, dir, &out);
   rmdir(dir);
   if (rc != 0)
-    fail_msg("promtool check metrics exited %d:\n%s\n%s", rc,
-             out ? out : "", text);
+    fail_msg("promtool check metrics exited %d:\n%s\n%s", rc, out ? out : "",
+             text);
   free(out);
   free(promtool);
 }
@@ -167,8 +166,7 @@ static void test_consumer_counters(void **state) {
   clock_gettime(CLOCK_REALTIME, &dl);
   dl.tv_sec += 30;
   pthread_mutex_lock(&mu);
-  while (handled < N_MESSAGES &&
-         pthread_cond_timedwait(&cv, &mu, &dl) == 0) {
+  while (handled < N_MESSAGES && pthread_cond_timedwait(&cv, &mu, &dl) == 0) {
   }
   int got = handled;
   pthread_mutex_unlock(&mu);
@@ -204,11 +202,9 @@ static void test_consumer_counters(void **state) {
   assert_non_null(rej);
   assert_non_null(ack);
   assert_int_equal(json_integer_value(json_object_get(rej, "messages")), 5);
-  assert_true(json_integer_value(json_object_get(rej, "bytes_at_end")) >=
-              500);
+  assert_true(json_integer_value(json_object_get(rej, "bytes_at_end")) >= 500);
   assert_int_equal(json_integer_value(json_object_get(ack, "messages")), 15);
-  assert_int_equal(json_integer_value(json_object_get(ack, "bytes_at_end")),
-                   0);
+  assert_int_equal(json_integer_value(json_object_get(ack, "bytes_at_end")), 0);
   json_decref(j);
 
   assert_int_equal(h_get(port, "/metrics", NULL, &r), 200);
@@ -242,8 +238,7 @@ static void test_consumer_counters(void **state) {
 
   /* The residual profile names the handler that kept its memory. */
   assert_int_equal(
-      h_get(port, "/debug/pprof/residual?format=top&outcome=reject", NULL,
-            &r),
+      h_get(port, "/debug/pprof/residual?format=top&outcome=reject", NULL, &r),
       200);
   if (!strstr(r.body, "dbg_broker_handler"))
     fail_msg("dbg_broker_handler not in the residual profile:\n%s", r.body);

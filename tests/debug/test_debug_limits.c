@@ -113,7 +113,8 @@ static void trickling_client_is_cut(void **state) {
 static void connection_cap_evicts_oldest(void **state) {
   (void)state;
   sluice_debug_server *s;
-  sluice_debug_opts o = {.addr = "127.0.0.1:0", .timeout_s = 60,
+  sluice_debug_opts o = {.addr = "127.0.0.1:0",
+                         .timeout_s = 60,
                          .max_connections = 4};
   assert_int_equal(sluice_debug_server_new(&o, &s), 0);
   int port = sluice_debug_server_port(s);
@@ -125,9 +126,9 @@ static void connection_cap_evicts_oldest(void **state) {
     sleep_ms(20);
   }
   int closed = 0;
-  for (int i = 0; i < 10; i++) closed += closed_within(fds[i], i < 6 ? 5000 : 0);
-  printf("  10 unfinished requests, cap 4: %d closed by the server\n",
-         closed);
+  for (int i = 0; i < 10; i++)
+    closed += closed_within(fds[i], i < 6 ? 5000 : 0);
+  printf("  10 unfinished requests, cap 4: %d closed by the server\n", closed);
   assert_int_equal(closed, 6);
   for (int i = 0; i < 6; i++) assert_true(closed_within(fds[i], 0));
   hresp r;
@@ -162,11 +163,11 @@ static double cpu_s(void) {
          (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-#define CHILD_FAIL(...)                     \
-  do {                                      \
+#define CHILD_FAIL(...)                       \
+  do {                                        \
     fprintf(stderr, "  child: " __VA_ARGS__); \
-    fputc('\n', stderr);                    \
-    _exit(1);                               \
+    fputc('\n', stderr);                      \
+    _exit(1);                                 \
   } while (0)
 
 enum { PHASE_FLOOD = 'f', PHASE_DONE = 'd' };
@@ -176,11 +177,14 @@ enum { PHASE_FLOOD = 'f', PHASE_DONE = 'd' };
  * fills its remaining descriptors, checks, frees them, checks again. */
 static void child(int to_parent, int from_parent, int with_consumer) {
   struct rlimit rl = {64, 64};
-  if (setrlimit(RLIMIT_NOFILE, &rl)) CHILD_FAIL("setrlimit: %s", strerror(errno));
+  if (setrlimit(RLIMIT_NOFILE, &rl))
+    CHILD_FAIL("setrlimit: %s", strerror(errno));
   event_set_log_callback(count_libevent);
   sluice_debug_server *s;
-  sluice_debug_opts o = {.addr = "127.0.0.1:0", .timeout_s = 30,
-                         .max_connections = 16, .log = count_log};
+  sluice_debug_opts o = {.addr = "127.0.0.1:0",
+                         .timeout_s = 30,
+                         .max_connections = 16,
+                         .log = count_log};
   if (sluice_debug_server_new(&o, &s)) CHILD_FAIL("server_new");
   int port = sluice_debug_server_port(s);
   if (write(to_parent, &port, sizeof port) != sizeof port) _exit(1);
@@ -195,7 +199,8 @@ static void child(int to_parent, int from_parent, int with_consumer) {
     sluice_consumer *c;
     if (sluice_consumer_new(&co, &c)) CHILD_FAIL("consumer_new");
     int rc = sluice_consumer_connect(c);
-    if (rc) CHILD_FAIL("consumer connect under attack: %s", sluice_err_name(rc));
+    if (rc)
+      CHILD_FAIL("consumer connect under attack: %s", sluice_err_name(rc));
     sluice_consumer_stats st;
     sluice_consumer_get_stats(c, &st);
     if (!st.connected) CHILD_FAIL("not connected");
@@ -204,8 +209,9 @@ static void child(int to_parent, int from_parent, int with_consumer) {
     if (h_get(port, "/healthz", NULL, &r) != 200)
       CHILD_FAIL("/healthz under attack: %d", r.status);
     h_free(&r);
-    fprintf(stderr, "  child: consumer connected and /healthz answered "
-                    "with %d descriptors and the endpoint flooded\n",
+    fprintf(stderr,
+            "  child: consumer connected and /healthz answered "
+            "with %d descriptors and the endpoint flooded\n",
             (int)rl.rlim_cur);
   }
 

@@ -53,14 +53,14 @@
 #endif
 #define RULES_FILE SLUICE_SOURCE_DIR "/docs/prometheus/sluice-rules.yml"
 
-#define WARMUP 40      /* messages per queue before the first rest */
-#define FLOW 1200      /* messages while the rate is measured */
-#define FLOW_RATE 150  /* published per second (the load's shape) */
-#define HELD 5         /* deferred messages held across the rests */
-#define HELD_BODY 100  /* their body size */
-#define LEAK_BYTES 64  /* what each message of the leaky queue keeps */
-#define WINDOW 5       /* scrape intervals per rate() window */
-#define KEYED 40       /* keyed messages, twice */
+#define WARMUP 40     /* messages per queue before the first rest */
+#define FLOW 1200     /* messages while the rate is measured */
+#define FLOW_RATE 150 /* published per second (the load's shape) */
+#define HELD 5        /* deferred messages held across the rests */
+#define HELD_BODY 100 /* their body size */
+#define LEAK_BYTES 64 /* what each message of the leaky queue keeps */
+#define WINDOW 5      /* scrape intervals per rate() window */
+#define KEYED 40      /* keyed messages, twice */
 #define MAX_READS 20000
 
 static uint64_t wall_ms(void) {
@@ -258,8 +258,7 @@ static json_t *query(const char *promql, uint64_t at_ms, json_t **result) {
   if (at_ms)
     n = asprintf(&path, "/api/v1/query?query=%s&time=%" PRIu64 ".%03u", q,
                  at_ms / 1000, (unsigned)(at_ms % 1000));
-  else
-    n = asprintf(&path, "/api/v1/query?query=%s", q);
+  else n = asprintf(&path, "/api/v1/query?query=%s", q);
   assert_true(n > 0);
   json_t *data, *root = api(path, &data);
   free(q);
@@ -466,8 +465,7 @@ static void bracket(uint64_t ts, uint64_t dur_ms, int acked, uint64_t *lo,
 
 /* The profiler's residual figures for a queue and outcome: messages, or
  * bytes still live after the grace period. */
-static uint64_t residual_of(const char *queue, int outcome,
-                            int leaked_bytes) {
+static uint64_t residual_of(const char *queue, int outcome, int leaked_bytes) {
   sluice_prof_residual_stats v[64];
   size_t n = sluice_prof_residual_stats_get(v, 64);
   for (size_t i = 0; i < n && i < 64; i++)
@@ -525,8 +523,7 @@ static void check_gauges(sluice_consumer *c, uint64_t ts) {
     snprintf(sel, sizeof sel, "%s{job=\"sluice\"}", g[i].name);
     double v = query1(sel, ts);
     if (v != (double)g[i].want)
-      fail_msg("%s: Prometheus %.17g, stats %" PRIu64, g[i].name, v,
-               g[i].want);
+      fail_msg("%s: Prometheus %.17g, stats %" PRIu64, g[i].name, v, g[i].want);
   }
 }
 
@@ -553,9 +550,8 @@ static int check_rates(const char *sel, int acked, uint64_t from_ms,
   sample s[256], d[256];
   int range_s = (int)((to_ms - from_ms) / 1000) + 2;
   size_t n = raw_samples(sel, range_s, to_ms, s, 256);
-  size_t nd =
-      raw_samples("scrape_duration_seconds{job=\"sluice\"}", range_s, to_ms,
-                  d, 256);
+  size_t nd = raw_samples("scrape_duration_seconds{job=\"sluice\"}", range_s,
+                          to_ms, d, 256);
   int windows = 0;
   for (size_t k = 0; k < n; k++) {
     uint64_t lo, hi;
@@ -572,8 +568,7 @@ static int check_rates(const char *sel, int acked, uint64_t from_ms,
     bracket(s[j].ts, dur_at(d, nd, s[j].ts), acked, &jlo, &jhi);
     uint64_t span = s[k].ts - s[j].ts;
     char promql[256];
-    snprintf(promql, sizeof promql, "rate(%s[%" PRIu64 "ms])", sel,
-             span + 1);
+    snprintf(promql, sizeof promql, "rate(%s[%" PRIu64 "ms])", sel, span + 1);
     double rate = query1(promql, s[k].ts);
     double sec = (double)span / 1000.0;
     double want_lo = ((double)lo - (double)jhi) / sec,
@@ -585,8 +580,8 @@ static int check_rates(const char *sel, int acked, uint64_t from_ms,
                   "%.2f/s\n",
                   promql, rate, sec, want_lo, want_hi);
     if (rate < want_lo - eps || rate > want_hi + eps)
-      fail_msg("%s at %" PRIu64 " = %.6f; the stats say %.6f to %.6f",
-               promql, s[k].ts, rate, want_lo, want_hi);
+      fail_msg("%s at %" PRIu64 " = %.6f; the stats say %.6f to %.6f", promql,
+               s[k].ts, rate, want_lo, want_hi);
     windows++;
   }
   return windows;
@@ -722,8 +717,8 @@ static void test_prometheus_scrapes_worker(void **state) {
   pause_ms(5);
   read_stats(c);
 
-  int w = check_rates("sluice_deliveries_total{job=\"sluice\"}", 0,
-                      flow_start, rest_2);
+  int w = check_rates("sluice_deliveries_total{job=\"sluice\"}", 0, flow_start,
+                      rest_2);
   w += check_rates(
       "sluice_deliveries_completed_total{job=\"sluice\",outcome=\"ack\"}", 1,
       flow_start, rest_2);
@@ -768,8 +763,8 @@ static void test_prometheus_scrapes_worker(void **state) {
                rest_2, &res);
   if (json_array_size(res) != 2 || series_for(res, q_leak) != 1 ||
       series_for(res, q_keyed) != 1)
-    fail_msg("leak ranking: %zu series, want %s and %s",
-             json_array_size(res), q_leak, q_keyed);
+    fail_msg("leak ranking: %zu series, want %s and %s", json_array_size(res),
+             q_leak, q_keyed);
   json_decref(root);
   root = query("topk(3, sum by (queue) (sluice_residual_retained_bytes) > 0)",
                rest_2, &res);
@@ -827,8 +822,7 @@ static void test_prometheus_scrapes_worker(void **state) {
         continue;
       const char *q = json_string_value(json_object_get(l, "queue"));
       const char *kv = json_string_value(json_object_get(l, "key"));
-      if (q && !strcmp(q, q_keyed) && kv && !strcmp(kv, "invoice"))
-        continue;
+      if (q && !strcmp(q, q_keyed) && kv && !strcmp(kv, "invoice")) continue;
       if (!q || strcmp(q, q_leak))
         fail_msg("SluiceResidualLeak for queue %s", q ? q : "(none)");
       n_alerts++;

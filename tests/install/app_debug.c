@@ -32,7 +32,6 @@ int main(void) {
     return 1;
   }
   printf("app_debug: listened on port %d, mallocs %llu -> %llu ok\n", port,
-         (unsigned long long)before.mallocs,
-         (unsigned long long)after.mallocs);
+         (unsigned long long)before.mallocs, (unsigned long long)after.mallocs);
   return 0;
 }

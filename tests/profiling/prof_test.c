@@ -106,12 +106,12 @@ static int rd_field(rd *r, unsigned *field, unsigned *wire, uint64_t *v,
   return !r->err;
 }
 
-#define PUSH(arr, n, item)                                    \
-  do {                                                        \
-    void *np_ = realloc((arr), ((n) + 1) * sizeof(*(arr)));   \
-    if (!np_) return -1;                                      \
-    (arr) = np_;                                              \
-    (arr)[(n)++] = item;                                      \
+#define PUSH(arr, n, item)                                  \
+  do {                                                      \
+    void *np_ = realloc((arr), ((n) + 1) * sizeof(*(arr))); \
+    if (!np_) return -1;                                    \
+    (arr) = np_;                                            \
+    (arr)[(n)++] = item;                                    \
   } while (0)
 
 static int read_u64s(unsigned wire, uint64_t v, rd *sub, uint64_t **arr,
@@ -138,7 +138,8 @@ static int parse_sample(rd *r, tsample *s) {
       uint64_t *vals = NULL;
       size_t n = 0;
       if (read_u64s(w, v, &sub, &vals, &n)) return -1;
-      for (size_t i = 0; i < n; i++) PUSH(s->values, s->n_values, (int64_t)vals[i]);
+      for (size_t i = 0; i < n; i++)
+        PUSH(s->values, s->n_values, (int64_t)vals[i]);
       free(vals);
     } else if (f == 3 && w == 2) {
       tlabel l = {0};
@@ -323,8 +324,8 @@ const char *tprofile_frame(const tprofile *p, const tsample *s, size_t i) {
   return NULL;
 }
 
-size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i,
-                      tline *out, size_t max) {
+size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i, tline *out,
+                      size_t max) {
   if (i >= s->n_locs) return 0;
   for (size_t l = 0; l < p->n_locs; l++) {
     if (p->locs[l][0] != s->locs[i]) continue;
@@ -382,8 +383,7 @@ char *t_tempfile(const char *suffix, const void *data, size_t len) {
   const char *dir = getenv("TMPDIR");
   if (!dir || !*dir) dir = "/tmp";
   char *path = NULL;
-  if (asprintf(&path, "%s/sluice-prof-XXXXXX%s", dir, suffix) < 0)
-    return NULL;
+  if (asprintf(&path, "%s/sluice-prof-XXXXXX%s", dir, suffix) < 0) return NULL;
   int fd = mkstemps(path, (int)strlen(suffix));
   if (fd < 0) {
     free(path);

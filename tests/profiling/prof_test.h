@@ -24,18 +24,18 @@
 #ifdef SLUICE_TEST_NO_INTERPOSE
 /* A statement expression, not an inline function: with source lines an
  * inlined helper would be a frame of its own, the leaf of every stack. */
-#define TALLOC(n)                      \
-  __extension__({                      \
-    size_t t_n_ = (n);                 \
-    void *t_p_ = malloc(t_n_);         \
+#define TALLOC(n)                       \
+  __extension__({                       \
+    size_t t_n_ = (n);                  \
+    void *t_p_ = malloc(t_n_);          \
     sluice_prof_note_alloc(t_p_, t_n_); \
-    t_p_;                              \
+    t_p_;                               \
   })
-#define TFREE(p)                   \
-  __extension__({                  \
-    void *t_q_ = (p);              \
-    sluice_prof_note_free(t_q_);   \
-    free(t_q_);                    \
+#define TFREE(p)                 \
+  __extension__({                \
+    void *t_q_ = (p);            \
+    sluice_prof_note_free(t_q_); \
+    free(t_q_);                  \
   })
 #else
 #define TALLOC(n) malloc(n)
@@ -89,7 +89,7 @@ typedef struct tprofile {
   size_t n_types;
   tsample *samples;
   size_t n_samples;
-  uint64_t (*locs)[3]; /* id, function id of the first line, mapping id */
+  uint64_t (*locs)[3];  /* id, function id of the first line, mapping id */
   tloclines *loc_lines; /* per location */
   size_t n_locs;
   uint64_t (*funcs)[3]; /* id, name, filename string indexes */
@@ -107,8 +107,8 @@ int tprofile_type_index(const tprofile *p, const char *type);
 const char *tprofile_frame(const tprofile *p, const tsample *s, size_t i);
 /* The lines of location `i` (0 = leaf) of sample `s`, innermost first, at
  * most max; returns the count. */
-size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i,
-                      tline *out, size_t max);
+size_t tprofile_lines(const tprofile *p, const tsample *s, size_t i, tline *out,
+                      size_t max);
 const tlabel *tsample_label(const tsample *s, const char *key);
 /* Sum of sample type `type` over samples whose leaf is `fn` (any when NULL). */
 int64_t tprofile_sum(const tprofile *p, const char *type, const char *fn);

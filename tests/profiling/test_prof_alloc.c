@@ -211,7 +211,8 @@ static void test_realloc_log_buffer(void **state) {
     sluice_prof_scope_enter(prev);
     sluice_prof_residual r;
     assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
-    if (r.bytes != 64) fprintf(stderr, "i=%d bytes=%llu\n", i, (unsigned long long)r.bytes);
+    if (r.bytes != 64)
+      fprintf(stderr, "i=%d bytes=%llu\n", i, (unsigned long long)r.bytes);
     assert_int_equal(r.bytes, 64); /* each message own growth */
     t_clock_ns += 10000000ull;
   }
@@ -228,8 +229,7 @@ static void test_realloc_log_buffer(void **state) {
 
   /* The site is the realloc's. */
   tbuf out = {0};
-  sluice_prof_output o = {.format = SLUICE_PROF_FMT_RESIDUAL,
-                          .queue = "a.log"};
+  sluice_prof_output o = {.format = SLUICE_PROF_FMT_RESIDUAL, .queue = "a.log"};
   assert_int_equal(sluice_prof_write(NULL, &o, tbuf_write, &out), 0);
   assert_non_null(strstr(tbuf_str(&out), "log_append"));
   tbuf_free(&out);

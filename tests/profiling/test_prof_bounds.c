@@ -74,10 +74,15 @@ static void deliver(const char *queue, uint64_t seq, int (*h)(int), int i) {
 static void test_pool_never_pinned(void **state) {
   (void)state;
   int verdicts = 0;
-  sluice_prof_opts o = {
-      .sample_rate = 1, .grace_ms = 1000, .leak_window = 10,
-      .horizon_messages = 20, .horizon_ms = 1000, .poll_ms = -1,
-      .now_ns = t_clock, .on_leak = quiet_leak, .leak_user = &verdicts};
+  sluice_prof_opts o = {.sample_rate = 1,
+                        .grace_ms = 1000,
+                        .leak_window = 10,
+                        .horizon_messages = 20,
+                        .horizon_ms = 1000,
+                        .poll_ms = -1,
+                        .now_ns = t_clock,
+                        .on_leak = quiet_leak,
+                        .leak_user = &verdicts};
   assert_int_equal(sluice_prof_start(&o), 0);
   char q[16];
   for (int i = 0; i < N_LEAK; i++) {

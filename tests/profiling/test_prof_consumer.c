@@ -104,8 +104,7 @@ static void test_consumer_residual(void **state) {
   assert_int_equal(sluice_prof_write(NULL, &ro, tbuf_write, &out), 0);
   tprofile p;
   assert_int_equal(tprofile_parse(out.data, out.len, &p), 0);
-  assert_string_equal(tprofile_top_leaf(&p, "residual_space"),
-                      "reject_leaks");
+  assert_string_equal(tprofile_top_leaf(&p, "residual_space"), "reject_leaks");
   assert_int_equal(tprofile_sum(&p, "residual_space", "reject_leaks"),
                    N_MSG / 4 * 128);
   tprofile_free(&p);

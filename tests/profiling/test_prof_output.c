@@ -153,8 +153,7 @@ static void test_legacy(void **state) {
   alloc_big(10, 1000);
   tbuf out = {0};
   assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, NULL),
-      0);
+      t_report(&out, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   const char *s = tbuf_str(&out);
   assert_true(!strncmp(s, "heap profile: ", 14));
   const char *nl = strchr(s, '\n');
@@ -169,8 +168,7 @@ static void test_legacy(void **state) {
   start(4096);
   alloc_big(16, 100000);
   assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, NULL),
-      0);
+      t_report(&out, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   assert_non_null(strstr(tbuf_str(&out), "@ heap_v2/4096\n"));
   assert_non_null(strstr(tbuf_str(&out), "\n16: 1600000 [16: 1600000] @ 0x"));
   tbuf_free(&out);
@@ -196,8 +194,8 @@ static void test_top_and_folded(void **state) {
     snprintf(want, sizeof want, "alloc_big %s:%d", __FILE__, big_line);
     assert_non_null(strstr(row, want));
   }
-  assert_non_null(top_row(tbuf_str(&out), "test_top_and_folded", row,
-                          sizeof row));
+  assert_non_null(
+      top_row(tbuf_str(&out), "test_top_and_folded", row, sizeof row));
 
   assert_int_equal(
       t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_ALLOC_OBJECTS, NULL), 0);
@@ -208,8 +206,7 @@ static void test_top_and_folded(void **state) {
   assert_true(objs >= 105 && objs % 105 == 0);
 
   assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_FOLDED, SLUICE_PROF_INUSE_SPACE, NULL),
-      0);
+      t_report(&out, SLUICE_PROF_FMT_FOLDED, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   assert_non_null(
       strstr(tbuf_str(&out), ";test_top_and_folded;alloc_big 10000\n"));
   assert_non_null(strstr(tbuf_str(&out), ";alloc_small 50\n"));
@@ -403,8 +400,7 @@ static void test_lines(void **state) {
   assert_int_equal(
       t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   assert_non_null(top_row(tbuf_str(&out), "inl_alloc", row, sizeof row));
-  snprintf(want, sizeof want, "  inl_alloc %s:%d (inline)", __FILE__,
-           inl_line);
+  snprintf(want, sizeof want, "  inl_alloc %s:%d (inline)", __FILE__, inl_line);
   assert_non_null(strstr(row, want));
   assert_true(!strncmp(row, "    2.28kB ", 11));
   assert_non_null(top_row(tbuf_str(&out), "alloc_inlined", row, sizeof row));
@@ -414,8 +410,7 @@ static void test_lines(void **state) {
 
   /* Folded stacks: the inlined call is a frame of its own. */
   assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_FOLDED, SLUICE_PROF_INUSE_SPACE, NULL),
-      0);
+      t_report(&out, SLUICE_PROF_FMT_FOLDED, SLUICE_PROF_INUSE_SPACE, NULL), 0);
   assert_non_null(
       strstr(tbuf_str(&out), ";test_lines;alloc_inlined;inl_alloc 2331\n"));
   for (int i = 0; i < 3; i++) TFREE(inl_kept[i]);

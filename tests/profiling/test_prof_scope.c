@@ -204,8 +204,10 @@ static void test_leak_per_message(void **state) {
   assert_string_equal(v->site, "store_in_map");
   if (SLUICE_TEST_LINES) { /* "store_in_map (test_prof_scope.c:N) <- ..." */
     char want[128];
-    snprintf(want, sizeof want, "store_in_map (test_prof_scope.c:%d) <- "
-             "deliver (test_prof_scope.c:", store_line);
+    snprintf(want, sizeof want,
+             "store_in_map (test_prof_scope.c:%d) <- "
+             "deliver (test_prof_scope.c:",
+             store_line);
     assert_true(strstr(v->stack, want) != NULL);
   } else {
     assert_true(strstr(v->stack, "store_in_map <- deliver") != NULL);
@@ -215,8 +217,7 @@ static void test_leak_per_message(void **state) {
   /* The top residual site is the handler. */
   tbuf out = {0};
   assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_RESIDUAL_SPACE, NULL),
-      0);
+      t_report(&out, SLUICE_PROF_FMT_TOP, SLUICE_PROF_RESIDUAL_SPACE, NULL), 0);
   const char *hdr = strstr(tbuf_str(&out), "cum%\n");
   assert_non_null(hdr);
   const char *nl = strchr(hdr + 5, '\n');
@@ -236,13 +237,12 @@ static void test_leak_per_message(void **state) {
   }
 
   /* pprof: residual samples carry the queue and outcome labels. */
-  assert_int_equal(
-      t_report(&out, SLUICE_PROF_FMT_PPROF, SLUICE_PROF_RESIDUAL_SPACE, NULL),
-      0);
+  assert_int_equal(t_report(&out, SLUICE_PROF_FMT_PPROF,
+                            SLUICE_PROF_RESIDUAL_SPACE, NULL),
+                   0);
   tprofile p;
   assert_int_equal(tprofile_parse(out.data, out.len, &p), 0);
-  assert_string_equal(tprofile_top_leaf(&p, "residual_space"),
-                      "store_in_map");
+  assert_string_equal(tprofile_top_leaf(&p, "residual_space"), "store_in_map");
   assert_int_equal(tprofile_sum(&p, "residual_space", "store_in_map"), 3000);
   int labelled = 0;
   for (size_t i = 0; i < p.n_samples; i++) {
@@ -548,8 +548,7 @@ static void test_scope_api(void **state) {
   assert_int_equal(r.outcome, SLUICE_REJECT);
   assert_string_equal(r.queue, "t.api");
   assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), SLUICE_EINVAL);
-  assert_int_equal(sluice_prof_scope_usage(s, &bytes, &objects),
-                   SLUICE_EINVAL);
+  assert_int_equal(sluice_prof_scope_usage(s, &bytes, &objects), SLUICE_EINVAL);
   TFREE(a);
   TFREE(b);
   pass_grace();

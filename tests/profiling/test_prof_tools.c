@@ -151,8 +151,8 @@ T_NOINLINE static int leak_on_nack(int i) {
 static void run_deliveries(void) {
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 40; i++) {
-    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1,
-                                 (uint64_t)i + 1, 0};
+    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1, (uint64_t)i + 1,
+                                 0};
     void *tok = hk->begin(hk->user, &info);
     int outcome = leak_on_nack(i);
     hk->suspend(hk->user, tok);
@@ -219,8 +219,7 @@ static const char *list_value(const char *out, const char *fn, int line,
 }
 
 /* The line of the first occurrence of `text` in file `path`, or 0. */
-__attribute__((unused)) static int line_of(const char *path,
-                                           const char *text) {
+__attribute__((unused)) static int line_of(const char *path, const char *text) {
   FILE *f = fopen(path, "r");
   if (!f) return 0;
   char buf[1024];
@@ -258,9 +257,8 @@ static void test_go_pprof(void **state) {
   assert_non_null(strstr(out, "Type: residual_space"));
   assert_non_null(strstr(out, "leak_on_nack"));
   free(out);
-  out = run_ok((char *[]){go, "tool", "pprof", "-top",
-                          "-tagfocus=outcome=nack", "-tagfocus=queue=orders",
-                          resid, NULL});
+  out = run_ok((char *[]){go, "tool", "pprof", "-top", "-tagfocus=outcome=nack",
+                          "-tagfocus=queue=orders", resid, NULL});
   assert_non_null(strstr(out, "leak_on_nack"));
   assert_non_null(strstr(out, "1.25kB")); /* 20 x 64 B */
   free(out);
@@ -270,14 +268,12 @@ static void test_go_pprof(void **state) {
   free(out);
   if (lines_expected()) {
     /* Lines, inlined frames and a shared library's lines, by pprof. */
-    out = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", heap,
-                            NULL});
+    out = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", heap, NULL});
     assert_true(has_line(out, "hold_buffers", __FILE__, hold_line));
     assert_int_equal(has_line(out, "inl_make", __FILE__, inl_line), 2);
     assert_int_equal(has_line(out, "call_inlined", __FILE__, call_line), 1);
-    assert_int_equal(has_line(out, "lib_make", PROF_TESTLIB_SRC,
-                              prof_testlib_line()),
-                     2);
+    assert_int_equal(
+        has_line(out, "lib_make", PROF_TESTLIB_SRC, prof_testlib_line()), 2);
     assert_non_null(strstr(out, " prof_testlib_alloc " PROF_TESTLIB_SRC ":"));
     free(out);
     char val[32];
@@ -287,8 +283,8 @@ static void test_go_pprof(void **state) {
                             "-source_path=" SRC_DIR, heap, NULL});
     assert_non_null(strstr(out, "hold_buffers in "));
     assert_non_null(strstr(out, "test_prof_tools.c\n"));
-    assert_non_null(list_value(out, "hold_buffers", hold_line, val,
-                               sizeof val));
+    assert_non_null(
+        list_value(out, "hold_buffers", hold_line, val, sizeof val));
     assert_string_equal(val, "97.66kB"); /* 20 x 5000 B */
     free(out);
     out = run_ok((char *[]){go, "tool", "pprof", "-list=^inl_make$",
@@ -362,13 +358,12 @@ static void test_google_pprof(void **state) {
      * library's too: the leaf's address must land on the call's line. */
     out = run_ok((char *[]){gpprof, "--text", "--lines", exe, heap, NULL});
     assert_true(has_line(out, "hold_buffers", __FILE__, hold_line));
-    assert_true(has_line(out, "lib_make", PROF_TESTLIB_SRC,
-                         prof_testlib_line()));
+    assert_true(
+        has_line(out, "lib_make", PROF_TESTLIB_SRC, prof_testlib_line()));
     free(out);
   }
   /* The legacy residual profile too. */
-  write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_RESIDUAL_SPACE,
-                heap);
+  write_profile(NULL, SLUICE_PROF_FMT_LEGACY, SLUICE_PROF_RESIDUAL_SPACE, heap);
   out = run_ok((char *[]){gpprof, "--text", exe, heap, NULL});
   assert_non_null(strstr(out, "leak_on_nack"));
   free(out);
@@ -455,8 +450,8 @@ static void test_preload(void **state) {
     assert_non_null(strstr(o, "leak_some"));
     free(o);
     if (lines_expected()) {
-      o = run_ok((char *[]){gpprof, "--text", "--lines", PROF_LEAKY, heap,
-                            NULL});
+      o = run_ok(
+          (char *[]){gpprof, "--text", "--lines", PROF_LEAKY, heap, NULL});
       assert_true(has_line(o, "leak_some", PROF_LEAKY_SRC, leak_src));
       free(o);
     }
@@ -487,15 +482,14 @@ static void test_preload(void **state) {
   tprofile_free(&p);
   tbuf_free(&file);
   if (go) {
-    char *o = run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", pb,
-                                NULL});
+    char *o =
+        run_ok((char *[]){go, "tool", "pprof", "-top", "-lines", pb, NULL});
     assert_non_null(strstr(o, " leak_some\n"));
     free(o);
   }
 
   /* The default rate: sampled, still a valid profile. */
-  char *env_def[] = {"LD_PRELOAD=" SLUICE_PROF_SO, "SLUICE_PROF=1", NULL,
-                     NULL};
+  char *env_def[] = {"LD_PRELOAD=" SLUICE_PROF_SO, "SLUICE_PROF=1", NULL, NULL};
   assert_true(asprintf(&env_def[2], "SLUICE_PROF_OUT=%s", pb) > 0);
   assert_int_equal(t_run((char *[]){PROF_LEAKY, NULL}, env_def, &out), 0);
   f = fopen(pb, "rb");

@@ -156,8 +156,8 @@ typedef int (*handler_fn)(int i);
 T_NOINLINE static int deliver(const char *queue, const char *key, uint64_t seq,
                               handler_fn h, int i, uint64_t dt) {
   t_clock_ns += dt;
-  sluice_prof_scope s = sluice_prof_scope_begin_key(
-      queue, key ? "type" : NULL, key, seq, seq);
+  sluice_prof_scope s =
+      sluice_prof_scope_begin_key(queue, key ? "type" : NULL, key, seq, seq);
   assert_true(s != 0);
   sluice_prof_scope prev = sluice_prof_scope_enter(s);
   int outcome = h(i);
@@ -677,17 +677,18 @@ static void test_background_recheck(void **state) {
   ts.tv_sec += 10;
   pthread_mutex_lock(&mu);
   int rc = 0;
-  while (n_rechecks < 10 && rc == 0)
-    rc = pthread_cond_timedwait(&cv, &mu, &ts);
+  while (n_rechecks < 10 && rc == 0) rc = pthread_cond_timedwait(&cv, &mu, &ts);
   pthread_t who = recheck_thread;
   pthread_mutex_unlock(&mu);
   if (n_rechecks != 10) {
     sluice_prof_residual_stats st;
     get_stats(q, NULL, SLUICE_ACK, &st);
-    fprintf(stderr, "msgs %lu resid %lu leaked %lu cached %lu skipped %lu pending %lu\n",
-            (unsigned long)st.messages, (unsigned long)st.with_residual,
-            (unsigned long)st.leaked, (unsigned long)st.cached,
-            (unsigned long)st.skipped, (unsigned long)st.pending);
+    fprintf(
+        stderr,
+        "msgs %lu resid %lu leaked %lu cached %lu skipped %lu pending %lu\n",
+        (unsigned long)st.messages, (unsigned long)st.with_residual,
+        (unsigned long)st.leaked, (unsigned long)st.cached,
+        (unsigned long)st.skipped, (unsigned long)st.pending);
   }
   assert_int_equal(n_rechecks, 10);
   assert_false(pthread_equal(who, pthread_self()));

@@ -115,8 +115,7 @@ json_t *pu_next(pu_proc *p, const char *type, const char *event,
     while ((j = take_line(p))) {
       const char *t = json_string_value(json_object_get(j, "type"));
       const char *e = json_string_value(json_object_get(j, "event"));
-      if (t && strcmp(t, type) == 0 &&
-          (!event || (e && strcmp(e, event) == 0)))
+      if (t && strcmp(t, type) == 0 && (!event || (e && strcmp(e, event) == 0)))
         return j;
       json_decref(j);
     }
@@ -131,8 +130,10 @@ int pu_wait(pu_proc *p, int timeout_ms) {
     while ((j = take_line(p))) json_decref(j);
     if (p->fd < 0) break;
     if (fill(p, deadline) && p->fd >= 0) {
-      fprintf(stderr, "push test: child %d still running after %d ms; "
-                      "killing it\n", (int)p->pid, timeout_ms);
+      fprintf(stderr,
+              "push test: child %d still running after %d ms; "
+              "killing it\n",
+              (int)p->pid, timeout_ms);
       kill(p->pid, SIGKILL);
       waitpid(p->pid, NULL, 0);
       p->pid = 0;
@@ -210,7 +211,8 @@ static int on_msg(sluice_delivery *d, const sluice_message *m, void *user) {
 
 size_t pu_drain(const char *queue, pu_msg *out, size_t n, int seconds) {
   drain dr = {.out = out, .n = n};
-  sluice_consumer_opts o = {.uri = TEST_URI, .connection_name = "push drain",
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .connection_name = "push drain",
                             .log_level = -1};
   if (sluice_consumer_new(&o, &dr.c)) return 0;
   sluice_subscribe_opts s = {.queue = queue, .handler = on_msg, .user = &dr};

@@ -60,9 +60,9 @@ static void drop_queue(const char *q) {
 /* Run the worker on `q` with extra args until it exits; returns its final
  * JSON line (the caller decrefs). */
 static json_t *run_worker(const char *q, int leaky, const char *extra[]) {
-  const char *args[48] = {"--queue",  q,    "--gateway",     gw_url,
-                          "--stats-fd", "3", "--quiet",     "--leak-window",
-                          "10",       "--horizon", "50,1"};
+  const char *args[48] = {
+      "--queue",       q,    "--gateway", gw_url, "--stats-fd", "3", "--quiet",
+      "--leak-window", "10", "--horizon", "50,1"};
   size_t n = 11;
   for (size_t i = 0; extra && extra[i]; i++) args[n++] = extra[i];
   args[n] = NULL;
@@ -89,8 +89,7 @@ static json_t *aggregate(json_t *final, const char *outcome) {
   size_t i;
   json_t *a;
   json_array_foreach(json_object_get(final, "aggregates"), i, a) {
-    if (strcmp(json_string_value(json_object_get(a, "outcome")), outcome) ==
-        0)
+    if (strcmp(json_string_value(json_object_get(a, "outcome")), outcome) == 0)
       return a;
   }
   return NULL;
@@ -116,8 +115,7 @@ static void expect_leak(json_t *final, const char *outcome, const char *site,
             json_real_value(json_object_get(v, "bytes_per_message")), s);
     if (strcmp(o, outcome) == 0) {
       assert_string_equal(s, site);
-      assert_true(json_real_value(json_object_get(v, "bytes_per_message")) >
-                  0);
+      assert_true(json_real_value(json_object_get(v, "bytes_per_message")) > 0);
       found = 1;
     }
   }
@@ -162,8 +160,8 @@ static void test_leak_probe_path(void **state) {
   const char *q = tb_qname("push.probe");
   setup_queue(q, "probe=25", 400);
   /* Handlers on worker threads this time. */
-  const char *extra[] = {"--count", "400", "--leak", "probe-path",
-                         "--workers", "2", NULL};
+  const char *extra[] = {"--count",   "400", "--leak", "probe-path",
+                         "--workers", "2",   NULL};
   json_t *f = run_worker(q, 1, extra);
   assert_int_equal(pu_int(f, "counters.finished"), 400);
   assert_int_equal(pu_int(f, "counters.probes"), 100);
@@ -181,8 +179,8 @@ static void test_leak_error_path(void **state) {
   setup_queue(q, "forbidden=25", 400);
   /* Worker threads: auth_new() runs on the HTTP sender's thread, attributed
    * to the message through sluice_delivery_enter()/leave(). */
-  const char *extra[] = {"--count", "400", "--leak", "error-path",
-                         "--workers", "2", NULL};
+  const char *extra[] = {"--count",   "400", "--leak", "error-path",
+                         "--workers", "2",   NULL};
   json_t *f = run_worker(q, 1, extra);
   assert_int_equal(pu_int(f, "counters.finished"), 400);
   assert_int_equal(pu_int(f, "counters.auth_failed"), 100);
@@ -206,9 +204,10 @@ static json_t *listener_run(const char *leak, int cuts, int *refusals) {
   assert_int_equal(tproxy_start(5672, &px), 0);
   char uri[128];
   tproxy_uri(px, uri, sizeof(uri));
-  const char *args[] = {"--queue", q, "--gateway", gw_url, "--uri", uri,
-                        "--stats-fd", "3", "--quiet", "--leak", leak,
-                        "--max-listeners", "3", NULL};
+  const char *args[] = {"--queue", q,        "--gateway",  gw_url,
+                        "--uri",   uri,      "--stats-fd", "3",
+                        "--quiet", "--leak", leak,         "--max-listeners",
+                        "3",       NULL};
   pu_proc p;
   assert_int_equal(pu_spawn(&p, PW_WORKER, args, 0), 0);
   *refusals = 0;
@@ -296,8 +295,8 @@ static void test_gateway_500(void **state) {
   setup_queue(q, "fail=100", 20);
   pw_gateway_stats before, after;
   pw_gateway_stats_get(gw, &before);
-  const char *extra[] = {"--count", "20", "--max-attempts", "3",
-                         "--retry-delay-ms", "0", NULL};
+  const char *extra[] = {
+      "--count", "20", "--max-attempts", "3", "--retry-delay-ms", "0", NULL};
   json_t *f = run_worker(q, 0, extra);
   pw_gateway_stats_get(gw, &after);
   /* Each job: two requeues (the quorum queue counts them), then the
@@ -327,9 +326,14 @@ static void graceful(const char *ack, const char *workers) {
   const unsigned total = 3000;
   const char *q = tb_qname("push.stop");
   setup_queue(q, "", total);
-  const char *args[] = {"--queue", q, "--gateway", gw_url, "--stats-fd", "3",
-                        "--quiet", "--stats-interval-ms", "20", "--ack", ack,
-                        "--workers", workers, "--prefetch", "50", NULL};
+  const char *args[] = {"--queue",    q,
+                        "--gateway",  gw_url,
+                        "--stats-fd", "3",
+                        "--quiet",    "--stats-interval-ms",
+                        "20",         "--ack",
+                        ack,          "--workers",
+                        workers,      "--prefetch",
+                        "50",         NULL};
   pu_proc p;
   assert_int_equal(pu_spawn(&p, PW_WORKER, args, 0), 0);
   for (;;) {
@@ -345,8 +349,8 @@ static void graceful(const char *ack, const char *workers) {
   assert_non_null(f);
   long long acked = pu_int(f, "counters.consumer.acked");
   long long ok = pu_int(f, "counters.ok");
-  fprintf(stderr, "graceful stop (%s ack, %s workers): %lld acked of %u\n",
-          ack, workers, acked, total);
+  fprintf(stderr, "graceful stop (%s ack, %s workers): %lld acked of %u\n", ack,
+          workers, acked, total);
   assert_true(acked >= 300);
   /* Manual ack: the rest is still queued. AutoAck: the broker may already
    * have pushed everything into the socket buffers before the stop; then
@@ -361,8 +365,12 @@ static void graceful(const char *ack, const char *workers) {
   drop_queue(q);
 }
 
-static void test_graceful_stop_manual(void **state) { graceful("manual", "0"); }
-static void test_graceful_stop_auto(void **state) { graceful("auto", "2"); }
+static void test_graceful_stop_manual(void **state) {
+  graceful("manual", "0");
+}
+static void test_graceful_stop_auto(void **state) {
+  graceful("auto", "2");
+}
 
 int main(void) {
   tb_require_broker("test_push_worker");

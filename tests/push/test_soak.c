@@ -38,9 +38,10 @@ static void test_soak_tells_leak_from_clean(void **state) {
   const char *duration = "30";
 #endif
   snprintf(out, sizeof(out), "soak-test-%ld", (long)getpid());
-  const char *args[] = {"--duration", duration, "--rate", "200",
-                        "--interval", "1000", "--parallel", "--out", out,
-                        "--compare", "--leak none", "--leak global-map",
+  const char *args[] = {"--duration", duration,      "--rate",
+                        "200",        "--interval",  "1000",
+                        "--parallel", "--out",       out,
+                        "--compare",  "--leak none", "--leak global-map",
                         NULL};
   pu_proc p;
   assert_int_equal(pu_spawn(&p, SOAK, args, 0), 0);
@@ -82,10 +83,10 @@ static void test_soak_tells_leak_from_clean(void **state) {
             json_real_value(json_object_get(leaky, "residual_per_message")));
     assert_false(json_is_true(json_object_get(clean, "leak")));
     assert_true(json_is_true(json_object_get(leaky, "leak")));
-    assert_true(json_real_value(json_object_get(clean,
-                                                "residual_per_message")) == 0);
-    assert_true(json_real_value(json_object_get(leaky,
-                                                "residual_per_message")) > 8);
+    assert_true(
+        json_real_value(json_object_get(clean, "residual_per_message")) == 0);
+    assert_true(
+        json_real_value(json_object_get(leaky, "residual_per_message")) > 8);
     assert_int_equal(pu_int(clean, "retained_bytes"), 0);
   }
   json_decref(v);

@@ -45,8 +45,7 @@ static int parse_id(const sluice_message *m, unsigned *id) {
   return 0;
 }
 
-static int rc_handler(sluice_delivery *d, const sluice_message *m,
-                      void *user) {
+static int rc_handler(sluice_delivery *d, const sluice_message *m, void *user) {
   rc_stream *s = user;
   unsigned id;
   unsigned calls = atomic_fetch_add(&s->calls, 1) + 1;
@@ -121,7 +120,8 @@ sluice_consumer *rc_stream_consumer(rc_stream *s, sluice_consumer_opts *o) {
   if (o->connection_name) s->conn_name = o->connection_name;
   sluice_consumer *c = NULL;
   assert_int_equal(sluice_consumer_new(o, &c), 0);
-  sluice_subscribe_opts so = {.queue = s->queue, .handler = rc_handler,
+  sluice_subscribe_opts so = {.queue = s->queue,
+                              .handler = rc_handler,
                               .user = s};
   assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
   s->c = c;
@@ -204,8 +204,7 @@ static void *chaos_main(void *arg) {
     s->faults_done++;
   }
   if (s->chaos_failed) {
-    fprintf(stderr, "chaos: gave up waiting after %u faults\n",
-            s->faults_done);
+    fprintf(stderr, "chaos: gave up waiting after %u faults\n", s->faults_done);
     sluice_consumer_stop(s->c);
   } else if (s->stop_when_drained) {
     /* The broker has no event for "queue empty": poll, bounded. */
@@ -214,8 +213,7 @@ static void *chaos_main(void *arg) {
     for (;;) {
       sluice_consumer_stats st;
       sluice_consumer_get_stats(s->c, &st);
-      if ((st.in_flight == 0 && st.in_handler == 0) || rc_now_ms() > end)
-        break;
+      if ((st.in_flight == 0 && st.in_handler == 0) || rc_now_ms() > end) break;
       struct timespec ts = {0, 10 * 1000 * 1000};
       nanosleep(&ts, NULL);
     }

@@ -32,7 +32,7 @@ typedef struct rc_stream {
 
   /* events */
   _Atomic unsigned events[16];
-  _Atomic unsigned closed_406;      /* channel closed by PRECONDITION_FAILED */
+  _Atomic unsigned closed_406; /* channel closed by PRECONDITION_FAILED */
   _Atomic int last_closed_err;
   _Atomic uint64_t last_closed_ms;
 

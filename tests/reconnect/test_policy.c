@@ -17,7 +17,9 @@ struct fake {
   unsigned randoms; /* calls to the random source */
 };
 
-static uint64_t fake_now(void *u) { return ((struct fake *)u)->now; }
+static uint64_t fake_now(void *u) {
+  return ((struct fake *)u)->now;
+}
 static uint64_t fake_random(void *u) {
   struct fake *f = u;
   f->randoms++;
@@ -108,8 +110,8 @@ static void fatal_and_disabled(void **state) {
   sluice_reconnect_opts o = opts(&f);
   sluice__policy p;
   sluice__policy_init(&p, &o, 1, 1);
-  const int fatal[] = {SLUICE_EAUTH,    SLUICE_EVHOST, SLUICE_ENOTFOUND,
-                       SLUICE_ECONFLICT, SLUICE_EURI,  SLUICE_EINVAL,
+  const int fatal[] = {SLUICE_EAUTH,     SLUICE_EVHOST, SLUICE_ENOTFOUND,
+                       SLUICE_ECONFLICT, SLUICE_EURI,   SLUICE_EINVAL,
                        SLUICE_ENOTSUP};
   for (size_t i = 0; i < sizeof(fatal) / sizeof(*fatal); i++) {
     sluice__decision d = sluice__policy_failed(&p, fatal[i]);
@@ -117,10 +119,9 @@ static void fatal_and_disabled(void **state) {
     assert_false(sluice__retryable(fatal[i]));
   }
   assert_int_equal(f.randoms, 0); /* no attempt was even planned */
-  const int transient[] = {SLUICE_ECONNECT, SLUICE_ETIMEDOUT, SLUICE_ECLOSED,
-                           SLUICE_ECHANNEL, SLUICE_EHEARTBEAT,
-                           SLUICE_ESOCKET,  SLUICE_EPROTO,   SLUICE_EBROKER,
-                           SLUICE_ENOMEM};
+  const int transient[] = {SLUICE_ECONNECT, SLUICE_ETIMEDOUT,  SLUICE_ECLOSED,
+                           SLUICE_ECHANNEL, SLUICE_EHEARTBEAT, SLUICE_ESOCKET,
+                           SLUICE_EPROTO,   SLUICE_EBROKER,    SLUICE_ENOMEM};
   for (size_t i = 0; i < sizeof(transient) / sizeof(*transient); i++)
     assert_true(sluice__retryable(transient[i]));
 
@@ -138,7 +139,7 @@ static void error_classes(void **state) {
   assert_true(sluice__err_class(SLUICE_EURI) & SLUICE__ERR_EVERY_NODE);
   assert_false(sluice__err_class(SLUICE_ECONNECT) & SLUICE__ERR_EVERY_NODE);
   assert_false(sluice__err_class(SLUICE_ENOTFOUND) & SLUICE__ERR_EVERY_NODE);
-  const int broker[] = {SLUICE_ECHANNEL, SLUICE_ECLOSED,  SLUICE_EAUTH,
+  const int broker[] = {SLUICE_ECHANNEL,  SLUICE_ECLOSED, SLUICE_EAUTH,
                         SLUICE_ENOTFOUND, SLUICE_EBROKER, SLUICE_ECONFLICT,
                         SLUICE_EVHOST};
   for (size_t i = 0; i < sizeof(broker) / sizeof(*broker); i++)

@@ -113,8 +113,8 @@ static void auto_mode_keeps_what_it_received(void **state) {
   unsigned calls = atomic_load(&s->calls);
   printf("  autoAck: %llu delivered to sluice, %u handled, %u of %u lost "
          "in transit at the cuts (the broker settled them on sending)\n",
-         (unsigned long long)st.delivered, calls,
-         n - atomic_load(&s->distinct), n);
+         (unsigned long long)st.delivered, calls, n - atomic_load(&s->distinct),
+         n);
   assert_false(s->chaos_failed);
   assert_int_equal(st.reconnects, 1);
   /* every delivery that reached sluice was handled: none dropped because
@@ -217,8 +217,7 @@ static void paused_event(sluice_consumer *c, const sluice_event *ev,
 }
 
 static void fault_while_paused(enum paused_fault fault, int want_err) {
-  static const char *const names[] = {"black hole", "cut (FIN)",
-                                      "reset (RST)"};
+  static const char *const names[] = {"black hole", "cut (FIN)", "reset (RST)"};
   tproxy *p = proxy_new(5672);
   const char *q = fresh_filled("paused", PAUSED_N);
   struct paused x = {.p = p, .fault = fault};
@@ -234,7 +233,8 @@ static void fault_while_paused(enum paused_fault fault, int want_err) {
       .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
   };
   assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
-  sluice_subscribe_opts so = {.queue = q, .handler = paused_handler,
+  sluice_subscribe_opts so = {.queue = q,
+                              .handler = paused_handler,
                               .user = &x};
   assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
   int to = 0;
@@ -315,8 +315,8 @@ struct defer_ctx {
   tproxy *p;
   sluice_delivery *held[2];
   int n_held;
-  int rc_in_closed;            /* done() inside the CLOSED event */
-  _Atomic int rc_after;        /* done() from a thread after CONNECTED */
+  int rc_in_closed;     /* done() inside the CLOSED event */
+  _Atomic int rc_after; /* done() from a thread after CONNECTED */
   unsigned connected, closed, closed_406;
   unsigned redelivered_acks;
   pthread_t th;
@@ -372,8 +372,7 @@ static void deferred_done_after_reconnect_is_stale(void **state) {
       .reconnect = {.enabled = 1, .min_delay_ms = 10, .max_delay_ms = 50},
   };
   assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
-  sluice_subscribe_opts so = {.queue = q, .handler = defer_handler,
-                              .user = &x};
+  sluice_subscribe_opts so = {.queue = q, .handler = defer_handler, .user = &x};
   assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
   int to = 0;
   assert_int_equal(tb_run_bounded(x.c, 30, &to), 0);
@@ -520,7 +519,9 @@ static void no_retry_storm(void **state) {
       .on_event = count_attempts,
       .event_user = &a,
       .log_level = -1,
-      .reconnect = {.enabled = 1, .min_delay_ms = 1, .max_delay_ms = 5,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 1,
+                    .max_delay_ms = 5,
                     .max_attempts = UINT32_MAX},
   };
   sluice_consumer *c;
@@ -552,7 +553,8 @@ static void no_retry_storm(void **state) {
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   sluice_listener h;
   assert_int_equal(sluice_consumer_on_close(c, listener_gave_up, &a,
-                                   SLUICE_LISTEN_PERSISTENT, &h), 0);
+                                            SLUICE_LISTEN_PERSISTENT, &h),
+                   0);
   assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EGAVEUP);
   assert_false(to);
   assert_int_equal(tproxy_accepted(dead), 4); /* first try + 3 attempts */
@@ -588,7 +590,9 @@ static void stop_while_reconnecting(void **state) {
       .on_event = stop_on_third_attempt,
       .event_user = &x,
       .log_level = -1,
-      .reconnect = {.enabled = 1, .min_delay_ms = 20, .max_delay_ms = 50,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 20,
+                    .max_delay_ms = 50,
                     .max_attempts = UINT32_MAX},
   };
   sluice_consumer *c;

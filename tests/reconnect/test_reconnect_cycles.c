@@ -28,10 +28,10 @@ struct cycles {
   sluice_consumer *c;
   tproxy *p;
   unsigned target;
-  unsigned connected;         /* CONNECTED events */
-  unsigned listener_calls;    /* generation listeners called */
+  unsigned connected;      /* CONNECTED events */
+  unsigned listener_calls; /* generation listeners called */
   unsigned persistent_calls;
-  unsigned refused;           /* sluice_consumer_on_close() errors */
+  unsigned refused; /* sluice_consumer_on_close() errors */
   size_t listeners_first, listeners_last, listeners_max;
   size_t heap_first, heap_100, heap_last;
   uint64_t t_100, t_last;
@@ -69,7 +69,8 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   x->connected++;
   /* the field failure: one listener per connection */
   sluice_listener h;
-  if (sluice_consumer_on_close(c, gen_listener, x, SLUICE_LISTEN_GENERATION, &h) != 0)
+  if (sluice_consumer_on_close(c, gen_listener, x, SLUICE_LISTEN_GENERATION,
+                               &h) != 0)
     x->refused++;
   size_t n = sluice_consumer_close_listener_count(c);
   if (n > x->listeners_max) x->listeners_max = n;
@@ -106,13 +107,16 @@ static void reconnect_cycles(void **state) {
       .log_level = SLUICE_LOG_ERROR,
       /* 2,000 failed attempts in a row at 1-2 ms ride out a broker app
        * restart by another suite (seen: stop_app + start_app ~1.1 s) */
-      .reconnect = {.enabled = 1, .min_delay_ms = 1, .max_delay_ms = 2,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 1,
+                    .max_delay_ms = 2,
                     .max_attempts = 2000},
   };
   assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
   sluice_listener ph;
   assert_int_equal(sluice_consumer_on_close(x.c, persistent_listener, &x,
-                                   SLUICE_LISTEN_PERSISTENT, &ph), 0);
+                                            SLUICE_LISTEN_PERSISTENT, &ph),
+                   0);
   /* recovery re-declares this queue and re-subscribes every time */
   sluice_queue_decl d = {.name = q, .auto_delete = 1};
   assert_int_equal(sluice_consumer_declare_queue(x.c, &d), 0);
@@ -139,8 +143,7 @@ static void reconnect_cycles(void **state) {
            "100)\n",
            x.heap_first, x.heap_100, x.heap_last, x.connected,
            (long long)x.heap_last - (long long)x.heap_100);
-  else
-    printf("  heap not measured under a sanitizer\n");
+  else printf("  heap not measured under a sanitizer\n");
   assert_int_equal(x.connected, target);
   assert_int_equal(st.reconnects, target - 1);
   assert_int_equal(x.refused, 0);

@@ -51,7 +51,9 @@ static void broker_restart(void **state) {
       .uri = TEST_URI,
       .workers = 2,
       .prefetch = 100,
-      .reconnect = {.enabled = 1, .min_delay_ms = 100, .max_delay_ms = 1000,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 100,
+                    .max_delay_ms = 1000,
                     .max_attempts = UINT32_MAX},
   };
   rc_stream_consumer(s, &o);

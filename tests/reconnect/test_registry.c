@@ -160,8 +160,8 @@ static void generation_listeners_go_with_their_connection(void **state) {
     assert_int_equal(sluice__registry_count(r), 1);
   }
   assert_int_equal(calls[2], 998);
-  assert_int_equal(sluice__registry_add(r, NULL, NULL,
-                                        SLUICE_LISTEN_PERSISTENT, 1, &h),
+  assert_int_equal(sluice__registry_add(r, NULL, NULL, SLUICE_LISTEN_PERSISTENT,
+                                        1, &h),
                    SLUICE_EINVAL);
   sluice__registry_free(r);
 }

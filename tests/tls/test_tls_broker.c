@@ -42,9 +42,8 @@ typedef struct run {
 static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   run *r = user;
   atomic_fetch_add(&r->calls, 1);
-  unsigned id = (unsigned)strtoul(m->props.message_id ? m->props.message_id
-                                                      : "0",
-                                  NULL, 10);
+  unsigned id = (unsigned)strtoul(
+      m->props.message_id ? m->props.message_id : "0", NULL, 10);
   if (id < MAXN && atomic_exchange(&r->seen[id], 1) == 0) {
     unsigned got = atomic_fetch_add(&r->distinct, 1) + 1;
     if (r->faults_done < r->n_faults && got == r->fault_at[r->faults_done])
@@ -106,8 +105,7 @@ static void consume_over_mutual_tls(void **state) {
   char uri[128];
   if (tt_tls_port() == 5671)
     snprintf(uri, sizeof(uri), "amqps://guest:guest@localhost/");
-  else
-    snprintf(uri, sizeof(uri), "%s", tt_uri("localhost"));
+  else snprintf(uri, sizeof(uri), "%s", tt_uri("localhost"));
   o.uri = uri;
   run_consumer(r, &o, q);
   sluice_consumer_stats st;
@@ -125,8 +123,10 @@ static void consume_over_mutual_tls(void **state) {
 static void ip_address_in_the_certificate(void **state) {
   tt_log log;
   tt_log_init(&log);
-  sluice_consumer_opts o = {.uri = tt_uri("127.0.0.1"), .tls = tt_tls(),
-                            .log = tt_log_fn, .log_user = &log};
+  sluice_consumer_opts o = {.uri = tt_uri("127.0.0.1"),
+                            .tls = tt_tls(),
+                            .log = tt_log_fn,
+                            .log_user = &log};
   sluice_consumer *c;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   assert_int_equal(sluice_consumer_connect(c), 0);
@@ -162,16 +162,16 @@ static void each_failure_has_its_code(void **state) {
   const failure cases[] = {
       {"unknown CA", tt_uri("localhost"), otherca, SLUICE_ETLSCA,
        "certificate verify failed"},
-      {"expired certificate", tt_uri("localhost"), expired,
-       SLUICE_ETLSEXPIRED, "certificate has expired"},
+      {"expired certificate", tt_uri("localhost"), expired, SLUICE_ETLSEXPIRED,
+       "certificate has expired"},
       {"certificate for another host", tt_uri("localhost"), wronghost,
        SLUICE_ETLSHOST, "hostname mismatch"},
       {"address not in the certificate", tt_uri("127.0.0.2"), good,
        SLUICE_ETLSHOST, "IP address mismatch"},
       {"client certificate from an unknown CA", tt_uri("localhost"), rogue,
        SLUICE_ETLSCLIENT, "refused the"},
-      {"no client certificate", tt_uri("localhost"), nocert,
-       SLUICE_ETLSCLIENT, "none is configured"},
+      {"no client certificate", tt_uri("localhost"), nocert, SLUICE_ETLSCLIENT,
+       "none is configured"},
       {"TLS to a plaintext port", tls_to_plain, good, SLUICE_ENOTTLS,
        "wrong version number"},
       {"plaintext to a TLS port", plain_to_tls, good, SLUICE_ETLSPORT,
@@ -181,7 +181,9 @@ static void each_failure_has_its_code(void **state) {
     const failure *f = &cases[i];
     tt_log log;
     tt_log_init(&log);
-    sluice_consumer_opts o = {.uri = f->uri, .tls = f->tls, .log = tt_log_fn,
+    sluice_consumer_opts o = {.uri = f->uri,
+                              .tls = f->tls,
+                              .log = tt_log_fn,
                               .log_user = &log};
     sluice_consumer *c;
     assert_int_equal(sluice_consumer_new(&o, &c), 0);
@@ -193,8 +195,10 @@ static void each_failure_has_its_code(void **state) {
 
     /* The publisher takes the same path. */
     tt_log_clear(&log);
-    sluice_publisher_opts po = {.uri = f->uri, .tls = f->tls,
-                                .log = tt_log_fn, .log_user = &log};
+    sluice_publisher_opts po = {.uri = f->uri,
+                                .tls = f->tls,
+                                .log = tt_log_fn,
+                                .log_user = &log};
     sluice_publisher *p = NULL;
     rc = sluice_publisher_new(&po, &p);
     assert_int_equal(rc, f->want);
@@ -211,8 +215,10 @@ static void relaxed_verification(void **state) {
   sluice_tls_opts t = tt_tls();
   t.server_name = "wronghost.test";
   t.skip_verify_hostname = 1;
-  sluice_consumer_opts o = {.uri = tt_uri("localhost"), .tls = t,
-                            .log = tt_log_fn, .log_user = &log};
+  sluice_consumer_opts o = {.uri = tt_uri("localhost"),
+                            .tls = t,
+                            .log = tt_log_fn,
+                            .log_user = &log};
   sluice_consumer *c;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   assert_int_equal(sluice_consumer_connect(c), 0);
@@ -239,8 +245,7 @@ static void certificate_errors_are_not_retried(void **state) {
   o.reconnect.enabled = 1;
   o.reconnect.min_delay_ms = 10;
   assert_int_equal(sluice_consumer_new(&o, &r->c), 0);
-  sluice_subscribe_opts so = {.queue = "unused", .handler = handler,
-                              .user = r};
+  sluice_subscribe_opts so = {.queue = "unused", .handler = handler, .user = r};
   assert_int_equal(sluice_consumer_subscribe(r->c, &so), 0);
   int to = 0;
   assert_int_equal(tb_run_bounded(r->c, 30, &to), SLUICE_ETLSEXPIRED);
@@ -332,8 +337,11 @@ static void failover_past_a_bad_certificate(void **state) {
   tt_log log;
   tt_log_init(&log);
   const char *uris[] = {tt_uri("127.0.0.2"), tt_uri("localhost")};
-  sluice_consumer_opts o = {.uris = uris, .n_uris = 2, .tls = tt_tls(),
-                            .log = tt_log_fn, .log_user = &log};
+  sluice_consumer_opts o = {.uris = uris,
+                            .n_uris = 2,
+                            .tls = tt_tls(),
+                            .log = tt_log_fn,
+                            .log_user = &log};
   sluice_consumer *c;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   assert_int_equal(sluice_consumer_connect(c), 0);

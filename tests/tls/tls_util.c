@@ -16,8 +16,12 @@ static uint16_t env_port(const char *name, uint16_t def) {
   return p > 0 && p < 65536 ? (uint16_t)p : def;
 }
 
-uint16_t tt_tls_port(void) { return env_port("SLUICE_TLS_PORT", 5671); }
-uint16_t tt_amqp_port(void) { return env_port("SLUICE_TLS_AMQP_PORT", 5691); }
+uint16_t tt_tls_port(void) {
+  return env_port("SLUICE_TLS_PORT", 5671);
+}
+uint16_t tt_amqp_port(void) {
+  return env_port("SLUICE_TLS_AMQP_PORT", 5691);
+}
 
 const char *tt_cert(const char *name) {
   static char buf[16][512];
