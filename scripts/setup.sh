@@ -14,7 +14,7 @@ PKGS=(
   golang-go google-perftools valgrind heaptrack gnuplot-nox
   procps iproute2 curl
   prometheus
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format-14
 )
 
 missing=()

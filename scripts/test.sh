@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# The whole test suite: install what is missing, start the broker, the
-# 3-node test cluster and the TLS node, build and run every test (unit +
-# broker + cluster + TLS integration) plainly (RelWithDebInfo), in a Release
-# build, under ASan+UBSan and under TSan (both Debug), and the consumer's
-# and the profiler's tests under valgrind.
+# The whole test suite: install what is missing, check the formatting
+# (scripts/format.sh --check), start the broker, the 3-node test cluster and
+# the TLS node, build and run every test (unit + broker + cluster + TLS
+# integration) plainly (RelWithDebInfo), in a Release build, under
+# ASan+UBSan and under TSan (both Debug), and the consumer's and the
+# profiler's tests under valgrind.
 #   SLUICE_TEST_QUICK=1   only the plain build
 # The broker, the cluster and the TLS node are left running, as other suites
 # on the same machine may be using them (scripts/cluster.sh stop ends the
@@ -15,6 +16,8 @@ ROOT=$PWD
 JOBS=$(nproc)
 
 bash scripts/setup.sh
+# The house style first: it takes a second and names the files to fix.
+bash scripts/format.sh --check
 bash scripts/broker.sh start
 # The cluster boots while the first build compiles (run_build waits for it).
 CLUSTER_LOG=$(mktemp)
