@@ -454,11 +454,6 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
                          uintptr_t base, const char *build_id, uintptr_t pc,
                          sluice__frame *out, int max);
 void sluice__dwarf_close(sluice__dwarf **slot);
-typedef struct sluice__dwarf_stats {
-  uint64_t opened, closed, evicted, no_dwarf, lookups, cus;
-  size_t open, open_bytes;
-} sluice__dwarf_stats;
-void sluice__dwarf_stats_get(sluice__dwarf_stats *out);
 /* 0 when SLUICE_PROF_LINES=0 asked for function names only, or the
  * library was built without libdw. */
 int sluice__lines_enabled(void);

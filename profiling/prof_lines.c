@@ -89,7 +89,6 @@ struct sluice__dwarf {
 static sluice__dwarf *open_list;
 static size_t n_open, open_bytes;
 static uint64_t tick;
-static sluice__dwarf_stats stats;
 
 static int find_elf(Dwfl_Module *mod, void **userdata, const char *modname,
                     Dwarf_Addr base, char **file_name, Elf **elfp) {
@@ -160,7 +159,6 @@ static void dw_close(sluice__dwarf *d) {
   atomic_fetch_sub(&sluice__overhead, d->bytes);
   dwfl_end(d->dwfl);
   sluice__free(d);
-  stats.closed++;
 }
 
 /* Close the least recently used sessions, never `keep`, until at most
@@ -172,7 +170,6 @@ static void evict(const sluice__dwarf *keep, size_t max_n, size_t max_bytes) {
       if (d != keep && (!old || d->used < old->used)) old = d;
     if (!old) return;
     dw_close(old);
-    stats.evicted++;
   }
 }
 
@@ -240,7 +237,6 @@ static int dw_open(sluice__dwarf **slot, const char *path, uintptr_t base,
   if (!mod || dwfl_report_end(dwfl, NULL, NULL) != 0 ||
       !same_build(mod, build_id) || !(dw = dwfl_module_getdwarf(mod, &bias))) {
     dwfl_end(dwfl);
-    stats.no_dwarf++;
     return 0;
   }
   sluice__dwarf *d = sluice__calloc(1, sizeof *d);
@@ -254,7 +250,6 @@ static int dw_open(sluice__dwarf **slot, const char *path, uintptr_t base,
   d->next = open_list;
   open_list = d;
   n_open++;
-  stats.opened++;
   account_elf(d, dw);
   /* libdw and libdwfl keep about 1 kB per CU once an address is looked up
    * (measured: libc's 2,083 CUs, 2.2 MB); the aranges count them. */
@@ -427,7 +422,6 @@ static cuidx *cu_index(sluice__dwarf *d, Dwarf_Die *cu) {
                    x->n_ranges * sizeof(uint64_t) + rows * 64);
   x->next = d->cus[b];
   d->cus[b] = x;
-  stats.cus++;
   return x;
 }
 
@@ -463,7 +457,6 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
   }
   sluice__dwarf *d = *slot;
   d->used = ++tick;
-  stats.lookups++;
 
   int n = 0;
   Dwfl_Line *ln = dwfl_module_getsrc(d->mod, pc);
@@ -516,11 +509,6 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
   return n;
 }
 
-void sluice__dwarf_stats_get(sluice__dwarf_stats *out) {
-  *out = stats;
-  out->open = n_open;
-  out->open_bytes = open_bytes;
-}
 
 #else /* !SLUICE_PROF_HAVE_LIBDW */
 
@@ -540,10 +528,6 @@ int sluice__dwarf_frames(sluice__dwarf **slot, int *state, const char *path,
   (void)max;
   *state = -1;
   return 0;
-}
-
-void sluice__dwarf_stats_get(sluice__dwarf_stats *out) {
-  memset(out, 0, sizeof *out);
 }
 
 #endif

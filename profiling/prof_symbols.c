@@ -473,10 +473,9 @@ static const char *elf_name(sluice__symtab *st, module *m, uintptr_t pc,
 /* ------------------------------------------------------------------------ */
 /* Frames with source lines, resolved once per view. */
 
-static int lines_on = -1;
-
 int sluice__lines_enabled(void) {
 #if SLUICE_PROF_HAVE_LIBDW
+  static int lines_on = -1;
   if (lines_on < 0) {
     const char *e = getenv("SLUICE_PROF_LINES");
     lines_on = !(e && e[0] == '0' && !e[1]);
