@@ -8,6 +8,7 @@
  * completions hand finished deliveries back through a mutex-protected queue
  * and an eventfd. See docs/architecture.md. */
 #include <poll.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -169,6 +170,50 @@ static void reject_too_big(sluice_consumer *c, sluice_delivery *d) {
   sluice__settle_unhandled(c, d, SLUICE__ACKQ_REJECT);
 }
 
+/* The delivery's value of its subscription's key, for the hooks. */
+static const char *key_value(sluice_delivery *d) {
+  const sluice_message *m = &d->msg;
+  const char *v = NULL;
+  switch (d->sub->key_from) {
+    case SLUICE__KEY_ROUTING: v = m->routing_key; break;
+    case SLUICE__KEY_EXCHANGE: v = m->exchange; break;
+    case SLUICE__KEY_TYPE: v = m->props.type; break;
+    case SLUICE__KEY_APP_ID: v = m->props.app_id; break;
+    case SLUICE__KEY_CONTENT_TYPE: v = m->props.content_type; break;
+    case SLUICE__KEY_USER_ID: v = m->props.user_id; break;
+    case SLUICE__KEY_HEADER: {
+      const sluice_value *h = sluice_message_header(m, d->sub->key_spec + 7);
+      char *b = d->key_buf;
+      size_t n = sizeof(d->key_buf);
+      if (!h) break;
+      switch (h->kind) {
+        case SLUICE_VAL_STRING: v = h->u.s.str; break;
+        case SLUICE_VAL_BOOL: v = h->u.b ? "true" : "false"; break;
+        case SLUICE_VAL_INT:
+          snprintf(b, n, "%lld", (long long)h->u.i);
+          v = b;
+          break;
+        case SLUICE_VAL_UINT:
+          snprintf(b, n, "%llu", (unsigned long long)h->u.u);
+          v = b;
+          break;
+        case SLUICE_VAL_DOUBLE:
+          snprintf(b, n, "%g", h->u.d);
+          v = b;
+          break;
+        case SLUICE_VAL_TIMESTAMP:
+          snprintf(b, n, "%llu", (unsigned long long)h->u.ts);
+          v = b;
+          break;
+        default: break;
+      }
+      break;
+    }
+    default: return NULL;
+  }
+  return v ? v : "(none)";
+}
+
 void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   d->msg.body_len = d->body_got;
   if (d->msg.body) ((char *)d->msg.body)[d->body_got] = '\0';
@@ -192,6 +237,10 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   d->info.generation = d->msg.generation;
   d->info.seq = atomic_fetch_add(&c->seq, 1) + 1;
   d->info.body_len = d->msg.body_len;
+  if (d->sub && d->sub->key_from) {
+    d->info.key_name = d->sub->key_spec;
+    d->info.key = key_value(d);
+  }
   if (c->n_threads > 0) {
     atomic_store(&d->state, SLUICE__DS_QUEUED);
     sluice__workers_push(c, d);

@@ -54,6 +54,7 @@ struct sluice_delivery {
   int too_big;       /* body discarded; will be rejected */
   int on_stale;      /* linked on the stale list, not the held one */
   int early_outcome; /* sluice_delivery_done() while still in handler */
+  char key_buf[32];  /* a non-string header value as text (hooks' key) */
   /* storage: strings, headers and body live in one block */
   char *blk;
   size_t blk_cap;
@@ -92,6 +93,20 @@ struct sluice__sub {
   void *user;
   int exclusive;
   int priority;
+  /* The hooks' key (sluice_subscribe_opts.key): where to read it. */
+  int key_from;   /* SLUICE__KEY_* */
+  char *key_spec; /* as given: "type", "header:x-kind" */
+};
+
+enum {
+  SLUICE__KEY_NONE = 0,
+  SLUICE__KEY_ROUTING,
+  SLUICE__KEY_EXCHANGE,
+  SLUICE__KEY_TYPE,
+  SLUICE__KEY_APP_ID,
+  SLUICE__KEY_CONTENT_TYPE,
+  SLUICE__KEY_USER_ID,
+  SLUICE__KEY_HEADER
 };
 
 /* ---- the consumer ------------------------------------------------------- */

@@ -217,7 +217,26 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
 static void sub_clear(struct sluice__sub *s) {
   free(s->queue);
   free(s->tag);
+  free(s->key_spec);
   memset(s, 0, sizeof(*s));
+}
+
+/* Where a subscription's hook key comes from; -1 for a bad spelling. */
+static int key_source(const char *spec) {
+  static const struct {
+    const char *name;
+    int from;
+  } names[] = {{"routing_key", SLUICE__KEY_ROUTING},
+               {"exchange", SLUICE__KEY_EXCHANGE},
+               {"type", SLUICE__KEY_TYPE},
+               {"app_id", SLUICE__KEY_APP_ID},
+               {"content_type", SLUICE__KEY_CONTENT_TYPE},
+               {"user_id", SLUICE__KEY_USER_ID}};
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (!strcmp(spec, names[i].name)) return names[i].from;
+  if (!strncmp(spec, "header:", 7) && spec[7] && strlen(spec + 7) <= 255)
+    return SLUICE__KEY_HEADER;
+  return -1;
 }
 
 int sluice_consumer_subscribe(sluice_consumer *c,
@@ -233,6 +252,14 @@ int sluice_consumer_subscribe(sluice_consumer *c,
     }
   }
   if (!s) return SLUICE_ELIMIT;
+  int key_from = o->key ? key_source(o->key) : SLUICE__KEY_NONE;
+  if (key_from < 0) {
+    sluice__log(c, SLUICE_LOG_ERROR,
+                "subscribe: key \"%.64s\" is not one of routing_key, "
+                "exchange, type, app_id, content_type, user_id, header:NAME",
+                o->key);
+    return SLUICE_EINVAL;
+  }
   char tag[256];
   if (o->consumer_tag) {
     if (strlen(o->consumer_tag) > 255) return SLUICE_EINVAL;
@@ -244,7 +271,9 @@ int sluice_consumer_subscribe(sluice_consumer *c,
   memset(s, 0, sizeof(*s));
   s->queue = sluice__strdup(o->queue);
   s->tag = sluice__strdup(tag);
-  if (!s->queue || !s->tag) {
+  s->key_from = key_from;
+  if (key_from) s->key_spec = sluice__strdup(o->key);
+  if (!s->queue || !s->tag || (key_from && !s->key_spec)) {
     sub_clear(s);
     return SLUICE_ENOMEM;
   }

@@ -472,8 +472,10 @@ uint32_t sluice__sweep_target(const slot *s) {
 /* ------------------------------------------------------------------------ */
 /* The growth curve and the state. */
 
+/* The recent part of the curve the growth is judged on: a quarter of the
+ * horizon, and at least four points. */
 static uint64_t recent_span(void) {
-  uint64_t w = R.horizon_msgs / 4, min = 2 * (R.window ? R.window : 100);
+  uint64_t w = R.horizon_msgs / 4, min = 4 * (R.window ? R.window : 100);
   return w > min ? w : min;
 }
 
@@ -502,6 +504,24 @@ static const curve_pt *point_before(const grp *g, const curve_pt *p, uint64_t m,
   for (uint32_t i = g->n_pts; i-- > 0;)
     if (p->m - g->pts[i].m >= m && p->t - g->pts[i].t >= t) return &g->pts[i];
   return NULL;
+}
+
+/* Is the curve rising from point a to p, beyond its jitter? The last point
+ * is a new high (above every point up to a), and the lower envelope of the
+ * window's second half is above the upper envelope of its first half: a
+ * plateau that jitters (a TTL cache, a pool) fails one or the other. */
+static int rising(const grp *g, const curve_pt *a, const curve_pt *p) {
+  uint64_t mid = a->m + (p->m - a->m) / 2;
+  int64_t before = INT64_MIN, first = INT64_MIN, second = p->b;
+  for (uint32_t i = 0; i < g->n_pts; i++) {
+    const curve_pt *x = &g->pts[i];
+    if (x->m > p->m) break;
+    if (x->m <= a->m && x->b > before) before = x->b;
+    if (x->m >= a->m && x->m <= mid && x->b > first) first = x->b;
+    if (x->m > mid && x->m < p->m && x->b < second) second = x->b;
+  }
+  if (a->b > first) first = a->b;
+  return p->b > before && second > first;
 }
 
 static double per_msg(int64_t d, uint64_t m) {
@@ -548,7 +568,7 @@ static void evaluate(notes *ns, uint32_t gi, const curve_pt *p, uint64_t now) {
   uint64_t dm = p->m - a->m;
   double slope = per_msg(p->b - a->b, dm);
   int prev = g->state;
-  if (slope >= R.threshold && p->b > a->b) {
+  if (slope >= R.threshold && rising(g, a, p)) {
     if (!g->run) {
       g->run = 1;
       g->fired = 0;

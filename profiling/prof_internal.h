@@ -143,9 +143,10 @@ typedef struct sluice__tls {
   /* The current scope captures every stack at weight 1 (adaptive). */
   uint8_t capture;
   /* The deferred-completion warning: this thread entered a delivery with
-   * the resume hook once; its malloc count at its last completion. */
+   * the resume hook once; its live blocks (mallocs - frees) when it first
+   * completed a deferred delivery without entering it (+1: 0 = not yet). */
   uint8_t entered;
-  uint64_t end_mallocs;
+  int64_t unentered_base;
   /* MemStats counters; written by the owner only, read by others. */
   _Atomic uint64_t mallocs, frees, alloc_bytes;
   struct sluice__tls *next, *prev; /* registry of live threads */

@@ -548,23 +548,34 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
-/* Deferred work done on a thread that never entered the delivery: count
- * the allocations it made between two such completions. */
+/* Deferred work done on a thread that never entered the delivery. Such a
+ * thread (an HTTP client's, a publisher's) allocates for other reasons too,
+ * transiently; what matters is memory it keeps: when the blocks it has
+ * allocated and not freed grow by UNENTERED_BLOCKS across such completions,
+ * warn once and count it. */
+#define UNENTERED_BLOCKS 64
+
 static void check_unentered(notes *ns, const slot *s, sluice__tls *t) {
   if (s->begin_thread == t ||
       atomic_load_explicit(&s->resumed, memory_order_relaxed) || t->entered)
     return;
-  uint64_t m = atomic_load_explicit(&t->mallocs, memory_order_relaxed);
-  uint64_t prev = t->end_mallocs;
-  t->end_mallocs = m ? m : 1;
-  if (!prev || m <= prev) return;
+  int64_t net =
+      (int64_t)(atomic_load_explicit(&t->mallocs, memory_order_relaxed) -
+                atomic_load_explicit(&t->frees, memory_order_relaxed));
+  if (!t->unentered_base) {
+    t->unentered_base = net + 1;
+    return;
+  }
+  int64_t grown = net - (t->unentered_base - 1);
+  if (grown < UNENTERED_BLOCKS) return;
+  t->unentered_base = net + 1;
   R.unentered++;
   if (R.warned) return;
   R.warned = 1;
   note *x = sluice__note_add(ns);
   if (x) {
     x->kind = NOTE_WARN;
-    x->n = m - prev;
+    x->n = (uint64_t)grown;
   }
 }
 
@@ -626,7 +637,8 @@ size_t sluice_prof_poll(void) {
 static void *hk_begin(void *user, const sluice_delivery_info *info) {
   (void)user;
   sluice_prof_scope s = sluice_prof_scope_begin_key(
-      info ? info->queue : NULL, NULL, NULL, info ? info->seq : 0,
+      info ? info->queue : NULL, info ? info->key_name : NULL,
+      info ? info->key : NULL, info ? info->seq : 0,
       info ? info->delivery_tag : 0);
   if (!s) return NULL;
   sluice_prof_scope_enter(s);

@@ -264,10 +264,10 @@ void sluice__warn_unentered(uint64_t allocations) {
   char line[512];
   int n = snprintf(
       line, sizeof line,
-      "sluice-prof: warning: a deferred delivery was completed on a thread "
+      "sluice-prof: warning: deferred deliveries are completed on a thread "
       "that never entered one (sluice_delivery_enter), and that thread "
-      "allocated %llu blocks since its previous completion: what it "
-      "allocates for the delivery is not in the delivery's residual. Wrap "
+      "kept %llu more blocks alive across those completions: what it "
+      "allocates for a delivery is not in the delivery's residual. Wrap "
       "that work in sluice_delivery_enter()/sluice_delivery_leave() "
       "(docs/profiling.md, \"Deferred deliveries\"). Shown once; counted "
       "in MemStats deferred_unentered.\n",

@@ -27,6 +27,7 @@ static const pw_config defaults = {
     .prof_rate = 1,
     .leak_window = 100,
     .grace_ms = 1000,
+    .prof_key = "type",
     .stop_timeout_ms = 10000,
 };
 
@@ -69,6 +70,9 @@ void pw_cli_usage(FILE *f, const char *argv0) {
       "(100)\n"
       "  --horizon N,MS          verdict horizon: messages and ms "
       "(50000,120000)\n"
+      "  --prof-key KEY          residual per value of KEY (type): "
+      "routing_key,\n"
+      "                          type, app_id, header:NAME; none\n"
       "  --grace-ms MS           residual re-check delay (1000)\n"
       "  --max-listeners N       close-listener registry capacity (16)\n"
       "  --stop-timeout-ms MS    graceful stop budget (10000)\n"
@@ -122,6 +126,7 @@ static const opt opts[] = {
     {"leak-window", K_UINT1, F(leak_window), 1000000},
     {"grace-ms", K_UINT, F(grace_ms), 3600000},
     {"horizon", K_HORIZON, NONE, 0},
+    {"prof-key", K_STR, F(prof_key), 0},
     {"max-listeners", K_UINT1, F(max_listeners), 4096},
     {"stop-timeout-ms", K_UINT1, F(stop_timeout_ms), 3600000},
     {"quiet", K_FLAG, F(quiet), 0},

@@ -5,7 +5,8 @@
 # Starts the gateway stand-in, publishes a batch of push jobs (some broken,
 # some the gateway refuses or fails), runs the worker until every job is
 # finished and prints its summary and residual report; then does it again
-# with a planted leak (--leak global-map) to show the profiler finding it.
+# with a planted leak on the health probes only (--leak probe-path) to show
+# the profiler finding it, per job type, in one line.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-$ROOT/build}
@@ -47,11 +48,16 @@ echo "=== push-worker (manual ack, prefetch 100): until all $N jobs are finished
   --max-attempts 3 --retry-delay-ms 20 --report --quiet
 
 echo
-echo "=== the same with a planted leak (--leak global-map: in-flight map entries never removed)"
-"$BIN/push-publish" --queue "$QUEUE" --count 1000 --first "$N" --mix "$MIX" >/dev/null
-"$BIN/push-worker" --queue "$QUEUE" --gateway "$URL" --count 1000 \
-  --max-attempts 3 --retry-delay-ms 20 --leak global-map --report --quiet 2>&1 |
-  grep -E "^push-worker|^queue|^push\.demo|top residual|^ +bytes|inflight_put" | head -n 14
+echo "=== the same with a planted leak (--leak probe-path: the health-probe path returns"
+echo "    before freeing its job); the residual is kept per job type (the 'type' property)"
+echo "    and the verdict horizon is short for the demo (--horizon 100,1000: 100 messages"
+echo "    of a kind and 1 s of growth; the default is 50,000 and 120 s)"
+LEAK_MIX="probe=10,bad=1,missing=1,forbidden=1,gone=1"
+"$BIN/push-publish" --queue "$QUEUE" --count 2000 --first "$N" --mix "$LEAK_MIX" >/dev/null
+"$BIN/push-worker" --queue "$QUEUE" --gateway "$URL" --count 2000 \
+  --max-attempts 3 --retry-delay-ms 20 --leak probe-path --horizon 100,1000 \
+  --report --quiet 2>&1 |
+  grep -E "^push-worker|^queue|^push\.demo +type=(probe|ok) +ack|top residual sites.*probe|job_new" | head -n 12
 
 kill -USR1 "$GW_PID"
 for _ in $(seq 1 50); do grep -q requests "$TMP/gateway.log" && break; sleep 0.05; done

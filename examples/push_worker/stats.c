@@ -116,14 +116,35 @@ int pw_residual_pending(void) {
 
 /* ---- the profiler's verdicts --------------------------------------------- */
 
+/* "type=probe: 176.0 B/message, type=ok: 0": every job type of the
+ * verdict's queue and outcome. */
+static void kinds_line(char *buf, size_t cap, const sluice_prof_leak *v) {
+  size_t len = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < v->n_kinds && len < cap; i++) {
+    const sluice_prof_kind_summary *k = &v->kinds[i];
+    char per[32];
+    if (k->bytes_per_message > 0)
+      snprintf(per, sizeof(per), "%.1f B/message", k->bytes_per_message);
+    else snprintf(per, sizeof(per), "0");
+    len += (size_t)snprintf(buf + len, cap - len, "%s%s=%s: %s", i ? ", " : "",
+                            v->key_name, k->key ? k->key : "-", per);
+  }
+}
+
 void pw_on_leak(const sluice_prof_leak *v, void *user) {
   pw_worker *w = user;
   /* Keep this callback's own work out of any message's scope. */
   sluice_prof_scope prev = sluice_prof_scope_enter(0);
+  char key[160] = "", kinds[512];
+  if (v->key) snprintf(key, sizeof(key), "%s=%s", v->key_name, v->key);
+  kinds_line(kinds, sizeof(kinds), v);
   pthread_mutex_lock(&w->verdict_mu);
   if (w->n_verdicts < MAX_VERDICTS) {
     pw_verdict *r = &w->verdicts[w->n_verdicts++];
     snprintf(r->queue, sizeof(r->queue), "%s", v->queue ? v->queue : "");
+    snprintf(r->key, sizeof(r->key), "%s", key);
+    snprintf(r->kinds, sizeof(r->kinds), "%s", kinds);
     r->outcome = v->outcome;
     r->bytes_per_message = v->bytes_per_message;
     r->messages = v->messages;
@@ -134,11 +155,15 @@ void pw_on_leak(const sluice_prof_leak *v, void *user) {
   }
   pthread_mutex_unlock(&w->verdict_mu);
   fprintf(stderr,
-          "push-worker: LEAK: queue %s, outcome %s: %.1f B/message left "
+          "push-worker: LEAK: queue %s, outcome %s%s%s: %.1f B/message left "
           "behind over %" PRIu64 " messages; top site %s (%s)\n",
-          v->queue, sluice_outcome_name(v->outcome), v->bytes_per_message,
-          v->messages, v->n_sites ? v->sites[0].function : "?",
+          v->queue, sluice_outcome_name(v->outcome), *key ? " " : "", key,
+          v->bytes_per_message, v->messages,
+          v->n_sites ? v->sites[0].function : "?",
           v->n_sites ? v->sites[0].stack : "no stacks sampled");
+  /* One line that says which kind of message leaks. */
+  if (v->n_kinds > 1)
+    fprintf(stderr, "push-worker: by %s: %s\n", v->key_name, kinds);
   sluice_prof_scope_enter(prev);
 }
 
@@ -178,11 +203,12 @@ json_t *pw_final_json(pw_worker *w, double elapsed) {
   for (size_t i = 0; i < w->n_verdicts; i++) {
     const pw_verdict *r = &w->verdicts[i];
     json_array_append_new(
-        verdicts, json_pack("{s:s, s:s, s:f, s:I, s:s, s:s}", "queue", r->queue,
-                            "outcome", sluice_outcome_name(r->outcome),
-                            "bytes_per_message", r->bytes_per_message,
-                            "messages", (json_int_t)r->messages, "top_site",
-                            r->site, "stack", r->stack));
+        verdicts,
+        json_pack("{s:s, s:s, s:s, s:s, s:f, s:I, s:s, s:s}", "queue", r->queue,
+                  "key", r->key, "kinds", r->kinds, "outcome",
+                  sluice_outcome_name(r->outcome), "bytes_per_message",
+                  r->bytes_per_message, "messages", (json_int_t)r->messages,
+                  "top_site", r->site, "stack", r->stack));
   }
   pthread_mutex_unlock(&w->verdict_mu);
   json_object_set_new(o, "verdicts", verdicts);

@@ -10,6 +10,7 @@
  *               [--count N] [--duration S] [--stats-fd FD]
  *               [--stats-interval-ms MS] [--prof-rate BYTES|none]
  *               [--leak-window N] [--horizon N,MS] [--grace-ms MS]
+ *               [--prof-key type|routing_key|header:NAME|none]
  *               [--max-listeners N]
  *               [--stop-timeout-ms MS] [--quiet]
  *
@@ -616,9 +617,13 @@ static void start_pipeline(pw_worker *w) {
                        .retry_delay_ms = cfg->retry_delay_ms,
                        .base = cfg->workers == 0 ? w->base : NULL};
   if (pw_sender_new(&so, &w->sender)) exit(1);
-  sluice_subscribe_opts sub = {.queue = cfg->queue,
-                               .handler = on_job,
-                               .user = w};
+  /* Residual per job type (the `type` property: ok, probe, bad, ...), so
+   * that a leak on one kind of job is named in one line. */
+  sluice_subscribe_opts sub = {
+      .queue = cfg->queue,
+      .handler = on_job,
+      .user = w,
+      .key = strcmp(cfg->prof_key, "none") ? cfg->prof_key : NULL};
   if ((rc = sluice_consumer_subscribe(w->c, &sub))) die("subscribe", rc);
 }
 

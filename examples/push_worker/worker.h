@@ -37,6 +37,7 @@ typedef struct pw_config {
   long grace_ms;
   uint64_t horizon_msgs; /* the profiler's verdict horizon */
   long horizon_ms;
+  const char *prof_key; /* the subscription's key; "none": no key */
   unsigned max_listeners;
   unsigned stop_timeout_ms;
   int quiet;
@@ -64,6 +65,8 @@ typedef struct pw_entry {
 
 typedef struct pw_verdict {
   char queue[128];
+  char key[128];   /* "type=probe", or "" without a key */
+  char kinds[512]; /* "type=probe: 176.0 B/message, type=ok: 0" */
   int outcome;
   double bytes_per_message;
   uint64_t messages;

@@ -462,6 +462,13 @@ typedef struct sluice_subscribe_opts {
                                    255 bytes */
   int exclusive;
   int priority; /**< x-priority, 0 = none */
+  /** The message key the delivery hooks (the allocation profiler) group
+   *  deliveries by, so that residual memory is also kept per key value
+   *  (docs/profiling.md): "routing_key", "exchange", a property ("type",
+   *  "app_id", "content_type", "user_id") or a header ("header:x-kind").
+   *  A message without it has the value "(none)". NULL: no key. Copied;
+   *  anything else is SLUICE_EINVAL. \since 0.2 */
+  const char *key;
 } sluice_subscribe_opts;
 
 /** Subscribe a handler to a queue. Sent now if connected, else at connect.

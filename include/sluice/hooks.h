@@ -59,6 +59,12 @@ typedef struct sluice_delivery_info {
   uint64_t generation;
   uint64_t seq; /**< process-wide delivery sequence number, from 1 */
   size_t body_len;
+  /** The subscription's key (sluice_subscribe_opts.key, e.g. "type") and
+   *  this delivery's value of it ("(none)" when the message has none);
+   *  both NULL when the subscription names no key. Borrowed like `info`.
+   *  \since 0.2 */
+  const char *key_name;
+  const char *key;
 } sluice_delivery_info;
 
 /** Per-delivery hooks. `begin` runs on the handler's thread just before the

@@ -415,8 +415,8 @@ static void test_go_tool_pprof(void **state) {
 
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 8; i++) {
-    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1, (uint64_t)i + 1,
-                                 0};
+    sluice_delivery_info info = {
+        "orders", (uint64_t)i + 1, 1, (uint64_t)i + 1, 0, NULL, NULL};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);
@@ -517,7 +517,8 @@ static void test_metrics(void **state) {
   const char *q = "dbg\"q\\x";
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 6; i++) {
-    sluice_delivery_info info = {q, (uint64_t)i + 1, 1, (uint64_t)i + 100, 0};
+    sluice_delivery_info info = {
+        q, (uint64_t)i + 1, 1, (uint64_t)i + 100, 0, NULL, NULL};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);
@@ -527,7 +528,8 @@ static void test_metrics(void **state) {
    * such label values and would fail the whole scrape. */
   const char *bad = "dbg\xff\xc3(";
   for (int i = 0; i < 4; i += 2) {
-    sluice_delivery_info info = {bad, (uint64_t)i + 1, 1, (uint64_t)i + 200, 0};
+    sluice_delivery_info info = {
+        bad, (uint64_t)i + 1, 1, (uint64_t)i + 200, 0, NULL, NULL};
     void *tok = hk->begin(hk->user, &info);
     int outcome = dbg_leaky_handler(i);
     hk->suspend(hk->user, tok);

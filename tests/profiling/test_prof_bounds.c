@@ -63,7 +63,7 @@ T_NOINLINE static int clean(int i) {
 
 static void deliver(const char *queue, uint64_t seq, int (*h)(int), int i) {
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  sluice_delivery_info info = {queue, seq, 1, seq, 0};
+  sluice_delivery_info info = {queue, seq, 1, seq, 0, NULL, NULL};
   void *tok = hk->begin(hk->user, &info);
   assert_non_null(tok);
   int outcome = h(i);

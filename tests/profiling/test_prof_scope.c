@@ -135,7 +135,7 @@ typedef int (*handler_fn)(int i);
 T_NOINLINE static int deliver(const char *queue, uint64_t seq, handler_fn h,
                               int i) {
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  sluice_delivery_info info = {queue, seq, 1, seq, 0};
+  sluice_delivery_info info = {queue, seq, 1, seq, 0, NULL, NULL};
   void *tok = hk->begin(hk->user, &info);
   int outcome = h(i);
   hk->suspend(hk->user, tok);
@@ -473,7 +473,8 @@ T_NOINLINE static int deferring_handler(int i) {
 static void test_deferred_other_thread(void **state) {
   (void)state;
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  g_deferred_info = (sluice_delivery_info){"t.deferred", 7, 1, next_seq++, 0};
+  g_deferred_info =
+      (sluice_delivery_info){"t.deferred", 7, 1, next_seq++, 0, NULL, NULL};
   g_deferred_token = hk->begin(hk->user, &g_deferred_info);
   assert_non_null(g_deferred_token);
   assert_int_equal(deferring_handler(0), SLUICE_DEFER);
@@ -559,7 +560,7 @@ static void test_scope_api(void **state) {
   /* Stopped: the hooks do nothing and report nothing. */
   sluice_prof_stop();
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  sluice_delivery_info info = {"t.stopped", 1, 1, 1, 0};
+  sluice_delivery_info info = {"t.stopped", 1, 1, 1, 0, NULL, NULL};
   void *tok = hk->begin(hk->user, &info);
   assert_null(tok);
   hk->suspend(hk->user, tok);

@@ -151,8 +151,8 @@ T_NOINLINE static int leak_on_nack(int i) {
 static void run_deliveries(void) {
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
   for (int i = 0; i < 40; i++) {
-    sluice_delivery_info info = {"orders", (uint64_t)i + 1, 1, (uint64_t)i + 1,
-                                 0};
+    sluice_delivery_info info = {
+        "orders", (uint64_t)i + 1, 1, (uint64_t)i + 1, 0, NULL, NULL};
     void *tok = hk->begin(hk->user, &info);
     int outcome = leak_on_nack(i);
     hk->suspend(hk->user, tok);

@@ -593,14 +593,15 @@ static void test_adaptive_stacks(void **state) {
 /* ------------------------------------------------------------------------ */
 /* Deferred completion on a thread that never entered the delivery. */
 
+#define N_DEFER 80
 static sluice_delivery_info g_info;
-static void *g_tok[4];
-static void *g_kept[4];
+static void *g_tok[N_DEFER];
+static void *g_kept[N_DEFER];
 
 static void *completer(void *arg) {
   int entered = (int)(intptr_t)arg;
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < N_DEFER; i++) {
     if (entered) hk->resume(hk->user, g_tok[i]);
     g_kept[i] = TALLOC(48); /* the reply callback's work */
     memset(g_kept[i], i, 48);
@@ -612,8 +613,8 @@ static void *completer(void *arg) {
 
 static uint64_t run_deferred(int entered) {
   const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
-  g_info = (sluice_delivery_info){"v.deferred", 1, 1, 1, 0};
-  for (int i = 0; i < 4; i++) {
+  g_info = (sluice_delivery_info){"v.deferred", 1, 1, 1, 0, NULL, NULL};
+  for (int i = 0; i < N_DEFER; i++) {
     g_tok[i] = hk->begin(hk->user, &g_info);
     assert_non_null(g_tok[i]);
     hk->suspend(hk->user, g_tok[i]); /* the handler returned DEFER */
@@ -624,7 +625,7 @@ static uint64_t run_deferred(int entered) {
   pthread_join(th, NULL);
   sluice_prof_residual_stats st;
   assert_int_equal(get_stats("v.deferred", NULL, SLUICE_ACK, &st), 0);
-  for (int i = 0; i < 4; i++) TFREE(g_kept[i]);
+  for (int i = 0; i < N_DEFER; i++) TFREE(g_kept[i]);
   return st.bytes_at_end;
 }
 
@@ -636,7 +637,7 @@ static void test_deferred_warning(void **state) {
   int saved = capture_stderr(path, sizeof path);
   uint64_t bytes = run_deferred(1); /* entered: counted, no warning */
   char *text = restore_stderr(saved, path);
-  assert_int_equal(bytes, 4 * 48);
+  assert_int_equal(bytes, N_DEFER * 48);
   assert_null(strstr(text, "sluice_delivery_enter"));
   sluice_prof_memstats_read(&b);
   assert_int_equal(b.deferred_unentered, a.deferred_unentered);
@@ -644,7 +645,7 @@ static void test_deferred_warning(void **state) {
   saved = capture_stderr(path, sizeof path);
   bytes = run_deferred(0); /* not entered: not counted, but warned */
   text = restore_stderr(saved, path);
-  assert_int_equal(bytes, 4 * 48); /* only the first run's */
+  assert_int_equal(bytes, N_DEFER * 48); /* only the first run's */
   assert_non_null(strstr(text, "sluice_delivery_enter"));
   sluice_prof_memstats_read(&b);
   assert_true(b.deferred_unentered > a.deferred_unentered);
