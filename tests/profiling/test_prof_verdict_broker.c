@@ -595,6 +595,32 @@ static void test_realloc_growth(void **state) {
   log_clear();
 }
 
+/* A key the consumer cannot read is refused at subscribe, with a message;
+ * nothing is subscribed. */
+static int refused_logged;
+static void count_log(int level, const char *msg, void *user) {
+  (void)user;
+  if (level == SLUICE_LOG_ERROR && strstr(msg, "header:NAME")) refused_logged++;
+}
+
+static void test_bad_key(void **state) {
+  (void)state;
+  sluice_consumer_opts o = {.uri = TEST_URI, .log = count_log};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  const char *bad[] = {"bogus", "header:", "Type", "message_id", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    sluice_subscribe_opts so = {.queue = "q", .handler = clean, .key = bad[i]};
+    assert_int_equal(sluice_consumer_subscribe(c, &so), SLUICE_EINVAL);
+  }
+  assert_int_equal(refused_logged, 5);
+  sluice_subscribe_opts ok = {.queue = "q",
+                              .handler = clean,
+                              .key = "header:x-kind"};
+  assert_int_equal(sluice_consumer_subscribe(c, &ok), 0);
+  sluice_consumer_free(c);
+}
+
 /* Queues that got a LEAK verdict (the callback may run on the profiler's
  * thread). */
 static char verdict_queues[64][128];
@@ -627,6 +653,7 @@ int main(void) {
                          .on_leak = record_leak};
   if (sluice_prof_start(&po)) return 1;
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_bad_key),
       cmocka_unit_test(test_clean),
       cmocka_unit_test(test_lru_smaller),
       cmocka_unit_test(test_lru_larger),
