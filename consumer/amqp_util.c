@@ -87,16 +87,30 @@ int sluice__queue_args(amqp_pool_t *pool, const sluice_queue_decl *d,
   return sluice__kv_to_table(pool, kv, n, out);
 }
 
+/* A close about the vhost itself. RabbitMQ says "access to vhost 'v'
+ * refused for user 'u'" (403) or "vhost v not found" (530); many other
+ * closes name the vhost of a queue ("... queue 'q' in vhost '/' in
+ * exclusive use"), which says nothing about the vhost. */
+static int about_vhost(const char *text) {
+  if (!text) return 0;
+  if (strstr(text, "access to vhost")) return 1;
+  return strstr(text, "vhost") && strstr(text, "not found") &&
+         !strstr(text, " in vhost");
+}
+
 int sluice__close_code_to_err(uint16_t code, const char *text) {
   switch (code) {
     case 0: return SLUICE_ECLOSED;
     case AMQP_ACCESS_REFUSED: /* 403 */
-      if (text && strstr(text, "vhost")) return SLUICE_EVHOST;
+      if (about_vhost(text)) return SLUICE_EVHOST;
+      /* another consumer's exclusive use of the queue: it may end */
+      if (text && strstr(text, "exclusive use")) return SLUICE_ECHANNEL;
       return SLUICE_EAUTH;
     case AMQP_NOT_ALLOWED: /* 530 */
-      if (text && strstr(text, "vhost")) return SLUICE_EVHOST;
-      return SLUICE_EBROKER;
-    case AMQP_NOT_FOUND: /* 404 */ return SLUICE_ENOTFOUND;
+      if (about_vhost(text)) return SLUICE_EVHOST;
+      return SLUICE_ENOTALLOWED;
+    case AMQP_NOT_FOUND: /* 404 */
+      return SLUICE_ENOTFOUND;
     case AMQP_PRECONDITION_FAILED: /* 406 */
       if (text && strstr(text, "inequivalent")) return SLUICE_ECONFLICT;
       return SLUICE_ECHANNEL;

@@ -39,6 +39,11 @@ typedef struct sluice__open_args {
  * `code`/`text` say why. */
 int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
                       uint16_t *code, char *text, size_t textlen);
+/* 1 if the last synchronous call on `conn` ended the connection: the
+ * broker answered with a connection.close (rabbitmq-c returns it as that
+ * call's error, and sends no close-ok), or the socket failed or timed out.
+ */
+int sluice__rpc_conn_gone(amqp_connection_state_t conn);
 /* The result of the last synchronous call on `ch`; a failed call closed the
  * channel, which is answered and opened again. */
 int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,

@@ -1,9 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /* The in-flight bound: how many deliveries, and how many bytes, sluice holds
- * (assembling, queued for a worker, in a handler, deferred). Crossing the
- * bound stops reading the socket; dropping back under it resumes. Pure
- * bookkeeping, loop thread only; the consumer turns the transitions into
- * libevent calls. */
+ * (assembling, queued for a worker, in a handler, deferred). Pure
+ * bookkeeping, loop thread only; frames.c turns it into reading or not.
+ *
+ * The bound admits deliveries, it never stops one halfway: a delivery is
+ * admitted by its first frame (basic.deliver) and charged its size at its
+ * content header, and reading goes on while one is being assembled
+ * (sluice__bound_may_read), or its body frames would wait for a release
+ * that may only come after it (a 64 MiB body, with max_inflight_bytes 64
+ * MiB and a small deferred delivery outstanding, stalled for good in 0.1).
+ * Between deliveries reading stops while the bound is reached. Hence:
+ *  - count <= max_count: a delivery is admitted only below it;
+ *  - bytes < max_bytes + the largest delivery (at most max_body plus its
+ *    properties): admitted below max_bytes, it adds its own size;
+ *  - every admitted delivery is read to its end, whatever the bound says,
+ *    so releasing what the handlers hold always lets reading resume. */
 #ifndef SLUICE_BOUND_H
 #define SLUICE_BOUND_H
 
@@ -30,6 +41,13 @@ static inline int sluice__bound_update(sluice__bound *b) {
   b->full = full;
   if (full) b->pauses++;
   return full ? SLUICE__BOUND_PAUSE : SLUICE__BOUND_RESUME;
+}
+
+/* 1 if the socket may be read now: while a delivery is being assembled
+ * (`assembling`), always; between deliveries, below the bound. */
+static inline int sluice__bound_may_read(const sluice__bound *b,
+                                         int assembling) {
+  return assembling || !b->full;
 }
 
 /* A delivery starts being held (its first frame arrived). */

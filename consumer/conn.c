@@ -321,6 +321,33 @@ int sluice__setup_channel(sluice_consumer *c) {
   return 0;
 }
 
+int sluice__rpc_conn_gone(amqp_connection_state_t conn) {
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(conn);
+  switch (r.reply_type) {
+    case AMQP_RESPONSE_SERVER_EXCEPTION:
+      if (r.reply.id != AMQP_CONNECTION_CLOSE_METHOD) return 0;
+      /* Answer it, as frames.c does for one read in the steady state: the
+       * broker then closes the socket at once. */
+      {
+        amqp_connection_close_ok_t ok;
+        memset(&ok, 0, sizeof(ok));
+        amqp_send_method(conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+      }
+      return 1;
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+      switch (r.library_error) {
+        case AMQP_STATUS_INVALID_PARAMETER: /* refused before sending */
+        case AMQP_STATUS_TABLE_TOO_BIG:
+        case AMQP_STATUS_NO_MEMORY:
+          return 0;
+        default:
+          return 1; /* closed, reset, timed out (which closes the socket) */
+      }
+    default:
+      return 0;
+  }
+}
+
 /* The result of the last synchronous call on `ch`. A failed call closes its
  * channel: answer close-ok and open it again so the next call works. */
 int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,

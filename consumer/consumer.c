@@ -9,6 +9,7 @@
  * Only the loop thread touches the connection. See docs/architecture.md. */
 #include <stdio.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -290,8 +291,12 @@ static void retry(sluice_consumer *c) {
 /* ---- losing a connection ------------------------------------------------- */
 
 /* The reply code to report with a close: a broker's close only. */
-static uint16_t broker_close_code(const sluice_consumer *c, int err) {
-  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code : 0;
+static uint16_t broker_close_code(sluice_consumer *c, int err) {
+  uint16_t code = c->lost_code;
+  c->lost_code = 0;
+  if (code) return code; /* 503, 505... whatever error they map to */
+  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code
+                                                       : 0;
 }
 
 /* Everything that belonged to the dead connection's loop: its socket
@@ -428,9 +433,7 @@ fail:
   return rc;
 }
 
-int sluice_consumer_run(sluice_consumer *c) {
-  if (!c) return SLUICE_EINVAL;
-  if (c->started || c->stopped) return SLUICE_ESTATE;
+static int run_loop(sluice_consumer *c) {
   if (sluice__loop_new_base(&c->loop)) return SLUICE_ENOMEM;
   struct event_base *base = c->loop.base;
   int rc = sluice_consumer_start(c, base);
@@ -449,6 +452,18 @@ int sluice_consumer_run(sluice_consumer *c) {
     if (rc && !c->stopped) finish_stop(c, SLUICE_ESTATE);
   }
   return c->run_result;
+}
+
+int sluice_consumer_run(sluice_consumer *c) {
+  if (!c) return SLUICE_EINVAL;
+  if (c->started || c->stopped) return SLUICE_ESTATE;
+  c->run_thread = pthread_self();
+  atomic_store_explicit(&c->in_run, 1, memory_order_release);
+  int rc = run_loop(c);
+  /* The last access to the consumer: a sluice_consumer_free() waiting on
+   * another thread frees it as soon as it sees this. */
+  atomic_store_explicit(&c->in_run, 0, memory_order_release);
+  return rc;
 }
 
 void sluice_consumer_stop(sluice_consumer *c) {
@@ -653,6 +668,26 @@ void sluice_consumer_free(sluice_consumer *c) {
                 "sluice_consumer_free() from inside a callback of the same "
                 "consumer: refused (call sluice_consumer_stop() there and "
                 "free it after run() returns)");
+    return;
+  }
+  if (atomic_load_explicit(&c->in_run, memory_order_acquire) &&
+      !pthread_equal(pthread_self(), c->run_thread)) {
+    /* run() on another thread: stop it as sluice_consumer_stop() does, and
+     * free once run() has returned (its last access to the consumer). */
+    sluice_consumer_stop(c);
+    struct timespec ms = {0, 1000000};
+    while (atomic_load_explicit(&c->in_run, memory_order_acquire))
+      nanosleep(&ms, NULL);
+  } else if (c->started && !atomic_load(&c->stopped) &&
+             !pthread_equal(pthread_self(), c->loop_thread)) {
+    /* sluice_consumer_start() on the caller's event_base, which another
+     * thread may be running: stopping needs that loop, which the consumer
+     * cannot drive from here, nor know whether it still runs. */
+    sluice__log(c, SLUICE_LOG_ERROR,
+                "sluice_consumer_free() from another thread than the "
+                "event_base of sluice_consumer_start() before "
+                "SLUICE_EV_STOPPED: refused (call sluice_consumer_stop() and "
+                "free it once stopped)");
     return;
   }
   if (c->started && !c->stopped) finish_stop(c, 0);

@@ -30,20 +30,39 @@ static int on_loop_thread(const sluice_consumer *c) {
 
 /* ---- slots and the held list --------------------------------------------- */
 
+/* A new slot takes an entry of the handle table for its life; the entry's
+ * use count goes on from its previous owner's, so no handle of that owner
+ * matches it. */
+static sluice_delivery *slot_new(sluice_consumer *c) {
+  sluice_delivery *d = calloc(1, sizeof(*d));
+  if (!d) return NULL;
+  if (sluice__handle_claim(d, &d->hidx)) {
+    free(d);
+    return NULL;
+  }
+  d->c = c;
+  d->he = sluice__handle_entry(d->hidx);
+  d->use = sluice__word_use(atomic_load(&d->he->word));
+  return d;
+}
+
+static void slot_free(sluice_delivery *d) {
+  sluice__handle_release(d->hidx); /* every handle to it goes stale */
+  free(d->blk);
+  free(d);
+}
+
 static sluice_delivery *slot_get(sluice_consumer *c) {
   sluice_delivery *d = c->pool;
   if (d) {
     c->pool = d->pool_next;
-  } else {
-    d = calloc(1, sizeof(*d));
-    if (!d) return NULL;
-    d->c = c;
+  } else if (!(d = slot_new(c))) {
+    return NULL;
   }
   d->pool_next = NULL;
   d->prev = d->next = d->qnext = NULL;
   d->hook_token = NULL;
   d->outcome = 0;
-  d->early_outcome = -1;
   d->too_big = 0;
   d->on_stale = 0;
   d->body_got = d->body_size = d->mem = 0;
@@ -52,18 +71,20 @@ static sluice_delivery *slot_get(sluice_consumer *c) {
   return d;
 }
 
-/* Return a slot to the pool. Slots are never freed before the consumer, so a
- * late second sluice_delivery_done() on a recycled handle finds a valid
- * object (and SLUICE_EALREADY) instead of freed memory. */
+/* Return a slot to the pool. Its next delivery is one more use: from here
+ * on, a handle to the delivery it served (a second sluice_delivery_done(),
+ * a late sluice_delivery_message()) matches no delivery and acts on
+ * nothing, whichever delivery the slot serves next (handle.h). */
 static void slot_put(sluice_consumer *c, sluice_delivery *d) {
   if (d->blk_cap > SLOT_KEEP_BYTES) {
     free(d->blk);
     d->blk = NULL;
     d->blk_cap = 0;
   }
-  atomic_store(&d->state, SLUICE__DS_FREE);
-  /* FIFO would delay reuse further; LIFO keeps the cache warm. A stale
-   * handle is a caller bug either way, and never a crash. */
+  d->use++;
+  sluice__ds_set(d, SLUICE__DS_FREE);
+  /* LIFO keeps the cache warm; reuse cannot be confused with the old
+   * delivery, whatever the order. */
   d->pool_next = c->pool;
   c->pool = d;
 }
@@ -105,7 +126,7 @@ static void held_to_stale(sluice_consumer *c, sluice_delivery *d) {
 sluice_delivery *sluice__delivery_new(sluice_consumer *c) {
   sluice_delivery *d = slot_get(c);
   if (!d) return NULL;
-  atomic_store(&d->state, SLUICE__DS_ASSEMBLING);
+  sluice__ds_set(d, SLUICE__DS_ASSEMBLING);
   d->msg.generation = atomic_load(&c->generation);
   held_link(c, d);
   sluice__bound_hold(&c->bound);
@@ -126,7 +147,7 @@ void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
 static void release(sluice_consumer *c, sluice_delivery *d) {
   held_unlink(c, d);
   sluice__bound_release(&c->bound, d->mem);
-  if (atomic_load(&d->state) == SLUICE__DS_ABANDONED) c->abandoned--;
+  if (sluice__ds_get(d) == SLUICE__DS_ABANDONED) c->abandoned--;
   atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
   atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
                         memory_order_relaxed);
@@ -224,7 +245,7 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   atomic_fetch_add_explicit(&c->n_delivered, 1, memory_order_relaxed);
   if (d->msg.redelivered) atomic_fetch_add(&c->n_redelivered, 1);
   if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    atomic_store(&d->state, SLUICE__DS_ABANDONED);
+    sluice__ds_set(d, SLUICE__DS_ABANDONED);
     c->abandoned++;
     return;
   }
@@ -242,7 +263,7 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
     d->info.key = key_value(d);
   }
   if (c->n_threads > 0) {
-    atomic_store(&d->state, SLUICE__DS_QUEUED);
+    sluice__ds_set(d, SLUICE__DS_QUEUED);
     sluice__workers_push(c, d);
   } else {
     sluice__run_handler(c, d);
@@ -291,45 +312,49 @@ static void complete_now(sluice_consumer *c, sluice_delivery *d, int outcome) {
   }
 }
 
+/* The handle an application gets for the delivery `d` serves now. */
+static sluice_delivery *handle_of(const sluice_delivery *d) {
+  return sluice__handle_make(d->hidx, d->use);
+}
+
 void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
   if (is_stale(c, d)) {
     /* Its connection died while it waited for a worker: the broker will
      * redeliver it; running the handler now would process it twice. */
-    atomic_store(&d->state, SLUICE__DS_HANDLER);
     atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed);
-    atomic_store(&d->state, SLUICE__DS_COMPLETING);
+    sluice__ds_set(d, SLUICE__DS_COMPLETING);
     complete_now(c, d, SLUICE_NACK);
     return;
   }
-  atomic_store(&d->state, SLUICE__DS_HANDLER);
-  uint64_t n =
-      atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed) + 1;
+  sluice__ds_set(d, SLUICE__DS_HANDLER);
+  uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
+                                         memory_order_relaxed) + 1;
   counter_max(&c->n_max_in_handler, n);
   sluice__cb_frame f;
   sluice__cb_enter(&f, c);
   if (c->has_hooks && c->hooks.begin)
     d->hook_token = c->hooks.begin(c->hooks.user, &d->info);
-  int rc = d->sub->handler(d, &d->msg, d->sub->user);
+  int rc = d->sub->handler(handle_of(d), &d->msg, d->sub->user);
   if (c->has_hooks && c->hooks.suspend)
     c->hooks.suspend(c->hooks.user, d->hook_token);
   sluice__cb_leave(&f);
 
-  if (rc == SLUICE_DEFER) {
-    int st = SLUICE__DS_HANDLER;
-    if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_DEFERRED))
-      return;
-    /* st == SLUICE__DS_HANDLER_DONE: done() already ran on another thread */
-    atomic_store(&d->state, SLUICE__DS_COMPLETING);
-    complete_now(c, d, d->early_outcome);
+  uint64_t seen;
+  if (rc == SLUICE_DEFER &&
+      sluice__ds_cas(d, SLUICE__DS_HANDLER, SLUICE__DS_DEFERRED, &seen))
     return;
-  }
-  int st = atomic_exchange(&d->state, SLUICE__DS_COMPLETING);
-  if (st == SLUICE__DS_HANDLER_DONE) {
-    sluice__log(c, SLUICE_LOG_WARN,
-                "handler returned %d after sluice_delivery_done(); the "
-                "first completion wins",
-                rc);
-    complete_now(c, d, d->early_outcome);
+  /* The handler is done with it: nobody else completes it now. If
+   * sluice_delivery_done() came first (from another thread, or from the
+   * handler itself), its outcome is in the state word and wins. */
+  uint64_t w = atomic_exchange(&d->he->word,
+                               sluice__word(d->use, SLUICE__DS_COMPLETING));
+  if (sluice__word_state(w) == SLUICE__DS_HANDLER_DONE) {
+    if (rc != SLUICE_DEFER)
+      sluice__log(c, SLUICE_LOG_WARN,
+                  "handler returned %d after sluice_delivery_done(); the "
+                  "first completion wins",
+                  rc);
+    complete_now(c, d, (int)sluice__word_early(w));
     return;
   }
   if (!valid_final(rc)) {
@@ -345,40 +370,85 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
 
 /* ---- public delivery API ------------------------------------------------- */
 
-int sluice_delivery_done(sluice_delivery *d, int outcome) {
-  if (!d) return SLUICE_EINVAL;
+/* The slot a handle names if the handle is current: made for the delivery
+ * the slot serves now, and that delivery not completed. The state word it
+ * was read from is in *word. NULL for a stale handle: its delivery was
+ * completed, the slot may serve another one already. */
+static sluice_delivery *current(const sluice_delivery *h, uint64_t *word) {
+  uint64_t use;
+  sluice__hentry *e = sluice__handle_decode(h, &use);
+  if (!e) return NULL;
+  uint64_t w = atomic_load(&e->word);
+  if (sluice__handle_use_bits(sluice__word_use(w)) != use) return NULL;
+  switch (sluice__word_state(w)) {
+    case SLUICE__DS_QUEUED:
+    case SLUICE__DS_HANDLER:
+    case SLUICE__DS_DEFERRED:
+      if (word) *word = w;
+      return atomic_load(&e->slot);
+    default:
+      return NULL; /* free, assembling, done, completing, abandoned */
+  }
+}
+
+int sluice_delivery_done(sluice_delivery *h, int outcome) {
+  if (!h) return SLUICE_EINVAL;
   if (!valid_final(outcome)) return SLUICE_EINVAL;
-  sluice_consumer *c = d->c;
-  int st = SLUICE__DS_DEFERRED;
-  if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_COMPLETING)) {
-    int stale = is_stale(c, d);
-    complete_now(c, d, outcome);
-    return stale ? SLUICE_ESTALE : 0;
+  uint64_t use;
+  sluice__hentry *e = sluice__handle_decode(h, &use);
+  if (!e) return SLUICE_EINVAL; /* never a delivery handle */
+  uint64_t w = atomic_load(&e->word);
+  for (;;) {
+    /* Every step is a compare-and-swap on (use, state): a handle whose
+     * delivery was completed meets another use and acts on nothing, even
+     * when the slot serves a deferred delivery again. */
+    uint64_t full_use = sluice__word_use(w);
+    if (sluice__handle_use_bits(full_use) != use) break;
+    unsigned st = sluice__word_state(w);
+    if (st == SLUICE__DS_DEFERRED) {
+      if (!atomic_compare_exchange_strong(
+              &e->word, &w, sluice__word(full_use, SLUICE__DS_COMPLETING)))
+        continue;
+      sluice_delivery *d = atomic_load(&e->slot);
+      sluice_consumer *c = d->c;
+      int stale = is_stale(c, d);
+      complete_now(c, d, outcome);
+      return stale ? SLUICE_ESTALE : 0;
+    }
+    if (st == SLUICE__DS_HANDLER) {
+      /* Before its handler returned (from another thread, or the handler
+       * itself): the handler's return completes it with this outcome, so
+       * the slot is never recycled while the handler still runs. */
+      unsigned done = SLUICE__DS_HANDLER_DONE |
+                      (unsigned)outcome << SLUICE__EARLY_SHIFT;
+      if (atomic_compare_exchange_strong(&e->word, &w,
+                                         sluice__word(full_use, done)))
+        return 0;
+      continue;
+    }
+    break;
   }
-  if (st == SLUICE__DS_HANDLER) {
-    /* Completed from another thread before the handler returned DEFER: the
-     * handler's return does the rest, so the slot is never recycled while
-     * the handler still runs. */
-    d->early_outcome = outcome;
-    if (atomic_compare_exchange_strong(&d->state, &st, SLUICE__DS_HANDLER_DONE))
-      return 0;
-  }
-  sluice__log(c, SLUICE_LOG_WARN,
-              "sluice_delivery_done() on a delivery that is not deferred "
-              "(completed twice?)");
+  sluice_delivery *d = atomic_load(&e->slot);
+  if (d)
+    sluice__log(d->c, SLUICE_LOG_WARN,
+                "sluice_delivery_done() on a delivery already completed (or "
+                "not deferred): nothing done");
   return SLUICE_EALREADY;
 }
 
-const sluice_message *sluice_delivery_message(const sluice_delivery *d) {
+const sluice_message *sluice_delivery_message(const sluice_delivery *h) {
+  sluice_delivery *d = current(h, NULL);
   return d ? &d->msg : NULL;
 }
 
-void sluice_delivery_enter(sluice_delivery *d) {
+void sluice_delivery_enter(sluice_delivery *h) {
+  sluice_delivery *d = current(h, NULL);
   if (d && d->c->has_hooks && d->c->hooks.resume)
     d->c->hooks.resume(d->c->hooks.user, d->hook_token);
 }
 
-void sluice_delivery_leave(sluice_delivery *d) {
+void sluice_delivery_leave(sluice_delivery *h) {
+  sluice_delivery *d = current(h, NULL);
   if (d && d->c->has_hooks && d->c->hooks.suspend)
     d->c->hooks.suspend(d->c->hooks.user, d->hook_token);
 }
@@ -526,7 +596,7 @@ void sluice__abandon_queued(sluice_consumer *c) {
   sluice_delivery *q = sluice__workers_take_all(c);
   while (q) {
     sluice_delivery *next = q->qnext;
-    atomic_store(&q->state, SLUICE__DS_ABANDONED);
+    sluice__ds_set(q, SLUICE__DS_ABANDONED);
     c->abandoned++;
     q = next;
   }
@@ -558,7 +628,7 @@ void sluice__deliveries_conn_lost(sluice_consumer *c) {
   sluice_delivery *d = c->held_head;
   while (d) {
     sluice_delivery *next = d->next;
-    int st = atomic_load(&d->state);
+    unsigned st = sluice__ds_get(d);
     if (st == SLUICE__DS_ASSEMBLING || st == SLUICE__DS_ABANDONED) {
       if (st == SLUICE__DS_ABANDONED) atomic_fetch_add(&c->n_stale, 1);
       release(c, d);
@@ -580,8 +650,8 @@ void sluice__deliveries_stopped(sluice_consumer *c) {
   sluice_delivery *d = c->held_head;
   while (d) {
     sluice_delivery *next = d->next;
-    if (atomic_load(&d->state) == SLUICE__DS_ABANDONED ||
-        atomic_load(&d->state) == SLUICE__DS_ASSEMBLING)
+    unsigned st = sluice__ds_get(d);
+    if (st == SLUICE__DS_ABANDONED || st == SLUICE__DS_ASSEMBLING)
       release(c, d);
     d = next;
   }
@@ -595,7 +665,6 @@ void sluice__deliveries_free(sluice_consumer *c) {
   while (c->pool) {
     sluice_delivery *d = c->pool;
     c->pool = d->pool_next;
-    free(d->blk);
-    free(d);
+    slot_free(d);
   }
 }

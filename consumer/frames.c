@@ -16,18 +16,22 @@
 
 /* ---- the in-flight bound ------------------------------------------------- */
 
+static int may_read(const sluice_consumer *c) {
+  return sluice__bound_may_read(&c->bound, c->asm_d != NULL);
+}
+
+/* After every change to what is held: read or not, as the bound says
+ * (bound.h). A delivery being assembled is read to its end first. */
 void sluice__update_pause(sluice_consumer *c) {
-  switch (sluice__bound_update(&c->bound)) {
-    case SLUICE__BOUND_PAUSE:
-      atomic_store(&c->n_read_pauses, c->bound.pauses);
-      if (c->reading) {
-        sluice__loop_disarm(&c->loop, SLUICE__W_READ);
-        c->reading = 0;
-      }
-      break;
-    case SLUICE__BOUND_RESUME:
-      if (c->connected) sluice__kick_read(c);
-      break;
+  if (sluice__bound_update(&c->bound) == SLUICE__BOUND_PAUSE)
+    atomic_store(&c->n_read_pauses, c->bound.pauses);
+  if (!may_read(c)) {
+    if (c->reading) {
+      sluice__loop_disarm(&c->loop, SLUICE__W_READ);
+      c->reading = 0;
+    }
+  } else if (c->connected && !c->reading) {
+    sluice__kick_read(c);
   }
 }
 
@@ -44,7 +48,7 @@ static int buffered(sluice_consumer *c) {
 }
 
 void sluice__kick_read(sluice_consumer *c) {
-  if (!c->connected || c->bound.full || !c->loop.ev[SLUICE__W_READ]) return;
+  if (!c->connected || !may_read(c) || !c->loop.ev[SLUICE__W_READ]) return;
   if (!c->reading) {
     sluice__loop_arm(&c->loop, SLUICE__W_READ, 0);
     c->reading = 1;
@@ -171,6 +175,7 @@ static void on_broker_close(sluice_consumer *c, amqp_frame_t *f, int channel) {
     amqp_send_method(c->conn, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
   }
   c->last_close_code = code;
+  c->lost_code = code;
   sluice__bytes_str(c->last_close_text, sizeof(c->last_close_text), text);
   int err = sluice__close_code_to_err(code, c->last_close_text);
   if (channel && err == SLUICE_ECLOSED) err = SLUICE_ECHANNEL;
@@ -282,6 +287,17 @@ static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
         sluice__conn_lost(c, SLUICE_EPROTO);
         return;
       }
+      /* rabbitmq-c decodes the properties of whatever class the header
+       * names; only basic's are amqp_basic_properties_t (a header of
+       * another class was read as one, far past its end: found by
+       * fuzz/fuzz_frames.c). */
+      if (f->payload.properties.class_id != AMQP_BASIC_CLASS) {
+        sluice__log(c, SLUICE_LOG_ERROR,
+                    "content header of class %u, not basic",
+                    f->payload.properties.class_id);
+        sluice__conn_lost(c, SLUICE_EPROTO);
+        return;
+      }
       if (on_header(c, f) != 0) {
         sluice__conn_lost(c, SLUICE_ENOMEM);
         return;
@@ -304,7 +320,7 @@ void sluice__read_frames(sluice_consumer *c) {
   int budget = READ_BUDGET;
   int got = 0;
   if (stop_asked(c) && !c->stopped) sluice__begin_stop(c);
-  while (budget-- > 0 && c->connected && !c->bound.full) {
+  while (budget-- > 0 && c->connected && may_read(c)) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
     int st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
@@ -331,7 +347,7 @@ void sluice__read_frames(sluice_consumer *c) {
     if (c->conn) amqp_maybe_release_buffers(c->conn);
   }
   if (got) c->last_rx_ms = sluice__now_ms();
-  if (budget < 0 && c->connected && !c->bound.full && buffered(c))
+  if (budget < 0 && c->connected && may_read(c) && buffered(c))
     schedule_drain(c);
 }
 
@@ -359,7 +375,7 @@ static int paused_peer_gone(sluice_consumer *c) {
 
 void sluice__heartbeat(sluice_consumer *c) {
   if (!c->connected) return;
-  if (!c->bound.full) {
+  if (may_read(c)) {
     /* rabbitmq-c sends and checks heartbeats only inside its wait calls:
      * a quiet socket never wakes the read event, so drive it from here
      * (docs/rabbitmq-c-event-loop.md, "Heartbeats"). */

@@ -21,6 +21,7 @@
 #include "ackq.h"
 #include "amqp_util.h"
 #include "bound.h"
+#include "handle.h"
 #include "loop.h"
 #include "tls.h"
 #include "util.h"
@@ -35,26 +36,31 @@ enum sluice__delivery_state {
   SLUICE__DS_QUEUED,       /* waiting for a worker */
   SLUICE__DS_HANDLER,      /* a handler is running */
   SLUICE__DS_DEFERRED,     /* handler returned SLUICE_DEFER */
-  SLUICE__DS_HANDLER_DONE, /* sluice_delivery_done() inside the handler */
+  SLUICE__DS_HANDLER_DONE, /* sluice_delivery_done() inside the handler;
+                              the outcome rides in the state word */
   SLUICE__DS_COMPLETING,   /* outcome known, on its way to the loop thread */
   SLUICE__DS_ABANDONED     /* stopping: left unacked, the broker requeues */
 };
 
+/* A delivery slot. Its state lives in its handle-table entry (handle.h),
+ * with the use count of the delivery it serves, in one atomic word: read
+ * and change it with the sluice__ds_* helpers below. */
 struct sluice_delivery {
   struct sluice_consumer *c;
-  _Atomic int state;
+  sluice__hentry *he; /* its entry in the handle table */
+  uint32_t hidx;      /* and that entry's index */
+  uint64_t use;       /* the use (delivery) the slot serves now */
   int outcome;
   struct sluice__sub *sub;
   sluice_message msg;
   sluice_delivery_info info;
   void *hook_token;
-  size_t body_size;  /* announced by the content header */
-  size_t body_got;   /* received so far */
-  size_t mem;        /* bytes charged to the in-flight bound */
-  int too_big;       /* body discarded; will be rejected */
-  int on_stale;      /* linked on the stale list, not the held one */
-  int early_outcome; /* sluice_delivery_done() while still in handler */
-  char key_buf[32];  /* a non-string header value as text (hooks' key) */
+  size_t body_size; /* announced by the content header */
+  size_t body_got;  /* received so far */
+  size_t mem;       /* bytes charged to the in-flight bound */
+  int too_big;      /* body discarded; will be rejected */
+  int on_stale;     /* linked on the stale list, not the held one */
+  char key_buf[32]; /* a non-string header value as text (hooks' key) */
   /* storage: strings, headers and body live in one block */
   char *blk;
   size_t blk_cap;
@@ -65,6 +71,25 @@ struct sluice_delivery {
   /* slot pool link */
   struct sluice_delivery *pool_next;
 };
+
+/* The state of the delivery a slot serves. */
+static inline unsigned sluice__ds_get(const struct sluice_delivery *d) {
+  return sluice__word_state(atomic_load(&d->he->word));
+}
+static inline void sluice__ds_set(struct sluice_delivery *d, unsigned st) {
+  atomic_store(&d->he->word, sluice__word(d->use, st));
+}
+/* From `from` to `to`, if the slot still serves the same delivery and is in
+ * `from`; else *seen gets the word found. */
+static inline int sluice__ds_cas(struct sluice_delivery *d, unsigned from,
+                                 unsigned to, uint64_t *seen) {
+  uint64_t w = sluice__word(d->use, from);
+  if (atomic_compare_exchange_strong(&d->he->word, &w,
+                                     sluice__word(d->use, to)))
+    return 1;
+  if (seen) *seen = w;
+  return 0;
+}
 
 /* ---- topology and subscriptions ----------------------------------------- */
 
@@ -130,6 +155,9 @@ struct sluice_consumer {
   uint64_t last_rx_ms;   /* last time bytes were seen from the broker */
   _Atomic uint64_t generation;
   uint16_t last_close_code;
+  /* The broker's close that the next sluice__conn_lost() reports (set just
+   * before it by whoever read the close), or 0. */
+  uint16_t lost_code;
   char last_close_text[256];
   _Atomic int blocked;
 
@@ -145,6 +173,11 @@ struct sluice_consumer {
   pthread_t loop_thread;
   size_t abandoned; /* held deliveries left unacked by a stop */
   _Atomic int stopped;
+  /* sluice_consumer_run() has not returned yet: its last access to the
+   * consumer is the store that clears this (sluice_consumer_free() from
+   * another thread waits for it). */
+  _Atomic int in_run;
+  pthread_t run_thread; /* the thread in run(), set before in_run */
 
   /* topology */
   struct sluice__topo *topo, **topo_tail;

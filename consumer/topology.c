@@ -91,6 +91,14 @@ int sluice__recover(sluice_consumer *c) {
   return rc;
 }
 
+static const struct sluice__sub *sub_by_name(const sluice_consumer *c,
+                                             const char *tag) {
+  for (int i = 0; i < SLUICE__MAX_SUBS; i++)
+    if (c->subs[i].used && c->subs[i].tag && !strcmp(c->subs[i].tag, tag))
+      return &c->subs[i];
+  return NULL;
+}
+
 struct sluice__sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
   for (int i = 0; i < SLUICE__MAX_SUBS; i++) {
     struct sluice__sub *s = &c->subs[i];
@@ -124,19 +132,42 @@ static void topo_free(struct sluice__topo *t) {
   free(t);
 }
 
+/* A synchronous call made for the application (a declaration, a
+ * subscription, a purge) failed with `rc`. If it ended the connection (a
+ * connection.close came instead of the reply: 503 for an unknown exchange
+ * type, 530 for a reused consumer tag...) or the consuming channel (a
+ * basic.consume refused with a channel.close: 405 on another connection's
+ * exclusive queue, 403), the connection is lost now, as when the same
+ * close arrives between deliveries: the event, the stats, the deliveries
+ * of the dead connection stale (their acks would be dropped by the
+ * broker), a reconnect if it is worth one. `consuming` says the call was
+ * basic.consume: then a channel.close is the consuming channel's (the
+ * topology channel's are answered and reopened by sluice__rpc_result).
+ * Not when the call came during a connection attempt (sluice__recover):
+ * the attempt fails and says so itself. */
+static int app_call_failed(sluice_consumer *c, int rc, int consuming) {
+  if (!c->conn) return rc;
+  amqp_rpc_reply_t r = amqp_get_rpc_reply(c->conn);
+  int channel_gone = consuming &&
+                     r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+                     r.reply.id == AMQP_CHANNEL_CLOSE_METHOD;
+  int broker = r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION;
+  if (channel_gone || sluice__rpc_conn_gone(c->conn)) {
+    if (broker) c->lost_code = c->last_close_code; /* noted by the call */
+    sluice__conn_lost(c, rc);
+  }
+  return rc;
+}
+
 /* Send `t` now if connected, and remember it for the next connection. */
 static int topo_add(sluice_consumer *c, struct sluice__topo *t) {
   if (c->connected) {
     int rc = sluice__apply_topology(c, t);
-    sluice__kick_read(c);
     if (rc) {
       topo_free(t);
-      /* A failure that closed more than the topology channel (which
-       * rpc_result has reopened) takes the connection down. */
-      if (!(sluice__err_class(rc) & SLUICE__ERR_CHANNEL_ONLY) && c->started)
-        sluice__conn_lost(c, rc);
-      return rc;
+      return app_call_failed(c, rc, 0);
     }
+    sluice__kick_read(c);
   }
   *c->topo_tail = t;
   c->topo_tail = &t->next;
@@ -205,11 +236,19 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
   if (!c || !queue) return SLUICE_EINVAL;
   if (!c->connected) return SLUICE_ECLOSED;
   amqp_queue_purge_ok_t *ok =
-      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(queue));
-  int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, NULL, NULL, 0);
-  if (rc == 0 && purged && ok) *purged = ok->message_count;
+      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY,
+                       amqp_cstring_bytes(queue));
+  uint16_t code;
+  char text[256];
+  int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, &code, text,
+                              sizeof(text));
+  if (rc) {
+    sluice__note_close(c, code, text);
+    return app_call_failed(c, rc, 0);
+  }
+  if (purged && ok) *purged = ok->message_count;
   sluice__kick_read(c);
-  return rc;
+  return 0;
 }
 
 /* ---- subscriptions ------------------------------------------------------- */
@@ -261,12 +300,25 @@ int sluice_consumer_subscribe(sluice_consumer *c,
     return SLUICE_EINVAL;
   }
   char tag[256];
-  if (o->consumer_tag) {
+  if (o->consumer_tag && o->consumer_tag[0]) {
     if (strlen(o->consumer_tag) > 255) return SLUICE_EINVAL;
     snprintf(tag, sizeof(tag), "%s", o->consumer_tag);
+    /* Tags name subscriptions on the consuming channel: the broker closes
+     * the whole connection (530) on a second basic.consume with one. */
+    const struct sluice__sub *other = sub_by_name(c, tag);
+    if (other) {
+      sluice__log(c, SLUICE_LOG_ERROR,
+                  "consumer tag '%s' is already used by the subscription to "
+                  "'%s': refused",
+                  tag, other->queue);
+      return SLUICE_EINVAL;
+    }
   } else {
-    snprintf(tag, sizeof(tag), "sluice.%ld.%u", (long)getpid(),
-             ++c->tag_counter);
+    /* "" too: a tag the broker makes up would route no delivery here. */
+    do {
+      snprintf(tag, sizeof(tag), "sluice.%ld.%u", (long)getpid(),
+               ++c->tag_counter);
+    } while (sub_by_name(c, tag));
   }
   memset(s, 0, sizeof(*s));
   s->queue = sluice__strdup(o->queue);
@@ -284,11 +336,11 @@ int sluice_consumer_subscribe(sluice_consumer *c,
   s->used = 1;
   if (c->connected) {
     int rc = sluice__consume(c, s);
-    sluice__kick_read(c);
     if (rc) {
       sub_clear(s);
-      return rc;
+      return app_call_failed(c, rc, 1);
     }
+    sluice__kick_read(c);
   }
   return 0;
 }

@@ -20,7 +20,11 @@
  * Lifetimes: data handed to a callback is borrowed until the callback
  * returns. A delivery's message stays valid until the delivery is completed
  * (by the handler's return value, or by sluice_delivery_done() for a deferred
- * delivery); after that the delivery handle must not be used.
+ * delivery). A delivery handle is a value, not a pointer: once its delivery
+ * is completed it is stale, and every function taking it detects that and
+ * acts on nothing (SLUICE_EALREADY, NULL, a no-op), whatever delivery came
+ * next, even after the consumer is freed. \since 0.2 (0.1 handles were
+ * reused: a late second completion could act on the next delivery)
  */
 #ifndef SLUICE_CONSUMER_H
 #define SLUICE_CONSUMER_H
@@ -164,23 +168,26 @@ typedef int (*sluice_handler_fn)(sluice_delivery *d, const sluice_message *msg,
 
 /** Complete a delivery whose handler returned SLUICE_DEFER. Any thread.
  *  \param outcome SLUICE_ACK, SLUICE_NACK or SLUICE_REJECT
- *  \return 0; SLUICE_EINVAL for another outcome (the delivery stays open);
- *          SLUICE_EALREADY if the delivery was already completed (nothing is
- *          sent twice); SLUICE_ESTALE if its connection died in between (the
- *          broker redelivers the message; the handle is released). Never
- *          SLUICE_ESTALE in SLUICE_ACK_AUTO mode: the broker settled the
- *          message when it sent it, so there is nothing to go stale. */
+ *  \return 0; SLUICE_EINVAL for another outcome (the delivery stays open)
+ *          or a value that was never a delivery handle; SLUICE_EALREADY if
+ *          the delivery was already completed: nothing is sent, and no other
+ *          delivery is touched (\since 0.2); SLUICE_ESTALE if its connection
+ *          died in between (the broker redelivers the message; the handle is
+ *          released). Never SLUICE_ESTALE in SLUICE_ACK_AUTO mode: the
+ *          broker settled the message when it sent it, so there is nothing
+ *          to go stale. */
 SLUICE_EXPORT int sluice_delivery_done(sluice_delivery *d, int outcome);
 
 /** The message of a delivery (for deferred completion). Any thread, until the
- *  delivery is completed. */
+ *  delivery is completed; NULL for a completed (stale) handle. */
 SLUICE_EXPORT const sluice_message *sluice_delivery_message(
     const sluice_delivery *d);
 
 /** Make the calling thread allocate "inside" this delivery again (for the
  *  allocation profiler): call from code that works on a deferred delivery
  *  outside its handler, such as an HTTP reply callback, then
- *  sluice_delivery_leave(). No-op without hooks. Any thread. */
+ *  sluice_delivery_leave(). No-op without hooks, and for a completed
+ *  (stale) handle. Any thread. */
 SLUICE_EXPORT void sluice_delivery_enter(sluice_delivery *d);
 /** Counterpart of sluice_delivery_enter(). Any thread. */
 SLUICE_EXPORT void sluice_delivery_leave(sluice_delivery *d);
@@ -366,6 +373,15 @@ SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
 
 /** Free a consumer; stops it first if running. NULL is a no-op.
  *
+ *  From another thread while sluice_consumer_run() runs: it asks for a
+ *  graceful stop (as sluice_consumer_stop()), waits until run() has
+ *  returned, then frees; run() returns 0 to its caller, which must not use
+ *  the consumer afterwards. With sluice_consumer_start(), from a thread
+ *  other than the one that started it, before SLUICE_EV_STOPPED: refused
+ *  (logged), since stopping needs the caller's loop, which sluice cannot
+ *  drive from there; stop it and free it once stopped. A consumer is freed
+ *  once, by one thread. \since 0.2 (a crash in 0.1)
+ *
  *  From inside a callback of this same consumer (a handler, an event or
  *  close listener, on_abandoned, the log sink, on any thread) the call is
  *  refused: it logs an error and returns with the consumer untouched, since
@@ -427,9 +443,12 @@ typedef struct sluice_queue_decl {
 } sluice_queue_decl;
 
 /** Declare an exchange. Sent now if connected, else at connect. Every
- *  string and argument is copied (kept for the re-declaration).
+ *  string and argument is copied (kept for the re-declaration). A broker
+ *  that answers by closing the connection (503 for an unknown exchange
+ *  type) leaves it lost when this returns (see sluice_consumer_subscribe()).
  *  \return 0; SLUICE_EINVAL; SLUICE_ECONFLICT (exists with other settings);
- *          SLUICE_ENOTFOUND (passive, missing); SLUICE_ECLOSED.
+ *          SLUICE_ENOTFOUND (passive, missing); SLUICE_ECLOSED; the
+ *          broker's refusal (SLUICE_EPROTO for a 503).
  *  \since 0.2 (sluice_declare_exchange() before) */
 SLUICE_EXPORT int sluice_consumer_declare_exchange(
     sluice_consumer *c, const sluice_exchange_decl *d);
@@ -458,8 +477,9 @@ typedef struct sluice_subscribe_opts {
   const char *queue;         /**< required; copied */
   sluice_handler_fn handler; /**< required */
   void *user;
-  const char *consumer_tag; /**< default: generated; copied; at most
-                                   255 bytes */
+  const char *consumer_tag;   /**< default (NULL or ""): generated;
+                                   copied; at most 255 bytes; unique within
+                                   the consumer */
   int exclusive;
   int priority; /**< x-priority, 0 = none */
   /** The message key the delivery hooks (the allocation profiler) group
@@ -472,8 +492,14 @@ typedef struct sluice_subscribe_opts {
 } sluice_subscribe_opts;
 
 /** Subscribe a handler to a queue. Sent now if connected, else at connect.
- *  \return 0; SLUICE_EINVAL; SLUICE_ENOTFOUND (no such queue); SLUICE_ELIMIT
- *          (64 subscriptions per consumer); SLUICE_ECLOSED. */
+ *  If the broker answers by closing the connection or the consuming channel
+ *  (403 for a queue another consumer uses exclusively), the connection is
+ *  lost when this returns, as for any close: SLUICE_EV_CLOSED, deferred
+ *  deliveries stale, a reconnect if enabled. Declarations and purges alike.
+ *  \return 0; SLUICE_EINVAL (also a consumer_tag this consumer already
+ *          uses: refused before anything is sent, \since 0.2);
+ *          SLUICE_ENOTFOUND (no such queue); SLUICE_ELIMIT (64 subscriptions
+ *          per consumer); SLUICE_ECLOSED; the broker's refusal. */
 SLUICE_EXPORT int sluice_consumer_subscribe(sluice_consumer *c,
                                             const sluice_subscribe_opts *o);
 

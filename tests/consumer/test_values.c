@@ -15,6 +15,7 @@
 #include <amqp_framing.h>
 
 #include "consumer/amqp_util.h"
+#include "reconnect/policy.h"
 
 typedef struct wire {
   const char *key;
@@ -126,8 +127,43 @@ static void uint_round_trip(void **state) {
   empty_amqp_pool(&pool);
 }
 
+/* The broker's close codes as sluice errors, and which stop a reconnect:
+ * 530 NOT_ALLOWED (a reused consumer tag) is its own, fatal, error. */
+static void broker_close_codes(void **state) {
+  (void)state;
+  assert_int_equal(
+      sluice__close_code_to_err(530, "NOT_ALLOWED - attempt to reuse "
+                                     "consumer tag 'T'"),
+      SLUICE_ENOTALLOWED);
+  assert_false(sluice__retryable(SLUICE_ENOTALLOWED));
+  assert_int_equal(sluice__close_code_to_err(530, "NOT_ALLOWED - access to "
+                                                  "vhost 'x' refused"),
+                   SLUICE_EVHOST);
+  assert_int_equal(sluice__close_code_to_err(503, "COMMAND_INVALID"),
+                   SLUICE_EPROTO);
+  assert_true(sluice__retryable(SLUICE_EPROTO));
+  assert_int_equal(sluice__close_code_to_err(405, "RESOURCE_LOCKED"),
+                   SLUICE_ECHANNEL);
+  assert_int_equal(
+      sluice__close_code_to_err(530, "NOT_ALLOWED - vhost nope not found"),
+      SLUICE_EVHOST);
+  assert_int_equal(sluice__close_code_to_err(
+                       403, "ACCESS_REFUSED - access to vhost 'v' refused for "
+                            "user 'u'"),
+                   SLUICE_EVHOST);
+  assert_int_equal(sluice__close_code_to_err(
+                       403, "ACCESS_REFUSED - queue 'q' in vhost '/' in "
+                            "exclusive use"),
+                   SLUICE_ECHANNEL);
+  assert_int_equal(sluice__close_code_to_err(
+                       403, "ACCESS_REFUSED - access to queue 'q' in vhost "
+                            "'/' refused for user 'u'"),
+                   SLUICE_EAUTH);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(broker_close_codes),
       cmocka_unit_test(integers_keep_their_value),
       cmocka_unit_test(uint_round_trip),
   };
