@@ -2,7 +2,7 @@
 /* Writes the binary seeds of the fuzz corpus (docs/fuzzing.md): valid
  * inputs that a fuzzer mutates from, encoded with rabbitmq-c's own
  * encoders so that they are what a broker sends.
- *   fuzz_gen_corpus DIR     writes DIR/props/...
+ *   fuzz_gen_corpus DIR     writes DIR/props/... and DIR/frames/...
  * The text seeds (uri, jobs) are written by hand. */
 #include <errno.h>
 #include <stdio.h>
@@ -142,5 +142,6 @@ int main(int argc, char **argv) {
     return 1;
   }
   props_seeds();
+  gen_frames_seeds();
   return 0;
 }
