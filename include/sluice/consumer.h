@@ -342,7 +342,10 @@ typedef struct sluice_consumer_opts {
   void *abandoned_user;
   /** SO_RCVBUF of the connection; 0: 128 KiB in AUTO mode (what sits in the
    *  kernel was settled by the broker and is lost if the process dies),
-   *  the kernel's default in MANUAL mode; negative: the kernel's default. */
+   *  the kernel's default in MANUAL mode; negative: the kernel's default.
+   *  It bounds only the client's side of an AUTO crash loss: the broker's
+   *  socket buffer (up to 4 MiB on Linux) holds more (docs/consumer.md,
+   *  "autoAck and a crash of the process"); only MANUAL bounds it. */
   int socket_rcvbuf;
 
   sluice_tls_opts tls; /**< for amqps:// URIs \since 0.2 */
