@@ -1362,6 +1362,9 @@ static void free_inside_callback_refused(void **s) {
 int main(void) {
   tb_require_broker("test_consumer_broker");
   setvbuf(stdout, NULL, _IONBF, 0);
+  /* SLUICE_TEST_FILTER=free_* runs the matching tests only */
+  if (getenv("SLUICE_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("SLUICE_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(once_prefetch_1),
       cmocka_unit_test(once_prefetch_10),
