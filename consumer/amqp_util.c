@@ -109,8 +109,7 @@ int sluice__close_code_to_err(uint16_t code, const char *text) {
     case AMQP_NOT_ALLOWED: /* 530 */
       if (about_vhost(text)) return SLUICE_EVHOST;
       return SLUICE_ENOTALLOWED;
-    case AMQP_NOT_FOUND: /* 404 */
-      return SLUICE_ENOTFOUND;
+    case AMQP_NOT_FOUND: /* 404 */ return SLUICE_ENOTFOUND;
     case AMQP_PRECONDITION_FAILED: /* 406 */
       if (text && strstr(text, "inequivalent")) return SLUICE_ECONFLICT;
       return SLUICE_ECHANNEL;

@@ -338,13 +338,11 @@ int sluice__rpc_conn_gone(amqp_connection_state_t conn) {
       switch (r.library_error) {
         case AMQP_STATUS_INVALID_PARAMETER: /* refused before sending */
         case AMQP_STATUS_TABLE_TOO_BIG:
-        case AMQP_STATUS_NO_MEMORY:
-          return 0;
+        case AMQP_STATUS_NO_MEMORY: return 0;
         default:
           return 1; /* closed, reset, timed out (which closes the socket) */
       }
-    default:
-      return 0;
+    default: return 0;
   }
 }
 

@@ -295,8 +295,7 @@ static uint16_t broker_close_code(sluice_consumer *c, int err) {
   uint16_t code = c->lost_code;
   c->lost_code = 0;
   if (code) return code; /* 503, 505... whatever error they map to */
-  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code
-                                                       : 0;
+  return (sluice__err_class(err) & SLUICE__ERR_BROKER) ? c->last_close_code : 0;
 }
 
 /* Everything that belonged to the dead connection's loop: its socket

@@ -327,8 +327,8 @@ void sluice__run_handler(sluice_consumer *c, sluice_delivery *d) {
     return;
   }
   sluice__ds_set(d, SLUICE__DS_HANDLER);
-  uint64_t n = atomic_fetch_add_explicit(&c->n_in_handler, 1,
-                                         memory_order_relaxed) + 1;
+  uint64_t n =
+      atomic_fetch_add_explicit(&c->n_in_handler, 1, memory_order_relaxed) + 1;
   counter_max(&c->n_max_in_handler, n);
   sluice__cb_frame f;
   sluice__cb_enter(&f, c);
@@ -386,8 +386,7 @@ static sluice_delivery *current(const sluice_delivery *h, uint64_t *word) {
     case SLUICE__DS_DEFERRED:
       if (word) *word = w;
       return atomic_load(&e->slot);
-    default:
-      return NULL; /* free, assembling, done, completing, abandoned */
+    default: return NULL; /* free, assembling, done, completing, abandoned */
   }
 }
 
@@ -419,8 +418,8 @@ int sluice_delivery_done(sluice_delivery *h, int outcome) {
       /* Before its handler returned (from another thread, or the handler
        * itself): the handler's return completes it with this outcome, so
        * the slot is never recycled while the handler still runs. */
-      unsigned done = SLUICE__DS_HANDLER_DONE |
-                      (unsigned)outcome << SLUICE__EARLY_SHIFT;
+      unsigned done = SLUICE__DS_HANDLER_DONE | (unsigned)outcome
+                                                    << SLUICE__EARLY_SHIFT;
       if (atomic_compare_exchange_strong(&e->word, &w,
                                          sluice__word(full_use, done)))
         return 0;

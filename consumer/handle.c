@@ -24,7 +24,7 @@
 static sluice__hentry *_Atomic chunks[N_CHUNKS];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint32_t n_used; /* entries ever made: 0 .. n_used - 1 */
-static uint32_t *free_list; /* released indices, reused first */
+static uint32_t *free_list;     /* released indices, reused first */
 static uint32_t n_free, cap_free;
 
 sluice__hentry *sluice__handle_entry(uint32_t idx) {

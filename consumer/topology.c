@@ -236,8 +236,7 @@ int sluice_consumer_purge_queue(sluice_consumer *c, const char *queue,
   if (!c || !queue) return SLUICE_EINVAL;
   if (!c->connected) return SLUICE_ECLOSED;
   amqp_queue_purge_ok_t *ok =
-      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY,
-                       amqp_cstring_bytes(queue));
+      amqp_queue_purge(c->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(queue));
   uint16_t code;
   char text[256];
   int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, &code, text,

@@ -69,14 +69,10 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
       if (h->n_deferred == MAX_DEFERRED) return SLUICE_ACK;
       h->deferred[h->n_deferred++] = d;
       return SLUICE_DEFER;
-    case 'n':
-      return SLUICE_NACK;
-    case 'r':
-      return SLUICE_REJECT;
-    case 'x':
-      return 42;
-    default:
-      return SLUICE_ACK;
+    case 'n': return SLUICE_NACK;
+    case 'r': return SLUICE_REJECT;
+    case 'x': return 42;
+    default: return SLUICE_ACK;
   }
 }
 
@@ -120,8 +116,7 @@ static void complete_deferred(harness *h) {
   /* Stale handles act on nothing, whichever delivery reuses their slot. */
   sluice_consumer_get_stats(h->c, &before);
   for (size_t i = 0; i < h->n_completed; i++) {
-    if (sluice_delivery_done(h->completed[i], SLUICE_REJECT) !=
-        SLUICE_EALREADY)
+    if (sluice_delivery_done(h->completed[i], SLUICE_REJECT) != SLUICE_EALREADY)
       abort();
     if (sluice_delivery_message(h->completed[i]) != NULL) abort();
     sluice_delivery_enter(h->completed[i]);
@@ -160,12 +155,9 @@ static void write_frame(harness *h, int type, int chan, const uint8_t *p,
                         size_t len) {
   static const uint8_t types[] = {AMQP_FRAME_METHOD, AMQP_FRAME_HEADER,
                                   AMQP_FRAME_BODY, AMQP_FRAME_HEARTBEAT};
-  uint8_t head[7] = {types[type],
-                     (uint8_t)(chan >> 8),
-                     (uint8_t)chan,
-                     (uint8_t)(len >> 24),
-                     (uint8_t)(len >> 16),
-                     (uint8_t)(len >> 8),
+  uint8_t head[7] = {types[type],          (uint8_t)(chan >> 8),
+                     (uint8_t)chan,        (uint8_t)(len >> 24),
+                     (uint8_t)(len >> 16), (uint8_t)(len >> 8),
                      (uint8_t)len};
   uint8_t end = AMQP_FRAME_END;
   write_all(h, head, sizeof(head));
@@ -184,8 +176,10 @@ static sluice_consumer *make_consumer(uint8_t opts, harness *h) {
   if (opts & FZ_OPT_ACK_EACH) o.ack_batch = 1;
   sluice_consumer *c = NULL;
   if (sluice_consumer_new(&o, &c)) return NULL;
-  sluice_subscribe_opts so = {.queue = FZ_QUEUE, .handler = handler,
-                              .user = h, .consumer_tag = FZ_TAG};
+  sluice_subscribe_opts so = {.queue = FZ_QUEUE,
+                              .handler = handler,
+                              .user = h,
+                              .consumer_tag = FZ_TAG};
   if (sluice_consumer_subscribe(c, &so)) {
     sluice_consumer_free(c);
     return NULL;

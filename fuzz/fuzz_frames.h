@@ -14,12 +14,7 @@
 #define FZ_QUEUE "fz.q"
 #define FZ_TAG "fz.tag"
 
-enum {
-  FZ_METHOD = 0,
-  FZ_HEADER = 1,
-  FZ_BODY = 2,
-  FZ_HEARTBEAT = 3
-};
+enum { FZ_METHOD = 0, FZ_HEADER = 1, FZ_BODY = 2, FZ_HEARTBEAT = 3 };
 
 enum { FZ_CH_CONSUME = 1, FZ_CH_TOPOLOGY = 2 };
 

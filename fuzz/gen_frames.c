@@ -24,7 +24,9 @@ static void rec(seed *s, int type, int chan, const void *p, size_t len) {
   s->n += len;
 }
 
-static void ctl(seed *s, int op) { s->buf[s->n++] = (uint8_t)op; }
+static void ctl(seed *s, int op) {
+  s->buf[s->n++] = (uint8_t)op;
+}
 
 static void method(seed *s, int chan, amqp_method_number_t id, void *m) {
   uint8_t b[4096];

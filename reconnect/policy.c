@@ -20,12 +20,10 @@ int sluice__err_class(int err) {
       return SLUICE__ERR_FATAL | SLUICE__ERR_BROKER | SLUICE__ERR_CHANNEL_ONLY;
     case SLUICE_ECHANNEL: return SLUICE__ERR_BROKER | SLUICE__ERR_CHANNEL_ONLY;
     case SLUICE_ECLOSED:
-    case SLUICE_EBROKER:
-      return SLUICE__ERR_BROKER;
+    case SLUICE_EBROKER: return SLUICE__ERR_BROKER;
     /* 530 NOT_ALLOWED (a reused consumer tag, an operation the user may not
      * do): the same request is refused the same way after a reconnect. */
-    case SLUICE_ENOTALLOWED:
-      return SLUICE__ERR_FATAL | SLUICE__ERR_BROKER;
+    case SLUICE_ENOTALLOWED: return SLUICE__ERR_FATAL | SLUICE__ERR_BROKER;
     case SLUICE_EINVAL:
     case SLUICE_ENOTSUP: return SLUICE__ERR_FATAL;
     case SLUICE_ETLSCONFIG: /* our own files: the same for every node */

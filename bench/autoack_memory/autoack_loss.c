@@ -74,7 +74,8 @@ static void die(const char *what, int rc) {
 /* n messages of `size` bytes (at least 8), message i carrying i in its
  * first 8 bytes. 0, or the error (the queue is then incomplete). */
 static int fill_once(unsigned long n, size_t size) {
-  sluice_publisher_opts po = {.uri = URI, .connection_name = "bench fill",
+  sluice_publisher_opts po = {.uri = URI,
+                              .connection_name = "bench fill",
                               .max_outstanding = 4096};
   sluice_publisher *p;
   int rc = sluice_publisher_new(&po, &p);
@@ -262,8 +263,7 @@ static double wire_bytes(size_t size) {
   return deliver + header + body;
 }
 
-static struct result run(size_t size, int rcvbuf, int manual,
-                         unsigned long n) {
+static struct result run(size_t size, int rcvbuf, int manual, unsigned long n) {
   fill(n, size);
   memset(g_sh, 0, sizeof(*g_sh) + n);
   g_sh->n = n;
@@ -275,22 +275,20 @@ static struct result run(size_t size, int rcvbuf, int manual,
   /* Steady state: handling, reading paused on the bound (AUTO), and the
    * broker's send queue no longer growing. */
   double end = bu_now() + 30;
-  while (bu_now() < end &&
-         (atomic_load(&g_sh->handled) < 100 ||
-          (!manual && atomic_load(&g_sh->read_pauses) == 0)))
+  while (bu_now() < end && (atomic_load(&g_sh->handled) < 100 ||
+                            (!manual && atomic_load(&g_sh->read_pauses) == 0)))
     sleep_ms(20);
   struct queues q = {0}, prev = {0};
   int stable = 0;
   while (bu_now() < end && stable < 5) {
     sleep_ms(200);
     if (read_queues(pid, &q)) continue;
-    unsigned long grew = q.broker_tx > prev.broker_tx
-                             ? q.broker_tx - prev.broker_tx : 0;
+    unsigned long grew =
+        q.broker_tx > prev.broker_tx ? q.broker_tx - prev.broker_tx : 0;
     stable = grew <= 4096 + prev.broker_tx / 50 ? stable + 1 : 0;
     prev = q;
   }
-  struct result r = {.size = size, .rcvbuf = rcvbuf, .manual = manual,
-                     .n = n};
+  struct result r = {.size = size, .rcvbuf = rcvbuf, .manual = manual, .n = n};
   read_queues(pid, &r.at_kill);
   r.in_flight = atomic_load(&g_sh->in_flight);
   r.in_flight_bytes = atomic_load(&g_sh->in_flight_bytes);
@@ -312,14 +310,10 @@ static struct result run(size_t size, int rcvbuf, int manual,
 }
 
 static const char *rcvbuf_name(const struct result *r, char *b, size_t n) {
-  if (r->manual)
-    snprintf(b, n, "-");
-  else if (r->rcvbuf == 0)
-    snprintf(b, n, "128 KiB (dflt)");
-  else if (r->rcvbuf < 0)
-    snprintf(b, n, "kernel (auto)");
-  else
-    snprintf(b, n, "%d KiB", r->rcvbuf / 1024);
+  if (r->manual) snprintf(b, n, "-");
+  else if (r->rcvbuf == 0) snprintf(b, n, "128 KiB (dflt)");
+  else if (r->rcvbuf < 0) snprintf(b, n, "kernel (auto)");
+  else snprintf(b, n, "%d KiB", r->rcvbuf / 1024);
   return b;
 }
 
@@ -350,16 +344,18 @@ static int parse_list(char *s, long *out, int max) {
 #define MAX_CONFIGS 40
 #define MAX_ROUNDS 9
 
-static double med(double *v, int n) { return bu_median(v, n); }
+static double med(double *v, int n) {
+  return bu_median(v, n);
+}
 
 /* The median of each column over the rounds of one configuration. */
 static struct result median_of(struct result *r, int n) {
   double v[MAX_ROUNDS];
   struct result m = r[0];
-#define MED(field)                                   \
-  do {                                               \
+#define MED(field)                                         \
+  do {                                                     \
     for (int i = 0; i < n; i++) v[i] = (double)r[i].field; \
-    m.field = (__typeof__(m.field))med(v, n);        \
+    m.field = (__typeof__(m.field))med(v, n);              \
   } while (0)
   MED(handled);
   MED(left);
@@ -375,12 +371,9 @@ int main(int argc, char **argv) {
   long sizes[8] = {64, 1024, 16384}, rcvbufs[8] = {0, 16384, -1};
   int ns = 3, nr = 3, rounds = 3;
   double mib = 40;
-  static const struct option lo[] = {{"sizes", 1, 0, 's'},
-                                     {"rcvbufs", 1, 0, 'r'},
-                                     {"mib", 1, 0, 'm'},
-                                     {"rounds", 1, 0, 'n'},
-                                     {"handler-ms", 1, 0, 'h'},
-                                     {0, 0, 0, 0}};
+  static const struct option lo[] = {
+      {"sizes", 1, 0, 's'},  {"rcvbufs", 1, 0, 'r'},    {"mib", 1, 0, 'm'},
+      {"rounds", 1, 0, 'n'}, {"handler-ms", 1, 0, 'h'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "s:r:m:n:h:", lo, NULL)) != -1) {
     if (ch == 's') ns = parse_list(optarg, sizes, 8);
@@ -421,16 +414,16 @@ int main(int argc, char **argv) {
          "(rabbitmq-c's read buffer and inside the broker)\n");
   const char *head = "%s%-6s %7s  %-15s %8s %8s %8s %8s %8s | %6s %8s %8s "
                      "%8s\n";
-  printf(head, "# ", "mode", "size", "socket_rcvbuf", "sent", "handled",
-         "left", "LOST", "lost MiB", "held", "client", "broker", "rest");
+  printf(head, "# ", "mode", "size", "socket_rcvbuf", "sent", "handled", "left",
+         "LOST", "lost MiB", "held", "client", "broker", "rest");
   static struct result res[MAX_CONFIGS][MAX_ROUNDS];
   int nc = 0;
   for (int round = 0; round < rounds; round++) {
     nc = 0;
     for (int i = 0; i < ns; i++) {
       for (int k = -1; k < nr && nc < MAX_CONFIGS; k++) {
-        struct result r = run((size_t)sizes[i], k < 0 ? 0 : (int)rcvbufs[k],
-                              k < 0, ns_n[i]);
+        struct result r =
+            run((size_t)sizes[i], k < 0 ? 0 : (int)rcvbufs[k], k < 0, ns_n[i]);
         print(&r, "# ");
         if (r.dup) printf("# %lu handled twice\n", r.dup);
         if (!r.left)

@@ -480,7 +480,7 @@ typedef struct sluice_subscribe_opts {
   const char *queue;         /**< required; copied */
   sluice_handler_fn handler; /**< required */
   void *user;
-  const char *consumer_tag;   /**< default (NULL or ""): generated;
+  const char *consumer_tag; /**< default (NULL or ""): generated;
                                    copied; at most 255 bytes; unique within
                                    the consumer */
   int exclusive;

@@ -60,11 +60,13 @@ extern "C" {
      "the broker's certificate does not match the host name or address")      \
   XX(ETLSVERIFY, -33, "the broker's certificate failed verification")         \
   XX(ETLSCLIENT, -34, "the broker refused the client certificate")            \
-  XX(ENOTTLS, -35, "TLS to a port that does not speak TLS (amqps:// to a "    \
-                   "plaintext port?)")                                        \
-  XX(ETLSPORT, -36, "plaintext AMQP to a TLS port (amqp:// where amqps:// "   \
-                    "is needed?)")                                            \
-  XX(ETLSCONFIG, -37, "TLS settings unusable (CA, certificate or key file)") \
+  XX(ENOTTLS, -35,                                                            \
+     "TLS to a port that does not speak TLS (amqps:// to a "                  \
+     "plaintext port?)")                                                      \
+  XX(ETLSPORT, -36,                                                           \
+     "plaintext AMQP to a TLS port (amqp:// where amqps:// "                  \
+     "is needed?)")                                                           \
+  XX(ETLSCONFIG, -37, "TLS settings unusable (CA, certificate or key file)")  \
   XX(ENOTALLOWED, -38,                                                        \
      "the broker does not allow this operation (530 NOT_ALLOWED)")
 

@@ -105,7 +105,8 @@ static void admitted_delivery_always_completes(void **state) {
   while (completed < N) {
     assert_true(++steps < 50u * N); /* no deadlock */
     int progressed = 0;
-    if (sluice__bound_may_read(&b, assembling) && (assembling || admitted < N)) {
+    if (sluice__bound_may_read(&b, assembling) &&
+        (assembling || admitted < N)) {
       progressed = 1;
       if (!assembling) { /* basic.deliver, then the content header */
         sluice__bound_hold(&b);

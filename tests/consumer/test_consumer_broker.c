@@ -596,8 +596,7 @@ static int stale_handler(sluice_delivery *d, const sluice_message *m,
     sluice_delivery *old = x->h[i - 1];
     assert_true(old != d); /* the same slot, another handle */
     /* the previous delivery is done: its handle is stale */
-    assert_int_equal(sluice_delivery_done(old, SLUICE_REJECT),
-                     SLUICE_EALREADY);
+    assert_int_equal(sluice_delivery_done(old, SLUICE_REJECT), SLUICE_EALREADY);
     assert_null(sluice_delivery_message(old));
     int before = atomic_load(&x->resumes);
     sluice_delivery_enter(old);
@@ -634,11 +633,13 @@ static void stale_handle_never_acts(void **s) {
                                  .resume = stale_resume,
                                  .user = &x};
   struct event_base *base = event_base_new();
-  sluice_consumer_opts o = {.uri = TEST_URI, .prefetch = 1, .hooks = &hooks,
-                            .on_event = stale_stopped, .log_level = -1};
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .prefetch = 1,
+                            .hooks = &hooks,
+                            .on_event = stale_stopped,
+                            .log_level = -1};
   assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
-  sluice_subscribe_opts so = {.queue = q, .handler = stale_handler,
-                              .user = &x};
+  sluice_subscribe_opts so = {.queue = q, .handler = stale_handler, .user = &x};
   assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
   assert_int_equal(sluice_consumer_start(x.c, base), 0);
   struct event *t = event_new(base, -1, EV_PERSIST, stale_tick, &x);
@@ -983,18 +984,26 @@ static void duplicate_consumer_tag_refused(void **s) {
   struct ctx *x = ctx_new(M_ACK, 5);
   struct logcap l;
   memset(&l, 0, sizeof(l));
-  sluice_consumer_opts o = {.uri = TEST_URI, .log = logcap_fn, .log_user = &l,
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .log = logcap_fn,
+                            .log_user = &l,
                             .reconnect = {.enabled = 1}};
   assert_int_equal(sluice_consumer_new(&o, &x->c), 0);
-  sluice_subscribe_opts a = {.queue = q1, .handler = handler, .user = x,
+  sluice_subscribe_opts a = {.queue = q1,
+                             .handler = handler,
+                             .user = x,
                              .consumer_tag = "job"};
-  sluice_subscribe_opts b = {.queue = q2, .handler = handler, .user = x,
+  sluice_subscribe_opts b = {.queue = q2,
+                             .handler = handler,
+                             .user = x,
                              .consumer_tag = "job"};
   assert_int_equal(sluice_consumer_subscribe(x->c, &a), 0);
   assert_int_equal(sluice_consumer_subscribe(x->c, &b), SLUICE_EINVAL);
   assert_non_null(strstr(l.last, "consumer tag 'job' is already used"));
   assert_non_null(strstr(l.last, q1));
-  sluice_subscribe_opts e = {.queue = q2, .handler = handler, .user = x,
+  sluice_subscribe_opts e = {.queue = q2,
+                             .handler = handler,
+                             .user = x,
                              .consumer_tag = ""};
   assert_int_equal(sluice_consumer_subscribe(x->c, &e), 0);
   int to = 0;
@@ -1059,8 +1068,7 @@ static int sync_handler(sluice_delivery *d, const sluice_message *m,
   if (++x->acked_again == SYNC_N) sluice_consumer_stop(x->c);
   return SLUICE_ACK;
 }
-static void sync_event(sluice_consumer *c, const sluice_event *ev,
-                       void *user) {
+static void sync_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   struct sync_ctx *x = user;
   if (ev->type == SLUICE_EV_CLOSED) {
     x->closed++;
@@ -1081,7 +1089,8 @@ static void sync_tick(evutil_socket_t fd, short what, void *arg) {
     sluice_exchange_decl e = {.name = x->q, .type = "nosuchtype"};
     x->call_rc = sluice_consumer_declare_exchange(x->c, &e);
   } else {
-    sluice_subscribe_opts so = {.queue = x->locked, .handler = sync_handler,
+    sluice_subscribe_opts so = {.queue = x->locked,
+                                .handler = sync_handler,
                                 .user = x};
     x->call_rc = sluice_consumer_subscribe(x->c, &so);
   }
@@ -1107,19 +1116,22 @@ static void close_during_sync_call(void **s) {
       sluice_consumer_opts oo = {.uri = TEST_URI, .log_level = -1};
       assert_int_equal(sluice_consumer_new(&oo, &owner), 0);
       assert_int_equal(sluice_consumer_connect(owner), 0);
-      sluice_subscribe_opts ex = {.queue = x.locked, .handler = handler,
+      sluice_subscribe_opts ex = {.queue = x.locked,
+                                  .handler = handler,
                                   .exclusive = 1};
       assert_int_equal(sluice_consumer_subscribe(owner, &ex), 0);
     }
     struct event_base *base = event_base_new();
-    sluice_consumer_opts o = {.uri = TEST_URI, .prefetch = SYNC_N,
-                              .on_event = sync_event, .event_user = &x,
-                              .log_level = -1,
-                              .reconnect = {.enabled = 1,
-                                            .min_delay_ms = 50,
-                                            .max_delay_ms = 200}};
+    sluice_consumer_opts o = {
+        .uri = TEST_URI,
+        .prefetch = SYNC_N,
+        .on_event = sync_event,
+        .event_user = &x,
+        .log_level = -1,
+        .reconnect = {.enabled = 1, .min_delay_ms = 50, .max_delay_ms = 200}};
     assert_int_equal(sluice_consumer_new(&o, &x.c), 0);
-    sluice_subscribe_opts so = {.queue = q, .handler = sync_handler,
+    sluice_subscribe_opts so = {.queue = q,
+                                .handler = sync_handler,
                                 .user = &x};
     assert_int_equal(sluice_consumer_subscribe(x.c, &so), 0);
     assert_int_equal(sluice_consumer_start(x.c, base), 0);
@@ -1212,10 +1224,12 @@ static void free_from_another_thread(void **s) {
     unsigned n = 3000;
     tb_fill(q, n, 32);
     struct freer f = {0};
-    sluice_consumer_opts o = {.uri = TEST_URI, .workers = workers,
+    sluice_consumer_opts o = {.uri = TEST_URI,
+                              .workers = workers,
                               .prefetch = 50};
     assert_int_equal(sluice_consumer_new(&o, &f.c), 0);
-    sluice_subscribe_opts so = {.queue = q, .handler = freer_handler,
+    sluice_subscribe_opts so = {.queue = q,
+                                .handler = freer_handler,
                                 .user = &f};
     assert_int_equal(sluice_consumer_subscribe(f.c, &so), 0);
     pthread_t t;
@@ -1242,8 +1256,10 @@ static void free_from_another_thread(void **s) {
   struct logcap l;
   memset(&l, 0, sizeof(l));
   struct event_base *base = event_base_new();
-  sluice_consumer_opts o = {.uri = TEST_URI, .log = logcap_fn,
-                            .log_user = &l, .on_event = freer_stopped};
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .log = logcap_fn,
+                            .log_user = &l,
+                            .on_event = freer_stopped};
   sluice_consumer *c;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
   sluice_subscribe_opts so = {.queue = q, .handler = freer_handler};

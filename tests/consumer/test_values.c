@@ -131,10 +131,10 @@ static void uint_round_trip(void **state) {
  * 530 NOT_ALLOWED (a reused consumer tag) is its own, fatal, error. */
 static void broker_close_codes(void **state) {
   (void)state;
-  assert_int_equal(
-      sluice__close_code_to_err(530, "NOT_ALLOWED - attempt to reuse "
-                                     "consumer tag 'T'"),
-      SLUICE_ENOTALLOWED);
+  assert_int_equal(sluice__close_code_to_err(530,
+                                             "NOT_ALLOWED - attempt to reuse "
+                                             "consumer tag 'T'"),
+                   SLUICE_ENOTALLOWED);
   assert_false(sluice__retryable(SLUICE_ENOTALLOWED));
   assert_int_equal(sluice__close_code_to_err(530, "NOT_ALLOWED - access to "
                                                   "vhost 'x' refused"),

@@ -110,8 +110,8 @@ static void fatal_and_disabled(void **state) {
   sluice_reconnect_opts o = opts(&f);
   sluice__policy p;
   sluice__policy_init(&p, &o, 1, 1);
-  const int fatal[] = {SLUICE_EAUTH,    SLUICE_EVHOST, SLUICE_ENOTFOUND,
-                       SLUICE_ECONFLICT, SLUICE_EURI,  SLUICE_EINVAL,
+  const int fatal[] = {SLUICE_EAUTH,     SLUICE_EVHOST,     SLUICE_ENOTFOUND,
+                       SLUICE_ECONFLICT, SLUICE_EURI,       SLUICE_EINVAL,
                        SLUICE_ENOTSUP,   SLUICE_ENOTALLOWED};
   for (size_t i = 0; i < sizeof(fatal) / sizeof(*fatal); i++) {
     sluice__decision d = sluice__policy_failed(&p, fatal[i]);
@@ -139,9 +139,9 @@ static void error_classes(void **state) {
   assert_true(sluice__err_class(SLUICE_EURI) & SLUICE__ERR_EVERY_NODE);
   assert_false(sluice__err_class(SLUICE_ECONNECT) & SLUICE__ERR_EVERY_NODE);
   assert_false(sluice__err_class(SLUICE_ENOTFOUND) & SLUICE__ERR_EVERY_NODE);
-  const int broker[] = {SLUICE_ECHANNEL,  SLUICE_ECLOSED, SLUICE_EAUTH,
-                        SLUICE_ENOTFOUND, SLUICE_EBROKER, SLUICE_ECONFLICT,
-                        SLUICE_EVHOST, SLUICE_ENOTALLOWED};
+  const int broker[] = {SLUICE_ECHANNEL,  SLUICE_ECLOSED,    SLUICE_EAUTH,
+                        SLUICE_ENOTFOUND, SLUICE_EBROKER,    SLUICE_ECONFLICT,
+                        SLUICE_EVHOST,    SLUICE_ENOTALLOWED};
   for (size_t i = 0; i < sizeof(broker) / sizeof(*broker); i++)
     assert_true(sluice__err_class(broker[i]) & SLUICE__ERR_BROKER);
   assert_false(sluice__err_class(SLUICE_ESOCKET) & SLUICE__ERR_BROKER);
