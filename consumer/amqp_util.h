@@ -33,6 +33,10 @@ typedef struct sluice__open_args {
   int connect_timeout_ms, rpc_timeout_ms, heartbeat_s, frame_max;
   const struct sluice__tls_config *tls; /* for amqps:// URIs */
   const struct sluice__logger *log;     /* warnings */
+  /* Out, may be NULL: set when the TCP connect itself failed with a socket
+   * error (refused, or unreachable), to how long it took; left alone
+   * otherwise. */
+  uint64_t *refused_ms;
 } sluice__open_args;
 
 /* Open a TCP (or TLS, for amqps://) connection and log in; on failure

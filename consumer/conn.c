@@ -111,8 +111,17 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
   }
   const char *proto = u.tls ? "TLS to" : "connect to";
   struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
+  uint64_t t0 = sluice__now_ms();
   int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
   if (st != AMQP_STATUS_OK) {
+    /* rabbitmq-c 0.11 says only "socket error" for a TCP connect that
+     * failed (not a timeout, not a name lookup): a refusal or an
+     * unreachable host. How fast it came tells the policy whether the host
+     * answered (sluice__policy_refused). With TLS, only before the
+     * handshake began. */
+    if (st == AMQP_STATUS_SOCKET_ERROR && a->refused_ms &&
+        !(u.tls && diag.started))
+      *a->refused_ms = sluice__now_ms() - t0;
     rc = u.tls ? sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t, sizeof(t))
                : 0;
     if (!rc) {
@@ -221,7 +230,9 @@ int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
   return rc;
 }
 
-static int connect_uri(sluice_consumer *c, const char *uri_str) {
+/* `*refused_ms`: as in sluice__open_args. */
+static int connect_uri(sluice_consumer *c, const char *uri_str,
+                       uint64_t *refused_ms) {
   sluice__open_args a = {uri_str,
                          c->conn_name,
                          c->o.connect_timeout_ms,
@@ -229,15 +240,19 @@ static int connect_uri(sluice_consumer *c, const char *uri_str) {
                          c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
                          c->o.frame_max,
                          c->has_tls ? &c->tls : NULL,
-                         &c->log};
+                         &c->log,
+                         refused_ms};
   uint16_t code;
   char text[512];
   amqp_connection_state_t conn;
   int rc = sluice__amqp_open(&a, &conn, &code, text, sizeof(text));
   if (rc) {
     sluice__note_close(c, code, text);
-    sluice__log(c, rc == SLUICE_ECONNECT ? SLUICE_LOG_WARN : SLUICE_LOG_ERROR,
-                "%s (%s)", text, sluice_strerror(rc));
+    /* A probe finding the node still down is expected: not a warning. */
+    int level = rc != SLUICE_ECONNECT          ? SLUICE_LOG_ERROR
+                : c->probing && *refused_ms != UINT64_MAX ? SLUICE_LOG_DEBUG
+                                                          : SLUICE_LOG_WARN;
+    sluice__log(c, level, "%s (%s)", text, sluice_strerror(rc));
     return rc;
   }
   c->conn = conn;
@@ -269,14 +284,22 @@ static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
 
 int sluice__connect(sluice_consumer *c) {
   int rc = SLUICE_ECONNECT, retryable = 0;
+  /* every node refused so far: the slowest refusal; else UINT64_MAX */
+  uint64_t slowest = 0;
+  c->refused_ms = UINT64_MAX;
   for (size_t i = 0; i < c->n_uris; i++) {
     size_t idx = sluice__policy_node(&c->policy, i);
-    int node_rc = connect_uri(c, c->uris[idx]);
+    uint64_t refused_ms = UINT64_MAX;
+    int node_rc = connect_uri(c, c->uris[idx], &refused_ms);
     if (node_rc == 0) {
       sluice__policy_node_up(&c->policy, idx); /* stay on the node */
       rc = 0;
       break;
     }
+    if (refused_ms == UINT64_MAX)
+      slowest = UINT64_MAX;
+    else if (slowest != UINT64_MAX && refused_ms > slowest)
+      slowest = refused_ms;
     /* What the attempt reports: the last node's error, unless an earlier
      * node failed in a way that may pass (down, restarting) and this one
      * for good (its certificate): that one is worth retrying. */
@@ -295,6 +318,7 @@ int sluice__connect(sluice_consumer *c) {
   }
   if (rc) {
     sluice__policy_nodes_failed(&c->policy);
+    c->refused_ms = slowest;
     return rc;
   }
   if ((rc = open_channel(c, SLUICE__CH_MAIN)) ||

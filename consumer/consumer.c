@@ -78,6 +78,7 @@ static int apply_defaults(sluice_consumer_opts *o) {
   if (r->max_delay_ms < r->min_delay_ms) return SLUICE_EINVAL;
   if (r->max_attempts == 0) r->max_attempts = 10;
   if (r->reset_after_ms == 0) r->reset_after_ms = 10000;
+  if (r->refused_probe_ms == 0) r->refused_probe_ms = 250;
   return 0;
 }
 
@@ -153,6 +154,7 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   sluice__policy_init(&c->policy, &o.reconnect, n,
                       (uint64_t)(uintptr_t)c ^ sluice__now_ms() ^
                           ((uint64_t)getpid() << 32));
+  c->refused_ms = UINT64_MAX;
   pthread_mutex_init(&c->cq_mu, NULL);
   pthread_mutex_init(&c->wq_mu, NULL);
   pthread_cond_init(&c->wq_cv, NULL);
@@ -234,7 +236,12 @@ int sluice_consumer_connect(sluice_consumer *c) {
 /* The connection is gone or an attempt failed: ask the policy, then arm
  * the retry timer, or end the run. */
 static void schedule_retry(sluice_consumer *c, int err) {
-  sluice__decision d = sluice__policy_failed(&c->policy, err);
+  sluice__decision d =
+      c->refused_ms != UINT64_MAX
+          ? sluice__policy_refused(&c->policy, err, c->refused_ms)
+          : sluice__policy_failed(&c->policy, err);
+  c->refused_ms = UINT64_MAX;
+  c->probing = d.action == SLUICE__RETRY && d.probe;
   switch (d.action) {
     case SLUICE__FATAL:
       if (c->o.reconnect.enabled)
@@ -254,6 +261,13 @@ static void schedule_retry(sluice_consumer *c, int err) {
       return;
     }
     case SLUICE__RETRY: {
+      if (d.probe) { /* not an attempt: no event */
+        sluice__log(c, SLUICE_LOG_DEBUG,
+                    "refused at once: probing again in %llu ms",
+                    (unsigned long long)d.delay_ms);
+        sluice__loop_arm(&c->loop, SLUICE__W_RETRY, d.delay_ms);
+        return;
+      }
       sluice_event ev = {.type = SLUICE_EV_RECONNECTING,
                          .err = err,
                          .delay_ms = d.delay_ms,

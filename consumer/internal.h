@@ -221,6 +221,10 @@ struct sluice_consumer {
   /* reconnect: the policy decides, the consumer arms SLUICE__W_RETRY */
   sluice__registry *registry;
   sluice__policy policy;
+  /* the last attempt: every node refused, the slowest after this long;
+   * UINT64_MAX when some node failed otherwise (or it got further) */
+  uint64_t refused_ms;
+  int probing; /* the retry armed now is a probe (its refusals: DEBUG) */
 
   /* counters (atomics: read from any thread) */
   _Atomic uint64_t n_delivered, n_acked, n_nacked, n_rejected, n_errors,

@@ -81,7 +81,8 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
                            0,
                            SLUICE__DEFAULT_FRAME_MAX,
                            is_tls ? &tls : NULL,
-                           &p->log};
+                           &p->log,
+                           NULL};
     rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
   }
   if (is_tls) sluice__tls_config_free(&tls);

@@ -76,20 +76,41 @@ void sluice__policy_shuffle(sluice__policy *p, void **items, size_t n) {
 
 void sluice__policy_up(sluice__policy *p) {
   p->connected_at_ms = sluice__policy_now(p);
+  p->window_end_ms = 0;
 }
 
 unsigned sluice__policy_connected(sluice__policy *p) {
   unsigned attempts = p->attempt;
   p->connected_at_ms = sluice__policy_now(p);
+  p->window_end_ms = 0;
   p->attempt = 0;
   return attempts;
 }
 
-sluice__decision sluice__policy_failed(sluice__policy *p, int err) {
-  sluice__decision d = {SLUICE__FATAL, 0, p->attempt};
+/* The wait before the next probe: refused_probe_ms +-50 %, so a fleet that
+ * lost the same node does not probe it in step. */
+static uint64_t probe_delay(sluice__policy *p) {
+  uint64_t ms = p->o.refused_probe_ms;
+  uint64_t lo = ms / 2, span = ms + 1; /* [ms/2, ms/2 + ms] */
+  return lo + sluice__policy_random(p) % span;
+}
+
+static sluice__decision fail(sluice__policy *p, int err, int probing) {
+  sluice__decision d = {SLUICE__FATAL, 0, p->attempt, 0};
   if (!p->o.enabled || !sluice__retryable(err)) return d;
+  uint64_t now = sluice__policy_now(p);
+  /* Inside the backoff delay, a node that refused quickly is probed again
+   * soon: it answers, so its host is up and the broker is starting or
+   * restarting. A probe is not an attempt: the delay runs on. */
+  if (probing && now < p->window_end_ms) {
+    uint64_t left = p->window_end_ms - now, pd = probe_delay(p);
+    d.action = SLUICE__RETRY;
+    d.delay_ms = pd < left ? pd : left;
+    d.probe = 1;
+    return d;
+  }
   /* A connection that stayed up long enough starts the backoff over. */
-  uint64_t up_ms = sluice__policy_now(p) - p->connected_at_ms;
+  uint64_t up_ms = now - p->connected_at_ms;
   if (p->connected_at_ms && up_ms >= p->o.reset_after_ms) {
     sluice_backoff_reset(&p->backoff);
     p->attempt = 0;
@@ -104,7 +125,23 @@ sluice__decision sluice__policy_failed(sluice__policy *p, int err) {
   d.action = SLUICE__RETRY;
   d.attempt = p->attempt;
   d.delay_ms = sluice_backoff_next(&p->backoff, sluice__policy_random(p));
+  p->window_end_ms = now + d.delay_ms;
+  if (probing) {
+    uint64_t pd = probe_delay(p);
+    if (pd < d.delay_ms) d.delay_ms = pd;
+  }
   return d;
+}
+
+sluice__decision sluice__policy_failed(sluice__policy *p, int err) {
+  return fail(p, err, 0);
+}
+
+sluice__decision sluice__policy_refused(sluice__policy *p, int err,
+                                        uint64_t slowest_ms) {
+  int probing = p->o.refused_probe_ms != UINT32_MAX &&
+                slowest_ms < p->o.refused_probe_ms / 2;
+  return fail(p, err, probing);
 }
 
 size_t sluice__policy_node(const sluice__policy *p, size_t i) {

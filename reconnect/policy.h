@@ -45,6 +45,8 @@ typedef struct sluice__policy {
   unsigned attempt;         /* failed attempts in a row */
   uint64_t connected_at_ms; /* when the live connection came up; 0: none */
   uint64_t rng_state;       /* the built-in generator, when o.random is NULL */
+  uint64_t window_end_ms;   /* end of the current backoff delay (probes
+                               inside it are not attempts); 0: none */
   size_t n_nodes, next_node;
 } sluice__policy;
 
@@ -58,6 +60,9 @@ typedef struct sluice__decision {
   sluice__action action;
   uint64_t delay_ms;
   unsigned attempt;
+  /* 1: a probe of refusing nodes inside the current backoff delay; not an
+   * attempt (no RECONNECTING event, not counted towards max_attempts) */
+  int probe;
 } sluice__decision;
 
 /* `o` with its defaults applied; `seed` seeds the built-in generator. */
@@ -79,6 +84,15 @@ void sluice__policy_up(sluice__policy *p);
 unsigned sluice__policy_connected(sluice__policy *p);
 /* A connection was lost, or an attempt failed, with `err`. */
 sluice__decision sluice__policy_failed(sluice__policy *p, int err);
+/* An attempt failed because every node refused the TCP connection (their
+ * hosts answered, nothing listened: brokers restarting), the slowest
+ * refusal after `slowest_ms`. A quick refusal (under refused_probe_ms / 2)
+ * is probed again every refused_probe_ms (jittered by +-50 %) inside the
+ * current backoff delay, and those probes are not attempts: the backoff,
+ * the attempt count and the time to GAVE_UP stay as without them. A slow
+ * one, or probing off (refused_probe_ms UINT32_MAX): as _failed. */
+sluice__decision sluice__policy_refused(sluice__policy *p, int err,
+                                        uint64_t slowest_ms);
 
 /* The node to try `i`-th (0 .. n_nodes - 1) in an attempt. */
 size_t sluice__policy_node(const sluice__policy *p, size_t i);

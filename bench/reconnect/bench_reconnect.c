@@ -7,9 +7,13 @@
  *            (target: under 1.5 x min_delay_ms + one round trip)
  *   memory   heap and listener count after 100 and after N reconnect cycles
  *            (target: equal within 1%)
+ *   crash    on the test cluster instead (scripts/cluster.sh): kill -9 of a
+ *            node and restart, time to the first delivery after the node
+ *            accepts again, probing refused nodes vs backoff only (crash.c)
  *
  * Usage: sluice-bench-reconnect [latency|memory|all] [cuts=20] [cycles=10000]
  *                               [min_delay_ms=100]
+ *        sluice-bench-reconnect crash [rounds=5]
  *
  * One message circulates: the handler defers it and never completes it on
  * its own connection; after the cut the broker redelivers it on the next
@@ -26,6 +30,7 @@
 #include <sluice/sluice.h>
 
 #include "../common/bench_util.h"
+#include "crash.h"
 #include "proxy.h"
 
 #define BROKER "amqp://guest:guest@127.0.0.1:5672/"
@@ -399,6 +404,14 @@ static void fill_one(const char *queue) {
 
 int main(int argc, char **argv) {
   const char *what = argc > 1 ? argv[1] : "all";
+  if (!strcmp(what, "crash")) {
+    int rounds = argc > 2 ? atoi(argv[2]) : 5;
+    if (rounds < 1 || rounds > 32) {
+      fprintf(stderr, "usage: %s crash [rounds 1..32]\n", argv[0]);
+      return 2;
+    }
+    return bench_crash(rounds);
+  }
   int cuts = argc > 2 ? atoi(argv[2]) : 20;
   unsigned cycles = argc > 3 ? (unsigned)atoi(argv[3]) : 10000;
   unsigned min_ms = argc > 4 ? (unsigned)atoi(argv[4]) : 100;

@@ -49,6 +49,15 @@ typedef struct sluice_reconnect_opts {
                                  backoff delay to min_delay_ms; 10000 */
   int shuffle;             /**< try the URIs in random order (drawn from
                                  `random` when set) */
+  /** While every node refuses TCP connections quickly (its host answers,
+   *  nothing listens: a broker restarting), try again about this often
+   *  (+-50 % jitter) instead of waiting out the backoff delay; these probes
+   *  are not attempts (no SLUICE_EV_RECONNECTING, not counted towards
+   *  max_attempts), so the time to SLUICE_EV_GAVE_UP is unchanged. "Quick"
+   *  is under half this interval. Default 250; UINT32_MAX: off (plain
+   *  backoff, e.g. for a fleet so large that its probes would matter).
+   *  \since 0.2 */
+  unsigned refused_probe_ms;
   /** Injectable clock in ms (tests); NULL: CLOCK_MONOTONIC. Loop thread. */
   uint64_t (*now_ms)(void *user);
   /** Injectable randomness (tests): jitter and the URI shuffle; NULL: a

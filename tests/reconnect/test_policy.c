@@ -226,6 +226,128 @@ static void shuffle_uses_the_policy_random(void **state) {
   for (int k = 0; k < 8; k++) assert_true(seen[k] > 0);
 }
 
+/* An outage simulated on the injected clock: each failure is answered, time
+ * moves on by the decision's delay, until `outage_ms` has passed (the node
+ * accepts again: the next try connects) or the policy gives up. The node
+ * refuses after `refusal_ms` (refused() when probing is asked for). */
+struct outage {
+  unsigned tries, probes, attempts, max_delay;
+  uint64_t connected_at, gave_up_at;
+};
+
+static struct outage simulate(const sluice_reconnect_opts *o, struct fake *f,
+                              int refused, uint64_t refusal_ms,
+                              uint64_t outage_ms) {
+  struct outage r = {0};
+  sluice__policy p;
+  sluice__policy_init(&p, o, 1, 1);
+  f->now = 0;
+  sluice__decision d = sluice__policy_failed(&p, SLUICE_ECLOSED); /* loss */
+  assert_int_equal(d.action, SLUICE__RETRY);
+  r.attempts = 1;
+  for (;;) {
+    assert_true(d.delay_ms > 0);
+    if (d.delay_ms > r.max_delay) r.max_delay = (unsigned)d.delay_ms;
+    f->now += d.delay_ms;
+    r.tries++;
+    if (f->now >= outage_ms) {
+      r.connected_at = f->now;
+      return r;
+    }
+    f->now += refusal_ms;
+    d = refused ? sluice__policy_refused(&p, SLUICE_ECONNECT, refusal_ms)
+                : sluice__policy_failed(&p, SLUICE_ECONNECT);
+    if (d.action == SLUICE__GIVE_UP) {
+      r.gave_up_at = f->now;
+      return r;
+    }
+    assert_int_equal(d.action, SLUICE__RETRY);
+    if (d.probe)
+      r.probes++;
+    else
+      r.attempts++;
+    assert_int_equal(d.attempt, r.attempts); /* probes are not attempts */
+  }
+}
+
+/* A node that refuses at once is probed every refused_probe_ms (+-50 %)
+ * inside the backoff delays: back within one probe interval of listening
+ * again, where the backoff alone waits out its delay; yet the attempts, and
+ * the moment the policy gives up, are the backoff's. */
+static void refused_nodes_are_probed(void **state) {
+  (void)state;
+  struct fake f = {.r = 0x9e3779b97f4a7c15ULL};
+  sluice_reconnect_opts o = opts(&f);
+  o.max_delay_ms = 30000;
+  o.max_attempts = 10;
+  o.refused_probe_ms = 250;
+
+  /* a 10 s restart */
+  struct outage plain = simulate(&o, &f, 0, 0, 10000);
+  struct outage probed = simulate(&o, &f, 1, 0, 10000);
+  assert_int_equal(plain.probes, 0);
+  assert_true(probed.probes > 0);
+  assert_true(probed.max_delay <= 375); /* 250 + 50 % */
+  assert_true(probed.connected_at - 10000 <= 375);
+  assert_true(plain.connected_at >= probed.connected_at);
+  assert_int_equal(probed.attempts, plain.attempts);
+
+  /* a node that never comes back: the same attempts, the same time */
+  plain = simulate(&o, &f, 0, 0, UINT64_MAX);
+  probed = simulate(&o, &f, 1, 0, UINT64_MAX);
+  assert_true(plain.gave_up_at > 0);
+  assert_int_equal(probed.attempts, 10);
+  assert_int_equal(plain.attempts, 10);
+  assert_int_equal(probed.gave_up_at, plain.gave_up_at);
+  assert_true(probed.probes > plain.attempts);
+
+  /* slow refusals (half the probe interval or more) are not probed, and
+   * probing can be turned off */
+  struct outage slow = simulate(&o, &f, 1, 125, UINT64_MAX);
+  assert_int_equal(slow.probes, 0);
+  struct outage slow_plain = simulate(&o, &f, 0, 125, UINT64_MAX);
+  assert_int_equal(slow.gave_up_at, slow_plain.gave_up_at);
+  o.refused_probe_ms = UINT32_MAX;
+  struct outage off = simulate(&o, &f, 1, 0, UINT64_MAX);
+  assert_int_equal(off.probes, 0);
+  assert_int_equal(off.gave_up_at, plain.gave_up_at);
+}
+
+/* A connection made ends the probing: the next refusal after a loss is an
+ * attempt again, and probes never follow a fault other than a refusal. */
+static void probing_ends_with_a_connection(void **state) {
+  (void)state;
+  struct fake f = {.now = 0, .r = UINT64_MAX};
+  sluice_reconnect_opts o = opts(&f);
+  o.max_delay_ms = 30000;
+  o.refused_probe_ms = 250;
+  o.max_attempts = 10;
+  sluice__policy p;
+  sluice__policy_init(&p, &o, 1, 1);
+  retry(&p, SLUICE_ECLOSED, 100, 1);
+  f.now = 100;
+  sluice__decision d = sluice__policy_refused(&p, SLUICE_ECONNECT, 0);
+  assert_int_equal(d.attempt, 2);
+  assert_false(d.probe); /* [100, 200]: shorter than a probe interval */
+  f.now += d.delay_ms;
+  d = sluice__policy_refused(&p, SLUICE_ECONNECT, 0);
+  assert_int_equal(d.attempt, 3); /* [100, 400]: 400, a probe first */
+  assert_int_equal(d.delay_ms, 125 + UINT64_MAX % 251);
+  f.now += d.delay_ms;
+  d = sluice__policy_refused(&p, SLUICE_ECONNECT, 0);
+  assert_true(d.probe);
+  assert_int_equal(d.attempt, 3);
+  /* a timeout inside the delay is an attempt, as it always was */
+  d = sluice__policy_failed(&p, SLUICE_ETIMEDOUT);
+  assert_false(d.probe);
+  assert_int_equal(d.attempt, 4);
+  assert_int_equal(sluice__policy_connected(&p), 4);
+  f.now += 50;
+  d = sluice__policy_refused(&p, SLUICE_ECONNECT, 0);
+  assert_false(d.probe);
+  assert_int_equal(d.attempt, 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(backoff_reset_with_injected_clock),
@@ -235,6 +357,8 @@ int main(void) {
       cmocka_unit_test(unbounded_attempts_never_give_up),
       cmocka_unit_test(nodes_rotate),
       cmocka_unit_test(shuffle_uses_the_policy_random),
+      cmocka_unit_test(refused_nodes_are_probed),
+      cmocka_unit_test(probing_ends_with_a_connection),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -610,6 +611,105 @@ static void stop_while_reconnecting(void **state) {
   tproxy_free(p);
 }
 
+/* ---- a refusing node is probed, not waited for -------------------------- */
+
+struct prober {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  unsigned probes, reconnecting, connected, attempt;
+};
+
+static void probe_log(int level, const char *msg, void *user) {
+  struct prober *x = user;
+  if (level != SLUICE_LOG_DEBUG || !strstr(msg, "probing again")) return;
+  pthread_mutex_lock(&x->mu);
+  x->probes++;
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+}
+
+static void probe_event(sluice_consumer *c, const sluice_event *ev,
+                        void *user) {
+  struct prober *x = user;
+  pthread_mutex_lock(&x->mu);
+  if (ev->type == SLUICE_EV_RECONNECTING) x->reconnecting++;
+  if (ev->type == SLUICE_EV_CONNECTED) {
+    x->connected++;
+    x->attempt = ev->attempt;
+    sluice_consumer_stop(c);
+  }
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+}
+
+struct runner {
+  sluice_consumer *c;
+  int rc, to;
+};
+
+static void *run_bounded(void *arg) {
+  struct runner *r = arg;
+  r->rc = tb_run_bounded(r->c, 30, &r->to);
+  return NULL;
+}
+
+/* The node refuses (its host is up, nothing listens): within the first
+ * backoff delay (10 s here) sluice probes it every ~20 ms, silently and
+ * without counting attempts, and connects at the first probe after it
+ * listens again, still inside that delay. */
+static void refused_node_is_probed(void **state) {
+  tproxy *p = proxy_new(5672);
+  assert_int_equal(tproxy_refuse(p, 1), 0);
+  struct prober x = {.probes = 0};
+  pthread_mutex_init(&x.mu, NULL);
+  pthread_cond_init(&x.cv, NULL);
+  char uri[128];
+  sluice_consumer_opts o = {
+      .uri = tproxy_uri(p, uri, sizeof(uri)),
+      .on_event = probe_event,
+      .event_user = &x,
+      .log = probe_log,
+      .log_user = &x,
+      .log_level = SLUICE_LOG_DEBUG,
+      .reconnect = {.enabled = 1, .min_delay_ms = 10000,
+                    .max_delay_ms = 10000, .max_attempts = UINT32_MAX,
+                    .refused_probe_ms = 20},
+  };
+  struct runner r = {0};
+  assert_int_equal(sluice_consumer_new(&o, &r.c), 0);
+  pthread_t t;
+  pthread_create(&t, NULL, run_bounded, &r);
+  /* three probes refused, then the node listens again */
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += 20;
+  pthread_mutex_lock(&x.mu);
+  while (x.probes < 3 && !x.connected)
+    if (pthread_cond_timedwait(&x.cv, &x.mu, &dl) != 0) break;
+  unsigned probes = x.probes;
+  pthread_mutex_unlock(&x.mu);
+  assert_true(probes >= 3);
+  uint64_t t_listen = rc_now_ms();
+  assert_int_equal(tproxy_refuse(p, 0), 0);
+  pthread_join(t, NULL);
+  uint64_t t_done = rc_now_ms();
+  printf("  %u probes refused; connected %llu ms after the node listened "
+         "again (first backoff delay 10000 ms)\n",
+         x.probes, (unsigned long long)(t_done - t_listen));
+  assert_int_equal(r.rc, 0);
+  assert_false(r.to);
+  assert_int_equal(x.connected, 1);
+  /* the probes were not attempts: one RECONNECTING, connected on it */
+  assert_int_equal(x.reconnecting, 1);
+  assert_int_equal(x.attempt, 1);
+  assert_int_equal(tproxy_accepted(p), 1);
+  sluice_consumer_free(r.c);
+  pthread_mutex_destroy(&x.mu);
+  pthread_cond_destroy(&x.cv);
+  tproxy_free(p);
+  (void)state;
+}
+
 int main(void) {
   tb_require_broker("test_reconnect_broker");
   setvbuf(stdout, NULL, _IONBF, 0);
@@ -626,6 +726,7 @@ int main(void) {
       cmocka_unit_test(failover_past_a_hung_node),
       cmocka_unit_test(no_retry_storm),
       cmocka_unit_test(stop_while_reconnecting),
+      cmocka_unit_test(refused_node_is_probed),
       cmocka_unit_test(broker_closes_connection_20k),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
