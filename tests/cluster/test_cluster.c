@@ -533,9 +533,12 @@ static void memory_alarm_blocks_publisher(void **state) {
 int main(void) {
   cl_require("test_cluster", 900);
   setvbuf(stdout, NULL, _IONBF, 0);
-  /* SLUICE_TEST_FILTER=memory_alarm* runs the matching tests only */
-  if (getenv("SLUICE_TEST_FILTER"))
-    cmocka_set_test_filter(getenv("SLUICE_TEST_FILTER"));
+  /* SLUICE_TEST_FILTER=memory_alarm* runs the matching tests only;
+   * SLUICE_CLUSTER_FILTER does the same for this test only (scripts/test.sh
+   * runs the kill -9 tests in one build) */
+  const char *filter = getenv("SLUICE_TEST_FILTER");
+  if (!filter) filter = getenv("SLUICE_CLUSTER_FILTER");
+  if (filter) cmocka_set_test_filter(filter);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(memory_alarm_blocks_publisher),
       cmocka_unit_test(quorum_leader_killed),
