@@ -9,7 +9,6 @@
 #   scripts/cluster.sh stop     stops the nodes and deletes their data (waits
 #                               for a running cluster test to finish first)
 #   scripts/cluster.sh status   exit 0 when all three nodes run, clustered
-#   scripts/cluster.sh env      the settings below, as shell assignments
 #
 # Node i (1..3): name sluice<i>@localhost, AMQP port PORT+i-1 on 127.0.0.1,
 # distribution port PORT+20000+i-1, everything else (data, logs, pid file,
@@ -34,14 +33,24 @@ ndir() { echo "$DIR/node$1"; }
 
 # A node runs when the process in its pid file is alive and its AMQP port
 # accepts connections (checked without starting an Erlang CLI: ~1 s each).
+# The pid counts only while it is this node's beam (its distribution port
+# is on its command line) and not a zombie: a stale pid file must never
+# make us signal another process.
 node_pid() {
-  local f; f="$(ndir "$1")/pid"
-  [ -s "$f" ] && tr -d '[:space:]' <"$f"
+  local f pid; f="$(ndir "$1")/pid"
+  [ -s "$f" ] || return 1
+  pid=$(tr -d '[:space:]' <"$f")
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+    grep -q "inet_dist_listen_min $(dist_port "$1") " || return 1
+  case "$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -c1)" in
+    Z|X|"") return 1 ;;
+  esac
+  echo "$pid"
 }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 node_up() {
-  local pid; pid=$(node_pid "$1") || return 1
-  kill -0 "$pid" 2>/dev/null && port_open "$(amqp_port "$1")"
+  node_pid "$1" >/dev/null && port_open "$(amqp_port "$1")"
 }
 
 ctl() { # node, args...
@@ -109,11 +118,15 @@ wait_node() { # node, seconds: until the AMQP port accepts
   return 1
 }
 
-cluster_nodes_json() { ctl 1 cluster_status --formatter json 2>/dev/null; }
-
-# Nodes node 1 lists as running members.
+# Nodes node 1 lists as running members. A node's AMQP port opens a moment
+# before the CLI sees its app running: retry (bounded) while it says not.
 members() {
-  cluster_nodes_json | sed -n 's/.*"running_nodes":\[\([^]]*\)\].*/\1/p' |
+  local out end=$((SECONDS + 60))
+  until out=$(ctl 1 cluster_status --formatter json 2>/dev/null); do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.5
+  done
+  echo "$out" | sed -n 's/.*"running_nodes":\[\([^]]*\)\].*/\1/p' |
     tr -d '"' | tr ',' ' '
 }
 
@@ -155,7 +168,7 @@ case "$cmd" in
     for p in "${pids[@]}"; do wait "$p"; done
     for i in "${NODES[@]}"; do wait_node "$i" 60; done
     if [ ${#pids[@]} -gt 0 ] || [ ${#started[@]} -gt 0 ]; then
-      m=" $(members) "
+      m=" $(members || true) "
       for i in "${NODES[@]}"; do
         case "$m" in
           *" $(name "$i") "*) ;;
@@ -171,17 +184,13 @@ case "$cmd" in
     [ -d "$DIR" ] && lock
     # The data is deleted below, so a graceful stop buys nothing: SIGTERM
     # (RabbitMQ shuts down on it), SIGKILL after 30 s.
-    pids=()
     for i in "${NODES[@]}"; do
-      pid=$(node_pid "$i" || true)
-      if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" && pids+=("$pid")
-      fi
+      pid=$(node_pid "$i") && kill -TERM "$pid" 2>/dev/null || true
     done
     end=$((SECONDS + 30))
-    for pid in "${pids[@]}"; do
-      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
-      kill -9 "$pid" 2>/dev/null || true
+    for i in "${NODES[@]}"; do
+      while node_pid "$i" >/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
+      pid=$(node_pid "$i") && kill -9 "$pid" 2>/dev/null || true
     done
     for i in "${NODES[@]}"; do rm -rf "$(ndir "$i")"; done
     echo "cluster: stopped"
@@ -193,7 +202,7 @@ case "$cmd" in
       echo "$(name "$i") amqp 127.0.0.1:$(amqp_port "$i") dist $(dist_port "$i"): $s"
     done
     if [ $ok = 1 ]; then
-      m=" $(members) "
+      m=" $(members || true) "
       for i in "${NODES[@]}"; do
         case "$m" in *" $(name "$i") "*) ;; *) ok=0 ;; esac
       done
@@ -201,12 +210,8 @@ case "$cmd" in
     fi
     [ $ok = 1 ] || exit 1
     ;;
-  env)
-    echo "SLUICE_CLUSTER_PORT=$PORT"
-    echo "SLUICE_CLUSTER_DIR=$DIR"
-    ;;
   *)
-    echo "usage: $0 start|stop|status|env" >&2
+    echo "usage: $0 start|stop|status" >&2
     exit 2
     ;;
 esac

@@ -531,7 +531,7 @@ static void memory_alarm_blocks_publisher(void **state) {
 }
 
 int main(void) {
-  cl_require("test_cluster", 900);
+  cl_require("test_cluster", 1200);
   setvbuf(stdout, NULL, _IONBF, 0);
   /* SLUICE_TEST_FILTER=memory_alarm* runs the matching tests only;
    * SLUICE_CLUSTER_FILTER does the same for this test only (scripts/test.sh

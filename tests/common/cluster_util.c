@@ -132,6 +132,24 @@ void cl_require(const char *test, int lock_wait_s) {
   }
 }
 
+/* 1 if `pid` is node `node`'s beam: its distribution port is on its command
+ * line (as scripts/cluster.sh starts it). A stale pid file must never make
+ * a test kill another process. */
+static int is_node_process(long pid, int node) {
+  char path[64], needle[64], buf[4096];
+  snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  for (size_t i = 0; i < n; i++)
+    if (buf[i] == '\0') buf[i] = ' ';
+  buf[n] = '\0';
+  snprintf(needle, sizeof(needle), "inet_dist_listen_min %d ",
+           cl_port(node) + 20000);
+  return strstr(buf, needle) != NULL;
+}
+
 long cl_pid(int node) {
   char path[512];
   snprintf(path, sizeof(path), "%s/node%d/pid", dir(), node);
@@ -140,7 +158,7 @@ long cl_pid(int node) {
   long pid = -1;
   if (fscanf(f, "%ld", &pid) != 1) pid = -1;
   fclose(f);
-  return pid;
+  return pid > 1 && is_node_process(pid, node) ? pid : -1;
 }
 
 /* Alive and not a zombie (a killed node is reparented to init, which reaps

@@ -28,7 +28,7 @@ int cl_node_up(int node);
  * (waiting up to `lock_wait_s` for a concurrent suite), held until exit. */
 void cl_require(const char *test, int lock_wait_s);
 
-/* The pid in the node's pid file, or -1. */
+/* The pid in the node's pid file if it is that node's process, or -1. */
 long cl_pid(int node);
 /* kill -9 the node's process and wait (bounded) until its AMQP port refuses.
  * 0 or -1. */
