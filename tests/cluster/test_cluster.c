@@ -410,7 +410,9 @@ static void memory_alarm_blocks_publisher(void **state) {
   fresh_queue(node, &d);
   assert_int_equal(cl_fill(cl_uri(node), q, 0, n, 64), 0);
 
-  /* p waits (default blocked_timeout_ms); p2 gives up after 200 ms. */
+  /* p waits (default blocked_timeout_ms), on the alarm's node; p2 gives up
+   * after 200 ms, on another node: alarms are cluster-wide. */
+  const int other = node % CL_NODES + 1;
   struct alarm_ctl a = {.node = node};
   pthread_mutex_init(&a.mu, NULL);
   pthread_cond_init(&a.cv, NULL);
@@ -422,6 +424,7 @@ static void memory_alarm_blocks_publisher(void **state) {
                               .event_user = &ev};
   sluice_publisher *p = NULL, *p2 = NULL;
   assert_int_equal(sluice_publisher_new(&po, &p), 0);
+  po.uri = cl_uri(other);
   po.event_user = &ev2;
   po.blocked_timeout_ms = 200;
   po.connection_name = "alarm publisher (200 ms)";
@@ -503,12 +506,14 @@ static void memory_alarm_blocks_publisher(void **state) {
   assert_int_equal(cl_publish_id(p2, q, id++, 64), 0);
   assert_int_equal(sluice_publisher_wait(p2, &rep), 0);
 
-  printf("  alarm raised (rabbitmqctl) in %llu ms; the 200 ms publisher "
-         "blocked (\"%s\") after %u publish(es), SLUICE_EBLOCKED %llu ms "
+  printf("  alarm raised on %s (rabbitmqctl) in %llu ms; the 200 ms "
+         "publisher on %s blocked (\"%s\") after %u publish(es), "
+         "SLUICE_EBLOCKED %llu ms "
          "after rabbitmqctl returned; its next publish gave up after %llu "
          "ms; the waiting publisher's confirm came %llu ms later, after "
          "the alarm was cleared\n",
-         (unsigned long long)(t_alarm - t0), reason, rounds,
+         cl_name(node), (unsigned long long)(t_alarm - t0), cl_name(other),
+         reason, rounds,
          (unsigned long long)(t_blocked - t_alarm),
          (unsigned long long)t_gave_up,
          (unsigned long long)(t_unblocked - t_wait));
