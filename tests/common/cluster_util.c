@@ -92,10 +92,14 @@ static void take_lock(const char *test, int wait_s) {
           test, wait_s);
   struct sigaction sa = {.sa_handler = on_alarm}, old;
   sigaction(SIGALRM, &sa, &old); /* no SA_RESTART: flock returns EINTR */
+  uint64_t t0 = cl_now_ms();
   alarm((unsigned)wait_s);
   int rc = flock(fd, LOCK_EX);
   alarm(0);
   sigaction(SIGALRM, &old, NULL);
+  if (rc == 0)
+    fprintf(stderr, "%s: got the cluster lock after %.1f s\n", test,
+            (double)(cl_now_ms() - t0) / 1000.0);
   if (rc != 0) {
     fprintf(stderr, "%s: FAIL: cluster lock %s still held after %d s\n", test,
             path, wait_s);
