@@ -326,8 +326,7 @@ static void single_node_crash(void **state) {
   uint64_t first = atomic_load(&s->first_after_ms);
   printf("  %s killed after %u of %u handled; started again %llu ms after "
          "the kill, accepting TCP %llu ms after the kill\n",
-         cl_name(node), n / 2, n,
-         (unsigned long long)(t_restart - t_kill),
+         cl_name(node), n / 2, n, (unsigned long long)(t_restart - t_kill),
          (unsigned long long)(w.accepting_ms - t_kill));
   printf("  first delivery %llu ms after the kill, %lld ms after the node "
          "accepted TCP again\n",
@@ -513,8 +512,7 @@ static void memory_alarm_blocks_publisher(void **state) {
          "ms; the waiting publisher's confirm came %llu ms later, after "
          "the alarm was cleared\n",
          cl_name(node), (unsigned long long)(t_alarm - t0), cl_name(other),
-         reason, rounds,
-         (unsigned long long)(t_blocked - t_alarm),
+         reason, rounds, (unsigned long long)(t_blocked - t_alarm),
          (unsigned long long)t_gave_up,
          (unsigned long long)(t_unblocked - t_wait));
   print_stream(s, "consumer during the alarm");
