@@ -249,7 +249,7 @@ static int connect_uri(sluice_consumer *c, const char *uri_str,
   if (rc) {
     sluice__note_close(c, code, text);
     /* A probe finding the node still down is expected: not a warning. */
-    int level = rc != SLUICE_ECONNECT          ? SLUICE_LOG_ERROR
+    int level = rc != SLUICE_ECONNECT                     ? SLUICE_LOG_ERROR
                 : c->probing && *refused_ms != UINT64_MAX ? SLUICE_LOG_DEBUG
                                                           : SLUICE_LOG_WARN;
     sluice__log(c, level, "%s (%s)", text, sluice_strerror(rc));
@@ -296,8 +296,7 @@ int sluice__connect(sluice_consumer *c) {
       rc = 0;
       break;
     }
-    if (refused_ms == UINT64_MAX)
-      slowest = UINT64_MAX;
+    if (refused_ms == UINT64_MAX) slowest = UINT64_MAX;
     else if (slowest != UINT64_MAX && refused_ms > slowest)
       slowest = refused_ms;
     /* What the attempt reports: the last node's error, unless an earlier

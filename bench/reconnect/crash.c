@@ -57,13 +57,11 @@ static struct round one_round(int k, int probe) {
   sluice_queue_decl d = {.name = q, .durable = 1};
   sluice_publisher_opts po = {.uri = cl_uri(NODE)};
   sluice_publisher *p = NULL;
-  if (sluice_publisher_new(&po, &p) != 0)
-    return r;
+  if (sluice_publisher_new(&po, &p) != 0) return r;
   sluice_publisher_delete_queue(p, q, NULL);
   int rc = sluice_publisher_declare_queue(p, &d);
   sluice_publisher_free(p);
-  if (rc || cl_fill(cl_uri(NODE), q, 0, N_MSGS, 64) != 0)
-    return r;
+  if (rc || cl_fill(cl_uri(NODE), q, 0, N_MSGS, 64) != 0) return r;
 
   cl_stream *s = cl_stream_new(q, N_MSGS);
   atomic_store(&s->stop_at_distinct, N_MSGS);
@@ -126,22 +124,19 @@ int bench_crash(int rounds) {
   cl_require("sluice-bench-reconnect crash", 900);
   uint64_t acc[2][32], first[2][32], after[2][32];
   int n[2] = {0, 0};
-  printf(
-      "crash: %d rounds per variant on %s, %d persistent messages, kill "
-      "-9 half-way\n",
-      rounds, cl_name(NODE), N_MSGS);
+  printf("crash: %d rounds per variant on %s, %d persistent messages, kill "
+         "-9 half-way\n",
+         rounds, cl_name(NODE), N_MSGS);
   for (int k = 0; k < 2 * rounds; k++) {
     int probe = k % 2 == 0;
     struct round r = one_round(k, probe);
-    printf(
-        "  round %2d %-13s: %s accepting after %6llu ms, first delivery "
-        "after %6llu ms (%4llu ms after accepting), %u attempts\n",
-        k / 2 + 1, probe ? "probe 250 ms" : "backoff only",
-        r.ok ? "node" : "FAILED", (unsigned long long)r.accept_ms,
-        (unsigned long long)r.first_ms, (unsigned long long)r.after_accept_ms,
-        r.attempts);
-    if (!r.ok)
-      return 1;
+    printf("  round %2d %-13s: %s accepting after %6llu ms, first delivery "
+           "after %6llu ms (%4llu ms after accepting), %u attempts\n",
+           k / 2 + 1, probe ? "probe 250 ms" : "backoff only",
+           r.ok ? "node" : "FAILED", (unsigned long long)r.accept_ms,
+           (unsigned long long)r.first_ms,
+           (unsigned long long)r.after_accept_ms, r.attempts);
+    if (!r.ok) return 1;
     int v = probe ? 0 : 1;
     acc[v][n[v]] = r.accept_ms;
     first[v][n[v]] = r.first_ms;
@@ -149,12 +144,11 @@ int bench_crash(int rounds) {
     n[v]++;
   }
   for (int v = 0; v < 2; v++)
-    printf(
-        "median %-13s: node accepting %llu ms after the kill, first "
-        "delivery %llu ms after the kill, %llu ms after accepting\n",
-        v == 0 ? "probe 250 ms" : "backoff only",
-        (unsigned long long)median(acc[v], n[v]),
-        (unsigned long long)median(first[v], n[v]),
-        (unsigned long long)median(after[v], n[v]));
+    printf("median %-13s: node accepting %llu ms after the kill, first "
+           "delivery %llu ms after the kill, %llu ms after accepting\n",
+           v == 0 ? "probe 250 ms" : "backoff only",
+           (unsigned long long)median(acc[v], n[v]),
+           (unsigned long long)median(first[v], n[v]),
+           (unsigned long long)median(after[v], n[v]));
   return 0;
 }

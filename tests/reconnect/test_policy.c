@@ -262,10 +262,8 @@ static struct outage simulate(const sluice_reconnect_opts *o, struct fake *f,
       return r;
     }
     assert_int_equal(d.action, SLUICE__RETRY);
-    if (d.probe)
-      r.probes++;
-    else
-      r.attempts++;
+    if (d.probe) r.probes++;
+    else r.attempts++;
     assert_int_equal(d.attempt, r.attempts); /* probes are not attempts */
   }
 }

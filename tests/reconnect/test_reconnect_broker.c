@@ -671,8 +671,10 @@ static void refused_node_is_probed(void **state) {
       .log = probe_log,
       .log_user = &x,
       .log_level = SLUICE_LOG_DEBUG,
-      .reconnect = {.enabled = 1, .min_delay_ms = 10000,
-                    .max_delay_ms = 10000, .max_attempts = UINT32_MAX,
+      .reconnect = {.enabled = 1,
+                    .min_delay_ms = 10000,
+                    .max_delay_ms = 10000,
+                    .max_attempts = UINT32_MAX,
                     .refused_probe_ms = 20},
   };
   struct runner r = {0};
