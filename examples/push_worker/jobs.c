@@ -112,6 +112,69 @@ size_t pw_job_body(pw_kind k, uint64_t i, char *buf, size_t cap) {
   return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
+/* Check the job's fields; on failure write why into `reason`. */
+static int validate(json_t *root, pw_job_fields *out, char *reason,
+                    size_t cap) {
+  static const struct {
+    const char *name;
+    size_t min, max;
+  } fields[] = {{"token", 1, 4096}, {"title", 0, 1024}, {"body", 0, 4096}};
+  const char **dst[] = {&out->token, &out->title, &out->body};
+  if (!json_is_object(root)) {
+    snprintf(reason, cap, "not a JSON object");
+    return -1;
+  }
+  for (size_t i = 0; i < 3; i++) {
+    json_t *v = json_object_get(root, fields[i].name);
+    if (!v) {
+      snprintf(reason, cap, "missing field \"%s\"", fields[i].name);
+      return -1;
+    }
+    if (!json_is_string(v)) {
+      snprintf(reason, cap, "field \"%s\" is not a string", fields[i].name);
+      return -1;
+    }
+    size_t len = json_string_length(v);
+    if (len < fields[i].min || len > fields[i].max) {
+      snprintf(reason, cap, "field \"%s\" is %s", fields[i].name,
+               len < fields[i].min ? "empty" : "too long");
+      return -1;
+    }
+    if (strlen(json_string_value(v)) != len) {
+      snprintf(reason, cap, "field \"%s\" contains a NUL character",
+               fields[i].name);
+      return -1;
+    }
+    *dst[i] = json_string_value(v);
+  }
+  json_t *p = json_object_get(root, "probe");
+  if (p && !json_is_boolean(p)) {
+    snprintf(reason, cap, "field \"probe\" is not a boolean");
+    return -1;
+  }
+  out->probe = p && json_is_true(p);
+  return 0;
+}
+
+int pw_job_parse(const void *data, size_t len, pw_job_fields *out, char *reason,
+                 size_t cap) {
+  memset(out, 0, sizeof(*out));
+  json_error_t jerr;
+  json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    snprintf(reason, cap, "invalid JSON: %s (line %d, column %d)", jerr.text,
+             jerr.line, jerr.column);
+    return -1;
+  }
+  if (validate(root, out, reason, cap)) {
+    json_decref(root);
+    memset(out, 0, sizeof(*out));
+    return -1;
+  }
+  out->root = root;
+  return 0;
+}
+
 const char *pw_dlq_name(const char *queue, char *buf, size_t cap) {
   snprintf(buf, cap, "%s.dead", queue);
   return buf;

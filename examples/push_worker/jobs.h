@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <sluice/sluice.h>
 
 /* Kinds of job a publisher can produce. */
@@ -51,6 +52,20 @@ pw_kind pw_mix_kind(const pw_mix *m, uint64_t i);
 /* Write the body of job `i` of kind `k` into buf (NUL-terminated); returns
  * its length. `cap` must be at least 256. */
 size_t pw_job_body(pw_kind k, uint64_t i, char *buf, size_t cap);
+
+/* A job as the worker reads it from a message body: a JSON object with the
+ * strings "token" (1 to 4096 bytes), "title" (up to 1024), "body" (up to
+ * 4096), none with a NUL, and an optional boolean "probe". */
+typedef struct pw_job_fields {
+  const char *token, *title, *body; /* inside `root`: valid until it goes */
+  int probe;
+  json_t *root; /* the parsed document; json_decref() when done */
+} pw_job_fields;
+
+/* Parse and check a message body as a job. 0, or -1 with why in `reason`
+ * (then nothing is to be freed). Untrusted input: fuzz/fuzz_jobs.c. */
+int pw_job_parse(const void *data, size_t len, pw_job_fields *out, char *reason,
+                 size_t cap);
 
 /* Name of the dead-letter queue of `queue` ("<queue>.dead") into buf. */
 const char *pw_dlq_name(const char *queue, char *buf, size_t cap);

@@ -335,75 +335,19 @@ void pw_job_complete(pw_job *job) {
 
 /* ---- the handler --------------------------------------------------------- */
 
-/* Check the job's fields; on failure write why into `reason`. */
-static int validate(json_t *root, const char **token, const char **title,
-                    const char **text, int *probe, char *reason, size_t cap) {
-  static const struct {
-    const char *name;
-    size_t min, max;
-  } fields[] = {{"token", 1, 4096}, {"title", 0, 1024}, {"body", 0, 4096}};
-  const char **out[] = {token, title, text};
-  if (!json_is_object(root)) {
-    snprintf(reason, cap, "not a JSON object");
-    return -1;
-  }
-  for (size_t i = 0; i < 3; i++) {
-    json_t *v = json_object_get(root, fields[i].name);
-    if (!v) {
-      snprintf(reason, cap, "missing field \"%s\"", fields[i].name);
-      return -1;
-    }
-    if (!json_is_string(v)) {
-      snprintf(reason, cap, "field \"%s\" is not a string", fields[i].name);
-      return -1;
-    }
-    size_t len = json_string_length(v);
-    if (len < fields[i].min || len > fields[i].max) {
-      snprintf(reason, cap, "field \"%s\" is %s", fields[i].name,
-               len < fields[i].min ? "empty" : "too long");
-      return -1;
-    }
-    if (strlen(json_string_value(v)) != len) {
-      snprintf(reason, cap, "field \"%s\" contains a NUL character",
-               fields[i].name);
-      return -1;
-    }
-    *out[i] = json_string_value(v);
-  }
-  json_t *p = json_object_get(root, "probe");
-  if (p && !json_is_boolean(p)) {
-    snprintf(reason, cap, "field \"probe\" is not a boolean");
-    return -1;
-  }
-  *probe = p && json_is_true(p);
-  return 0;
-}
-
 static int on_job(sluice_delivery *d, const sluice_message *m, void *user) {
   pw_worker *w = user;
   INC(w->n.received);
   unsigned attempt = attempt_of(m);
   char reason[192];
-  json_error_t jerr;
-  json_t *root =
-      json_loadb(m->body, m->body_len, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root) {
-    INC(w->n.invalid);
-    snprintf(reason, sizeof(reason), "invalid JSON: %s (line %d, column %d)",
-             jerr.text, jerr.line, jerr.column);
-    republish(w, d, 1, 0, attempt, reason);
-    return SLUICE_DEFER;
-  }
-  const char *token = NULL, *title = NULL, *text = NULL;
-  int probe = 0;
-  if (validate(root, &token, &title, &text, &probe, reason, sizeof(reason))) {
-    json_decref(root);
+  pw_job_fields f;
+  if (pw_job_parse(m->body, m->body_len, &f, reason, sizeof(reason))) {
     INC(w->n.invalid);
     republish(w, d, 1, 0, attempt, reason);
     return SLUICE_DEFER;
   }
-  pw_job *job = job_new(w, d, token, title, text, probe, attempt);
-  json_decref(root);
+  pw_job *job = job_new(w, d, f.token, f.title, f.body, f.probe, attempt);
+  json_decref(f.root);
   if (!job) return SLUICE_NACK;
 
   if (job->probe) {
