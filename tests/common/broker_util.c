@@ -39,6 +39,12 @@ void tb_require_broker(const char *test) {
   exit(77);
 }
 
+int tb_time_scale(void) {
+  const char *v = getenv("SLUICE_TEST_TIME_SCALE");
+  int k = v ? atoi(v) : 1;
+  return k < 1 ? 1 : k > 100 ? 100 : k;
+}
+
 const char *tb_qname(const char *prefix) {
   static char buf[16][128];
   static int n;

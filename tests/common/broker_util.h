@@ -26,6 +26,14 @@ void tb_fill(const char *queue, unsigned n, size_t size);
  * (the broker requeues asynchronously after a close). */
 uint32_t tb_depth_eventually(const char *queue, uint32_t want, int ms);
 
+/* How much slower than normal this run is allowed to be:
+ * SLUICE_TEST_TIME_SCALE (an integer, 1 to 100; default 1). scripts/test.sh
+ * sets it for the runs under valgrind. A test whose outcome depends on a
+ * configured time budget (a stop timeout against handlers that sleep)
+ * scales the budget and the sleeps alike, so the proportions it checks
+ * hold on a slow run too. */
+int tb_time_scale(void);
+
 /* Run a consumer with a watchdog: stop() after `seconds`. Returns run()'s
  * result; *timed_out says whether the watchdog fired. */
 int tb_run_bounded(sluice_consumer *c, int seconds, int *timed_out);

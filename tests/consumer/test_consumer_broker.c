@@ -416,15 +416,18 @@ static void auto_stop_hands_off(void **s) {
   unsigned n = 3000;
   tb_fill(q, n, 1024);
   struct ctx *x = ctx_new(M_SLOW, n);
-  x->slow_us = 2000;
+  /* The read-off after the stop timeout is bounded in time too: on a slow
+   * run (valgrind) scale the budget and the handlers' sleeps alike. */
+  int k = tb_time_scale();
+  x->slow_us = 2000 * k;
   x->stop_after = 200;
   sluice_consumer_opts o = {.ack_mode = SLUICE_ACK_AUTO,
                             .workers = 2,
-                            .stop_timeout_ms = 300,
+                            .stop_timeout_ms = 300 * k,
                             .on_abandoned = on_abandoned};
   sluice_consumer *c = make(x, q, &o);
   int to = 0;
-  assert_int_equal(tb_run_bounded(c, 30, &to), 0);
+  assert_int_equal(tb_run_bounded(c, 30 * k, &to), 0);
   assert_false(to);
   sluice_consumer_stats st;
   sluice_consumer_get_stats(c, &st);
