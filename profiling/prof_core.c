@@ -520,6 +520,17 @@ static uint64_t read_rss(void) {
   return (uint64_t)res * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
+/* glibc sets up its malloc state in the first call of any of its malloc
+ * functions, and that setup is not thread-safe: a second thread may see the
+ * state marked ready before the main arena is. In a process where glibc's
+ * malloc is otherwise never called (ASan and TSan own malloc), two threads
+ * reading the memstats at once (a debug endpoint and a stats thread) crashed
+ * in mallinfo2(). The first call is made once, alone. */
+static pthread_once_t mallinfo_once = PTHREAD_ONCE_INIT;
+static void mallinfo_first(void) {
+  (void)mallinfo2();
+}
+
 void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
   memset(ms, 0, sizeof *ms);
   sluice__t.guard++;
@@ -535,6 +546,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
   }
   pthread_mutex_unlock(&reg_mu);
   ms->live_objects = ms->mallocs > ms->frees ? ms->mallocs - ms->frees : 0;
+  pthread_once(&mallinfo_once, mallinfo_first);
   struct mallinfo2 mi = mallinfo2();
   ms->heap_live_bytes = mi.uordblks + mi.hblkhd;
   ms->heap_mapped_bytes = mi.arena + mi.hblkhd;
