@@ -165,7 +165,10 @@ void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
 }
 
 /* AUTO mode, stop past its deadline: a delivery the broker settled that no
- * handler will take goes to the application (or is counted and logged). */
+ * handler will take goes to the application (or is counted and logged).
+ * Each one read off the socket restarts the drain's budget: the drain ends
+ * at the cancel-ok, however slowly the machine or on_abandoned goes, and
+ * only a broker silent for stop_timeout_ms cuts it short. */
 static void hand_off(sluice_consumer *c, sluice_delivery *d) {
   atomic_fetch_add(&c->n_dropped, 1);
   if (c->o.on_abandoned) {
@@ -175,6 +178,8 @@ static void hand_off(sluice_consumer *c, sluice_delivery *d) {
     sluice__cb_leave(&f);
   }
   release(c, d);
+  if (c->draining)
+    c->stop_deadline_ms = sluice__now_ms() + c->o.stop_timeout_ms;
 }
 
 static void reject_too_big(sluice_consumer *c, sluice_delivery *d) {

@@ -17,7 +17,10 @@
 /* ---- the in-flight bound ------------------------------------------------- */
 
 static int may_read(const sluice_consumer *c) {
-  return sluice__bound_may_read(&c->bound, c->asm_d != NULL);
+  /* An AUTO stop's drain hands each delivery off as soon as it is read:
+   * what the handlers still hold (deferred ones too) must not stop it, or
+   * what the broker settled would stay unread until the connection closes. */
+  return c->draining || sluice__bound_may_read(&c->bound, c->asm_d != NULL);
 }
 
 /* After every change to what is held: read or not, as the bound says
@@ -45,6 +48,13 @@ static void schedule_drain(sluice_consumer *c) {
 
 static int buffered(sluice_consumer *c) {
   return amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn);
+}
+
+int sluice__input_pending(sluice_consumer *c) {
+  if (!c->connected) return 0;
+  if (buffered(c)) return 1;
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  return poll(&p, 1, 0) > 0;
 }
 
 void sluice__kick_read(sluice_consumer *c) {

@@ -262,6 +262,9 @@ void sluice__topology_free(sluice_consumer *c);
 /* frames.c: reading, assembly, heartbeats (loop thread) */
 void sluice__read_frames(sluice_consumer *c);
 void sluice__kick_read(sluice_consumer *c);
+/* 1 if the broker sent something not read yet (in rabbitmq-c's buffer or
+ * the socket's); never blocks. */
+int sluice__input_pending(sluice_consumer *c);
 void sluice__update_pause(sluice_consumer *c);
 void sluice__heartbeat(sluice_consumer *c);
 

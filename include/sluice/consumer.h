@@ -335,8 +335,9 @@ typedef struct sluice_consumer_opts {
 
   /** Graceful stop budget; default 5000. In AUTO mode the handlers get this
    *  long to take what the broker already sent; what is left after it is
-   *  read off the socket (for at most as long again) and handed to
-   *  `on_abandoned`. */
+   *  read off the socket up to the cancel-ok and handed to `on_abandoned`,
+   *  for as long as the broker keeps sending (this budget restarts with each
+   *  delivery read; the broker sends nothing new after the cancel). */
   unsigned stop_timeout_ms;
   sluice_abandoned_fn on_abandoned; /**< AUTO mode stop; may be NULL */
   void *abandoned_user;

@@ -17,7 +17,15 @@
 
 #include "common/broker_util.h"
 
-enum mode { M_ACK, M_DEFER, M_NACK_FIRST, M_REJECT, M_INVALID_FIRST, M_SLOW };
+enum mode {
+  M_ACK,
+  M_DEFER,
+  M_NACK_FIRST,
+  M_REJECT,
+  M_INVALID_FIRST,
+  M_SLOW,
+  M_HOLD /* defer and keep the handle; stop() after stop_after */
+};
 
 #define MAXN 20000
 
@@ -154,6 +162,13 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
       out(x);
       acked(x); /* counts decisions */
       return SLUICE_REJECT;
+    case M_HOLD:
+      atomic_fetch_add(&x->seen[id], 1);
+      pthread_mutex_lock(&x->mu);
+      x->q[x->qt++ % MAXN] = d;
+      pthread_mutex_unlock(&x->mu);
+      acked(x);
+      return SLUICE_DEFER;
   }
   return SLUICE_NACK;
 }
@@ -396,39 +411,41 @@ static void graceful_stop_mid_stream(void **s) {
   }
 }
 
-/* autoAck stop with a slow handler over a deep queue: what the handlers
- * cannot take within stop_timeout_ms is handed to on_abandoned, so
- * handled + abandoned + still queued == published, and each message is
- * either handled or abandoned, never both. */
+/* autoAck stop over a deep queue: the broker settled everything it sent,
+ * so what the handlers cannot take within stop_timeout_ms is read off the
+ * socket up to the cancel-ok and handed to on_abandoned. Nothing is lost:
+ * handled + abandoned + still queued == published, each message handled or
+ * abandoned, never both, however slow the machine or on_abandoned is. */
 static _Atomic unsigned char abandoned_seen[MAXN];
 static atomic_uint abandoned_n;
+static int abandoned_sleep_us;
 static void on_abandoned(sluice_consumer *c, const sluice_message *m,
                          void *user) {
   unsigned id = id_of(m);
   atomic_fetch_add(&abandoned_seen[id], 1);
   atomic_fetch_add(&abandoned_n, 1);
+  if (abandoned_sleep_us) sleep_us(abandoned_sleep_us);
 }
 
-static void auto_stop_hands_off(void **s) {
+static void auto_stop(struct ctx *x, sluice_consumer_opts *o, int abandon_us) {
   const char *q = tb_qname("autostop");
   sluice_queue_decl d = {.name = q};
   tb_fresh_queue(&d);
-  unsigned n = 3000;
+  unsigned n = x->n;
   tb_fill(q, n, 1024);
-  struct ctx *x = ctx_new(M_SLOW, n);
-  /* The read-off after the stop timeout is bounded in time too: on a slow
-   * run (valgrind) scale the budget and the handlers' sleeps alike. */
-  int k = tb_time_scale();
-  x->slow_us = 2000 * k;
-  x->stop_after = 200;
-  sluice_consumer_opts o = {.ack_mode = SLUICE_ACK_AUTO,
-                            .workers = 2,
-                            .stop_timeout_ms = 300 * k,
-                            .on_abandoned = on_abandoned};
-  sluice_consumer *c = make(x, q, &o);
+  memset(abandoned_seen, 0, sizeof(abandoned_seen));
+  atomic_store(&abandoned_n, 0);
+  abandoned_sleep_us = abandon_us;
+  o->ack_mode = SLUICE_ACK_AUTO;
+  o->on_abandoned = on_abandoned;
+  sluice_consumer *c = make(x, q, o);
   int to = 0;
-  assert_int_equal(tb_run_bounded(c, 30 * k, &to), 0);
+  assert_int_equal(tb_run_bounded(c, 60 * tb_time_scale(), &to), 0);
   assert_false(to);
+  /* deliveries still deferred at the stop are the application's: it
+   * completes them after run() returned */
+  for (unsigned i = x->qh; i < x->qt; i++)
+    assert_int_equal(sluice_delivery_done(x->q[i % MAXN], SLUICE_ACK), 0);
   sluice_consumer_stats st;
   sluice_consumer_get_stats(c, &st);
   sluice_consumer_free(c);
@@ -442,8 +459,44 @@ static void auto_stop_hands_off(void **s) {
          (unsigned)abandoned_n, left, n);
   assert_int_equal(handled + abandoned_n + left, n);
   assert_int_equal(st.dropped, abandoned_n);
-  assert_true(abandoned_n > 0); /* 2 ms handlers cannot keep up */
   tb_delete_queue(q);
+}
+
+static void auto_stop_hands_off(void **s) {
+  struct ctx *x = ctx_new(M_SLOW, 3000);
+  x->slow_us = 2000;
+  x->stop_after = 200;
+  sluice_consumer_opts o = {.workers = 2, .stop_timeout_ms = 300};
+  auto_stop(x, &o, 0);
+  assert_true(abandoned_n > 0); /* 2 ms handlers cannot keep up */
+  ctx_free(x);
+}
+
+/* A slow on_abandoned (a republish waiting for its confirm): the hand-off
+ * takes far longer than stop_timeout_ms and still reaches the cancel-ok,
+ * since the budget restarts with each delivery read. */
+static void auto_stop_slow_on_abandoned(void **s) {
+  struct ctx *x = ctx_new(M_SLOW, 3000);
+  x->slow_us = 2000;
+  x->stop_after = 100;
+  sluice_consumer_opts o = {.workers = 2, .stop_timeout_ms = 100};
+  auto_stop(x, &o, 1000);
+  assert_true(abandoned_n > 0);
+  ctx_free(x);
+}
+
+/* Deferred deliveries fill the in-flight bound, so reading stops; the stop's
+ * hand-off still reads the rest (each delivery is released as it is handed
+ * off) instead of closing over messages the broker settled. */
+static void auto_stop_deferred_fill_bound(void **s) {
+  struct ctx *x = ctx_new(M_HOLD, 3000);
+  x->stop_after = 16;
+  sluice_consumer_opts o = {.workers = 0,
+                            .max_inflight = 16,
+                            .stop_timeout_ms = 100};
+  auto_stop(x, &o, 0);
+  assert_int_equal(x->qt, 16);
+  assert_true(abandoned_n > 0);
   ctx_free(x);
 }
 
@@ -1394,6 +1447,8 @@ int main(void) {
       cmocka_unit_test(auto_mode_bounded),
       cmocka_unit_test(graceful_stop_mid_stream),
       cmocka_unit_test(auto_stop_hands_off),
+      cmocka_unit_test(auto_stop_slow_on_abandoned),
+      cmocka_unit_test(auto_stop_deferred_fill_bound),
       cmocka_unit_test(wrong_password),
       cmocka_unit_test(long_password_reaches_broker),
       cmocka_unit_test(missing_queue),
