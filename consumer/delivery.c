@@ -405,9 +405,10 @@ int sluice_delivery_done(sluice_delivery *h, int outcome) {
   for (;;) {
     /* Every step is a compare-and-swap on (use, state): a handle whose
      * delivery was completed meets another use and acts on nothing, even
-     * when the slot serves a deferred delivery again. */
+     * when the slot serves a deferred delivery again. Said quietly: the
+     * slot may be another consumer's by now. */
     uint64_t full_use = sluice__word_use(w);
-    if (sluice__handle_use_bits(full_use) != use) break;
+    if (sluice__handle_use_bits(full_use) != use) return SLUICE_EALREADY;
     unsigned st = sluice__word_state(w);
     if (st == SLUICE__DS_DEFERRED) {
       if (!atomic_compare_exchange_strong(
@@ -432,11 +433,13 @@ int sluice_delivery_done(sluice_delivery *h, int outcome) {
     }
     break;
   }
+  /* The same delivery, completed already (and on its way to the loop
+   * thread): its consumer is there to log to. */
   sluice_delivery *d = atomic_load(&e->slot);
   if (d)
     sluice__log(d->c, SLUICE_LOG_WARN,
-                "sluice_delivery_done() on a delivery already completed (or "
-                "not deferred): nothing done");
+                "sluice_delivery_done() on a delivery already completed: "
+                "nothing done");
   return SLUICE_EALREADY;
 }
 
