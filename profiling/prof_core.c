@@ -53,11 +53,20 @@ const sluice_prof_opts *sluice__opts(void) {
   return &g_opts;
 }
 
+/* The scopes' clock: the coarse monotonic clock (a few ns without a
+ * hardware read; its resolution, a few ms, is the slack every deadline
+ * adds so that no grace period is ever shortened by it). */
+static uint64_t coarse_res_ns;
+
 uint64_t sluice__now_ns(void) {
   if (g_opts.now_ns) return g_opts.now_ns(g_opts.clock_user);
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t sluice__clock_slack_ns(void) {
+  return g_opts.now_ns ? 0 : coarse_res_ns;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -417,6 +426,10 @@ static void fork_child(void) {
 static int init_locked(const sluice_prof_opts *o) {
   if (inited) return 0;
   int rc;
+  struct timespec res;
+  if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0)
+    coarse_res_ns = (uint64_t)res.tv_sec * 1000000000ull +
+                    (uint64_t)res.tv_nsec;
   sluice__self_range_init();
   if ((rc = sluice__table_init())) return rc;
   if ((rc = sluice__stacks_init(o->max_stacks))) return rc;

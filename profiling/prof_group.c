@@ -253,10 +253,7 @@ static uint32_t key_kind(uint16_t q, const char *key_name, const char *key,
   size_t n = strnlen(key, KEY_MAX);
   for (uint32_t i = 0; i < qu->n_keys; i++) {
     kind *kd = &R.kinds[qu->keys[i]];
-    if (!strncmp(kd->key, key, n) && !kd->key[n]) {
-      kd->last_ns = now;
-      return qu->keys[i];
-    }
+    if (!strncmp(kd->key, key, n) && !kd->key[n]) return qu->keys[i];
   }
   uint32_t max = R.max_keys;
   if (!qu->keys && max) {
@@ -285,7 +282,7 @@ static uint32_t key_kind(uint16_t q, const char *key_name, const char *key,
     }
   }
   if (k != UINT32_MAX) {
-    R.kinds[k].last_ns = now;
+    if (now) R.kinds[k].last_ns = now;
     return k;
   }
   R.keys_overflow++;

@@ -259,6 +259,9 @@ static inline void sluice__on_free(const void *p, unsigned flags) {
 }
 
 uint64_t sluice__now_ns(void);
+/* How far behind the clock above may be (its resolution; 0 for an injected
+ * clock): added to deadlines. */
+uint64_t sluice__clock_slack_ns(void);
 size_t sluice__rate(void);
 const sluice_prof_opts *sluice__opts(void);
 int sluice__inited(void);

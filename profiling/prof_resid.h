@@ -179,7 +179,8 @@ typedef struct resid_state {
   uint64_t sweeps;
   uint32_t scan_retired; /* n_retired after the last cheap reclaim */
   /* configuration */
-  int64_t grace_ns; /* < 0: re-check at once */
+  int64_t grace_ns;  /* < 0: re-check at once */
+  uint64_t slack_ns; /* the clock's resolution, added to deadlines */
   double threshold;
   uint64_t window;
   uint64_t horizon_msgs, horizon_ns;

@@ -92,6 +92,7 @@ void sluice__scopes_configure(const sluice_prof_opts *o) {
   R.residual_user = o->residual_user;
   R.on_leak = o->on_leak;
   R.leak_user = o->leak_user;
+  R.slack_ns = sluice__clock_slack_ns();
   pthread_mutex_unlock(&R.mu);
   sluice__bg_configure(o->poll_ms);
 }
@@ -337,7 +338,7 @@ size_t sluice__process_due(notes *ns, uint64_t now, int force) {
   size_t done = 0;
   while (R.ring_len && notes_room(ns)) {
     slot *s = slot_at(R.ring[R.ring_head]);
-    if (!force && s->end_ns + (uint64_t)R.grace_ns > now) break;
+    if (!force && s->end_ns + (uint64_t)R.grace_ns + R.slack_ns > now) break;
     recheck(ns, ring_pop());
     done++;
   }
@@ -401,13 +402,12 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
                                               uint64_t tag) {
   if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
   sluice__enter_guard();
-  uint64_t now = sluice__now_ns();
   pthread_mutex_lock(&R.mu);
   sluice_prof_scope h = 0;
   uint32_t idx = slot_get();
   if (idx != UINT32_MAX) {
     slot *s = slot_at(idx);
-    uint32_t k = sluice__kind_of(queue, key_name, key, now);
+    uint32_t k = sluice__kind_of(queue, key_name, key, 0);
     kind *kd = &R.kinds[k];
     uint32_t gen = atomic_load_explicit(&s->gen, memory_order_relaxed) + 1;
     if (!gen) gen = 1;
@@ -482,6 +482,14 @@ int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
  * change of the slot's counters change the group's too. */
 static void join_group(slot *s, uint32_t g, int64_t *b, int64_t *n) {
   s->group = g;
+  /* Nothing live and nothing referring to the slot (its thread has left
+   * it): no debit can come any more, the slot is freed at once. */
+  if (atomic_load_explicit(&s->live_n, memory_order_acquire) == LIVE_BIAS &&
+      atomic_load_explicit(&s->live_b, memory_order_acquire) == LIVE_BIAS &&
+      atomic_load_explicit(&s->xrefs, memory_order_acquire) == 0) {
+    *b = *n = 0;
+    return;
+  }
   int64_t ob =
       atomic_fetch_or_explicit(&s->live_b, LIVE_ENDED, memory_order_acq_rel);
   int64_t on =
@@ -499,6 +507,7 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
   slot *s = slot_at(idx);
   kind *kd = &R.kinds[s->kind];
   kd->open--;
+  kd->last_ns = now;
   R.n_open--;
   s->outcome = (uint8_t)outcome;
   uint32_t gi = sluice__group_of(s->kind, outcome);
@@ -641,7 +650,10 @@ static void *hk_begin(void *user, const sluice_delivery_info *info) {
       info ? info->key : NULL, info ? info->seq : 0,
       info ? info->delivery_tag : 0);
   if (!s) return NULL;
-  sluice_prof_scope_enter(s);
+  sluice__tls *t = &sluice__t;
+  sluice__tls_set_scope(t, s);
+  t->capture = atomic_load_explicit(&slot_at((uint32_t)s)->capture,
+                                    memory_order_relaxed);
   return (void *)(uintptr_t)s;
 }
 

@@ -8,8 +8,12 @@
  *
  * Configurations (each in its own process, rounds interleaved):
  *   off       libsluice_prof loaded, never started, no hooks
- *   default   started at the default rate (512 KiB), hooks on
- *   rate1     every allocation with its stack, hooks on
+ *   default   started at the default rate (512 KiB), hooks on: a scope per
+ *             delivery, groups, growth curves, the background thread
+ *   key       default, and the subscription names a key (the routing key):
+ *             the key's value read per delivery and its group looked up
+ *   rate1     every allocation with its stack, hooks on: what a message
+ *             captured by the adaptive stacks costs
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -64,6 +68,7 @@ static int child(const char *mode, unsigned long n) {
   g_n = n;
   if (sluice_consumer_new(&o, &g_c)) return 1;
   sluice_subscribe_opts so = {.queue = QUEUE, .handler = handler};
+  if (!strcmp(mode, "key")) so.key = "routing_key";
   if (sluice_consumer_subscribe(g_c, &so) || sluice_consumer_connect(g_c))
     return 1;
   double t0 = bu_now(), c0 = bu_cpu();
@@ -133,14 +138,18 @@ int main(int argc, char **argv) {
     else if (ch == 'm') mode = optarg;
     else return 2;
   }
+  if (mode && !strcmp(mode, "fill")) { /* for perf: fill, then --mode X */
+    bu_fill(URI, QUEUE, n, size);
+    return 0;
+  }
   if (mode) return child(mode, n);
 
   char self[4096];
   ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sl <= 0) return 1;
   self[sl] = 0;
-  const char *modes[] = {"off", "default", "rate1"};
-  enum { M = 3 };
+  const char *modes[] = {"off", "default", "key", "rate1"};
+  enum { M = 4 };
   if (rounds > 16) rounds = 16;
   double rate[M][16], cpu[M][16];
   int k[M] = {0};

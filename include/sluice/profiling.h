@@ -523,6 +523,78 @@ SLUICE_EXPORT int sluice_prof_write_file(const sluice_prof_snapshot *s,
                                          const sluice_prof_output *out,
                                          const char *path);
 
+/* ------------------------------------------------------------------------ */
+/** \name Leak checks for tests
+ *  A test runs messages through a handler and fails when the memory they
+ *  keep grows with their number. Without a broker:
+ *  sluice_prof_check_run() calls the handler itself, one scope per
+ *  message; with a broker, sluice_prof_check_mark() before the consumer
+ *  runs and sluice_prof_check_since() after it measure the deliveries'
+ *  groups (sluice/prof_check.h wraps both, with a cmocka-friendly assertion).
+ *  docs/profiling.md, "Leak checks in your tests". */
+
+/** One message of a leak check: handle message `i`, return its outcome. */
+typedef int (*sluice_prof_check_fn)(uint64_t i, void *user);
+
+/** \since 0.2 */
+typedef struct sluice_prof_check_opts {
+  const char *name;  /**< the check's queue name in reports; "check" */
+  uint64_t messages; /**< measured messages; default 1000 */
+  /** Messages run first and not measured (caches fill, pools warm up);
+   *  default messages / 2. */
+  uint64_t warmup;
+  /** Growth above this fails the check, in bytes per message (the slope of
+   *  the retained memory); default 1. */
+  double max_bytes_per_message;
+} sluice_prof_check_opts;
+
+/** What a leak check measured. \since 0.2 */
+typedef struct sluice_prof_check_result {
+  int leaked;               /**< growth above the threshold */
+  double bytes_per_message; /**< growth of the retained bytes per message */
+  double objects_per_message;
+  uint64_t messages;       /**< messages measured */
+  uint64_t retained_bytes; /**< still live from them at the end */
+  uint64_t retained_objects;
+  /** One line and the top sites (owned: sluice_prof_check_free()). */
+  char *report;
+} sluice_prof_check_result;
+
+/** Run `warmup + messages` messages through `fn`, each in a scope of its own
+ *  with every allocation's stack recorded, and measure how the memory they
+ *  retain grows. Starts the profiler (defaults) if it is not running.
+ *  Not thread-safe against other checks of the same name.
+ *  \param opts NULL for the defaults
+ *  \return 0 (the verdict is in `out->leaked`); SLUICE_EINVAL;
+ *          SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_prof_check_run(const sluice_prof_check_opts *opts,
+                                        sluice_prof_check_fn fn, void *user,
+                                        sluice_prof_check_result *out);
+
+/** The retained memory and message count of a queue's groups (every key
+ *  value and outcome) at one moment. \since 0.2 */
+typedef struct sluice_prof_check_point {
+  char queue[256];
+  uint64_t messages;
+  int64_t bytes, objects;
+} sluice_prof_check_point;
+
+/** Mark `queue` now (before the deliveries to measure). Thread-safe.
+ *  \return 0; SLUICE_EINVAL (no queue name, or longer than 255 bytes);
+ *          SLUICE_ESTATE (the profiler never started). */
+SLUICE_EXPORT int sluice_prof_check_mark(const char *queue,
+                                         sluice_prof_check_point *p);
+
+/** Measure `p`'s queue since `p`: growth per message of its groups,
+ *  against `max_bytes_per_message`, and the top sites. Thread-safe.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ENOMEM. */
+SLUICE_EXPORT int sluice_prof_check_since(const sluice_prof_check_point *p,
+                                          double max_bytes_per_message,
+                                          sluice_prof_check_result *out);
+
+/** Release a result's report. NULL is a no-op. */
+SLUICE_EXPORT void sluice_prof_check_free(sluice_prof_check_result *r);
+
 #ifdef __cplusplus
 }
 #endif

@@ -21,6 +21,8 @@
 
 #include <cmocka.h>
 
+#include <sluice/prof_check.h> /* after cmocka.h: its assertion fails tests */
+
 #include "prof_test.h"
 
 #define MS 1000000ull
@@ -701,8 +703,61 @@ static void test_background_recheck(void **state) {
   keep_clear();
 }
 
+/* ------------------------------------------------------------------------ */
+/* The leak check for users' tests, without a broker. */
+
+static int check_clean(uint64_t i, void *user) {
+  (void)user;
+  char *p = TALLOC(200);
+  memset(p, (int)i, 200);
+  TFREE(p);
+  return SLUICE_ACK;
+}
+
+/* An LRU of 100 entries: bounded, filled during the warm-up. */
+static int check_lru(uint64_t i, void *user) {
+  (void)user;
+  static void *cache[100];
+  TFREE(cache[i % 100]);
+  cache[i % 100] = TALLOC(300);
+  memset(cache[i % 100], 1, 300);
+  return SLUICE_ACK;
+}
+
+T_NOINLINE static void *check_leak_site(void) {
+  return TALLOC(64);
+}
+
+static int check_leaky(uint64_t i, void *user) {
+  (void)i;
+  (void)user;
+  keep[n_keep++] = check_leak_site();
+  return SLUICE_ACK;
+}
+
+static void test_leak_check(void **state) {
+  (void)state;
+  sluice_prof_check_opts o = {.name = "check.clean", .messages = 500};
+  SLUICE_PROF_ASSERT_NO_LEAK(&o, check_clean, NULL);
+  o.name = "check.lru";
+  SLUICE_PROF_ASSERT_NO_LEAK(&o, check_lru, NULL);
+  /* A leak fails, with the figure and the site. */
+  o.name = "check.leaky";
+  sluice_prof_check_result r;
+  assert_int_equal(sluice_prof_check_run(&o, check_leaky, NULL, &r), 0);
+  assert_true(r.leaked);
+  assert_true(r.bytes_per_message > 63.9 && r.bytes_per_message < 64.1);
+  assert_int_equal(r.messages, 500);
+  assert_non_null(r.report);
+  assert_non_null(strstr(r.report, "LEAK"));
+  assert_non_null(strstr(r.report, "check_leak_site"));
+  sluice_prof_check_free(&r);
+  keep_clear();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(test_leak_check, setup),
       cmocka_unit_test_setup(test_lru_smaller_than_horizon, setup),
       cmocka_unit_test_setup(test_lru_larger_than_horizon, setup),
       cmocka_unit_test_setup(test_ttl_cache_rising_traffic, setup),

@@ -27,6 +27,8 @@
 
 #include <sluice/sluice.h>
 
+#include <sluice/prof_check.h> /* after cmocka.h and sluice.h */
+
 #include "broker_util.h"
 #include "prof_test.h"
 
@@ -595,6 +597,38 @@ static void test_realloc_growth(void **state) {
   log_clear();
 }
 
+/* The leak check for users' tests, with a broker: a clean handler passes,
+ * a leak on one header value fails and names it. */
+static void test_leak_check_consume(void **state) {
+  (void)state;
+  const char *q = tb_qname("v.check");
+  sluice_queue_decl qd = {.name = q};
+  tb_fresh_queue(&qd);
+  sluice_publisher_opts po = {.uri = TEST_URI};
+  sluice_publisher *p;
+  assert_int_equal(sluice_publisher_new(&po, &p), 0);
+  for (unsigned i = 0; i < 2000; i++) publish_one(p, q, i);
+  assert_int_equal(sluice_publisher_wait(p, NULL), 0);
+  sluice_publisher_free(p);
+  sluice_consumer_opts co = {.uri = TEST_URI};
+  sluice_prof_check_result r;
+  target = UINT32_MAX; /* the handlers' own stop never fires */
+  assert_int_equal(
+      sluice_prof_check_consume(&co, q, NULL, clean, NULL, 1000, 60, 1, &r), 0);
+  assert_int_equal(r.messages, 1000);
+  SLUICE_PROF_ASSERT_RESULT(&r);
+  assert_int_equal(sluice_prof_check_consume(&co, q, "header:x-kind",
+                                             probe_leaks, NULL, 1000, 60, 1,
+                                             &r),
+                   0);
+  assert_true(r.leaked);
+  assert_true(r.bytes_per_message > 12 && r.bytes_per_message < 13.6);
+  assert_non_null(strstr(r.report, "probe_leaks"));
+  sluice_prof_check_free(&r);
+  kept_free();
+  tb_delete_queue(q);
+}
+
 /* A key the consumer cannot read is refused at subscribe, with a message;
  * nothing is subscribed. */
 static int refused_logged;
@@ -654,6 +688,7 @@ int main(void) {
   if (sluice_prof_start(&po)) return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bad_key),
+      cmocka_unit_test(test_leak_check_consume),
       cmocka_unit_test(test_clean),
       cmocka_unit_test(test_lru_smaller),
       cmocka_unit_test(test_lru_larger),
