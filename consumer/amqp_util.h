@@ -5,6 +5,7 @@
 #ifndef SLUICE_CONSUMER_AMQP_UTIL_H
 #define SLUICE_CONSUMER_AMQP_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +29,29 @@
 
 struct sluice__tls_config;
 
+/* Another thread's way to end an open, or the synchronous calls that
+ * follow it, at once: a flag, an eventfd that sluice's TCP connect polls,
+ * and a duplicate of the socket in use, which it shuts down (a TLS
+ * handshake, a login, an RPC then fail at once). */
+typedef struct sluice__cancel {
+  pthread_mutex_t mu;
+  int cancelled;
+  int event_fd; /* readable once cancelled */
+  int dup_fd;   /* the socket being opened or used, or -1 */
+} sluice__cancel;
+
+int sluice__cancel_init(sluice__cancel *k);
+void sluice__cancel_destroy(sluice__cancel *k);
+/* The owner uses socket `fd` from now on: a cancel shuts it down (at once
+ * if already cancelled: then SLUICE_ECANCELED). `k` may be NULL. */
+int sluice__cancel_track(sluice__cancel *k, int fd);
+/* ... and no longer (before closing it, or handing it over). */
+void sluice__cancel_untrack(sluice__cancel *k);
+/* Cancel: any thread (_locked: with k->mu held). */
+void sluice__cancel_fire(sluice__cancel *k);
+void sluice__cancel_fire_locked(sluice__cancel *k);
+int sluice__cancelled(sluice__cancel *k); /* 0 for NULL */
+
 typedef struct sluice__open_args {
   const char *uri, *conn_name;
   int connect_timeout_ms, rpc_timeout_ms, heartbeat_s, frame_max;
@@ -37,6 +61,7 @@ typedef struct sluice__open_args {
    * error (refused, or unreachable), to how long it took; left alone
    * otherwise. */
   uint64_t *refused_ms;
+  sluice__cancel *cancel; /* may be NULL */
 } sluice__open_args;
 
 /* Open a TCP (or TLS, for amqps://) connection and log in; on failure

@@ -1,21 +1,22 @@
 /* SPDX-License-Identifier: MIT */
-/* A connection attempt, one step after the other: parse the URI, TCP
- * connect, AMQP login, open the two channels, basic.qos; and the close.
- * Today each step is a blocking call on the loop thread (or before it
- * runs), bounded by connect_timeout_ms and rpc_timeout_ms; the steady state
- * never calls them. Each step takes what the previous one produced and
- * nothing else, so that they can become the states of a non-blocking
- * attempt. The topology and subscriptions that follow are topology.c's. */
+/* Opening one connection to one node: parse the URI, TCP (sluice's own
+ * connect, which a cancel can interrupt) or TLS (rabbitmq-c's SSL socket,
+ * tls.c), AMQP login; what failed and why. Any thread: the consumer opens
+ * connections on an attempt thread (attempt.c), the publisher on the
+ * caller's. Also the result of a synchronous call, and closing. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <errno.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
-
-#include <netdb.h>
-#include <poll.h>
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
@@ -47,6 +48,155 @@ void sluice__note_close(sluice_consumer *c, uint16_t code, const char *text) {
   if (!code) return;
   c->last_close_code = code;
   snprintf(c->last_close_text, sizeof(c->last_close_text), "%s", text);
+}
+
+/* ---- cancelling an open ---------------------------------------------------- */
+
+int sluice__cancel_init(sluice__cancel *k) {
+  memset(k, 0, sizeof(*k));
+  k->dup_fd = -1;
+  k->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (k->event_fd < 0) return SLUICE_ESOCKET;
+  pthread_mutex_init(&k->mu, NULL);
+  return 0;
+}
+
+void sluice__cancel_destroy(sluice__cancel *k) {
+  if (k->dup_fd >= 0) close(k->dup_fd);
+  if (k->event_fd >= 0) close(k->event_fd);
+  k->dup_fd = k->event_fd = -1;
+  pthread_mutex_destroy(&k->mu);
+}
+
+/* shutdown() acts on the socket, not on a descriptor: a duplicate lets
+ * another thread interrupt every wait on it (handshake, login, a
+ * synchronous call) while the owner may close its own descriptor at any
+ * time without the number being reused under the canceller. */
+int sluice__cancel_track(sluice__cancel *k, int fd) {
+  if (!k) return 0;
+  pthread_mutex_lock(&k->mu);
+  if (k->dup_fd >= 0) close(k->dup_fd);
+  k->dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  int cancelled = k->cancelled;
+  if (cancelled) shutdown(fd, SHUT_RDWR);
+  pthread_mutex_unlock(&k->mu);
+  return cancelled ? SLUICE_ECANCELED : 0;
+}
+
+void sluice__cancel_untrack(sluice__cancel *k) {
+  if (!k) return;
+  pthread_mutex_lock(&k->mu);
+  if (k->dup_fd >= 0) close(k->dup_fd);
+  k->dup_fd = -1;
+  pthread_mutex_unlock(&k->mu);
+}
+
+void sluice__cancel_fire_locked(sluice__cancel *k) {
+  k->cancelled = 1;
+  uint64_t one = 1;
+  ssize_t w = write(k->event_fd, &one, sizeof(one));
+  (void)w;
+  if (k->dup_fd >= 0) shutdown(k->dup_fd, SHUT_RDWR);
+}
+
+void sluice__cancel_fire(sluice__cancel *k) {
+  pthread_mutex_lock(&k->mu);
+  sluice__cancel_fire_locked(k);
+  pthread_mutex_unlock(&k->mu);
+}
+
+int sluice__cancelled(sluice__cancel *k) {
+  if (!k) return 0;
+  pthread_mutex_lock(&k->mu);
+  int c = k->cancelled;
+  pthread_mutex_unlock(&k->mu);
+  return c;
+}
+
+static int ms_left(uint64_t deadline) {
+  uint64_t now = sluice__now_ms();
+  return now < deadline ? (int)(deadline - now) : 0;
+}
+
+/* ---- TCP ----------------------------------------------------------------- */
+
+/* Connect to host:port by every address it resolves to, each bounded by
+ * what is left until `deadline`, and as rabbitmq-c's own connect leaves the
+ * socket: non-blocking, close-on-exec, TCP_NODELAY, SO_KEEPALIVE. A cancel
+ * ends the wait at once. Returns the socket, or a SLUICE_E* code with why
+ * in `text`. The name lookup itself (getaddrinfo) cannot be interrupted. */
+static int tcp_connect(const char *host, int port, uint64_t deadline,
+                       sluice__cancel *k, int *refused, char *text,
+                       size_t textlen) {
+  struct addrinfo hint, *res = NULL;
+  memset(&hint, 0, sizeof(hint));
+  hint.ai_family = AF_UNSPEC;
+  hint.ai_socktype = SOCK_STREAM;
+  hint.ai_protocol = IPPROTO_TCP;
+  char ps[16];
+  snprintf(ps, sizeof(ps), "%d", port);
+  int g = getaddrinfo(host, ps, &hint, &res);
+  if (g != 0) {
+    snprintf(text, textlen, "cannot resolve '%s': %s", host, gai_strerror(g));
+    return SLUICE_ECONNECT;
+  }
+  int rc = SLUICE_ECONNECT, err = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    if (sluice__cancelled(k)) {
+      rc = SLUICE_ECANCELED;
+      break;
+    }
+    int fd = socket(ai->ai_family,
+                    ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    int r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    if (r != 0 && errno == EINPROGRESS) {
+      struct pollfd p[2] = {{fd, POLLOUT, 0},
+                            {k ? k->event_fd : -1, POLLIN, 0}};
+      int n;
+      do {
+        n = poll(p, 2, ms_left(deadline));
+      } while (n < 0 && errno == EINTR);
+      if (n == 0) {
+        close(fd);
+        rc = SLUICE_ETIMEDOUT;
+        err = ETIMEDOUT;
+        break; /* the deadline is the node's, not one address's */
+      }
+      if (p[1].revents) {
+        close(fd);
+        rc = SLUICE_ECANCELED;
+        break;
+      }
+      socklen_t l = sizeof(err);
+      if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
+        err = errno;
+      r = err ? -1 : 0;
+    } else if (r != 0) {
+      err = errno;
+    }
+    if (r == 0) {
+      freeaddrinfo(res);
+      return fd;
+    }
+    /* connect() itself failed (refused, unreachable): what rabbitmq-c
+     * calls a socket error (sluice__open_args.refused_ms). */
+    *refused = 1;
+    close(fd);
+  }
+  freeaddrinfo(res);
+  if (rc == SLUICE_ECANCELED) snprintf(text, textlen, "cancelled");
+  else
+    snprintf(text, textlen, "%s",
+             err == ETIMEDOUT ? "timed out" : strerror(err));
+  return rc;
 }
 
 /* A plaintext login failed with a reset (or garbage) before any AMQP
@@ -90,9 +240,12 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
                        amqp_connection_state_t *out, uint16_t *code, char *text,
                        size_t textlen) {
   const sluice_uri u = *uri;
-  int rc;
+  int rc = 0;
   if (u.tls && !a->tls) return SLUICE_ENOTSUP;
 
+  /* One budget for the node: TCP connect, TLS handshake and login. */
+  uint64_t deadline = sluice__now_ms() + (uint64_t)a->connect_timeout_ms;
+  sluice__cancel *k = a->cancel;
   amqp_connection_state_t conn = amqp_new_connection();
   if (!conn) return SLUICE_ENOMEM;
   amqp_socket_t *sock;
@@ -105,30 +258,52 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
       amqp_destroy_connection(conn);
       return rc;
     }
+    /* The handshake can be interrupted from its start (tls.c tracks the
+     * socket); the TCP connect inside rabbitmq-c cannot. */
+    diag.cancel = k;
   } else if (!(sock = amqp_tcp_socket_new(conn))) {
     amqp_destroy_connection(conn);
     return SLUICE_ENOMEM;
   }
   const char *proto = u.tls ? "TLS to" : "connect to";
-  struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
+  int st = AMQP_STATUS_OK;
   uint64_t t0 = sluice__now_ms();
-  int st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
-  if (st != AMQP_STATUS_OK) {
+  if (u.tls) {
+    struct timeval tv = sluice__tv_ms(a->connect_timeout_ms);
+    st = amqp_socket_open_noblock(sock, u.host, u.port, &tv);
     /* rabbitmq-c 0.11 says only "socket error" for a TCP connect that
      * failed (not a timeout, not a name lookup): a refusal or an
      * unreachable host. How fast it came tells the policy whether the host
-     * answered (sluice__policy_refused). With TLS, only before the
-     * handshake began. */
-    if (st == AMQP_STATUS_SOCKET_ERROR && a->refused_ms &&
-        !(u.tls && diag.started))
+     * answered (sluice__policy_refused). Only before the handshake began. */
+    if (st == AMQP_STATUS_SOCKET_ERROR && a->refused_ms && !diag.started)
       *a->refused_ms = sluice__now_ms() - t0;
-    rc = u.tls ? sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t, sizeof(t))
-               : 0;
-    if (!rc) {
-      snprintf(t, sizeof(t), "%s", amqp_error_string2(st));
-      rc = st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
+    if (st == AMQP_STATUS_OK &&
+        sluice__cancel_track(k, amqp_socket_get_sockfd(sock)))
+      rc = SLUICE_ECANCELED;
+  } else {
+    int refused = 0;
+    int fd = tcp_connect(u.host, u.port, deadline, k, &refused, t, sizeof(t));
+    if (refused && a->refused_ms) *a->refused_ms = sluice__now_ms() - t0;
+    if (fd < 0) {
+      rc = fd;
+    } else {
+      amqp_tcp_socket_set_sockfd(sock, fd);
+      if (sluice__cancel_track(k, fd)) rc = SLUICE_ECANCELED;
+    }
+  }
+  if (st != AMQP_STATUS_OK || rc) {
+    if (rc == SLUICE_ECANCELED || sluice__cancelled(k)) {
+      rc = SLUICE_ECANCELED;
+      snprintf(t, sizeof(t), "cancelled");
+    } else if (st != AMQP_STATUS_OK) {
+      rc = sluice__tls_error(&diag, SLUICE__TLS_AT_OPEN, st, t, sizeof(t));
+      if (!rc) {
+        snprintf(t, sizeof(t), "%s", amqp_error_string2(st));
+        rc = st == AMQP_STATUS_TIMEOUT ? SLUICE_ETIMEDOUT : SLUICE_ECONNECT;
+      }
     }
     snprintf(text, textlen, "%s %s:%d: %s", proto, u.host, u.port, t);
+    sluice__cancel_untrack(k);
     amqp_destroy_connection(conn);
     return rc;
   }
@@ -137,6 +312,7 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
                  "TLS to %s:%d: the broker's certificate is not verified "
                  "(skip_verify_peer)",
                  u.host, u.port);
+  struct timeval tv = sluice__tv_ms((uint64_t)ms_left(deadline) + 1);
   amqp_set_handshake_timeout(conn, &tv);
   struct timeval rtv = sluice__tv_ms(a->rpc_timeout_ms);
   amqp_set_rpc_timeout(conn, &rtv);
@@ -173,6 +349,12 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
     rc = sluice__reply_to_err(r, code, t, sizeof(t));
     int lib = r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION;
     int tls_rc = 0;
+    if (sluice__cancelled(k)) {
+      rc = SLUICE_ECANCELED;
+      snprintf(t, sizeof(t), "cancelled");
+      lib = 0;
+    }
+    if (lib && r.library_error == AMQP_STATUS_TIMEOUT) rc = SLUICE_ETIMEDOUT;
     if (lib && u.tls)
       tls_rc = sluice__tls_error(&diag, SLUICE__TLS_AT_LOGIN, r.library_error,
                                  t, sizeof(t));
@@ -199,6 +381,7 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
     }
     snprintf(text, textlen, "login to %s:%d vhost '%s' as '%s': %s", u.host,
              u.port, u.vhost, u.user, t[0] ? t : sluice_strerror(rc));
+    sluice__cancel_untrack(k);
     amqp_destroy_connection(conn);
     return rc;
   }
@@ -228,120 +411,6 @@ int sluice__amqp_open(const sluice__open_args *a, amqp_connection_state_t *out,
   rc = open_parsed(a, &u, out, code, text, textlen);
   free(buf);
   return rc;
-}
-
-/* `*refused_ms`: as in sluice__open_args. */
-static int connect_uri(sluice_consumer *c, const char *uri_str,
-                       uint64_t *refused_ms) {
-  sluice__open_args a = {uri_str,
-                         c->conn_name,
-                         c->o.connect_timeout_ms,
-                         c->o.rpc_timeout_ms,
-                         c->o.heartbeat_s < 0 ? 0 : c->o.heartbeat_s,
-                         c->o.frame_max,
-                         c->has_tls ? &c->tls : NULL,
-                         &c->log,
-                         refused_ms};
-  uint16_t code;
-  char text[512];
-  amqp_connection_state_t conn;
-  int rc = sluice__amqp_open(&a, &conn, &code, text, sizeof(text));
-  if (rc) {
-    sluice__note_close(c, code, text);
-    /* A probe finding the node still down is expected: not a warning. */
-    int level = rc != SLUICE_ECONNECT                     ? SLUICE_LOG_ERROR
-                : c->probing && *refused_ms != UINT64_MAX ? SLUICE_LOG_DEBUG
-                                                          : SLUICE_LOG_WARN;
-    sluice__log(c, level, "%s (%s)", text, sluice_strerror(rc));
-    return rc;
-  }
-  c->conn = conn;
-  c->fd = amqp_get_sockfd(conn);
-  /* In autoAck mode what waits in the kernel's receive buffer was settled
-   * by the broker: keep it small (Linux autotunes it up to megabytes). */
-  int rcvbuf = c->o.socket_rcvbuf;
-  if (rcvbuf == 0 && c->o.ack_mode == SLUICE_ACK_AUTO) rcvbuf = 128 * 1024;
-  if (rcvbuf > 0 &&
-      setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) != 0)
-    sluice__log(c, SLUICE_LOG_WARN, "SO_RCVBUF %d: %s", rcvbuf,
-                strerror(errno));
-  c->heartbeat_s = amqp_get_heartbeat(conn);
-  c->last_rx_ms = sluice__now_ms();
-  sluice__log(c, SLUICE_LOG_INFO, "connected to %s (heartbeat %ds)", uri_str,
-              c->heartbeat_s);
-  return 0;
-}
-
-static int open_channel(sluice_consumer *c, amqp_channel_t ch) {
-  amqp_channel_open(c->conn, ch);
-  uint16_t code;
-  char text[256];
-  int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
-                                sizeof(text));
-  sluice__note_close(c, code, text);
-  return rc;
-}
-
-int sluice__connect(sluice_consumer *c) {
-  int rc = SLUICE_ECONNECT, retryable = 0;
-  /* every node refused so far: the slowest refusal; else UINT64_MAX */
-  uint64_t slowest = 0;
-  c->refused_ms = UINT64_MAX;
-  for (size_t i = 0; i < c->n_uris; i++) {
-    size_t idx = sluice__policy_node(&c->policy, i);
-    uint64_t refused_ms = UINT64_MAX;
-    int node_rc = connect_uri(c, c->uris[idx], &refused_ms);
-    if (node_rc == 0) {
-      sluice__policy_node_up(&c->policy, idx); /* stay on the node */
-      rc = 0;
-      break;
-    }
-    if (refused_ms == UINT64_MAX) slowest = UINT64_MAX;
-    else if (slowest != UINT64_MAX && refused_ms > slowest)
-      slowest = refused_ms;
-    /* What the attempt reports: the last node's error, unless an earlier
-     * node failed in a way that may pass (down, restarting) and this one
-     * for good (its certificate): that one is worth retrying. */
-    if (sluice__retryable(node_rc)) {
-      rc = node_rc;
-      retryable = 1;
-    } else if (!retryable) {
-      rc = node_rc;
-    }
-    /* Credentials and vhosts are the same on every node of a cluster:
-     * trying the next one would only repeat the refusal. */
-    if (sluice__err_class(node_rc) & SLUICE__ERR_EVERY_NODE) {
-      rc = node_rc;
-      break;
-    }
-  }
-  if (rc) {
-    sluice__policy_nodes_failed(&c->policy);
-    c->refused_ms = slowest;
-    return rc;
-  }
-  if ((rc = open_channel(c, SLUICE__CH_MAIN)) ||
-      (rc = open_channel(c, SLUICE__CH_TOPOLOGY))) {
-    sluice__disconnect(c, 0);
-    return rc;
-  }
-  /* c->generation already names this connection: it moves on when a live
-   * connection dies (sluice__conn_lost), not when one is made. */
-  c->connected = 1;
-  return 0;
-}
-
-int sluice__setup_channel(sluice_consumer *c) {
-  if (c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    amqp_basic_qos(c->conn, SLUICE__CH_MAIN, 0, c->o.prefetch, 0);
-    uint16_t code;
-    char text[256];
-    int rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
-                                  sizeof(text));
-    sluice__note_close(c, code, text);
-    if (rc) return rc;
-  }
-  return 0;
 }
 
 int sluice__rpc_conn_gone(amqp_connection_state_t conn) {

@@ -208,25 +208,11 @@ static int arm_connection(sluice_consumer *c) {
   return 0;
 }
 
-/* Connect, set up the channel, declare the topology, subscribe. */
-static int establish(sluice_consumer *c) {
-  int rc = sluice__connect(c);
-  if (rc) return rc;
-  rc = sluice__setup_channel(c);
-  if (!rc) rc = sluice__recover(c);
-  if (rc) {
-    sluice__disconnect(c, 0);
-    return rc;
-  }
-  sluice__policy_up(&c->policy);
-  return 0;
-}
-
 int sluice_consumer_connect(sluice_consumer *c) {
   if (!c) return SLUICE_EINVAL;
-  if (c->connected) return SLUICE_ESTATE;
-  if (c->stopped) return SLUICE_ESTATE;
-  int rc = establish(c);
+  if (c->connected || c->stopped || c->attempt) return SLUICE_ESTATE;
+  /* The one blocking connect: the caller asked for it (documented). */
+  int rc = sluice__attempt_now(c);
   if (rc == 0 && c->loop.base) rc = arm_connection(c);
   return rc;
 }
@@ -242,6 +228,9 @@ static void schedule_retry(sluice_consumer *c, int err) {
           : sluice__policy_failed(&c->policy, err);
   c->refused_ms = UINT64_MAX;
   c->probing = d.action == SLUICE__RETRY && d.probe;
+  /* Why the last attempt failed (OpenSSL's reason for TLS), or nothing
+   * after a lost connection (its CLOSED event said why). */
+  const char *why = c->last_error[0] ? c->last_error : NULL;
   switch (d.action) {
     case SLUICE__FATAL:
       if (c->o.reconnect.enabled)
@@ -254,6 +243,7 @@ static void schedule_retry(sluice_consumer *c, int err) {
                   d.attempt, sluice_strerror(err));
       sluice_event ev = {.type = SLUICE_EV_GAVE_UP,
                          .err = err,
+                         .text = why,
                          .attempt = d.attempt,
                          .generation = atomic_load(&c->generation)};
       sluice__emit(c, &ev);
@@ -270,6 +260,7 @@ static void schedule_retry(sluice_consumer *c, int err) {
       }
       sluice_event ev = {.type = SLUICE_EV_RECONNECTING,
                          .err = err,
+                         .text = why,
                          .delay_ms = d.delay_ms,
                          .attempt = d.attempt,
                          .generation = atomic_load(&c->generation)};
@@ -282,9 +273,20 @@ static void schedule_retry(sluice_consumer *c, int err) {
   }
 }
 
+/* The backoff is over: try again, off the loop thread. */
 static void retry(sluice_consumer *c) {
-  if (c->stopping || c->stopped) return;
-  int rc = establish(c);
+  if (c->stopping || c->stopped || c->attempt) return;
+  int rc = sluice__attempt_start(c);
+  if (rc) {
+    snprintf(c->last_error, sizeof(c->last_error), "%s", sluice_strerror(rc));
+    schedule_retry(c, rc);
+  }
+}
+
+/* An attempt has finished (it woke the loop): take its connection, or
+ * decide what comes next. */
+static void attempt_finished(sluice_consumer *c) {
+  int rc = sluice__attempt_adopt(c);
   if (rc) {
     schedule_retry(c, rc);
     return;
@@ -352,6 +354,7 @@ void sluice__conn_lost(sluice_consumer *c, int err) {
    * before the next connection exists, and queued ones skip their handler. */
   uint64_t gen = atomic_fetch_add(&c->generation, 1);
   uint16_t code = broker_close_code(c, err);
+  c->last_error[0] = '\0';
   sluice__disconnect(c, 0);
   quiesce(c);
   sluice__deliveries_conn_lost(c);
@@ -370,6 +373,7 @@ static void on_wake(sluice_consumer *c) {
   ssize_t r = read(c->wake_fd, &v, sizeof(v));
   (void)r;
   sluice__drain_completions(c);
+  if (c->attempt && !c->stopped && sluice__attempt_done(c)) attempt_finished(c);
   if (atomic_load(&c->stop_requested) && !c->stopping && !c->stopped)
     sluice__begin_stop(c);
 }
@@ -404,19 +408,6 @@ static void loop_teardown(sluice_consumer *c) {
 
 /* ---- start / run / stop -------------------------------------------------- */
 
-/* The first connection at start(): later ones are the reconnect timer's. */
-static int first_connection(sluice_consumer *c) {
-  if (!c->connected) {
-    int rc = establish(c);
-    if (rc) {
-      if (!c->o.reconnect.enabled || !sluice__retryable(rc)) return rc;
-      schedule_retry(c, rc);
-      return 1; /* running, not connected yet */
-    }
-  }
-  return arm_connection(c);
-}
-
 int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   if (!c || !base) return SLUICE_EINVAL;
   if (c->started || c->stopped) return SLUICE_ESTATE;
@@ -427,19 +418,23 @@ int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   if ((rc = sluice__loop_attach(&c->loop, base, c, c->wake_fd))) goto fail;
   if ((rc = sluice__workers_start(c))) goto fail;
   c->started = 1;
-  rc = first_connection(c);
-  if (rc == 1) return 0;
-  if (rc) {
-    c->started = 0;
-    sluice__workers_stop(c);
-    goto fail;
+  if (c->connected) {
+    /* sluice_consumer_connect() came first. */
+    if ((rc = arm_connection(c))) goto fail_started;
+    sluice_event ev = {.type = SLUICE_EV_CONNECTED,
+                       .generation = atomic_load(&c->generation)};
+    sluice__emit(c, &ev);
+  } else if ((rc = sluice__attempt_start(c))) {
+    /* The caller's loop never waits for a connection: the attempt runs on
+     * a thread of its own and wakes the loop when it is done. */
+    goto fail_started;
   }
-  sluice_event ev = {.type = SLUICE_EV_CONNECTED,
-                     .generation = atomic_load(&c->generation)};
-  sluice__emit(c, &ev);
   /* If stop() came before start(), honour it now. */
   if (atomic_load(&c->stop_requested)) sluice_consumer_stop(c);
   return 0;
+fail_started:
+  c->started = 0;
+  sluice__workers_stop(c);
 fail:
   loop_teardown(c);
   c->loop.base = NULL;
@@ -614,8 +609,12 @@ static void finish_stop(sluice_consumer *c, int result) {
   }
   c->stopping = 1;
   c->run_result = result;
+  sluice__attempt_cancel(c); /* its result, when it comes, is dropped */
   if (c->connected) close_gracefully(c);
-  sluice__loop_disarm_all(&c->loop);
+  /* Nothing of sluice's stays on the event_base, so that the caller's
+   * event_base_dispatch() returns by itself once its own events are done
+   * (the wake-up eventfd stays open, unwatched, for a late stop()). */
+  sluice__loop_detach(&c->loop);
   c->reading = c->want_write = 0;
   c->ack_timer_on = 0;
   atomic_fetch_add(&c->generation, 1); /* late completions are stale */
@@ -624,6 +623,7 @@ static void finish_stop(sluice_consumer *c, int result) {
   atomic_store(&c->stopped, 1);
   sluice_event ev = {.type = SLUICE_EV_STOPPED,
                      .err = result,
+                     .text = result && c->last_error[0] ? c->last_error : NULL,
                      .generation = atomic_load(&c->generation)};
   sluice__emit(c, &ev);
   sluice__loop_break(&c->loop);
@@ -733,6 +733,7 @@ void sluice_consumer_free(sluice_consumer *c) {
     return;
   }
   if (c->started && !c->stopped) finish_stop(c, 0);
+  sluice__attempt_release(c);
   if (c->connected) sluice__disconnect(c, 1);
   sluice__workers_stop(c);
   sluice__deliveries_free(c);

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <amqp.h>
 
@@ -225,6 +226,8 @@ struct sluice_consumer {
    * UINT64_MAX when some node failed otherwise (or it got further) */
   uint64_t refused_ms;
   int probing; /* the retry armed now is a probe (its refusals: DEBUG) */
+  struct sluice__attempt *attempt; /* a connection attempt in flight */
+  char last_error[512];            /* why the last attempt failed */
 
   /* counters (atomics: read from any thread) */
   _Atomic uint64_t n_delivered, n_acked, n_nacked, n_rejected, n_errors,
@@ -244,18 +247,50 @@ void sluice__conn_lost(sluice_consumer *c, int err);
 void sluice__check_stop(sluice_consumer *c);
 void sluice__begin_stop(sluice_consumer *c);
 
-/* conn.c: connecting and disconnecting (loop thread) */
-int sluice__connect(sluice_consumer *c);
-int sluice__setup_channel(sluice_consumer *c);
+/* conn.c: disconnecting (loop thread) */
 void sluice__disconnect(sluice_consumer *c, int graceful);
+
+/* attempt.c: connection attempts, off the loop thread (loop thread side) */
+typedef struct sluice__attempt sluice__attempt;
+/* Start one on a thread of its own; it wakes the loop when done. */
+int sluice__attempt_start(sluice_consumer *c);
+/* 1 once the attempt in flight has finished. */
+int sluice__attempt_done(sluice_consumer *c);
+/* Take a finished attempt's result: 0 and the consumer is connected,
+ * recovered and subscribed; or why it failed (c->last_error says more). */
+int sluice__attempt_adopt(sluice_consumer *c);
+/* One attempt on the calling thread (sluice_consumer_connect()), adopted. */
+int sluice__attempt_now(sluice_consumer *c);
+/* Stop: end the attempt's waits; its result will be dropped. */
+void sluice__attempt_cancel(sluice_consumer *c);
+/* Free: cancel, and forget the attempt (it may finish on its own). */
+void sluice__attempt_release(sluice_consumer *c);
 /* Record a broker close for sluice_consumer_last_close(). */
 void sluice__note_close(sluice_consumer *c, uint16_t code, const char *text);
 
 /* topology.c: declarations, subscriptions, recovery */
+/* A connection and where its broker calls report: what the calls below
+ * touch, so that an attempt can make them on its own thread. */
+typedef struct sluice__link {
+  amqp_connection_state_t conn;
+  const sluice__logger *log;
+  uint16_t close_code; /* the last broker close seen, and its text */
+  char close_text[256];
+} sluice__link;
+static inline void sluice__link_note(sluice__link *k, uint16_t code,
+                                     const char *text) {
+  if (!code) return;
+  k->close_code = code;
+  snprintf(k->close_text, sizeof(k->close_text), "%s", text);
+}
+/* Declare `t` / subscribe on `k`'s connection; any thread. */
+int sluice__topo_send(sluice__link *k, const struct sluice__topo *t);
+int sluice__consume_send(sluice__link *k, const char *queue, const char *tag,
+                         int no_ack, int exclusive, int priority);
+/* The same on the live connection, recording the close and the
+ * subscription's state in the consumer (loop thread). */
 int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t);
 int sluice__consume(sluice_consumer *c, struct sluice__sub *s);
-/* Declare the topology again and subscribe (after a connect). */
-int sluice__recover(sluice_consumer *c);
 struct sluice__sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag);
 void sluice__topology_free(sluice_consumer *c);
 

@@ -82,6 +82,7 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
                            SLUICE__DEFAULT_FRAME_MAX,
                            is_tls ? &tls : NULL,
                            &p->log,
+                           NULL,
                            NULL};
     rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
   }

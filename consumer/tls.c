@@ -63,7 +63,9 @@ static int load_files(SSL_CTX *ctx, const sluice__tls_config *cfg, char *text,
                       size_t textlen) {
   char why[200];
   ERR_clear_error();
-  if (cfg->ca_file || cfg->ca_dir) {
+  if (!cfg->verify_peer) {
+    /* Nothing is verified: no trust anchors to load. */
+  } else if (cfg->ca_file || cfg->ca_dir) {
     if (SSL_CTX_load_verify_locations(ctx, cfg->ca_file, cfg->ca_dir) != 1) {
       ssl_reason(why, sizeof(why));
       snprintf(text, textlen, "TLS: cannot load the CA %s '%s': %s",
@@ -158,6 +160,23 @@ void sluice__tls_config_free(sluice__tls_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
 }
 
+int sluice__tls_config_copy(sluice__tls_config *dst,
+                            const sluice__tls_config *src) {
+  *dst = *src;
+  dst->ca_file = dst->ca_dir = dst->cert_file = dst->key_file = NULL;
+  dst->key_password = dst->server_name = NULL;
+  if (copy_str(&dst->ca_file, src->ca_file) ||
+      copy_str(&dst->ca_dir, src->ca_dir) ||
+      copy_str(&dst->cert_file, src->cert_file) ||
+      copy_str(&dst->key_file, src->key_file) ||
+      copy_str(&dst->key_password, src->key_password) ||
+      copy_str(&dst->server_name, src->server_name)) {
+    sluice__tls_config_free(dst);
+    return SLUICE_ENOMEM;
+  }
+  return 0;
+}
+
 /* ---- one attempt's socket ------------------------------------------------ */
 
 static sluice__tls_diag *diag_of(const SSL *ssl) {
@@ -183,9 +202,12 @@ static void info_cb(const SSL *ssl, int where, int ret) {
   sluice__tls_diag *d = diag_of(ssl);
   if (!d) return;
   if (where & SSL_CB_HANDSHAKE_START) {
-    if (!d->started)
+    if (!d->started) {
       /* Before the ClientHello is written: the name it carries. */
       SSL_set_tlsext_host_name((SSL *)ssl, d->sni);
+      /* From here on a cancel can interrupt the handshake. */
+      if (d->cancel) sluice__cancel_track(d->cancel, SSL_get_fd(ssl));
+    }
     d->started = 1;
   }
   if (where & SSL_CB_HANDSHAKE_DONE) {

@@ -14,6 +14,8 @@
 
 #include <sluice/consumer.h>
 
+#include "amqp_util.h"
+
 /* sluice_tls_opts with every string copied. */
 typedef struct sluice__tls_config {
   char *ca_file, *ca_dir, *cert_file, *key_file, *key_password;
@@ -30,16 +32,22 @@ typedef struct sluice__tls_config {
 int sluice__tls_config_init(sluice__tls_config *out, const sluice_tls_opts *o,
                             char *text, size_t textlen);
 void sluice__tls_config_free(sluice__tls_config *cfg);
+/* A copy of `src` (for an attempt that may outlive its consumer). */
+int sluice__tls_config_copy(sluice__tls_config *dst,
+                            const sluice__tls_config *src);
 
 /* What OpenSSL saw during one attempt's handshake and first reads. */
+struct sluice__cancel;
+
 typedef struct sluice__tls_diag {
   const sluice__tls_config *cfg;
-  const char *sni;    /* the name sent in SNI, or NULL for none */
-  int started;        /* the handshake began (TCP was up) */
-  int done;           /* the handshake completed */
-  int version;        /* the version it agreed on (TLS1_3_VERSION) */
-  int cert_requested; /* the server asked for a client certificate */
-  long verify_err;    /* first X509_V_ERR_* of the server's chain */
+  struct sluice__cancel *cancel; /* tracks the socket from handshake start */
+  const char *sni;               /* the name sent in SNI, or NULL for none */
+  int started;                   /* the handshake began (TCP was up) */
+  int done;                      /* the handshake completed */
+  int version;                   /* the version it agreed on (TLS1_3_VERSION) */
+  int cert_requested;            /* the server asked for a client certificate */
+  long verify_err;               /* first X509_V_ERR_* of the server's chain */
   int verify_depth;
   char verify_subject[160]; /* the certificate it concerns */
   int alert;                /* fatal alert received from the server, -1 */

@@ -1,94 +1,112 @@
 /* SPDX-License-Identifier: MIT */
 /* What the application declared through the consumer (exchanges, queues,
  * bindings) and its subscriptions: sent at once when connected, remembered,
- * and declared again after every reconnect (sluice__recover). The calls are
- * synchronous on the topology channel, bounded by rpc_timeout_ms; a failed
- * declaration closes that channel only, never the consuming one. */
+ * and declared again on every new connection (by the attempt that makes it,
+ * attempt.c, through sluice__topo_send and sluice__consume_send). The calls
+ * are synchronous on the topology channel, bounded by rpc_timeout_ms; a
+ * failed declaration closes that channel only, never the consuming one. */
 #include <stdio.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-/* ---- sending ------------------------------------------------------------- */
+/* ---- sending (any thread: an attempt recovers off the loop) -------------- */
 
-static int topo_reply(sluice_consumer *c, const char *what, const char *name) {
+static int topo_reply(sluice__link *k, const char *what, const char *name) {
   uint16_t code;
   char text[256];
-  int rc = sluice__rpc_result(c->conn, SLUICE__CH_TOPOLOGY, &code, text,
+  int rc = sluice__rpc_result(k->conn, SLUICE__CH_TOPOLOGY, &code, text,
                               sizeof(text));
   if (rc == 0) return 0;
-  sluice__note_close(c, code, text);
-  sluice__log(c, SLUICE_LOG_ERROR, "%s '%s': %s%s%s", what, name,
-              sluice_strerror(rc), text[0] ? ": " : "", text);
+  sluice__link_note(k, code, text);
+  sluice__logf(k->log, SLUICE_LOG_ERROR, "%s '%s': %s%s%s", what, name,
+               sluice_strerror(rc), text[0] ? ": " : "", text);
   return rc;
 }
 
-int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t) {
+int sluice__topo_send(sluice__link *k, const struct sluice__topo *t) {
   amqp_channel_t ch = SLUICE__CH_TOPOLOGY;
   switch (t->kind) {
     case SLUICE__TOPO_EXCHANGE:
-      amqp_exchange_declare(c->conn, ch, amqp_cstring_bytes(t->name),
+      amqp_exchange_declare(k->conn, ch, amqp_cstring_bytes(t->name),
                             amqp_cstring_bytes(t->type), t->passive, t->durable,
                             t->auto_delete, t->internal, t->args);
-      return topo_reply(c, "declare exchange", t->name);
+      return topo_reply(k, "declare exchange", t->name);
     case SLUICE__TOPO_QUEUE:
-      amqp_queue_declare(c->conn, ch, amqp_cstring_bytes(t->name), t->passive,
+      amqp_queue_declare(k->conn, ch, amqp_cstring_bytes(t->name), t->passive,
                          t->durable, t->exclusive, t->auto_delete, t->args);
-      return topo_reply(c, "declare queue", t->name);
+      return topo_reply(k, "declare queue", t->name);
     case SLUICE__TOPO_BIND:
-      amqp_queue_bind(c->conn, ch, amqp_cstring_bytes(t->name),
+      amqp_queue_bind(k->conn, ch, amqp_cstring_bytes(t->name),
                       amqp_cstring_bytes(t->exchange),
                       amqp_cstring_bytes(t->routing_key), t->args);
-      return topo_reply(c, "bind queue", t->name);
+      return topo_reply(k, "bind queue", t->name);
   }
   return SLUICE_EINVAL;
 }
 
-int sluice__consume(sluice_consumer *c, struct sluice__sub *s) {
+int sluice__consume_send(sluice__link *k, const char *queue, const char *tag,
+                         int no_ack, int exclusive, int priority) {
   /* A passive declare on the topology channel first: basic.consume on a
    * missing queue would close the consuming channel and every other
    * subscription on it. */
-  amqp_queue_declare(c->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(s->queue),
-                     1, 0, 0, 0, amqp_empty_table);
-  int rc = topo_reply(c, "subscribe to queue", s->queue);
+  amqp_queue_declare(k->conn, SLUICE__CH_TOPOLOGY, amqp_cstring_bytes(queue), 1,
+                     0, 0, 0, amqp_empty_table);
+  int rc = topo_reply(k, "subscribe to queue", queue);
   if (rc) return rc;
 
   amqp_table_entry_t prio;
   amqp_table_t args = amqp_empty_table;
-  if (s->priority) {
+  if (priority) {
     prio.key = amqp_cstring_bytes("x-priority");
     prio.value.kind = AMQP_FIELD_KIND_I32;
-    prio.value.value.i32 = s->priority;
+    prio.value.value.i32 = priority;
     args.num_entries = 1;
     args.entries = &prio;
   }
   amqp_basic_consume_ok_t *ok =
-      amqp_basic_consume(c->conn, SLUICE__CH_MAIN, amqp_cstring_bytes(s->queue),
-                         amqp_cstring_bytes(s->tag), 0,
-                         c->o.ack_mode == SLUICE_ACK_AUTO, s->exclusive, args);
+      amqp_basic_consume(k->conn, SLUICE__CH_MAIN, amqp_cstring_bytes(queue),
+                         amqp_cstring_bytes(tag), 0, no_ack, exclusive, args);
   uint16_t code;
   char text[256];
-  rc = sluice__reply_to_err(amqp_get_rpc_reply(c->conn), &code, text,
+  rc = sluice__reply_to_err(amqp_get_rpc_reply(k->conn), &code, text,
                             sizeof(text));
   if (rc || !ok) {
-    sluice__note_close(c, code, text);
-    sluice__log(c, SLUICE_LOG_ERROR, "basic.consume '%s': %s%s%s", s->queue,
-                sluice_strerror(rc), text[0] ? ": " : "", text);
+    sluice__link_note(k, code, text);
+    sluice__logf(k->log, SLUICE_LOG_ERROR, "basic.consume '%s': %s%s%s", queue,
+                 sluice_strerror(rc), text[0] ? ": " : "", text);
     return rc ? rc : SLUICE_EPROTO;
   }
-  s->active = 1;
-  s->cancelled = 0;
   return 0;
 }
 
-int sluice__recover(sluice_consumer *c) {
-  int rc = 0;
-  for (struct sluice__topo *t = c->topo; !rc && t; t = t->next)
-    rc = sluice__apply_topology(c, t);
-  for (int i = 0; !rc && i < SLUICE__MAX_SUBS; i++)
-    if (c->subs[i].used && !c->subs[i].cancelled)
-      rc = sluice__consume(c, &c->subs[i]);
+/* ---- on the live connection (loop thread) --------------------------------- */
+
+static sluice__link link_of(sluice_consumer *c) {
+  sluice__link k;
+  memset(&k, 0, sizeof(k));
+  k.conn = c->conn;
+  k.log = &c->log;
+  return k;
+}
+
+int sluice__apply_topology(sluice_consumer *c, struct sluice__topo *t) {
+  sluice__link k = link_of(c);
+  int rc = sluice__topo_send(&k, t);
+  sluice__note_close(c, k.close_code, k.close_text);
   return rc;
+}
+
+int sluice__consume(sluice_consumer *c, struct sluice__sub *s) {
+  sluice__link k = link_of(c);
+  int rc = sluice__consume_send(&k, s->queue, s->tag,
+                                c->o.ack_mode == SLUICE_ACK_AUTO, s->exclusive,
+                                s->priority);
+  sluice__note_close(c, k.close_code, k.close_text);
+  if (rc) return rc;
+  s->active = 1;
+  s->cancelled = 0;
+  return 0;
 }
 
 static const struct sluice__sub *sub_by_name(const sluice_consumer *c,
@@ -143,7 +161,7 @@ static void topo_free(struct sluice__topo *t) {
  * broker), a reconnect if it is worth one. `consuming` says the call was
  * basic.consume: then a channel.close is the consuming channel's (the
  * topology channel's are answered and reopened by sluice__rpc_result).
- * Not when the call came during a connection attempt (sluice__recover):
+ * Not when the call came during a connection attempt (attempt.c):
  * the attempt fails and says so itself. */
 static int app_call_failed(sluice_consumer *c, int rc, int consuming) {
   if (!c->conn) return rc;

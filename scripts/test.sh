@@ -74,12 +74,13 @@ run_build() { # name, cmake args...
 
 run_build default -DCMAKE_BUILD_TYPE=RelWithDebInfo
 if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
-  echo "=== valgrind: consumer and reconnect tests (default build)"
+  echo "=== valgrind: consumer, reconnect and TLS tests (default build)"
   # Valgrind runs the client many times slower: tests whose outcome depends
   # on a time budget scale it (tests/common/broker_util.h).
   export SLUICE_TEST_TIME_SCALE=10
   for t in consumer/test_uri consumer/test_ackq consumer/test_bound \
-           reconnect/test_registry consumer/test_consumer_broker; do
+           reconnect/test_registry consumer/test_consumer_broker \
+           reconnect/test_connect_loop tls/test_tls_broker; do
     valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
       --error-exitcode=9 "$ROOT/build-default/tests/$t" >/dev/null
     echo "valgrind clean: $t"

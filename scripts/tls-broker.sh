@@ -128,6 +128,8 @@ write_config() {
 [{rabbit, [
   {tcp_listeners, [{"127.0.0.1", $AMQP_PORT}]},
   {ssl_listeners, [{"127.0.0.1", $PORT}, {"127.0.0.2", $PORT}]},
+  %% The default 5 s is too short for a client under valgrind.
+  {ssl_handshake_timeout, 60000},
   {ssl_options, [
     {cacertfile, "$CERTS/ca.pem"},
     {certfile, "$CERTS/server.pem"},

@@ -213,7 +213,10 @@ typedef struct sluice_event {
   sluice_event_type type;
   int err;             /**< SLUICE_E* classifying the event, or 0 */
   uint16_t reply_code; /**< AMQP reply code of a broker close, or 0 */
-  const char *text;    /**< broker reply text, blocked reason, or NULL */
+  const char *text;    /**< broker reply text, blocked reason; for
+                             RECONNECTING, GAVE_UP and STOPPED after a
+                             failed attempt, why it failed (OpenSSL's reason
+                             for TLS); or NULL */
   const char *queue;   /**< queue concerned, or NULL */
   uint64_t generation; /**< connection generation concerned */
   uint64_t delay_ms;   /**< for SLUICE_EV_RECONNECTING */
@@ -395,11 +398,17 @@ SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
  *  \since 0.2 (the refusal; undefined behaviour in 0.1) */
 SLUICE_EXPORT void sluice_consumer_free(sluice_consumer *c);
 
-/** Connect now (blocking, bounded by connect_timeout_ms) so that errors such
- *  as refused credentials surface here. Declarations and subscriptions made
- *  after this are sent at once and report broker errors directly.
+/** Connect now, on the calling thread (blocking, bounded by
+ *  connect_timeout_ms per node and rpc_timeout_ms per call), so that errors
+ *  such as refused credentials surface here. The only call that connects on
+ *  the caller's thread: run() and start() connect on a thread of their own.
+ *  Declarations and subscriptions made after this are sent at once and
+ *  report broker errors directly.
  *  \return 0; SLUICE_ECONNECT, SLUICE_EAUTH, SLUICE_EVHOST, SLUICE_ETIMEDOUT,
- *          SLUICE_EPROTO, SLUICE_ESTATE if already connected. */
+ *          SLUICE_EPROTO; for amqps:// the TLS codes (SLUICE_ETLS*,
+ *          SLUICE_ENOTTLS) and for amqp:// to a TLS port SLUICE_ETLSPORT;
+ *          SLUICE_ESTATE if already connected, stopped, or started and
+ *          connecting. */
 SLUICE_EXPORT int sluice_consumer_connect(sluice_consumer *c);
 
 /** Run the consumer on its own event loop until stopped.
@@ -408,9 +417,19 @@ SLUICE_EXPORT int sluice_consumer_connect(sluice_consumer *c);
  *          errors as for sluice_consumer_connect(). */
 SLUICE_EXPORT int sluice_consumer_run(sluice_consumer *c);
 
-/** Attach to the caller's event_base instead; the caller runs the loop. The
- *  consumer connects first if needed. Stop with sluice_consumer_stop() and
- *  wait for SLUICE_EV_STOPPED (or sluice_consumer_stopped()). */
+/** Attach to the caller's event_base instead; the caller runs the loop.
+ *  Returns at once: unless sluice_consumer_connect() came first, the first
+ *  connection is made on a thread of sluice's own and announced on the loop
+ *  (SLUICE_EV_CONNECTED; a failure as SLUICE_EV_RECONNECTING, or as
+ *  SLUICE_EV_STOPPED with its code when it is not retried). No connection
+ *  attempt, first or later, ever holds the caller's loop. Stop with
+ *  sluice_consumer_stop() and wait for SLUICE_EV_STOPPED (or
+ *  sluice_consumer_stopped()); after it sluice has no event left on `base`,
+ *  so event_base_dispatch() returns once the caller's own events are done.
+ *  \return 0; SLUICE_EINVAL; SLUICE_ESTATE (started or stopped before);
+ *          SLUICE_ENOMEM, SLUICE_ESOCKET, SLUICE_ELIMIT (no thread).
+ *  \since 0.2 (0.1 connected on the caller's thread and returned the
+ *  connection error) */
 SLUICE_EXPORT int sluice_consumer_start(sluice_consumer *c,
                                         struct event_base *base);
 
