@@ -291,16 +291,50 @@ static int walk_nodes(sluice__attempt *a) {
 
 /* Declare the topology again and subscribe, as the consumer had it when
  * the attempt started. */
+static const struct sluice__topo *declared_queue(const sluice__attempt *a,
+                                                 const char *name) {
+  for (size_t i = 0; i < a->n_topo; i++)
+    if (a->topo[i]->kind == SLUICE__TOPO_QUEUE && !a->topo[i]->passive &&
+        strcmp(a->topo[i]->name, name) == 0)
+      return a->topo[i];
+  return NULL;
+}
+
+/* Subscribe to the i-th subscription's queue. An auto-delete queue the
+ * recovery has just declared can vanish before the subscription: the
+ * broker deletes it once the dead connection's consumer is gone, which may
+ * happen after the declaration found it still there. A queue declared here
+ * that is NOT_FOUND is declared again and the subscription retried (three
+ * times, quietly); a queue that only the subscription names stays a
+ * NOT_FOUND that ends the run. */
+static int subscribe(sluice__attempt *a, size_t i) {
+  const struct sluice__attempt_sub *sb = &a->subs[i];
+  const struct sluice__topo *q = declared_queue(a, sb->queue);
+  const sluice__logger *lg = a->link.log;
+  sluice__logger quiet = *lg;
+  quiet.level = 0; /* nothing */
+  for (int tries = 0;; tries++) {
+    int again = q && tries < 3;
+    a->link.log = again ? &quiet : lg;
+    int rc = sluice__consume_send(&a->link, sb->queue, sb->tag, a->no_ack,
+                                  sb->exclusive, sb->priority);
+    a->link.log = lg;
+    if (rc != SLUICE_ENOTFOUND || !again) return rc;
+    sluice__logf(lg, SLUICE_LOG_INFO,
+                 "queue '%s' vanished after its declaration (auto-delete?): "
+                 "declared again",
+                 sb->queue);
+    if ((rc = sluice__topo_send(&a->link, q))) return rc;
+  }
+}
+
 static int recover(sluice__attempt *a) {
   a->link.conn = a->conn;
   a->link.log = &a->log;
   int rc = 0;
   for (size_t i = 0; !rc && i < a->n_topo; i++)
     rc = sluice__topo_send(&a->link, a->topo[i]);
-  for (size_t i = 0; !rc && i < a->n_subs; i++)
-    rc = sluice__consume_send(&a->link, a->subs[i].queue, a->subs[i].tag,
-                              a->no_ack, a->subs[i].exclusive,
-                              a->subs[i].priority);
+  for (size_t i = 0; !rc && i < a->n_subs; i++) rc = subscribe(a, i);
   if (rc)
     snprintf(a->text, sizeof(a->text), "recovery: %s%s%s", sluice_strerror(rc),
              a->link.close_text[0] ? ": " : "", a->link.close_text);
