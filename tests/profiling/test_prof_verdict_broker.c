@@ -553,7 +553,7 @@ static void test_deferred(void **state) {
   sluice_prof_memstats_read(&m0);
   /* Entered: the reply is the message's. */
   dq_enter = 1;
-  scase k = {"v.defer.in", defer_reply, 1500, 0, NULL, replies_clear, 1};
+  scase k = {"v.defer.in", defer_reply, 3000, 0, NULL, replies_clear, 1};
   result a, b;
   both(&k, &a, &b);
   for (int r = 0; r < 2; r++) {
@@ -567,7 +567,7 @@ static void test_deferred(void **state) {
   assert_int_equal(m1.deferred_unentered, m0.deferred_unentered);
   /* Not entered: the reply is nobody's, and the profiler says so. */
   dq_enter = 0;
-  scase k2 = {"v.defer.out", defer_reply, 1500, 0, NULL, replies_clear, 1};
+  scase k2 = {"v.defer.out", defer_reply, 3000, 0, NULL, replies_clear, 1};
   both(&k2, &a, &b);
   for (int r = 0; r < 2; r++) {
     const result *x = r ? &b : &a;
@@ -585,7 +585,7 @@ static void test_realloc_growth(void **state) {
     fprintf(stderr, "realloc growth: needs malloc interposition, skipped\n");
     skip();
   }
-  scase k = {"v.realloc", log_append, 2000, 0, NULL, log_clear, 0};
+  scase k = {"v.realloc", log_append, 3000, 0, NULL, log_clear, 0};
   result a, b;
   both(&k, &a, &b);
   for (int r = 0; r < 2; r++) {
@@ -682,7 +682,11 @@ int main(void) {
   sluice_prof_opts po = {.grace_ms = 10,
                          .leak_window = 20,
                          .horizon_messages = HORIZON_MSGS,
-                         .horizon_ms = 50,
+                         /* A leak is convicted once it has grown for the
+                          * horizon in messages and in time: every leaking
+                          * case's fast run (20-40k msg/s here) lasts a few
+                          * times horizon_ms, or it stays "growing". */
+                         .horizon_ms = 30,
                          .poll_ms = 50,
                          .on_leak = record_leak};
   if (sluice_prof_start(&po)) return 1;
