@@ -79,6 +79,12 @@ static int apply_defaults(sluice_consumer_opts *o) {
   if (r->max_attempts == 0) r->max_attempts = 10;
   if (r->reset_after_ms == 0) r->reset_after_ms = 10000;
   if (r->refused_probe_ms == 0) r->refused_probe_ms = 250;
+  sluice_memory_guard_opts *m = &o->memory_guard;
+  if (m->high_bytes) {
+    if (m->low_bytes == 0) m->low_bytes = m->high_bytes - m->high_bytes / 4;
+    if (m->low_bytes >= m->high_bytes) return SLUICE_EINVAL;
+    if (m->interval_ms == 0) m->interval_ms = 100;
+  }
   return 0;
 }
 
@@ -151,6 +157,8 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   c->topo_tail = &c->topo;
   c->bound.max_count = o.max_inflight;
   c->bound.max_bytes = o.max_inflight_bytes;
+  c->mem.high = o.memory_guard.high_bytes;
+  c->mem.low = o.memory_guard.low_bytes;
   sluice__policy_init(&c->policy, &o.reconnect, n,
                       (uint64_t)(uintptr_t)c ^ sluice__now_ms() ^
                           ((uint64_t)getpid() << 32));
@@ -394,6 +402,7 @@ void sluice__on_watch(sluice_consumer *c, sluice__watch w) {
       return;
     case SLUICE__W_STOP: sluice__check_stop(c); return;
     case SLUICE__W_RETRY: retry(c); return;
+    case SLUICE__W_MEMORY: sluice__memguard_check(c); return;
     default: return;
   }
 }
@@ -418,6 +427,8 @@ int sluice_consumer_start(sluice_consumer *c, struct event_base *base) {
   if ((rc = sluice__loop_attach(&c->loop, base, c, c->wake_fd))) goto fail;
   if ((rc = sluice__workers_start(c))) goto fail;
   c->started = 1;
+  /* Above the mark already: do not start reading. */
+  sluice__memguard_start(c);
   if (c->connected) {
     /* sluice_consumer_connect() came first. */
     if ((rc = arm_connection(c))) goto fail_started;
@@ -513,6 +524,9 @@ void sluice__begin_stop(sluice_consumer *c) {
               c->bound.count);
   sluice__loop_disarm(&c->loop, SLUICE__W_RETRY);
   if (c->connected && cancel_subscriptions(c)) return;
+  /* MANUAL reads on to the cancel-ok even while the memory guard holds
+   * (sluice__memguard_holds). */
+  sluice__update_pause(c);
   /* Not started yet: leave them unacked; the broker requeues them when
    * the channel closes. */
   if (c->o.ack_mode == SLUICE_ACK_MANUAL) sluice__abandon_queued(c);
@@ -687,6 +701,21 @@ void sluice_consumer_get_stats(const sluice_consumer *cc,
   out->close_listeners = sluice__registry_count(c->registry);
   out->connected = c->connected;
   out->blocked = c->blocked;
+  out->memory_source = sluice__memguard_source_name(LD(mem_source));
+  if (!c->mem.high) return;
+  out->memory_bytes = LD(n_mem_bytes);
+  out->memory_high_bytes = c->mem.high;
+  out->memory_low_bytes = c->mem.low;
+  out->memory_pauses = LD(n_mem_pauses);
+  out->memory_checks = LD(n_mem_checks);
+  out->memory_read_errors = LD(n_mem_read_errors);
+  out->memory_check_us = LD(n_mem_check_us);
+  out->memory_paused = LD(mem_paused);
+  out->memory_paused_ms = LD(n_mem_paused_ms);
+  if (out->memory_paused) {
+    uint64_t since = LD(mem_since_ms), now = sluice__now_ms();
+    if (now > since) out->memory_paused_ms += now - since;
+  }
 }
 
 int sluice_consumer_last_close(const sluice_consumer *c, char *buf,

@@ -14,17 +14,20 @@
 
 #define READ_BUDGET 256 /* frames per wake-up before yielding */
 
-/* ---- the in-flight bound ------------------------------------------------- */
+/* ---- the in-flight bound and the memory guard ---------------------------- */
 
 static int may_read(const sluice_consumer *c) {
   /* An AUTO stop's drain hands each delivery off as soon as it is read:
-   * what the handlers still hold (deferred ones too) must not stop it, or
-   * what the broker settled would stay unread until the connection closes. */
-  return c->draining || sluice__bound_may_read(&c->bound, c->asm_d != NULL);
+   * what the handlers still hold (deferred ones too) must not stop it, nor
+   * the memory guard, or what the broker settled would stay unread until
+   * the connection closes. */
+  return c->draining || sluice__may_read(&c->bound, sluice__memguard_holds(c),
+                                         c->asm_d != NULL);
 }
 
-/* After every change to what is held: read or not, as the bound says
- * (bound.h). A delivery being assembled is read to its end first. */
+/* After every change to what is held, or to the memory guard's state: read
+ * or not, as both say (bound.h, memguard.h). A delivery being assembled is
+ * read to its end first. */
 void sluice__update_pause(sluice_consumer *c) {
   if (sluice__bound_update(&c->bound) == SLUICE__BOUND_PAUSE)
     atomic_store(&c->n_read_pauses, c->bound.pauses);

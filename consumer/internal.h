@@ -24,6 +24,7 @@
 #include "bound.h"
 #include "handle.h"
 #include "loop.h"
+#include "memguard.h"
 #include "tls.h"
 #include "util.h"
 
@@ -195,6 +196,16 @@ struct sluice_consumer {
   sluice_delivery *stale_head;
   sluice__bound bound; /* every delivery held, whatever its generation */
 
+  /* the memory guard (memguard.c): its state on the loop thread, what
+   * get_stats reports in atomics */
+  sluice__memguard mem;
+  int mem_failing; /* the options' reader failed at the last check */
+  int mem_slow;    /* checks are spaced out: a reading takes long */
+  _Atomic int mem_paused, mem_source;
+  _Atomic uint64_t mem_since_ms; /* when the current pause began */
+  _Atomic uint64_t n_mem_bytes, n_mem_pauses, n_mem_paused_ms, n_mem_checks,
+      n_mem_read_errors, n_mem_check_us;
+
   /* slot pool (loop thread allocates; any thread may complete) */
   sluice_delivery *pool;
 
@@ -302,6 +313,17 @@ void sluice__kick_read(sluice_consumer *c);
 int sluice__input_pending(sluice_consumer *c);
 void sluice__update_pause(sluice_consumer *c);
 void sluice__heartbeat(sluice_consumer *c);
+
+/* memguard.c: the memory guard (loop thread) */
+/* Check the figure once and arm the periodic check (start). */
+void sluice__memguard_start(sluice_consumer *c);
+/* One check: read the figure, pause or resume, report (the timer). */
+void sluice__memguard_check(sluice_consumer *c);
+/* 1 if the guard holds reading now (it does not while a stop needs to read
+ * on: see memguard.c). */
+int sluice__memguard_holds(const sluice_consumer *c);
+/* The name of a figure's source (stats.memory_source). */
+const char *sluice__memguard_source_name(int src);
 
 /* delivery.c: slots, dispatch, completion, acks */
 /* A new delivery held (in tag order) on the live connection. */

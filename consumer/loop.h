@@ -23,6 +23,7 @@ typedef enum sluice__watch {
   SLUICE__W_STOP,      /* stop progress check, every `ms` */
   SLUICE__W_RETRY,     /* next reconnect attempt, once after `ms` */
   SLUICE__W_DRAIN,     /* read again soon: once, at the next loop pass */
+  SLUICE__W_MEMORY,    /* the memory guard's next check, once after `ms` */
   SLUICE__W_COUNT
 } sluice__watch;
 

@@ -681,8 +681,11 @@ static void hk_end(void *user, void *token, const sluice_delivery_info *info,
   if (token) scope_end((sluice_prof_scope)(uintptr_t)token, outcome, NULL, 1);
 }
 
-static const sluice_delivery_hooks hooks = {hk_begin, hk_resume, hk_suspend,
-                                            hk_end, NULL};
+static const sluice_delivery_hooks hooks = {.begin = hk_begin,
+                                            .resume = hk_resume,
+                                            .suspend = hk_suspend,
+                                            .end = hk_end,
+                                            .heap_read = sluice_prof_heap_read};
 
 const sluice_delivery_hooks *sluice_prof_delivery_hooks(void) {
   return &hooks;

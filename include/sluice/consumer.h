@@ -205,7 +205,14 @@ typedef enum sluice_event_type {
   SLUICE_EV_GAVE_UP,       /**< reconnect attempts exhausted */
   SLUICE_EV_REJECTED_BIG,  /**< a body over max_body was rejected */
   SLUICE_EV_HANDLER_ERROR, /**< a handler returned an invalid value */
-  SLUICE_EV_STOPPED        /**< graceful stop finished */
+  SLUICE_EV_STOPPED,       /**< graceful stop finished */
+  /** The memory guard stopped reading new deliveries: the figure in
+   *  `bytes` is above `limit` (the high mark); `text` names its source
+   *  (sluice_consumer_stats.memory_source). \since 0.2 */
+  SLUICE_EV_MEMORY_PAUSED,
+  /** The memory guard let reading resume: `bytes` is below `limit` (the
+   *  low mark). \since 0.2 */
+  SLUICE_EV_MEMORY_RESUMED
 } sluice_event_type;
 
 /** An event. Borrowed for the duration of the callback. */
@@ -221,6 +228,9 @@ typedef struct sluice_event {
   uint64_t generation; /**< connection generation concerned */
   uint64_t delay_ms;   /**< for SLUICE_EV_RECONNECTING */
   unsigned attempt;    /**< for SLUICE_EV_RECONNECTING */
+  uint64_t bytes;      /**< SLUICE_EV_MEMORY_*: the figure read \since 0.2 */
+  uint64_t limit;      /**< SLUICE_EV_MEMORY_*: the mark it crossed
+                            \since 0.2 */
 } sluice_event;
 
 /** An event callback; runs on the loop thread. It may call
@@ -291,6 +301,50 @@ typedef struct sluice_tls_opts {
 } sluice_tls_opts;
 
 /* ------------------------------------------------------------------------ */
+/** \name Memory guard */
+
+/** The memory guard (sluice_consumer_opts.memory_guard): above a memory
+ *  figure the consumer stops reading new deliveries, and resumes below a
+ *  lower one; deliveries already read are handled. Zero-initialise: a zero
+ *  `high_bytes` means no guard. See docs/consumer.md, "The memory guard",
+ *  for what it means with prefetch, autoAck and reconnects. \since 0.2 */
+typedef struct sluice_memory_guard_opts {
+  /** Reading stops while the figure is above this many bytes; 0: no
+   *  guard. */
+  uint64_t high_bytes;
+  /** Reading resumes once the figure is below this; default high_bytes -
+   *  high_bytes / 4. Must be below high_bytes (else SLUICE_EINVAL). */
+  uint64_t low_bytes;
+  /** How often the figure is read, on the loop thread; default 100 ms. */
+  unsigned interval_ms;
+  /** 1: the default figure is the resident set size (RSS) instead of the
+   *  live heap. RSS keeps the pages the allocator holds after free(), so it
+   *  may stay above `low_bytes` when the heap has fallen: see the docs. */
+  int use_rss;
+  /** A reader of your own, called every `interval_ms`; it wins over the
+   *  hooks' `heap_read` and `use_rss`. When it fails the default figure is
+   *  used for that reading (counted in `memory_read_errors`). NULL: the
+   *  delivery hooks' `heap_read` when there is one and it answers (the
+   *  profiler, while it runs), else sluice_memory_read(). */
+  sluice_heap_read_fn read;
+  void *read_user; /**< for `read` */
+} sluice_memory_guard_opts;
+
+/** The default memory figure of the guard, for this process: with `use_rss`
+ *  0, the bytes the allocator has handed out and not taken back (the live
+ *  heap): the sanitizer's count under ASan or TSan, glibc's mallinfo2()
+ *  otherwise, mallinfo() when malloc is replaced by one that provides only
+ *  that (valgrind, tcmalloc; exact below 2 GiB), and the RSS when none of
+ *  them sees the heap; with `use_rss` 1, the RSS (/proc/self/statm).
+ *  \param bytes  receives the figure
+ *  \param source receives a static string naming where it came from
+ *                ("sanitizer", "mallinfo2", "mallinfo", "rss"); may be NULL
+ *  \return 0; SLUICE_EINVAL (`bytes` NULL); SLUICE_EIO when nothing could
+ *          be read. Any thread. \since 0.2 */
+SLUICE_EXPORT int sluice_memory_read(int use_rss, uint64_t *bytes,
+                                     const char **source);
+
+/* ------------------------------------------------------------------------ */
 /** \name Options */
 
 typedef enum sluice_ack_mode {
@@ -355,6 +409,9 @@ typedef struct sluice_consumer_opts {
   sluice_tls_opts tls; /**< for amqps:// URIs \since 0.2 */
 
   sluice_reconnect_opts reconnect;
+  /** Stop reading new deliveries while memory is above a mark; off by
+   *  default. \since 0.2 */
+  sluice_memory_guard_opts memory_guard;
   unsigned max_close_listeners; /**< registry capacity; default 16, at
                                      most 4096 (else SLUICE_EINVAL) */
 
@@ -556,6 +613,26 @@ typedef struct sluice_consumer_stats {
   int connected;
   int blocked; /**< broker sent connection.blocked on the live
                                 connection (cleared when it closes) */
+  /** The memory guard (all 0 without one) \since 0.2 */
+  uint64_t memory_bytes;       /**< the figure it read last */
+  uint64_t memory_high_bytes;  /**< reading stops above this */
+  uint64_t memory_low_bytes;   /**< and resumes below this */
+  uint64_t memory_pauses;      /**< times it stopped reading */
+  uint64_t memory_paused_ms;   /**< time spent paused, the current pause
+                                    included */
+  uint64_t memory_checks;      /**< readings taken */
+  uint64_t memory_read_errors; /**< readings where `read` failed */
+  /** How long the last reading took, in microseconds. A reading is spaced
+   *  from the next by at least 100 times this (at most 1% of the loop
+   *  thread): glibc's mallinfo2() can take milliseconds on a fragmented
+   *  heap. */
+  uint64_t memory_check_us;
+  int memory_paused;           /**< 1 while it holds reading */
+  /** Where the last figure came from: "reader" (the options' `read`),
+   *  "hooks" (the delivery hooks' `heap_read`: the profiler), or the
+   *  default's "sanitizer", "mallinfo2", "mallinfo", "rss"; "" before the
+   *  first reading. A static string. */
+  const char *memory_source;
 } sluice_consumer_stats;
 
 /** Fill `out` with the current counters. Any thread. */

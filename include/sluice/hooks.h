@@ -67,6 +67,15 @@ typedef struct sluice_delivery_info {
   const char *key;
 } sluice_delivery_info;
 
+/** Reads the process's memory figure in bytes, for a consumer's memory
+ *  guard (sluice_consumer_opts.memory_guard, docs/consumer.md, "The memory
+ *  guard"): writes it to `*bytes` and returns 0, or returns a negative
+ *  SLUICE_E* code when it has no figure now, and the consumer then takes
+ *  its default one (sluice_memory_read()). Called on the consumer's loop
+ *  thread every `interval_ms`: it must be quick and must not block.
+ *  \since 0.2 */
+typedef int (*sluice_heap_read_fn)(void *user, uint64_t *bytes);
+
 /** Per-delivery hooks. `begin` runs on the handler's thread just before the
  *  handler and returns a token kept with the delivery; `resume`/`suspend`
  *  bracket every stretch of code that works for the delivery on some thread
@@ -85,6 +94,10 @@ typedef struct sluice_delivery_hooks {
   void (*end)(void *user, void *token, const sluice_delivery_info *info,
               int outcome);
   void *user;
+  /** The observer's figure of the process's live heap, for the consumer's
+   *  memory guard when its options name no reader of their own (the
+   *  profiler's: sluice_prof_heap_read()). May be NULL. \since 0.2 */
+  sluice_heap_read_fn heap_read;
 } sluice_delivery_hooks;
 
 #ifdef __cplusplus

@@ -323,7 +323,9 @@ SLUICE_EXPORT size_t sluice_prof_poll(void);
  *  delivery (queue name, key value when the subscription names a key, seq,
  *  delivery tag) and enters it, `resume`/
  *  `suspend` enter and leave it on any thread, `end` closes it with the
- *  outcome. The hooks do nothing while the profiler is not running.
+ *  outcome, `heap_read` is sluice_prof_heap_read() (the consumer's memory
+ *  guard reads its figure there). The hooks do nothing while the profiler
+ *  is not running.
  *  \return a static table; never NULL. */
 SLUICE_EXPORT const sluice_delivery_hooks *sluice_prof_delivery_hooks(void);
 
@@ -388,7 +390,10 @@ sluice_prof_residual_stats_get(sluice_prof_residual_stats *out, size_t cap);
 
 /** Process-wide counters, like Go's runtime.MemStats. */
 typedef struct sluice_prof_memstats {
-  uint64_t heap_live_bytes;    /**< in use per glibc (mallinfo2), exact */
+  /** In use per the allocator, exact: glibc's mallinfo2(), the
+   *  sanitizer's count under ASan/TSan, mallinfo() under valgrind
+   *  (\since 0.2: 0 there before) */
+  uint64_t heap_live_bytes;
   uint64_t heap_mapped_bytes;  /**< obtained from the system by malloc */
   uint64_t live_objects;       /**< mallocs - frees (counted since start) */
   uint64_t total_alloc_bytes;  /**< bytes requested since start */
@@ -426,6 +431,17 @@ typedef struct sluice_prof_memstats {
 /** Fill `out` with the current figures. Works (mostly zeros) when the
  *  profiler never started. */
 SLUICE_EXPORT void sluice_prof_memstats_read(sluice_prof_memstats *out);
+
+/** The live heap for a consumer's memory guard, a sluice_heap_read_fn
+ *  (also the `heap_read` of sluice_prof_delivery_hooks()): the bytes in
+ *  use per the allocator, MemStats' `heap_live_bytes` (/debug/vars,
+ *  `sluice_heap_live_bytes` on /metrics), so the guard acts on the figure
+ *  the dashboards show. Any thread; a few microseconds (an arena walk).
+ *  \param user   ignored
+ *  \param bytes  receives the figure
+ *  \return 0; SLUICE_ESTATE while the profiler is not running (the guard
+ *          then takes its own default figure); SLUICE_EINVAL. \since 0.2 */
+SLUICE_EXPORT int sluice_prof_heap_read(void *user, uint64_t *bytes);
 
 /* ------------------------------------------------------------------------ */
 /** \name Snapshots */
