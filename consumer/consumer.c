@@ -524,7 +524,7 @@ void sluice__begin_stop(sluice_consumer *c) {
               c->bound.count);
   sluice__loop_disarm(&c->loop, SLUICE__W_RETRY);
   if (c->connected && cancel_subscriptions(c)) return;
-  /* MANUAL reads on to the cancel-ok even while the memory guard holds
+  /* A stop reads on to the cancel-ok even while the memory guard holds
    * (sluice__memguard_holds). */
   sluice__update_pause(c);
   /* Not started yet: leave them unacked; the broker requeues them when

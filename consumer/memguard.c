@@ -10,6 +10,7 @@
  * (the profiler fills it in its hooks, and answers while it runs), else
  * from the allocator itself. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +62,15 @@ static uint64_t rss_bytes(void) {
   return (uint64_t)res * (uint64_t)(page > 0 ? page : 4096);
 }
 
+#if defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+/* glibc's lazy malloc setup is not thread-safe: where its malloc is never
+ * otherwise called (valgrind replaces it), the first mallinfo2() is made
+ * once, alone (the profiler's memstats do the same). */
+static pthread_once_t mallinfo_once = PTHREAD_ONCE_INIT;
+static void mallinfo_first(void) { (void)mallinfo2(); }
+#endif
+
 /* The live heap, from the allocator that serves malloc: a sanitizer's,
  * glibc's, or one that replaced glibc's and answers mallinfo() (valgrind
  * replaces mallinfo but not mallinfo2, whose glibc figure then stays 0,
@@ -72,6 +82,7 @@ static uint64_t heap_bytes(int *src) {
   }
 #if defined(__GLIBC__) && \
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+  pthread_once(&mallinfo_once, mallinfo_first);
   struct mallinfo2 m2 = mallinfo2();
   uint64_t live = (uint64_t)m2.uordblks + (uint64_t)m2.hblkhd;
   if (live) {
@@ -152,19 +163,21 @@ static int read_figure(sluice_consumer *c, uint64_t *bytes) {
 }
 
 int sluice__memguard_holds(const sluice_consumer *c) {
-  if (!c->mem.held) return 0;
-  /* A stop reads on where it must: MANUAL to see the cancel-ok (what comes
-   * meanwhile is never handled, and the broker takes it back at the close),
-   * AUTO past its deadline to hand what the broker settled to on_abandoned
-   * (never to a handler). AUTO before its deadline stays held: what it
-   * reads goes to handlers. */
-  return !(c->stopping &&
-           (c->o.ack_mode == SLUICE_ACK_MANUAL || c->draining));
+  /* A stop reads on whatever the figure: MANUAL to see the cancel-ok (what
+   * comes meanwhile is never handled, and the broker takes it back at the
+   * close); AUTO because what the broker pushes after basic.cancel it has
+   * already settled: held off the socket it would reach no handler before
+   * the stop timeout, and be lost without on_abandoned. The in-flight
+   * bound still applies (docs/consumer.md, "The memory guard"). */
+  return c->mem.held && !c->stopping;
 }
 
-static uint64_t now_us(void) {
+/* The loop thread's CPU time: what a reading costs it. A wall clock would
+ * count a preemption on a loaded machine as a slow reading, and space the
+ * checks out for nothing. */
+static uint64_t cpu_us(void) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) return 0;
   return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
@@ -173,7 +186,8 @@ static uint64_t now_us(void) {
  * milliseconds to a hundred on a fragmented one (docs/consumer.md, "The
  * memory guard"). So a check that took long spaces the next ones: reading
  * takes at most 1% of the loop thread, and of the arenas' time. */
-static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us) {
+static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us,
+                               int src) {
   uint64_t period = c->o.memory_guard.interval_ms;
   uint64_t floor_ms = took_us / 10; /* 100 x the cost, in ms */
   if (floor_ms <= period) {
@@ -185,7 +199,7 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us) {
                 "memory guard: reading the figure (%s) took %llu us: "
                 "checking every %llu ms instead of %llu (use_rss, or a "
                 "reader of constant cost, avoids this)",
-                src_names[atomic_load(&c->mem_source)],
+                src_names[src],
                 (unsigned long long)took_us, (unsigned long long)floor_ms,
                 (unsigned long long)period);
   c->mem_slow = 1;
@@ -195,12 +209,13 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us) {
 void sluice__memguard_check(sluice_consumer *c) {
   if (!c->mem.high) return;
   uint64_t bytes = 0;
-  uint64_t t0 = now_us();
+  uint64_t t0 = cpu_us();
   int src = read_figure(c, &bytes);
-  uint64_t took = now_us() - t0;
+  uint64_t t1 = cpu_us();
+  uint64_t took = t1 > t0 ? t1 - t0 : 0;
   atomic_store_explicit(&c->n_mem_check_us, took, memory_order_relaxed);
   if (!c->stopped)
-    sluice__loop_arm(&c->loop, SLUICE__W_MEMORY, next_period_ms(c, took));
+    sluice__loop_arm(&c->loop, SLUICE__W_MEMORY, next_period_ms(c, took, src));
   if (src == SRC_NONE) return; /* nothing to go by: keep the state */
   atomic_fetch_add_explicit(&c->n_mem_checks, 1, memory_order_relaxed);
   atomic_store_explicit(&c->n_mem_bytes, bytes, memory_order_relaxed);

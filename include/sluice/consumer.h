@@ -622,10 +622,10 @@ typedef struct sluice_consumer_stats {
                                     included */
   uint64_t memory_checks;      /**< readings taken */
   uint64_t memory_read_errors; /**< readings where `read` failed */
-  /** How long the last reading took, in microseconds. A reading is spaced
-   *  from the next by at least 100 times this (at most 1% of the loop
-   *  thread): glibc's mallinfo2() can take milliseconds on a fragmented
-   *  heap. */
+  /** The loop thread's CPU time the last reading took, in microseconds.
+   *  A reading is spaced from the next by at least 100 times this (at most
+   *  1% of the loop thread): glibc's mallinfo2() walks every free chunk,
+   *  tens of milliseconds on a heap fragmented into 500,000 of them. */
   uint64_t memory_check_us;
   int memory_paused;           /**< 1 while it holds reading */
   /** Where the last figure came from: "reader" (the options' `read`),

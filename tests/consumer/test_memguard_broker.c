@@ -277,8 +277,13 @@ static void guard_run(const struct guard_case *k) {
          x->resumes, (unsigned long long)x->max_budget, x->quiet_checks,
          (unsigned long long)st.memory_paused_ms,
          (unsigned long long)st.memory_checks);
-  /* the guard paused several times and let go each time it had to */
-  assert_true(x->pauses >= 2);
+  /* The guard paused, and let go each time it had to (the last pause may
+   * come after the last message). With the injected reader the figure
+   * climbs 20 chunks from 0 after each resume: the run holds far more than
+   * what is read between two checks, so it pauses again. With the real
+   * heap a slow reading spaces the checks (memguard.c): one pause is what
+   * is certain. */
+  assert_true(x->pauses >= (k->injected ? 2u : 1u));
   assert_true(x->resumes >= x->pauses - 1);
   assert_int_equal(st.memory_pauses, x->pauses);
   assert_int_equal(x->bad_events, 0);
@@ -309,11 +314,11 @@ static void guard_run(const struct guard_case *k) {
 }
 
 static void injected_manual_inline(void **s) {
-  struct guard_case k = {SLUICE_ACK_MANUAL, 0, 1, 300};
+  struct guard_case k = {SLUICE_ACK_MANUAL, 0, 1, 600};
   guard_run(&k);
 }
 static void injected_manual_workers(void **s) {
-  struct guard_case k = {SLUICE_ACK_MANUAL, 3, 1, 300};
+  struct guard_case k = {SLUICE_ACK_MANUAL, 3, 1, 600};
   guard_run(&k);
 }
 /* autoAck reads a whole pass (256 frames) between two checks: more
@@ -481,6 +486,95 @@ static void paused_across_heartbeats_and_reconnect(void **s) {
   free(x);
 }
 
+/* ---- an autoAck stop while the guard holds ------------------------------ */
+
+struct auto_stop {
+  struct g *x;
+  const char *q;
+  int failed_line;
+  uint32_t depth;
+};
+
+/* The broker has pushed (and settled) every message while the guard held
+ * reading: they wait in the socket buffers. A stop must read them and hand
+ * them to the handlers, not leave them there until the stop timeout. */
+static void *auto_stop_driver(void *arg) {
+  struct auto_stop *as = arg;
+  struct g *x = as->x;
+  if (!connects_past(x, 1, 20000)) {
+    as->failed_line = __LINE__;
+    goto out;
+  }
+  /* the queue empties as the broker pushes, whether or not we read */
+  as->depth = tb_depth_eventually(as->q, 0, 20000);
+  if (as->depth != 0 || atomic_load(&x->calls) != 0) {
+    as->failed_line = __LINE__;
+    goto out;
+  }
+out:
+  sluice_consumer_stop(x->c);
+  return NULL;
+}
+
+static void auto_stop_while_paused_hands_every_message(void **s) {
+  const char *q = tb_qname("guard.autostop");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 200;
+  tb_fill(q, n, 64);
+  struct g *x = calloc(1, sizeof(*x));
+  x->n = n + 1; /* the handlers never stop it: the driver does */
+  x->injected = 1;
+  pthread_mutex_init(&x->mu, NULL);
+  pthread_cond_init(&x->cv, NULL);
+  atomic_store(&x->figure_override, 1000000); /* above the mark throughout */
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .ack_mode = SLUICE_ACK_AUTO,
+                            .workers = 2,
+                            .stop_timeout_ms = 20000u * tb_time_scale(),
+                            .on_event = on_event,
+                            .event_user = x,
+                            .log_level = SLUICE_LOG_ERROR};
+  o.memory_guard.high_bytes = 1000;
+  o.memory_guard.interval_ms = 10;
+  o.memory_guard.read = injected_read;
+  o.memory_guard.read_user = x;
+  sluice_consumer *c = NULL;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  x->c = c;
+  sluice_subscribe_opts so = {.queue = q, .handler = handler, .user = x};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  struct auto_stop as = {.x = x, .q = q};
+  pthread_t th;
+  pthread_create(&th, NULL, auto_stop_driver, &as);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 120, &to), 0);
+  pthread_join(th, NULL);
+  if (as.failed_line)
+    fail_msg("autoAck stop: check at line %d failed (depth %u, %u handled)",
+             as.failed_line, as.depth, atomic_load(&x->calls));
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  printf("  autoAck stop while paused: %u of %u handled, %llu dropped\n",
+         atomic_load(&x->calls), n, (unsigned long long)st.dropped);
+  /* paused from the start to the end; every message handled once, none
+   * left to on_abandoned */
+  assert_int_equal(x->pauses, 1);
+  assert_int_equal(x->resumes, 0);
+  assert_int_equal(x->bad_events, 0);
+  for (unsigned i = 0; i < n; i++)
+    if (x->seen[i] != 1) fail_msg("message %u handled %d times", i, x->seen[i]);
+  assert_int_equal(st.delivered, n);
+  assert_int_equal(st.dropped, 0);
+  sluice_consumer_free(c);
+  tb_delete_queue(q);
+  free_cache(x);
+  pthread_mutex_destroy(&x->mu);
+  pthread_cond_destroy(&x->cv);
+  free(x);
+}
+
 /* A reader that fails: the default figure stands in, counted. */
 static int failing_read(void *user, uint64_t *bytes) {
   (void)user;
@@ -538,6 +632,7 @@ int main(void) {
       cmocka_unit_test(default_manual_workers),
       cmocka_unit_test(default_auto_inline),
       cmocka_unit_test(paused_across_heartbeats_and_reconnect),
+      cmocka_unit_test(auto_stop_while_paused_hands_every_message),
       cmocka_unit_test(failing_reader_falls_back),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
