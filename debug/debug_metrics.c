@@ -115,6 +115,51 @@ static void qo_labels(struct evbuffer *b, const char *name,
   evbuffer_add_printf(b, "} ");
 }
 
+static void real(struct evbuffer *b, double v) {
+  if (isfinite(v)) evbuffer_add_printf(b, "%.17g\n", v);
+  else evbuffer_add_printf(b, "NaN\n");
+}
+
+/* The memory guard's families, only for a consumer that has one. */
+static void memory_guard_metrics(struct evbuffer *b,
+                                 const sluice_consumer_stats *st) {
+  family(b, "sluice_memory_guard_bytes", GAUGE,
+         "The memory figure the guard read last, by where it came from "
+         "(hooks: the profiler's live heap; mallinfo2, sanitizer, mallinfo: "
+         "the allocator's; rss; reader: the application's).");
+  evbuffer_add_printf(b, "sluice_memory_guard_bytes{source=\"%s\"} %llu\n",
+                      st->memory_source[0] ? st->memory_source : "none",
+                      (unsigned long long)st->memory_bytes);
+  metric(b, "sluice_memory_guard_high_bytes", GAUGE,
+         "Reading new deliveries stops while the figure is above this.",
+         st->memory_high_bytes);
+  metric(b, "sluice_memory_guard_low_bytes", GAUGE,
+         "Reading resumes once the figure is below this.",
+         st->memory_low_bytes);
+  metric(b, "sluice_memory_guard_paused", GAUGE,
+         "1 while the memory guard holds reading new deliveries.",
+         st->memory_paused ? 1 : 0);
+  metric(b, "sluice_memory_guard_pauses_total", COUNTER,
+         "Times the memory guard stopped reading new deliveries.",
+         st->memory_pauses);
+  family(b, "sluice_memory_guard_paused_seconds_total", COUNTER,
+         "Time spent with reading held by the memory guard, the current "
+         "pause included.");
+  evbuffer_add_printf(b, "sluice_memory_guard_paused_seconds_total ");
+  real(b, (double)st->memory_paused_ms / 1000.0);
+  metric(b, "sluice_memory_guard_checks_total", COUNTER,
+         "Readings of the memory figure.", st->memory_checks);
+  metric(b, "sluice_memory_guard_read_errors_total", COUNTER,
+         "Readings where the configured reader failed (the default figure "
+         "stood in).",
+         st->memory_read_errors);
+  family(b, "sluice_memory_guard_check_cpu_seconds", GAUGE,
+         "Loop-thread CPU time the last reading took (checks are spaced by "
+         "at least 100 times this).");
+  evbuffer_add_printf(b, "sluice_memory_guard_check_cpu_seconds ");
+  real(b, (double)st->memory_check_us / 1e6);
+}
+
 static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
   sluice_consumer_stats st;
   sluice_consumer_get_stats(c, &st);
@@ -185,6 +230,7 @@ static void consumer_metrics(struct evbuffer *b, sluice_consumer *c) {
          st.generation);
   metric(b, "sluice_close_listeners", GAUGE, "Registered close listeners.",
          st.close_listeners);
+  if (st.memory_high_bytes) memory_guard_metrics(b, &st);
 }
 
 typedef enum {
@@ -200,11 +246,6 @@ typedef enum {
   R_AGE,
   R_LEAKING
 } rfield;
-
-static void real(struct evbuffer *b, double v) {
-  if (isfinite(v)) evbuffer_add_printf(b, "%.17g\n", v);
-  else evbuffer_add_printf(b, "NaN\n");
-}
 
 static void residual_family(struct evbuffer *b,
                             const sluice_prof_residual_stats *v, size_t n,

@@ -90,6 +90,22 @@ static json_t *consumer(jb *b, sluice_consumer *c) {
       num(st.in_flight > st.in_handler ? st.in_flight - st.in_handler : 0));
   set(b, o, "connected", json_boolean(st.connected));
   set(b, o, "blocked", json_boolean(st.blocked));
+  if (st.memory_high_bytes) {
+    json_t *m = json_object();
+#define M(key, name) set(b, m, key, num(st.name))
+    M("bytes", memory_bytes);
+    M("high_bytes", memory_high_bytes);
+    M("low_bytes", memory_low_bytes);
+    M("pauses", memory_pauses);
+    M("paused_ms", memory_paused_ms);
+    M("checks", memory_checks);
+    M("read_errors", memory_read_errors);
+    M("check_us", memory_check_us);
+#undef M
+    set(b, m, "paused", json_boolean(st.memory_paused));
+    set(b, m, "source", json_string(st.memory_source));
+    set(b, o, "memory_guard", m);
+  }
   return o;
 }
 

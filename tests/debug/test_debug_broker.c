@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #endif
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -262,10 +263,151 @@ static void test_consumer_counters(void **state) {
   }
 }
 
+/* ------------------------------------------------------------------------ */
+/* The memory guard on /metrics and /debug/vars: a reader of the test's own
+ * holds the figure above the mark from the start, then drops it. */
+
+static _Atomic uint64_t mg_figure;
+static int mg_paused, mg_resumed, mg_handled;
+
+static int mg_read(void *user, uint64_t *bytes) {
+  (void)user;
+  *bytes = atomic_load(&mg_figure);
+  return 0;
+}
+
+static void mg_event(sluice_consumer *c, const sluice_event *ev, void *user) {
+  (void)c;
+  (void)user;
+  pthread_mutex_lock(&mu);
+  if (ev->type == SLUICE_EV_MEMORY_PAUSED) mg_paused++;
+  if (ev->type == SLUICE_EV_MEMORY_RESUMED) mg_resumed++;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+}
+
+static int mg_handler(sluice_delivery *d, const sluice_message *m,
+                      void *user) {
+  (void)d;
+  (void)m;
+  (void)user;
+  pthread_mutex_lock(&mu);
+  mg_handled++;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+  return SLUICE_ACK;
+}
+
+/* Wait (bounded) until *v reaches want; returns *v. */
+static int mg_wait(int *v, int want) {
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += 30;
+  pthread_mutex_lock(&mu);
+  while (*v < want && pthread_cond_timedwait(&cv, &mu, &dl) == 0) {
+  }
+  int got = *v;
+  pthread_mutex_unlock(&mu);
+  return got;
+}
+
+static void metrics_want(int port, const char *const *want, size_t n) {
+  hresp r;
+  assert_int_equal(h_get(port, "/metrics", NULL, &r), 200);
+  const char *err = h_prom_check(r.body);
+  if (err) fail_msg("/metrics: %s\n%s", err, r.body);
+  promtool_check(r.body);
+  for (size_t i = 0; i < n; i++)
+    if (!strstr(r.body, want[i]))
+      fail_msg("/metrics lacks %s\n%s", want[i], r.body);
+  h_free(&r);
+}
+
+static void test_memory_guard(void **state) {
+  (void)state;
+  const char *q = tb_qname("debug.guard");
+  sluice_queue_decl qd = {.name = q};
+  tb_fresh_queue(&qd);
+  tb_fill(q, N_MESSAGES, 64);
+  atomic_store(&mg_figure, 5000);
+  sluice_consumer_opts co = {.uri = TEST_URI,
+                             .prefetch = 5,
+                             .on_event = mg_event,
+                             .log_level = SLUICE_LOG_ERROR};
+  co.memory_guard.high_bytes = 4000;
+  co.memory_guard.low_bytes = 1000;
+  co.memory_guard.interval_ms = 10;
+  co.memory_guard.read = mg_read;
+  sluice_consumer *c = NULL;
+  assert_int_equal(sluice_consumer_new(&co, &c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = mg_handler};
+  assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
+  sluice_debug_server *s = NULL;
+  sluice_debug_opts dopts = {.consumer = c, .addr = "127.0.0.1:0"};
+  assert_int_equal(sluice_debug_server_new(&dopts, &s), 0);
+  int port = sluice_debug_server_port(s);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, run_consumer, c), 0);
+
+  /* Paused from the first check on (before the connection): nothing read. */
+  assert_int_equal(mg_wait(&mg_paused, 1), 1);
+  const char *paused[] = {
+      "# TYPE sluice_memory_guard_bytes gauge\n",
+      "\nsluice_memory_guard_bytes{source=\"reader\"} 5000\n",
+      "\nsluice_memory_guard_high_bytes 4000\n",
+      "\nsluice_memory_guard_low_bytes 1000\n",
+      "\nsluice_memory_guard_paused 1\n",
+      "# TYPE sluice_memory_guard_pauses_total counter\n",
+      "\nsluice_memory_guard_pauses_total 1\n",
+      "# TYPE sluice_memory_guard_paused_seconds_total counter\n",
+      "\nsluice_memory_guard_read_errors_total 0\n",
+      "# TYPE sluice_memory_guard_check_cpu_seconds gauge\n",
+  };
+  metrics_want(port, paused, sizeof paused / sizeof paused[0]);
+  json_t *j = vars(port);
+  json_t *mg = json_object_get(json_object_get(j, "consumer"), "memory_guard");
+  assert_true(json_is_true(json_object_get(mg, "paused")));
+  assert_string_equal(json_string_value(json_object_get(mg, "source")),
+                      "reader");
+  assert_int_equal(json_integer_value(json_object_get(mg, "high_bytes")),
+                   4000);
+  json_decref(j);
+  pthread_mutex_lock(&mu);
+  assert_int_equal(mg_handled, 0);
+  pthread_mutex_unlock(&mu);
+
+  /* Below the low mark: reading resumes and every message comes. */
+  atomic_store(&mg_figure, 500);
+  assert_int_equal(mg_wait(&mg_resumed, 1), 1);
+  assert_int_equal(mg_wait(&mg_handled, N_MESSAGES), N_MESSAGES);
+  const char *resumed[] = {
+      "\nsluice_memory_guard_bytes{source=\"reader\"} 500\n",
+      "\nsluice_memory_guard_paused 0\n",
+      "\nsluice_memory_guard_pauses_total 1\n",
+  };
+  metrics_want(port, resumed, sizeof resumed / sizeof resumed[0]);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.memory_pauses, 1);
+  assert_true(st.memory_checks >= 2);
+
+  sluice_consumer_stop(c);
+  pthread_join(t, NULL);
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.acked, N_MESSAGES);
+  assert_int_equal(mg_paused, 1);
+  assert_int_equal(mg_resumed, 1);
+  sluice_debug_server_free(s);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tb_delete_queue(q);
+}
+
 int main(void) {
   tb_require_broker("test_debug_broker");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_consumer_counters),
+      cmocka_unit_test(test_memory_guard),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
