@@ -68,7 +68,9 @@ static uint64_t rss_bytes(void) {
  * otherwise called (valgrind replaces it), the first mallinfo2() is made
  * once, alone (the profiler's memstats do the same). */
 static pthread_once_t mallinfo_once = PTHREAD_ONCE_INIT;
-static void mallinfo_first(void) { (void)mallinfo2(); }
+static void mallinfo_first(void) {
+  (void)mallinfo2();
+}
 #endif
 
 /* The live heap, from the allocator that serves malloc: a sanitizer's,
@@ -186,8 +188,7 @@ static uint64_t cpu_us(void) {
  * milliseconds to a hundred on a fragmented one (docs/consumer.md, "The
  * memory guard"). So a check that took long spaces the next ones: reading
  * takes at most 1% of the loop thread, and of the arenas' time. */
-static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us,
-                               int src) {
+static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us, int src) {
   uint64_t period = c->o.memory_guard.interval_ms;
   uint64_t floor_ms = took_us / 10; /* 100 x the cost, in ms */
   if (floor_ms <= period) {
@@ -199,9 +200,8 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us,
                 "memory guard: reading the figure (%s) took %llu us: "
                 "checking every %llu ms instead of %llu (use_rss, or a "
                 "reader of constant cost, avoids this)",
-                src_names[src],
-                (unsigned long long)took_us, (unsigned long long)floor_ms,
-                (unsigned long long)period);
+                src_names[src], (unsigned long long)took_us,
+                (unsigned long long)floor_ms, (unsigned long long)period);
   c->mem_slow = 1;
   return floor_ms;
 }

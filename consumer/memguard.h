@@ -28,8 +28,7 @@ typedef struct sluice__memguard {
 
 /* A new figure: SLUICE__BOUND_PAUSE when the guard starts holding reading,
  * SLUICE__BOUND_RESUME when it lets go, SLUICE__BOUND_SAME otherwise. */
-static inline int sluice__memguard_update(sluice__memguard *g,
-                                          uint64_t bytes) {
+static inline int sluice__memguard_update(sluice__memguard *g, uint64_t bytes) {
   g->bytes = bytes;
   if (!g->high) return SLUICE__BOUND_SAME;
   if (!g->held && bytes > g->high) {

@@ -79,6 +79,7 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
   # on a time budget scale it (tests/common/broker_util.h).
   export SLUICE_TEST_TIME_SCALE=10
   for t in consumer/test_uri consumer/test_ackq consumer/test_bound \
+           consumer/test_memguard consumer/test_memguard_broker \
            reconnect/test_registry consumer/test_consumer_broker \
            reconnect/test_connect_loop tls/test_tls_broker; do
     valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \

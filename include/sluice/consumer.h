@@ -315,19 +315,24 @@ typedef struct sluice_memory_guard_opts {
   /** Reading resumes once the figure is below this; default high_bytes -
    *  high_bytes / 4. Must be below high_bytes (else SLUICE_EINVAL). */
   uint64_t low_bytes;
-  /** How often the figure is read, on the loop thread; default 100 ms. */
+  /** How often the figure is read, on the loop thread; default 100 ms.
+   *  A slow reading spaces the next one by 100 times its CPU time
+   *  (sluice_consumer_stats.memory_check_us). */
   unsigned interval_ms;
   /** 1: the default figure is the resident set size (RSS) instead of the
    *  live heap. RSS keeps the pages the allocator holds after free(), so it
    *  may stay above `low_bytes` when the heap has fallen: see the docs. */
   int use_rss;
-  /** A reader of your own, called every `interval_ms`; it wins over the
+  /** A reader of your own, called on the loop thread every `interval_ms`
+   *  (never concurrently with itself); it wins over the
    *  hooks' `heap_read` and `use_rss`. When it fails the default figure is
    *  used for that reading (counted in `memory_read_errors`). NULL: the
    *  delivery hooks' `heap_read` when there is one and it answers (the
    *  profiler, while it runs), else sluice_memory_read(). */
   sluice_heap_read_fn read;
-  void *read_user; /**< for `read` */
+  /** Passed to `read`; borrowed: it must stay valid until
+   *  sluice_consumer_free(). */
+  void *read_user;
 } sluice_memory_guard_opts;
 
 /** The default memory figure of the guard, for this process: with `use_rss`
@@ -336,6 +341,7 @@ typedef struct sluice_memory_guard_opts {
  *  otherwise, mallinfo() when malloc is replaced by one that provides only
  *  that (valgrind, tcmalloc; exact below 2 GiB), and the RSS when none of
  *  them sees the heap; with `use_rss` 1, the RSS (/proc/self/statm).
+ *  \param use_rss 1: the RSS whatever the allocator
  *  \param bytes  receives the figure
  *  \param source receives a static string naming where it came from
  *                ("sanitizer", "mallinfo2", "mallinfo", "rss"); may be NULL
@@ -627,7 +633,7 @@ typedef struct sluice_consumer_stats {
    *  1% of the loop thread): glibc's mallinfo2() walks every free chunk,
    *  tens of milliseconds on a heap fragmented into 500,000 of them. */
   uint64_t memory_check_us;
-  int memory_paused;           /**< 1 while it holds reading */
+  int memory_paused; /**< 1 while it holds reading */
   /** Where the last figure came from: "reader" (the options' `read`),
    *  "hooks" (the delivery hooks' `heap_read`: the profiler), or the
    *  default's "sanitizer", "mallinfo2", "mallinfo", "rss"; "" before the

@@ -122,8 +122,8 @@ static void default_figure_follows_the_heap(void **state) {
 static void options_checked(void **state) {
   (void)state;
   sluice_consumer *c = NULL;
-  sluice_consumer_opts o = {.memory_guard = {.high_bytes = 100,
-                                             .low_bytes = 100}};
+  sluice_consumer_opts o = {
+      .memory_guard = {.high_bytes = 100, .low_bytes = 100}};
   assert_int_equal(sluice_consumer_new(&o, &c), SLUICE_EINVAL);
   o.memory_guard.low_bytes = 101;
   assert_int_equal(sluice_consumer_new(&o, &c), SLUICE_EINVAL);

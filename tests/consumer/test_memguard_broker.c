@@ -42,7 +42,7 @@ struct g {
   char *held[MAXHELD];
   size_t n_held;
   _Atomic uint64_t held_bytes;
-  _Atomic unsigned reads; /* injected reader calls */
+  _Atomic unsigned reads;           /* injected reader calls */
   _Atomic uint64_t figure_override; /* 0: none (injected reader only) */
 
   /* the pause now, written by the event callback (loop thread) */
@@ -160,8 +160,8 @@ static void free_cache(struct g *x) {
 
 /* Poll a consumer counter: the consumer has no event for "nothing is held"
  * or "checked again"; bounded by `ms`. */
-static int wait_stats(struct g *x, int (*ok)(const sluice_consumer_stats *,
-                                             const void *),
+static int wait_stats(struct g *x,
+                      int (*ok)(const sluice_consumer_stats *, const void *),
                       const void *arg, int ms) {
   uint64_t end = now_ms() + (uint64_t)ms;
   for (;;) {
@@ -293,8 +293,9 @@ static void guard_run(const struct guard_case *k) {
   assert_int_equal(x->after_drain, 0);
   assert_true(x->quiet_checks >= 3 * (x->pauses - 1));
   if (k->mode == SLUICE_ACK_MANUAL) assert_true(x->max_budget <= 10);
-  assert_string_equal(st.memory_source,
-                      k->injected ? "reader" : x->source ? x->source : "?");
+  assert_string_equal(st.memory_source, k->injected ? "reader"
+                                        : x->source ? x->source
+                                                    : "?");
   if (!k->injected) assert_string_not_equal(st.memory_source, "rss");
   /* nothing lost, nothing twice */
   for (unsigned i = 0; i < k->n; i++)
@@ -381,12 +382,12 @@ struct long_pause {
   uint64_t gen_before, gen_after;
 };
 
-#define LP_CHECK(cond)                    \
-  do {                                    \
-    if (!(cond)) {                        \
-      lp->failed_line = __LINE__;         \
-      goto out;                           \
-    }                                     \
+#define LP_CHECK(cond)            \
+  do {                            \
+    if (!(cond)) {                \
+      lp->failed_line = __LINE__; \
+      goto out;                   \
+    }                             \
   } while (0)
 
 /* Above the mark from the start: connected, never reading; four heartbeat

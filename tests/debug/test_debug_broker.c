@@ -286,8 +286,7 @@ static void mg_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   pthread_mutex_unlock(&mu);
 }
 
-static int mg_handler(sluice_delivery *d, const sluice_message *m,
-                      void *user) {
+static int mg_handler(sluice_delivery *d, const sluice_message *m, void *user) {
   (void)d;
   (void)m;
   (void)user;
@@ -369,8 +368,7 @@ static void test_memory_guard(void **state) {
   assert_true(json_is_true(json_object_get(mg, "paused")));
   assert_string_equal(json_string_value(json_object_get(mg, "source")),
                       "reader");
-  assert_int_equal(json_integer_value(json_object_get(mg, "high_bytes")),
-                   4000);
+  assert_int_equal(json_integer_value(json_object_get(mg, "high_bytes")), 4000);
   json_decref(j);
   pthread_mutex_lock(&mu);
   assert_int_equal(mg_handled, 0);
