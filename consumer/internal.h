@@ -199,8 +199,9 @@ struct sluice_consumer {
   /* the memory guard (memguard.c): its state on the loop thread, what
    * get_stats reports in atomics */
   sluice__memguard mem;
-  int mem_failing; /* the options' reader failed at the last check */
-  int mem_slow;    /* checks are spaced out: a reading takes long */
+  int mem_failing;      /* the options' reader failed at the last check */
+  int mem_slow;         /* checks are spaced out: a reading takes long */
+  uint64_t mem_last_us; /* the CPU time of the last reading (0: none) */
   _Atomic int mem_paused, mem_source;
   _Atomic uint64_t mem_since_ms; /* when the current pause began */
   _Atomic uint64_t n_mem_bytes, n_mem_pauses, n_mem_paused_ms, n_mem_checks,

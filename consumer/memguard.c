@@ -190,7 +190,12 @@ static uint64_t cpu_us(void) {
  * takes at most 1% of the loop thread, and of the arenas' time. */
 static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us, int src) {
   uint64_t period = c->o.memory_guard.interval_ms;
-  uint64_t floor_ms = took_us / 10; /* 100 x the cost, in ms */
+  /* The cheaper of this reading and the one before: one slow reading (the
+   * first, which binds symbols and faults pages in; one the arenas' locks
+   * held up) does not space the checks, two in a row do. */
+  uint64_t cost = took_us < c->mem_last_us ? took_us : c->mem_last_us;
+  c->mem_last_us = took_us;
+  uint64_t floor_ms = cost / 10; /* 100 x the cost, in ms */
   if (floor_ms <= period) {
     c->mem_slow = 0;
     return period;
@@ -200,7 +205,7 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us, int src) {
                 "memory guard: reading the figure (%s) took %llu us: "
                 "checking every %llu ms instead of %llu (use_rss, or a "
                 "reader of constant cost, avoids this)",
-                src_names[src], (unsigned long long)took_us,
+                src_names[src], (unsigned long long)cost,
                 (unsigned long long)floor_ms, (unsigned long long)period);
   c->mem_slow = 1;
   return floor_ms;

@@ -154,8 +154,8 @@ static void memory_guard_metrics(struct evbuffer *b,
          "stood in).",
          st->memory_read_errors);
   family(b, "sluice_memory_guard_check_cpu_seconds", GAUGE,
-         "Loop-thread CPU time the last reading took (checks are spaced by "
-         "at least 100 times this).");
+         "Loop-thread CPU time the last reading took (two slow readings in "
+         "a row space the next by 100 times the cheaper).");
   evbuffer_add_printf(b, "sluice_memory_guard_check_cpu_seconds ");
   real(b, (double)st->memory_check_us / 1e6);
 }

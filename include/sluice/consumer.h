@@ -316,8 +316,8 @@ typedef struct sluice_memory_guard_opts {
    *  high_bytes / 4. Must be below high_bytes (else SLUICE_EINVAL). */
   uint64_t low_bytes;
   /** How often the figure is read, on the loop thread; default 100 ms.
-   *  A slow reading spaces the next one by 100 times its CPU time
-   *  (sluice_consumer_stats.memory_check_us). */
+   *  Two slow readings in a row space the next by 100 times the cheaper's
+   *  CPU time (sluice_consumer_stats.memory_check_us). */
   unsigned interval_ms;
   /** 1: the default figure is the resident set size (RSS) instead of the
    *  live heap. RSS keeps the pages the allocator holds after free(), so it
@@ -629,9 +629,10 @@ typedef struct sluice_consumer_stats {
   uint64_t memory_checks;      /**< readings taken */
   uint64_t memory_read_errors; /**< readings where `read` failed */
   /** The loop thread's CPU time the last reading took, in microseconds.
-   *  A reading is spaced from the next by at least 100 times this (at most
-   *  1% of the loop thread): glibc's mallinfo2() walks every free chunk,
-   *  tens of milliseconds on a heap fragmented into 500,000 of them. */
+   *  Two slow readings in a row space the next by 100 times the cheaper
+   *  of them (at most 1% of the loop thread): glibc's mallinfo2() walks
+   *  every free chunk, tens of milliseconds on a heap fragmented into
+   *  500,000 of them. */
   uint64_t memory_check_us;
   int memory_paused; /**< 1 while it holds reading */
   /** Where the last figure came from: "reader" (the options' `read`),
