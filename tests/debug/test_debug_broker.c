@@ -146,6 +146,9 @@ static void test_consumer_counters(void **state) {
                              .connection_name = "test debug",
                              .prefetch = 10,
                              .hooks = sluice_prof_delivery_hooks()};
+  /* A guard that never pauses: its figure comes from the profiler's hooks
+   * while the profiler runs. */
+  co.memory_guard.high_bytes = UINT64_MAX / 2;
   sluice_consumer *c = NULL;
   assert_int_equal(sluice_consumer_new(&co, &c), 0);
   sluice_subscribe_opts so = {.queue = q, .handler = dbg_broker_handler};
@@ -231,7 +234,15 @@ static void test_consumer_counters(void **state) {
   assert_non_null(strstr(r.body, "\nsluice_in_flight_messages 0\n"));
   assert_non_null(strstr(r.body, "\nsluice_close_listeners "));
   assert_non_null(strstr(r.body, "\nsluice_reconnects_total 0\n"));
+  assert_non_null(
+      strstr(r.body, "\nsluice_memory_guard_bytes{source=\"hooks\"} "));
+  assert_non_null(strstr(r.body, "\nsluice_memory_guard_paused 0\n"));
   h_free(&r);
+  sluice_consumer_stats gst;
+  sluice_consumer_get_stats(c, &gst);
+  assert_string_equal(gst.memory_source, "hooks");
+  assert_true(gst.memory_bytes > 0);
+  assert_int_equal(gst.memory_pauses, 0);
 
   assert_int_equal(h_get(port, "/healthz", NULL, &r), 200);
   assert_string_equal(r.body, "ok\n");
