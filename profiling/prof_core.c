@@ -17,7 +17,9 @@
 
 #include "prof_resid.h"
 
-__thread sluice__tls sluice__t __attribute__((tls_model("initial-exec")));
+/* The countdown of a new thread is "run out" (see sample_left). */
+__thread sluice__tls sluice__t __attribute__((tls_model("initial-exec"))) = {
+    .sample_left = SLUICE__COUNTDOWN(0)};
 _Atomic unsigned sluice__flags;
 _Atomic uint32_t sluice__epoch = 1;
 
@@ -163,9 +165,11 @@ static void ensure_track_flag(void) {
 }
 
 /* The countdown in use: sample_left outside scopes, saved_left inside. */
-static void set_countdown(sluice__tls *t, int64_t v) {
-  if (t->scope) t->saved_left = v;
-  else atomic_store_explicit(&t->sample_left, v, memory_order_relaxed);
+static void set_countdown(sluice__tls *t, int64_t left) {
+  if (t->scope) t->saved_left = SLUICE__COUNTDOWN(left);
+  else
+    atomic_store_explicit(&t->sample_left, SLUICE__COUNTDOWN(left),
+                          memory_order_relaxed);
 }
 
 /* Run the countdown for n bytes inside a scope (outside, the fast path has
@@ -174,7 +178,7 @@ static int scoped_countdown(sluice__tls *t, size_t n) {
   /* Re-arm: a rate change from another thread may have reset it. */
   atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
   t->saved_left -= (int64_t)n;
-  return t->saved_left <= 0;
+  return t->saved_left < 0;
 }
 
 /* Sampling decision for a block of n bytes, after the countdown said
@@ -194,7 +198,7 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
   return sampled;
 }
 
-int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left) {
+int sluice__alloc_prepare(sluice__tls *t, size_t n) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
   if (t->guard) {
     /* The profiler's own allocation: it must not take the sample the
@@ -209,7 +213,9 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left) {
     t->guard++;
     return 2;
   }
-  int sampled = t->scope ? scoped_countdown(t, n) : left <= 0;
+  int sampled =
+      t->scope ? scoped_countdown(t, n)
+               : atomic_load_explicit(&t->sample_left, memory_order_relaxed) < 0;
   if (!sampled && !t->scope) return -1;
   t->guard++;
   return decide(t, n, sampled);
@@ -251,8 +257,8 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
   t->guard--;
 }
 
-void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left) {
-  int k = sluice__alloc_prepare(t, n, left);
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n) {
+  int k = sluice__alloc_prepare(t, n);
   if (k < 0) return;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? sluice__backtrace(frames) : -1;
@@ -296,7 +302,7 @@ static uint32_t realloc_sample(sluice__tls *t, size_t n) {
           atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
           (int64_t)n;
       atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-      sampled = left <= 0;
+      sampled = left < 0; /* the stored form: see SLUICE__COUNTDOWN */
     }
     k = decide(t, n, sampled);
   }
@@ -477,7 +483,8 @@ int sluice_prof_start(const sluice_prof_opts *opts) {
     /* Make every thread leave its countdown at its next allocation. */
     pthread_mutex_lock(&reg_mu);
     for (sluice__tls *t = reg_head; t; t = t->next)
-      atomic_store_explicit(&t->sample_left, 0, memory_order_relaxed);
+      atomic_store_explicit(&t->sample_left, SLUICE__COUNTDOWN(0),
+                            memory_order_relaxed);
     pthread_mutex_unlock(&reg_mu);
     atomic_fetch_or(&sluice__flags, SLUICE__F_REC);
   }

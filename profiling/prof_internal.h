@@ -125,10 +125,13 @@ enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
 typedef struct sluice__tls {
   int guard; /* >0: inside the profiler; record nothing */
   int state; /* SLUICE__T_* (registry membership) */
-  /* Bytes until the next sample; reset by others when the rate changes.
-   * Inside a scope it is held at SLUICE__ARMED (every allocation takes the
-   * slow path) and the real countdown is saved_left. Zero in a new thread:
-   * its first allocation takes the slow path, which registers the thread. */
+  /* Bytes until the next sample, minus one: an allocation is sampled when
+   * it takes the countdown below zero, a test of the sign of the one
+   * subtraction (SLUICE__COUNTDOWN). Reset (to -1) by others when the rate
+   * changes. Inside a scope it is held at SLUICE__ARMED (every allocation
+   * takes the slow path) and the real countdown is saved_left. -1 in a new
+   * thread: its first allocation takes the slow path, which registers the
+   * thread. */
   _Atomic int64_t sample_left;
   int64_t saved_left;
   uint32_t epoch; /* sampling epoch the countdown belongs to */
@@ -179,15 +182,15 @@ static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
 }
 
 void sluice__tls_register(sluice__tls *t);
-/* `left` is what sluice__alloc_pre() left in the countdown. */
-void sluice__alloc_slow(sluice__tls *t, void *p, size_t n, int64_t left);
+/* After sluice__alloc_pre() said so. */
+void sluice__alloc_slow(sluice__tls *t, void *p, size_t n);
 /* The slow path in two halves, so that the caller can take the stack itself
  * (fewer frames of ours to unwind and drop):
  * prepare: -1 nothing to record; 0 record without a stack; 1 record with a
  *          sampled stack; 2 with a stack at weight 1 (adaptive capture).
  *          For 0, 1 and 2 the guard is held until finish.
  * finish:  `k` is what prepare returned; nframes < 0 means no stack. */
-int sluice__alloc_prepare(sluice__tls *t, size_t n, int64_t left);
+int sluice__alloc_prepare(sluice__tls *t, size_t n);
 void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
                           void *const *frames, int nframes);
 void sluice__untrack(const void *p);
@@ -199,27 +202,50 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
 void sluice__rec_release(const struct sluice__rec *r);
 
 #define SLUICE__ARMED (INT64_MIN / 4)
+/* The stored form of a countdown of `left` bytes (sample_left, saved_left):
+ * "left <= 0" is then "stored < 0", the sign of the subtraction itself. */
+#define SLUICE__COUNTDOWN(left) ((left)-1)
+
+/* Global flags and the table's shard mask as the allocation functions read
+ * them. With malloc replaced, a plain load: the compiler folds it into the
+ * test (`testb $1, sluice__flags(%rip)`), where an atomic load takes a
+ * register and two instructions more on every malloc and free. An aligned
+ * word is read whole on x86-64 and aarch64, and each call reads it once.
+ * Otherwise (sanitizers, which see these loads) a relaxed atomic load. */
+#if SLUICE_PROF_INTERPOSE
+#define SLUICE__HOT_LOAD(type, x) (*(const type *)&(x))
+#else
+#define SLUICE__HOT_LOAD(type, x) atomic_load_explicit(&(x), memory_order_relaxed)
+#endif
 
 /* Before an allocation of n bytes: count it and run the sampling
- * countdown. Returns nonzero when the block must go through the slow path:
- * sampled, inside a scope (the countdown is armed), or a thread not
- * registered yet (its countdown starts at 0). It needs no pointer, so
- * malloc() can do it first and then tail-call glibc. */
-static inline int sluice__alloc_pre(size_t n, int64_t *left_out) {
+ * countdown. Returns nonzero when the block must go through the slow path
+ * (which reads what is left in t->sample_left): sampled, inside a scope
+ * (the countdown is armed), or a thread not registered yet (its countdown
+ * starts at -1). It needs no pointer, so malloc() can do it first and then
+ * tail-call glibc. */
+static inline int sluice__alloc_pre(size_t n) {
   sluice__tls *t = &sluice__t;
+  sluice__bump(&t->mallocs, 1);
+  sluice__bump(&t->alloc_bytes, n);
+#if SLUICE_PROF_INTERPOSE
+  /* One subtraction in thread-local memory whose sign decides the branch
+   * (`sub %rdi, %fs:..; js`): a relaxed atomic load and store are never
+   * fused into it. A rate change's reset by another thread can be lost to
+   * it, as it could between that load and store: decide() notices the new
+   * epoch when the old countdown runs out. */
+  return SLUICE__UNLIKELY((*(int64_t *)&t->sample_left -= (int64_t)n) < 0);
+#else
   int64_t left = atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
                  (int64_t)n;
   atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-  sluice__bump(&t->mallocs, 1);
-  sluice__bump(&t->alloc_bytes, n);
-  *left_out = left;
-  return SLUICE__UNLIKELY(left <= 0);
+  return SLUICE__UNLIKELY(left < 0);
+#endif
 }
 
 /* The allocation hook, after the fact (calloc, memalign, note_alloc...). */
 static inline void sluice__on_alloc(void *p, size_t n) {
-  int64_t left;
-  if (sluice__alloc_pre(n, &left)) sluice__alloc_slow(&sluice__t, p, n, left);
+  if (sluice__alloc_pre(n)) sluice__alloc_slow(&sluice__t, p, n);
 }
 
 /* One bit per shard of the block table: set while the shard holds a
@@ -233,7 +259,7 @@ static inline uint64_t sluice__hash_ptr(uintptr_t k) {
 }
 
 static inline int sluice__maybe_tracked(const void *p) {
-  uint64_t m = atomic_load_explicit(&sluice__shard_mask, memory_order_relaxed);
+  uint64_t m = SLUICE__HOT_LOAD(uint64_t, sluice__shard_mask);
   if (SLUICE__LIKELY(m == 0)) return 0;
   return (int)((m >> (sluice__hash_ptr((uintptr_t)p) >> 58)) & 1);
 }

@@ -49,11 +49,11 @@ static inline void *after_alloc(void *p, size_t n) {
 /* Sampled or scoped: the stack is taken here, so that only this one frame
  * of ours is unwound (malloc tail-jumped here: the next frame is the
  * caller's). */
-SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
+SLUICE__NOINLINE static void *malloc_slow(size_t n) {
   void *p = __libc_malloc(n);
   if (SLUICE__UNLIKELY(p == NULL)) return p;
   sluice__tls *t = &sluice__t;
-  int k = sluice__alloc_prepare(t, n, left);
+  int k = sluice__alloc_prepare(t, n);
   if (k < 0) return p;
   void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;
@@ -64,11 +64,11 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n, int64_t left) {
 /* The hottest path of all: counted and not sampled, malloc only bumps
  * thread-local counters and tail-calls glibc, without a frame of its own. */
 EXPORT void *malloc(size_t n) {
-  int64_t left;
-  if (SLUICE__LIKELY(!(sluice__flags_now() & SLUICE__F_REC)) ||
-      SLUICE__LIKELY(!sluice__alloc_pre(n, &left)))
+  if (SLUICE__LIKELY(!(SLUICE__HOT_LOAD(unsigned, sluice__flags) &
+                       SLUICE__F_REC)) ||
+      SLUICE__LIKELY(!sluice__alloc_pre(n)))
     return __libc_malloc(n);
-  return malloc_slow(n, left);
+  return malloc_slow(n);
 }
 
 EXPORT void *calloc(size_t n, size_t m) {
@@ -82,12 +82,25 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
 }
 
 /* errno: nothing on our side can set it (see sluice__untrack), and glibc's
- * free preserves it too. */
+ * free preserves it too.
+ *
+ * Sampling, free() runs for every block and almost none was sampled, so
+ * this is the path that costs: count the free, and read the table's shard
+ * mask (sluice__maybe_tracked), nothing else. The flags come first (off,
+ * they are all there is: glibc's free takes NULL), the mask is read
+ * whatever SLUICE__F_TRACK says (it is never set without it: a record is
+ * inserted after the flag), and the thread's registration is tested only
+ * while recording. */
 EXPORT void free(void *p) {
-  unsigned f;
-  if (SLUICE__UNLIKELY(p && (f = sluice__flags_now()) != 0) &&
-      SLUICE__UNLIKELY(sluice__free_pre(p, f)))
-    return free_slow(p, f);
+  unsigned f = SLUICE__HOT_LOAD(unsigned, sluice__flags);
+  if (SLUICE__LIKELY(!f) || SLUICE__UNLIKELY(!p)) return __libc_free(p);
+  if (f & SLUICE__F_REC) {
+    sluice__tls *t = &sluice__t;
+    sluice__bump(&t->frees, 1);
+    if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) return free_slow(p, f);
+  }
+  if (SLUICE__UNLIKELY(sluice__maybe_tracked(p)))
+    return free_slow(p, f | SLUICE__F_TRACK);
   __libc_free(p);
 }
 

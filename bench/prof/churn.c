@@ -14,9 +14,12 @@
  *   scope + sampled        what a consumer pays: both of the above
  *   every alloc + stacks   rate 1
  *   heaptrack              `heaptrack` running the glibc-only binary
- * With `--mode M` it is one measurement, printed as "ns_per_pair=X".
+ * With `--mode M` it is one measurement, printed as "ns_per_pair=X
+ * cpu_ns_per_pair=Y": wall time, and the thread's CPU time, which time
+ * spent preempted by other work on a shared machine does not inflate.
  *
  *   sluice-bench-prof-churn [--runs 5] [--iters 4000000] [--no-heaptrack]
+ *                           [--ref OTHER-BUILD-OF-THIS-PROGRAM]
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -38,9 +41,9 @@
 
 static void *ring[RING];
 
-static double now(void) {
+static double now(clockid_t c) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(c, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -64,15 +67,18 @@ __attribute__((noinline)) static void level1(unsigned i) {
   ring[k] = p;
 }
 
-__attribute__((noinline)) static double churn(unsigned long iters) {
+/* Nanoseconds per pair, wall clock; *cpu_ns: the thread's CPU time. */
+__attribute__((noinline)) static double churn(unsigned long iters,
+                                              double *cpu_ns) {
   for (unsigned i = 0; i < 2 * RING; i++) level1(i); /* warm up */
-  double t0 = now();
+  double c0 = now(CLOCK_THREAD_CPUTIME_ID), t0 = now(CLOCK_MONOTONIC);
   for (unsigned long i = 0; i < iters; i++) level1((unsigned)i);
-  double t1 = now();
+  double t1 = now(CLOCK_MONOTONIC), c1 = now(CLOCK_THREAD_CPUTIME_ID);
   for (unsigned i = 0; i < RING; i++) {
     free(ring[i]);
     ring[i] = NULL;
   }
+  *cpu_ns = (c1 - c0) * 1e9 / (double)iters;
   return (t1 - t0) * 1e9 / (double)iters;
 }
 
@@ -105,14 +111,15 @@ static int measure(const char *mode, unsigned long iters) {
     sluice_prof_scope_enter(scope);
   }
 #endif
-  double ns = churn(iters);
+  double cpu_ns;
+  double ns = churn(iters, &cpu_ns);
 #ifndef CHURN_GLIBC_ONLY
   if (scope) {
     sluice_prof_scope_enter(0);
     sluice_prof_scope_end(scope, 0, NULL);
   }
 #endif
-  printf("ns_per_pair=%.3f\n", ns);
+  printf("ns_per_pair=%.3f cpu_ns_per_pair=%.3f\n", ns, cpu_ns);
   return 0;
 }
 
@@ -122,8 +129,10 @@ static int measure(const char *mode, unsigned long iters) {
 
 extern char **environ;
 
-/* Run argv, return the ns_per_pair it printed, or -1. */
-static double run_child(char *const argv[]) {
+/* Run argv, return the ns_per_pair it printed, or -1; *cpu gets its
+ * cpu_ns_per_pair (-1 when it printed none). */
+static double run_child(char *const argv[], double *cpu) {
+  *cpu = -1;
   int fds[2];
   if (pipe(fds)) return -1;
   posix_spawn_file_actions_t fa;
@@ -154,6 +163,8 @@ static double run_child(char *const argv[]) {
   waitpid(pid, &st, 0);
   const char *p = strstr(buf, "ns_per_pair=");
   if (!WIFEXITED(st) || WEXITSTATUS(st) || !p) return -1;
+  const char *c = strstr(buf, "cpu_ns_per_pair=");
+  if (c) *cpu = strtod(c + 16, NULL);
   return strtod(p + 12, NULL);
 }
 
@@ -173,7 +184,10 @@ static void stats(double *v, int n, double *med, double *min) {
   *min = v[0];
 }
 
-static int driver(int runs, unsigned long iters, int heaptrack) {
+/* `ref`: another build of this program (the library before a change), whose
+ * "off" and "sampled" rows run interleaved with the others. */
+static int driver(int runs, unsigned long iters, int heaptrack,
+                  const char *ref) {
   char self[4096];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return 1;
@@ -184,18 +198,21 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
   struct {
     const char *label;
     const char *mode;
+    int ref;
   } rows[] = {
-      {"glibc alone", NULL},
-      {"sluice linked, off", "off"},
-      {"scopes only (no stacks)", "scopes"},
-      {"sampled 512 KiB", "sampled"},
-      {"scope + sampled 512 KiB", "scoped-sampled"},
-      {"every alloc + stacks", "all"},
+      {"glibc alone", NULL, 0},
+      {"sluice linked, off", "off", 0},
+      {"scopes only (no stacks)", "scopes", 0},
+      {"sampled 512 KiB", "sampled", 0},
+      {"scope + sampled 512 KiB", "scoped-sampled", 0},
+      {"every alloc + stacks", "all", 0},
+      {"ref: sluice linked, off", "off", 1},
+      {"ref: sampled 512 KiB", "sampled", 1},
   };
   enum { N_ROWS = sizeof rows / sizeof rows[0] };
-  double ns[N_ROWS + 1], mins[N_ROWS + 1];
-  double v[N_ROWS + 1][32];
-  int nv[N_ROWS + 1] = {0};
+  double ns[N_ROWS + 1], mins[N_ROWS + 1], cns[N_ROWS + 1], cmins[N_ROWS + 1];
+  double v[N_ROWS + 1][32], cv[N_ROWS + 1][32];
+  int nv[N_ROWS + 1] = {0}, ncv[N_ROWS + 1] = {0};
   if (runs > 32) runs = 32;
   printf("malloc churn: %lu malloc+free pairs per run, 16..255 B blocks, "
          "3 call levels, %d live; %d rounds, each running every "
@@ -209,7 +226,11 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
   for (int r = 0; r < runs; r++) {
     for (int i = 0; i < N_ROWS; i++) {
       char *argv[6];
-      if (!rows[i].mode) {
+      if (rows[i].ref && !ref) continue;
+      if (rows[i].ref) {
+        argv[0] = (char *)ref;
+        argv[2] = (char *)rows[i].mode;
+      } else if (!rows[i].mode) {
         argv[0] = CHURN_GLIBC_BIN;
         argv[2] = "glibc";
       } else {
@@ -220,16 +241,18 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
       argv[3] = "--iters";
       argv[4] = it;
       argv[5] = NULL;
-      double x = run_child(argv);
+      double c, x = run_child(argv, &c);
       if (x > 0) v[i][nv[i]++] = x;
+      if (c > 0) cv[i][ncv[i]++] = c;
     }
     /* heaptrack is slow and writes a big trace: at most 3 rounds. */
     if (have_tmp && r < 3) {
       char *argv[] = {"heaptrack",     "-o",     ht_out,
                       CHURN_GLIBC_BIN, "--mode", "glibc",
                       "--iters",       it_ht,    NULL};
-      double x = run_child(argv);
+      double c, x = run_child(argv, &c);
       if (x > 0) v[N_ROWS][nv[N_ROWS]++] = x;
+      if (c > 0) cv[N_ROWS][ncv[N_ROWS]++] = c;
       char cmd[512];
       snprintf(cmd, sizeof cmd, "rm -f '%s'/ht*", tmpl);
       if (system(cmd)) { /* best effort */
@@ -237,23 +260,30 @@ static int driver(int runs, unsigned long iters, int heaptrack) {
     }
   }
   if (have_tmp) rmdir(tmpl);
-  for (int i = 0; i <= N_ROWS; i++) stats(v[i], nv[i], &ns[i], &mins[i]);
-  double base = ns[0], base_min = mins[0];
-  printf("%-28s %10s %9s %10s %9s\n", "configuration", "median ns", "ratio",
-         "min ns", "ratio");
+  for (int i = 0; i <= N_ROWS; i++) {
+    stats(v[i], nv[i], &ns[i], &mins[i]);
+    stats(cv[i], ncv[i], &cns[i], &cmins[i]);
+  }
+  double base = ns[0], base_min = mins[0], cbase = cns[0];
+  printf("%-28s %10s %9s %10s %9s %10s %9s\n", "configuration", "median ns",
+         "ratio", "min ns", "ratio", "cpu ns", "ratio");
   for (int i = 0; i <= N_ROWS; i++) {
     const char *label = i < N_ROWS ? rows[i].label : "heaptrack (glibc binary)";
     if (ns[i] < 0) {
-      printf("%-28s %10s\n", label, "n/a");
+      if (i >= N_ROWS || !rows[i].ref) printf("%-28s %10s\n", label, "n/a");
       continue;
     }
-    printf("%-28s %10.1f %8.2fx %10.1f %8.2fx\n", label, ns[i],
+    printf("%-28s %10.1f %8.2fx %10.1f %8.2fx", label, ns[i],
            base > 0 ? ns[i] / base : 0, mins[i],
            base_min > 0 ? mins[i] / base_min : 0);
+    if (cns[i] > 0)
+      printf(" %10.1f %8.2fx", cns[i], cbase > 0 ? cns[i] / cbase : 0);
+    printf("\n");
   }
   if (base > 0 && ns[3] > 0)
-    printf("sampled / glibc: %.2fx median, %.2fx min (target <= 1.20x)\n",
-           ns[3] / base, mins[3] / base_min);
+    printf("sampled / glibc: %.2fx median, %.2fx min, %.2fx CPU time "
+           "(target <= 1.10x)\n",
+           ns[3] / base, mins[3] / base_min, cbase > 0 ? cns[3] / cbase : 0);
   if (ns[5] > 0 && ns[N_ROWS] > 0)
     printf("every alloc + stacks / heaptrack: %.2fx median, %.2fx min "
            "(target <= 0.50x)\n",
@@ -266,15 +296,17 @@ int main(int argc, char **argv) {
   const char *mode = NULL;
   unsigned long iters = 4000000;
   int runs = 5, heaptrack = 1;
+  const char *ref = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--mode") && i + 1 < argc) mode = argv[++i];
     else if (!strcmp(argv[i], "--iters") && i + 1 < argc)
       iters = strtoul(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-heaptrack")) heaptrack = 0;
+    else if (!strcmp(argv[i], "--ref") && i + 1 < argc) ref = argv[++i];
     else {
       fprintf(stderr,
-              "usage: %s [--runs N] [--iters N] [--no-heaptrack] "
+              "usage: %s [--runs N] [--iters N] [--no-heaptrack] [--ref BIN] "
               "[--mode glibc|off|count|scopes|sampled|scoped-sampled|all]\n",
               argv[0]);
       return 2;
@@ -284,8 +316,9 @@ int main(int argc, char **argv) {
 #ifdef CHURN_GLIBC_ONLY
   (void)runs;
   (void)heaptrack;
+  (void)ref;
   return measure("glibc", iters);
 #else
-  return driver(runs > 0 ? runs : 1, iters, heaptrack);
+  return driver(runs > 0 ? runs : 1, iters, heaptrack, ref);
 #endif
 }
