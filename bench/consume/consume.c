@@ -5,6 +5,11 @@
  *
  *   sluice-bench-consume [--count N] [--size B] [--rounds R]
  *                        [--only per-message|coalesced|prefetch|auto|tls]
+ *                        [--side raw|sluice|none]
+ *
+ * --side runs one client only (the queue is filled all the same): for
+ * profiling one side (`strace -c`, `valgrind --tool=callgrind`), with
+ * `none` as the filling alone to subtract.
  *
  * The "tls" variants run against the TLS node of scripts/tls-broker.sh
  * (SLUICE_TLS_PORT, SLUICE_TLS_AMQP_PORT, SLUICE_TLS_DIR as there): sluice
@@ -174,18 +179,20 @@ int main(int argc, char **argv) {
   unsigned long n = 200000;
   size_t size = 256;
   int rounds = 3;
-  const char *only = NULL;
+  const char *only = NULL, *side = NULL;
   static const struct option lo[] = {{"count", 1, 0, 'n'},
+                                     {"side", 1, 0, 'S'},
                                      {"size", 1, 0, 's'},
                                      {"rounds", 1, 0, 'r'},
                                      {"only", 1, 0, 'o'},
                                      {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:r:o:", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
     else if (ch == 's') size = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rounds = atoi(optarg);
     else if (ch == 'o') only = optarg;
+    else if (ch == 'S') side = optarg;
     else return 2;
   }
   if (rounds < 1 || rounds > 15 || n == 0) return 2;
@@ -257,6 +264,12 @@ int main(int argc, char **argv) {
       /* alternate which goes first: the broker warms up too */
       for (int k = 0; k < 2; k++) {
         int do_raw = (r + k) % 2 == 0;
+        if (side && strcmp(side, do_raw ? "raw" : "sluice")) {
+          if (!strcmp(side, "none") && do_raw) bu_fill(fill, QUEUE, n, size);
+          if (do_raw) rr[r] = rc[r] = 1;
+          else sr[r] = sc[r] = 1;
+          continue;
+        }
         bu_fill(fill, QUEUE, n, size);
         if (do_raw) {
           struct result x =
