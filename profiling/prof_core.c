@@ -213,9 +213,9 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n) {
     t->guard++;
     return 2;
   }
-  int sampled =
-      t->scope ? scoped_countdown(t, n)
-               : atomic_load_explicit(&t->sample_left, memory_order_relaxed) < 0;
+  int sampled = t->scope ? scoped_countdown(t, n)
+                         : atomic_load_explicit(&t->sample_left,
+                                                memory_order_relaxed) < 0;
   if (!sampled && !t->scope) return -1;
   t->guard++;
   return decide(t, n, sampled);

@@ -215,7 +215,8 @@ void sluice__rec_release(const struct sluice__rec *r);
 #if SLUICE_PROF_INTERPOSE
 #define SLUICE__HOT_LOAD(type, x) (*(const type *)&(x))
 #else
-#define SLUICE__HOT_LOAD(type, x) atomic_load_explicit(&(x), memory_order_relaxed)
+#define SLUICE__HOT_LOAD(type, x) \
+  atomic_load_explicit(&(x), memory_order_relaxed)
 #endif
 
 /* Before an allocation of n bytes: count it and run the sampling

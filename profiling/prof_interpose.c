@@ -64,8 +64,8 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n) {
 /* The hottest path of all: counted and not sampled, malloc only bumps
  * thread-local counters and tail-calls glibc, without a frame of its own. */
 EXPORT void *malloc(size_t n) {
-  if (SLUICE__LIKELY(!(SLUICE__HOT_LOAD(unsigned, sluice__flags) &
-                       SLUICE__F_REC)) ||
+  if (SLUICE__LIKELY(
+          !(SLUICE__HOT_LOAD(unsigned, sluice__flags) & SLUICE__F_REC)) ||
       SLUICE__LIKELY(!sluice__alloc_pre(n)))
     return __libc_malloc(n);
   return malloc_slow(n);

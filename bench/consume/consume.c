@@ -180,12 +180,9 @@ int main(int argc, char **argv) {
   size_t size = 256;
   int rounds = 3;
   const char *only = NULL, *side = NULL;
-  static const struct option lo[] = {{"count", 1, 0, 'n'},
-                                     {"side", 1, 0, 'S'},
-                                     {"size", 1, 0, 's'},
-                                     {"rounds", 1, 0, 'r'},
-                                     {"only", 1, 0, 'o'},
-                                     {0, 0, 0, 0}};
+  static const struct option lo[] = {
+      {"count", 1, 0, 'n'},  {"side", 1, 0, 'S'}, {"size", 1, 0, 's'},
+      {"rounds", 1, 0, 'r'}, {"only", 1, 0, 'o'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "n:s:r:o:S:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
