@@ -40,6 +40,7 @@ struct ctx {
   _Atomic unsigned char seen[MAXN];
   _Atomic int cur, max; /* deliveries in a handler or deferred */
   int slow_us;
+  _Atomic int gate; /* M_SLOW: handlers wait until reading has paused */
   /* deferred completions go through a second thread */
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -99,6 +100,19 @@ static void sleep_us(int us) {
   nanosleep(&ts, NULL);
 }
 
+/* Handlers held until the consumer has paused reading (the in-flight bound
+ * filled behind them), so a test of the bound does not depend on the
+ * broker outrunning the handlers on a loaded machine. Polls the counters:
+ * there is no event for a pause of reading. At most 10 s. */
+static void wait_for_read_pause(struct ctx *x) {
+  for (int i = 0; i < 10000 && atomic_load(&x->gate); i++) {
+    sluice_consumer_stats st;
+    sluice_consumer_get_stats(x->c, &st);
+    if (st.read_pauses) atomic_store(&x->gate, 0);
+    else sleep_us(1000);
+  }
+}
+
 static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   struct ctx *x = user;
   unsigned id = id_of(m);
@@ -133,6 +147,7 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
       acked(x);
       return SLUICE_ACK;
     case M_SLOW:
+      if (atomic_load(&x->gate)) wait_for_read_pause(x);
       sleep_us(x->slow_us);
       atomic_fetch_add(&x->seen[id], 1);
       out(x);
@@ -356,6 +371,7 @@ static void auto_mode_bounded(void **s) {
   tb_fill(q, n, 1024);
   struct ctx *x = ctx_new(M_SLOW, n);
   x->slow_us = 100;
+  x->gate = 1; /* the first handlers hold until the bound is reached */
   sluice_consumer_opts o = {.ack_mode = SLUICE_ACK_AUTO,
                             .workers = 4,
                             .max_inflight = 64,
