@@ -24,12 +24,15 @@
  * expose, the name lookup and the TCP connect of a TLS node. An attempt
  * still in one of them when its consumer is freed is left to finish on its
  * own (within connect_timeout_ms) and frees itself: until then it uses
- * only its copies, and neither logs nor wakes anyone. Recovery, which
+ * only its copies, and neither logs nor wakes anyone; it is counted, so a
+ * program can wait for it before exiting (sluice_consumer_wait_detached()).
+ * Recovery, which
  * reads the consumer's declarations, is always interruptible, and free()
  * waits for it to end. */
 #include <errno.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -90,6 +93,48 @@ static void guarded_log(int level, const char *msg, void *user) {
   pthread_mutex_lock(&a->k.mu);
   if (!a->orphaned) sluice__logf(&a->user_log, level, "%s", msg);
   pthread_mutex_unlock(&a->k.mu);
+}
+
+/* ---- attempts left behind by a free() ------------------------------------ */
+
+static pthread_once_t detached_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t detached_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t detached_cv;
+static unsigned detached_n; /* (detached_mu) */
+
+static void detached_init(void) {
+  pthread_condattr_t at;
+  pthread_condattr_init(&at);
+  pthread_condattr_setclock(&at, CLOCK_MONOTONIC);
+  pthread_cond_init(&detached_cv, &at);
+  pthread_condattr_destroy(&at);
+}
+
+static void detached_add(int d) {
+  pthread_once(&detached_once, detached_init);
+  pthread_mutex_lock(&detached_mu);
+  detached_n += (unsigned)d;
+  if (!detached_n) pthread_cond_broadcast(&detached_cv);
+  pthread_mutex_unlock(&detached_mu);
+}
+
+int sluice_consumer_wait_detached(unsigned timeout_ms) {
+  pthread_once(&detached_once, detached_init);
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += timeout_ms / 1000;
+  until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&detached_mu);
+  int e = 0;
+  while (detached_n && e != ETIMEDOUT)
+    e = pthread_cond_timedwait(&detached_cv, &detached_mu, &until);
+  int left = detached_n != 0;
+  pthread_mutex_unlock(&detached_mu);
+  return left ? SLUICE_ETIMEDOUT : 0;
 }
 
 /* ---- creating and freeing ------------------------------------------------ */
@@ -374,7 +419,12 @@ static void *attempt_main(void *arg) {
     (void)w;
   }
   pthread_mutex_unlock(&a->k.mu);
-  if (orphaned) attempt_free(a);
+  if (orphaned) {
+    int tls = a->has_tls;
+    attempt_free(a);
+    if (tls) sluice__tls_thread_stop();
+    detached_add(-1); /* the last thing it does with sluice's memory */
+  }
   return NULL;
 }
 
@@ -421,7 +471,10 @@ void sluice__attempt_release(sluice_consumer *c) {
   pthread_mutex_lock(&a->k.mu);
   sluice__cancel_fire_locked(&a->k);
   int wait = a->phase != PHASE_NODES;
-  if (!wait) a->orphaned = 1; /* from here on `a` is the thread's */
+  if (!wait) {
+    a->orphaned = 1; /* from here on `a` is the thread's */
+    detached_add(1); /* before the thread can see it and count it off */
+  }
   pthread_mutex_unlock(&a->k.mu);
   if (wait) {
     /* Done, or recovering from the consumer's declarations, which the

@@ -160,6 +160,10 @@ void sluice__tls_config_free(sluice__tls_config *cfg) {
   memset(cfg, 0, sizeof(*cfg));
 }
 
+void sluice__tls_thread_stop(void) {
+  OPENSSL_thread_stop();
+}
+
 int sluice__tls_config_copy(sluice__tls_config *dst,
                             const sluice__tls_config *src) {
   *dst = *src;

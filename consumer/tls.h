@@ -32,6 +32,10 @@ typedef struct sluice__tls_config {
 int sluice__tls_config_init(sluice__tls_config *out, const sluice_tls_opts *o,
                             char *text, size_t textlen);
 void sluice__tls_config_free(sluice__tls_config *cfg);
+/* Free OpenSSL's state of the calling thread (its error queue) now rather
+ * than in the thread's exit: a detached attempt does this before it says
+ * it is done, so nothing of it is left once a waiter sees it ended. */
+void sluice__tls_thread_stop(void);
 /* A copy of `src` (for an attempt that may outlive its consumer). */
 int sluice__tls_config_copy(sluice__tls_config *dst,
                             const sluice__tls_config *src);

@@ -461,6 +461,21 @@ SLUICE_EXPORT int sluice_consumer_new(const sluice_consumer_opts *opts,
  *  \since 0.2 (the refusal; undefined behaviour in 0.1) */
 SLUICE_EXPORT void sluice_consumer_free(sluice_consumer *c);
 
+/** Wait until every connection attempt that sluice_consumer_free() left
+ *  behind has ended, at most `timeout_ms`.
+ *
+ *  free() never waits for an attempt blocked where sluice cannot interrupt
+ *  it (a name lookup, the TCP connect of an amqps:// node, both inside
+ *  libc or rabbitmq-c): that attempt ends on its own within
+ *  connect_timeout_ms, on a thread of its own, and frees everything it
+ *  holds. A program that exits meanwhile leaves that memory to the
+ *  process's end, which LeakSanitizer and valgrind report as leaks; call
+ *  this before exiting where leaks are checked. Process-wide; any thread;
+ *  never from a sluice callback.
+ *  eturn 0 when none is left; SLUICE_ETIMEDOUT.
+ *  \since 0.2 */
+SLUICE_EXPORT int sluice_consumer_wait_detached(unsigned timeout_ms);
+
 /** Connect now, on the calling thread (blocking, bounded by
  *  connect_timeout_ms per node and rpc_timeout_ms per call), so that errors
  *  such as refused credentials surface here. The only call that connects on
