@@ -5,15 +5,25 @@
  * handler does: copies the body, duplicates a field, frees both.
  *
  *   sluice-bench-prof-consume [--count N] [--size B] [--rounds R]
+ *                             [--leak B] [--modes off,default,...]
  *
  * Configurations (each in its own process, rounds interleaved):
- *   off       libsluice_prof loaded, never started, no hooks
- *   default   started at the default rate (512 KiB), hooks on: a scope per
- *             delivery, groups, growth curves, the background thread
- *   key       default, and the subscription names a key (the routing key):
- *             the key's value read per delivery and its group looked up
- *   rate1     every allocation with its stack, hooks on: what a message
- *             captured by the adaptive stacks costs
+ *   off         libsluice_prof loaded, never started, no hooks
+ *   default     started at the default rate (512 KiB), hooks on: a scope
+ *               per delivery, groups, growth curves, the background thread
+ *   key         default, and the subscription names a key (the routing
+ *               key): the key's value read per delivery and its group
+ *               looked up
+ *   key-noadapt key, with adaptive stacks off (adaptive_messages -1)
+ *   rate1       every allocation with its stack, hooks on: what a message
+ *               captured by the adaptive stacks costs
+ * Default modes: off,default,key,rate1.
+ *
+ * --leak B: the handler also keeps B bytes per message (in every mode, off
+ * included), so that the group turns GROWING and the adaptive stacks
+ * capture the next adaptive_messages (1000) messages of its kind; with a
+ * clean handler (the default) they never fire. Each profiled child then
+ * prints its group's state and the stacks recorded on stderr.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -39,6 +49,7 @@ static const char *QUEUE = "sluice.bench.prof.consume";
 static sluice_consumer *g_c;
 static unsigned long g_n;
 static atomic_ulong g_got;
+static size_t g_leak;
 
 __attribute__((noinline)) static int handler(sluice_delivery *d,
                                              const sluice_message *m, void *u) {
@@ -52,6 +63,10 @@ __attribute__((noinline)) static int handler(sluice_delivery *d,
   (void)sink;
   free(key);
   free(copy);
+  if (g_leak) { /* kept until the process exits */
+    char *kept = malloc(g_leak);
+    kept[0] = sink;
+  }
   if (atomic_fetch_add_explicit(&g_got, 1, memory_order_relaxed) + 1 == g_n)
     sluice_consumer_stop(g_c);
   return SLUICE_ACK;
@@ -59,16 +74,18 @@ __attribute__((noinline)) static int handler(sluice_delivery *d,
 
 static int child(const char *mode, unsigned long n) {
   sluice_consumer_opts o = {.uri = URI, .prefetch = 100};
-  if (strcmp(mode, "off")) {
+  int prof = strcmp(mode, "off") != 0;
+  if (prof) {
     sluice_prof_opts po = {0};
     if (!strcmp(mode, "rate1")) po.sample_rate = 1;
+    if (!strcmp(mode, "key-noadapt")) po.adaptive_messages = -1;
     if (sluice_prof_start(&po)) return 1;
     o.hooks = sluice_prof_delivery_hooks();
   }
   g_n = n;
   if (sluice_consumer_new(&o, &g_c)) return 1;
   sluice_subscribe_opts so = {.queue = QUEUE, .handler = handler};
-  if (!strcmp(mode, "key")) so.key = "routing_key";
+  if (!strncmp(mode, "key", 3)) so.key = "routing_key";
   if (sluice_consumer_subscribe(g_c, &so) || sluice_consumer_connect(g_c))
     return 1;
   double t0 = bu_now(), c0 = bu_cpu();
@@ -77,6 +94,16 @@ static int child(const char *mode, unsigned long n) {
   if (rc || atomic_load(&g_got) != n) return 1;
   sluice_consumer_free(g_c);
   printf("rate=%.1f cpu_us=%.3f\n", n / (t1 - t0), (c1 - c0) * 1e6 / n);
+  if (prof && g_leak) { /* did the adaptive stacks have a reason to fire? */
+    sluice_prof_residual_stats st[4];
+    size_t k = sluice_prof_residual_stats_get(st, 4);
+    sluice_prof_memstats ms;
+    sluice_prof_memstats_read(&ms);
+    for (size_t i = 0; i < k && i < 4; i++)
+      fprintf(stderr, "%s: %s %s %.1f B/message, %llu stacks\n", mode,
+              st[i].queue, sluice_prof_state_name(st[i].state),
+              st[i].bytes_per_message, (unsigned long long)ms.stacks);
+  }
   return 0;
 }
 
@@ -84,9 +111,11 @@ extern char **environ;
 
 static int run_child(const char *self, const char *mode, unsigned long n,
                      double *rate, double *cpu) {
-  char nb[32];
+  char nb[32], lb[32];
   snprintf(nb, sizeof nb, "%lu", n);
-  char *argv[] = {(char *)self, "--mode", (char *)mode, "--count", nb, NULL};
+  snprintf(lb, sizeof lb, "%zu", g_leak);
+  char *argv[] = {(char *)self, "--mode", (char *)mode, "--count",
+                  nb,           "--leak", lb,           NULL};
   int fds[2];
   if (pipe(fds)) return -1;
   posix_spawn_file_actions_t fa;
@@ -120,22 +149,29 @@ static int dcmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+static double median(double *v, int k) {
+  qsort(v, (size_t)k, sizeof(double), dcmp);
+  return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
 int main(int argc, char **argv) {
   unsigned long n = 100000;
   size_t size = 256;
   int rounds = 3;
   const char *mode = NULL;
-  static struct option lo[] = {{"count", 1, 0, 'n'},
-                               {"size", 1, 0, 's'},
-                               {"rounds", 1, 0, 'r'},
-                               {"mode", 1, 0, 'm'},
+  char modes_arg[256] = "off,default,key,rate1";
+  static struct option lo[] = {{"count", 1, 0, 'n'},  {"size", 1, 0, 's'},
+                               {"rounds", 1, 0, 'r'}, {"mode", 1, 0, 'm'},
+                               {"leak", 1, 0, 'l'},   {"modes", 1, 0, 'M'},
                                {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:r:m:", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:r:m:l:M:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
     else if (ch == 's') size = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rounds = atoi(optarg);
     else if (ch == 'm') mode = optarg;
+    else if (ch == 'l') g_leak = strtoul(optarg, NULL, 10);
+    else if (ch == 'M') snprintf(modes_arg, sizeof modes_arg, "%s", optarg);
     else return 2;
   }
   if (mode && !strcmp(mode, "fill")) { /* for perf: fill, then --mode X */
@@ -148,41 +184,66 @@ int main(int argc, char **argv) {
   ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
   if (sl <= 0) return 1;
   self[sl] = 0;
-  const char *modes[] = {"off", "default", "key", "rate1"};
-  enum { M = 4 };
+  enum { MAXM = 8 };
+  const char *modes[MAXM];
+  int M = 0;
+  for (char *sv, *t = strtok_r(modes_arg, ",", &sv); t && M < MAXM;
+       t = strtok_r(NULL, ",", &sv)) {
+    if (strcmp(t, "off") && strcmp(t, "default") && strcmp(t, "key") &&
+        strcmp(t, "key-noadapt") && strcmp(t, "rate1")) {
+      fprintf(stderr, "unknown mode %s\n", t);
+      return 2;
+    }
+    modes[M++] = t;
+  }
   if (rounds > 16) rounds = 16;
-  double rate[M][16], cpu[M][16];
-  int k[M] = {0};
-  printf("consume with the profiler: %lu x %zu B, prefetch 100, ack each; "
-         "%d interleaved rounds, median\n",
-         n, size, rounds);
+  double rate[MAXM][16], cpu[MAXM][16];
+  printf("consume with the profiler: %lu x %zu B, prefetch 100, ack each, "
+         "handler keeps %zu B/message; %d interleaved rounds (order rotated "
+         "each round), medians; ratios against %s, also per round\n",
+         n, size, g_leak, rounds, modes[0]);
   fflush(stdout);
-  for (int r = 0; r < rounds; r++)
-    for (int i = 0; i < M; i++) {
-      bu_fill(URI, QUEUE, n, size);
-      double x, c;
-      if (run_child(self, modes[i], n, &x, &c) == 0) {
-        rate[i][k[i]] = x;
-        cpu[i][k[i]] = c;
-        k[i]++;
-      } else {
-        fprintf(stderr, "%s: run failed\n", modes[i]);
+  for (int r = 0; r < rounds; r++) {
+    for (int j = 0; j < M; j++) {
+      int i = (j + r) % M;
+      double x = 0, c = 0;
+      int ok = 0;
+      for (int attempt = 0; attempt < 3 && !ok; attempt++) {
+        if (attempt) { /* the shared broker may be restarting */
+          fprintf(stderr, "%s: run failed, again\n", modes[i]);
+          sleep(5);
+        }
+        bu_fill(URI, QUEUE, n, size);
+        ok = run_child(self, modes[i], n, &x, &c) == 0;
       }
+      rate[i][r] = ok ? x : 0;
+      cpu[i][r] = ok ? c : 0;
     }
-  double base = 0, base_cpu = 0;
-  printf("%-10s %12s %8s %14s %8s\n", "profiler", "msg/s", "ratio",
-         "CPU us/msg", "ratio");
+    printf("round %d:", r + 1);
+    for (int i = 0; i < M; i++)
+      printf(" %s %.0f msg/s %.2f us", modes[i], rate[i][r], cpu[i][r]);
+    printf("\n");
+    fflush(stdout);
+  }
+  printf("%-12s %10s %8s %12s %8s %14s\n", "profiler", "msg/s", "ratio",
+         "CPU us/msg", "ratio", "CPU per round");
   for (int i = 0; i < M; i++) {
-    if (!k[i]) continue;
-    qsort(rate[i], (size_t)k[i], sizeof(double), dcmp);
-    qsort(cpu[i], (size_t)k[i], sizeof(double), dcmp);
-    double x = rate[i][k[i] / 2], c = cpu[i][k[i] / 2];
-    if (i == 0) {
-      base = x;
-      base_cpu = c;
-    }
-    printf("%-10s %12.0f %7.2fx %14.2f %7.2fx\n", modes[i], x,
-           base ? x / base : 0, c, base_cpu ? c / base_cpu : 0);
+    /* Medians over the rounds where both this mode and the first ran. */
+    double x[16], c[16], bx[16], bc[16], rr[16];
+    int k = 0;
+    for (int r = 0; r < rounds; r++)
+      if (rate[i][r] > 0 && rate[0][r] > 0) {
+        x[k] = rate[i][r];
+        c[k] = cpu[i][r];
+        bx[k] = rate[0][r];
+        bc[k] = cpu[0][r];
+        rr[k] = cpu[i][r] / cpu[0][r];
+        k++;
+      }
+    if (!k) continue;
+    double mx = median(x, k), mc = median(c, k);
+    printf("%-12s %10.0f %7.2fx %12.2f %7.2fx %13.2fx\n", modes[i], mx,
+           mx / median(bx, k), mc, mc / median(bc, k), median(rr, k));
   }
   return 0;
 }
