@@ -507,6 +507,17 @@ static int send_leftovers(sluice_consumer *c, sluice__attempt *a) {
   return 0;
 }
 
+/* Whether sluice writes the connection's ack frames itself (delivery.c,
+ * "acks"): on plain TCP only; TLS bytes go through rabbitmq-c's OpenSSL
+ * socket. */
+static int own_acks_on(const char *uri) {
+  sluice_uri u;
+  char *buf;
+  int own = sluice__uri_parse_alloc(uri, &u, &buf, NULL) == 0 && !u.tls;
+  free(buf);
+  return own;
+}
+
 int sluice__attempt_adopt(sluice_consumer *c) {
   sluice__attempt *a = c->attempt;
   if (a->threaded) pthread_join(a->thread, NULL);
@@ -524,6 +535,8 @@ int sluice__attempt_adopt(sluice_consumer *c) {
   c->conn = a->conn;
   a->conn = NULL;
   c->fd = amqp_get_sockfd(c->conn);
+  c->own_acks = own_acks_on(a->node_uri);
+  c->ackw_failed = 0;
   c->heartbeat_s = amqp_get_heartbeat(c->conn);
   c->last_rx_ms = sluice__now_ms();
   c->last_error[0] = '\0';

@@ -607,7 +607,8 @@ static void close_gracefully(sluice_consumer *c) {
                 c->acks.n);
   struct timeval tv = {left / 1000 + 1, 0};
   amqp_set_rpc_timeout(c->conn, &tv);
-  sluice__disconnect(c, 1);
+  /* Part of an ack frame on the wire: no close can follow it. */
+  sluice__disconnect(c, !c->ackw_failed);
 }
 
 static void finish_stop(sluice_consumer *c, int result) {

@@ -500,11 +500,13 @@ void sluice__drain_completions(sluice_consumer *c) {
   sluice_delivery *d = c->cq_head;
   c->cq_head = c->cq_tail = NULL;
   pthread_mutex_unlock(&c->cq_mu);
+  sluice__acks_hold(c); /* the acks of all of them with one write */
   while (d) {
     sluice_delivery *next = d->qnext;
     process_completion(c, d);
     d = next;
   }
+  sluice__acks_release(c);
 }
 
 /* ---- acks ---------------------------------------------------------------- */
@@ -518,32 +520,111 @@ void sluice__drain_completions(sluice_consumer *c) {
  * buffers at the very least), so 1 KiB of 21-byte ack frames cannot block,
  * and one poll(2) serves ~48 acks instead of one. */
 #define WRITE_BUDGET 1024
-#define ACK_FRAME_BYTES 21
+#define ACK_FRAME_BYTES SLUICE__ACKWIRE_FRAME
+_Static_assert(WRITE_BUDGET / ACK_FRAME_BYTES <= SLUICE__ACKWIRE_MAX,
+               "ackw holds what one POLLOUT allows");
+
+/* On a plain TCP connection (own_acks) sluice writes its ack frames itself
+ * (ackwire.h): emit_ack encodes each into c->ackw, and they go out with one
+ * send(2) when the flush ends or, inside a pass of the loop bracketed by
+ * sluice__acks_hold/release (a read of up to READ_BUDGET frames, a drain of
+ * completions), when the pass ends. Per-message acks of a busy stream then
+ * cost one send per pass instead of one per message, with the same frames
+ * (each its own basic.ack, multiple only where the ack queue says so). Why
+ * this is safe:
+ *  - Every write to the connection is on the loop thread (an attempt uses
+ *    its own connection until it is adopted), so nothing else writes while
+ *    ackw is written.
+ *  - ackw is written whole before control goes back to the event loop, and
+ *    a short write is completed at once (sluice__ackwire_write): nothing,
+ *    rabbitmq-c included, ever writes into the middle of one of its frames.
+ *    If the socket will not take the rest, the connection is given up.
+ *  - Between collecting a frame and writing it, rabbitmq-c may write whole
+ *    frames of its own: a heartbeat (from its wait call), a basic.cancel or
+ *    a cancel-ok, whose order against acks does not matter. A close is
+ *    preceded by sluice__flush_acks_blocking(), which writes ackw.
+ *  - ackw never holds more than one poll(POLLOUT) allows: the budget is
+ *    charged as each frame is collected, and ackw is written before poll is
+ *    asked again.
+ *  - The counters (acked, nacked, rejected, ack_frames) count frames the
+ *    socket took, as they always did; frames collected and never written
+ *    (the connection died first) count as stale, like completions still in
+ *    the ack queue: the broker redelivers those messages.
+ *  - rabbitmq-c does not see these writes, so they do not move its
+ *    send-side heartbeat deadline: on a busy connection it writes a
+ *    heartbeat frame once per interval from inside its wait call. 8 bytes
+ *    every 30 s by default, and the broker counts any frame as life. */
+
+static void count_settled(sluice_consumer *c, sluice__ackq_kind kind,
+                          size_t count) {
+  switch (kind) {
+    case SLUICE__ACKQ_ACK: atomic_fetch_add(&c->n_acked, count); break;
+    case SLUICE__ACKQ_NACK: atomic_fetch_add(&c->n_nacked, count); break;
+    default: atomic_fetch_add(&c->n_rejected, count); break;
+  }
+}
+
+/* Forget the frames collected and not written: their deliveries are the
+ * broker's again. Returns how many deliveries they settled. */
+static size_t ackw_drop(sluice_consumer *c) {
+  size_t n = 0;
+  for (size_t i = 0; i < c->ackw.n; i++) n += c->ackw.meta[i].count;
+  atomic_fetch_add(&c->n_stale, n);
+  c->ackw.n = 0;
+  return n;
+}
+
+/* Write what ackw holds. Returns 0, or -1 once a write failed: then the
+ * connection is to be given up (ackw_failed; part of a frame may be on the
+ * wire) and what was not written counts as stale. emit_ack only reports
+ * it: the connection cannot be declared lost in the middle of a flush of
+ * the ack queue, its callers do that. */
+static int ackw_write(sluice_consumer *c) {
+  sluice__ackwire *w = &c->ackw;
+  if (c->ackw_failed) return -1;
+  if (w->n == 0) return 0;
+  size_t done = sluice__ackwire_write(w, c->fd, c->o.rpc_timeout_ms);
+  for (size_t i = 0; i < done; i++)
+    count_settled(c, w->meta[i].kind, w->meta[i].count);
+  atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
+  if (done < w->n) {
+    memmove(w->meta, w->meta + done, (w->n - done) * sizeof(*w->meta));
+    w->n -= done;
+    ackw_drop(c);
+    c->ackw_failed = 1;
+    return -1;
+  }
+  w->n = 0;
+  return 0;
+}
 
 static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
                     int multiple, size_t count) {
   sluice_consumer *c = user;
   if (c->write_budget < ACK_FRAME_BYTES) {
+    /* What ackw holds was allowed by the last poll: out with it first. */
+    if (ackw_write(c) != 0) return -1;
     if (!sluice__fd_writable(c->fd)) return 1;
     c->write_budget = WRITE_BUDGET;
   }
   c->write_budget -= ACK_FRAME_BYTES;
+  if (c->own_acks) {
+    sluice__ackwire_add(&c->ackw, SLUICE__CH_MAIN, kind, tag, multiple,
+                        count);
+    return 0;
+  }
   int st;
   switch (kind) {
     case SLUICE__ACKQ_ACK:
       st = amqp_basic_ack(c->conn, SLUICE__CH_MAIN, tag, multiple);
-      if (st == 0) atomic_fetch_add(&c->n_acked, count);
       break;
     case SLUICE__ACKQ_NACK:
       st = amqp_basic_nack(c->conn, SLUICE__CH_MAIN, tag, multiple, 1);
-      if (st == 0) atomic_fetch_add(&c->n_nacked, count);
       break;
-    default:
-      st = amqp_basic_reject(c->conn, SLUICE__CH_MAIN, tag, 0);
-      if (st == 0) atomic_fetch_add(&c->n_rejected, count);
-      break;
+    default: st = amqp_basic_reject(c->conn, SLUICE__CH_MAIN, tag, 0); break;
   }
   if (st != 0) return -1;
+  count_settled(c, kind, count);
   atomic_fetch_add_explicit(&c->n_ack_frames, 1, memory_order_relaxed);
   return 0;
 }
@@ -553,8 +634,13 @@ static uint64_t min_outstanding(const sluice_consumer *c) {
 }
 
 void sluice__flush_acks(sluice_consumer *c) {
-  if (!c->connected || c->acks.n == 0) return;
+  if (!c->connected || (c->acks.n == 0 && c->ackw.n == 0)) return;
   int rc = sluice__ackq_flush(&c->acks, min_outstanding(c), emit_ack, c);
+  if (!c->ack_hold) ackw_write(c);
+  if (c->ackw_failed) {
+    sluice__conn_lost(c, SLUICE_ESOCKET);
+    return;
+  }
   if (rc < 0 && c->acks.n > 0) {
     if (!sluice__fd_writable(c->fd) && c->connected) {
       if (!c->want_write) {
@@ -572,14 +658,29 @@ void sluice__flush_acks(sluice_consumer *c) {
   }
 }
 
+void sluice__acks_hold(sluice_consumer *c) {
+  c->ack_hold++;
+}
+
+void sluice__acks_release(sluice_consumer *c) {
+  if (--c->ack_hold > 0 || !c->connected) return;
+  if (ackw_write(c) != 0) sluice__conn_lost(c, SLUICE_ESOCKET);
+}
+
 void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms) {
-  while (c->acks.n > 0 && c->connected) {
+  while ((c->acks.n > 0 || c->ackw.n > 0) && c->connected) {
     struct pollfd p = {c->fd, POLLOUT, 0};
     if (poll(&p, 1, wait_ms) != 1) break;
-    if (sluice__ackq_flush(&c->acks, min_outstanding(c), emit_ack, c) < 0 &&
-        sluice__fd_writable(c->fd))
-      break; /* a send failed */
+    int rc = sluice__ackq_flush(&c->acks, min_outstanding(c), emit_ack, c);
+    if (ackw_write(c) != 0) break;
+    if (rc < 0 && sluice__fd_writable(c->fd)) break; /* a send failed */
   }
+  size_t lost = ackw_drop(c);
+  if (lost)
+    sluice__log(c, SLUICE_LOG_WARN,
+                "%zu completions could not be acknowledged at stop: the "
+                "broker redelivers them",
+                lost);
 }
 
 static void queue_ack(sluice_consumer *c, uint64_t tag,
@@ -619,11 +720,12 @@ void sluice__hand_off_queued(sluice_consumer *c) {
 }
 
 void sluice__deliveries_conn_lost(sluice_consumer *c) {
-  if (c->acks.n)
+  size_t unwritten = ackw_drop(c); /* collected, not yet written */
+  if (c->acks.n + unwritten)
     sluice__log(c, SLUICE_LOG_INFO,
                 "%zu completions not acknowledged before the connection "
                 "closed: the broker redelivers them",
-                c->acks.n);
+                c->acks.n + unwritten);
   atomic_fetch_add(&c->n_stale, c->acks.n);
   sluice__ackq_reset(&c->acks);
   c->asm_d = NULL; /* still on the held list; released below */

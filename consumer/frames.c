@@ -329,7 +329,7 @@ static int stop_asked(const sluice_consumer *c) {
          atomic_load_explicit(&c->stop_requested, memory_order_relaxed);
 }
 
-void sluice__read_frames(sluice_consumer *c) {
+static void read_frames(sluice_consumer *c) {
   int budget = READ_BUDGET;
   int got = 0;
   if (stop_asked(c) && !c->stopped) sluice__begin_stop(c);
@@ -362,6 +362,14 @@ void sluice__read_frames(sluice_consumer *c) {
   if (got) c->last_rx_ms = sluice__now_ms();
   if (budget < 0 && c->connected && may_read(c) && buffered(c))
     schedule_drain(c);
+}
+
+void sluice__read_frames(sluice_consumer *c) {
+  /* The acks of the deliveries handled inline in this pass go out
+   * together at its end (delivery.c, "acks"). */
+  sluice__acks_hold(c);
+  read_frames(c);
+  sluice__acks_release(c);
 }
 
 /* ---- heartbeats ---------------------------------------------------------- */

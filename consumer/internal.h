@@ -20,6 +20,7 @@
 #include "../reconnect/policy.h"
 #include "../reconnect/registry.h"
 #include "ackq.h"
+#include "ackwire.h"
 #include "amqp_util.h"
 #include "bound.h"
 #include "handle.h"
@@ -169,6 +170,14 @@ struct sluice_consumer {
   int reading;      /* READ is armed */
   int want_write;   /* WRITE is armed */
   int write_budget; /* bytes writable without another poll(2) */
+  /* Ack frames sluice writes itself, on a plain TCP connection (ackwire.h,
+   * delivery.c "acks"): set per connection; while ack_hold > 0 (a pass
+   * over frames read or completions drained), frames collect in ackw and
+   * go out together when the pass ends. */
+  int own_acks;
+  int ack_hold;
+  int ackw_failed; /* a write of ackw failed: the connection is given up */
+  sluice__ackwire ackw;
   int ack_timer_on;
   int run_result;
   int started;
@@ -339,6 +348,11 @@ void sluice__settle_unhandled(sluice_consumer *c, sluice_delivery *d,
 void sluice__run_handler(sluice_consumer *c, sluice_delivery *d);
 void sluice__drain_completions(sluice_consumer *c);
 void sluice__flush_acks(sluice_consumer *c);
+/* Bracket a pass of the loop (frames read, completions drained): the ack
+ * frames it produces are written together when the outermost pass ends
+ * (own_acks connections; otherwise nothing changes). */
+void sluice__acks_hold(sluice_consumer *c);
+void sluice__acks_release(sluice_consumer *c);
 /* Stop: send the pending acks, waiting up to `wait_ms` each time for the
  * socket to take more. */
 void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms);

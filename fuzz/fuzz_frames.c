@@ -26,7 +26,9 @@
  *  - a completed handle is stale: a second sluice_delivery_done() returns
  *    SLUICE_EALREADY and acts on nothing, sluice_delivery_message() is NULL;
  *  - the counters add up, and nothing is held once the connection is gone
- *    and every deferred delivery was completed. */
+ *    and every deferred delivery was completed;
+ *  - what the consumer writes is whole frames, one after the other (its
+ *    own ack frames, consumer/ackwire.c, unless FZ_OPT_LIB_ACKS). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -54,6 +56,7 @@ typedef struct harness {
   sluice_delivery *completed[MAX_DEFERRED];
   size_t n_completed;
   uint64_t handled;
+  uint64_t wire_at, wire_size; /* drain_peer's place in the frame read */
 } harness;
 
 static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
@@ -76,10 +79,27 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   }
 }
 
-/* What the broker would do with our acks: read and forget them. */
+/* What the broker would do with our acks: read and forget them, after
+ * checking they are whole frames one after the other (sluice writes its
+ * own ack frames beside rabbitmq-c's: none may be torn or interleaved). */
 static void drain_peer(harness *h) {
-  char buf[65536];
-  while (read(h->peer, buf, sizeof(buf)) > 0) {
+  uint8_t buf[65536];
+  ssize_t n;
+  while ((n = read(h->peer, buf, sizeof(buf))) > 0) {
+    for (ssize_t i = 0; i < n; i++) {
+      uint8_t b = buf[i];
+      if (h->wire_at < 7) {
+        if (h->wire_at == 0 && (b < 1 || b > 8)) abort(); /* frame type */
+        if (h->wire_at >= 3) h->wire_size = h->wire_size << 8 | b;
+        h->wire_at++;
+      } else if (h->wire_at - 7 < h->wire_size) {
+        h->wire_at++;
+      } else {
+        if (b != AMQP_FRAME_END) abort();
+        h->wire_at = 0;
+        h->wire_size = 0;
+      }
+    }
   }
 }
 
@@ -192,7 +212,7 @@ static sluice_consumer *make_consumer(uint8_t opts, harness *h) {
  * rabbitmq-c connection waits for the start of a handshake: a protocol
  * header takes it to the state between frames, where it can be tuned to
  * sluice's frame_max. */
-static int attach(sluice_consumer *c, int fd, int peer) {
+static int attach(sluice_consumer *c, int fd, int peer, uint8_t opts) {
   amqp_connection_state_t conn = amqp_new_connection();
   if (!conn) return -1;
   amqp_socket_t *sock = amqp_tcp_socket_new(conn);
@@ -215,6 +235,7 @@ static int attach(sluice_consumer *c, int fd, int peer) {
   }
   c->conn = conn;
   c->fd = fd;
+  c->own_acks = !(opts & FZ_OPT_LIB_ACKS); /* a tcp socket, as adopted */
   c->connected = 1;
   c->started = 1;
   c->loop_thread = pthread_self();
@@ -244,7 +265,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fcntl(sv[1], F_SETFL, fcntl(sv[1], F_GETFL) | O_NONBLOCK);
   h->peer = sv[1];
   h->c = make_consumer(data[0], h);
-  if (!h->c || attach(h->c, sv[0], sv[1])) {
+  if (!h->c || attach(h->c, sv[0], sv[1], data[0])) {
     if (h->c) sluice_consumer_free(h->c);
     close(sv[1]); /* sv[0] is closed with its connection */
     free(h);

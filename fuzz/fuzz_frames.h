@@ -23,7 +23,8 @@ enum {
   FZ_OPT_INFLIGHT_1 = 0x02,  /* max_inflight 1 */
   FZ_OPT_SMALL_BODY = 0x04,  /* max_body 16 */
   FZ_OPT_SMALL_BYTES = 0x08, /* max_inflight_bytes 32 */
-  FZ_OPT_ACK_EACH = 0x10     /* ack_batch 1 */
+  FZ_OPT_ACK_EACH = 0x10,    /* ack_batch 1 */
+  FZ_OPT_LIB_ACKS = 0x20     /* acks through rabbitmq-c, as over TLS */
 };
 
 enum {

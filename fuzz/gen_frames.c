@@ -219,4 +219,21 @@ void gen_frames_seeds(void) {
     method(&s, FZ_CH_TOPOLOGY, AMQP_CHANNEL_CLOSE_METHOD, &c);
   }
   done(&s, "topology_close_heartbeat");
+
+  /* Per-message acks of more deliveries than one write of ack frames
+   * holds (48), some deferred and completed later, out of order. */
+  ctl(&s, FZ_OPT_ACK_EACH);
+  for (uint64_t t = 1; t <= 60; t++)
+    message(&s, t, t % 7 == 0 ? "defer" : t % 11 == 0 ? "nack" : "ack");
+  ctl(&s, FZ_CTL_READ);
+  ctl(&s, FZ_CTL_COMPLETE);
+  done(&s, "ack_each_sixty");
+
+  /* The same through rabbitmq-c's writes, as on a TLS connection. */
+  ctl(&s, FZ_OPT_ACK_EACH | FZ_OPT_LIB_ACKS);
+  for (uint64_t t = 1; t <= 8; t++)
+    message(&s, t, t % 3 == 0 ? "defer" : t % 4 == 0 ? "reject" : "ack");
+  ctl(&s, FZ_CTL_READ);
+  ctl(&s, FZ_CTL_COMPLETE);
+  done(&s, "lib_acks");
 }
