@@ -24,7 +24,9 @@ enum mode {
   M_REJECT,
   M_INVALID_FIRST,
   M_SLOW,
-  M_HOLD /* defer and keep the handle; stop() after stop_after */
+  M_HOLD, /* defer and keep the handle; stop() after stop_after */
+  M_LIFO  /* every third acked inline, the rest deferred, completed newest
+             first (completer_lifo) */
 };
 
 #define MAXN 20000
@@ -177,6 +179,18 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
       out(x);
       acked(x); /* counts decisions */
       return SLUICE_REJECT;
+    case M_LIFO:
+      atomic_fetch_add(&x->seen[id], 1);
+      if (id % 3 == 0) {
+        out(x);
+        acked(x);
+        return SLUICE_ACK;
+      }
+      pthread_mutex_lock(&x->mu);
+      x->q[x->qt++ % MAXN] = d;
+      pthread_cond_signal(&x->cv);
+      pthread_mutex_unlock(&x->mu);
+      return SLUICE_DEFER;
     case M_HOLD:
       atomic_fetch_add(&x->seen[id], 1);
       pthread_mutex_lock(&x->mu);
@@ -224,6 +238,87 @@ static sluice_consumer *make(struct ctx *x, const char *queue,
   assert_int_equal(sluice_consumer_subscribe(c, &so), 0);
   x->c = c;
   return c;
+}
+
+/* Completes what was deferred so far newest first, so that acks go out
+ * in an order of tags unlike the deliveries'. */
+static void *completer_lifo(void *arg) {
+  struct ctx *x = arg;
+  sluice_delivery *batch[MAXN];
+  for (;;) {
+    pthread_mutex_lock(&x->mu);
+    while (x->qh == x->qt && !x->quit) pthread_cond_wait(&x->cv, &x->mu);
+    if (x->qh == x->qt && x->quit) {
+      pthread_mutex_unlock(&x->mu);
+      return NULL;
+    }
+    unsigned k = 0;
+    while (x->qh != x->qt) batch[k++] = x->q[x->qh++ % MAXN];
+    pthread_mutex_unlock(&x->mu);
+    while (k > 0) {
+      out(x);
+      if (sluice_delivery_done(batch[--k], SLUICE_ACK) != 0)
+        atomic_fetch_add(&x->done_errors, 1);
+      acked(x);
+    }
+  }
+}
+
+/* Per-message acks (ack_batch 1) settled out of order, over thousands of
+ * messages: however sluice writes the frames (several with one send on
+ * plain TCP), the broker must hold none of them afterwards, nothing may
+ * come back redelivered, and the stats must count each ack once. */
+static void per_message_out_of_order(unsigned prefetch, int workers,
+                                     enum mode mode, unsigned n) {
+  const char *q = tb_qname("each");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  tb_fill(q, n, 64);
+  struct ctx *x = ctx_new(mode, n);
+  pthread_t th;
+  if (mode == M_LIFO) pthread_create(&th, NULL, completer_lifo, x);
+  sluice_consumer_opts o = {
+      .prefetch = (uint16_t)prefetch, .workers = workers, .ack_batch = 1};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 120, &to), 0);
+  assert_false(to);
+  if (mode == M_LIFO) {
+    pthread_mutex_lock(&x->mu);
+    x->quit = 1;
+    pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+    pthread_join(th, NULL);
+  }
+  for (unsigned i = 0; i < n; i++)
+    if (x->seen[i] != 1) fail_msg("message %u handled %d times", i, x->seen[i]);
+  assert_int_equal(x->redelivered_calls, 0);
+  assert_int_equal(x->done_errors, 0);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.delivered, n);
+  assert_int_equal(st.acked, n);
+  assert_int_equal(st.nacked, 0);
+  assert_int_equal(st.rejected, 0);
+  assert_int_equal(st.stale, 0);
+  assert_int_equal(st.redelivered, 0);
+  /* one frame per ack, unless the socket made some wait and coalesce */
+  assert_true(st.ack_frames >= 1 && st.ack_frames <= n);
+  printf("  per-message acks, prefetch %u, %d workers, %s: %llu ack frames "
+         "for %u messages\n",
+         prefetch, workers, mode == M_LIFO ? "newest first" : "inline",
+         (unsigned long long)st.ack_frames, n);
+  sluice_consumer_free(c);
+  /* Every message acked: nothing for the broker to requeue at the close. */
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
+static void per_message_acks(void **s) {
+  per_message_out_of_order(100, 0, M_LIFO, 6000);
+  per_message_out_of_order(10, 4, M_ACK, 3000);
+  per_message_out_of_order(1, 0, M_ACK, 500);
 }
 
 static void exactly_once(unsigned prefetch, int workers, enum mode mode,
@@ -1457,6 +1552,7 @@ int main(void) {
       cmocka_unit_test(once_prefetch_1),
       cmocka_unit_test(once_prefetch_10),
       cmocka_unit_test(once_prefetch_500),
+      cmocka_unit_test(per_message_acks),
       cmocka_unit_test(nack_requeues),
       cmocka_unit_test(invalid_return_requeues),
       cmocka_unit_test(reject_dead_letters),
