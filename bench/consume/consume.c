@@ -4,8 +4,15 @@
  * pre-filled queue. Prints msg/s, client CPU per message and the ratio.
  *
  *   sluice-bench-consume [--count N] [--size B] [--rounds R]
- *                        [--only per-message|coalesced|prefetch|auto|tls]
- *                        [--side raw|sluice|none]
+ *                        [--only per-message|coalesced|prefetch|auto|
+ *                                default|tls]
+ *                        [--prefetch P] [--side raw|sluice|none]
+ *
+ * --prefetch runs only the variants with that prefetch (with --only: of
+ * that group). "per-message" is ack each at prefetch 1, 10 and 100 on
+ * both sides (sluice ack_batch 1); "default" is sluice as configured by
+ * default (MANUAL, prefetch 100, coalesced acks) against the raw loop in
+ * autoAck, the fastest the raw loop can consume.
  *
  * --side runs one client only (the queue is filled all the same): for
  * profiling one side (`strace -c`, `valgrind --tool=callgrind`), with
@@ -180,12 +187,16 @@ int main(int argc, char **argv) {
   size_t size = 256;
   int rounds = 3;
   const char *only = NULL, *side = NULL;
+  long only_prefetch = -1;
   static const struct option lo[] = {
-      {"count", 1, 0, 'n'},  {"side", 1, 0, 'S'}, {"size", 1, 0, 's'},
-      {"rounds", 1, 0, 'r'}, {"only", 1, 0, 'o'}, {0, 0, 0, 0}};
+      {"count", 1, 0, 'n'},    {"side", 1, 0, 'S'},
+      {"size", 1, 0, 's'},     {"rounds", 1, 0, 'r'},
+      {"only", 1, 0, 'o'},     {"prefetch", 1, 0, 'p'},
+      {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
+    else if (ch == 'p') only_prefetch = strtol(optarg, NULL, 10);
     else if (ch == 's') size = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rounds = atoi(optarg);
     else if (ch == 'o') only = optarg;
@@ -201,6 +212,19 @@ int main(int argc, char **argv) {
        1,
        {.prefetch = 100, .ack_batch = 1},
        0},
+      {"prefetch 10, ack each",
+       "per-message",
+       10,
+       1,
+       {.prefetch = 10, .ack_batch = 1},
+       0},
+      {"prefetch 1, ack each",
+       "per-message",
+       1,
+       1,
+       {.prefetch = 1, .ack_batch = 1},
+       0},
+      {"sluice default (manual) vs raw autoAck", "default", 100, 0, {}, 0},
       {"prefetch 100, coalesced (sluice default)",
        "coalesced",
        100,
@@ -249,6 +273,8 @@ int main(int argc, char **argv) {
          "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg");
   for (size_t v = 0; v < sizeof(vs) / sizeof(*vs); v++) {
     if (only && strcmp(only, vs[v].group) != 0) continue;
+    if (only_prefetch >= 0 && vs[v].prefetch != (unsigned long)only_prefetch)
+      continue;
     if (vs[v].tls && !bu_port_open(tls_port)) {
       printf("%-46s skipped: no TLS node on port %d (scripts/tls-broker.sh "
              "start)\n",
