@@ -7,6 +7,7 @@
  *                        [--only per-message|coalesced|prefetch|auto|
  *                                default|tls]
  *                        [--prefetch P] [--side raw|sluice|none]
+ *                        [--no-fill]
  *
  * --prefetch runs only the variants with that prefetch (with --only: of
  * that group). "per-message" is ack each at prefetch 1, 10 and 100 on
@@ -16,7 +17,9 @@
  *
  * --side runs one client only (the queue is filled all the same): for
  * profiling one side (`strace -c`, `valgrind --tool=callgrind`), with
- * `none` as the filling alone to subtract.
+ * `none` as the filling alone to subtract. --no-fill consumes what the
+ * queue holds (filled by a `--side none` run before): with --side and one
+ * round, `strace -c` then counts the client's consuming alone.
  *
  * The "tls" variants run against the TLS node of scripts/tls-broker.sh
  * (SLUICE_TLS_PORT, SLUICE_TLS_AMQP_PORT, SLUICE_TLS_DIR as there): sluice
@@ -188,15 +191,17 @@ int main(int argc, char **argv) {
   int rounds = 3;
   const char *only = NULL, *side = NULL;
   long only_prefetch = -1;
+  int fill_queue = 1;
   static const struct option lo[] = {
       {"count", 1, 0, 'n'},    {"side", 1, 0, 'S'},
       {"size", 1, 0, 's'},     {"rounds", 1, 0, 'r'},
       {"only", 1, 0, 'o'},     {"prefetch", 1, 0, 'p'},
-      {0, 0, 0, 0}};
+      {"no-fill", 0, 0, 'F'},  {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:F", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
     else if (ch == 'p') only_prefetch = strtol(optarg, NULL, 10);
+    else if (ch == 'F') fill_queue = 0;
     else if (ch == 's') size = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rounds = atoi(optarg);
     else if (ch == 'o') only = optarg;
@@ -293,7 +298,7 @@ int main(int argc, char **argv) {
           else sr[r] = sc[r] = 1;
           continue;
         }
-        bu_fill(fill, QUEUE, n, size);
+        if (fill_queue) bu_fill(fill, QUEUE, n, size);
         if (do_raw) {
           struct result x =
               raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every, vs[v].tls);
