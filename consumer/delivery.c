@@ -527,11 +527,12 @@ _Static_assert(WRITE_BUDGET / ACK_FRAME_BYTES <= SLUICE__ACKWIRE_MAX,
 /* On a plain TCP connection (own_acks) sluice writes its ack frames itself
  * (ackwire.h): emit_ack encodes each into c->ackw, and they go out with one
  * send(2) when the flush ends or, inside a pass of the loop bracketed by
- * sluice__acks_hold/release (a read of up to READ_BUDGET frames, a drain of
- * completions), when the pass ends. Per-message acks of a busy stream then
- * cost one send per pass instead of one per message, with the same frames
- * (each its own basic.ack, multiple only where the ack queue says so). Why
- * this is safe:
+ * sluice__acks_hold/release, when the pass ends: a drain of completions,
+ * or a read of frames, where they go out before each read of the socket
+ * (frames.c: the broker may be waiting for them). Per-message acks of a
+ * busy stream then cost one send per buffer read or per wake-up instead of
+ * one per message, with the same frames (each its own basic.ack, multiple
+ * only where the ack queue says so). Why this is safe:
  *  - Every write to the connection is on the loop thread (an attempt uses
  *    its own connection until it is adopted), so nothing else writes while
  *    ackw is written.
@@ -662,9 +663,12 @@ void sluice__acks_hold(sluice_consumer *c) {
   c->ack_hold++;
 }
 
+void sluice__acks_write(sluice_consumer *c) {
+  if (c->connected && ackw_write(c) != 0) sluice__conn_lost(c, SLUICE_ESOCKET);
+}
+
 void sluice__acks_release(sluice_consumer *c) {
-  if (--c->ack_hold > 0 || !c->connected) return;
-  if (ackw_write(c) != 0) sluice__conn_lost(c, SLUICE_ESOCKET);
+  if (--c->ack_hold == 0) sluice__acks_write(c);
 }
 
 void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms) {

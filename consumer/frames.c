@@ -336,6 +336,13 @@ static void read_frames(sluice_consumer *c) {
   while (budget-- > 0 && c->connected && may_read(c)) {
     amqp_frame_t f;
     struct timeval tv = {0, 0};
+    /* The frames read so far are handled: their acks go out before the
+     * socket is read again, since the broker may be waiting for them
+     * (prefetch 1 waits for every one). */
+    if (c->ackw.n && !buffered(c)) {
+      sluice__acks_write(c);
+      if (!c->connected) return;
+    }
     int st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
     if (st == AMQP_STATUS_TIMEOUT) break;
     if (st != AMQP_STATUS_OK) {
@@ -365,8 +372,8 @@ static void read_frames(sluice_consumer *c) {
 }
 
 void sluice__read_frames(sluice_consumer *c) {
-  /* The acks of the deliveries handled inline in this pass go out
-   * together at its end (delivery.c, "acks"). */
+  /* The acks of the deliveries handled inline go out together, once what
+   * rabbitmq-c read in one go is handled (delivery.c, "acks"). */
   sluice__acks_hold(c);
   read_frames(c);
   sluice__acks_release(c);

@@ -353,6 +353,8 @@ void sluice__flush_acks(sluice_consumer *c);
  * (own_acks connections; otherwise nothing changes). */
 void sluice__acks_hold(sluice_consumer *c);
 void sluice__acks_release(sluice_consumer *c);
+/* Write the frames collected so far (the connection may be lost). */
+void sluice__acks_write(sluice_consumer *c);
 /* Stop: send the pending acks, waiting up to `wait_ms` each time for the
  * socket to take more. */
 void sluice__flush_acks_blocking(sluice_consumer *c, int wait_ms);
