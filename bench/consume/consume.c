@@ -7,7 +7,7 @@
  *                        [--only per-message|coalesced|prefetch|auto|
  *                                default|tls]
  *                        [--prefetch P] [--side raw|sluice|none]
- *                        [--no-fill]
+ *                        [--no-fill] [--queue NAME]
  *
  * --prefetch runs only the variants with that prefetch (with --only: of
  * that group). "per-message" is ack each at prefetch 1, 10 and 100 on
@@ -43,6 +43,8 @@
 #include "../common/bench_util.h"
 
 static const char *URI = "amqp://guest:guest@127.0.0.1:5672/";
+/* One queue for every run; --queue names another, so that two benchmarks
+ * on one broker do not consume each other's messages. */
 static const char *QUEUE = "sluice.bench.consume";
 
 /* The TLS node (scripts/tls-broker.sh). */
@@ -196,12 +198,14 @@ int main(int argc, char **argv) {
       {"count", 1, 0, 'n'},    {"side", 1, 0, 'S'},
       {"size", 1, 0, 's'},     {"rounds", 1, 0, 'r'},
       {"only", 1, 0, 'o'},     {"prefetch", 1, 0, 'p'},
-      {"no-fill", 0, 0, 'F'},  {0, 0, 0, 0}};
+      {"no-fill", 0, 0, 'F'},  {"queue", 1, 0, 'Q'},
+      {0, 0, 0, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:F", lo, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:FQ:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);
     else if (ch == 'p') only_prefetch = strtol(optarg, NULL, 10);
     else if (ch == 'F') fill_queue = 0;
+    else if (ch == 'Q') QUEUE = optarg;
     else if (ch == 's') size = strtoul(optarg, NULL, 10);
     else if (ch == 'r') rounds = atoi(optarg);
     else if (ch == 'o') only = optarg;
