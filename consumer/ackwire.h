@@ -30,8 +30,7 @@
 /* Encode one frame into out[SLUICE__ACKWIRE_FRAME]. NACK always requeues
  * and REJECT never does, as the consumer sends them. */
 void sluice__ackwire_encode(unsigned char *out, uint16_t channel,
-                            sluice__ackq_kind kind, uint64_t tag,
-                            int multiple);
+                            sluice__ackq_kind kind, uint64_t tag, int multiple);
 
 /* Frames encoded and not yet written, with what each settles (for the
  * counters, which count what reached the socket). */

@@ -610,8 +610,7 @@ static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
   }
   c->write_budget -= ACK_FRAME_BYTES;
   if (c->own_acks) {
-    sluice__ackwire_add(&c->ackw, SLUICE__CH_MAIN, kind, tag, multiple,
-                        count);
+    sluice__ackwire_add(&c->ackw, SLUICE__CH_MAIN, kind, tag, multiple, count);
     return 0;
   }
   int st;

@@ -195,11 +195,9 @@ int main(int argc, char **argv) {
   long only_prefetch = -1;
   int fill_queue = 1;
   static const struct option lo[] = {
-      {"count", 1, 0, 'n'},    {"side", 1, 0, 'S'},
-      {"size", 1, 0, 's'},     {"rounds", 1, 0, 'r'},
-      {"only", 1, 0, 'o'},     {"prefetch", 1, 0, 'p'},
-      {"no-fill", 0, 0, 'F'},  {"queue", 1, 0, 'Q'},
-      {0, 0, 0, 0}};
+      {"count", 1, 0, 'n'},   {"side", 1, 0, 'S'},  {"size", 1, 0, 's'},
+      {"rounds", 1, 0, 'r'},  {"only", 1, 0, 'o'},  {"prefetch", 1, 0, 'p'},
+      {"no-fill", 0, 0, 'F'}, {"queue", 1, 0, 'Q'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "n:s:r:o:S:p:FQ:", lo, NULL)) != -1) {
     if (ch == 'n') n = strtoul(optarg, NULL, 10);

@@ -47,15 +47,9 @@ static size_t lib_frame(unsigned char *out, uint16_t channel,
   return size + 8;
 }
 
-static const uint64_t tags[] = {0,
-                                1,
-                                2,
-                                255,
-                                256,
-                                65535,
-                                0x0102030405060708ull,
-                                (uint64_t)1 << 32,
-                                UINT64_MAX};
+static const uint64_t tags[] = {
+    0,         1, 2, 255, 256, 65535, 0x0102030405060708ull, (uint64_t)1 << 32,
+    UINT64_MAX};
 static const uint16_t channels[] = {0, 1, 2, 258, 65535};
 
 static void encode_matches_rabbitmq_c(void **s) {

@@ -277,8 +277,9 @@ static void per_message_out_of_order(unsigned prefetch, int workers,
   struct ctx *x = ctx_new(mode, n);
   pthread_t th;
   if (mode == M_LIFO) pthread_create(&th, NULL, completer_lifo, x);
-  sluice_consumer_opts o = {
-      .prefetch = (uint16_t)prefetch, .workers = workers, .ack_batch = 1};
+  sluice_consumer_opts o = {.prefetch = (uint16_t)prefetch,
+                            .workers = workers,
+                            .ack_batch = 1};
   sluice_consumer *c = make(x, q, &o);
   int to = 0;
   assert_int_equal(tb_run_bounded(c, 120, &to), 0);
