@@ -585,18 +585,14 @@ static int ackw_write(sluice_consumer *c) {
   if (c->ackw_failed) return -1;
   if (w->n == 0) return 0;
   size_t done = sluice__ackwire_write(w, c->fd, c->o.rpc_timeout_ms);
-  for (size_t i = 0; i < done; i++)
-    count_settled(c, w->meta[i].kind, w->meta[i].count);
-  atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
-  if (done < w->n) {
-    memmove(w->meta, w->meta + done, (w->n - done) * sizeof(*w->meta));
-    w->n -= done;
-    ackw_drop(c);
-    c->ackw_failed = 1;
-    return -1;
+  for (size_t i = 0; i < w->n; i++) {
+    if (i < done) count_settled(c, w->meta[i].kind, w->meta[i].count);
+    else atomic_fetch_add(&c->n_stale, w->meta[i].count);
   }
+  atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
+  if (done < w->n) c->ackw_failed = 1;
   w->n = 0;
-  return 0;
+  return c->ackw_failed ? -1 : 0;
 }
 
 static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
