@@ -282,7 +282,7 @@ static void per_message_out_of_order(unsigned prefetch, int workers,
                             .ack_batch = 1};
   sluice_consumer *c = make(x, q, &o);
   int to = 0;
-  assert_int_equal(tb_run_bounded(c, 120, &to), 0);
+  assert_int_equal(tb_run_bounded(c, 120 * tb_time_scale(), &to), 0);
   assert_false(to);
   if (mode == M_LIFO) {
     pthread_mutex_lock(&x->mu);
