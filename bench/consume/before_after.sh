@@ -24,7 +24,12 @@ for ((r = 0; r < rounds; r++)); do
   for which in $order; do
     bin=$before
     [ "$which" = after ] && bin=$after
-    "$bin" --rounds 1 "$@" | grep -v '^#' | grep -v '^variant' |
+    # A process that fails (the broker went away) loses its samples only.
+    if ! "$bin" --rounds 1 "$@" > "$out.one"; then
+      echo "# $which round $r failed" >&2
+      continue
+    fi
+    grep -v '^#' "$out.one" | grep -v '^variant' |
       sed "s/^/$which $r|/" >> "$out"
   done
 done
@@ -57,4 +62,5 @@ awk -F'|' '
         median(sc[k])
     }
   }' "$out"
+rm -f "$out.one"
 echo "# per-process lines: $out"
