@@ -69,6 +69,7 @@ void sluice__ackwire_add(sluice__ackwire *w, uint16_t channel,
   w->meta[w->n].kind = kind;
   w->meta[w->n].count = (uint32_t)count;
   w->n++;
+  w->settles += count;
 }
 
 size_t sluice__ackwire_write(const sluice__ackwire *w, int fd, int wait_ms) {

@@ -41,9 +41,11 @@ typedef struct sluice__ackwire {
     uint32_t count; /* deliveries settled (> 1 for a multiple ack) */
   } meta[SLUICE__ACKWIRE_MAX];
   size_t n;
+  size_t settles; /* the sum of meta[].count */
 } sluice__ackwire;
 
-/* Append one frame; the caller keeps n below SLUICE__ACKWIRE_MAX. */
+/* Append one frame; the caller keeps n below SLUICE__ACKWIRE_MAX and sets
+ * n and settles to 0 once the frames are written or dropped. */
 void sluice__ackwire_add(sluice__ackwire *w, uint16_t channel,
                          sluice__ackq_kind kind, uint64_t tag, int multiple,
                          size_t count);

@@ -529,10 +529,12 @@ _Static_assert(WRITE_BUDGET / ACK_FRAME_BYTES <= SLUICE__ACKWIRE_MAX,
  * send(2) when the flush ends or, inside a pass of the loop bracketed by
  * sluice__acks_hold/release, when the pass ends: a drain of completions,
  * or a read of frames, where they go out before each read of the socket
- * (frames.c: the broker may be waiting for them). Per-message acks of a
- * busy stream then cost one send per buffer read or per wake-up instead of
- * one per message, with the same frames (each its own basic.ack, multiple
- * only where the ack queue says so). Why this is safe:
+ * (frames.c: the broker may be waiting for them), and at the latest once
+ * they settle a quarter of the prefetch window (so that the broker keeps
+ * sending while the rest is handled). Per-message acks of a busy stream
+ * then cost one send per prefetch/4 messages instead of one per message,
+ * with the same frames (each its own basic.ack, multiple only where the
+ * ack queue says so). Why this is safe:
  *  - Every write to the connection is on the loop thread (an attempt uses
  *    its own connection until it is adopted), so nothing else writes while
  *    ackw is written.
@@ -556,6 +558,9 @@ _Static_assert(WRITE_BUDGET / ACK_FRAME_BYTES <= SLUICE__ACKWIRE_MAX,
  *    heartbeat frame once per interval from inside its wait call. 8 bytes
  *    every 30 s by default, and the broker counts any frame as life. */
 
+/* Deliveries whose acks are worth a send of their own (emit_ack). */
+#define ACKW_SETTLES(c) ((c)->o.prefetch / 4 ? (size_t)(c)->o.prefetch / 4 : 1)
+
 static void count_settled(sluice_consumer *c, sluice__ackq_kind kind,
                           size_t count) {
   switch (kind) {
@@ -568,10 +573,9 @@ static void count_settled(sluice_consumer *c, sluice__ackq_kind kind,
 /* Forget the frames collected and not written: their deliveries are the
  * broker's again. Returns how many deliveries they settled. */
 static size_t ackw_drop(sluice_consumer *c) {
-  size_t n = 0;
-  for (size_t i = 0; i < c->ackw.n; i++) n += c->ackw.meta[i].count;
+  size_t n = c->ackw.settles;
   atomic_fetch_add(&c->n_stale, n);
-  c->ackw.n = 0;
+  c->ackw.n = c->ackw.settles = 0;
   return n;
 }
 
@@ -591,7 +595,7 @@ static int ackw_write(sluice_consumer *c) {
   }
   atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
   if (done < w->n) c->ackw_failed = 1;
-  w->n = 0;
+  w->n = w->settles = 0;
   return c->ackw_failed ? -1 : 0;
 }
 
@@ -607,6 +611,10 @@ static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
   c->write_budget -= ACK_FRAME_BYTES;
   if (c->own_acks) {
     sluice__ackwire_add(&c->ackw, SLUICE__CH_MAIN, kind, tag, multiple, count);
+    /* Out as soon as they settle a quarter of the prefetch window, as
+     * sluice's default coalescing does: the broker refills the window
+     * while the rest is handled, rather than once all of it is. */
+    if (c->ackw.settles >= ACKW_SETTLES(c) && ackw_write(c) != 0) return -1;
     return 0;
   }
   int st;
