@@ -373,7 +373,8 @@ static void read_frames(sluice_consumer *c) {
 
 void sluice__read_frames(sluice_consumer *c) {
   /* The acks of the deliveries handled inline go out together, once what
-   * rabbitmq-c read in one go is handled (delivery.c, "acks"). */
+   * rabbitmq-c read in one go is handled or a quarter of the prefetch
+   * window is settled (delivery.c, "acks"). */
   sluice__acks_hold(c);
   read_frames(c);
   sluice__acks_release(c);
