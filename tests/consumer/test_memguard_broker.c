@@ -339,10 +339,13 @@ static void default_auto_inline(void **s) {
 
 /* ---- a long pause: heartbeats, a reconnect ------------------------------ */
 
-static int reads_past(struct g *x, unsigned want, int ms) {
+/* Wait (at most ms) until the counter `n` of x reaches `want`; 1 if so.
+ * The counters are bumped under x->mu with a broadcast of x->cv. */
+static int count_reaches(struct g *x, _Atomic unsigned *n, unsigned want,
+                         int ms) {
   uint64_t end = now_ms() + (uint64_t)ms;
   pthread_mutex_lock(&x->mu);
-  while (atomic_load(&x->reads) < want && now_ms() < end) {
+  while (atomic_load(n) < want && now_ms() < end) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 50 * 1000000L;
@@ -352,27 +355,17 @@ static int reads_past(struct g *x, unsigned want, int ms) {
     }
     pthread_cond_timedwait(&x->cv, &x->mu, &ts);
   }
-  int ok = atomic_load(&x->reads) >= want;
+  int ok = atomic_load(n) >= want;
   pthread_mutex_unlock(&x->mu);
   return ok;
 }
 
+static int reads_past(struct g *x, unsigned want, int ms) {
+  return count_reaches(x, &x->reads, want, ms);
+}
+
 static int connects_past(struct g *x, unsigned want, int ms) {
-  uint64_t end = now_ms() + (uint64_t)ms;
-  pthread_mutex_lock(&x->mu);
-  while (atomic_load(&x->connects) < want && now_ms() < end) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 50 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&x->cv, &x->mu, &ts);
-  }
-  int ok = atomic_load(&x->connects) >= want;
-  pthread_mutex_unlock(&x->mu);
-  return ok;
+  return count_reaches(x, &x->connects, want, ms);
 }
 
 struct long_pause {
