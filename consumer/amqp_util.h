@@ -61,6 +61,12 @@ typedef struct sluice__open_args {
    * error (refused, or unreachable), to how long it took; left alone
    * otherwise. */
   uint64_t *refused_ms;
+  /* In/out, may be NULL (then always asked): a plaintext login reset before
+   * any reply makes sluice ask the port, on a connection of its own,
+   * whether it speaks TLS. That is one more connection to the node; asked
+   * once (*tls_asked set) it is not asked again while *tls_asked stays set,
+   * so a node that resets every login sees one connection per attempt. */
+  int *tls_asked;
   sluice__cancel *cancel; /* may be NULL */
 } sluice__open_args;
 

@@ -52,6 +52,7 @@ struct sluice__attempt {
   /* what it works from: copies */
   char **uris; /* in the order to try */
   size_t *idx; /* each one's index in the consumer's list */
+  int *tls_asked; /* each one's, from the consumer; back to it on adopt */
   size_t n;
   char *conn_name;
   sluice__tls_config tls;
@@ -145,6 +146,7 @@ static void attempt_free(sluice__attempt *a) {
   for (size_t i = 0; i < a->n; i++) free(a->uris ? a->uris[i] : NULL);
   free(a->uris);
   free(a->idx);
+  free(a->tls_asked);
   free(a->conn_name);
   sluice__tls_config_free(&a->tls);
   for (size_t i = 0; i < a->n_subs; i++) {
@@ -167,9 +169,11 @@ static sluice__attempt *attempt_new(sluice_consumer *c) {
   a->n = c->n_uris;
   a->uris = calloc(a->n, sizeof(*a->uris));
   a->idx = calloc(a->n, sizeof(*a->idx));
-  if (!a->uris || !a->idx) goto fail;
+  a->tls_asked = calloc(a->n, sizeof(*a->tls_asked));
+  if (!a->uris || !a->idx || !a->tls_asked) goto fail;
   for (size_t i = 0; i < a->n; i++) {
     a->idx[i] = sluice__policy_node(&c->policy, i);
+    a->tls_asked[i] = c->tls_asked[a->idx[i]];
     if (!(a->uris[i] = sluice__strdup(c->uris[a->idx[i]]))) goto fail;
   }
   if (c->conn_name && !(a->conn_name = sluice__strdup(c->conn_name))) goto fail;
@@ -236,16 +240,17 @@ static int open_channel(sluice__attempt *a, amqp_channel_t ch) {
 /* Connect to node `i`, open the channels, set the prefetch. `*refused_ms`
  * as in sluice__open_args. */
 static int open_node(sluice__attempt *a, size_t i, uint64_t *refused_ms) {
-  sluice__open_args args = {a->uris[i],
-                            a->conn_name,
-                            a->connect_timeout_ms,
-                            a->rpc_timeout_ms,
-                            a->heartbeat_s,
-                            a->frame_max,
-                            a->has_tls ? &a->tls : NULL,
-                            &a->log,
-                            refused_ms,
-                            &a->k};
+  sluice__open_args args = {.uri = a->uris[i],
+                            .conn_name = a->conn_name,
+                            .connect_timeout_ms = a->connect_timeout_ms,
+                            .rpc_timeout_ms = a->rpc_timeout_ms,
+                            .heartbeat_s = a->heartbeat_s,
+                            .frame_max = a->frame_max,
+                            .tls = a->has_tls ? &a->tls : NULL,
+                            .log = &a->log,
+                            .refused_ms = refused_ms,
+                            .tls_asked = &a->tls_asked[i],
+                            .cancel = &a->k};
   uint16_t code;
   int rc = sluice__amqp_open(&args, &a->conn, &code, a->text, sizeof(a->text));
   sluice__link_note(&a->link, code, a->text);
@@ -523,6 +528,10 @@ int sluice__attempt_adopt(sluice_consumer *c) {
   if (a->threaded) pthread_join(a->thread, NULL);
   int rc = a->rc;
   sluice__note_close(c, a->link.close_code, a->link.close_text);
+  for (size_t i = 0; i < a->n; i++)
+    if (a->tls_asked[i]) c->tls_asked[a->idx[i]] = 1;
+  /* a node that took a connection may be asked again after a later reset */
+  if (!rc) c->tls_asked[a->node] = 0;
   if (rc) {
     if (rc != SLUICE_ECANCELED) sluice__policy_nodes_failed(&c->policy);
     c->refused_ms = a->refused_ms; /* for the policy (schedule_retry) */

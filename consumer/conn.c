@@ -235,6 +235,22 @@ out:
   return yes;
 }
 
+/* speaks_tls(), unless this node's port was asked already
+ * (sluice__open_args.tls_asked). */
+static int ask_tls(const sluice__open_args *a, const sluice_uri *u) {
+  if (a->tls_asked) {
+    if (*a->tls_asked) return 0;
+    *a->tls_asked = 1;
+  }
+  sluice__logf(a->log, SLUICE_LOG_DEBUG,
+               "login to %s:%d reset before any reply: asking the port "
+               "whether it speaks TLS",
+               u->host, u->port);
+  return speaks_tls(u->host, u->port,
+                    a->connect_timeout_ms < 2000 ? a->connect_timeout_ms
+                                                 : 2000);
+}
+
 /* TCP (or TLS) connect and AMQP login to a parsed URI. */
 static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
                        amqp_connection_state_t *out, uint16_t *code, char *text,
@@ -363,9 +379,7 @@ static int open_parsed(const sluice__open_args *a, const sluice_uri *uri,
     } else if (lib && !u.tls &&
                (r.library_error == AMQP_STATUS_SOCKET_ERROR ||
                 r.library_error == AMQP_STATUS_BAD_AMQP_DATA) &&
-               speaks_tls(u.host, u.port,
-                          a->connect_timeout_ms < 2000 ? a->connect_timeout_ms
-                                                       : 2000)) {
+               ask_tls(a, &u)) {
       rc = SLUICE_ETLSPORT;
       snprintf(t, sizeof(t),
                "the port speaks TLS (its answer to the AMQP header is a TLS "

@@ -116,7 +116,8 @@ static int check_uris(const sluice_consumer_opts *o, const char *const *uris,
 
 static int copy_uris(sluice_consumer *c, const char *const *uris, size_t n) {
   c->uris = calloc(n, sizeof(char *));
-  if (!c->uris) return SLUICE_ENOMEM;
+  c->tls_asked = calloc(n, 1);
+  if (!c->uris || !c->tls_asked) return SLUICE_ENOMEM;
   c->n_uris = n;
   for (size_t i = 0; i < n; i++)
     if (!(c->uris[i] = sluice__strdup(uris[i]))) return SLUICE_ENOMEM;
@@ -772,6 +773,7 @@ void sluice_consumer_free(sluice_consumer *c) {
   sluice__topology_free(c);
   for (size_t i = 0; i < c->n_uris; i++) free(c->uris ? c->uris[i] : NULL);
   free(c->uris);
+  free(c->tls_asked);
   free(c->conn_name);
   sluice__tls_config_free(&c->tls);
   sluice__registry_free(c->registry);

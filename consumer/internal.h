@@ -144,6 +144,9 @@ struct sluice_consumer {
   sluice__logger log;
   char **uris;
   size_t n_uris;
+  /* per URI: its port was asked whether it speaks TLS since it last took a
+   * connection (sluice__open_args.tls_asked) */
+  unsigned char *tls_asked;
   char *conn_name;
   sluice__tls_config tls; /* for amqps:// URIs (has_tls) */
   int has_tls;

@@ -74,16 +74,13 @@ int sluice_publisher_new(const sluice_publisher_opts *opts,
   if (is_tls) rc = sluice__tls_config_init(&tls, &p->o.tls, text, sizeof(text));
   memset(&p->o.tls, 0, sizeof(p->o.tls)); /* not kept */
   if (!rc) {
-    sluice__open_args a = {p->o.uri,
-                           p->o.connection_name,
-                           p->o.connect_timeout_ms,
-                           p->o.confirm_timeout_ms,
-                           0,
-                           SLUICE__DEFAULT_FRAME_MAX,
-                           is_tls ? &tls : NULL,
-                           &p->log,
-                           NULL,
-                           NULL};
+    sluice__open_args a = {.uri = p->o.uri,
+                           .conn_name = p->o.connection_name,
+                           .connect_timeout_ms = p->o.connect_timeout_ms,
+                           .rpc_timeout_ms = p->o.confirm_timeout_ms,
+                           .frame_max = SLUICE__DEFAULT_FRAME_MAX,
+                           .tls = is_tls ? &tls : NULL,
+                           .log = &p->log};
     rc = sluice__amqp_open(&a, &p->conn, &code, text, sizeof(text));
   }
   if (is_tls) sluice__tls_config_free(&tls);

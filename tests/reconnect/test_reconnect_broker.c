@@ -14,6 +14,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <cmocka.h>
 
 #include "common/broker_util.h"
@@ -494,7 +499,16 @@ static void failover_past_a_hung_node(void **state) {
 
 struct attempts {
   unsigned reconnecting, gave_up, listener_gave_up;
+  _Atomic unsigned tls_asked; /* logged by the attempt thread */
 };
+
+/* Counts the diagnostic connections: a plaintext login reset before any
+ * reply makes sluice ask the port whether it speaks TLS (DEBUG line). */
+static void count_tls_asked(int level, const char *msg, void *user) {
+  struct attempts *a = user;
+  if (level == SLUICE_LOG_DEBUG && strstr(msg, "whether it speaks TLS"))
+    atomic_fetch_add(&a->tls_asked, 1);
+}
 
 static void count_attempts(sluice_consumer *c, const sluice_event *ev,
                            void *user) {
@@ -519,17 +533,17 @@ static void no_retry_storm(void **state) {
       .uri = uri,
       .on_event = count_attempts,
       .event_user = &a,
-      .log_level = -1,
-      /* Attempts are counted by the connections the proxy accepts: no
-       * probes (refused_node_is_probed tests those), which are not
-       * attempts and would add a connection when a failure within the
-       * 5 ms backoff window reads as a quick refusal (seen under the
-       * sanitizers: 5 accepted for 4 attempts). */
+      /* Attempts are counted by the connections the proxy accepts, plus
+       * the port's TLS diagnosis (counted from the log): when the proxy
+       * closes a login whose AMQP header it had not read, the client sees
+       * a reset, not a FIN, and asks the port about TLS once. */
+      .log = count_tls_asked,
+      .log_user = &a,
+      .log_level = SLUICE_LOG_DEBUG,
       .reconnect = {.enabled = 1,
                     .min_delay_ms = 1,
                     .max_delay_ms = 5,
-                    .max_attempts = UINT32_MAX,
-                    .refused_probe_ms = UINT32_MAX},
+                    .max_attempts = UINT32_MAX},
   };
   sluice_consumer *c;
   assert_int_equal(sluice_consumer_new(&o, &c), 0);
@@ -564,7 +578,10 @@ static void no_retry_storm(void **state) {
                    0);
   assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EGAVEUP);
   assert_false(to);
-  assert_int_equal(tproxy_accepted(dead), 4); /* first try + 3 attempts */
+  /* first try + 3 attempts, and at most one TLS diagnosis */
+  unsigned asked = atomic_load(&a.tls_asked);
+  assert_in_range(asked, 0, 1);
+  assert_int_equal(tproxy_accepted(dead), 4 + asked);
   assert_int_equal(a.reconnecting, 3);
   assert_int_equal(a.gave_up, 1);
   assert_int_equal(a.listener_gave_up, 1);
@@ -585,6 +602,85 @@ static void stop_on_third_attempt(sluice_consumer *c, const sluice_event *ev,
   if (ev->type == SLUICE_EV_RECONNECTING && ++x->reconnecting == 3)
     sluice_consumer_stop(c);
   if (ev->type == SLUICE_EV_STOPPED) x->stopped++;
+}
+
+/* A node that resets every login once it has read the AMQP header (as a
+ * TLS port answering plaintext would, or a balancer dropping logins): each
+ * failure is retried, and the port is asked whether it speaks TLS only
+ * once, not once per attempt (that doubled the connections). */
+struct resetter {
+  int lfd, stop_fd;
+  _Atomic unsigned accepted;
+  pthread_t th;
+};
+
+static void *resetter_main(void *arg) {
+  struct resetter *r = arg;
+  for (;;) {
+    struct pollfd p[2] = {{r->lfd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0 || p[1].revents) return NULL;
+    int fd = accept(r->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    atomic_fetch_add(&r->accepted, 1);
+    char hdr[8];
+    size_t got = 0;
+    struct pollfd q = {fd, POLLIN, 0};
+    while (got < sizeof(hdr) && poll(&q, 1, 5000) == 1) {
+      ssize_t n = recv(fd, hdr + got, sizeof(hdr) - got, 0);
+      if (n <= 0) break;
+      got += (size_t)n;
+    }
+    struct linger l = {1, 0}; /* close() sends a RST */
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+    close(fd);
+  }
+}
+
+static void resetting_node_asked_about_tls_once(void **state) {
+  struct resetter r = {.stop_fd = eventfd(0, EFD_CLOEXEC)};
+  r.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t sl = sizeof(sa);
+  assert_int_equal(bind(r.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(listen(r.lfd, 16), 0);
+  assert_int_equal(getsockname(r.lfd, (struct sockaddr *)&sa, &sl), 0);
+  assert_int_equal(pthread_create(&r.th, NULL, resetter_main, &r), 0);
+
+  char uri[160];
+  snprintf(uri, sizeof(uri), "amqp://guest:guest@127.0.0.1:%u/",
+           (unsigned)ntohs(sa.sin_port));
+  struct attempts a = {0};
+  sluice_consumer_opts o = {.uri = uri,
+                            .on_event = count_attempts,
+                            .event_user = &a,
+                            .log = count_tls_asked,
+                            .log_user = &a,
+                            .log_level = SLUICE_LOG_DEBUG,
+                            .reconnect = {.enabled = 1,
+                                          .min_delay_ms = 1,
+                                          .max_delay_ms = 5,
+                                          .max_attempts = 5}};
+  sluice_consumer *c;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 20, &to), SLUICE_EGAVEUP);
+  assert_false(to);
+  sluice_consumer_free(c);
+  uint64_t one = 1;
+  assert_int_equal(write(r.stop_fd, &one, sizeof(one)), (ssize_t)sizeof(one));
+  pthread_join(r.th, NULL);
+  close(r.lfd);
+  close(r.stop_fd);
+  printf("  a node resetting every login: %u attempts, %u TLS diagnosis, "
+         "%u connections\n",
+         a.reconnecting + 1, atomic_load(&a.tls_asked),
+         atomic_load(&r.accepted));
+  assert_int_equal(a.reconnecting, 5);
+  assert_int_equal(atomic_load(&a.tls_asked), 1);
+  /* the first try, 5 attempts, one diagnosis */
+  assert_int_equal(atomic_load(&r.accepted), 1 + 5 + 1);
+  (void)state;
 }
 
 static void stop_while_reconnecting(void **state) {
@@ -733,6 +829,7 @@ int main(void) {
       cmocka_unit_test(failover_across_uris),
       cmocka_unit_test(failover_past_a_hung_node),
       cmocka_unit_test(no_retry_storm),
+      cmocka_unit_test(resetting_node_asked_about_tls_once),
       cmocka_unit_test(stop_while_reconnecting),
       cmocka_unit_test(refused_node_is_probed),
       cmocka_unit_test(broker_closes_connection_20k),
