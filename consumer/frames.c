@@ -144,6 +144,7 @@ static void delivery_complete(sluice_consumer *c) {
     return;
   }
   sluice__dispatch(c, d);
+  sluice__memguard_tick(c);
   sluice__update_pause(c);
 }
 

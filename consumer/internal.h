@@ -213,7 +213,9 @@ struct sluice_consumer {
   sluice__memguard mem;
   int mem_failing;      /* the options' reader failed at the last check */
   int mem_slow;         /* checks are spaced out: a reading takes long */
-  uint64_t mem_last_us; /* the CPU time of the last reading (0: none) */
+  uint64_t mem_last_ns; /* the CPU time of the last reading (0: none) */
+  unsigned mem_every;   /* also read after this many deliveries (0: never) */
+  unsigned mem_ticks;   /* deliveries since the last reading */
   _Atomic int mem_paused, mem_source;
   _Atomic uint64_t mem_since_ms; /* when the current pause began */
   _Atomic uint64_t n_mem_bytes, n_mem_pauses, n_mem_paused_ms, n_mem_checks,
@@ -332,6 +334,9 @@ void sluice__heartbeat(sluice_consumer *c);
 void sluice__memguard_start(sluice_consumer *c);
 /* One check: read the figure, pause or resume, report (the timer). */
 void sluice__memguard_check(sluice_consumer *c);
+/* A delivery was read: a check when the reading is cheap enough to be made
+ * every `mem_every` deliveries (memguard.c), without moving the timer. */
+void sluice__memguard_tick(sluice_consumer *c);
 /* 1 if the guard holds reading now (it does not while a stop needs to read
  * on: see memguard.c). */
 int sluice__memguard_holds(const sluice_consumer *c);

@@ -177,10 +177,10 @@ int sluice__memguard_holds(const sluice_consumer *c) {
 /* The loop thread's CPU time: what a reading costs it. A wall clock would
  * count a preemption on a loaded machine as a slow reading, and space the
  * checks out for nothing. */
-static uint64_t cpu_us(void) {
+static uint64_t cpu_ns(void) {
   struct timespec ts;
   if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) return 0;
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* When the next check is due. glibc's mallinfo2() walks every free chunk
@@ -188,14 +188,21 @@ static uint64_t cpu_us(void) {
  * milliseconds to a hundred on a fragmented one (docs/consumer.md, "The
  * memory guard"). So a check that took long spaces the next ones: reading
  * takes at most 1% of the loop thread, and of the arenas' time. */
-static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us, int src) {
+static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_ns, int src) {
   uint64_t period = c->o.memory_guard.interval_ms;
   /* The cheaper of this reading and the one before: one slow reading (the
    * first, which binds symbols and faults pages in; one the arenas' locks
    * held up) does not space the checks, two in a row do. */
-  uint64_t cost = took_us < c->mem_last_us ? took_us : c->mem_last_us;
-  c->mem_last_us = took_us;
-  uint64_t floor_ms = cost / 10; /* 100 x the cost, in ms */
+  uint64_t cost = took_ns < c->mem_last_ns ? took_ns : c->mem_last_ns;
+  c->mem_last_ns = took_ns;
+  /* A cheap reading is also taken every so many deliveries, so that
+   * handlers cannot allocate for a whole interval past the mark: a
+   * delivery costs the loop thread 2 us or more, so a reading every
+   * 50 x its cost in deliveries stays under 1% of it (8 at the least, and
+   * none when that would be over 4,096: the timer is enough). */
+  uint64_t every = cost / 20 < 8 ? 8 : cost / 20;
+  c->mem_every = every > 4096 ? 0 : (unsigned)every;
+  uint64_t floor_ms = cost / 10000; /* 100 x the cost, in ms */
   if (floor_ms <= period) {
     c->mem_slow = 0;
     return period;
@@ -205,22 +212,26 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_us, int src) {
                 "memory guard: reading the figure (%s) took %llu us: "
                 "checking every %llu ms instead of %llu (use_rss, or a "
                 "reader of constant cost, avoids this)",
-                src_names[src], (unsigned long long)cost,
+                src_names[src], (unsigned long long)(cost / 1000),
                 (unsigned long long)floor_ms, (unsigned long long)period);
   c->mem_slow = 1;
   return floor_ms;
 }
 
-void sluice__memguard_check(sluice_consumer *c) {
-  if (!c->mem.high) return;
+/* Read the figure and act on it; `rearm`: from the timer, which is armed
+ * again (else from sluice__memguard_tick(), which leaves it). */
+static void check(sluice_consumer *c, int rearm) {
   uint64_t bytes = 0;
-  uint64_t t0 = cpu_us();
+  uint64_t t0 = cpu_ns();
   int src = read_figure(c, &bytes);
-  uint64_t t1 = cpu_us();
+  uint64_t t1 = cpu_ns();
   uint64_t took = t1 > t0 ? t1 - t0 : 0;
-  atomic_store_explicit(&c->n_mem_check_us, took, memory_order_relaxed);
-  if (!c->stopped)
-    sluice__loop_arm(&c->loop, SLUICE__W_MEMORY, next_period_ms(c, took, src));
+  atomic_store_explicit(&c->n_mem_check_us, took / 1000,
+                        memory_order_relaxed);
+  c->mem_ticks = 0;
+  uint64_t period = next_period_ms(c, took, src);
+  if (rearm && !c->stopped)
+    sluice__loop_arm(&c->loop, SLUICE__W_MEMORY, period);
   if (src == SRC_NONE) return; /* nothing to go by: keep the state */
   atomic_fetch_add_explicit(&c->n_mem_checks, 1, memory_order_relaxed);
   atomic_store_explicit(&c->n_mem_bytes, bytes, memory_order_relaxed);
@@ -257,6 +268,15 @@ void sluice__memguard_check(sluice_consumer *c) {
   /* Reading follows first, so that an event handler sees it done. */
   sluice__update_pause(c);
   sluice__emit(c, &ev);
+}
+
+void sluice__memguard_check(sluice_consumer *c) {
+  if (c->mem.high) check(c, 1);
+}
+
+void sluice__memguard_tick(sluice_consumer *c) {
+  if (c->mem.high && c->mem_every && ++c->mem_ticks >= c->mem_every)
+    check(c, 0);
 }
 
 void sluice__memguard_start(sluice_consumer *c) {

@@ -317,7 +317,9 @@ typedef struct sluice_memory_guard_opts {
   uint64_t low_bytes;
   /** How often the figure is read, on the loop thread; default 100 ms.
    *  Two slow readings in a row space the next by 100 times the cheaper's
-   *  CPU time (sluice_consumer_stats.memory_check_us). */
+   *  CPU time (sluice_consumer_stats.memory_check_us). A cheap reading is
+   *  also taken every 50 x its CPU time in microseconds deliveries (8 to
+   *  4,096), which bounds the overshoot by deliveries as well. */
   unsigned interval_ms;
   /** 1: the default figure is the resident set size (RSS) instead of the
    *  live heap. RSS keeps the pages the allocator holds after free(), so it
@@ -472,7 +474,8 @@ SLUICE_EXPORT void sluice_consumer_free(sluice_consumer *c);
  *  process's end, which LeakSanitizer and valgrind report as leaks; call
  *  this before exiting where leaks are checked. Process-wide; any thread;
  *  never from a sluice callback.
- *  eturn 0 when none is left; SLUICE_ETIMEDOUT.
+ *  
+eturn 0 when none is left; SLUICE_ETIMEDOUT.
  *  \since 0.2 */
 SLUICE_EXPORT int sluice_consumer_wait_detached(unsigned timeout_ms);
 

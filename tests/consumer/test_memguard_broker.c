@@ -615,6 +615,84 @@ static void failing_reader_falls_back(void **s) {
   free(x);
 }
 
+/* Between two timer checks handlers could allocate as they please: with a
+ * reading as cheap as a counter the guard also reads the figure every few
+ * deliveries (at most every 4,096), so the overshoot is bounded by
+ * deliveries, not by interval_ms. The timer here would fire only after the
+ * run: each pause comes from the per-delivery readings. */
+struct tick {
+  sluice_consumer *c;
+  _Atomic uint64_t figure; /* what the handlers "keep", 1,000 per message */
+  _Atomic uint64_t at_pause;
+  _Atomic unsigned calls, pauses;
+};
+
+static int tick_read(void *user, uint64_t *bytes) {
+  struct tick *t = user;
+  *bytes = atomic_load(&t->figure);
+  return 0;
+}
+
+static int tick_handler(sluice_delivery *d, const sluice_message *m,
+                        void *user) {
+  (void)d;
+  (void)m;
+  struct tick *t = user;
+  atomic_fetch_add(&t->figure, 1000);
+  atomic_fetch_add(&t->calls, 1);
+  return SLUICE_ACK;
+}
+
+static void tick_event(sluice_consumer *c, const sluice_event *ev,
+                       void *user) {
+  struct tick *t = user;
+  if (ev->type != SLUICE_EV_MEMORY_PAUSED) return;
+  atomic_store(&t->at_pause, ev->bytes);
+  atomic_fetch_add(&t->pauses, 1);
+  sluice_consumer_stop(c);
+}
+
+static void cheap_reading_bounds_overshoot_by_deliveries(void **s) {
+  (void)s;
+  enum { N = 6000, HIGH = 50 * 1000 };
+  const char *q = tb_qname("guard.tick");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  tb_fill(q, N, 16);
+  struct tick *t = calloc(1, sizeof(*t));
+  sluice_consumer_opts o = {.uri = TEST_URI,
+                            .prefetch = 100,
+                            .on_event = tick_event,
+                            .event_user = t,
+                            .log_level = SLUICE_LOG_ERROR};
+  o.memory_guard.high_bytes = HIGH;
+  o.memory_guard.interval_ms = 600000; /* only the reading at the start */
+  o.memory_guard.read = tick_read;
+  o.memory_guard.read_user = t;
+  assert_int_equal(sluice_consumer_new(&o, &t->c), 0);
+  sluice_subscribe_opts so = {.queue = q, .handler = tick_handler, .user = t};
+  assert_int_equal(sluice_consumer_subscribe(t->c, &so), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(t->c, 60, &to), 0);
+  assert_false(to);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(t->c, &st);
+  uint64_t at = atomic_load(&t->at_pause);
+  printf("  paused at %llu (high %u: %llu messages past it), %llu "
+         "readings for %u messages, the last %llu us\n",
+         (unsigned long long)at, (unsigned)HIGH,
+         (unsigned long long)(at - HIGH) / 1000,
+         (unsigned long long)st.memory_checks, atomic_load(&t->calls),
+         (unsigned long long)st.memory_check_us);
+  assert_int_equal(atomic_load(&t->pauses), 1);
+  assert_true(at > HIGH);
+  assert_true(at <= HIGH + 4096 * 1000);
+  assert_true(st.memory_checks >= 2);
+  sluice_consumer_free(t->c);
+  tb_delete_queue(q);
+  free(t);
+}
+
 int main(void) {
   tb_require_broker("test_memguard_broker");
   if (getenv("SLUICE_TEST_FILTER"))
@@ -628,6 +706,7 @@ int main(void) {
       cmocka_unit_test(paused_across_heartbeats_and_reconnect),
       cmocka_unit_test(auto_stop_while_paused_hands_every_message),
       cmocka_unit_test(failing_reader_falls_back),
+      cmocka_unit_test(cheap_reading_bounds_overshoot_by_deliveries),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
