@@ -59,7 +59,7 @@ static void delete_queue(int node, const char *q) {
 /* After the stream: what the broker still holds can only be repeats (acks
  * lost with a connection); consume them and check that. */
 static void drain_repeats(cl_stream *s, int node) {
-  unsigned distinct = atomic_load(&s->distinct);
+  unsigned distinct = atomic_load(&s->tally.distinct);
   sluice_consumer_free(s->c);
   s->c = NULL;
   uint32_t ready = 0;
@@ -67,15 +67,15 @@ static void drain_repeats(cl_stream *s, int node) {
   if (ready == 0) return;
   printf("  %u messages came back after the stream: consuming them\n", ready);
   atomic_store(&s->stop_at_distinct, 0);
-  atomic_store(&s->stop_at_calls, atomic_load(&s->calls) + ready);
+  atomic_store(&s->stop_at_calls, atomic_load(&s->tally.calls) + ready);
   sluice_consumer_opts o = {.uri = cl_uri(node)};
   assert_non_null(cl_stream_consumer(s, &o));
   cl_stream_start(s);
   int to = 0;
   assert_int_equal(cl_stream_join(s, 30, &to), 0);
   assert_false(to);
-  assert_int_equal(atomic_load(&s->distinct), distinct);
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.distinct), distinct);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
   sluice_consumer_free(s->c);
   s->c = NULL;
   assert_int_equal(cl_wait_no_consumers(cl_uri(node), s->queue, 30, &ready), 0);
@@ -88,8 +88,8 @@ static void print_stream(cl_stream *s, const char *what) {
   printf("  %s: %u distinct, %u handler calls (%u redelivered, %u repeats "
          "without the flag), %llu reconnects, %llu stale, %u closed / "
          "%u reconnecting / %u connected events\n",
-         what, atomic_load(&s->distinct), atomic_load(&s->calls),
-         atomic_load(&s->redelivered_calls), atomic_load(&s->dup_fresh),
+         what, atomic_load(&s->tally.distinct), atomic_load(&s->tally.calls),
+         atomic_load(&s->tally.redelivered_calls), atomic_load(&s->tally.dup_fresh),
          (unsigned long long)st.reconnects, (unsigned long long)st.stale,
          atomic_load(&s->events[SLUICE_EV_CLOSED]),
          atomic_load(&s->events[SLUICE_EV_RECONNECTING]),
@@ -148,7 +148,7 @@ static void *publish_main(void *arg) {
 static unsigned confirmed_missing(struct pub_run *r, cl_stream *s) {
   unsigned missing = 0;
   for (unsigned i = 0; i < r->n; i++)
-    if (atomic_load(&r->confirmed[i]) && !atomic_load(&s->seen[i])) missing++;
+    if (atomic_load(&r->confirmed[i]) && !atomic_load(&s->tally.seen[i])) missing++;
   return missing;
 }
 
@@ -212,7 +212,7 @@ static void quorum_leader_killed(void **state) {
     uint64_t now = cl_now_ms();
     if (now >= end) break;
     /* all confirmed seen implies at least this many distinct */
-    if (cl_wait_distinct(s, atomic_load(&s->distinct) + missing,
+    if (cl_wait_distinct(s, atomic_load(&s->tally.distinct) + missing,
                          (int)((end - now + 999) / 1000)) != 0)
       break;
   }
@@ -244,8 +244,8 @@ static void quorum_leader_killed(void **state) {
   assert_int_equal(r->rc, 0);
   assert_int_equal(drained, 0);
   assert_int_equal(confirmed_missing(r, s), 0);
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
-  assert_int_equal(atomic_load(&s->bad_body), 0);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.bad_body), 0);
   assert_int_equal(atomic_load(&s->closed_406), 0);
 
   /* The killed node comes back and rejoins (the script checks it is a
@@ -341,8 +341,8 @@ static void single_node_crash(void **state) {
   assert_int_equal(rc, 0);
   assert_false(to);
   assert_int_equal(cl_stream_missing(s), 0);
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
-  assert_int_equal(atomic_load(&s->bad_body), 0);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.bad_body), 0);
   assert_int_equal(atomic_load(&s->closed_406), 0);
   drain_repeats(s, node);
   cl_stream_free(s);
@@ -520,11 +520,11 @@ static void memory_alarm_blocks_publisher(void **state) {
   /* everything published reaches the consumer */
   atomic_store(&s->stop_at_distinct, id);
   int to = 0;
-  if (atomic_load(&s->distinct) >= id) sluice_consumer_stop(s->c);
+  if (atomic_load(&s->tally.distinct) >= id) sluice_consumer_stop(s->c);
   assert_int_equal(cl_stream_join(s, 30, &to), 0);
   assert_false(to);
-  assert_int_equal(atomic_load(&s->distinct), id);
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.distinct), id);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
   sluice_publisher_free(p2);
   sluice_publisher_free(p);
   cl_stream_free(s);

@@ -15,41 +15,20 @@ static void wake(cl_stream *s) {
   pthread_mutex_unlock(&s->mu);
 }
 
-static int parse_id(const sluice_message *m, unsigned *id) {
-  if (!m->props.message_id) return -1;
-  char *end;
-  unsigned long v = strtoul(m->props.message_id, &end, 10);
-  size_t l = strlen(m->props.message_id);
-  if (*end || v >= CL_MAXN || m->body_len < l ||
-      memcmp(m->body, m->props.message_id, l) != 0)
-    return -1;
-  *id = (unsigned)v;
-  return 0;
-}
-
 static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   (void)d;
   cl_stream *s = user;
-  unsigned calls = atomic_fetch_add(&s->calls, 1) + 1;
-  if (calls == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
   uint64_t ag = atomic_load(&s->after_gen);
   if (ag && m->generation > ag && !atomic_load(&s->first_after_ms)) {
     atomic_store(&s->first_after_ms, cl_now_ms());
     wake(s);
   }
-  unsigned id;
-  if (parse_id(m, &id) != 0 || id >= s->n) {
-    atomic_fetch_add(&s->bad_body, 1);
-    return SLUICE_ACK;
-  }
-  if (m->redelivered) atomic_fetch_add(&s->redelivered_calls, 1);
-  unsigned char prev = atomic_fetch_add(&s->seen[id], 1);
-  if (prev && !m->redelivered) atomic_fetch_add(&s->dup_fresh, 1);
-  if (!prev) {
-    unsigned dn = atomic_fetch_add(&s->distinct, 1) + 1;
-    if (dn == atomic_load(&s->stop_at_distinct)) sluice_consumer_stop(s->c);
-    if (dn == atomic_load(&s->want_distinct)) wake(s);
-  }
+  unsigned call;
+  unsigned dn = tb_tally_record(&s->tally, m, &call);
+  if (call == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
+  if (dn && dn == atomic_load(&s->stop_at_distinct))
+    sluice_consumer_stop(s->c);
+  if (dn && dn == atomic_load(&s->want_distinct)) wake(s);
   return SLUICE_ACK;
 }
 
@@ -65,24 +44,14 @@ static void on_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   wake(s);
 }
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
-
 cl_stream *cl_stream_new(const char *queue, unsigned n) {
   if (n > CL_MAXN) return NULL;
   cl_stream *s = calloc(1, sizeof(*s));
   if (!s) return NULL;
   s->queue = queue;
-  s->n = n;
+  s->tally.n = n;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(&s->cv, &a);
-  pthread_condattr_destroy(&a);
+  tb_cond_init_monotonic(&s->cv);
   return s;
 }
 
@@ -97,7 +66,7 @@ void cl_stream_free(cl_stream *s) {
 sluice_consumer *cl_stream_consumer(cl_stream *s, sluice_consumer_opts *o) {
   o->on_event = on_event;
   o->event_user = s;
-  if (!o->log) o->log = quiet_log;
+  if (!o->log) o->log = tb_log_quiet;
   sluice_consumer *c = NULL;
   if (sluice_consumer_new(o, &c) != 0) return NULL;
   sluice_subscribe_opts so = {.queue = s->queue, .handler = handler, .user = s};
@@ -170,7 +139,7 @@ static int wait_pred(cl_stream *s, int (*pred)(cl_stream *, unsigned, int),
 
 static int distinct_at_least(cl_stream *s, unsigned v, int type) {
   (void)type;
-  return atomic_load(&s->distinct) >= v;
+  return atomic_load(&s->tally.distinct) >= v;
 }
 
 static int event_at_least(cl_stream *s, unsigned v, int type) {
@@ -197,10 +166,7 @@ int cl_wait_first_after(cl_stream *s, int seconds) {
 }
 
 unsigned cl_stream_missing(cl_stream *s) {
-  unsigned missing = 0;
-  for (unsigned i = 0; i < s->n; i++)
-    if (!atomic_load(&s->seen[i])) missing++;
-  return missing;
+  return tb_tally_missing(&s->tally);
 }
 
 int cl_publish_id(sluice_publisher *p, const char *queue, unsigned id,

@@ -13,18 +13,15 @@
 
 #include <sluice/sluice.h>
 
-#define CL_MAXN 20000
+#include "tally.h"
+
+#define CL_MAXN TB_TALLY_MAXN
 
 typedef struct cl_stream {
   sluice_consumer *c;
   const char *queue;
-  unsigned n; /* ids are 0..n-1 */
 
-  /* what the handler saw */
-  _Atomic unsigned char seen[CL_MAXN];
-  _Atomic unsigned distinct, calls, redelivered_calls;
-  _Atomic unsigned dup_fresh; /* a repeat without the redelivered flag */
-  _Atomic unsigned bad_body;
+  tb_tally tally; /* what the handler saw (tally.n: ids are 0..n-1) */
   _Atomic unsigned stop_at_distinct; /* stop() when reached (0: never) */
   _Atomic unsigned stop_at_calls;    /* stop() when reached (0: never) */
   /* deliveries on a connection generation above `after_gen` (one made after

@@ -33,35 +33,14 @@ static void wake(rc_stream *s) {
   pthread_mutex_unlock(&s->mu);
 }
 
-static int parse_id(const sluice_message *m, unsigned *id) {
-  if (!m->props.message_id) return -1;
-  char *end;
-  unsigned long v = strtoul(m->props.message_id, &end, 10);
-  size_t l = strlen(m->props.message_id);
-  if (*end || v >= RC_MAXN || m->body_len < l ||
-      memcmp(m->body, m->props.message_id, l) != 0)
-    return -1;
-  *id = (unsigned)v;
-  return 0;
-}
-
 static int rc_handler(sluice_delivery *d, const sluice_message *m, void *user) {
+  (void)d;
   rc_stream *s = user;
-  unsigned id;
-  unsigned calls = atomic_fetch_add(&s->calls, 1) + 1;
-  if (calls == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
-  if (parse_id(m, &id) != 0) {
-    atomic_fetch_add(&s->bad_body, 1);
-    return SLUICE_ACK;
-  }
-  if (m->redelivered) atomic_fetch_add(&s->redelivered_calls, 1);
-  unsigned char prev = atomic_fetch_add(&s->seen[id], 1);
-  if (prev && !m->redelivered) atomic_fetch_add(&s->dup_fresh, 1);
-  if (!prev) {
-    unsigned dn = atomic_fetch_add(&s->distinct, 1) + 1;
-    if (dn == s->n) sluice_consumer_stop(s->c);
-    if (dn == atomic_load(&want_distinct)) wake(s);
-  }
+  unsigned call;
+  unsigned dn = tb_tally_record(&s->tally, m, &call);
+  if (call == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
+  if (dn && dn == s->n) sluice_consumer_stop(s->c);
+  if (dn && dn == atomic_load(&want_distinct)) wake(s);
   if (atomic_load_explicit(&s->gate, memory_order_relaxed)) {
     pthread_mutex_lock(&s->mu);
     while (atomic_load(&s->gate) && !s->quit) pthread_cond_wait(&s->cv, &s->mu);
@@ -82,25 +61,16 @@ static void rc_on_event(sluice_consumer *c, const sluice_event *ev,
   wake(s);
 }
 
-static void quiet_log(int level, const char *msg, void *user) {
-  (void)level;
-  (void)msg;
-  (void)user;
-}
-
 rc_stream *rc_stream_new(const char *queue, unsigned n) {
   rc_stream *s = calloc(1, sizeof(*s));
   assert_non_null(s);
   assert_true(n <= RC_MAXN);
   s->queue = queue;
   s->n = n;
+  s->tally.n = n;
   s->wait_timeout_s = 30;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(&s->cv, &a);
-  pthread_condattr_destroy(&a);
+  tb_cond_init_monotonic(&s->cv);
   return s;
 }
 
@@ -115,7 +85,7 @@ void rc_stream_free(rc_stream *s) {
 sluice_consumer *rc_stream_consumer(rc_stream *s, sluice_consumer_opts *o) {
   o->on_event = rc_on_event;
   o->event_user = s;
-  if (!o->log) o->log = quiet_log;
+  if (!o->log) o->log = tb_log_quiet;
   if (!o->log_level) o->log_level = SLUICE_LOG_WARN;
   if (o->connection_name) s->conn_name = o->connection_name;
   sluice_consumer *c = NULL;
@@ -148,7 +118,7 @@ static int wait_until(rc_stream *s, int (*pred)(rc_stream *, unsigned),
 }
 
 static int distinct_at_least(rc_stream *s, unsigned v) {
-  return atomic_load(&s->distinct) >= v;
+  return atomic_load(&s->tally.distinct) >= v;
 }
 
 static int wait_type_;
@@ -238,13 +208,11 @@ int rc_stream_run(rc_stream *s, int seconds, int *timed_out) {
 void rc_stream_check(rc_stream *s) {
   sluice_consumer_stats st;
   sluice_consumer_get_stats(s->c, &st);
-  unsigned missing = 0;
-  for (unsigned i = 0; i < s->n; i++)
-    if (!atomic_load(&s->seen[i])) missing++;
+  unsigned missing = tb_tally_missing(&s->tally);
   printf("  %u messages, %u handler calls (%u redelivered), %u faults, "
          "%u closed / %u connected events, %llu reconnects, %llu stale, "
          "%llu acked\n",
-         s->n, atomic_load(&s->calls), atomic_load(&s->redelivered_calls),
+         s->n, atomic_load(&s->tally.calls), atomic_load(&s->tally.redelivered_calls),
          s->faults_done, atomic_load(&s->events[SLUICE_EV_CLOSED]),
          atomic_load(&s->events[SLUICE_EV_CONNECTED]),
          (unsigned long long)st.reconnects, (unsigned long long)st.stale,
@@ -256,11 +224,11 @@ void rc_stream_check(rc_stream *s) {
            (unsigned long long)(s->connected_ms[k] - s->fault_ms[k]));
   assert_false(s->chaos_failed);
   assert_int_equal(s->faults_done, s->n_faults);
-  assert_int_equal(atomic_load(&s->bad_body), 0);
+  assert_int_equal(atomic_load(&s->tally.bad_body), 0);
   if (missing) fail_msg("%u of %u messages never handled", missing, s->n);
-  assert_int_equal(atomic_load(&s->distinct), s->n);
+  assert_int_equal(atomic_load(&s->tally.distinct), s->n);
   /* a repeat only ever comes with the redelivered flag */
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
   /* no stale ack reached a new channel (it would close it with 406) */
   assert_int_equal(atomic_load(&s->closed_406), 0);
   /* Every message acked by the end. Acks written just before a cut may
@@ -276,15 +244,15 @@ void rc_stream_check(rc_stream *s) {
     printf("    %u messages came back after the stream (acks lost with a "
            "connection): consuming them\n",
            ready);
-    unsigned distinct = atomic_load(&s->distinct);
-    atomic_store(&s->stop_at_calls, atomic_load(&s->calls) + ready);
+    unsigned distinct = atomic_load(&s->tally.distinct);
+    atomic_store(&s->stop_at_calls, atomic_load(&s->tally.calls) + ready);
     sluice_consumer_opts o = {.uri = TEST_URI};
     rc_stream_consumer(s, &o);
     int to = 0;
     assert_int_equal(tb_run_bounded(s->c, 20, &to), 0);
     assert_false(to);
-    assert_int_equal(atomic_load(&s->distinct), distinct);
-    assert_int_equal(atomic_load(&s->dup_fresh), 0);
+    assert_int_equal(atomic_load(&s->tally.distinct), distinct);
+    assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
     sluice_consumer_free(s->c);
     s->c = NULL;
     assert_int_equal(rc_wait_no_consumers(s->queue, 20, &ready), 0);

@@ -12,7 +12,9 @@
 
 #include <sluice/sluice.h>
 
-#define RC_MAXN 20000
+#include "common/tally.h"
+
+#define RC_MAXN TB_TALLY_MAXN
 
 struct rc_stream;
 /* Inject one fault; runs on the chaos thread. Returns 0, or -1 to abort. */
@@ -23,11 +25,7 @@ typedef struct rc_stream {
   const char *queue;
   unsigned n; /* distinct messages expected */
 
-  /* what the handler saw */
-  _Atomic unsigned char seen[RC_MAXN];
-  _Atomic unsigned distinct, calls, redelivered_calls;
-  _Atomic unsigned dup_fresh; /* a repeat without the redelivered flag */
-  _Atomic unsigned bad_body;
+  tb_tally tally; /* what the handler saw (tally.n == n) */
   _Atomic unsigned stop_at_calls; /* stop() at this many calls (0: off) */
 
   /* events */

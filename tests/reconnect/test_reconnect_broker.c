@@ -116,10 +116,10 @@ static void auto_mode_keeps_what_it_received(void **state) {
   assert_false(to);
   sluice_consumer_stats st;
   sluice_consumer_get_stats(s->c, &st);
-  unsigned calls = atomic_load(&s->calls);
+  unsigned calls = atomic_load(&s->tally.calls);
   printf("  autoAck: %llu delivered to sluice, %u handled, %u of %u lost "
          "in transit at the cuts (the broker settled them on sending)\n",
-         (unsigned long long)st.delivered, calls, n - atomic_load(&s->distinct),
+         (unsigned long long)st.delivered, calls, n - atomic_load(&s->tally.distinct),
          n);
   assert_false(s->chaos_failed);
   assert_int_equal(st.reconnects, 1);
@@ -128,8 +128,8 @@ static void auto_mode_keeps_what_it_received(void **state) {
   assert_int_equal(st.delivered, calls);
   assert_int_equal(st.stale, 0);
   assert_int_equal(st.acked, calls);
-  assert_int_equal(atomic_load(&s->dup_fresh), 0);
-  assert_int_equal(atomic_load(&s->bad_body), 0);
+  assert_int_equal(atomic_load(&s->tally.dup_fresh), 0);
+  assert_int_equal(atomic_load(&s->tally.bad_body), 0);
   rc_stream_free(s);
   tproxy_free(p);
   tb_delete_queue(q);
