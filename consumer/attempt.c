@@ -50,8 +50,8 @@ struct sluice__attempt {
   sluice__cancel k; /* its mutex guards the fields marked (k) */
 
   /* what it works from: copies */
-  char **uris; /* in the order to try */
-  size_t *idx; /* each one's index in the consumer's list */
+  char **uris;    /* in the order to try */
+  size_t *idx;    /* each one's index in the consumer's list */
   int *tls_asked; /* each one's, from the consumer; back to it on adopt */
   size_t n;
   char *conn_name;

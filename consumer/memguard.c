@@ -226,8 +226,7 @@ static void check(sluice_consumer *c, int rearm) {
   int src = read_figure(c, &bytes);
   uint64_t t1 = cpu_ns();
   uint64_t took = t1 > t0 ? t1 - t0 : 0;
-  atomic_store_explicit(&c->n_mem_check_us, took / 1000,
-                        memory_order_relaxed);
+  atomic_store_explicit(&c->n_mem_check_us, took / 1000, memory_order_relaxed);
   c->mem_ticks = 0;
   uint64_t period = next_period_ms(c, took, src);
   if (rearm && !c->stopped)

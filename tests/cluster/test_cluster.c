@@ -89,8 +89,9 @@ static void print_stream(cl_stream *s, const char *what) {
          "without the flag), %llu reconnects, %llu stale, %u closed / "
          "%u reconnecting / %u connected events\n",
          what, atomic_load(&s->tally.distinct), atomic_load(&s->tally.calls),
-         atomic_load(&s->tally.redelivered_calls), atomic_load(&s->tally.dup_fresh),
-         (unsigned long long)st.reconnects, (unsigned long long)st.stale,
+         atomic_load(&s->tally.redelivered_calls),
+         atomic_load(&s->tally.dup_fresh), (unsigned long long)st.reconnects,
+         (unsigned long long)st.stale,
          atomic_load(&s->events[SLUICE_EV_CLOSED]),
          atomic_load(&s->events[SLUICE_EV_RECONNECTING]),
          atomic_load(&s->events[SLUICE_EV_CONNECTED]));
@@ -148,7 +149,8 @@ static void *publish_main(void *arg) {
 static unsigned confirmed_missing(struct pub_run *r, cl_stream *s) {
   unsigned missing = 0;
   for (unsigned i = 0; i < r->n; i++)
-    if (atomic_load(&r->confirmed[i]) && !atomic_load(&s->tally.seen[i])) missing++;
+    if (atomic_load(&r->confirmed[i]) && !atomic_load(&s->tally.seen[i]))
+      missing++;
   return missing;
 }
 

@@ -26,8 +26,7 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   unsigned call;
   unsigned dn = tb_tally_record(&s->tally, m, &call);
   if (call == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
-  if (dn && dn == atomic_load(&s->stop_at_distinct))
-    sluice_consumer_stop(s->c);
+  if (dn && dn == atomic_load(&s->stop_at_distinct)) sluice_consumer_stop(s->c);
   if (dn && dn == atomic_load(&s->want_distinct)) wake(s);
   return SLUICE_ACK;
 }

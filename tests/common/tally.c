@@ -17,8 +17,7 @@ static int parse_id(const sluice_message *m, unsigned n, unsigned *id) {
   return 0;
 }
 
-unsigned tb_tally_record(tb_tally *t, const sluice_message *m,
-                         unsigned *call) {
+unsigned tb_tally_record(tb_tally *t, const sluice_message *m, unsigned *call) {
   unsigned k = atomic_fetch_add(&t->calls, 1) + 1;
   if (call) *call = k;
   unsigned id;

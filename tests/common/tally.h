@@ -25,8 +25,7 @@ typedef struct tb_tally {
 /* Count one handler call of `m`; `*call` (may be NULL) gets its number.
  * Returns the number of distinct ids seen once `m` is counted when its id
  * came for the first time, else 0. */
-unsigned tb_tally_record(tb_tally *t, const sluice_message *m,
-                         unsigned *call);
+unsigned tb_tally_record(tb_tally *t, const sluice_message *m, unsigned *call);
 /* Ids 0..n-1 not seen yet. */
 unsigned tb_tally_missing(tb_tally *t);
 

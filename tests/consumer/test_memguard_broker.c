@@ -643,8 +643,7 @@ static int tick_handler(sluice_delivery *d, const sluice_message *m,
   return SLUICE_ACK;
 }
 
-static void tick_event(sluice_consumer *c, const sluice_event *ev,
-                       void *user) {
+static void tick_event(sluice_consumer *c, const sluice_event *ev, void *user) {
   struct tick *t = user;
   if (ev->type != SLUICE_EV_MEMORY_PAUSED) return;
   atomic_store(&t->at_pause, ev->bytes);

@@ -212,8 +212,9 @@ void rc_stream_check(rc_stream *s) {
   printf("  %u messages, %u handler calls (%u redelivered), %u faults, "
          "%u closed / %u connected events, %llu reconnects, %llu stale, "
          "%llu acked\n",
-         s->n, atomic_load(&s->tally.calls), atomic_load(&s->tally.redelivered_calls),
-         s->faults_done, atomic_load(&s->events[SLUICE_EV_CLOSED]),
+         s->n, atomic_load(&s->tally.calls),
+         atomic_load(&s->tally.redelivered_calls), s->faults_done,
+         atomic_load(&s->events[SLUICE_EV_CLOSED]),
          atomic_load(&s->events[SLUICE_EV_CONNECTED]),
          (unsigned long long)st.reconnects, (unsigned long long)st.stale,
          (unsigned long long)st.acked);

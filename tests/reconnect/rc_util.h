@@ -25,7 +25,7 @@ typedef struct rc_stream {
   const char *queue;
   unsigned n; /* distinct messages expected */
 
-  tb_tally tally; /* what the handler saw (tally.n == n) */
+  tb_tally tally;                 /* what the handler saw (tally.n == n) */
   _Atomic unsigned stop_at_calls; /* stop() at this many calls (0: off) */
 
   /* events */

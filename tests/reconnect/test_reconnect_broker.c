@@ -119,8 +119,8 @@ static void auto_mode_keeps_what_it_received(void **state) {
   unsigned calls = atomic_load(&s->tally.calls);
   printf("  autoAck: %llu delivered to sluice, %u handled, %u of %u lost "
          "in transit at the cuts (the broker settled them on sending)\n",
-         (unsigned long long)st.delivered, calls, n - atomic_load(&s->tally.distinct),
-         n);
+         (unsigned long long)st.delivered, calls,
+         n - atomic_load(&s->tally.distinct), n);
   assert_false(s->chaos_failed);
   assert_int_equal(st.reconnects, 1);
   /* every delivery that reached sluice was handled: none dropped because
