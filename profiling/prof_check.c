@@ -51,9 +51,9 @@ int sluice_prof_check_mark(const char *queue, sluice_prof_check_point *p) {
   snprintf(p->queue, sizeof p->queue, "%s", queue);
   sluice_prof_poll();
   sluice__enter_guard();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   queue_totals(queue_find(queue), &p->messages, &p->bytes, &p->objects);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__leave_guard();
   return 0;
 }
@@ -118,10 +118,10 @@ int sluice_prof_check_since(const sluice_prof_check_point *p, double max_bpm,
   sluice__enter_guard();
   uint64_t msgs;
   int64_t b, n;
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   int q = queue_find(p->queue);
   queue_totals(q, &msgs, &b, &n);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   out->messages = msgs > p->messages ? msgs - p->messages : 0;
   if (out->messages) {
     out->bytes_per_message = (double)(b - p->bytes) / (double)out->messages;
@@ -181,9 +181,9 @@ int sluice_prof_check_run(const sluice_prof_check_opts *opts,
     if (rc) return rc;
   }
   sluice__enter_guard();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   capture_all(o.name, 1);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__leave_guard();
   /* One loop, so that warm-up and measured messages share their stacks. */
   sluice_prof_check_point p;
@@ -194,9 +194,9 @@ int sluice_prof_check_run(const sluice_prof_check_opts *opts,
   }
   if (!rc) rc = sluice_prof_check_since(&p, o.max_bytes_per_message, out);
   sluice__enter_guard();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   capture_all(o.name, 0);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__leave_guard();
   return rc;
 }

@@ -712,7 +712,7 @@ size_t sluice_prof_residual_stats_get(sluice_prof_residual_stats *out,
   if (!R.chunks) return 0;
   sluice_prof_poll();
   sluice__enter_guard();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   size_t total = 0;
   for (uint32_t gi = 0; gi < R.n_groups; gi++) {
     const grp *g = group_at(gi);
@@ -720,7 +720,7 @@ size_t sluice_prof_residual_stats_get(sluice_prof_residual_stats *out,
     if (total < cap) fill_stats(&out[total], gi);
     total++;
   }
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   if (out && total && cap)
     qsort(out, total < cap ? total : cap, sizeof *out, stats_cmp);
   sluice__leave_guard();

@@ -149,7 +149,7 @@ static void merge_generations(ledger *L) {
 
 /* Room for one more layer: layers of ended scopes go to their sinks. */
 static void make_room(ledger *L) {
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   for (uint32_t i = 0; i < L->n; i++) {
     uint32_t from = L->l[i].ref, to = sluice__fold_target(from);
     if (!to) continue;
@@ -158,7 +158,7 @@ static void make_room(ledger *L) {
   }
   merge_equal(L);
   if (L->n == LAYERS) merge_generations(L);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
 }
 
 static void grow(sluice__tls *t, ledger *L, uint32_t ref, uint32_t stack,

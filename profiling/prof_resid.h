@@ -158,7 +158,7 @@ typedef struct notes {
 } notes;
 
 typedef struct resid_state {
-  pthread_mutex_t mu;
+  sluice__lock mu; /* a spinlock: held briefly, never across a callback */
   /* slots */
   slot *_Atomic *chunks; /* [max_chunks] */
   uint32_t max_slots, n_slots, free_head;

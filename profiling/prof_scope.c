@@ -40,7 +40,7 @@
 _Static_assert(sizeof(void *) >= sizeof(sluice_prof_scope),
                "scope handles travel in the hooks' void * token");
 
-resid_state sluice__R = {.mu = PTHREAD_MUTEX_INITIALIZER};
+resid_state sluice__R;
 
 static const char *const outcome_names[] = SLUICE_OUTCOME_NAMES;
 _Static_assert(sizeof(outcome_names) / sizeof(*outcome_names) == N_OUT,
@@ -59,7 +59,7 @@ int sluice__scopes_init(const sluice_prof_opts *o) {
   slot *_Atomic *chunks = sluice__calloc(n_chunks, sizeof(*chunks));
   uint32_t *ring = sluice__calloc(ring_cap ? ring_cap : 1, sizeof(uint32_t));
   if (!chunks || !ring) goto oom;
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   int rc = sluice__groups_init(o);
   if (rc == 0) {
     R.max_slots = max;
@@ -68,7 +68,7 @@ int sluice__scopes_init(const sluice_prof_opts *o) {
     R.ring_max = ring_max;
     R.chunks = chunks;
   }
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   if (rc) goto oom;
   atomic_fetch_add(&sluice__overhead,
                    n_chunks * sizeof(*chunks) + ring_cap * sizeof(uint32_t));
@@ -80,7 +80,7 @@ oom:
 }
 
 void sluice__scopes_configure(const sluice_prof_opts *o) {
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   R.grace_ns = o->grace_ms < 0 ? -1 : (int64_t)o->grace_ms * 1000000;
   R.threshold = (double)o->leak_threshold;
   R.window = o->leak_window;
@@ -93,18 +93,18 @@ void sluice__scopes_configure(const sluice_prof_opts *o) {
   R.on_leak = o->on_leak;
   R.leak_user = o->leak_user;
   R.slack_ns = sluice__clock_slack_ns();
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__bg_configure(o->poll_ms);
 }
 
 void sluice__scopes_lock_all(void) {
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   sluice__ledger_lock_all();
 }
 
 void sluice__scopes_unlock_all(void) {
   sluice__ledger_unlock_all();
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
 }
 
 void sluice__scopes_fork_child(void) {
@@ -402,7 +402,7 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
                                               uint64_t tag) {
   if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
   sluice__enter_guard();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   sluice_prof_scope h = 0;
   uint32_t idx = slot_get();
   if (idx != UINT32_MAX) {
@@ -434,7 +434,7 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
   } else {
     R.refused++;
   }
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__leave_guard();
   sluice__bg_ensure();
   return h;
@@ -465,14 +465,14 @@ sluice_prof_scope sluice_prof_scope_current(void) {
 int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
                             uint64_t *objects) {
   sluice__scope_flush(&sluice__t); /* this thread's pending credits */
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   slot *s = slot_of(h);
   int64_t b = 0, n = 0;
   if (s) {
     b = slot_live_b(s);
     n = slot_live_n(s);
   }
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   if (bytes) *bytes = b > 0 ? (uint64_t)b : 0;
   if (objects) *objects = n > 0 ? (uint64_t)n : 0;
   return s ? 0 : SLUICE_EINVAL;
@@ -596,11 +596,11 @@ static int scope_end(sluice_prof_scope h, int outcome,
   notes ns;
   sluice__enter_guard();
   uint64_t now = sluice__now_ns();
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   sluice__notes_init(&ns);
   slot *s = slot_of(h);
   if (!s) {
-    pthread_mutex_unlock(&R.mu);
+    sluice__lock_release(&R.mu);
     sluice__leave_guard();
     return SLUICE_EINVAL;
   }
@@ -608,7 +608,7 @@ static int scope_end(sluice_prof_scope h, int outcome,
   /* New allocations through the old handle no longer count. */
   atomic_store_explicit(&s->gen, (uint32_t)(h >> 32) + 1, memory_order_release);
   end_locked(&ns, (uint32_t)h, outcome, now, out);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   sluice__leave_guard();
   sluice__notes_dispatch(&ns);
   return 0;
@@ -627,12 +627,12 @@ size_t sluice_prof_poll(void) {
   int first = 1;
   do { /* in batches: the callbacks of one batch fit in `ns` */
     sluice__enter_guard();
-    pthread_mutex_lock(&R.mu);
+    sluice__lock_acquire(&R.mu);
     sluice__notes_init(&ns);
     batch = sluice__process_due(&ns, now, 0);
     if (first) sluice__groups_tick(&ns, now);
     first = 0;
-    pthread_mutex_unlock(&R.mu);
+    sluice__lock_release(&R.mu);
     sluice__leave_guard();
     sluice__notes_dispatch(&ns);
     done += batch;
@@ -742,9 +742,9 @@ void sluice__residual_collect(int64_t group,
                               void *arg) {
   if (!R.chunks) return;
   collect_arg c = {group, fn, arg};
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   sluice__table_foreach(collect_visit, &c);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
 }
 
 const char *sluice__queue_name(unsigned idx) {
@@ -763,7 +763,7 @@ char *sluice__kind_key_dup(uint32_t k, char **key_name) {
 
 void sluice__scopes_stats(sluice_prof_memstats *ms) {
   if (!R.chunks) return;
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   ms->scopes_open = R.n_open;
   ms->scopes_pending = R.n_closed;
   /* Retired slots whose blocks are all gone are given back lazily: count
@@ -778,7 +778,7 @@ void sluice__scopes_stats(sluice_prof_memstats *ms) {
   ms->groups_overflow = R.groups_overflow;
   ms->keys_overflow = R.keys_overflow;
   ms->deferred_unentered = R.unentered;
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   ms->ledgers = sluice__ledger_count();
   ms->ledger_merges = sluice__ledger_overflows();
 }

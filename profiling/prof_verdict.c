@@ -224,9 +224,9 @@ void sluice__fire_verdict(uint32_t gi) {
     sluice__leave_guard();
     return;
   }
-  pthread_mutex_lock(&R.mu);
+  sluice__lock_acquire(&R.mu);
   int live = copy_verdict(gi, c);
-  pthread_mutex_unlock(&R.mu);
+  sluice__lock_release(&R.mu);
   if (!live) {
     sluice__free(c);
     sluice__leave_guard();
