@@ -92,7 +92,10 @@ static void unlink_locked(sluice__tls *t) {
 
 static void tls_dtor(void *arg) {
   sluice__tls *t = arg;
+  t->guard++;
   sluice__scope_flush(t);
+  sluice__nurs_release(t);
+  t->guard--;
   pthread_mutex_lock(&reg_mu);
   if (t->state == SLUICE__T_LIVE) unlink_locked(t);
   fold_dead(t);
@@ -243,9 +246,14 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
     } else if (t->pend_ref != scope) {
       sluice__scope_flush(t);
       t->pend_ref = scope;
+      t->pend_gen = sluice__scope_gen_ptr(scope);
     }
   }
   if (nframes >= 0) stack = capture_stack(k, frames, nframes, n);
+  if (scope && !stack && sluice__nurs_put(t, (uintptr_t)p, n)) {
+    t->guard--;
+    return;
+  }
   if (stack | scope) {
     if (scope) sluice__scope_credit_mine(t, scope, (int64_t)n, 1);
     ensure_track_flag();
@@ -278,7 +286,18 @@ void sluice__untrack(const void *p) {
   sluice__tls *t = &sluice__t;
   if (SLUICE__UNLIKELY(t->in_fork)) return; /* our locks are held */
   sluice__rec r;
-  if (sluice__table_take((uintptr_t)p, &r)) sluice__rec_release(&r);
+  if (sluice__take((uintptr_t)p, &r)) sluice__rec_release(&r);
+}
+
+/* The record of p wherever it is: this thread's nursery, another thread's
+ * (looked at before the table: see prof_nursery.c), the block table. */
+int sluice__take(uintptr_t p, sluice__rec *out) {
+  sluice__tls *t = &sluice__t;
+  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed) &&
+      sluice__nurs_take_own(t, p, out))
+    return 1;
+  if (sluice__nurs_others(t) && sluice__nurs_take_remote(t, p, out)) return 1;
+  return sluice__table_take(p, out);
 }
 
 /* Heap-profile side of a realloc to n bytes: count it, and take a sample
@@ -396,9 +415,11 @@ static void fork_prepare(void) {
   sluice__scopes_lock_all();
   sluice__stacks_lock_all();
   sluice__table_lock_all();
+  sluice__nurs_lock_all();
 }
 
 static void fork_parent(void) {
+  sluice__nurs_unlock_all();
   sluice__table_unlock_all();
   sluice__stacks_unlock_all();
   sluice__scopes_unlock_all();
@@ -409,6 +430,7 @@ static void fork_parent(void) {
 }
 
 static void fork_child(void) {
+  sluice__nurs_fork_child(&sluice__t);
   sluice__table_unlock_all();
   sluice__stacks_unlock_all();
   sluice__scopes_fork_child();
@@ -619,7 +641,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
       live += b + (int64_t)(c.x_alloc_b - c.x_free_b);
     }
     ms->sampled_live_bytes = live > 0 ? (uint64_t)live : 0;
-    ms->tracked_blocks = sluice__table_count();
+    ms->tracked_blocks = sluice__table_count() + sluice__nurs_count();
     ms->stacks = max > SLUICE__STACK_FULL ? max - SLUICE__STACK_FULL : 0;
     ms->stacks_dropped = sluice__stack_dropped();
     sluice__scopes_stats(ms);

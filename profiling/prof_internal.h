@@ -142,6 +142,12 @@ typedef struct sluice__tls {
    * atomic operation. Flushed whenever the thread's scope changes. */
   uint32_t pend_ref;
   int64_t pend_b, pend_n;
+  /* The generation word of pend_ref's slot and the value it has while the
+   * scope is open (t->scope >> 32): one load says the scope still is. */
+  const _Atomic uint32_t *pend_gen;
+  /* Blocks of the current scope allocated by this thread and not freed yet
+   * (prof_nursery.c); NULL until the first one. */
+  struct sluice__nursery *nurs;
   uint64_t rng; /* xorshift state for the sampler */
   /* The current scope captures every stack at weight 1 (adaptive). */
   uint8_t capture;
@@ -194,6 +200,9 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n);
 void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
                           void *const *frames, int nframes);
 void sluice__untrack(const void *p);
+/* Take p's record wherever it is kept (nurseries, block table): 1 if it
+ * was tracked. */
+int sluice__take(uintptr_t p, struct sluice__rec *out);
 /* After the real realloc: `q` (NULL on failure) replaced `p`, whose record
  * (if it was tracked) is `old`; `usable` is malloc_usable_size(p) taken
  * before, for an untracked block grown inside a scope (else 0). */
@@ -263,26 +272,6 @@ static inline int sluice__maybe_tracked(const void *p) {
   uint64_t m = SLUICE__HOT_LOAD(uint64_t, sluice__shard_mask);
   if (SLUICE__LIKELY(m == 0)) return 0;
   return (int)((m >> (sluice__hash_ptr((uintptr_t)p) >> 58)) & 1);
-}
-
-/* Count a free; nonzero when it needs sluice__free_slow() (the block may
- * be tracked, or the thread is not registered yet). */
-static inline int sluice__free_pre(const void *p, unsigned flags) {
-  int slow = 0;
-  if (flags & SLUICE__F_REC) {
-    sluice__tls *t = &sluice__t;
-    sluice__bump(&t->frees, 1);
-    slow = t->state != SLUICE__T_LIVE;
-  }
-  if (flags & SLUICE__F_TRACK) slow |= sluice__maybe_tracked(p);
-  return slow;
-}
-
-/* Registers the thread if needed and untracks p if it is tracked. */
-void sluice__free_slow(const void *p, unsigned flags);
-
-static inline void sluice__on_free(const void *p, unsigned flags) {
-  if (sluice__free_pre(p, flags)) sluice__free_slow(p, flags);
 }
 
 uint64_t sluice__now_ns(void);
@@ -361,10 +350,110 @@ int sluice__pc_is_internal(uintptr_t pc);
 void sluice__self_range_init(void);
 
 /* ------------------------------------------------------------------------ */
+/* The nursery (prof_nursery.c): a small per-thread table of the blocks the
+ * thread allocated inside its current scope without a stack. Most are freed
+ * by the same thread before the scope ends: they never reach the block
+ * table. An entry's key is the block's address (16-aligned) with a state
+ * in its low bits: K_LIVE (0) in the nursery; K_TAKEN taken by another
+ * thread (freed or realloc'ed there: that thread has the record); K_MOVING
+ * being moved to the block table by the owner. Others scan the nurseries
+ * only while some nursery other than theirs is active. */
+#define SLUICE__NURS_SLOTS 64
+#define SLUICE__K_TAKEN 1u
+#define SLUICE__K_MOVING 2u
+
+typedef struct sluice__nursery {
+  _Atomic uintptr_t key[SLUICE__NURS_SLOTS]; /* 0: empty */
+  _Atomic uint64_t size[SLUICE__NURS_SLOTS];
+  _Atomic uint32_t ref;         /* owner reference (slot) of every entry */
+  _Atomic uint32_t n;           /* entries (written by the owner) */
+  _Atomic int active;           /* counted in sluice__nurs_active */
+  _Atomic int owned;            /* by a live thread */
+  struct sluice__nursery *next; /* every nursery, never freed */
+} __attribute__((aligned(SLUICE__CACHELINE))) sluice__nursery;
+
+/* Nurseries that may hold entries. */
+extern _Atomic uint32_t sluice__nurs_active;
+
+static inline uint32_t sluice__nurs_idx(uintptr_t p) {
+  return (uint32_t)((p >> 4) * 0x9E3779B97F4A7C15ull >> 58) &
+         (SLUICE__NURS_SLOTS - 1);
+}
+
+/* Frees must look beyond their own nursery (and the block table). */
+static inline int sluice__nurs_others(const sluice__tls *t) {
+  uint32_t a = SLUICE__HOT_LOAD(uint32_t, sluice__nurs_active);
+  if (SLUICE__LIKELY(a == 0)) return 0;
+  return a > (uint32_t)(t->nurs && atomic_load_explicit(&t->nurs->active,
+                                                        memory_order_relaxed));
+}
+
+/* The owner frees (or reallocs) p: 1, with its record, when p was in its
+ * nursery. No other thread frees p at the same time (that would be a
+ * double free), so a plain store empties the entry. */
+static inline int sluice__nurs_take_own(sluice__tls *t, uintptr_t p,
+                                        sluice__rec *out) {
+  sluice__nursery *ns = t->nurs;
+  uint32_t i = sluice__nurs_idx(p);
+  if (atomic_load_explicit(&ns->key[i], memory_order_relaxed) != p) return 0;
+  out->size = atomic_load_explicit(&ns->size[i], memory_order_relaxed);
+  out->stack = 0;
+  out->scope = atomic_load_explicit(&ns->ref, memory_order_relaxed);
+  atomic_store_explicit(&ns->key[i], 0, memory_order_relaxed);
+  atomic_store_explicit(&ns->n,
+                        atomic_load_explicit(&ns->n, memory_order_relaxed) - 1,
+                        memory_order_relaxed);
+  return 1;
+}
+/* Make room at slot i (an entry there: evicted to the block table); 0 when
+ * it could not (out of memory). */
+int sluice__nurs_settle(sluice__tls *t, sluice__nursery *ns, uint32_t i);
+/* A block of n bytes just allocated at p inside t's scope (pend_ref),
+ * without a stack: 1 when kept in the nursery (credited to the thread's
+ * pending credits), 0 when the caller must record it in the block table. */
+int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n);
+/* Another thread's nursery may hold p: take it (1, with its record). */
+int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p,
+                             struct sluice__rec *out);
+/* Move every entry to the block table (the scope changes or the thread
+ * exits); the nursery is inactive after. */
+void sluice__nurs_flush(sluice__tls *t);
+/* The thread exits: give its nursery back (flushed before). */
+void sluice__nurs_release(sluice__tls *t);
+uint64_t sluice__nurs_count(void);
+void sluice__nurs_lock_all(void);
+void sluice__nurs_unlock_all(void);
+void sluice__nurs_fork_child(sluice__tls *self);
+
+/* Count a free; nonzero when it needs sluice__free_slow() (the block may
+ * be tracked, or the thread is not registered yet). */
+static inline int sluice__free_pre(const void *p, unsigned flags) {
+  int slow = 0;
+  if (flags & SLUICE__F_REC) {
+    sluice__tls *t = &sluice__t;
+    sluice__bump(&t->frees, 1);
+    slow = t->state != SLUICE__T_LIVE;
+  }
+  if (flags & SLUICE__F_TRACK)
+    slow |= sluice__maybe_tracked(p) | (sluice__t.nurs != NULL) |
+            sluice__nurs_others(&sluice__t);
+  return slow;
+}
+
+/* Registers the thread if needed and untracks p if it is tracked. */
+void sluice__free_slow(const void *p, unsigned flags);
+
+static inline void sluice__on_free(const void *p, unsigned flags) {
+  if (sluice__free_pre(p, flags)) sluice__free_slow(p, flags);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Scopes. */
 int sluice__scopes_init(const sluice_prof_opts *o);
 void sluice__scopes_configure(const sluice_prof_opts *o);
 uint32_t sluice__scope_ref(uint64_t handle); /* for a new block, or 0 */
+/* The generation word of slot reference `ref` (see sluice__tls.pend_gen). */
+const _Atomic uint32_t *sluice__scope_gen_ptr(uint32_t ref);
 /* Credit (or debit, negative) an owner reference: a slot or a sink. */
 void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects);
 /* Credit from thread t: kept thread-local when ref is t's current slot. */
@@ -395,6 +484,23 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
   }
   t->scope = s;
   t->capture = 0; /* sluice_prof_scope_enter() sets it for its scope */
+}
+/* A block of n bytes at p just allocated inside the thread's scope: when it
+ * is not sampled and the scope is the one its pending credits are for (and
+ * still open), it goes to the nursery here (1); otherwise 0 and the slow
+ * path (sluice__alloc_prepare) decides, the countdown untouched. */
+static inline int sluice__scoped_fast(sluice__tls *t, void *p, size_t n) {
+  if (!t->pend_ref || !t->nurs || t->guard || t->capture ||
+      t->state != SLUICE__T_LIVE ||
+      atomic_load_explicit(t->pend_gen, memory_order_relaxed) !=
+          (uint32_t)(t->scope >> 32))
+    return 0;
+  int64_t left = t->saved_left - (int64_t)n;
+  if (left < 0) return 0;
+  t->saved_left = left;
+  /* Re-armed: a rate change from another thread may have reset it. */
+  atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
+  return sluice__nurs_put(t, (uintptr_t)p, n);
 }
 void sluice__scopes_lock_all(void);
 void sluice__scopes_unlock_all(void);

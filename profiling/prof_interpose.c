@@ -53,6 +53,7 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n) {
   void *p = __libc_malloc(n);
   if (SLUICE__UNLIKELY(p == NULL)) return p;
   sluice__tls *t = &sluice__t;
+  if (SLUICE__LIKELY(sluice__scoped_fast(t, p, n))) return p;
   int k = sluice__alloc_prepare(t, n);
   if (k < 0) return p;
   void *frames[SLUICE__CAPTURE_MAX];
@@ -94,12 +95,21 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
 EXPORT void free(void *p) {
   unsigned f = SLUICE__HOT_LOAD(unsigned, sluice__flags);
   if (SLUICE__LIKELY(!f) || SLUICE__UNLIKELY(!p)) return __libc_free(p);
+  sluice__tls *t = &sluice__t;
   if (f & SLUICE__F_REC) {
-    sluice__tls *t = &sluice__t;
     sluice__bump(&t->frees, 1);
     if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) return free_slow(p, f);
   }
-  if (SLUICE__UNLIKELY(sluice__maybe_tracked(p)))
+  /* A block of this thread's scope, freed before the scope ends: the
+   * common case inside a handler (prof_nursery.c). */
+  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed)) {
+    sluice__rec r;
+    if (sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
+      sluice__scope_credit_mine(t, r.scope, -(int64_t)r.size, -1);
+      return __libc_free(p);
+    }
+  }
+  if (SLUICE__UNLIKELY(sluice__maybe_tracked(p) | sluice__nurs_others(t)))
     return free_slow(p, f | SLUICE__F_TRACK);
   __libc_free(p);
 }
@@ -113,7 +123,7 @@ EXPORT void *realloc(void *p, size_t n) {
   sluice__rec old;
   sluice__tls *t = &sluice__t;
   int had = (f & SLUICE__F_TRACK) && !t->in_fork &&
-            sluice__table_take((uintptr_t)p, &old);
+            sluice__take((uintptr_t)p, &old);
   /* An untracked block grown inside a scope: its size before, for the
    * bytes the scope adds. */
   size_t usable = !had && t->scope && (f & SLUICE__F_REC) && !t->guard

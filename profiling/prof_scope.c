@@ -127,6 +127,10 @@ uint32_t sluice__scope_ref(uint64_t handle) {
   return idx + 1;
 }
 
+const _Atomic uint32_t *sluice__scope_gen_ptr(uint32_t ref) {
+  return &slot_at(ref - 1)->gen;
+}
+
 /* A slot's counter moves by d; once the slot has ended, its group's
  * counter moves with it (the ENDED bit is in the same atomic word, so each
  * change is counted on exactly one side of the end). */
@@ -161,6 +165,7 @@ void sluice__scope_xref(uint32_t ref, int delta) {
 
 void sluice__scope_flush(sluice__tls *t) {
   if (!t->pend_ref) return;
+  if (t->nurs) sluice__nurs_flush(t); /* its credits are pending ones */
   if (t->pend_b || t->pend_n)
     sluice__scope_credit(t->pend_ref, t->pend_b, t->pend_n);
   t->pend_ref = 0;
@@ -451,9 +456,14 @@ sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s) {
   sluice__tls_set_scope(t, s);
   if (s) {
     uint32_t ref = sluice__scope_ref(s);
-    if (ref)
+    if (ref) {
       t->capture = atomic_load_explicit(&slot_at(ref - 1)->capture,
                                         memory_order_relaxed);
+      if (t->scope == s && !t->pend_ref) {
+        t->pend_ref = ref;
+        t->pend_gen = &slot_at(ref - 1)->gen;
+      }
+    }
   }
   return prev;
 }
@@ -652,8 +662,11 @@ static void *hk_begin(void *user, const sluice_delivery_info *info) {
   if (!s) return NULL;
   sluice__tls *t = &sluice__t;
   sluice__tls_set_scope(t, s);
-  t->capture = atomic_load_explicit(&slot_at((uint32_t)s)->capture,
-                                    memory_order_relaxed);
+  slot *sl = slot_at((uint32_t)s);
+  t->capture = atomic_load_explicit(&sl->capture, memory_order_relaxed);
+  /* The handler's blocks go straight to the nursery. */
+  t->pend_ref = (uint32_t)s + 1;
+  t->pend_gen = &sl->gen;
   return (void *)(uintptr_t)s;
 }
 

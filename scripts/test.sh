@@ -92,7 +92,8 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
   echo "=== valgrind: profiler tests (SLUICE_PROF_MALLOC=OFF)"
   cmake -S "$ROOT" -B "$ROOT/build-valgrind" -DSLUICE_WERROR=ON \
     -DSLUICE_PROF_MALLOC=OFF -DSLUICE_BUILD_BENCH=OFF >/dev/null
-  prof_tests="test_prof_output test_prof_scope test_prof_bounds test_prof_tools"
+  prof_tests="test_prof_output test_prof_scope test_prof_bounds test_prof_tools
+    test_prof_nursery"
   # shellcheck disable=SC2086
   cmake --build "$ROOT/build-valgrind" -j"$JOBS" --target $prof_tests
   for t in $prof_tests; do

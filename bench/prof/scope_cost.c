@@ -97,9 +97,11 @@ int main(int argc, char **argv) {
     sluice_prof_residual_stats st[8];
     size_t k = sluice_prof_residual_stats_get(st, 8);
     for (size_t i = 0; i < k && i < 8; i++)
-      if (st[i].retained_bytes || st[i].messages != g_count * threads / (g_key ? 4 : 1))
+      if (st[i].retained_bytes ||
+          st[i].messages != g_count * threads / (g_key ? 4 : 1))
         fprintf(stderr, "unexpected: %s %s retained %llu messages %llu\n",
-                st[i].queue, st[i].key, (unsigned long long)st[i].retained_bytes,
+                st[i].queue, st[i].key,
+                (unsigned long long)st[i].retained_bytes,
                 (unsigned long long)st[i].messages);
   }
   return 0;

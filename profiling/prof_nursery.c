@@ -1,0 +1,231 @@
+/* SPDX-License-Identifier: MIT */
+/* The nursery: the blocks a thread allocates inside its current scope, kept
+ * in a small table of the thread's own until they are freed or the scope
+ * changes.
+ *
+ * Why: inside a scope every block is recorded (the scope's counts are
+ * exact), and almost all of them are freed by the same thread before the
+ * handler returns. Recording them in the shared block table cost a shard
+ * spinlock on malloc and a lookup, a spinlock and a deletion on free (about
+ * 480 instructions per malloc/free pair). Here the owner writes and clears
+ * an entry of a direct-mapped table with plain stores; its credits stay in
+ * the thread's pending credits. What is still live when the thread leaves
+ * the scope (the message's residual) moves to the block table then.
+ *
+ * Other threads: a block may be handed to another thread and freed (or
+ * realloc'ed) there while it is still in its owner's nursery. While any
+ * nursery other than its own is active (holds entries), a thread's free()
+ * of a block it cannot place scans the nurseries (one load per nursery):
+ *   key == p           CAS to p|K_TAKEN: the entry is this thread's now (it
+ *                      debits the owner's reference); the owner clears it
+ *                      when it next needs the slot or flushes;
+ *   key == p|K_MOVING  the owner is moving p to the block table: wait until
+ *                      it is done, then look in the table.
+ * The owner moves an entry by CAS p -> p|K_MOVING (failing only when
+ * another thread took it), inserts it in the block table, then clears the
+ * key: a thread that saw K_MOVING finds it in the table afterwards, and one
+ * that scanned after the clear does too. The owner's own free needs no
+ * atomic operation: no other thread may free the same block at the same
+ * time.
+ *
+ * Nurseries are allocated once per thread (bypassing the hooks), linked in
+ * a list that is never shortened (a scan may run at any time), and reused by
+ * new threads after their owner exits. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <string.h>
+
+#include "prof_internal.h"
+
+_Atomic uint32_t sluice__nurs_active;
+
+static sluice__nursery *_Atomic nurs_head;
+static sluice__lock nurs_lock; /* getting and giving back nurseries */
+
+static sluice__nursery *nurs_get(void) {
+  sluice__nursery *ns;
+  sluice__lock_acquire(&nurs_lock);
+  for (ns = atomic_load_explicit(&nurs_head, memory_order_relaxed); ns;
+       ns = ns->next)
+    if (!atomic_load_explicit(&ns->owned, memory_order_relaxed)) break;
+  if (!ns) {
+    ns = sluice__aligned_calloc(SLUICE__CACHELINE, sizeof *ns);
+    if (ns) {
+      atomic_fetch_add_explicit(&sluice__overhead, sizeof *ns,
+                                memory_order_relaxed);
+      ns->next = atomic_load_explicit(&nurs_head, memory_order_relaxed);
+      atomic_store_explicit(&nurs_head, ns, memory_order_release);
+    }
+  }
+  if (ns) atomic_store_explicit(&ns->owned, 1, memory_order_relaxed);
+  sluice__lock_release(&nurs_lock);
+  return ns;
+}
+
+static void set_n(sluice__nursery *ns, uint32_t n) {
+  atomic_store_explicit(&ns->n, n, memory_order_relaxed);
+}
+
+/* The entry at i leaves the nursery: moved to the block table (live), or
+ * cleared (taken by another thread). 0 when the table is out of memory
+ * (the record is dropped and its credit given back, as the table does). */
+static int evict(sluice__tls *t, sluice__nursery *ns, uint32_t i) {
+  uintptr_t k = atomic_load_explicit(&ns->key[i], memory_order_acquire);
+  int ok = 1;
+  if (!k) return 1;
+  if (!(k & SLUICE__K_TAKEN) &&
+      atomic_compare_exchange_strong_explicit(
+          &ns->key[i], &k, k | SLUICE__K_MOVING, memory_order_acq_rel,
+          memory_order_acquire)) {
+    sluice__rec r = {atomic_load_explicit(&ns->size[i], memory_order_relaxed),
+                     0, atomic_load_explicit(&ns->ref, memory_order_relaxed)},
+                old;
+    t->guard++;
+    int rc = sluice__table_insert(k, &r, &old);
+    t->guard--;
+    if (rc == 1) sluice__rec_release(&old);
+    if (rc < 0) {
+      sluice__rec_release(&r);
+      ok = 0;
+    }
+  }
+  /* Moved, or taken by another thread (which has the record). */
+  atomic_store_explicit(&ns->key[i], 0, memory_order_release);
+  set_n(ns, atomic_load_explicit(&ns->n, memory_order_relaxed) - 1);
+  return ok;
+}
+
+int sluice__nurs_settle(sluice__tls *t, sluice__nursery *ns, uint32_t i) {
+  return evict(t, ns, i);
+}
+
+static void activate(sluice__tls *t, sluice__nursery *ns) {
+  if (!(sluice__flags_now() & SLUICE__F_TRACK)) /* frees must look */
+    atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
+  atomic_store_explicit(&ns->ref, t->pend_ref, memory_order_relaxed);
+  atomic_store_explicit(&ns->active, 1, memory_order_relaxed);
+  /* Before the first entry is published: a thread that gets one of its
+   * blocks from this one sees the count. */
+  atomic_fetch_add_explicit(&sluice__nurs_active, 1, memory_order_seq_cst);
+}
+
+int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
+  sluice__nursery *ns = t->nurs;
+  if (SLUICE__UNLIKELY(!ns)) {
+    if (t->state != SLUICE__T_LIVE) return 0; /* exiting: no new nursery */
+    t->guard++;
+    ns = t->nurs = nurs_get();
+    t->guard--;
+    if (!ns) return 0;
+  }
+  if (SLUICE__UNLIKELY(
+          !atomic_load_explicit(&ns->active, memory_order_relaxed)))
+    activate(t, ns);
+  uint32_t i = sluice__nurs_idx(p);
+  if (atomic_load_explicit(&ns->key[i], memory_order_relaxed) &&
+      !evict(t, ns, i))
+    return 0;
+  atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
+  atomic_store_explicit(&ns->key[i], p, memory_order_release);
+  set_n(ns, atomic_load_explicit(&ns->n, memory_order_relaxed) + 1);
+  t->pend_b += (int64_t)n;
+  t->pend_n += 1;
+  return 1;
+}
+
+int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p, sluice__rec *out) {
+  uint32_t i = sluice__nurs_idx(p);
+  for (sluice__nursery *ns =
+           atomic_load_explicit(&nurs_head, memory_order_acquire);
+       ns; ns = ns->next) {
+    if (ns == t->nurs) continue;
+    unsigned spins = 0;
+    for (;;) {
+      uintptr_t k = atomic_load_explicit(&ns->key[i], memory_order_acquire);
+      if (k == (p | SLUICE__K_MOVING)) { /* the owner is moving it */
+        if (++spins < 64) sluice__cpu_relax();
+        else {
+          spins = 0;
+          sched_yield();
+        }
+        continue;
+      }
+      if (k != p) break;
+      uint64_t size = atomic_load_explicit(&ns->size[i], memory_order_relaxed);
+      uint32_t ref = atomic_load_explicit(&ns->ref, memory_order_relaxed);
+      if (atomic_compare_exchange_strong_explicit(
+              &ns->key[i], &k, p | SLUICE__K_TAKEN, memory_order_acq_rel,
+              memory_order_acquire)) {
+        out->size = size;
+        out->stack = 0;
+        out->scope = ref;
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+void sluice__nurs_flush(sluice__tls *t) {
+  sluice__nursery *ns = t->nurs;
+  if (!ns || !atomic_load_explicit(&ns->active, memory_order_relaxed)) return;
+  for (uint32_t i = 0; i < SLUICE__NURS_SLOTS &&
+                       atomic_load_explicit(&ns->n, memory_order_relaxed);
+       i++)
+    if (atomic_load_explicit(&ns->key[i], memory_order_relaxed))
+      evict(t, ns, i);
+  /* Entries taken by others were counted in n until cleared above. */
+  atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+  /* After the entries reached the table: a thread that sees the count
+   * fall looks there. */
+  atomic_fetch_sub_explicit(&sluice__nurs_active, 1, memory_order_seq_cst);
+}
+
+void sluice__nurs_release(sluice__tls *t) {
+  sluice__nursery *ns = t->nurs;
+  if (!ns) return;
+  sluice__nurs_flush(t);
+  t->nurs = NULL;
+  atomic_store_explicit(&ns->owned, 0, memory_order_release);
+}
+
+uint64_t sluice__nurs_count(void) {
+  uint64_t c = 0;
+  for (sluice__nursery *ns =
+           atomic_load_explicit(&nurs_head, memory_order_acquire);
+       ns; ns = ns->next)
+    c += atomic_load_explicit(&ns->n, memory_order_relaxed);
+  return c;
+}
+
+void sluice__nurs_lock_all(void) {
+  sluice__lock_acquire(&nurs_lock);
+}
+
+void sluice__nurs_unlock_all(void) {
+  sluice__lock_release(&nurs_lock);
+}
+
+/* In the child of fork(), only `self` exists: the other threads' nurseries
+ * are dropped with their pending credits (neither reached the scopes'
+ * counters: as if those blocks had been allocated outside any scope). */
+void sluice__nurs_fork_child(sluice__tls *self) {
+  uint32_t active = 0;
+  for (sluice__nursery *ns =
+           atomic_load_explicit(&nurs_head, memory_order_relaxed);
+       ns; ns = ns->next) {
+    if (ns == self->nurs) {
+      active +=
+          (uint32_t)atomic_load_explicit(&ns->active, memory_order_relaxed);
+      continue;
+    }
+    for (uint32_t i = 0; i < SLUICE__NURS_SLOTS; i++)
+      atomic_store_explicit(&ns->key[i], 0, memory_order_relaxed);
+    set_n(ns, 0);
+    atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+    atomic_store_explicit(&ns->owned, 0, memory_order_relaxed);
+  }
+  atomic_store_explicit(&sluice__nurs_active, active, memory_order_relaxed);
+  sluice__lock_release(&nurs_lock);
+}

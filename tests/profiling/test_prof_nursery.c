@@ -1,0 +1,438 @@
+/* SPDX-License-Identifier: MIT */
+/* The blocks of a scope kept in their thread's nursery (prof_nursery.c)
+ * until freed or until the thread leaves the scope: the scope's figures
+ * must stay exact whoever frees the block and when. Run without stacks
+ * (SLUICE_PROF_RATE_NONE, and the default rate), where every scoped block
+ * goes through the nursery: freed by another thread while the scope is
+ * open, realloc'ed there, more blocks than the nursery's slots, a scope
+ * ended on another thread than the one that began it, a thread that exits
+ * inside its scope, many threads exchanging blocks, fork. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <pthread.h>
+#include <semaphore.h>
+#include <setjmp.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "prof_test.h"
+
+static uint64_t t_now;
+static uint64_t test_clock(void *user) {
+  (void)user;
+  return __atomic_load_n(&t_now, __ATOMIC_RELAXED);
+}
+
+static void start(size_t rate) {
+  sluice_prof_opts o = {
+      .sample_rate = rate,
+      .grace_ms = 1000,
+      .poll_ms = -1,
+      .now_ns = test_clock,
+  };
+  assert_int_equal(sluice_prof_start(&o), 0);
+}
+
+static int setup_none(void **state) {
+  (void)state;
+  start(SLUICE_PROF_RATE_NONE);
+  return 0;
+}
+
+static int setup_default(void **state) {
+  (void)state;
+  start(524288);
+  return 0;
+}
+
+static void pass_grace(void) {
+  __atomic_add_fetch(&t_now, 2000000000ull, __ATOMIC_RELAXED);
+  sluice_prof_poll();
+}
+
+static int get_stats(const char *queue, sluice_prof_residual_stats *out) {
+  sluice_prof_residual_stats v[64];
+  size_t n = sluice_prof_residual_stats_get(v, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (!strcmp(v[i].queue, queue) && v[i].outcome == SLUICE_ACK) {
+      *out = v[i];
+      return 0;
+    }
+  memset(out, 0, sizeof *out);
+  return -1;
+}
+
+static void usage(sluice_prof_scope s, uint64_t *b, uint64_t *n) {
+  assert_int_equal(sluice_prof_scope_usage(s, b, n), 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Blocks freed on another thread while their scope is still open. */
+
+typedef struct hand {
+  void **v;
+  size_t n;
+} hand;
+
+static void *free_them(void *arg) {
+  hand *h = arg;
+  for (size_t i = 0; i < h->n; i++) TFREE(h->v[i]);
+  return NULL;
+}
+
+/* A thread started before the scope (pthread_create allocates, and would
+ * do it inside the scope) that frees what it is handed when told. */
+static sem_t go, done;
+static void *(*g_fn)(void *);
+static void *g_arg;
+
+static void *freer(void *arg) {
+  (void)arg;
+  for (;;) {
+    while (sem_wait(&go)) continue;
+    if (!g_fn) return NULL;
+    g_fn(g_arg);
+    sem_post(&done);
+  }
+}
+
+static pthread_t freer_th;
+static void freer_start(void) {
+  sem_init(&go, 0, 0);
+  sem_init(&done, 0, 0);
+  assert_int_equal(pthread_create(&freer_th, NULL, freer, NULL), 0);
+}
+__attribute__((unused)) static void on_freer(void *(*fn)(void *), void *arg) {
+  g_fn = fn;
+  g_arg = arg;
+  sem_post(&go);
+  while (sem_wait(&done)) continue;
+}
+static void freer_run(hand *h) {
+  g_fn = free_them;
+  g_arg = h;
+  sem_post(&go);
+  while (sem_wait(&done)) continue;
+}
+static void freer_stop(void) {
+  g_fn = NULL;
+  sem_post(&go);
+  pthread_join(freer_th, NULL);
+  sem_destroy(&go);
+  sem_destroy(&done);
+}
+
+static void test_free_on_other_thread(void **state) {
+  (void)state;
+  freer_start();
+  sluice_prof_scope s = sluice_prof_scope_begin("t.n.other", 1, 1);
+  assert_true(s != 0);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  void *v[40];
+  for (int i = 0; i < 40; i++) v[i] = TALLOC(100 + (size_t)i);
+  /* Still inside the scope: the other thread frees 20 of them. */
+  hand h = {v, 20};
+  freer_run(&h);
+  /* This thread frees 10 more, still inside. */
+  for (int i = 20; i < 30; i++) TFREE(v[i]);
+  uint64_t b, n, want = 0;
+  for (int i = 30; i < 40; i++) want += 100 + (uint64_t)i;
+  usage(s, &b, &n);
+  assert_int_equal(b, want);
+  assert_int_equal(n, 10);
+  sluice_prof_scope_enter(prev);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, want);
+  assert_int_equal(r.objects, 10);
+  /* The rest freed by the other thread after the end. */
+  h = (hand){v + 30, 10};
+  freer_run(&h);
+  freer_stop();
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.other", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+  pass_grace();
+  assert_int_equal(get_stats("t.n.other", &st), 0);
+  assert_int_equal(st.cached, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* More blocks than the nursery has slots: the ones it cannot keep go to
+ * the block table; frees find each where it is. */
+
+static void test_many_blocks(void **state) {
+  (void)state;
+  enum { N = 1000 };
+  static void *v[N];
+  freer_start();
+  sluice_prof_scope s = sluice_prof_scope_begin("t.n.many", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  for (int i = 0; i < N; i++) v[i] = TALLOC(16 + (size_t)(i % 7));
+  uint64_t b, n, want = 0;
+  for (int i = 0; i < N; i++) want += 16 + (uint64_t)(i % 7);
+  usage(s, &b, &n);
+  assert_int_equal(b, want);
+  assert_int_equal(n, N);
+  /* Every other one freed here, in the scope; every fourth by another
+   * thread. */
+  for (int i = 0; i < N; i += 2) {
+    TFREE(v[i]);
+    want -= 16 + (uint64_t)(i % 7);
+  }
+  static void *odd[N / 4];
+  size_t k = 0;
+  for (int i = 1; i < N; i += 4) {
+    odd[k++] = v[i];
+    want -= 16 + (uint64_t)(i % 7);
+    v[i] = NULL;
+  }
+  hand h = {odd, k};
+  freer_run(&h);
+  usage(s, &b, &n);
+  assert_int_equal(b, want);
+  assert_int_equal(n, N - N / 2 - k);
+  sluice_prof_scope_enter(prev);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, want);
+  for (int i = 1; i < N; i += 2)
+    if (v[i]) TFREE(v[i]);
+  freer_stop();
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.many", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* realloc of a nursery block, on its thread and on another. */
+
+#ifndef SLUICE_TEST_NO_INTERPOSE
+static void *grow_it(void *arg) {
+  void **p = arg;
+  *p = realloc(*p, 4000);
+  return NULL;
+}
+#endif
+
+static void test_nursery_realloc(void **state) {
+  (void)state;
+#ifdef SLUICE_TEST_NO_INTERPOSE
+  skip(); /* realloc is seen only when malloc is replaced */
+#else
+  freer_start();
+  sluice_prof_scope s = sluice_prof_scope_begin("t.n.realloc", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  char *a = malloc(100), *c = malloc(50);
+  a = realloc(a, 300); /* the scope's own growth */
+  uint64_t b, n;
+  usage(s, &b, &n);
+  assert_int_equal(b, 350);
+  assert_int_equal(n, 2);
+  /* Grown by a thread outside any scope: the block keeps its owner for
+   * the bytes it had (the growth is nobody's). */
+  void *cv = c;
+  on_freer(grow_it, &cv);
+  freer_stop();
+  usage(s, &b, &n);
+  assert_int_equal(b, 350);
+  assert_int_equal(n, 2);
+  sluice_prof_scope_enter(prev);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 350);
+  free(a);
+  free(cv);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.realloc", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* Begun and left on one thread, ended on another (a deferred delivery). */
+
+static sluice_prof_scope g_scope;
+static sluice_prof_residual g_res;
+
+static void *end_it(void *arg) {
+  (void)arg;
+  assert_int_equal(sluice_prof_scope_end(g_scope, SLUICE_ACK, &g_res), 0);
+  return NULL;
+}
+
+static void test_end_on_other_thread(void **state) {
+  (void)state;
+  g_scope = sluice_prof_scope_begin("t.n.end", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(g_scope);
+  void *keep = TALLOC(64), *gone = TALLOC(32);
+  TFREE(gone);
+  sluice_prof_scope_enter(prev);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, end_it, NULL), 0);
+  pthread_join(th, NULL);
+  assert_int_equal(g_res.bytes, 64);
+  assert_int_equal(g_res.objects, 1);
+  TFREE(keep);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.end", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* A thread that exits inside its scope: what it kept is counted. */
+
+static void *exit_inside(void *arg) {
+  void **keep = arg;
+  sluice_prof_scope_enter(g_scope);
+  keep[0] = TALLOC(200);
+  keep[1] = TALLOC(300);
+  void *x = TALLOC(5);
+  TFREE(x);
+  return NULL; /* still in the scope */
+}
+
+static void test_thread_exit_in_scope(void **state) {
+  (void)state;
+  g_scope = sluice_prof_scope_begin("t.n.exit", 1, 1);
+  void *keep[2];
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, exit_inside, keep), 0);
+  pthread_join(th, NULL);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(g_scope, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 500);
+  assert_int_equal(r.objects, 2);
+  TFREE(keep[0]);
+  TFREE(keep[1]);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.exit", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Threads in their own scopes, each freeing its neighbour's blocks while
+ * both scopes are open (a ring of mailboxes). */
+
+enum { THREADS = 4, ROUNDS = 300, PER = 8 };
+static void *_Atomic mailbox[THREADS][PER];
+static uint64_t kept_b[THREADS];
+static void *leaks[THREADS][ROUNDS / 50 + 1];
+
+static void *ring_worker(void *arg) {
+  int me = (int)(intptr_t)arg, next = (me + 1) % THREADS;
+  const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
+  char q[32];
+  snprintf(q, sizeof q, "t.n.ring%d", me);
+  for (int r = 0; r < ROUNDS; r++) {
+    sluice_delivery_info info = {
+        q, (uint64_t)r + 1, 1, (uint64_t)r + 1, 0, NULL, NULL};
+    void *tok = hk->begin(hk->user, &info);
+    for (int i = 0; i < PER; i++) {
+      void *p = TALLOC(24 + (size_t)i);
+      void *old = atomic_exchange(&mailbox[next][i], p);
+      if (old) TFREE(old); /* a block of some other thread's scope */
+      void *mine = atomic_exchange(&mailbox[me][i], NULL);
+      if (mine) TFREE(mine);
+    }
+    if (r % 50 == 0) { /* a small leak, kept until the process exits */
+      kept_b[me] += 8;
+      leaks[me][r / 50] = TALLOC(8);
+    }
+    hk->suspend(hk->user, tok);
+    hk->end(hk->user, tok, &info, SLUICE_ACK);
+  }
+  return NULL;
+}
+
+static void test_ring_of_threads(void **state) {
+  (void)state;
+  pthread_t th[THREADS];
+  for (int i = 0; i < THREADS; i++)
+    assert_int_equal(
+        pthread_create(&th[i], NULL, ring_worker, (void *)(intptr_t)i), 0);
+  for (int i = 0; i < THREADS; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < THREADS; i++)
+    for (int k = 0; k < PER; k++) {
+      void *p = atomic_exchange(&mailbox[i][k], NULL);
+      if (p) TFREE(p);
+    }
+  /* Every mailbox block was freed: only the deliberate leaks remain. */
+  uint64_t total = 0, want = 0;
+  for (int i = 0; i < THREADS; i++) {
+    char q[32];
+    snprintf(q, sizeof q, "t.n.ring%d", i);
+    sluice_prof_residual_stats st;
+    assert_int_equal(get_stats(q, &st), 0);
+    assert_true(st.messages >= ROUNDS);
+    total += st.retained_bytes;
+    want += kept_b[i];
+  }
+  assert_int_equal(total, want);
+}
+
+/* ------------------------------------------------------------------------ */
+/* fork() with blocks in the nursery: the child goes on with them. */
+
+static void test_fork(void **state) {
+  (void)state;
+  sluice_prof_scope s = sluice_prof_scope_begin("t.n.fork", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  void *a = TALLOC(111), *b = TALLOC(222);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    TFREE(a);
+    void *c = TALLOC(33);
+    uint64_t ub = 0, un = 0;
+    int ok = sluice_prof_scope_usage(s, &ub, &un) == 0 && ub == 255 && un == 2;
+    sluice_prof_scope_enter(prev);
+    sluice_prof_residual r;
+    ok = ok && sluice_prof_scope_end(s, SLUICE_ACK, &r) == 0 &&
+         r.bytes == 255 && r.objects == 2;
+    TFREE(b);
+    TFREE(c);
+    _exit(ok ? 0 : 1);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  TFREE(b);
+  uint64_t ub, un;
+  usage(s, &ub, &un);
+  assert_int_equal(ub, 111);
+  assert_int_equal(un, 1);
+  sluice_prof_scope_enter(prev);
+  sluice_prof_residual r;
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &r), 0);
+  assert_int_equal(r.bytes, 111);
+  TFREE(a);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(test_free_on_other_thread, setup_none),
+      cmocka_unit_test_setup(test_many_blocks, setup_none),
+      cmocka_unit_test_setup(test_many_blocks, setup_default),
+      cmocka_unit_test_setup(test_nursery_realloc, setup_none),
+      cmocka_unit_test_setup(test_end_on_other_thread, setup_none),
+      cmocka_unit_test_setup(test_thread_exit_in_scope, setup_none),
+      cmocka_unit_test_setup(test_ring_of_threads, setup_none),
+      cmocka_unit_test_setup(test_ring_of_threads, setup_default),
+      cmocka_unit_test_setup(test_fork, setup_none),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
