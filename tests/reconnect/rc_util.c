@@ -33,6 +33,15 @@ static void wake(rc_stream *s) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* A fault's checkpoint: distinct = n*(k+1)/(n_faults+1), k = 0.. */
+static int at_checkpoint(const rc_stream *s, unsigned dn) {
+  if (!s->fault) return 0;
+  for (unsigned k = 0; k < s->n_faults && k < 16; k++)
+    if (dn == (unsigned)((uint64_t)s->n * (k + 1) / (s->n_faults + 1)))
+      return 1;
+  return 0;
+}
+
 static int rc_handler(sluice_delivery *d, const sluice_message *m, void *user) {
   (void)d;
   rc_stream *s = user;
@@ -40,7 +49,16 @@ static int rc_handler(sluice_delivery *d, const sluice_message *m, void *user) {
   unsigned dn = tb_tally_record(&s->tally, m, &call);
   if (call == atomic_load(&s->stop_at_calls)) sluice_consumer_stop(s->c);
   if (dn && dn == s->n) sluice_consumer_stop(s->c);
-  if (dn && dn == atomic_load(&want_distinct)) wake(s);
+  if (dn && at_checkpoint(s, dn)) {
+    /* The stream waits here for the chaos thread's fault: a fast stream
+     * (or a slow chaos thread) must not run on to its end first. */
+    pthread_mutex_lock(&s->mu);
+    atomic_store_explicit(&s->gate, 1, memory_order_relaxed);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+  } else if (dn && dn == atomic_load(&want_distinct)) {
+    wake(s);
+  }
   if (atomic_load_explicit(&s->gate, memory_order_relaxed)) {
     pthread_mutex_lock(&s->mu);
     while (atomic_load(&s->gate) && !s->quit) pthread_cond_wait(&s->cv, &s->mu);
@@ -162,6 +180,9 @@ static void *chaos_main(void *arg) {
       open_gate(s);
       break;
     }
+    /* The handlers held at the checkpoint go on now, or once the close is
+     * seen (gate_during_fault: their completions are then stale). */
+    if (!s->gate_during_fault) open_gate(s);
     int rc = rc_wait_event(s, SLUICE_EV_CLOSED, closed + 1, to);
     s->closed_ms[k] = rc_now_ms();
     open_gate(s);

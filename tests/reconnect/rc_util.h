@@ -36,7 +36,9 @@ typedef struct rc_stream {
 
   /* faults */
   rc_fault_fn fault;
-  unsigned n_faults;     /* at distinct = n*(k+1)/(n_faults+1), k = 0.. */
+  unsigned n_faults;     /* at distinct = n*(k+1)/(n_faults+1), k = 0..:
+                            the handler of that message holds every
+                            handler until the fault is injected */
   int gate_during_fault; /* hold handlers from the fault until CLOSED, so
                             their completions are stale (needs workers) */
   int wait_timeout_s;    /* for the chaos thread's waits; default 30 */
