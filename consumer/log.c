@@ -13,7 +13,7 @@ uint64_t sluice__now_ms(void) {
 
 /* ---- callbacks ----------------------------------------------------------- */
 
-_Thread_local sluice__cb_frame *sluice__cb_top;
+_Thread_local sluice__cb_frame *sluice__cb_top SLUICE__TLS_IE;
 
 int sluice__cb_inside(const void *owner) {
   for (const sluice__cb_frame *f = sluice__cb_top; f; f = f->up)

@@ -56,7 +56,11 @@ typedef struct sluice__cb_frame {
   struct sluice__cb_frame *up;
 } sluice__cb_frame;
 
-extern _Thread_local sluice__cb_frame *sluice__cb_top;
+/* Initial-exec: a thread pointer offset instead of a __tls_get_addr() call
+ * per access (twice per delivery). The 8 bytes come from the static TLS
+ * block, which glibc keeps room in for libraries opened later (dlopen). */
+#define SLUICE__TLS_IE __attribute__((tls_model("initial-exec")))
+extern _Thread_local sluice__cb_frame *sluice__cb_top SLUICE__TLS_IE;
 
 static inline void sluice__cb_enter(sluice__cb_frame *f, const void *owner) {
   f->owner = owner;
