@@ -95,6 +95,7 @@ static void tls_dtor(void *arg) {
   t->guard++;
   sluice__scope_flush(t);
   sluice__nurs_release(t);
+  sluice__endq_release(t);
   t->guard--;
   pthread_mutex_lock(&reg_mu);
   if (t->state == SLUICE__T_LIVE) unlink_locked(t);

@@ -148,6 +148,9 @@ typedef struct sluice__tls {
   /* Blocks of the current scope allocated by this thread and not freed yet
    * (prof_nursery.c); NULL until the first one. */
   struct sluice__nursery *nurs;
+  /* Scopes this thread ended with nothing live, for the scope lock's next
+   * holder to account (prof_scope.c); NULL until the first. */
+  struct sluice__endq *endq;
   uint64_t rng; /* xorshift state for the sampler */
   /* The current scope captures every stack at weight 1 (adaptive). */
   uint8_t capture;

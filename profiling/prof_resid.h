@@ -193,6 +193,9 @@ typedef struct resid_state {
   /* the deferred-completion warning */
   uint64_t unentered;
   int warned;
+  /* Clean ends may be handed over (no per-scope callback to run at the
+   * end: no on_residual, no on_leak). */
+  _Atomic int fast_end;
 } resid_state;
 
 extern resid_state sluice__R;
@@ -255,6 +258,13 @@ void sluice__reclaim(int full);
  * the slot. Called with R.mu held. */
 uint32_t sluice__fold_target(uint32_t ref);
 void sluice__fold_done(uint32_t ref, uint64_t bytes, int objects);
+
+/* Account the scopes ended without the lock (every thread's), oldest
+ * first, while `ns` has room; returns how many. */
+size_t sluice__ends_apply(notes *ns);
+/* A thread exits: its queue of ended scopes is left for others to apply
+ * and to reuse. */
+void sluice__endq_release(sluice__tls *t);
 
 /* ---- prof_group.c (under R.mu) ------------------------------------------ */
 int sluice__groups_init(const sluice_prof_opts *o);

@@ -93,6 +93,7 @@ void sluice__scopes_configure(const sluice_prof_opts *o) {
   R.on_leak = o->on_leak;
   R.leak_user = o->leak_user;
   R.slack_ns = sluice__clock_slack_ns();
+  atomic_store(&R.fast_end, !o->on_residual && !o->on_leak);
   sluice__lock_release(&R.mu);
   sluice__bg_configure(o->poll_ms);
 }
@@ -107,7 +108,11 @@ void sluice__scopes_unlock_all(void) {
   sluice__lock_release(&R.mu);
 }
 
+static void endq_fork_child(void);
+static int ends_pending(void);
+
 void sluice__scopes_fork_child(void) {
+  endq_fork_child();
   sluice__scopes_unlock_all();
   sluice__bg_fork_child();
 }
@@ -409,6 +414,12 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
   sluice__enter_guard();
   sluice__lock_acquire(&R.mu);
   sluice_prof_scope h = 0;
+  if (!R.free_head && ends_pending()) {
+    /* Ended slots wait in the queues: account them (and free them). */
+    sluice__lock_release(&R.mu);
+    sluice_prof_poll();
+    sluice__lock_acquire(&R.mu);
+  }
   uint32_t idx = slot_get();
   if (idx != UINT32_MAX) {
     slot *s = slot_at(idx);
@@ -567,6 +578,179 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Clean ends without the lock.
+ *
+ * Most scopes end with nothing live (the handler freed what it allocated).
+ * Such an end needs no re-check and no callback: only the accounting that
+ * the end of any message gets (its kind's open count, its group's message
+ * count and growth curve, the slot given back). The ending thread bumps the
+ * handle's generation (a CAS: one end per handle) and appends (slot,
+ * outcome, time) to a queue of its own, single producer; whoever next holds
+ * the scope lock applies every queue in order (sluice__ends_apply): the
+ * next slow end, sluice_prof_poll() (the background thread, and every
+ * reader of figures before it reads), a begin that finds no free slot. So
+ * the figures read are the same as if each end had taken the lock; a LEAK
+ * verdict is announced when the message that crossed the horizon is
+ * applied, at most ENDQ_CAP ends of that thread or one poll interval later.
+ * Used only when no per-scope callback is set (on_residual, on_leak): those
+ * run on the ending thread at its end, as before. */
+#define ENDQ_CAP 32
+
+typedef struct ended {
+  uint32_t idx;
+  uint32_t outcome;
+  uint64_t now;
+} ended;
+
+typedef struct sluice__endq {
+  _Atomic uint32_t head; /* written by the owner */
+  _Atomic uint32_t tail; /* written under R.mu */
+  _Atomic int owned;
+  struct sluice__endq *next; /* every queue; never shortened */
+  ended e[ENDQ_CAP];
+} sluice__endq;
+
+static sluice__endq *_Atomic endq_head;
+static sluice__lock endq_lock; /* getting and giving back queues */
+
+static sluice__endq *endq_get(void) {
+  sluice__endq *q;
+  sluice__lock_acquire(&endq_lock);
+  for (q = atomic_load_explicit(&endq_head, memory_order_relaxed); q;
+       q = q->next)
+    if (!atomic_load_explicit(&q->owned, memory_order_relaxed)) break;
+  if (!q) {
+    q = sluice__aligned_calloc(SLUICE__CACHELINE, sizeof *q);
+    if (q) {
+      atomic_fetch_add(&sluice__overhead, sizeof *q);
+      q->next = atomic_load_explicit(&endq_head, memory_order_relaxed);
+      atomic_store_explicit(&endq_head, q, memory_order_release);
+    }
+  }
+  if (q) atomic_store_explicit(&q->owned, 1, memory_order_relaxed);
+  sluice__lock_release(&endq_lock);
+  return q;
+}
+
+void sluice__endq_release(sluice__tls *t) {
+  if (!t->endq) return;
+  atomic_store_explicit(&t->endq->owned, 0, memory_order_release);
+  t->endq = NULL;
+}
+
+/* Only the forking thread exists in the child: the others' queues are free
+ * to reuse (what they hold is applied like any other). */
+static void endq_fork_child(void) {
+  sluice__lock_release(&endq_lock);
+  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_relaxed);
+       q; q = q->next)
+    if (q != sluice__t.endq)
+      atomic_store_explicit(&q->owned, 0, memory_order_relaxed);
+}
+
+static int ends_pending(void) {
+  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_acquire);
+       q; q = q->next)
+    if (atomic_load_explicit(&q->head, memory_order_acquire) !=
+        atomic_load_explicit(&q->tail, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
+/* Under R.mu: what end_locked() does for a scope that left nothing. */
+static void apply_end(notes *ns, const ended *x) {
+  slot *s = slot_at(x->idx);
+  kind *kd = &R.kinds[s->kind];
+  kd->open--;
+  kd->last_ns = x->now;
+  R.n_open--;
+  s->outcome = (uint8_t)x->outcome;
+  uint32_t gi = sluice__group_of(s->kind, (int)x->outcome);
+  s->group = gi;
+  grp *g = group_at(gi);
+  s->end_b = s->end_n = 0;
+  s->end_ns = x->now;
+  g->messages++;
+  s->end_msg = g->messages;
+  sluice__slot_free(x->idx);
+  sluice__group_message(ns, gi, x->now);
+}
+
+size_t sluice__ends_apply(notes *ns) {
+  size_t done = 0;
+  uint64_t last = 0;
+  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_acquire);
+       q; q = q->next) {
+    uint32_t tl = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint32_t hd = atomic_load_explicit(&q->head, memory_order_acquire);
+    for (; tl != hd && notes_room(ns); tl++, done++) {
+      const ended *x = &q->e[tl % ENDQ_CAP];
+      apply_end(ns, x);
+      last = x->now;
+    }
+    atomic_store_explicit(&q->tail, tl, memory_order_release);
+  }
+  if (done) {
+    sluice__process_due(ns, last, 0);
+    if (R.n_slots >= R.max_slots && R.n_retired > R.max_slots / 2)
+      sluice__reclaim(1);
+  }
+  return done;
+}
+
+/* The end of scope h when it is clean: 0 when done here (or -EINVAL),
+ * 1 when the caller must take the lock. */
+static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
+                    sluice_prof_residual *out, int from_hook) {
+  uint32_t idx = (uint32_t)h;
+  if (!atomic_load_explicit(&R.fast_end, memory_order_relaxed) || !R.chunks ||
+      idx >= R.max_slots)
+    return 1;
+  slot *c =
+      atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT], memory_order_acquire);
+  if (!c) return 1;
+  slot *s = &c[idx & (SLOT_CHUNK - 1)];
+  uint32_t gen = (uint32_t)(h >> 32);
+  /* Nothing live, nothing referring to the slot; begun on this thread (or
+   * not from a hook: the deferred-completion warning is not concerned). */
+  if (atomic_load_explicit(&s->gen, memory_order_acquire) != gen ||
+      atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
+      atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS ||
+      atomic_load_explicit(&s->xrefs, memory_order_acquire) != 0 ||
+      (from_hook && s->begin_thread != t))
+    return 1;
+  sluice__endq *q = t->endq;
+  if (SLUICE__UNLIKELY(!q)) {
+    if (t->state != SLUICE__T_LIVE) return 1;
+    t->guard++;
+    q = t->endq = endq_get();
+    t->guard--;
+    if (!q) return 1;
+  }
+  uint32_t hd = atomic_load_explicit(&q->head, memory_order_relaxed);
+  if (hd - atomic_load_explicit(&q->tail, memory_order_acquire) == ENDQ_CAP)
+    return 1; /* full: the slow end applies it */
+  if (!atomic_compare_exchange_strong_explicit(
+          &s->gen, &gen, gen + 1, memory_order_acq_rel, memory_order_relaxed))
+    return SLUICE_EINVAL; /* ended by another thread meanwhile */
+  if (out) { /* the kind cannot go while the scope counts as open */
+    const kind *kd = &R.kinds[s->kind];
+    memset(out, 0, sizeof *out);
+    out->queue = R.queues[kd->queue].name;
+    out->key = kd->key;
+    out->seq = s->seq;
+    out->delivery_tag = s->tag;
+    out->outcome = outcome;
+  }
+  ended *x = &q->e[hd % ENDQ_CAP];
+  x->idx = idx;
+  x->outcome = (uint32_t)outcome;
+  x->now = sluice__now_ns();
+  atomic_store_explicit(&q->head, hd + 1, memory_order_release);
+  return 0;
+}
+
 /* Deferred work done on a thread that never entered the delivery. Such a
  * thread (an HTTP client's, a publisher's) allocates for other reasons too,
  * transiently; what matters is memory it keeps: when the blocks it has
@@ -603,20 +787,28 @@ static int scope_end(sluice_prof_scope h, int outcome,
   sluice__tls *t = &sluice__t;
   if (t->scope == h) sluice__tls_set_scope(t, 0);
   if (outcome < 0 || outcome >= N_OUT) outcome = SLUICE_OUTCOME_ERROR;
+  int rc = fast_end(t, h, outcome, out, from_hook);
+  if (rc <= 0) return rc;
   notes ns;
   sluice__enter_guard();
   uint64_t now = sluice__now_ns();
   sluice__lock_acquire(&R.mu);
   sluice__notes_init(&ns);
+  /* This thread's earlier ends first (in order with this one). */
+  sluice__ends_apply(&ns);
   slot *s = slot_of(h);
-  if (!s) {
+  uint32_t gen = (uint32_t)(h >> 32);
+  /* New allocations through the old handle no longer count; a fast end of
+   * the same handle on another thread cannot win too. */
+  if (!s || !atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
+                                                     memory_order_acq_rel,
+                                                     memory_order_relaxed)) {
     sluice__lock_release(&R.mu);
     sluice__leave_guard();
+    sluice__notes_dispatch(&ns);
     return SLUICE_EINVAL;
   }
   if (from_hook) check_unentered(&ns, s, t);
-  /* New allocations through the old handle no longer count. */
-  atomic_store_explicit(&s->gen, (uint32_t)(h >> 32) + 1, memory_order_release);
   end_locked(&ns, (uint32_t)h, outcome, now, out);
   sluice__lock_release(&R.mu);
   sluice__leave_guard();
@@ -639,7 +831,8 @@ size_t sluice_prof_poll(void) {
     sluice__enter_guard();
     sluice__lock_acquire(&R.mu);
     sluice__notes_init(&ns);
-    batch = sluice__process_due(&ns, now, 0);
+    batch = sluice__ends_apply(&ns);
+    batch += sluice__process_due(&ns, now, 0);
     if (first) sluice__groups_tick(&ns, now);
     first = 0;
     sluice__lock_release(&R.mu);
@@ -776,6 +969,7 @@ char *sluice__kind_key_dup(uint32_t k, char **key_name) {
 
 void sluice__scopes_stats(sluice_prof_memstats *ms) {
   if (!R.chunks) return;
+  sluice_prof_poll(); /* scopes ended without the lock counted */
   sluice__lock_acquire(&R.mu);
   ms->scopes_open = R.n_open;
   ms->scopes_pending = R.n_closed;

@@ -422,6 +422,109 @@ static void test_fork(void **state) {
   TFREE(a);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Scopes that end with nothing live are accounted without the scope lock
+ * (prof_scope.c, "Clean ends"): the figures read afterwards are the same. */
+
+static void one_delivery(const char *queue, uint64_t seq, size_t leak,
+                         void **kept) {
+  const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
+  sluice_delivery_info info = {queue, seq, 1, seq, 0, NULL, NULL};
+  void *tok = hk->begin(hk->user, &info);
+  assert_non_null(tok);
+  void *a = TALLOC(64), *b = TALLOC(300);
+  TFREE(a);
+  TFREE(b);
+  if (leak) *kept = TALLOC(leak);
+  hk->suspend(hk->user, tok);
+  __atomic_add_fetch(&t_now, 1000000ull, __ATOMIC_RELAXED);
+  hk->end(hk->user, tok, &info, SLUICE_ACK);
+}
+
+static void test_clean_ends_counted(void **state) {
+  (void)state;
+  static int run;
+  char q[32];
+  snprintf(q, sizeof q, "t.n.clean%d", run++);
+  static void *kept[100];
+  size_t k = 0;
+  for (uint64_t i = 0; i < 1000; i++)
+    one_delivery(q, i + 1, i % 10 == 9 ? 16 : 0, &kept[k]), k += i % 10 == 9;
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats(q, &st), 0);
+  assert_int_equal(st.messages, 1000);
+  assert_int_equal(st.with_residual, 100);
+  assert_int_equal(st.bytes_at_end, 1600);
+  assert_int_equal(st.retained_bytes, 1600);
+  assert_int_equal(st.retained_objects, 100);
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+  for (size_t i = 0; i < k; i++) TFREE(kept[i]);
+  pass_grace();
+  assert_int_equal(get_stats(q, &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.cached, 100);
+  assert_int_equal(st.leaked, 0);
+  /* A handle ends once, whichever path ends it. */
+  sluice_prof_scope s = sluice_prof_scope_begin(q, 1, 1);
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), 0);
+  assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, NULL), SLUICE_EINVAL);
+  uint64_t b, n;
+  assert_int_equal(sluice_prof_scope_usage(s, &b, &n), SLUICE_EINVAL);
+}
+
+/* A pool of 16 slots and 2,000 messages: ended slots waiting to be
+ * accounted are given back when a begin needs one. */
+static int setup_small_pool(void **state) {
+  (void)state;
+  sluice_prof_opts o = {
+      .sample_rate = SLUICE_PROF_RATE_NONE,
+      .max_scopes = 16,
+      .max_pending = 8,
+      .poll_ms = -1,
+      .now_ns = test_clock,
+  };
+  assert_int_equal(sluice_prof_start(&o), 0);
+  return 0;
+}
+
+static void test_clean_ends_small_pool(void **state) {
+  (void)state;
+  sluice_prof_memstats before, after;
+  sluice_prof_memstats_read(&before);
+  for (uint64_t i = 0; i < 2000; i++) one_delivery("t.n.pool", i + 1, 0, NULL);
+  sluice_prof_memstats_read(&after);
+  assert_int_equal(after.scopes_refused, before.scopes_refused);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.pool", &st), 0);
+  assert_int_equal(st.messages, 2000);
+}
+
+/* Threads end their scopes into queues of their own and exit with ends
+ * not yet accounted. */
+static void *clean_worker(void *arg) {
+  (void)arg;
+  for (uint64_t i = 0; i < 500; i++)
+    one_delivery("t.n.threads", i + 1, 0, NULL);
+  return NULL;
+}
+
+static void test_clean_ends_threads(void **state) {
+  (void)state;
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(pthread_create(&th[i], NULL, clean_worker, NULL), 0);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.threads", &st), 0);
+  assert_int_equal(st.messages, 2000);
+  assert_int_equal(st.with_residual, 0);
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_free_on_other_thread, setup_none),
@@ -433,6 +536,10 @@ int main(void) {
       cmocka_unit_test_setup(test_ring_of_threads, setup_none),
       cmocka_unit_test_setup(test_ring_of_threads, setup_default),
       cmocka_unit_test_setup(test_fork, setup_none),
+      cmocka_unit_test_setup(test_clean_ends_counted, setup_none),
+      cmocka_unit_test_setup(test_clean_ends_counted, setup_default),
+      cmocka_unit_test_setup(test_clean_ends_threads, setup_none),
+      cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
