@@ -19,7 +19,7 @@
 
 /* The countdown of a new thread is "run out" (see sample_left). */
 __thread sluice__tls sluice__t __attribute__((tls_model("initial-exec"))) = {
-    .sample_left = SLUICE__COUNTDOWN(0)};
+    .sample_left = SLUICE__COUNTDOWN(0), .free_gate = 1};
 _Atomic unsigned sluice__flags;
 _Atomic uint32_t sluice__epoch = 1;
 
@@ -101,6 +101,7 @@ static void tls_dtor(void *arg) {
   if (t->state == SLUICE__T_LIVE) unlink_locked(t);
   fold_dead(t);
   t->state = SLUICE__T_DEAD;
+  t->free_gate = 1;
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -124,6 +125,8 @@ void sluice__tls_register(sluice__tls *t) {
     if (reg_head) reg_head->prev = t;
     reg_head = t;
     t->state = SLUICE__T_LIVE;
+    t->free_gate = t->nurs &&
+                   atomic_load_explicit(&t->nurs->active, memory_order_relaxed);
   }
   pthread_mutex_unlock(&reg_mu);
   pthread_setspecific(reg_key, t);
@@ -297,7 +300,9 @@ int sluice__take(uintptr_t p, sluice__rec *out) {
   if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed) &&
       sluice__nurs_take_own(t, p, out))
     return 1;
-  if (sluice__nurs_others(t) && sluice__nurs_take_remote(t, p, out)) return 1;
+  if (sluice__nurs_others(t, sluice__flags_now()) &&
+      sluice__nurs_take_remote(t, p, out))
+    return 1;
   return sluice__table_take(p, out);
 }
 

@@ -50,6 +50,12 @@
 #define SLUICE__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define SLUICE__NOINLINE __attribute__((noinline))
 #define SLUICE__CACHELINE 64
+/* On declarations of the profiler's globals: hidden, so that the hot paths
+ * address them relative to the code (`testb $1, sluice__flags(%rip)`)
+ * instead of loading their address from the GOT first (one instruction
+ * more per malloc and per free; -fvisibility=hidden covers definitions
+ * only). */
+#define SLUICE__HIDDEN __attribute__((visibility("hidden")))
 
 /* Deepest stack recorded (Go records 32 frames for heap profiles). */
 #define SLUICE__MAX_DEPTH 64
@@ -68,7 +74,7 @@ void sluice__free(void *p);
 void *sluice__aligned_calloc(size_t align, size_t n);
 char *sluice__strdup(const char *s);
 /* Bytes held by long-lived structures, kept by their owners. */
-extern _Atomic uint64_t sluice__overhead;
+extern _Atomic uint64_t sluice__overhead SLUICE__HIDDEN;
 
 /* A growable byte buffer; `oom` is sticky. */
 typedef struct sluice__buf {
@@ -125,6 +131,10 @@ enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
 typedef struct sluice__tls {
   int guard; /* >0: inside the profiler; record nothing */
   int state; /* SLUICE__T_* (registry membership) */
+  /* Nonzero while free() must take its slow path on this thread whatever
+   * the block: not registered (state != LIVE), or its nursery is active.
+   * One test on the hot path for both. */
+  int free_gate;
   /* Bytes until the next sample, minus one: an allocation is sampled when
    * it takes the countdown below zero, a test of the sign of the one
    * subtraction (SLUICE__COUNTDOWN). Reset (to -1) by others when the rate
@@ -164,14 +174,16 @@ typedef struct sluice__tls {
   struct sluice__tls *next, *prev; /* registry of live threads */
 } sluice__tls;
 
-extern __thread sluice__tls sluice__t
+extern __thread sluice__tls sluice__t SLUICE__HIDDEN
     __attribute__((tls_model("initial-exec")));
 
 /* Global flags: recording new allocations; the block table may hold
- * records (frees must look). */
-enum { SLUICE__F_REC = 1u, SLUICE__F_TRACK = 2u };
-extern _Atomic unsigned sluice__flags;
-extern _Atomic uint32_t sluice__epoch;
+ * records (frees must look). Bits from SLUICE__F_NURS1 up count the active
+ * nurseries (prof_nursery.c), so that free() learns from the one word it
+ * loads anyway whether another thread's nursery may hold its block. */
+enum { SLUICE__F_REC = 1u, SLUICE__F_TRACK = 2u, SLUICE__F_NURS1 = 1u << 8 };
+extern _Atomic unsigned sluice__flags SLUICE__HIDDEN;
+extern _Atomic uint32_t sluice__epoch SLUICE__HIDDEN;
 
 static inline unsigned sluice__flags_now(void) {
   return atomic_load_explicit(&sluice__flags, memory_order_relaxed);
@@ -265,7 +277,7 @@ static inline void sluice__on_alloc(void *p, size_t n) {
  * record (changed under the shard's lock). free() of an untracked block
  * reads this one hot word, and nothing else, to say so. */
 #define SLUICE__N_SHARDS 64
-extern _Atomic uint64_t sluice__shard_mask;
+extern _Atomic uint64_t sluice__shard_mask SLUICE__HIDDEN;
 
 static inline uint64_t sluice__hash_ptr(uintptr_t k) {
   return (uint64_t)(k >> 4) * 0x9E3779B97F4A7C15ull;
@@ -375,19 +387,18 @@ typedef struct sluice__nursery {
   struct sluice__nursery *next; /* every nursery, never freed */
 } __attribute__((aligned(SLUICE__CACHELINE))) sluice__nursery;
 
-/* Nurseries that may hold entries. */
-extern _Atomic uint32_t sluice__nurs_active;
 
 static inline uint32_t sluice__nurs_idx(uintptr_t p) {
   return (uint32_t)((p >> 4) * 0x9E3779B97F4A7C15ull >> 58) &
          (SLUICE__NURS_SLOTS - 1);
 }
 
-/* Frees must look beyond their own nursery (and the block table). */
-static inline int sluice__nurs_others(const sluice__tls *t) {
-  uint32_t a = SLUICE__HOT_LOAD(uint32_t, sluice__nurs_active);
+/* Frees must look beyond their own nursery (and the block table): some
+ * other thread's nursery is active (flags: the global flags word). */
+static inline int sluice__nurs_others(const sluice__tls *t, unsigned flags) {
+  unsigned a = flags / SLUICE__F_NURS1;
   if (SLUICE__LIKELY(a == 0)) return 0;
-  return a > (uint32_t)(t->nurs && atomic_load_explicit(&t->nurs->active,
+  return a > (unsigned)(t->nurs && atomic_load_explicit(&t->nurs->active,
                                                         memory_order_relaxed));
 }
 
@@ -439,7 +450,7 @@ static inline int sluice__free_pre(const void *p, unsigned flags) {
   }
   if (flags & SLUICE__F_TRACK)
     slow |= sluice__maybe_tracked(p) | (sluice__t.nurs != NULL) |
-            sluice__nurs_others(&sluice__t);
+            (flags >= SLUICE__F_NURS1);
   return slow;
 }
 

@@ -78,6 +78,17 @@ EXPORT void *calloc(size_t n, size_t m) {
 }
 
 SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
+  sluice__tls *t = &sluice__t;
+  /* A block of this thread's scope, freed before the scope ends: the
+   * common case inside a handler (prof_nursery.c). */
+  if (t->nurs && t->state == SLUICE__T_LIVE) {
+    sluice__rec r;
+    if (sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
+      sluice__scope_credit_mine(t, r.scope, -(int64_t)r.size, -1);
+      __libc_free(p);
+      return;
+    }
+  }
   sluice__free_slow(p, f);
   __libc_free(p);
 }
@@ -95,21 +106,14 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
 EXPORT void free(void *p) {
   unsigned f = SLUICE__HOT_LOAD(unsigned, sluice__flags);
   if (SLUICE__LIKELY(!f) || SLUICE__UNLIKELY(!p)) return __libc_free(p);
-  sluice__tls *t = &sluice__t;
   if (f & SLUICE__F_REC) {
+    sluice__tls *t = &sluice__t;
     sluice__bump(&t->frees, 1);
-    if (SLUICE__UNLIKELY(t->state != SLUICE__T_LIVE)) return free_slow(p, f);
+    /* Not registered yet, or this thread's nursery is active. */
+    if (SLUICE__UNLIKELY(t->free_gate)) return free_slow(p, f);
   }
-  /* A block of this thread's scope, freed before the scope ends: the
-   * common case inside a handler (prof_nursery.c). */
-  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed)) {
-    sluice__rec r;
-    if (sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
-      sluice__scope_credit_mine(t, r.scope, -(int64_t)r.size, -1);
-      return __libc_free(p);
-    }
-  }
-  if (SLUICE__UNLIKELY(sluice__maybe_tracked(p) | sluice__nurs_others(t)))
+  /* Tracked in the table, or another thread's nursery is active. */
+  if (SLUICE__UNLIKELY(sluice__maybe_tracked(p) || f >= SLUICE__F_NURS1))
     return free_slow(p, f | SLUICE__F_TRACK);
   __libc_free(p);
 }

@@ -38,8 +38,6 @@
 
 #include "prof_internal.h"
 
-_Atomic uint32_t sluice__nurs_active;
-
 static sluice__nursery *_Atomic nurs_head;
 static sluice__lock nurs_lock; /* getting and giving back nurseries */
 
@@ -105,9 +103,11 @@ static void activate(sluice__tls *t, sluice__nursery *ns) {
     atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
   atomic_store_explicit(&ns->ref, t->pend_ref, memory_order_relaxed);
   atomic_store_explicit(&ns->active, 1, memory_order_relaxed);
+  t->free_gate = 1; /* this thread's frees look in its nursery */
   /* Before the first entry is published: a thread that gets one of its
    * blocks from this one sees the count. */
-  atomic_fetch_add_explicit(&sluice__nurs_active, 1, memory_order_seq_cst);
+  atomic_fetch_add_explicit(&sluice__flags, SLUICE__F_NURS1,
+                            memory_order_seq_cst);
 }
 
 int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
@@ -177,9 +177,11 @@ void sluice__nurs_flush(sluice__tls *t) {
       evict(t, ns, i);
   /* Entries taken by others were counted in n until cleared above. */
   atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+  t->free_gate = t->state != SLUICE__T_LIVE;
   /* After the entries reached the table: a thread that sees the count
    * fall looks there. */
-  atomic_fetch_sub_explicit(&sluice__nurs_active, 1, memory_order_seq_cst);
+  atomic_fetch_sub_explicit(&sluice__flags, SLUICE__F_NURS1,
+                            memory_order_seq_cst);
 }
 
 void sluice__nurs_release(sluice__tls *t) {
@@ -226,6 +228,9 @@ void sluice__nurs_fork_child(sluice__tls *self) {
     atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
     atomic_store_explicit(&ns->owned, 0, memory_order_relaxed);
   }
-  atomic_store_explicit(&sluice__nurs_active, active, memory_order_relaxed);
+  unsigned f = atomic_load_explicit(&sluice__flags, memory_order_relaxed);
+  atomic_store_explicit(&sluice__flags,
+                        (f & (SLUICE__F_NURS1 - 1)) + active * SLUICE__F_NURS1,
+                        memory_order_relaxed);
   sluice__lock_release(&nurs_lock);
 }

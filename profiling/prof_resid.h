@@ -198,7 +198,7 @@ typedef struct resid_state {
   _Atomic int fast_end;
 } resid_state;
 
-extern resid_state sluice__R;
+extern resid_state sluice__R SLUICE__HIDDEN;
 #define R sluice__R
 
 static inline slot *slot_at(uint32_t idx) {
