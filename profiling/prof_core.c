@@ -39,13 +39,6 @@ static _Atomic uint64_t dead_mallocs, dead_frees, dead_bytes;
 /* SLUICE_PROF_OUT, kept for the exit-time dump. */
 static char out_path[PATH_MAX];
 
-void sluice__enter_guard(void) {
-  sluice__t.guard++;
-}
-
-void sluice__leave_guard(void) {
-  sluice__t.guard--;
-}
 
 size_t sluice__rate(void) {
   return (size_t)atomic_load_explicit(&g_rate, memory_order_relaxed);

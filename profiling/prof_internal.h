@@ -296,8 +296,12 @@ uint64_t sluice__clock_slack_ns(void);
 size_t sluice__rate(void);
 const sluice_prof_opts *sluice__opts(void);
 int sluice__inited(void);
-void sluice__enter_guard(void);
-void sluice__leave_guard(void);
+static inline void sluice__enter_guard(void) {
+  sluice__t.guard++;
+}
+static inline void sluice__leave_guard(void) {
+  sluice__t.guard--;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Records of tracked blocks. */
@@ -424,8 +428,25 @@ static inline int sluice__nurs_take_own(sluice__tls *t, uintptr_t p,
 int sluice__nurs_settle(sluice__tls *t, sluice__nursery *ns, uint32_t i);
 /* A block of n bytes just allocated at p inside t's scope (pend_ref),
  * without a stack: 1 when kept in the nursery (credited to the thread's
- * pending credits), 0 when the caller must record it in the block table. */
-int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n);
+ * pending credits), 0 when the caller must record it in the block table.
+ * Inline for the common case (an active nursery, a free slot). */
+int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n);
+static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
+  sluice__nursery *ns = t->nurs;
+  uint32_t i = sluice__nurs_idx(p);
+  if (SLUICE__UNLIKELY(
+          !ns || !atomic_load_explicit(&ns->active, memory_order_relaxed) ||
+          atomic_load_explicit(&ns->key[i], memory_order_relaxed)))
+    return sluice__nurs_put_slow(t, p, n);
+  atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
+  atomic_store_explicit(&ns->key[i], p, memory_order_release);
+  atomic_store_explicit(&ns->n,
+                        atomic_load_explicit(&ns->n, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+  t->pend_b += (int64_t)n;
+  t->pend_n += 1;
+  return 1;
+}
 /* Another thread's nursery may hold p: take it (1, with its record). */
 int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p,
                              struct sluice__rec *out);

@@ -110,7 +110,7 @@ static void activate(sluice__tls *t, sluice__nursery *ns) {
                             memory_order_seq_cst);
 }
 
-int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
+int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
   sluice__nursery *ns = t->nurs;
   if (SLUICE__UNLIKELY(!ns)) {
     if (t->state != SLUICE__T_LIVE) return 0; /* exiting: no new nursery */

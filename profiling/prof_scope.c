@@ -531,7 +531,7 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
   kd->last_ns = now;
   R.n_open--;
   s->outcome = (uint8_t)outcome;
-  uint32_t gi = sluice__group_of(s->kind, outcome);
+  uint32_t gi = sluice__group_of_fast(s->kind, outcome);
   int64_t b, n;
   join_group(s, gi, &b, &n);
   grp *g = group_at(gi);
@@ -573,7 +573,7 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
       retire_unchecked(s);
     }
   }
-  sluice__group_message(ns, gi, now);
+  sluice__group_message_fast(ns, gi, now);
   if (R.n_slots >= R.max_slots && R.n_retired > R.max_slots / 2)
     sluice__reclaim(1);
 }
@@ -666,7 +666,7 @@ static void apply_end(notes *ns, const ended *x) {
   kd->last_ns = x->now;
   R.n_open--;
   s->outcome = (uint8_t)x->outcome;
-  uint32_t gi = sluice__group_of(s->kind, (int)x->outcome);
+  uint32_t gi = sluice__group_of_fast(s->kind, (int)x->outcome);
   s->group = gi;
   grp *g = group_at(gi);
   s->end_b = s->end_n = 0;
@@ -674,7 +674,7 @@ static void apply_end(notes *ns, const ended *x) {
   g->messages++;
   s->end_msg = g->messages;
   sluice__slot_free(x->idx);
-  sluice__group_message(ns, gi, x->now);
+  sluice__group_message_fast(ns, gi, x->now);
 }
 
 size_t sluice__ends_apply(notes *ns) {
