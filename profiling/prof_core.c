@@ -247,7 +247,7 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
     }
   }
   if (nframes >= 0) stack = capture_stack(k, frames, nframes, n);
-  if (scope && !stack && sluice__nurs_put(t, (uintptr_t)p, n)) {
+  if (scope && !stack && !t->nurs_off && sluice__nurs_put(t, (uintptr_t)p, n)) {
     t->guard--;
     return;
   }
@@ -286,18 +286,6 @@ void sluice__untrack(const void *p) {
   if (sluice__take((uintptr_t)p, &r)) sluice__rec_release(&r);
 }
 
-/* The record of p wherever it is: this thread's nursery, another thread's
- * (looked at before the table: see prof_nursery.c), the block table. */
-int sluice__take(uintptr_t p, sluice__rec *out) {
-  sluice__tls *t = &sluice__t;
-  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed) &&
-      sluice__nurs_take_own(t, p, out))
-    return 1;
-  if (sluice__nurs_others(t, sluice__flags_now()) &&
-      sluice__nurs_take_remote(t, p, out))
-    return 1;
-  return sluice__table_take(p, out);
-}
 
 /* Heap-profile side of a realloc to n bytes: count it, and take a sample
  * (or a capture at weight 1) like an allocation. Returns the new stack id

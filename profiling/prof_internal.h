@@ -158,6 +158,9 @@ typedef struct sluice__tls {
   /* Blocks of the current scope allocated by this thread and not freed yet
    * (prof_nursery.c); NULL until the first one. */
   struct sluice__nursery *nurs;
+  /* The current scope keeps more blocks alive than the nursery holds: its
+   * blocks go to the block table until the thread leaves it. */
+  uint8_t nurs_off;
   /* Scopes this thread ended with nothing live, for the scope lock's next
    * holder to account (prof_scope.c); NULL until the first. */
   struct sluice__endq *endq;
@@ -215,9 +218,7 @@ int sluice__alloc_prepare(sluice__tls *t, size_t n);
 void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
                           void *const *frames, int nframes);
 void sluice__untrack(const void *p);
-/* Take p's record wherever it is kept (nurseries, block table): 1 if it
- * was tracked. */
-int sluice__take(uintptr_t p, struct sluice__rec *out);
+
 /* After the real realloc: `q` (NULL on failure) replaced `p`, whose record
  * (if it was tracked) is `old`; `usable` is malloc_usable_size(p) taken
  * before, for an untracked block grown inside a scope (else 0). */
@@ -384,10 +385,15 @@ void sluice__self_range_init(void);
 typedef struct sluice__nursery {
   _Atomic uintptr_t key[SLUICE__NURS_SLOTS]; /* 0: empty */
   _Atomic uint64_t size[SLUICE__NURS_SLOTS];
-  _Atomic uint32_t ref;         /* owner reference (slot) of every entry */
-  _Atomic uint32_t n;           /* entries (written by the owner) */
-  _Atomic int active;           /* counted in sluice__nurs_active */
-  _Atomic int owned;            /* by a live thread */
+  _Atomic uint32_t ref; /* owner reference (slot) of every entry */
+  _Atomic uint32_t n;   /* entries (written by the owner) */
+  _Atomic int active;   /* counted in sluice__nurs_active */
+  _Atomic int owned;    /* by a live thread */
+  /* Live entries pushed out by newer blocks in the current scope (owner
+   * only): past SLUICE__NURS_SLOTS the scope keeps more blocks alive than
+   * the nursery holds, and its new blocks go to the block table directly
+   * (moving each one later would cost more than it saves). */
+  uint32_t evicted;
   struct sluice__nursery *next; /* every nursery, never freed */
 } __attribute__((aligned(SLUICE__CACHELINE))) sluice__nursery;
 
@@ -525,17 +531,30 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
  * still open), it goes to the nursery here (1); otherwise 0 and the slow
  * path (sluice__alloc_prepare) decides, the countdown untouched. */
 static inline int sluice__scoped_fast(sluice__tls *t, void *p, size_t n) {
-  if (!t->pend_ref || !t->nurs || t->guard || t->capture ||
+  if (!t->pend_ref || !t->nurs || t->nurs_off || t->guard || t->capture ||
       t->state != SLUICE__T_LIVE ||
       atomic_load_explicit(t->pend_gen, memory_order_relaxed) !=
           (uint32_t)(t->scope >> 32))
     return 0;
   int64_t left = t->saved_left - (int64_t)n;
-  if (left < 0) return 0;
+  if (left < 0 || !sluice__nurs_put(t, (uintptr_t)p, n)) return 0;
   t->saved_left = left;
   /* Re-armed: a rate change from another thread may have reset it. */
   atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
-  return sluice__nurs_put(t, (uintptr_t)p, n);
+  return 1;
+}
+/* The record of p wherever it is: this thread's nursery, another thread's
+ * (looked at before the table: see prof_nursery.c), the block table. 1 if
+ * p was tracked. */
+static inline int sluice__take(uintptr_t p, sluice__rec *out) {
+  sluice__tls *t = &sluice__t;
+  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed) &&
+      sluice__nurs_take_own(t, p, out))
+    return 1;
+  if (SLUICE__UNLIKELY(sluice__nurs_others(t, sluice__flags_now())) &&
+      sluice__nurs_take_remote(t, p, out))
+    return 1;
+  return sluice__table_take(p, out);
 }
 void sluice__scopes_lock_all(void);
 void sluice__scopes_unlock_all(void);

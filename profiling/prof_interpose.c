@@ -81,7 +81,8 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
   sluice__tls *t = &sluice__t;
   /* A block of this thread's scope, freed before the scope ends: the
    * common case inside a handler (prof_nursery.c). */
-  if (t->nurs && t->state == SLUICE__T_LIVE) {
+  if (t->nurs && atomic_load_explicit(&t->nurs->n, memory_order_relaxed) &&
+      t->state == SLUICE__T_LIVE) {
     sluice__rec r;
     if (sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
       sluice__scope_credit_mine(t, r.scope, -(int64_t)r.size, -1);

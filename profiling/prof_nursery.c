@@ -123,9 +123,17 @@ int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
           !atomic_load_explicit(&ns->active, memory_order_relaxed)))
     activate(t, ns);
   uint32_t i = sluice__nurs_idx(p);
-  if (atomic_load_explicit(&ns->key[i], memory_order_relaxed) &&
-      !evict(t, ns, i))
-    return 0;
+  uintptr_t k = atomic_load_explicit(&ns->key[i], memory_order_relaxed);
+  if (k) {
+    /* Live and pushed out: count it; a scope that keeps many blocks
+     * alive stops using the nursery until it ends. */
+    if (!(k & SLUICE__K_TAKEN) && ns->evicted++ >= SLUICE__NURS_SLOTS) {
+      sluice__nurs_flush(t); /* all to the table; frees look there */
+      t->nurs_off = 1;
+      return 0;
+    }
+    if (!evict(t, ns, i)) return 0;
+  }
   atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
   atomic_store_explicit(&ns->key[i], p, memory_order_release);
   set_n(ns, atomic_load_explicit(&ns->n, memory_order_relaxed) + 1);
@@ -176,6 +184,7 @@ void sluice__nurs_flush(sluice__tls *t) {
     if (atomic_load_explicit(&ns->key[i], memory_order_relaxed))
       evict(t, ns, i);
   /* Entries taken by others were counted in n until cleared above. */
+  ns->evicted = 0;
   atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
   t->free_gate = t->state != SLUICE__T_LIVE;
   /* After the entries reached the table: a thread that sees the count

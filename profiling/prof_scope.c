@@ -171,6 +171,7 @@ void sluice__scope_xref(uint32_t ref, int delta) {
 void sluice__scope_flush(sluice__tls *t) {
   if (!t->pend_ref) return;
   if (t->nurs) sluice__nurs_flush(t); /* its credits are pending ones */
+  t->nurs_off = 0;
   if (t->pend_b || t->pend_n)
     sluice__scope_credit(t->pend_ref, t->pend_b, t->pend_n);
   t->pend_ref = 0;
