@@ -74,7 +74,7 @@ void sluice__ackwire_add(sluice__ackwire *w, uint16_t channel,
 
 size_t sluice__ackwire_write(const sluice__ackwire *w, int fd, int wait_ms) {
   size_t len = w->n * SLUICE__ACKWIRE_FRAME, off = 0;
-  uint64_t deadline = sluice__now_ms() + (uint64_t)wait_ms;
+  uint64_t deadline = 0; /* read the clock only if the socket is full */
   while (off < len) {
     ssize_t r = send(fd, w->buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r > 0) {
@@ -86,7 +86,8 @@ size_t sluice__ackwire_write(const sluice__ackwire *w, int fd, int wait_ms) {
       /* Not expected within the POLLOUT budget, but a frame must be
        * finished before anything else is written to the socket. */
       uint64_t now = sluice__now_ms();
-      if (now >= deadline) break;
+      if (!deadline) deadline = now + (uint64_t)wait_ms;
+      else if (now >= deadline) break;
       struct pollfd p = {fd, POLLOUT, 0};
       int left = (int)(deadline - now);
       if (poll(&p, 1, left) < 0 && errno != EINTR) break;

@@ -546,6 +546,7 @@ int sluice__attempt_adopt(sluice_consumer *c) {
   c->fd = amqp_get_sockfd(c->conn);
   c->own_acks = own_acks_on(a->node_uri);
   c->ackw_failed = 0;
+  c->win_rx = c->win_tx = c->win_tx_prev = c->win_tx_at_read = 0;
   c->heartbeat_s = amqp_get_heartbeat(c->conn);
   c->last_rx_ms = sluice__now_ms();
   c->last_error[0] = '\0';

@@ -589,9 +589,14 @@ static int ackw_write(sluice_consumer *c) {
   if (c->ackw_failed) return -1;
   if (w->n == 0) return 0;
   size_t done = sluice__ackwire_write(w, c->fd, c->o.rpc_timeout_ms);
+  c->win_tx_prev = c->win_tx;
   for (size_t i = 0; i < w->n; i++) {
-    if (i < done) count_settled(c, w->meta[i].kind, w->meta[i].count);
-    else atomic_fetch_add(&c->n_stale, w->meta[i].count);
+    if (i < done) {
+      count_settled(c, w->meta[i].kind, w->meta[i].count);
+      c->win_tx += w->meta[i].count;
+    } else {
+      atomic_fetch_add(&c->n_stale, w->meta[i].count);
+    }
   }
   atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
   if (done < w->n) c->ackw_failed = 1;
@@ -629,6 +634,8 @@ static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
   }
   if (st != 0) return -1;
   count_settled(c, kind, count);
+  c->win_tx_prev = c->win_tx;
+  c->win_tx += count;
   atomic_fetch_add_explicit(&c->n_ack_frames, 1, memory_order_relaxed);
   return 0;
 }

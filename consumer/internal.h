@@ -182,6 +182,12 @@ struct sluice_consumer {
   int ackw_failed; /* a write of ackw failed: the connection is given up */
   sluice__ackwire ackw;
   int ack_timer_on;
+  /* The broker's window as the loop thread sees it (frames.c,
+   * window_drained): deliveries received on this connection, those settled
+   * by ack frames the socket took, the latter before the last write of
+   * acks and when the socket was last read. Reset per connection. */
+  uint64_t win_rx, win_tx, win_tx_prev, win_tx_at_read;
+  int n_subs; /* subscriptions made (each has its own prefetch window) */
   int run_result;
   int started;
   pthread_t loop_thread;

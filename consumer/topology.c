@@ -359,6 +359,7 @@ int sluice_consumer_subscribe(sluice_consumer *c,
     }
     sluice__kick_read(c);
   }
+  c->n_subs++;
   return 0;
 }
 

@@ -322,6 +322,109 @@ static void per_message_acks(void **s) {
   per_message_out_of_order(1, 0, M_ACK, 500);
 }
 
+/* Small windows, where the loop goes back to the event loop as soon as the
+ * broker's window is all read and its acks are written (frames.c,
+ * window_drained) rather than read the socket again: out-of-order
+ * completions (every third message acked inline, the rest deferred and
+ * completed newest first from another thread), at prefetch 10 and 1. */
+static void per_message_small_windows(void **s) {
+  per_message_out_of_order(10, 0, M_LIFO, 3000);
+  per_message_out_of_order(1, 0, M_LIFO, 600);
+  per_message_out_of_order(2, 0, M_LIFO, 600);
+}
+
+/* Two subscriptions on one consumer at prefetch 1: the broker's window is
+ * one delivery per subscription, so the socket may hold the other
+ * queue's delivery while one is handled. Each message of both queues is
+ * handled once and acked, none comes back. */
+static _Atomic unsigned char two_seen[2][MAXN];
+static _Atomic unsigned two_total, two_redelivered;
+static unsigned two_n;
+static const char *two_q0;
+
+static int two_handler(sluice_delivery *d, const sluice_message *m,
+                       void *user) {
+  sluice_consumer *c = user;
+  int k = strcmp(m->queue, two_q0) == 0 ? 0 : 1;
+  atomic_fetch_add(&two_seen[k][id_of(m)], 1);
+  if (m->redelivered) atomic_fetch_add(&two_redelivered, 1);
+  if (atomic_fetch_add(&two_total, 1) + 1 == 2 * two_n)
+    sluice_consumer_stop(c);
+  return SLUICE_ACK;
+}
+
+static void two_subscriptions_prefetch_1(void **s) {
+  const char *q0 = tb_qname("two0");
+  char q1[128];
+  snprintf(q1, sizeof(q1), "%s", tb_qname("two1"));
+  char q0s[128];
+  snprintf(q0s, sizeof(q0s), "%s", q0);
+  two_q0 = q0s;
+  two_n = 400;
+  memset(two_seen, 0, sizeof(two_seen));
+  atomic_store(&two_total, 0);
+  atomic_store(&two_redelivered, 0);
+  sluice_queue_decl d0 = {.name = q0s}, d1 = {.name = q1};
+  tb_fresh_queue(&d0);
+  tb_fresh_queue(&d1);
+  tb_fill(q0s, two_n, 64);
+  tb_fill(q1, two_n, 64);
+  sluice_consumer_opts o = {.uri = TEST_URI, .prefetch = 1, .ack_batch = 1};
+  sluice_consumer *c = NULL;
+  assert_int_equal(sluice_consumer_new(&o, &c), 0);
+  sluice_subscribe_opts s0 = {.queue = q0s, .handler = two_handler, .user = c};
+  sluice_subscribe_opts s1 = {.queue = q1, .handler = two_handler, .user = c};
+  assert_int_equal(sluice_consumer_subscribe(c, &s0), 0);
+  assert_int_equal(sluice_consumer_subscribe(c, &s1), 0);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 60 * tb_time_scale(), &to), 0);
+  assert_false(to);
+  for (int k = 0; k < 2; k++)
+    for (unsigned i = 0; i < two_n; i++)
+      if (two_seen[k][i] != 1)
+        fail_msg("queue %d message %u handled %d times", k, i,
+                 two_seen[k][i]);
+  assert_int_equal(two_redelivered, 0);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.delivered, 2 * two_n);
+  assert_int_equal(st.acked, 2 * two_n);
+  assert_int_equal(st.stale, 0);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(q0s, 0, 5000), 0);
+  assert_int_equal(tb_depth_eventually(q1, 0, 5000), 0);
+  tb_delete_queue(q0s);
+  tb_delete_queue(q1);
+}
+
+/* A nack at prefetch 1: the broker redelivers the message only once it has
+ * read the nack, so the loop must wake for the redelivery as for a new
+ * message. Every message comes twice, the second time redelivered. */
+static void nack_requeues_prefetch_1(void **s) {
+  const char *q = tb_qname("nack1");
+  sluice_queue_decl d = {.name = q};
+  tb_fresh_queue(&d);
+  unsigned n = 200;
+  tb_fill(q, n, 16);
+  struct ctx *x = ctx_new(M_NACK_FIRST, n);
+  sluice_consumer_opts o = {.prefetch = 1, .ack_batch = 1};
+  sluice_consumer *c = make(x, q, &o);
+  int to = 0;
+  assert_int_equal(tb_run_bounded(c, 60 * tb_time_scale(), &to), 0);
+  assert_false(to);
+  for (unsigned i = 0; i < n; i++) assert_int_equal(x->seen[i], 1);
+  assert_int_equal(x->calls, 2 * n);
+  assert_int_equal(x->redelivered_calls, n);
+  sluice_consumer_stats st;
+  sluice_consumer_get_stats(c, &st);
+  assert_int_equal(st.nacked, n);
+  assert_int_equal(st.acked, n);
+  sluice_consumer_free(c);
+  assert_int_equal(tb_depth_eventually(q, 0, 5000), 0);
+  tb_delete_queue(q);
+  ctx_free(x);
+}
+
 static void exactly_once(unsigned prefetch, int workers, enum mode mode,
                          unsigned n) {
   const char *q = tb_qname("once");
@@ -1554,6 +1657,9 @@ int main(void) {
       cmocka_unit_test(once_prefetch_10),
       cmocka_unit_test(once_prefetch_500),
       cmocka_unit_test(per_message_acks),
+      cmocka_unit_test(per_message_small_windows),
+      cmocka_unit_test(two_subscriptions_prefetch_1),
+      cmocka_unit_test(nack_requeues_prefetch_1),
       cmocka_unit_test(nack_requeues),
       cmocka_unit_test(invalid_return_requeues),
       cmocka_unit_test(reject_dead_letters),
