@@ -348,8 +348,7 @@ static int two_handler(sluice_delivery *d, const sluice_message *m,
   int k = strcmp(m->queue, two_q0) == 0 ? 0 : 1;
   atomic_fetch_add(&two_seen[k][id_of(m)], 1);
   if (m->redelivered) atomic_fetch_add(&two_redelivered, 1);
-  if (atomic_fetch_add(&two_total, 1) + 1 == 2 * two_n)
-    sluice_consumer_stop(c);
+  if (atomic_fetch_add(&two_total, 1) + 1 == 2 * two_n) sluice_consumer_stop(c);
   return SLUICE_ACK;
 }
 
@@ -382,8 +381,7 @@ static void two_subscriptions_prefetch_1(void **s) {
   for (int k = 0; k < 2; k++)
     for (unsigned i = 0; i < two_n; i++)
       if (two_seen[k][i] != 1)
-        fail_msg("queue %d message %u handled %d times", k, i,
-                 two_seen[k][i]);
+        fail_msg("queue %d message %u handled %d times", k, i, two_seen[k][i]);
   assert_int_equal(two_redelivered, 0);
   sluice_consumer_stats st;
   sluice_consumer_get_stats(c, &st);
