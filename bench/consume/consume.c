@@ -5,7 +5,7 @@
  *
  *   sluice-bench-consume [--count N] [--size B] [--rounds R]
  *                        [--only per-message|coalesced|prefetch|auto|
- *                                default|tls]
+ *                                default|tls|ceiling]
  *                        [--prefetch P] [--side raw|sluice|none]
  *                        [--no-fill] [--queue NAME]
  *
@@ -13,7 +13,10 @@
  * that group). "per-message" is ack each at prefetch 1, 10 and 100 on
  * both sides (sluice ack_batch 1); "default" is sluice as configured by
  * default (MANUAL, prefetch 100, coalesced acks) against the raw loop in
- * autoAck, the fastest the raw loop can consume.
+ * autoAck, the fastest the raw loop can consume. "ceiling" runs the raw
+ * loop alone: its autoAck against its fastest manual-ack variants (no
+ * prefetch limit, multiple acks every 100 to 10,000, two channels), for
+ * what manual acknowledgement costs the broker whatever the client.
  *
  * --side runs one client only (the queue is filled all the same): for
  * profiling one side (`strace -c`, `valgrind --tool=callgrind`), with
@@ -133,6 +136,105 @@ static struct result raw_loop(unsigned long n, unsigned prefetch,
   amqp_destroy_connection(conn);
   struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
   return res;
+}
+
+/* ---- the raw loop's own ceiling ------------------------------------------ */
+
+/* The raw loop in manual mode on `channels` channels of one connection,
+ * each a consumer of the queue with basic.qos `prefetch` (0: no limit) and
+ * a multiple ack every `ack_every` deliveries of that channel; or autoAck
+ * (ack_every 0, one channel). For what manual acknowledgement costs the
+ * broker, whatever the client: --only ceiling. */
+static struct result raw_manual(unsigned long n, unsigned prefetch,
+                                unsigned ack_every, int channels) {
+  amqp_connection_state_t conn = amqp_new_connection();
+  amqp_socket_t *s = amqp_tcp_socket_new(conn);
+  if (amqp_socket_open(s, "127.0.0.1", 5672)) exit(1);
+  check(amqp_login(conn, "/", 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, "guest",
+                   "guest"),
+        "login");
+  uint64_t last[8] = {0};
+  unsigned pending[8] = {0};
+  for (int ch = 1; ch <= channels; ch++) {
+    amqp_channel_open(conn, (amqp_channel_t)ch);
+    check(amqp_get_rpc_reply(conn), "channel");
+    if (ack_every) {
+      amqp_basic_qos(conn, (amqp_channel_t)ch, 0, (uint16_t)prefetch, 0);
+      check(amqp_get_rpc_reply(conn), "qos");
+    }
+    amqp_basic_consume(conn, (amqp_channel_t)ch, amqp_cstring_bytes(QUEUE),
+                       amqp_empty_bytes, 0, ack_every == 0, 0,
+                       amqp_empty_table);
+    check(amqp_get_rpc_reply(conn), "consume");
+  }
+  double t0 = bu_now(), c0 = bu_cpu();
+  unsigned long got = 0;
+  while (got < n) {
+    amqp_envelope_t env;
+    amqp_maybe_release_buffers(conn);
+    amqp_rpc_reply_t r = amqp_consume_message(conn, &env, NULL, 0);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+      fprintf(stderr, "raw: consume_message failed\n");
+      exit(1);
+    }
+    got++;
+    int ch = env.channel;
+    if (ack_every && ch >= 1 && ch <= channels) {
+      last[ch] = env.delivery_tag;
+      if (++pending[ch] >= ack_every) {
+        amqp_basic_ack(conn, (amqp_channel_t)ch, last[ch], 1);
+        pending[ch] = 0;
+      }
+    }
+    amqp_destroy_envelope(&env);
+  }
+  for (int ch = 1; ack_every && ch <= channels; ch++)
+    if (pending[ch]) amqp_basic_ack(conn, (amqp_channel_t)ch, last[ch], 1);
+  double t1 = bu_now(), c1 = bu_cpu();
+  amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
+  amqp_destroy_connection(conn);
+  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
+  return res;
+}
+
+struct ceiling {
+  const char *name;
+  unsigned prefetch, ack_every;
+  int channels;
+};
+
+/* Every variant once per round, the order rotating each round, the queue
+ * filled before each run; medians, and each variant's rate against the
+ * autoAck run of the same round. */
+static void ceiling_run(unsigned long n, size_t size, int rounds) {
+  static const struct ceiling cs[] = {
+      {"raw autoAck (reference)", 0, 0, 1},
+      {"prefetch 1000, multiple every 100", 1000, 100, 1},
+      {"prefetch 1000, multiple every 500", 1000, 500, 1},
+      {"no prefetch limit, multiple every 1000", 0, 1000, 1},
+      {"no prefetch limit, multiple every 10000", 0, 10000, 1},
+      {"2 channels, prefetch 1000, multiple every 100", 1000, 100, 2},
+      {"2 channels, no limit, multiple every 1000", 0, 1000, 2},
+  };
+  enum { NC = sizeof(cs) / sizeof(cs[0]) };
+  double rate[NC][15], cpu[NC][15], ratio[NC][15];
+  for (int r = 0; r < rounds; r++) {
+    for (int k = 0; k < NC; k++) {
+      int v = (k + r) % NC;
+      bu_fill(URI, QUEUE, n, size);
+      struct result x =
+          raw_manual(n, cs[v].prefetch, cs[v].ack_every, cs[v].channels);
+      rate[v][r] = x.rate;
+      cpu[v][r] = x.cpu_us;
+    }
+    for (int v = 0; v < NC; v++) ratio[v][r] = rate[v][r] / rate[0][r];
+  }
+  printf("%-46s %12s %9s %10s\n", "raw loop variant", "msg/s", "vs auto",
+         "us/msg");
+  for (int v = 0; v < NC; v++)
+    printf("%-46s %12.0f %8.2fx %10.2f\n", cs[v].name,
+           bu_median(rate[v], rounds), bu_median(ratio[v], rounds),
+           bu_median(cpu[v], rounds));
 }
 
 /* ---- sluice -------------------------------------------------------------- */
@@ -276,6 +378,10 @@ int main(int argc, char **argv) {
   printf("# %lu x %zu B messages per run, %d round(s), medians; client CPU "
          "is this process only (the broker runs beside it)\n",
          n, size, rounds);
+  if (only && !strcmp(only, "ceiling")) {
+    ceiling_run(n, size, rounds);
+    return 0;
+  }
   printf("%-46s %12s %12s %7s %10s %10s\n", "variant", "raw msg/s",
          "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg");
   for (size_t v = 0; v < sizeof(vs) / sizeof(*vs); v++) {

@@ -314,12 +314,15 @@ static void guard_run(const struct guard_case *k) {
   free(x);
 }
 
+/* Enough messages for a second pause however fast the consumer goes: the
+ * checks come every 10 ms, and a quiet machine consumed 341 messages
+ * before the first one (600 messages then left room for one pause). */
 static void injected_manual_inline(void **s) {
-  struct guard_case k = {SLUICE_ACK_MANUAL, 0, 1, 600};
+  struct guard_case k = {SLUICE_ACK_MANUAL, 0, 1, MAXN};
   guard_run(&k);
 }
 static void injected_manual_workers(void **s) {
-  struct guard_case k = {SLUICE_ACK_MANUAL, 3, 1, 600};
+  struct guard_case k = {SLUICE_ACK_MANUAL, 3, 1, MAXN};
   guard_run(&k);
 }
 /* autoAck reads a whole pass (256 frames) between two checks: more
