@@ -31,6 +31,9 @@ typedef struct sluice__loop {
   struct event_base *base; /* NULL while not attached */
   int own_base;            /* created by sluice_consumer_run() */
   struct event *ev[SLUICE__W_COUNT];
+  /* The heartbeat's period on a timerfd (loop_event.c), when one could be
+   * made: hb_fd is open while hb_timerfd is 1. */
+  int hb_fd, hb_timerfd;
   /* what each event's callback gets: the consumer and the watch */
   struct sluice__loop_arg {
     struct sluice_consumer *c;

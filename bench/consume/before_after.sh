@@ -4,7 +4,8 @@
 # run: ROUNDS rounds, each running both binaries as separate processes for
 # one round of every selected variant, the order of the two swapped every
 # round; then, per variant and binary, the medians of the raw loop's rate,
-# sluice's rate, their ratio, and the CPU per message of each side.
+# sluice's rate, their ratio, the CPU per message of each side, and of
+# sluice's CPU per message over the raw loop's in the same process ("cpu x").
 #
 #   bench/consume/before_after.sh BEFORE_BIN AFTER_BIN ROUNDS [bench args]
 #
@@ -51,15 +52,16 @@ awk -F'|' '
     if (!(name in seen)) { seen[name] = 1; names[++nn] = name }
     raw[k] = raw[k] " " f[1]; sl[k] = sl[k] " " f[2]
     rat[k] = rat[k] " " f[3] + 0; rc[k] = rc[k] " " f[4]; sc[k] = sc[k] " " f[5]
+    cr[k] = cr[k] " " (f[4] > 0 ? f[5] / f[4] : 0)
   }
   END {
-    printf "%-40s %-6s %10s %10s %7s %9s %9s\n", "variant", "build",
-      "raw msg/s", "sl msg/s", "ratio", "raw us", "sl us"
+    printf "%-40s %-6s %10s %10s %7s %9s %9s %8s\n", "variant", "build",
+      "raw msg/s", "sl msg/s", "ratio", "raw us", "sl us", "cpu x"
     for (i = 1; i <= nn; i++) for (w = 0; w < 2; w++) {
       which = w ? "after" : "before"; k = names[i] SUBSEP which
-      printf "%-40s %-6s %10.0f %10.0f %6.2fx %9.2f %9.2f\n", names[i], which,
-        median(raw[k]), median(sl[k]), median(rat[k]), median(rc[k]),
-        median(sc[k])
+      printf "%-40s %-6s %10.0f %10.0f %6.2fx %9.2f %9.2f %7.2fx\n", names[i],
+        which, median(raw[k]), median(sl[k]), median(rat[k]), median(rc[k]),
+        median(sc[k]), median(cr[k])
     }
   }' "$out"
 rm -f "$out.one"
