@@ -50,10 +50,9 @@ static int make(sluice__loop *l, struct sluice_consumer *c, sluice__watch w,
   l->arg[w].c = c;
   l->arg[w].w = w;
   if (w == SLUICE__W_HEARTBEAT && l->hb_timerfd)
-    l->ev[w] = event_new(l->base, l->hb_fd, EV_READ | EV_PERSIST,
-                         fired_timerfd, &l->arg[w]);
-  else
-    l->ev[w] = event_new(l->base, fd, flags_of(w), fired, &l->arg[w]);
+    l->ev[w] = event_new(l->base, l->hb_fd, EV_READ | EV_PERSIST, fired_timerfd,
+                         &l->arg[w]);
+  else l->ev[w] = event_new(l->base, fd, flags_of(w), fired, &l->arg[w]);
   return l->ev[w] ? 0 : SLUICE_ENOMEM;
 }
 
