@@ -90,8 +90,12 @@ static int handler(sluice_delivery *d, const sluice_message *m, void *user) {
   assert_true(id < MAXN);
   unsigned call = atomic_fetch_add(&x->calls, 1) + 1;
   if (atomic_load(&x->paused)) {
-    /* Only what the consumer held when the guard paused may still come. */
-    if (call - atomic_load(&x->calls_at_pause) > atomic_load(&x->budget))
+    /* Only what the consumer held when the guard paused may still come.
+     * Signed: with workers, a handler that counted its call before the
+     * pause may see `paused` after it, behind calls counted later (an
+     * unsigned difference wrapped round and counted it over budget). */
+    long past = (long)call - (long)atomic_load(&x->calls_at_pause);
+    if (past > (long)atomic_load(&x->budget))
       atomic_fetch_add(&x->over_budget, 1);
     if (atomic_load(&x->drained)) atomic_fetch_add(&x->after_drain, 1);
   }
