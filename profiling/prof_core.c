@@ -242,8 +242,10 @@ void sluice__alloc_finish(sluice__tls *t, void *p, size_t n, int k,
       sluice__tls_set_scope(t, 0);
     } else if (t->pend_ref != scope) {
       sluice__scope_flush(t);
-      t->pend_ref = scope;
-      t->pend_gen = sluice__scope_gen_ptr(scope);
+      if (!sluice__scope_pend_set(t, scope, (uint32_t)(t->scope >> 32))) {
+        sluice__tls_set_scope(t, 0); /* ended meanwhile */
+        scope = 0;
+      }
     }
   }
   if (nframes >= 0) stack = capture_stack(k, frames, nframes, n);
@@ -427,6 +429,7 @@ static void fork_child(void) {
   for (sluice__tls *t = reg_head, *next; t; t = next) {
     next = t->next;
     if (t == self) continue;
+    sluice__scope_unpin_dead(t); /* its pending credits were dropped */
     fold_dead(t);
     unlink_locked(t);
   }

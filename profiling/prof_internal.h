@@ -155,6 +155,9 @@ typedef struct sluice__tls {
   /* The generation word of pend_ref's slot and the value it has while the
    * scope is open (t->scope >> 32): one load says the scope still is. */
   const _Atomic uint32_t *pend_gen;
+  /* The pin that pend_ref's slot holds for this thread (its xrefs): see
+   * sluice__scope_pend_set(). */
+  _Atomic int32_t *pend_pin;
   /* Blocks of the current scope allocated by this thread and not freed yet
    * (prof_nursery.c); NULL until the first one. */
   struct sluice__nursery *nurs;
@@ -493,8 +496,6 @@ static inline void sluice__on_free(const void *p, unsigned flags) {
 int sluice__scopes_init(const sluice_prof_opts *o);
 void sluice__scopes_configure(const sluice_prof_opts *o);
 uint32_t sluice__scope_ref(uint64_t handle); /* for a new block, or 0 */
-/* The generation word of slot reference `ref` (see sluice__tls.pend_gen). */
-const _Atomic uint32_t *sluice__scope_gen_ptr(uint32_t ref);
 /* Credit (or debit, negative) an owner reference: a slot or a sink. */
 void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects);
 /* Credit from thread t: kept thread-local when ref is t's current slot. */
@@ -509,8 +510,19 @@ static inline void sluice__scope_credit_mine(sluice__tls *t, uint32_t ref,
 }
 /* Growth layers (prof_ledger.c) referring to a slot or a sink. */
 void sluice__scope_xref(uint32_t ref, int delta);
-/* Add t's pending credits to its slot; t has no current slot after. */
-void sluice__scope_flush(sluice__tls *t);
+/* t's pending credits (and nursery entries) are for slot reference `ref`
+ * of scope generation `gen` from now: the slot is pinned until t flushes
+ * (it is not given back while t may still settle against it). 0, and no
+ * pending slot, when that scope has ended meanwhile. */
+int sluice__scope_pend_set(sluice__tls *t, uint32_t ref, uint32_t gen);
+/* Add t's pending credits to its slot and unpin it; t has no current slot
+ * after. */
+void sluice__scope_flush_slow(sluice__tls *t);
+static inline void sluice__scope_flush(sluice__tls *t) {
+  if (t->pend_ref) sluice__scope_flush_slow(t);
+}
+/* In the child of fork(): t is another thread's, gone; drop its pin. */
+void sluice__scope_unpin_dead(sluice__tls *t);
 
 /* The thread's current scope becomes s: pending credits are flushed, and
  * the countdown is armed on the way in, restored on the way out. */

@@ -215,8 +215,10 @@ static inline int64_t slot_live_b(const slot *s) {
 }
 /* Nothing refers to the slot any more: it may be reused. */
 static inline int slot_empty(const slot *s) {
-  return slot_live_n(s) == 0 &&
-         atomic_load_explicit(&s->xrefs, memory_order_relaxed) == 0;
+  /* xrefs first: a thread inside the scope unpins it after its last credit
+   * (sluice__scope_flush). */
+  return atomic_load_explicit(&s->xrefs, memory_order_acquire) == 0 &&
+         slot_live_n(s) == 0;
 }
 
 static inline int sink_empty(const sink *k) {

@@ -132,21 +132,24 @@ uint32_t sluice__scope_ref(uint64_t handle) {
   return idx + 1;
 }
 
-const _Atomic uint32_t *sluice__scope_gen_ptr(uint32_t ref) {
-  return &slot_at(ref - 1)->gen;
-}
-
 /* A slot's counter moves by d; once the slot has ended, its group's
  * counter moves with it (the ENDED bit is in the same atomic word, so each
  * change is counted on exactly one side of the end). */
 static inline void slot_add(slot *s, int bytes, int64_t d) {
   _Atomic int64_t *c = bytes ? &s->live_b : &s->live_n;
-  int64_t old = atomic_fetch_add_explicit(c, d, memory_order_acq_rel);
-  if (SLUICE__UNLIKELY(old & LIVE_ENDED)) {
-    grp *g = group_at(s->group);
-    atomic_fetch_add_explicit(bytes ? &g->ret_b : &g->ret_n, d,
-                              memory_order_relaxed);
-  }
+  int64_t old = atomic_load_explicit(c, memory_order_acquire);
+  /* Not ended: add unless the end comes first. Ended: the group is read
+   * before the change, while what it changes (this object, or the pin of
+   * the thread crediting) still holds the slot: once the change is made
+   * the slot may be given back, reused and its group field rewritten. */
+  while (!(old & LIVE_ENDED))
+    if (atomic_compare_exchange_weak_explicit(
+            c, &old, old + d, memory_order_acq_rel, memory_order_acquire))
+      return;
+  grp *g = group_at(s->group);
+  atomic_fetch_add_explicit(c, d, memory_order_acq_rel);
+  atomic_fetch_add_explicit(bytes ? &g->ret_b : &g->ret_n, d,
+                            memory_order_relaxed);
 }
 
 void sluice__scope_credit(uint32_t ref, int64_t bytes, int64_t objects) {
@@ -168,12 +171,48 @@ void sluice__scope_xref(uint32_t ref, int delta) {
   atomic_fetch_add_explicit(x, delta, memory_order_relaxed);
 }
 
-void sluice__scope_flush(sluice__tls *t) {
-  if (!t->pend_ref) return;
+/* A thread's pending credits and nursery entries refer to its slot until
+ * the thread leaves the scope, which may be after another thread ended it
+ * (a deferred delivery completed while a worker is still inside). So the
+ * thread pins the slot (a reference in xrefs) while it holds them: an
+ * ended slot is not given back, nor reused, while pinned, and what the
+ * thread settles late reaches the ended scope's slot and, through its
+ * ENDED bit, its group. Pin, then check the generation (seq_cst both); an
+ * end bumps the generation, then reads xrefs (seq_cst both): either the
+ * end sees the pin, or the pinning thread sees the end and does not take
+ * the slot. */
+static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
+                           uint32_t gen) {
+  atomic_fetch_add_explicit(&s->xrefs, 1, memory_order_seq_cst);
+  if (SLUICE__UNLIKELY(atomic_load_explicit(&s->gen, memory_order_seq_cst) !=
+                       gen)) {
+    atomic_fetch_sub_explicit(&s->xrefs, 1, memory_order_release);
+    return 0;
+  }
+  t->pend_ref = ref;
+  t->pend_gen = &s->gen;
+  t->pend_pin = &s->xrefs;
+  return 1;
+}
+
+int sluice__scope_pend_set(sluice__tls *t, uint32_t ref, uint32_t gen) {
+  return pend_set(t, slot_at(ref - 1), ref, gen);
+}
+
+void sluice__scope_flush_slow(sluice__tls *t) {
+  uint32_t ref = t->pend_ref;
   if (t->nurs) sluice__nurs_flush(t); /* its credits are pending ones */
   t->nurs_off = 0;
-  if (t->pend_b || t->pend_n)
-    sluice__scope_credit(t->pend_ref, t->pend_b, t->pend_n);
+  if (t->pend_b || t->pend_n) sluice__scope_credit(ref, t->pend_b, t->pend_n);
+  t->pend_ref = 0;
+  t->pend_b = t->pend_n = 0;
+  /* After the credits: whoever reads xrefs == 0 (acquire) sees them. */
+  atomic_fetch_sub_explicit(t->pend_pin, 1, memory_order_release);
+}
+
+void sluice__scope_unpin_dead(sluice__tls *t) {
+  if (!t->pend_ref) return;
+  atomic_fetch_sub_explicit(t->pend_pin, 1, memory_order_relaxed);
   t->pend_ref = 0;
   t->pend_b = t->pend_n = 0;
 }
@@ -471,10 +510,8 @@ sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s) {
     if (ref) {
       t->capture = atomic_load_explicit(&slot_at(ref - 1)->capture,
                                         memory_order_relaxed);
-      if (t->scope == s && !t->pend_ref) {
-        t->pend_ref = ref;
-        t->pend_gen = &slot_at(ref - 1)->gen;
-      }
+      if (t->scope == s && !t->pend_ref)
+        pend_set(t, slot_at(ref - 1), ref, (uint32_t)(s >> 32));
     }
   }
   return prev;
@@ -504,11 +541,12 @@ int sluice_prof_scope_usage(sluice_prof_scope h, uint64_t *bytes,
  * change of the slot's counters change the group's too. */
 static void join_group(slot *s, uint32_t g, int64_t *b, int64_t *n) {
   s->group = g;
-  /* Nothing live and nothing referring to the slot (its thread has left
-   * it): no debit can come any more, the slot is freed at once. */
-  if (atomic_load_explicit(&s->live_n, memory_order_acquire) == LIVE_BIAS &&
-      atomic_load_explicit(&s->live_b, memory_order_acquire) == LIVE_BIAS &&
-      atomic_load_explicit(&s->xrefs, memory_order_acquire) == 0) {
+  /* Nothing live and nothing referring to the slot (no thread inside it
+   * any more): no debit can come any more, the slot is freed at once.
+   * xrefs first: a thread unpins after its last credit. */
+  if (atomic_load_explicit(&s->xrefs, memory_order_seq_cst) == 0 &&
+      atomic_load_explicit(&s->live_n, memory_order_acquire) == LIVE_BIAS &&
+      atomic_load_explicit(&s->live_b, memory_order_acquire) == LIVE_BIAS) {
     *b = *n = 0;
     return;
   }
@@ -733,8 +771,15 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
   if (hd - atomic_load_explicit(&q->tail, memory_order_acquire) == ENDQ_CAP)
     return 1; /* full: the slow end applies it */
   if (!atomic_compare_exchange_strong_explicit(
-          &s->gen, &gen, gen + 1, memory_order_acq_rel, memory_order_relaxed))
+          &s->gen, &gen, gen + 1, memory_order_seq_cst, memory_order_relaxed))
     return SLUICE_EINVAL; /* ended by another thread meanwhile */
+  /* Ended. A thread that entered the scope meanwhile has pinned it (see
+   * sluice__scope_pend_set): then the end takes the lock. */
+  if (SLUICE__UNLIKELY(
+          atomic_load_explicit(&s->xrefs, memory_order_seq_cst) != 0 ||
+          atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
+          atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS))
+    return 2;
   if (out) { /* the kind cannot go while the scope counts as open */
     const kind *kd = &R.kinds[s->kind];
     memset(out, 0, sizeof *out);
@@ -797,13 +842,18 @@ static int scope_end(sluice_prof_scope h, int outcome,
   sluice__notes_init(&ns);
   /* This thread's earlier ends first (in order with this one). */
   sluice__ends_apply(&ns);
-  slot *s = slot_of(h);
+  slot *s;
   uint32_t gen = (uint32_t)(h >> 32);
-  /* New allocations through the old handle no longer count; a fast end of
-   * the same handle on another thread cannot win too. */
-  if (!s || !atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
-                                                     memory_order_acq_rel,
-                                                     memory_order_relaxed)) {
+  if (rc == 2) {
+    /* fast_end() bumped the generation: the end is ours; the slot is still
+     * open (its state changes under the lock only). */
+    s = slot_at((uint32_t)h);
+  } else if (!(s = slot_of(h)) ||
+             !atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
+                                                      memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
+    /* New allocations through the old handle no longer count; a fast end
+     * of the same handle on another thread cannot win too. */
     sluice__lock_release(&R.mu);
     sluice__leave_guard();
     sluice__notes_dispatch(&ns);
@@ -859,8 +909,7 @@ static void *hk_begin(void *user, const sluice_delivery_info *info) {
   slot *sl = slot_at((uint32_t)s);
   t->capture = atomic_load_explicit(&sl->capture, memory_order_relaxed);
   /* The handler's blocks go straight to the nursery. */
-  t->pend_ref = (uint32_t)s + 1;
-  t->pend_gen = &sl->gen;
+  pend_set(t, sl, (uint32_t)s + 1, (uint32_t)(s >> 32));
   return (void *)(uintptr_t)s;
 }
 

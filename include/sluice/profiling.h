@@ -305,8 +305,10 @@ SLUICE_EXPORT int sluice_prof_scope_usage(sluice_prof_scope s, uint64_t *bytes,
 /** Close scope `s` with a final outcome: its residual is what it allocated
  *  that is still live. Fires on_residual, queues the re-check, and runs the
  *  re-checks that are due. Leaves the scope on the calling thread if it is
- *  current there; no other thread may still be inside it (allocations made
- *  there afterwards are not counted). `s` must not be used afterwards.
+ *  current there. A thread still inside it settles what it holds for the
+ *  scope when it leaves, against this scope and its group (never another
+ *  message); allocations made there after the end are not counted. `s`
+ *  must not be used afterwards.
  *  \param outcome a sluice_outcome (SLUICE_ACK ... SLUICE_OUTCOME_ERROR)
  *  \param out     if not NULL, the residual at end
  *  \return 0; SLUICE_EINVAL for an unknown or already ended scope. */

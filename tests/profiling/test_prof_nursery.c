@@ -525,6 +525,78 @@ static void test_clean_ends_threads(void **state) {
   assert_int_equal(ms.scopes_open, 0);
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* A deferred delivery completed while a worker is still inside its scope:
+ * the worker's block, kept in its nursery and pending credits until it
+ * leaves, belongs to the ended scope (its group), never to the message that
+ * reuses the slot (a freed slot is the first a begin takes). */
+
+static sem_t late_in, late_go;
+static void *late_block;
+
+static void *late_worker(void *arg) {
+  sluice_prof_scope s = *(sluice_prof_scope *)arg;
+  sluice_prof_scope prev = sluice_prof_scope_enter(s);
+  late_block = TALLOC(100);
+  void *x = TALLOC(40);
+  TFREE(x);
+  sem_post(&late_in);
+  while (sem_wait(&late_go)) {
+  }
+  sluice_prof_scope_enter(prev); /* leaves after the scope has ended */
+  return NULL;
+}
+
+static void test_end_while_inside(void **state) {
+  (void)state;
+  assert_int_equal(sem_init(&late_in, 0, 0), 0);
+  assert_int_equal(sem_init(&late_go, 0, 0), 0);
+  sluice_prof_scope s1 = sluice_prof_scope_begin("t.n.late1", 1, 1);
+  assert_true(s1 != 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, late_worker, &s1), 0);
+  while (sem_wait(&late_in)) {
+  }
+  sluice_prof_residual r1, r2;
+  /* Completed on this thread while the worker is still inside. */
+  assert_int_equal(sluice_prof_scope_end(s1, SLUICE_ACK, &r1), 0);
+  sluice_prof_poll();
+  /* The next messages (the slot of s1 would be first in line). */
+  sluice_prof_scope s2 = sluice_prof_scope_begin("t.n.late2", 2, 2);
+  assert_true(s2 != 0);
+  sem_post(&late_go);
+  pthread_join(th, NULL);
+  assert_int_equal(sluice_prof_scope_end(s2, SLUICE_ACK, &r2), 0);
+  assert_int_equal(r2.bytes, 0);
+  assert_int_equal(r2.objects, 0);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.late1", &st), 0);
+  assert_int_equal(st.retained_bytes, 100);
+  assert_int_equal(st.retained_objects, 1);
+  assert_int_equal(get_stats("t.n.late2", &st), 0);
+  assert_int_equal(st.with_residual, 0);
+  assert_int_equal(st.retained_bytes, 0);
+  TFREE(late_block);
+  pass_grace();
+  assert_int_equal(get_stats("t.n.late1", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+  assert_int_equal(get_stats("t.n.late2", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+  /* The slot is given back once the worker has left: a small pool still
+   * serves many messages. */
+  sluice_prof_memstats before, ms;
+  sluice_prof_memstats_read(&before);
+  for (uint64_t i = 0; i < 100; i++) one_delivery("t.n.late3", i + 1, 0, NULL);
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+  assert_int_equal(ms.scopes_refused, before.scopes_refused);
+  sem_destroy(&late_in);
+  sem_destroy(&late_go);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_free_on_other_thread, setup_none),
@@ -540,6 +612,7 @@ int main(void) {
       cmocka_unit_test_setup(test_clean_ends_counted, setup_default),
       cmocka_unit_test_setup(test_clean_ends_threads, setup_none),
       cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
+      cmocka_unit_test_setup(test_end_while_inside, setup_small_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
