@@ -561,6 +561,17 @@ static void join_group(slot *s, uint32_t g, int64_t *b, int64_t *n) {
   atomic_fetch_add_explicit(&gr->ret_n, *n, memory_order_relaxed);
 }
 
+/* What an end reports before its figures: whose scope, how it ended. */
+static void result_init(sluice_prof_residual *out, const kind *kd,
+                        const slot *s, int outcome) {
+  memset(out, 0, sizeof *out);
+  out->queue = R.queues[kd->queue].name;
+  out->key = kd->key;
+  out->seq = s->seq;
+  out->delivery_tag = s->tag;
+  out->outcome = outcome;
+}
+
 /* Under R.mu: the end of the scope in slot idx. */
 static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
                        sluice_prof_residual *out) {
@@ -580,12 +591,7 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
   g->messages++;
   s->end_msg = g->messages;
   if (out) {
-    memset(out, 0, sizeof *out);
-    out->queue = R.queues[kd->queue].name;
-    out->key = kd->key;
-    out->seq = s->seq;
-    out->delivery_tag = s->tag;
-    out->outcome = outcome;
+    result_init(out, kd, s, outcome);
     out->bytes = out->bytes_at_end = s->end_b;
     out->objects = out->objects_at_end = s->end_n;
   }
@@ -780,15 +786,8 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
           atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
           atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS))
     return 2;
-  if (out) { /* the kind cannot go while the scope counts as open */
-    const kind *kd = &R.kinds[s->kind];
-    memset(out, 0, sizeof *out);
-    out->queue = R.queues[kd->queue].name;
-    out->key = kd->key;
-    out->seq = s->seq;
-    out->delivery_tag = s->tag;
-    out->outcome = outcome;
-  }
+  /* the kind cannot go while the scope counts as open */
+  if (out) result_init(out, &R.kinds[s->kind], s, outcome);
   ended *x = &q->e[hd % ENDQ_CAP];
   x->idx = idx;
   x->outcome = (uint32_t)outcome;
