@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -52,6 +55,22 @@ T_NOINLINE static int reject_leaks(sluice_delivery *d, const sluice_message *m,
   return outcome;
 }
 
+/* The profiler's clock here: the monotonic clock plus 100 us per reading.
+ * A leak is convicted once its growth has lasted horizon_ms as well as
+ * horizon_messages; with the system's coarse clock (a 4 ms tick) a fast
+ * consumer could handle every message within one tick, and the group
+ * would rightly stay "growing" (seen once in CI). Each reading moving the
+ * clock on makes the time condition hold whatever the speed. */
+static _Atomic uint64_t readings;
+
+static uint64_t stepping_clock(void *user) {
+  (void)user;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec +
+         atomic_fetch_add(&readings, 1) * 100000u;
+}
+
 static void test_consumer_residual(void **state) {
   (void)state;
   const char *q = tb_qname("prof");
@@ -63,7 +82,8 @@ static void test_consumer_residual(void **state) {
                          .grace_ms = -1,
                          .leak_window = 10,
                          .horizon_messages = 20,
-                         .horizon_ms = 1};
+                         .horizon_ms = 1,
+                         .now_ns = stepping_clock};
   assert_int_equal(sluice_prof_start(&po), 0);
 
   sluice_consumer_opts o = {.uri = TEST_URI,
