@@ -200,7 +200,10 @@ typedef struct sluice_prof_opts {
   sluice_prof_leak_fn on_leak;
   void *leak_user;
   /** Monotonic clock in ns for the grace period and the horizon (tests);
-   *  NULL: the system's CLOCK_MONOTONIC. */
+   *  NULL: the system's CLOCK_MONOTONIC_COARSE (a few ns to read; it moves
+   *  by a kernel tick, 1 to 10 ms, so time spans shorter than a tick read
+   *  as 0: a horizon_ms of a few ms is not met by a burst inside one tick).
+   */
   uint64_t (*now_ns)(void *user);
   void *clock_user;
   /** Verdict horizon: growth must last this many messages of the group AND
