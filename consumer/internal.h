@@ -340,9 +340,15 @@ void sluice__heartbeat(sluice_consumer *c);
 void sluice__memguard_start(sluice_consumer *c);
 /* One check: read the figure, pause or resume, report (the timer). */
 void sluice__memguard_check(sluice_consumer *c);
+/* A check between deliveries, without moving the timer. */
+void sluice__memguard_check_between(sluice_consumer *c);
 /* A delivery was read: a check when the reading is cheap enough to be made
- * every `mem_every` deliveries (memguard.c), without moving the timer. */
-void sluice__memguard_tick(sluice_consumer *c);
+ * every `mem_every` deliveries (memguard.c; 0 without a guard), else only a
+ * test on the per-delivery path. */
+static inline void sluice__memguard_tick(sluice_consumer *c) {
+  if (c->mem_every && ++c->mem_ticks >= c->mem_every)
+    sluice__memguard_check_between(c);
+}
 /* 1 if the guard holds reading now (it does not while a stop needs to read
  * on: see memguard.c). */
 int sluice__memguard_holds(const sluice_consumer *c);

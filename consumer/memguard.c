@@ -219,7 +219,8 @@ static uint64_t next_period_ms(sluice_consumer *c, uint64_t took_ns, int src) {
 }
 
 /* Read the figure and act on it; `rearm`: from the timer, which is armed
- * again (else from sluice__memguard_tick(), which leaves it). */
+ * again (else between deliveries, sluice__memguard_tick(), which leaves
+ * it). */
 static void check(sluice_consumer *c, int rearm) {
   uint64_t bytes = 0;
   uint64_t t0 = cpu_ns();
@@ -273,9 +274,8 @@ void sluice__memguard_check(sluice_consumer *c) {
   if (c->mem.high) check(c, 1);
 }
 
-void sluice__memguard_tick(sluice_consumer *c) {
-  if (c->mem.high && c->mem_every && ++c->mem_ticks >= c->mem_every)
-    check(c, 0);
+void sluice__memguard_check_between(sluice_consumer *c) {
+  check(c, 0);
 }
 
 void sluice__memguard_start(sluice_consumer *c) {
