@@ -247,8 +247,8 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
     reject_too_big(c, d);
     return;
   }
-  atomic_fetch_add_explicit(&c->n_delivered, 1, memory_order_relaxed);
-  if (d->msg.redelivered) atomic_fetch_add(&c->n_redelivered, 1);
+  sluice__count(&c->n_delivered, 1);
+  if (d->msg.redelivered) sluice__count(&c->n_redelivered, 1);
   if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
     sluice__ds_set(d, SLUICE__DS_ABANDONED);
     c->abandoned++;
@@ -261,7 +261,7 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   d->info.queue = d->msg.queue;
   d->info.delivery_tag = d->msg.delivery_tag;
   d->info.generation = d->msg.generation;
-  d->info.seq = atomic_fetch_add(&c->seq, 1) + 1;
+  d->info.seq = sluice__count(&c->seq, 1);
   d->info.body_len = d->msg.body_len;
   if (d->sub && d->sub->key_from) {
     d->info.key_name = d->sub->key_spec;
@@ -486,9 +486,9 @@ static void process_completion(sluice_consumer *c, sluice_delivery *d) {
   } else {
     /* autoAck: the broker settled it on delivery; count the outcome. */
     switch (outcome) {
-      case SLUICE_ACK: atomic_fetch_add(&c->n_acked, 1); break;
-      case SLUICE_REJECT: atomic_fetch_add(&c->n_rejected, 1); break;
-      default: atomic_fetch_add(&c->n_nacked, 1); break;
+      case SLUICE_ACK: sluice__count(&c->n_acked, 1); break;
+      case SLUICE_REJECT: sluice__count(&c->n_rejected, 1); break;
+      default: sluice__count(&c->n_nacked, 1); break;
     }
   }
   sluice__update_pause(c);
@@ -564,9 +564,9 @@ _Static_assert(WRITE_BUDGET / ACK_FRAME_BYTES <= SLUICE__ACKWIRE_MAX,
 static void count_settled(sluice_consumer *c, sluice__ackq_kind kind,
                           size_t count) {
   switch (kind) {
-    case SLUICE__ACKQ_ACK: atomic_fetch_add(&c->n_acked, count); break;
-    case SLUICE__ACKQ_NACK: atomic_fetch_add(&c->n_nacked, count); break;
-    default: atomic_fetch_add(&c->n_rejected, count); break;
+    case SLUICE__ACKQ_ACK: sluice__count(&c->n_acked, count); break;
+    case SLUICE__ACKQ_NACK: sluice__count(&c->n_nacked, count); break;
+    default: sluice__count(&c->n_rejected, count); break;
   }
 }
 
@@ -598,7 +598,7 @@ static int ackw_write(sluice_consumer *c) {
       atomic_fetch_add(&c->n_stale, w->meta[i].count);
     }
   }
-  atomic_fetch_add_explicit(&c->n_ack_frames, done, memory_order_relaxed);
+  sluice__count(&c->n_ack_frames, done);
   if (done < w->n) c->ackw_failed = 1;
   w->n = w->settles = 0;
   return c->ackw_failed ? -1 : 0;
@@ -636,7 +636,7 @@ static int emit_ack(void *user, uint64_t tag, sluice__ackq_kind kind,
   count_settled(c, kind, count);
   c->win_tx_prev = c->win_tx;
   c->win_tx += count;
-  atomic_fetch_add_explicit(&c->n_ack_frames, 1, memory_order_relaxed);
+  sluice__count(&c->n_ack_frames, 1);
   return 0;
 }
 

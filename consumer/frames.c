@@ -74,8 +74,14 @@ void sluice__kick_read(sluice_consumer *c) {
 
 /* ---- delivery assembly --------------------------------------------------- */
 
-static void copy_shortstr(char *dst, amqp_bytes_t b) {
-  sluice__bytes_str(dst, 256, b);
+/* A shortstr (at most 255 bytes) as a C string in dst[256]; returns its
+ * length, which on_header needs three times. (A NUL inside ends the C
+ * string early; the bytes after it are copied along, unread.) */
+static size_t copy_shortstr(char *dst, amqp_bytes_t b) {
+  size_t n = b.len < 255 ? b.len : 255;
+  if (n) memcpy(dst, b.bytes, n);
+  dst[n] = '\0';
+  return n;
 }
 
 static void on_deliver(sluice_consumer *c, amqp_basic_deliver_t *m) {
@@ -85,9 +91,9 @@ static void on_deliver(sluice_consumer *c, amqp_basic_deliver_t *m) {
     sluice__conn_lost(c, SLUICE_ENOMEM);
     return;
   }
-  copy_shortstr(c->asm_tag, m->consumer_tag);
-  copy_shortstr(c->asm_exchange, m->exchange);
-  copy_shortstr(c->asm_rk, m->routing_key);
+  c->asm_tag_len = copy_shortstr(c->asm_tag, m->consumer_tag);
+  c->asm_exchange_len = copy_shortstr(c->asm_exchange, m->exchange);
+  c->asm_rk_len = copy_shortstr(c->asm_rk, m->routing_key);
   d->sub = sluice__sub_by_tag(c, m->consumer_tag);
   d->msg.delivery_tag = m->delivery_tag;
   d->msg.redelivered = m->redelivered;
@@ -102,8 +108,7 @@ static int on_header(sluice_consumer *c, amqp_frame_t *f) {
   sluice_delivery *d = c->asm_d;
   amqp_basic_properties_t *p = f->payload.properties.decoded;
   uint64_t body = f->payload.properties.body_size;
-  size_t strs = strlen(c->asm_tag) + strlen(c->asm_exchange) +
-                strlen(c->asm_rk) + 3;
+  size_t strs = c->asm_tag_len + c->asm_exchange_len + c->asm_rk_len + 3;
   size_t props = sluice__props_size(p);
   d->body_size = (size_t)body;
   d->too_big = body > c->o.max_body;
@@ -117,15 +122,15 @@ static int on_header(sluice_consumer *c, amqp_frame_t *f) {
   /* props first (8-aligned), then the three strings, then the body */
   sluice__props_copy(p, &d->msg.props, d->blk);
   char *w = d->blk + props;
-  size_t n = strlen(c->asm_tag) + 1;
+  size_t n = c->asm_tag_len + 1;
   memcpy(w, c->asm_tag, n);
   d->msg.consumer_tag = w;
   w += n;
-  n = strlen(c->asm_exchange) + 1;
+  n = c->asm_exchange_len + 1;
   memcpy(w, c->asm_exchange, n);
   d->msg.exchange = w;
   w += n;
-  n = strlen(c->asm_rk) + 1;
+  n = c->asm_rk_len + 1;
   memcpy(w, c->asm_rk, n);
   d->msg.routing_key = w;
   w += n;
@@ -353,6 +358,26 @@ static int window_drained(const sluice_consumer *c) {
          c->win_rx - c->win_tx_at_read >= window;
 }
 
+/* rabbitmq-c decodes each frame into the pool of its channel. After a
+ * frame of the consuming channel only that pool is recycled
+ * (amqp_maybe_release_buffers_on_channel(), about 80 instructions), and all
+ * of them every RELEASE_ALL_EVERY times (amqp_maybe_release_buffers()
+ * walks rabbitmq-c's whole pool table, about 280): the other channels'
+ * pools hold only what synchronous calls (the topology channel) and the
+ * broker's rare connection methods left there. A frame of another channel
+ * releases them all at once. Either refuses while frames of the channel
+ * wait in rabbitmq-c's queue, as before. */
+#define RELEASE_ALL_EVERY 64
+
+static void release_pools(sluice_consumer *c, amqp_channel_t ch) {
+  if (ch == SLUICE__CH_MAIN && ++c->release_main < RELEASE_ALL_EVERY) {
+    amqp_maybe_release_buffers_on_channel(c->conn, ch);
+    return;
+  }
+  c->release_main = 0;
+  amqp_maybe_release_buffers(c->conn);
+}
+
 static void read_frames(sluice_consumer *c) {
   int budget = READ_BUDGET;
   int got = 0, read = 0;
@@ -397,11 +422,9 @@ static void read_frames(sluice_consumer *c) {
      * hazard"). Once per delivery, when its last frame is handled, and
      * after every body frame (up to frame_max each) and every frame
      * outside a delivery: the small method and header frames of a
-     * delivery wait for its body. A release walks every pool rabbitmq-c
-     * keeps, about 280 instructions, once rather than three times per
-     * small message. */
+     * delivery wait for its body. */
     if (c->conn && (!c->asm_d || f.frame_type == AMQP_FRAME_BODY))
-      amqp_maybe_release_buffers(c->conn);
+      release_pools(c, f.channel);
   }
   if (got) c->last_rx_ms = sluice__now_ms();
   if (budget < 0 && c->connected && may_read(c) && buffered(c))

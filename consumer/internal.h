@@ -117,6 +117,7 @@ struct sluice__sub {
   int cancelled; /* by the broker (queue deleted) or by stop */
   char *queue;
   char *tag;
+  size_t tag_len; /* strlen(tag): compared with each delivery's tag */
   sluice_handler_fn handler;
   void *user;
   int exclusive;
@@ -207,6 +208,9 @@ struct sluice_consumer {
   /* delivery assembly */
   sluice_delivery *asm_d;
   char asm_tag[256], asm_exchange[256], asm_rk[256];
+  size_t asm_tag_len, asm_exchange_len, asm_rk_len; /* strlen of each */
+  unsigned release_main; /* frames.c: pool releases of the consuming
+                            channel alone since all were released */
 
   /* held deliveries, loop thread: current generation in tag order, and the
    * ones left over from dead connections */
@@ -268,6 +272,16 @@ struct sluice_consumer {
       n_inflight_bytes;
   _Atomic uint64_t seq;
 };
+
+/* Add to a counter that only the loop thread writes (n_delivered,
+ * n_redelivered, n_acked, n_nacked, n_rejected, n_ack_frames, seq; other
+ * threads only read them): a relaxed load and store, without the locked
+ * read-modify-write of atomic_fetch_add, a few on every delivery. */
+static inline uint64_t sluice__count(_Atomic uint64_t *v, uint64_t n) {
+  uint64_t x = atomic_load_explicit(v, memory_order_relaxed) + n;
+  atomic_store_explicit(v, x, memory_order_relaxed);
+  return x;
+}
 
 /* log.c: the consumer's log (stderr at WARN for NULL) */
 void sluice__log(const sluice_consumer *c, int level, const char *fmt, ...)

@@ -120,7 +120,7 @@ static const struct sluice__sub *sub_by_name(const sluice_consumer *c,
 struct sluice__sub *sluice__sub_by_tag(sluice_consumer *c, amqp_bytes_t tag) {
   for (int i = 0; i < SLUICE__MAX_SUBS; i++) {
     struct sluice__sub *s = &c->subs[i];
-    if (s->used && s->tag && strlen(s->tag) == tag.len &&
+    if (s->used && s->tag && s->tag_len == tag.len &&
         memcmp(s->tag, tag.bytes, tag.len) == 0)
       return s;
   }
@@ -340,6 +340,7 @@ int sluice_consumer_subscribe(sluice_consumer *c,
   memset(s, 0, sizeof(*s));
   s->queue = sluice__strdup(o->queue);
   s->tag = sluice__strdup(tag);
+  s->tag_len = strlen(tag);
   s->key_from = key_from;
   if (key_from) s->key_spec = sluice__strdup(o->key);
   if (!s->queue || !s->tag || (key_from && !s->key_spec)) {

@@ -160,6 +160,37 @@ static void nack_goes_before_covering_ack(void **state) {
   sluice__ackq_free(&q);
 }
 
+/* A flush of one completion (per-message acks) sends it alone with its own
+ * outcome, and keeps it when the socket refuses. */
+static void one_completion_goes_alone(void **state) {
+  (void)state;
+  static const sluice__ackq_kind kinds[] = {SLUICE__ACKQ_ACK, SLUICE__ACKQ_NACK,
+                                            SLUICE__ACKQ_REJECT};
+  struct model m;
+  memset(&m, 0, sizeof(m));
+  for (int t = 0; t <= N; t++) m.completed[t] = -1;
+  sluice__ackq q;
+  sluice__ackq_init(&q);
+  for (int t = 1; t <= 9; t++) {
+    sluice__ackq_kind k = kinds[t % 3];
+    m.completed[t] = (int)k;
+    assert_int_equal(sluice__ackq_push(&q, (uint64_t)t, k), 0);
+    m.refuse_after = m.frames; /* refused: kept */
+    assert_true(sluice__ackq_flush(&q, UINT64_MAX, emit, &m) < 0);
+    assert_int_equal(q.n, 1);
+    m.refuse_after = -1;
+    /* below every outstanding tag, or not: either way one plain frame */
+    assert_int_equal(
+        sluice__ackq_flush(&q, t % 2 ? UINT64_MAX : (uint64_t)t, emit, &m), 1);
+    assert_int_equal(q.n, 0);
+    assert_int_equal(q.n_acks, 0);
+    assert_int_not_equal(m.broker[t], UNACKED);
+  }
+  assert_int_equal(m.frames, 9);
+  assert_int_equal(m.multiples, 0);
+  sluice__ackq_free(&q);
+}
+
 static void random_orders(void **state) {
   (void)state;
   for (unsigned seed = 1; seed <= 20; seed++) {
@@ -175,6 +206,7 @@ int main(void) {
       cmocka_unit_test(in_order_coalesces_to_one_frame),
       cmocka_unit_test(outstanding_below_blocks_multiple),
       cmocka_unit_test(nack_goes_before_covering_ack),
+      cmocka_unit_test(one_completion_goes_alone),
       cmocka_unit_test(random_orders),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
