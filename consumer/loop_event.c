@@ -126,8 +126,23 @@ void sluice__loop_detach(sluice__loop *l) {
   l->hb_fd = -1;
 }
 
+/* sluice_consumer_run()'s own base does not cache the time: libevent
+ * would read the clock after every epoll_wait(2) to refresh its cache,
+ * for the timers alone. With no timer pending (a steady stream of
+ * per-message acks: the heartbeat is a timerfd) libevent reads no clock;
+ * a pending timer (the ack flush, the memory guard) reads it when it is
+ * added and where libevent checks timeouts, about as often as the cache
+ * would. A base the application passes to sluice_consumer_start() keeps
+ * its own flags. */
 int sluice__loop_new_base(sluice__loop *l) {
-  l->base = event_base_new();
+  struct event_config *cfg = event_config_new();
+  l->base = NULL;
+  if (cfg) {
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_NO_CACHE_TIME);
+    l->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+  }
+  if (!l->base) l->base = event_base_new();
   if (!l->base) return SLUICE_ENOMEM;
   l->own_base = 1;
   return 0;
