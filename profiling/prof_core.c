@@ -17,9 +17,12 @@
 
 #include "prof_resid.h"
 
-/* The countdown of a new thread is "run out" (see sample_left). */
-__thread sluice__tls sluice__t __attribute__((tls_model("initial-exec"))) = {
-    .sample_left = SLUICE__COUNTDOWN(0), .free_gate = 1};
+/* The countdown of a new thread is "run out" (see sample_left); it is not
+ * registered (free_gate, frees). */
+__thread sluice__tls sluice__t __attribute__((
+    tls_model("initial-exec"))) = {.sample_left = SLUICE__COUNTDOWN(0),
+                                   .free_gate = 1,
+                                   .frees = SLUICE__FREES_UNREG};
 _Atomic unsigned sluice__flags;
 _Atomic uint32_t sluice__epoch = 1;
 
@@ -67,12 +70,13 @@ uint64_t sluice__clock_slack_ns(void) {
 /* ------------------------------------------------------------------------ */
 /* Thread registry. */
 
+/* t is not registered (any more): its counts join the dead threads'. */
 static void fold_dead(sluice__tls *t) {
   atomic_fetch_add(&dead_mallocs, atomic_load(&t->mallocs));
-  atomic_fetch_add(&dead_frees, atomic_load(&t->frees));
+  atomic_fetch_add(&dead_frees, sluice__frees_of(t));
   atomic_fetch_add(&dead_bytes, atomic_load(&t->alloc_bytes));
   atomic_store(&t->mallocs, 0);
-  atomic_store(&t->frees, 0);
+  atomic_store(&t->frees, SLUICE__FREES_UNREG);
   atomic_store(&t->alloc_bytes, 0);
 }
 
@@ -118,6 +122,8 @@ void sluice__tls_register(sluice__tls *t) {
     if (reg_head) reg_head->prev = t;
     reg_head = t;
     t->state = SLUICE__T_LIVE;
+    /* Only this thread writes its counters. */
+    atomic_store_explicit(&t->frees, sluice__frees_of(t), memory_order_relaxed);
     t->free_gate = t->nurs &&
                    atomic_load_explicit(&t->nurs->active, memory_order_relaxed);
   }
@@ -498,7 +504,8 @@ int sluice_prof_start(const sluice_prof_opts *opts) {
       atomic_store_explicit(&t->sample_left, SLUICE__COUNTDOWN(0),
                             memory_order_relaxed);
     pthread_mutex_unlock(&reg_mu);
-    atomic_fetch_or(&sluice__flags, SLUICE__F_REC);
+    /* TRACK with REC: the word is SLUICE__F_FAST from the start. */
+    atomic_fetch_or(&sluice__flags, SLUICE__F_REC | SLUICE__F_TRACK);
   }
   pthread_mutex_unlock(&start_mu);
   sluice__t.guard--;
@@ -607,7 +614,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
   pthread_mutex_lock(&reg_mu);
   for (sluice__tls *t = reg_head; t; t = t->next) {
     ms->mallocs += atomic_load_explicit(&t->mallocs, memory_order_relaxed);
-    ms->frees += atomic_load_explicit(&t->frees, memory_order_relaxed);
+    ms->frees += sluice__frees_of(t);
     ms->total_alloc_bytes +=
         atomic_load_explicit(&t->alloc_bytes, memory_order_relaxed);
   }

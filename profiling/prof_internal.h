@@ -175,7 +175,8 @@ typedef struct sluice__tls {
    * completed a deferred delivery without entering it (+1: 0 = not yet). */
   uint8_t entered;
   int64_t unentered_base;
-  /* MemStats counters; written by the owner only, read by others. */
+  /* MemStats counters; written by the owner only, read by others. `frees`
+   * carries SLUICE__FREES_UNREG while the thread is not registered. */
   _Atomic uint64_t mallocs, frees, alloc_bytes;
   struct sluice__tls *next, *prev; /* registry of live threads */
 } sluice__tls;
@@ -184,10 +185,21 @@ extern __thread sluice__tls sluice__t SLUICE__HIDDEN
     __attribute__((tls_model("initial-exec")));
 
 /* Global flags: recording new allocations; the block table may hold
- * records (frees must look). Bits from SLUICE__F_NURS1 up count the active
- * nurseries (prof_nursery.c), so that free() learns from the one word it
- * loads anyway whether another thread's nursery may hold its block. */
-enum { SLUICE__F_REC = 1u, SLUICE__F_TRACK = 2u, SLUICE__F_NURS1 = 1u << 8 };
+ * records (frees must look). Bits from SLUICE__F_LOOSE1 count the table's
+ * shards that hold a record at an address without the sample tag (see
+ * SLUICE__TAG_ALIGN; 0 to 64); bits from SLUICE__F_NURS1 up count the
+ * active nurseries (prof_nursery.c). So free() learns from the one word it
+ * loads anyway whether it may skip the table for an untagged block (the
+ * word is exactly SLUICE__F_FAST) and whether another thread's nursery may
+ * hold its block. SLUICE__F_TRACK is set with SLUICE__F_REC and never
+ * cleared. */
+enum {
+  SLUICE__F_REC = 1u,
+  SLUICE__F_TRACK = 2u,
+  SLUICE__F_LOOSE1 = 1u << 2,
+  SLUICE__F_NURS1 = 1u << 9
+};
+#define SLUICE__F_FAST (SLUICE__F_REC | SLUICE__F_TRACK)
 extern _Atomic unsigned sluice__flags SLUICE__HIDDEN;
 extern _Atomic uint32_t sluice__epoch SLUICE__HIDDEN;
 
@@ -205,6 +217,27 @@ static inline void sluice__bump(_Atomic uint64_t *c, uint64_t by) {
 #else
   atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + by,
                         memory_order_relaxed);
+#endif
+}
+
+/* The sign bit of a thread's `frees` while it is not registered (new, or
+ * past its exit): free()'s fast path learns it from the sign of the one
+ * addition that counts the free (`addq $1, %fs:..; js`). Only the owner
+ * sets and clears it; readers mask it (sluice__frees_of). */
+#define SLUICE__FREES_UNREG (UINT64_C(1) << 63)
+static inline uint64_t sluice__frees_of(const sluice__tls *t) {
+  return atomic_load_explicit(&t->frees, memory_order_relaxed) &
+         ~SLUICE__FREES_UNREG;
+}
+/* Count a free on the fast path: negative when the thread is not
+ * registered. */
+static inline int64_t sluice__count_free(sluice__tls *t) {
+#if SLUICE_PROF_INTERPOSE
+  return *(int64_t *)&t->frees += 1;
+#else
+  uint64_t v = atomic_load_explicit(&t->frees, memory_order_relaxed) + 1;
+  atomic_store_explicit(&t->frees, v, memory_order_relaxed);
+  return (int64_t)v;
 #endif
 }
 
@@ -291,6 +324,27 @@ static inline int sluice__maybe_tracked(const void *p) {
   uint64_t m = SLUICE__HOT_LOAD(uint64_t, sluice__shard_mask);
   if (SLUICE__LIKELY(m == 0)) return 0;
   return (int)((m >> (sluice__hash_ptr((uintptr_t)p) >> 58)) & 1);
+}
+
+/* A sampled block outside scopes starts at a multiple of SLUICE__TAG_ALIGN,
+ * inside a larger glibc block (prof_interpose.c), so that free() of an
+ * untagged block, almost every block, skips the table with an alignment
+ * test while every record in the table is tagged (flags ==
+ * SLUICE__F_FAST). Inside, not at the start: glibc hands a freed block's
+ * address out again, and tagged addresses would circulate among unsampled
+ * blocks. A block that has the alignment by chance (about 1 in 256 of
+ * glibc's small blocks, and aligned allocations) only takes the longer
+ * path; records at untagged addresses (scoped blocks, calloc, realloc,
+ * sluice_prof_note_alloc) are counted in the flags per shard
+ * (prof_table.c) and send every free the longer way while they exist. */
+#define SLUICE__TAG_ALIGN 4096u
+/* A tagged block costs SLUICE__TAG_ALIGN + 16 bytes more: only at rates
+ * where sampled blocks are rare (at most about 1.6% of the live heap; at
+ * rate 1 every block would be). Below it sampled blocks are recorded where
+ * glibc put them, as any record at an untagged address. */
+#define SLUICE__TAG_MIN_RATE (256u << 10)
+static inline int sluice__tagged(uintptr_t p) {
+  return (p & (SLUICE__TAG_ALIGN - 1)) == 0;
 }
 
 uint64_t sluice__now_ns(void);

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "prof_internal.h"
@@ -38,6 +39,43 @@ extern void *__libc_pvalloc(size_t);
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Sampled blocks outside scopes (see SLUICE__TAG_ALIGN): the block handed
+ * out starts at the first multiple of SLUICE__TAG_ALIGN at least 16 bytes
+ * into a glibc block of n + SLUICE__TAG_ALIGN + 16 bytes (4 KiB more per
+ * sampled block: at the default rate about 0.8% of the live heap). The two
+ * words before it name the glibc block, the second one xor'ed with
+ * TAG_MAGIC. Any glibc block is preceded by its chunk header, so reading
+ * them is safe for every tagged pointer; for a block of glibc's own the
+ * first word is its chunk size, never an address just below it. */
+#define TAG_MAGIC ((uintptr_t)0x5a1ce7a65a1ce7a6ull)
+#define TAG_EXTRA ((size_t)SLUICE__TAG_ALIGN + 16)
+
+static void *tag_alloc(size_t n) {
+  size_t m;
+  if (__builtin_add_overflow(n, TAG_EXTRA, &m)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  uintptr_t q = (uintptr_t)__libc_malloc(m);
+  if (!q) return NULL;
+  uintptr_t p = (q + 16 + SLUICE__TAG_ALIGN - 1) &
+                ~(uintptr_t)(SLUICE__TAG_ALIGN - 1);
+  ((uintptr_t *)p)[-1] = q;
+  ((uintptr_t *)p)[-2] = q ^ TAG_MAGIC;
+  return (void *)p;
+}
+
+/* The glibc block of p: p itself, or the block a tagged p lives in. */
+static inline void *glibc_block(void *p) {
+  uintptr_t u = (uintptr_t)p;
+  if (SLUICE__LIKELY(!sluice__tagged(u)) || !u) return p;
+  const uintptr_t *h = (const uintptr_t *)p;
+  uintptr_t q = h[-1];
+  if (u - q - 16 <= SLUICE__TAG_ALIGN && h[-2] == (q ^ TAG_MAGIC))
+    return (void *)q;
+  return p;
+}
+
 static inline void *after_alloc(void *p, size_t n) {
   if (SLUICE__UNLIKELY(sluice__flags_now() & SLUICE__F_REC) && p)
     sluice__on_alloc(p, n);
@@ -50,13 +88,34 @@ static inline void *after_alloc(void *p, size_t n) {
  * of ours is unwound (malloc tail-jumped here: the next frame is the
  * caller's). */
 SLUICE__NOINLINE static void *malloc_slow(size_t n) {
+  sluice__tls *t = &sluice__t;
+  void *frames[SLUICE__CAPTURE_MAX];
+  if (!t->scope) {
+    /* Outside scopes only a sample is recorded: decide first, so that a
+     * sampled block is allocated with the tag free() looks for
+     * (SLUICE__TAG_ALIGN) at the rates that tag. prepare returns 0 or 1
+     * here. */
+    int k = sluice__alloc_prepare(t, n);
+    if (k < 0) return __libc_malloc(n);
+    if (k == 0) { /* not sampled after all: nothing to record */
+      t->guard--;
+      return __libc_malloc(n);
+    }
+    void *p = sluice__rate() >= SLUICE__TAG_MIN_RATE ? tag_alloc(n)
+                                                     : __libc_malloc(n);
+    if (SLUICE__UNLIKELY(p == NULL)) {
+      t->guard--;
+      return p;
+    }
+    int nf = unw_backtrace(frames, SLUICE__CAPTURE_MAX);
+    sluice__alloc_finish(t, p, n, k, frames, nf < 0 ? 0 : nf);
+    return p;
+  }
   void *p = __libc_malloc(n);
   if (SLUICE__UNLIKELY(p == NULL)) return p;
-  sluice__tls *t = &sluice__t;
   if (SLUICE__LIKELY(sluice__scoped_fast(t, p, n))) return p;
   int k = sluice__alloc_prepare(t, n);
   if (k < 0) return p;
-  void *frames[SLUICE__CAPTURE_MAX];
   int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;
   sluice__alloc_finish(t, p, n, k, frames, nf < 0 && k ? 0 : nf);
   return p;
@@ -86,26 +145,20 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
     sluice__rec r;
     if (sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
       sluice__scope_credit_mine(t, r.scope, -(int64_t)r.size, -1);
-      __libc_free(p);
+      __libc_free(glibc_block(p));
       return;
     }
   }
   sluice__free_slow(p, f);
-  __libc_free(p);
+  __libc_free(glibc_block(p));
 }
 
-/* errno: nothing on our side can set it (see sluice__untrack), and glibc's
- * free preserves it too.
- *
- * Sampling, free() runs for every block and almost none was sampled, so
- * this is the path that costs: count the free, and read the table's shard
- * mask (sluice__maybe_tracked), nothing else. The flags come first (off,
- * they are all there is: glibc's free takes NULL), the mask is read
- * whatever SLUICE__F_TRACK says (it is never set without it: a record is
- * inserted after the flag), and the thread's registration is tested only
- * while recording. */
-EXPORT void free(void *p) {
+/* Every other case of free(): off, NULL, a block with the sample tag,
+ * records at untagged addresses, nurseries, stopped. The flags are read
+ * again: any value read at any point is as good as the first. */
+SLUICE__NOINLINE static void free_other(void *p) {
   unsigned f = SLUICE__HOT_LOAD(unsigned, sluice__flags);
+  /* Never started (the flags stay nonzero after): no block is tagged. */
   if (SLUICE__LIKELY(!f) || SLUICE__UNLIKELY(!p)) return __libc_free(p);
   if (f & SLUICE__F_REC) {
     sluice__tls *t = &sluice__t;
@@ -116,7 +169,54 @@ EXPORT void free(void *p) {
   /* Tracked in the table, or another thread's nursery is active. */
   if (SLUICE__UNLIKELY(sluice__maybe_tracked(p) || f >= SLUICE__F_NURS1))
     return free_slow(p, f | SLUICE__F_TRACK);
-  __libc_free(p);
+  __libc_free(glibc_block(p));
+}
+
+/* errno: nothing on our side can set it (see sluice__untrack), and glibc's
+ * free preserves it too.
+ *
+ * Sampling, free() runs for every block and almost none was sampled, so
+ * this is the path that costs. While the flags word is exactly
+ * SLUICE__F_FAST (recording, every record in the table tagged, no nursery
+ * active anywhere, this thread's included), a block without the sample tag
+ * cannot be tracked: count the free, whose sign says whether the thread is
+ * registered, and hand the block to glibc. Five instructions and a tail
+ * jump; everything else (off included) goes to free_other(). */
+EXPORT void free(void *p) {
+  if (SLUICE__LIKELY(SLUICE__HOT_LOAD(unsigned, sluice__flags) ==
+                     SLUICE__F_FAST) &&
+      SLUICE__LIKELY(!sluice__tagged((uintptr_t)p))) {
+    /* Not registered yet (or exiting): register; p has no record. */
+    if (SLUICE__UNLIKELY(sluice__count_free(&sluice__t) < 0))
+      return free_slow(p, SLUICE__F_REC);
+    return __libc_free(p);
+  }
+  /* Off: glibc's (which takes NULL). A second read, volatile so that it
+   * stays a compare with memory and the one above is not made a load into
+   * a register first. */
+  if (SLUICE__LIKELY(*(volatile const unsigned *)&sluice__flags == 0))
+    return __libc_free(p);
+  free_other(p);
+}
+
+static size_t (*find_usable(void))(void *);
+
+/* glibc's realloc, a tagged block included: that one moves to a block of
+ * glibc's own (as glibc's realloc(p, 0) does, 0 bytes frees it). */
+static void *glibc_realloc(void *p, size_t n) {
+  void *b = glibc_block(p);
+  if (SLUICE__LIKELY(b == p)) return __libc_realloc(p, n);
+  if (n == 0) {
+    __libc_free(b);
+    return NULL;
+  }
+  void *q = __libc_malloc(n);
+  if (!q) return NULL;
+  size_t (*usable)(void *) = find_usable();
+  size_t have = usable ? usable(b) - (size_t)((uintptr_t)p - (uintptr_t)b) : 0;
+  memcpy(q, p, have < n ? have : n);
+  __libc_free(b);
+  return q;
 }
 
 EXPORT void *realloc(void *p, size_t n) {
@@ -134,7 +234,7 @@ EXPORT void *realloc(void *p, size_t n) {
   size_t usable = !had && t->scope && (f & SLUICE__F_REC) && !t->guard
                       ? malloc_usable_size(p)
                       : 0;
-  void *q = __libc_realloc(p, n);
+  void *q = glibc_realloc(p, n);
   int e = errno;
   sluice__realloc_done(p, q, n, had ? &old : NULL, usable);
   errno = e;
@@ -211,7 +311,9 @@ __attribute__((constructor)) static void usable_init(void) {
 EXPORT size_t malloc_usable_size(void *p) {
   if (!p) return 0;
   size_t (*f)(void *) = find_usable();
-  return f ? f(p) : 0;
+  if (!f) return 0;
+  void *b = glibc_block(p);
+  return f(b) - (size_t)((uintptr_t)p - (uintptr_t)b);
 }
 
 #endif /* SLUICE_PROF_INTERPOSE */

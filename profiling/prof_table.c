@@ -42,6 +42,10 @@ typedef struct shard {
   sluice__lock lock;
   _Atomic uint32_t seq;
   _Atomic uint32_t count;
+  /* Records whose key lacks the sample tag (under the lock): while nonzero
+   * the shard is counted in the flags (SLUICE__F_LOOSE1), and free() of an
+   * untagged block cannot skip the table. */
+  uint32_t loose;
   _Atomic(array *) arr;
 } __attribute__((aligned(SLUICE__CACHELINE))) shard;
 
@@ -61,6 +65,19 @@ static inline void set_count(shard *s, uint32_t n) {
   if (!was && n) atomic_fetch_or(&sluice__shard_mask, bit);
   else if (was && !n) atomic_fetch_and(&sluice__shard_mask, ~bit);
 }
+/* A record at `key` joins (+1) or leaves (-1) shard s (caller holds the
+ * lock). Each shard moves its own unit in the flags, so the count there is
+ * exact without a lock of its own. A new record is counted before it is
+ * published: its block reaches another thread's free() only after malloc
+ * returned. */
+static inline void loose_note(shard *s, uintptr_t key, int delta) {
+  if (sluice__tagged(key)) return;
+  if (delta > 0 && s->loose++ == 0)
+    atomic_fetch_add(&sluice__flags, SLUICE__F_LOOSE1);
+  else if (delta < 0 && --s->loose == 0)
+    atomic_fetch_sub(&sluice__flags, SLUICE__F_LOOSE1);
+}
+
 static sluice__lock free_lock;
 static array *free_arrays[40];
 
@@ -200,6 +217,7 @@ int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
     }
     a = atomic_load_explicit(&s->arr, memory_order_relaxed);
   }
+  loose_note(s, key, 1);
   put_entry(a, key, h, rec);
   set_count(s, count + 1);
 out:
@@ -261,6 +279,7 @@ int sluice__table_take(uintptr_t key, sluice__rec *out) {
     delete_at(a, (uint32_t)i);
     seq_end(s);
     set_count(s, atomic_load_explicit(count_of(s), memory_order_relaxed) - 1);
+    loose_note(s, key, -1);
     found = 1;
   }
   sluice__lock_release(&s->lock);

@@ -8,6 +8,7 @@
 #endif
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 
 #include <cmocka.h>
 
+#include "prof_internal.h" /* SLUICE__TAG_ALIGN, SLUICE__TAG_MIN_RATE */
 #include "prof_test.h"
 
 /* Sizes no allocator can satisfy, hidden from the compiler's checks. */
@@ -315,6 +317,186 @@ static void test_memstats(void **state) {
   assert_true(a.frees - b.frees >= 100);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Sampled blocks outside scopes carry an address tag (SLUICE__TAG_ALIGN)
+ * that lets free() skip the block table for every other block. */
+
+static int setup_tag(void **state) {
+  (void)state;
+  sluice_prof_opts o = {.sample_rate = SLUICE__TAG_MIN_RATE, .now_ns = t_clock};
+  assert_int_equal(sluice_prof_start(&o), 0);
+  return 0;
+}
+
+static uint64_t tracked(void) {
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  return ms.tracked_blocks;
+}
+
+/* The next sampled block of n bytes (the table's count grew), filled with
+ * `fill`; the blocks allocated before it are freed. Bounded. */
+T_NOINLINE static char *next_sampled(size_t n, int fill) {
+  uint64_t base = tracked();
+  for (int i = 0; i < 200000; i++) {
+    char *p = malloc(n);
+    assert_non_null(p);
+    if (tracked() > base) {
+      memset(p, fill, n);
+      return p;
+    }
+    free(p);
+  }
+  fail_msg("no block of %zu bytes sampled in 200000", n);
+  return NULL;
+}
+
+static int all_bytes(const char *p, size_t n, int v) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != (char)v) return 0;
+  return 1;
+}
+
+static void *free_elsewhere(void *p) {
+  free(p);
+  return NULL;
+}
+
+/* A thread that frees, first of all (not registered yet). */
+static void free_on_new_thread(void *p) {
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, free_elsewhere, p), 0);
+  assert_int_equal(pthread_join(th, NULL), 0);
+}
+
+static void test_sampled_tag(void **state) {
+  (void)state;
+  uint64_t base = tracked();
+  size_t sizes[] = {24, 100, 1000, 5000};
+  char *p[4];
+  for (int i = 0; i < 4; i++) {
+    p[i] = next_sampled(sizes[i], 'a' + i);
+    assert_int_equal((uintptr_t)p[i] % SLUICE__TAG_ALIGN, 0);
+    assert_true(malloc_usable_size(p[i]) >= sizes[i]);
+  }
+  assert_int_equal(tracked(), base + 4);
+  /* realloc moves a tagged block to glibc's own, contents kept. */
+  p[0] = realloc(p[0], 10);
+  assert_true(all_bytes(p[0], 10, 'a'));
+  p[1] = realloc(p[1], 50000);
+  assert_true(all_bytes(p[1], 100, 'b'));
+  free(p[0]);
+  free(p[1]);
+  /* Freed on another thread, unregistered: the first thing it does. */
+  free_on_new_thread(p[2]);
+  /* realloc to 0 frees (as glibc's does). */
+  assert_null(realloc(p[3], 0));
+  assert_int_equal(tracked(), base);
+
+  /* A big one (sampled surely: 256 times the rate), mapped by glibc. */
+  size_t big = (size_t)SLUICE__TAG_MIN_RATE * 256;
+  char *b = malloc(big);
+  assert_non_null(b);
+  assert_int_equal((uintptr_t)b % SLUICE__TAG_ALIGN, 0);
+  assert_true(malloc_usable_size(b) >= big);
+  b[0] = 1;
+  b[big - 1] = 2;
+  assert_int_equal(tracked(), base + 1);
+  free(b);
+  /* calloc's sample is recorded where glibc put it (untagged): frees look
+   * in the table while it lives, and find it. */
+  char *c = calloc(1, big);
+  assert_non_null(c);
+  assert_true(all_bytes(c, 4096, 0) && all_bytes(c + big - 4096, 4096, 0));
+  assert_int_equal(tracked(), base + 1);
+  free(next_sampled(100, 'c')); /* a tagged one meanwhile */
+  free_on_new_thread(c);
+  assert_int_equal(tracked(), base);
+}
+
+/* Blocks that pass the address test without being sampled ones: aligned
+ * allocations of the program's, and glibc blocks at such an address by
+ * chance. Each is glibc's as it is (usable size, realloc, free). */
+static void test_tag_lookalikes(void **state) {
+  (void)state;
+  uint64_t base = tracked();
+  void *a[4];
+  assert_int_equal(posix_memalign(&a[0], SLUICE__TAG_ALIGN, 100), 0);
+  a[1] = aligned_alloc(SLUICE__TAG_ALIGN, SLUICE__TAG_ALIGN);
+  a[2] = memalign(SLUICE__TAG_ALIGN, 0);
+  a[3] = valloc(30);
+  for (int i = 0; i < 4; i++) {
+    assert_non_null(a[i]);
+    assert_int_equal((uintptr_t)a[i] % SLUICE__TAG_ALIGN, 0);
+    size_t u = malloc_usable_size(a[i]);
+    assert_true(u < (size_t)SLUICE__TAG_ALIGN * 2);
+    memset(a[i], 'x', u);
+  }
+  a[0] = realloc(a[0], 200);
+  assert_true(all_bytes(a[0], 100, 'x'));
+  free(a[0]);
+  free_on_new_thread(a[1]);
+  free(a[2]);
+  a[3] = realloc(a[3], 20);
+  assert_true(all_bytes(a[3], 20, 'x'));
+  free(a[3]);
+  /* Small glibc blocks at a tag address by chance (about 1 in 256):
+   * allocate until some turn up, then free them all. Bounded. */
+  enum { N = 20000 };
+  static char *v[N];
+  int chance = 0;
+  uint64_t last = tracked();
+  for (int i = 0; i < N; i++) {
+    size_t n = 16 + (size_t)(i * 37) % 240; /* varied, so are the places */
+    v[i] = malloc(n);
+    assert_non_null(v[i]);
+    memset(v[i], 'y', n);
+    if ((uintptr_t)v[i] % SLUICE__TAG_ALIGN) continue;
+    uint64_t now = tracked(); /* only a sampled block adds a record */
+    if (now == last) {
+      chance++; /* glibc's own block, where glibc put it */
+      size_t u = malloc_usable_size(v[i]);
+      assert_true(u >= n && u < n + 48);
+    }
+    last = now;
+  }
+  for (int i = 0; i < N; i++) free(v[i]);
+  assert_true(chance > 0);
+  assert_int_equal(tracked(), base);
+}
+
+/* MemStats counts every call exactly, whichever way free() goes. */
+T_NOINLINE static void churn_counted(int n) {
+  static char *ring[64];
+  for (int i = 0; i < n; i++) {
+    free(ring[i & 63]);
+    ring[i & 63] = malloc(16 + (size_t)(i * 37) % 240);
+  }
+  for (int i = 0; i < 64; i++) {
+    free(ring[i]);
+    ring[i] = NULL;
+  }
+}
+
+static void test_tag_counts_exact(void **state) {
+  (void)state;
+  char *s = next_sampled(200, 's'); /* one tagged block live */
+  char *c = calloc(1, (size_t)SLUICE__TAG_MIN_RATE * 256); /* and a loose one */
+  sluice_prof_memstats a, b;
+  sluice_prof_memstats_read(&a);
+  churn_counted(100000);
+  free(c);
+  churn_counted(100000);
+  s = realloc(s, 300);
+  free(s);
+  free(NULL); /* not counted */
+  sluice_prof_memstats_read(&b);
+  /* Each churn: n mallocs, n frees of non-NULL blocks (64 of them NULL
+   * at the start, 64 freed at the end). */
+  assert_int_equal(b.mallocs - a.mallocs, 2 * 100000 + 1);
+  assert_int_equal(b.frees - a.frees, 2 * 100000 + 1 + 1 + 1);
+}
+
 /* fork(): the child allocates and frees while another thread of the parent
  * could hold the profiler's locks. */
 static void test_fork(void **state) {
@@ -349,6 +531,9 @@ int main(void) {
       cmocka_unit_test_setup(test_errno_preserved, setup),
       cmocka_unit_test_setup(test_memstats, setup),
       cmocka_unit_test_setup(test_fork, setup),
+      cmocka_unit_test_setup(test_sampled_tag, setup_tag),
+      cmocka_unit_test_setup(test_tag_lookalikes, setup_tag),
+      cmocka_unit_test_setup(test_tag_counts_exact, setup_tag),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
