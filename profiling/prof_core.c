@@ -19,10 +19,13 @@
 
 /* The countdown of a new thread is "run out" (see sample_left); it is not
  * registered (free_gate, frees). */
-__thread sluice__tls sluice__t __attribute__((
-    tls_model("initial-exec"))) = {.sample_left = SLUICE__COUNTDOWN(0),
-                                   .free_gate = 1,
-                                   .frees = SLUICE__FREES_UNREG};
+#define INITIAL_TLS                                                       \
+  {                                                                       \
+    .sample_left = SLUICE__COUNTDOWN(0), .cd_mark = SLUICE__COUNTDOWN(0), \
+    .free_gate = 1, .frees = SLUICE__FREES_UNREG                          \
+  }
+__thread sluice__tls sluice__t
+    __attribute__((tls_model("initial-exec"))) = INITIAL_TLS;
 _Atomic unsigned sluice__flags;
 _Atomic uint32_t sluice__epoch = 1;
 
@@ -70,10 +73,26 @@ uint64_t sluice__clock_slack_ns(void) {
 /* ------------------------------------------------------------------------ */
 /* Thread registry. */
 
-/* t is not registered (any more): its counts join the dead threads'. */
+uint64_t sluice__alloc_bytes_of(const sluice__tls *t) {
+  for (;;) {
+    uint32_t q = atomic_load_explicit(&t->cd_seq, memory_order_acquire);
+    uint64_t b = atomic_load_explicit(&t->alloc_bytes, memory_order_relaxed);
+    int64_t mark = atomic_load_explicit(&t->cd_mark, memory_order_relaxed);
+    int64_t left = atomic_load_explicit(&t->sample_left, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if (!(q & 1) && atomic_load_explicit(&t->cd_seq, memory_order_relaxed) == q)
+      return b + (uint64_t)(mark - left);
+    sluice__cpu_relax();
+  }
+}
+
+/* t is not registered (any more): its counts join the dead threads'. Its
+ * owner, or t is gone (the child of fork). */
 static void fold_dead(sluice__tls *t) {
   atomic_fetch_add(&dead_mallocs, atomic_load(&t->mallocs));
   atomic_fetch_add(&dead_frees, sluice__frees_of(t));
+  sluice__cd_set(t,
+                 atomic_load_explicit(&t->sample_left, memory_order_relaxed));
   atomic_fetch_add(&dead_bytes, atomic_load(&t->alloc_bytes));
   atomic_store(&t->mallocs, 0);
   atomic_store(&t->frees, SLUICE__FREES_UNREG);
@@ -170,28 +189,40 @@ static void ensure_track_flag(void) {
     atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
 }
 
-/* The countdown in use: sample_left outside scopes, saved_left inside. */
+/* The countdown in use (sample_left outside scopes, saved_left inside)
+ * becomes `left` bytes, run in stretches of at most SLUICE__STRETCH. */
 static void set_countdown(sluice__tls *t, int64_t left) {
-  if (t->scope) t->saved_left = SLUICE__COUNTDOWN(left);
-  else
-    atomic_store_explicit(&t->sample_left, SLUICE__COUNTDOWN(left),
-                          memory_order_relaxed);
+  int64_t part = left > SLUICE__STRETCH ? SLUICE__STRETCH : left;
+  t->cd_rest = left - part;
+  if (t->scope) t->saved_left = SLUICE__COUNTDOWN(part);
+  else sluice__cd_set(t, SLUICE__COUNTDOWN(part));
 }
 
 /* Run the countdown for n bytes inside a scope (outside, the fast path has
- * done it): 1 when the block is sampled. */
+ * done it): 1 when it ran out. */
 static int scoped_countdown(sluice__tls *t, size_t n) {
-  /* Re-arm: a rate change from another thread may have reset it. */
-  atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
   t->saved_left -= (int64_t)n;
   return t->saved_left < 0;
 }
 
 /* Sampling decision for a block of n bytes, after the countdown said
- * `sampled`; refreshes the countdown. */
+ * `sampled` (it ran out); refreshes the countdown. */
 static int decide(sluice__tls *t, size_t n, int sampled) {
   uint32_t epoch = atomic_load_explicit(&sluice__epoch, memory_order_relaxed);
   uint64_t rate = atomic_load_explicit(&g_rate, memory_order_relaxed);
+  if (sampled && t->cd_rest > 0 && t->epoch == epoch) {
+    /* The end of a stretch: the sample is due only if the rest is run out
+     * too. The stored form is one less (SLUICE__COUNTDOWN). */
+    int64_t now =
+        t->scope ? t->saved_left
+                 : atomic_load_explicit(&t->sample_left, memory_order_relaxed);
+    int64_t left = now + 1 + t->cd_rest;
+    if (left > 0) {
+      set_countdown(t, left);
+      return 0;
+    }
+    t->cd_rest = 0;
+  }
   if (t->epoch != epoch) {
     /* First sample decision under this rate: draw a fresh countdown. */
     t->epoch = epoch;
@@ -206,16 +237,10 @@ static int decide(sluice__tls *t, size_t n, int sampled) {
 
 int sluice__alloc_prepare(sluice__tls *t, size_t n) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
-  if (t->guard) {
-    /* The profiler's own allocation: it must not take the sample the
-     * countdown would give to the next allocation of the program's. */
-    if (t->scope)
-      atomic_store_explicit(&t->sample_left, SLUICE__ARMED,
-                            memory_order_relaxed);
-    return -1;
-  }
+  /* The profiler's own allocation: it must not take the sample the
+   * countdown would give to the next allocation of the program's. */
+  if (t->guard) return -1;
   if (t->scope && t->capture) { /* adaptive stacks: every block, weight 1 */
-    atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
     t->guard++;
     return 2;
   }
@@ -302,22 +327,16 @@ static uint32_t realloc_sample(sluice__tls *t, size_t n) {
   if (t->state != SLUICE__T_LIVE) sluice__tls_register(t);
   sluice__bump(&t->frees, 1);
   sluice__bump(&t->mallocs, 1);
-  sluice__bump(&t->alloc_bytes, n);
+  /* The bytes: counted by the countdown's subtraction outside a scope,
+   * here otherwise. */
+  if (t->guard != 1 || t->scope) sluice__bump(&t->alloc_bytes, n);
   if (t->guard != 1) return 0;
   int k;
   if (t->scope && t->capture) {
     k = 2;
   } else {
-    int sampled;
-    if (t->scope) {
-      sampled = scoped_countdown(t, n);
-    } else {
-      int64_t left =
-          atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
-          (int64_t)n;
-      atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-      sampled = left < 0; /* the stored form: see SLUICE__COUNTDOWN */
-    }
+    int sampled = t->scope ? scoped_countdown(t, n)
+                           : sluice__cd_sub(t, n) < 0; /* see COUNTDOWN */
     k = decide(t, n, sampled);
   }
   if (!k) return 0;
@@ -498,12 +517,10 @@ int sluice_prof_start(const sluice_prof_opts *opts) {
     sluice__scopes_configure(&g_opts);
     atomic_store(&g_rate, (uint64_t)o.sample_rate);
     atomic_fetch_add(&sluice__epoch, 1);
-    /* Make every thread leave its countdown at its next allocation. */
-    pthread_mutex_lock(&reg_mu);
-    for (sluice__tls *t = reg_head; t; t = t->next)
-      atomic_store_explicit(&t->sample_left, SLUICE__COUNTDOWN(0),
-                            memory_order_relaxed);
-    pthread_mutex_unlock(&reg_mu);
+    /* This thread leaves its countdown at its next allocation; the others
+     * at the end of their current stretch (only its owner writes a
+     * countdown). */
+    set_countdown(&sluice__t, 0);
     /* TRACK with REC: the word is SLUICE__F_FAST from the start. */
     atomic_fetch_or(&sluice__flags, SLUICE__F_REC | SLUICE__F_TRACK);
   }
@@ -615,8 +632,7 @@ void sluice_prof_memstats_read(sluice_prof_memstats *ms) {
   for (sluice__tls *t = reg_head; t; t = t->next) {
     ms->mallocs += atomic_load_explicit(&t->mallocs, memory_order_relaxed);
     ms->frees += sluice__frees_of(t);
-    ms->total_alloc_bytes +=
-        atomic_load_explicit(&t->alloc_bytes, memory_order_relaxed);
+    ms->total_alloc_bytes += sluice__alloc_bytes_of(t);
   }
   pthread_mutex_unlock(&reg_mu);
   ms->live_objects = ms->mallocs > ms->frees ? ms->mallocs - ms->frees : 0;

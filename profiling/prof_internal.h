@@ -137,13 +137,22 @@ typedef struct sluice__tls {
   int free_gate;
   /* Bytes until the next sample, minus one: an allocation is sampled when
    * it takes the countdown below zero, a test of the sign of the one
-   * subtraction (SLUICE__COUNTDOWN). Reset (to -1) by others when the rate
-   * changes. Inside a scope it is held at SLUICE__ARMED (every allocation
-   * takes the slow path) and the real countdown is saved_left. -1 in a new
-   * thread: its first allocation takes the slow path, which registers the
-   * thread. */
+   * subtraction (SLUICE__COUNTDOWN). Only the owner writes it. Inside a
+   * scope it is set to SLUICE__ARMED (every allocation takes the slow path;
+   * allocations only take it further down) and the real countdown is
+   * saved_left. -1 in a new thread: its first allocation takes the slow
+   * path, which registers the thread. A countdown is run in stretches of
+   * at most SLUICE__STRETCH bytes (the rest in cd_rest), so that a rate
+   * change reaches every thread within that many of its bytes. */
   _Atomic int64_t sample_left;
   int64_t saved_left;
+  int64_t cd_rest;
+  /* What sample_left was last set to (sluice__cd_set): the bytes allocated
+   * since are cd_mark - sample_left, so that the allocation's subtraction
+   * counts its bytes too (alloc_bytes holds those before). cd_seq is odd
+   * while the owner changes the three (readers retry). */
+  _Atomic int64_t cd_mark;
+  _Atomic uint32_t cd_seq;
   uint32_t epoch; /* sampling epoch the countdown belongs to */
   int in_fork;    /* between fork's prepare and parent/child */
   uint64_t scope; /* current scope handle, 0 = none */
@@ -176,7 +185,9 @@ typedef struct sluice__tls {
   uint8_t entered;
   int64_t unentered_base;
   /* MemStats counters; written by the owner only, read by others. `frees`
-   * carries SLUICE__FREES_UNREG while the thread is not registered. */
+   * carries SLUICE__FREES_UNREG while the thread is not registered; the
+   * bytes are alloc_bytes plus the countdown's progress
+   * (sluice__alloc_bytes_of). */
   _Atomic uint64_t mallocs, frees, alloc_bytes;
   struct sluice__tls *next, *prev; /* registry of live threads */
 } sluice__tls;
@@ -242,6 +253,8 @@ static inline int64_t sluice__count_free(sluice__tls *t) {
 }
 
 void sluice__tls_register(sluice__tls *t);
+/* Bytes allocated by t (MemStats' total_alloc_bytes): any thread. */
+uint64_t sluice__alloc_bytes_of(const sluice__tls *t);
 /* After sluice__alloc_pre() said so. */
 void sluice__alloc_slow(sluice__tls *t, void *p, size_t n);
 /* The slow path in two halves, so that the caller can take the stack itself
@@ -263,6 +276,7 @@ void *sluice__realloc_done(void *p, void *q, size_t n,
 void sluice__rec_release(const struct sluice__rec *r);
 
 #define SLUICE__ARMED (INT64_MIN / 4)
+#define SLUICE__STRETCH ((int64_t)1 << 20)
 /* The stored form of a countdown of `left` bytes (sample_left, saved_left):
  * "left <= 0" is then "stored < 0", the sign of the subtraction itself. */
 #define SLUICE__COUNTDOWN(left) ((left)-1)
@@ -280,29 +294,50 @@ void sluice__rec_release(const struct sluice__rec *r);
   atomic_load_explicit(&(x), memory_order_relaxed)
 #endif
 
-/* Before an allocation of n bytes: count it and run the sampling
- * countdown. Returns nonzero when the block must go through the slow path
- * (which reads what is left in t->sample_left): sampled, inside a scope
- * (the countdown is armed), or a thread not registered yet (its countdown
- * starts at -1). It needs no pointer, so malloc() can do it first and then
- * tail-call glibc. */
-static inline int sluice__alloc_pre(size_t n) {
-  sluice__tls *t = &sluice__t;
-  sluice__bump(&t->mallocs, 1);
-  sluice__bump(&t->alloc_bytes, n);
+/* An allocation of n bytes runs the countdown down (and so counts its
+ * bytes): the new value. With malloc replaced, one subtraction in
+ * thread-local memory whose sign decides the caller's branch (`sub %rdi,
+ * %fs:..; js`): a relaxed atomic load and store are never fused into it;
+ * only the owner writes sample_left. */
+static inline int64_t sluice__cd_sub(sluice__tls *t, size_t n) {
 #if SLUICE_PROF_INTERPOSE
-  /* One subtraction in thread-local memory whose sign decides the branch
-   * (`sub %rdi, %fs:..; js`): a relaxed atomic load and store are never
-   * fused into it. A rate change's reset by another thread can be lost to
-   * it, as it could between that load and store: decide() notices the new
-   * epoch when the old countdown runs out. */
-  return SLUICE__UNLIKELY((*(int64_t *)&t->sample_left -= (int64_t)n) < 0);
+  return *(int64_t *)&t->sample_left -= (int64_t)n;
 #else
   int64_t left = atomic_load_explicit(&t->sample_left, memory_order_relaxed) -
                  (int64_t)n;
   atomic_store_explicit(&t->sample_left, left, memory_order_relaxed);
-  return SLUICE__UNLIKELY(left < 0);
+  return left;
 #endif
+}
+
+/* The owner sets its countdown to v (every write but an allocation's
+ * subtraction): the bytes run down since the last set join alloc_bytes. */
+static inline void sluice__cd_set(sluice__tls *t, int64_t v) {
+  uint32_t q = atomic_load_explicit(&t->cd_seq, memory_order_relaxed);
+  atomic_store_explicit(&t->cd_seq, q + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+  int64_t ran = atomic_load_explicit(&t->cd_mark, memory_order_relaxed) -
+                atomic_load_explicit(&t->sample_left, memory_order_relaxed);
+  atomic_store_explicit(&t->alloc_bytes,
+                        atomic_load_explicit(&t->alloc_bytes,
+                                             memory_order_relaxed) +
+                            (uint64_t)ran,
+                        memory_order_relaxed);
+  atomic_store_explicit(&t->cd_mark, v, memory_order_relaxed);
+  atomic_store_explicit(&t->sample_left, v, memory_order_relaxed);
+  atomic_store_explicit(&t->cd_seq, q + 2, memory_order_release);
+}
+
+/* Before an allocation of n bytes: count it and run the sampling
+ * countdown (which counts the bytes). Returns nonzero when the block must
+ * go through the slow path (which reads what is left in t->sample_left):
+ * sampled, the end of a stretch, inside a scope (the countdown is armed),
+ * or a thread not registered yet (its countdown starts at -1). It needs
+ * no pointer, so malloc() can do it first and then tail-call glibc. */
+static inline int sluice__alloc_pre(size_t n) {
+  sluice__tls *t = &sluice__t;
+  sluice__bump(&t->mallocs, 1);
+  return SLUICE__UNLIKELY(sluice__cd_sub(t, n) < 0);
 }
 
 /* The allocation hook, after the fact (calloc, memalign, note_alloc...). */
@@ -585,9 +620,9 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
   sluice__scope_flush(t);
   if (!t->scope && s) {
     t->saved_left = atomic_load_explicit(&t->sample_left, memory_order_relaxed);
-    atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
+    sluice__cd_set(t, SLUICE__ARMED);
   } else if (t->scope && !s) {
-    atomic_store_explicit(&t->sample_left, t->saved_left, memory_order_relaxed);
+    sluice__cd_set(t, t->saved_left);
   }
   t->scope = s;
   t->capture = 0; /* sluice_prof_scope_enter() sets it for its scope */
@@ -604,9 +639,7 @@ static inline int sluice__scoped_fast(sluice__tls *t, void *p, size_t n) {
     return 0;
   int64_t left = t->saved_left - (int64_t)n;
   if (left < 0 || !sluice__nurs_put(t, (uintptr_t)p, n)) return 0;
-  t->saved_left = left;
-  /* Re-armed: a rate change from another thread may have reset it. */
-  atomic_store_explicit(&t->sample_left, SLUICE__ARMED, memory_order_relaxed);
+  t->saved_left = left; /* sample_left stays armed: only t writes it */
   return 1;
 }
 /* The record of p wherever it is: this thread's nursery, another thread's

@@ -478,6 +478,20 @@ T_NOINLINE static void churn_counted(int n) {
   }
 }
 
+static uint64_t churn_bytes(int n) {
+  uint64_t b = 0;
+  for (int i = 0; i < n; i++) b += 16 + (uint64_t)(i * 37) % 240;
+  return b;
+}
+
+static void *thread_churn(void *arg) {
+  churn_counted((int)(intptr_t)arg);
+  return NULL;
+}
+
+/* MemStats counts every call and byte exactly: whichever way free() goes,
+ * inside scopes and out, on a thread that has exited. The bytes are the
+ * countdown's progress (see cd_mark). */
 static void test_tag_counts_exact(void **state) {
   (void)state;
   char *s = next_sampled(200, 's'); /* one tagged block live */
@@ -495,6 +509,84 @@ static void test_tag_counts_exact(void **state) {
    * at the start, 64 freed at the end). */
   assert_int_equal(b.mallocs - a.mallocs, 2 * 100000 + 1);
   assert_int_equal(b.frees - a.frees, 2 * 100000 + 1 + 1 + 1);
+  assert_int_equal(b.total_alloc_bytes - a.total_alloc_bytes,
+                   2 * churn_bytes(100000) + 300);
+
+  /* Inside a scope (the countdown armed), and around it. */
+  sluice_prof_memstats_read(&a);
+  sluice_prof_scope sc = sluice_prof_scope_begin("a.bytes", 1, 1);
+  sluice_prof_scope prev = sluice_prof_scope_enter(sc);
+  churn_counted(5000);
+  void *m = NULL;
+  assert_int_equal(posix_memalign(&m, 64, 100), 0);
+  char *z = calloc(10, 10);
+  char *r = realloc(NULL, 77);
+  r = realloc(r, 200);
+  sluice_prof_scope_enter(prev);
+  churn_counted(5000);
+  free(m);
+  free(z);
+  free(r);
+  assert_int_equal(sluice_prof_scope_end(sc, SLUICE_ACK, NULL), 0);
+  sluice_prof_memstats_read(&b);
+  assert_int_equal(b.mallocs - a.mallocs, 2 * 5000 + 4);
+  assert_int_equal(b.frees - a.frees, 2 * 5000 + 3 + 1);
+  assert_int_equal(b.total_alloc_bytes - a.total_alloc_bytes,
+                   2 * churn_bytes(5000) + 100 + 100 + 77 + 200);
+
+  /* A thread that counted and exited. */
+  sluice_prof_memstats_read(&a);
+  pthread_t th;
+  assert_int_equal(
+      pthread_create(&th, NULL, thread_churn, (void *)(intptr_t)3000), 0);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  sluice_prof_memstats_read(&b);
+  /* pthread_create's own allocations and frees (its stack, TLS) happen in
+   * this thread and in glibc's, and are counted as well: at least the
+   * churn's. */
+  assert_true(b.mallocs - a.mallocs >= 3000);
+  assert_true(b.total_alloc_bytes - a.total_alloc_bytes >= churn_bytes(3000));
+  assert_int_equal((b.mallocs - a.mallocs) - (b.frees - a.frees),
+                   (b.live_objects - a.live_objects));
+}
+
+/* A rate change reaches a thread that already runs a countdown within
+ * SLUICE__STRETCH of its bytes (only its owner writes a countdown). */
+static pthread_barrier_t rate_bar;
+
+static void *rate_thread(void *arg) {
+  (void)arg;
+  free(malloc(1000));              /* a countdown under the first rate (none) */
+  pthread_barrier_wait(&rate_bar); /* the rate changes */
+  pthread_barrier_wait(&rate_bar);
+  enum { N = (int)(SLUICE__STRETCH / 1000) + 2 };
+  static char *keep[N];
+  uint64_t base = tracked();
+  int i, seen = 0;
+  for (i = 0; i < N && !seen; i++) {
+    keep[i] = malloc(1000);
+    seen = tracked() > base;
+  }
+  for (int j = 0; j < i; j++) free(keep[j]);
+  return (void *)(intptr_t)seen;
+}
+
+static void test_rate_change_other_thread(void **state) {
+  (void)state;
+  sluice_prof_opts o = {.sample_rate = SLUICE_PROF_RATE_NONE,
+                        .now_ns = t_clock};
+  assert_int_equal(sluice_prof_start(&o), 0);
+  assert_int_equal(pthread_barrier_init(&rate_bar, NULL, 2), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, rate_thread, NULL), 0);
+  pthread_barrier_wait(&rate_bar);
+  o.sample_rate = 1;
+  assert_int_equal(sluice_prof_start(&o), 0);
+  pthread_barrier_wait(&rate_bar);
+  void *seen = NULL;
+  assert_int_equal(pthread_join(th, &seen), 0);
+  assert_int_equal((intptr_t)seen, 1);
+  pthread_barrier_destroy(&rate_bar);
 }
 
 /* fork(): the child allocates and frees while another thread of the parent
@@ -534,6 +626,7 @@ int main(void) {
       cmocka_unit_test_setup(test_sampled_tag, setup_tag),
       cmocka_unit_test_setup(test_tag_lookalikes, setup_tag),
       cmocka_unit_test_setup(test_tag_counts_exact, setup_tag),
+      cmocka_unit_test(test_rate_change_other_thread),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
