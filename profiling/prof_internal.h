@@ -106,18 +106,14 @@ static inline void sluice__cpu_relax(void) {
 #endif
 }
 
+/* Contended: spin, then yield (out of line, so that the callers' common
+ * path keeps its registers). */
+void sluice__lock_spin(sluice__lock *l);
+
 static inline void sluice__lock_acquire(sluice__lock *l) {
-  unsigned spins = 0;
-  while (atomic_exchange_explicit(&l->v, 1, memory_order_acquire)) {
-    while (atomic_load_explicit(&l->v, memory_order_relaxed)) {
-      if (++spins < 64) {
-        sluice__cpu_relax();
-      } else {
-        spins = 0;
-        sched_yield();
-      }
-    }
-  }
+  if (SLUICE__UNLIKELY(
+          atomic_exchange_explicit(&l->v, 1, memory_order_acquire)))
+    sluice__lock_spin(l);
 }
 
 static inline void sluice__lock_release(sluice__lock *l) {

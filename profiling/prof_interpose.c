@@ -153,13 +153,12 @@ SLUICE__NOINLINE static void free_slow(void *p, unsigned f) {
   __libc_free(glibc_block(p));
 }
 
-/* Every other case of free(): off, NULL, a block with the sample tag,
- * records at untagged addresses, nurseries, stopped. The flags are read
- * again: any value read at any point is as good as the first. */
-SLUICE__NOINLINE static void free_other(void *p) {
-  unsigned f = SLUICE__HOT_LOAD(unsigned, sluice__flags);
-  /* Never started (the flags stay nonzero after): no block is tagged. */
-  if (SLUICE__LIKELY(!f) || SLUICE__UNLIKELY(!p)) return __libc_free(p);
+/* Every other case of free() but off: NULL, a block with the sample tag,
+ * records at untagged addresses, nurseries, stopped. f: the flags, read
+ * again after free()'s first look (any value read at any point is as good
+ * as the first), nonzero. */
+SLUICE__NOINLINE static void free_other(void *p, unsigned f) {
+  if (SLUICE__UNLIKELY(!p)) return __libc_free(p);
   if (f & SLUICE__F_REC) {
     sluice__tls *t = &sluice__t;
     sluice__bump(&t->frees, 1);
@@ -191,12 +190,13 @@ EXPORT void free(void *p) {
       return free_slow(p, SLUICE__F_REC);
     return __libc_free(p);
   }
-  /* Off: glibc's (which takes NULL). A second read, volatile so that it
-   * stays a compare with memory and the one above is not made a load into
-   * a register first. */
-  if (SLUICE__LIKELY(*(volatile const unsigned *)&sluice__flags == 0))
-    return __libc_free(p);
-  free_other(p);
+  /* Off, never started (the flags stay nonzero after: no block is
+   * tagged): glibc's, which takes NULL. A second read, volatile so that
+   * the one above stays a compare with memory instead of a load into a
+   * register first. */
+  unsigned f = *(volatile const unsigned *)&sluice__flags;
+  if (SLUICE__LIKELY(f == 0)) return __libc_free(p);
+  free_other(p, f);
 }
 
 static size_t (*find_usable(void))(void *);

@@ -119,3 +119,17 @@ void sluice__buf_free(sluice__buf *b) {
   b->len = b->cap = 0;
   b->oom = 0;
 }
+
+void sluice__lock_spin(sluice__lock *l) {
+  unsigned spins = 0;
+  do {
+    while (atomic_load_explicit(&l->v, memory_order_relaxed)) {
+      if (++spins < 64) {
+        sluice__cpu_relax();
+      } else {
+        spins = 0;
+        sched_yield();
+      }
+    }
+  } while (atomic_exchange_explicit(&l->v, 1, memory_order_acquire));
+}

@@ -65,16 +65,18 @@ static inline void set_count(shard *s, uint32_t n) {
   if (!was && n) atomic_fetch_or(&sluice__shard_mask, bit);
   else if (was && !n) atomic_fetch_and(&sluice__shard_mask, ~bit);
 }
-/* A record at `key` joins (+1) or leaves (-1) shard s (caller holds the
- * lock). Each shard moves its own unit in the flags, so the count there is
- * exact without a lock of its own. A new record is counted before it is
+/* A record at `key` joins (loose_add) or leaves (loose_sub) shard s, under
+ * its lock. Each shard moves its own unit in the flags, so the count there
+ * is exact without a lock of its own. A new record is counted before it is
  * published: its block reaches another thread's free() only after malloc
  * returned. */
-static inline void loose_note(shard *s, uintptr_t key, int delta) {
-  if (sluice__tagged(key)) return;
-  if (delta > 0 && s->loose++ == 0)
+static inline void loose_add(shard *s, uintptr_t key) {
+  if (!sluice__tagged(key) && !s->loose++)
     atomic_fetch_add(&sluice__flags, SLUICE__F_LOOSE1);
-  else if (delta < 0 && --s->loose == 0)
+}
+
+static inline void loose_sub(shard *s, uintptr_t key) {
+  if (!sluice__tagged(key) && !--s->loose)
     atomic_fetch_sub(&sluice__flags, SLUICE__F_LOOSE1);
 }
 
@@ -217,7 +219,7 @@ int sluice__table_insert(uintptr_t key, const sluice__rec *rec,
     }
     a = atomic_load_explicit(&s->arr, memory_order_relaxed);
   }
-  loose_note(s, key, 1);
+  loose_add(s, key);
   put_entry(a, key, h, rec);
   set_count(s, count + 1);
 out:
@@ -279,7 +281,7 @@ int sluice__table_take(uintptr_t key, sluice__rec *out) {
     delete_at(a, (uint32_t)i);
     seq_end(s);
     set_count(s, atomic_load_explicit(count_of(s), memory_order_relaxed) - 1);
-    loose_note(s, key, -1);
+    loose_sub(s, key);
     found = 1;
   }
   sluice__lock_release(&s->lock);
