@@ -151,7 +151,8 @@ void sluice_prof_check_free(sluice_prof_check_result *r) {
 /* Under R.mu: capture every stack of the queue's messages (or stop). */
 static void capture_all(const char *queue, int on) {
   uint32_t k = sluice__kind_of(queue, NULL, NULL, sluice__now_ns());
-  R.kinds[k].capture_left = on ? UINT64_MAX : 0;
+  atomic_store_explicit(&R.kinds[k].capture_left, on ? UINT64_MAX : 0,
+                        memory_order_relaxed);
 }
 
 static void one(const char *queue, uint64_t i, sluice_prof_check_fn fn,

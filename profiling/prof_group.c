@@ -230,6 +230,10 @@ static void kind_merge(kind *from, uint32_t to) {
 static uint32_t evict_key(qrow *qu, uint16_t q) {
   uint32_t best = UINT32_MAX;
   uint64_t best_ns = UINT64_MAX;
+  /* Threads' caches may begin scopes of this queue's kinds without the
+   * lock: drop their entries first, so that the open counts are exact and
+   * no cached entry names an evicted value. */
+  sluice__kind_caches_drop(q);
   for (uint32_t i = 0; i < qu->n_keys; i++) {
     const kind *kd = &R.kinds[qu->keys[i]];
     if (kd->last_ns < best_ns && kind_evictable(kd)) {
@@ -275,7 +279,8 @@ static uint32_t key_kind(uint16_t q, const char *key_name, const char *key,
         d[n] = 0;
         sluice__free(kd->key);
         kd->key = d;
-        kd->capture_left = kd->capture_next = kd->begins = 0;
+        atomic_store_explicit(&kd->capture_left, 0, memory_order_relaxed);
+        kd->capture_next = kd->begins = 0;
       } else {
         k = UINT32_MAX; /* the kind stays with its old value */
       }
@@ -529,9 +534,13 @@ static double per_msg(int64_t d, uint64_t m) {
  * while (not again before ten times as many of its messages began). */
 static void arm_capture(grp *g) {
   kind *kd = &R.kinds[g->kind];
-  if (!R.adaptive || kd->capture_left || kd->begins < kd->capture_next) return;
-  kd->capture_left = R.adaptive;
-  kd->capture_next = kd->begins + 10 * R.adaptive;
+  if (!R.adaptive ||
+      atomic_load_explicit(&kd->capture_left, memory_order_relaxed))
+    return;
+  uint64_t begins = sluice__kind_begins(g->kind);
+  if (begins < kd->capture_next) return;
+  atomic_store_explicit(&kd->capture_left, R.adaptive, memory_order_relaxed);
+  kd->capture_next = begins + 10 * R.adaptive;
 }
 
 static void set_ok(grp *g) {

@@ -120,6 +120,31 @@ static inline void sluice__lock_release(sluice__lock *l) {
   atomic_store_explicit(&l->v, 0, memory_order_release);
 }
 
+/* Per-thread records that outlive their thread (nurseries, end queues):
+ * kept in a list that is never shortened, so that others may walk it at
+ * any time, and claimed again by new threads once their owner has exited.
+ * A record starts with this header. */
+typedef struct sluice__claim {
+  _Atomic int owned;          /* by a live thread */
+  struct sluice__claim *next; /* every record of the list */
+} sluice__claim;
+
+typedef struct sluice__claim_list {
+  sluice__claim *_Atomic head;
+  sluice__lock lock; /* claiming and giving back */
+} sluice__claim_list;
+
+/* An unowned record of the list, or a new one of `size` bytes (zeroed,
+ * cache-line aligned, counted in the overhead); NULL when out of memory. */
+void *sluice__claim_get(sluice__claim_list *l, size_t size);
+/* The owner exits: the record may be claimed again. */
+static inline void sluice__unclaim(sluice__claim *c) {
+  atomic_store_explicit(&c->owned, 0, memory_order_release);
+}
+static inline sluice__claim *sluice__claim_first(sluice__claim_list *l) {
+  return atomic_load_explicit(&l->head, memory_order_acquire);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Per-thread state, initial-exec TLS (no allocation, no __tls_get_addr). */
 enum { SLUICE__T_NEW = 0, SLUICE__T_LIVE = 1, SLUICE__T_DEAD = 2 };
@@ -471,18 +496,17 @@ void sluice__self_range_init(void);
 #define SLUICE__K_MOVING 2u
 
 typedef struct sluice__nursery {
+  sluice__claim hdr; /* owned by a live thread; every nursery */
   _Atomic uintptr_t key[SLUICE__NURS_SLOTS]; /* 0: empty */
   _Atomic uint64_t size[SLUICE__NURS_SLOTS];
   _Atomic uint32_t ref; /* owner reference (slot) of every entry */
   _Atomic uint32_t n;   /* entries (written by the owner) */
   _Atomic int active;   /* counted in sluice__nurs_active */
-  _Atomic int owned;    /* by a live thread */
   /* Live entries pushed out by newer blocks in the current scope (owner
    * only): past SLUICE__NURS_SLOTS the scope keeps more blocks alive than
    * the nursery holds, and its new blocks go to the block table directly
    * (moving each one later would cost more than it saves). */
   uint32_t evicted;
-  struct sluice__nursery *next; /* every nursery, never freed */
 } __attribute__((aligned(SLUICE__CACHELINE))) sluice__nursery;
 
 

@@ -47,6 +47,24 @@ void sluice__free(void *p) {
   REAL_FREE(p);
 }
 
+void *sluice__claim_get(sluice__claim_list *l, size_t size) {
+  sluice__claim *c;
+  sluice__lock_acquire(&l->lock);
+  for (c = atomic_load_explicit(&l->head, memory_order_relaxed); c; c = c->next)
+    if (!atomic_load_explicit(&c->owned, memory_order_acquire)) break;
+  if (!c) {
+    c = sluice__aligned_calloc(SLUICE__CACHELINE, size);
+    if (c) {
+      atomic_fetch_add_explicit(&sluice__overhead, size, memory_order_relaxed);
+      c->next = atomic_load_explicit(&l->head, memory_order_relaxed);
+      atomic_store_explicit(&l->head, c, memory_order_release);
+    }
+  }
+  if (c) atomic_store_explicit(&c->owned, 1, memory_order_relaxed);
+  sluice__lock_release(&l->lock);
+  return c;
+}
+
 void *sluice__aligned_calloc(size_t align, size_t n) {
 #if SLUICE_PROF_INTERPOSE
   void *p = __libc_memalign(align, n ? n : 1);

@@ -38,27 +38,13 @@
 
 #include "prof_internal.h"
 
-static sluice__nursery *_Atomic nurs_head;
-static sluice__lock nurs_lock; /* getting and giving back nurseries */
+static sluice__claim_list nurseries;
 
-static sluice__nursery *nurs_get(void) {
-  sluice__nursery *ns;
-  sluice__lock_acquire(&nurs_lock);
-  for (ns = atomic_load_explicit(&nurs_head, memory_order_relaxed); ns;
-       ns = ns->next)
-    if (!atomic_load_explicit(&ns->owned, memory_order_relaxed)) break;
-  if (!ns) {
-    ns = sluice__aligned_calloc(SLUICE__CACHELINE, sizeof *ns);
-    if (ns) {
-      atomic_fetch_add_explicit(&sluice__overhead, sizeof *ns,
-                                memory_order_relaxed);
-      ns->next = atomic_load_explicit(&nurs_head, memory_order_relaxed);
-      atomic_store_explicit(&nurs_head, ns, memory_order_release);
-    }
-  }
-  if (ns) atomic_store_explicit(&ns->owned, 1, memory_order_relaxed);
-  sluice__lock_release(&nurs_lock);
-  return ns;
+static sluice__nursery *nurs_first(void) {
+  return (sluice__nursery *)sluice__claim_first(&nurseries);
+}
+static sluice__nursery *nurs_next(const sluice__nursery *ns) {
+  return (sluice__nursery *)ns->hdr.next;
 }
 
 static void set_n(sluice__nursery *ns, uint32_t n) {
@@ -115,7 +101,7 @@ int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
   if (SLUICE__UNLIKELY(!ns)) {
     if (t->state != SLUICE__T_LIVE) return 0; /* exiting: no new nursery */
     t->guard++;
-    ns = t->nurs = nurs_get();
+    ns = t->nurs = sluice__claim_get(&nurseries, sizeof *ns);
     t->guard--;
     if (!ns) return 0;
   }
@@ -144,9 +130,7 @@ int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
 
 int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p, sluice__rec *out) {
   uint32_t i = sluice__nurs_idx(p);
-  for (sluice__nursery *ns =
-           atomic_load_explicit(&nurs_head, memory_order_acquire);
-       ns; ns = ns->next) {
+  for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns)) {
     if (ns == t->nurs) continue;
     unsigned spins = 0;
     for (;;) {
@@ -198,24 +182,22 @@ void sluice__nurs_release(sluice__tls *t) {
   if (!ns) return;
   sluice__nurs_flush(t);
   t->nurs = NULL;
-  atomic_store_explicit(&ns->owned, 0, memory_order_release);
+  sluice__unclaim(&ns->hdr);
 }
 
 uint64_t sluice__nurs_count(void) {
   uint64_t c = 0;
-  for (sluice__nursery *ns =
-           atomic_load_explicit(&nurs_head, memory_order_acquire);
-       ns; ns = ns->next)
+  for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns))
     c += atomic_load_explicit(&ns->n, memory_order_relaxed);
   return c;
 }
 
 void sluice__nurs_lock_all(void) {
-  sluice__lock_acquire(&nurs_lock);
+  sluice__lock_acquire(&nurseries.lock);
 }
 
 void sluice__nurs_unlock_all(void) {
-  sluice__lock_release(&nurs_lock);
+  sluice__lock_release(&nurseries.lock);
 }
 
 /* In the child of fork(), only `self` exists: the other threads' nurseries
@@ -223,9 +205,7 @@ void sluice__nurs_unlock_all(void) {
  * counters: as if those blocks had been allocated outside any scope). */
 void sluice__nurs_fork_child(sluice__tls *self) {
   uint32_t active = 0;
-  for (sluice__nursery *ns =
-           atomic_load_explicit(&nurs_head, memory_order_relaxed);
-       ns; ns = ns->next) {
+  for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns)) {
     if (ns == self->nurs) {
       active +=
           (uint32_t)atomic_load_explicit(&ns->active, memory_order_relaxed);
@@ -235,11 +215,11 @@ void sluice__nurs_fork_child(sluice__tls *self) {
       atomic_store_explicit(&ns->key[i], 0, memory_order_relaxed);
     set_n(ns, 0);
     atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
-    atomic_store_explicit(&ns->owned, 0, memory_order_relaxed);
+    atomic_store_explicit(&ns->hdr.owned, 0, memory_order_relaxed);
   }
   unsigned f = atomic_load_explicit(&sluice__flags, memory_order_relaxed);
   atomic_store_explicit(&sluice__flags,
                         (f & (SLUICE__F_NURS1 - 1)) + active * SLUICE__F_NURS1,
                         memory_order_relaxed);
-  sluice__lock_release(&nurs_lock);
+  sluice__lock_release(&nurseries.lock);
 }

@@ -119,13 +119,19 @@ typedef struct grp {
 typedef struct kind {
   uint8_t used, other;
   uint16_t queue;
-  uint32_t open;          /* open scopes of this kind */
   uint32_t groups[N_OUT]; /* group index + 1 per outcome, 0 = none yet */
-  char *key;              /* NULL: no key */
-  uint64_t capture_left;  /* messages still captured at weight 1 */
-  uint64_t capture_next;  /* begins of this kind before re-arming */
+  /* Open scopes and begins of this kind. Begins through a thread's kind
+   * cache are counted in its entry until the entry is dropped (prof_scope.c,
+   * sluice__kind_caches_drop): `open` may then be below zero here, and the
+   * sum is exact. */
+  int64_t open;
   uint64_t begins;
-  uint64_t last_ns; /* last begin (eviction picks the oldest) */
+  char *key; /* NULL: no key */
+  /* Messages still captured at weight 1: written under R.mu, read without
+   * it by begins through a thread's cache (nonzero: they take the lock). */
+  _Atomic uint64_t capture_left;
+  uint64_t capture_next; /* begins of this kind before re-arming */
+  uint64_t last_ns;      /* last end (eviction picks the oldest) */
 } kind;
 
 typedef struct qrow {
@@ -162,7 +168,8 @@ typedef struct resid_state {
   /* slots */
   slot *_Atomic *chunks; /* [max_chunks] */
   uint32_t max_slots, n_slots, free_head;
-  uint32_t n_open, n_closed, n_retired;
+  uint32_t n_closed, n_retired;
+  int64_t n_open; /* plus what threads' kind caches hold (see kind.open) */
   uint64_t refused;
   /* re-check ring (grows up to max_pending) */
   uint32_t *ring;
@@ -265,8 +272,14 @@ void sluice__fold_done(uint32_t ref, uint64_t bytes, int objects);
  * first, while `ns` has room; returns how many. */
 size_t sluice__ends_apply(notes *ns);
 /* A thread exits: its queue of ended scopes is left for others to apply
- * and to reuse. */
+ * and to reuse; its cached slot and kinds are given back. */
 void sluice__endq_release(sluice__tls *t);
+/* Every thread's kind-cache entries for kinds of queue q are dropped and
+ * their counts moved to the kinds: their `open` and `begins` are exact
+ * after, and no begin uses those entries any more. */
+void sluice__kind_caches_drop(uint16_t q);
+/* Begins of kind k, those counted in threads' caches included. */
+uint64_t sluice__kind_begins(uint32_t k);
 
 /* ---- prof_group.c (under R.mu) ------------------------------------------ */
 int sluice__groups_init(const sluice_prof_opts *o);

@@ -444,27 +444,341 @@ static slot *slot_of(sluice_prof_scope h) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* The thread's scope record: clean ends and begins without the lock.
+ *
+ * Most scopes end with nothing live (the handler freed what it allocated).
+ * Such an end needs no re-check and no callback: only the accounting that
+ * the end of any message gets (its kind's open count, its group's message
+ * count and growth curve). The ending thread bumps the handle's generation
+ * (a CAS: one end per handle) and appends (kind, outcome, time) to a queue
+ * of its own, single producer; whoever next holds the scope lock applies
+ * every queue in order (sluice__ends_apply): the next slow end,
+ * sluice_prof_poll() (the background thread, and every reader of figures
+ * before it reads), a begin that finds no free slot. So the figures read
+ * are the same as if each end had taken the lock; a LEAK verdict is
+ * announced when the message that crossed the horizon is applied, at most
+ * ENDQ_CAP ends of that thread or one poll interval later. Used only when
+ * no per-scope callback is set (on_residual, on_leak): those run on the
+ * ending thread at its end, as before.
+ *
+ * The slot of such an end is kept by the thread (`cslot`) for its next
+ * begin, and a begin whose kind is in the thread's kind cache takes no
+ * lock either (begin_cached): it fills the kept slot's fields and
+ * publishes the new generation. The cache maps (queue, key value) to a
+ * kind, direct-mapped, KCACHE entries. An entry is set only under the lock
+ * by its owner; the open and begin counts of scopes begun through it stay
+ * in the entry (owner-written atomics) until the entry is dropped, when
+ * they move to the kind. Key-value eviction (prof_group.c) first drops
+ * every entry of the queue's kinds on every thread: it clears the entry,
+ * then waits until the owner is not inside a cached begin (`busy`; both
+ * sequentially consistent: either the owner sees the cleared entry and
+ * takes the lock, or eviction sees it busy and waits for its counts), and
+ * then moves the counts. So the kinds' open counts are exact whenever
+ * eviction reads them, and an evicted value is never begun through a
+ * stale entry. Kinds under adaptive capture (capture_left) and "(other)"
+ * kinds always take the lock. */
+#define ENDQ_CAP 32
+#define KCACHE_BITS 3
+#define KCACHE (1 << KCACHE_BITS)
+#define QNAME_MAX 95
+#define NO_KEY UINT32_MAX
+
+typedef struct ended {
+  uint32_t kind;
+  uint32_t slot; /* index + 1 of a slot to give back; 0: the thread kept it */
+  uint32_t outcome;
+  uint32_t pad_;
+  uint64_t now;
+} ended;
+
+typedef struct kcache {
+  _Atomic uint32_t kind; /* kind + 1; 0: empty */
+  uint32_t klen;         /* key length (<= KEY_MAX), NO_KEY: no key */
+  /* Scopes begun through this entry, not yet counted in the kind. */
+  _Atomic int64_t open, begins;
+  char queue[QNAME_MAX + 1];
+  char key[KEY_MAX + 1];
+} kcache;
+
+typedef struct sluice__endq {
+  sluice__claim hdr;
+  _Atomic uint32_t head; /* written by the owner */
+  _Atomic uint32_t tail; /* written under R.mu */
+  _Atomic int busy;      /* the owner is inside a cached begin */
+  /* An idle slot the thread ended clean, kept for its next begin (index +
+   * 1; 0: none): owner only (and under R.mu once the owner is gone). Its
+   * state stays S_OPEN, its counters at zero, its generation past every
+   * handle given out. */
+  uint32_t cslot;
+  kcache kc[KCACHE];
+  ended e[ENDQ_CAP];
+} sluice__endq;
+
+static sluice__claim_list endqs;
+
+static sluice__endq *endq_first(void) {
+  return (sluice__endq *)sluice__claim_first(&endqs);
+}
+static sluice__endq *endq_next(const sluice__endq *q) {
+  return (sluice__endq *)q->hdr.next;
+}
+
+/* The calling thread's record, claimed on first use; NULL for a thread
+ * that is not registered (its record would never be given back). */
+static sluice__endq *endq_mine(sluice__tls *t) {
+  if (SLUICE__LIKELY(t->endq != NULL)) return t->endq;
+  if (t->state != SLUICE__T_LIVE) return NULL;
+  t->guard++;
+  t->endq = sluice__claim_get(&endqs, sizeof(sluice__endq));
+  t->guard--;
+  return t->endq;
+}
+
+static inline void owner_add(_Atomic int64_t *c, int64_t d) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + d,
+                        memory_order_relaxed);
+}
+
+/* Under R.mu, entry e cleared already and its owner not inside a cached
+ * begin: its counts move to its kind. */
+static void kc_settle(kcache *e, uint32_t k1) {
+  kind *kd = &R.kinds[k1 - 1];
+  int64_t o = atomic_load_explicit(&e->open, memory_order_acquire);
+  int64_t b = atomic_load_explicit(&e->begins, memory_order_acquire);
+  kd->open += o;
+  kd->begins += (uint64_t)b;
+  R.n_open += o;
+  atomic_store_explicit(&e->open, 0, memory_order_relaxed);
+  atomic_store_explicit(&e->begins, 0, memory_order_relaxed);
+}
+
+/* Under R.mu, by the owner (or for a thread that is gone). */
+static void kc_clear(kcache *e) {
+  uint32_t k1 = atomic_load_explicit(&e->kind, memory_order_relaxed);
+  if (!k1) return;
+  atomic_store_explicit(&e->kind, 0, memory_order_relaxed);
+  kc_settle(e, k1);
+}
+
+/* Where (queue, key) may be cached: the queue's address and the key's
+ * length and end bytes, mixed (a hint only: the entry is compared). */
+static inline uint32_t kc_index(const char *queue, const char *key,
+                                size_t klen) {
+  uint64_t h = (uintptr_t)queue >> 4;
+  if (key && klen)
+    h += klen * 7 + (unsigned char)key[0] * 3 +
+         (unsigned char)key[klen - 1] * 131u;
+  return (uint32_t)((h * 0x9E3779B97F4A7C15ull) >> (64 - KCACHE_BITS));
+}
+
+/* Under R.mu, by the owner: (queue, key) is kind k from now. */
+static void kc_set(sluice__endq *q, const char *queue, const char *key,
+                   uint32_t k) {
+  if (!q || R.kinds[k].other) return;
+  const char *qn = queue ? queue : "";
+  size_t ql = strlen(qn);
+  if (ql > QNAME_MAX) return;
+  size_t klen = key ? strnlen(key, KEY_MAX) : 0;
+  kcache *e = &q->kc[kc_index(queue, key, klen)];
+  if (atomic_load_explicit(&e->kind, memory_order_relaxed) == k + 1 &&
+      e->klen == (key ? (uint32_t)klen : NO_KEY) && !strcmp(e->queue, qn) &&
+      (!key || !memcmp(e->key, key, klen)))
+    return;
+  kc_clear(e);
+  memcpy(e->queue, qn, ql + 1);
+  e->klen = key ? (uint32_t)klen : NO_KEY;
+  if (key) memcpy(e->key, key, klen);
+  atomic_store_explicit(&e->kind, k + 1, memory_order_relaxed);
+}
+
+void sluice__kind_caches_drop(uint16_t qi) {
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q)) {
+    uint32_t dropped[KCACHE];
+    int any = 0;
+    for (int i = 0; i < KCACHE; i++) {
+      uint32_t k1 = atomic_load_explicit(&q->kc[i].kind, memory_order_relaxed);
+      dropped[i] = k1 && R.kinds[k1 - 1].queue == qi ? k1 : 0;
+      if (!dropped[i]) continue;
+      atomic_store_explicit(&q->kc[i].kind, 0, memory_order_seq_cst);
+      any = 1;
+    }
+    if (!any) continue;
+    /* A cached begin that read the entry before it was cleared has its
+     * counts in the entry once it is not busy any more. */
+    unsigned spins = 0;
+    while (atomic_load_explicit(&q->busy, memory_order_seq_cst)) {
+      if (++spins < 64) {
+        sluice__cpu_relax();
+      } else {
+        spins = 0;
+        sched_yield();
+      }
+    }
+    for (int i = 0; i < KCACHE; i++)
+      if (dropped[i]) kc_settle(&q->kc[i], dropped[i]);
+  }
+}
+
+uint64_t sluice__kind_begins(uint32_t k) {
+  uint64_t b = R.kinds[k].begins;
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q))
+    for (int i = 0; i < KCACHE; i++)
+      if (atomic_load_explicit(&q->kc[i].kind, memory_order_relaxed) == k + 1)
+        b += (uint64_t)atomic_load_explicit(&q->kc[i].begins,
+                                            memory_order_relaxed);
+  return b;
+}
+
+/* Under R.mu: the record's owner is gone (or going): its cached slot goes
+ * back to the pool, its cache entries' counts to their kinds. */
+static void endq_unclaim_locked(sluice__endq *q) {
+  for (int i = 0; i < KCACHE; i++) kc_clear(&q->kc[i]);
+  if (q->cslot) sluice__slot_free(q->cslot - 1);
+  q->cslot = 0;
+  atomic_store_explicit(&q->busy, 0, memory_order_relaxed);
+}
+
+void sluice__endq_release(sluice__tls *t) {
+  sluice__endq *q = t->endq;
+  if (!q) return;
+  sluice__lock_acquire(&R.mu);
+  endq_unclaim_locked(q);
+  sluice__lock_release(&R.mu);
+  t->endq = NULL;
+  sluice__unclaim(&q->hdr);
+}
+
+/* Only the forking thread exists in the child, and it holds R.mu: the
+ * others' records are free to reuse (their queued ends are applied like
+ * any other; a scope one of them was beginning counts as open). */
+static void endq_fork_child(void) {
+  sluice__lock_release(&endqs.lock);
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q))
+    if (q != sluice__t.endq) {
+      endq_unclaim_locked(q);
+      atomic_store_explicit(&q->hdr.owned, 0, memory_order_relaxed);
+    }
+}
+
+static int ends_pending(void) {
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q))
+    if (atomic_load_explicit(&q->head, memory_order_acquire) !=
+        atomic_load_explicit(&q->tail, memory_order_relaxed))
+      return 1;
+  return 0;
+}
+
+/* Open scopes counted in threads' caches (for MemStats). */
+static int64_t cached_open(void) {
+  int64_t n = 0;
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q))
+    for (int i = 0; i < KCACHE; i++)
+      n += atomic_load_explicit(&q->kc[i].open, memory_order_relaxed);
+  return n;
+}
+
+/* Under R.mu: what end_locked() does for a scope that left nothing. */
+static void apply_end(notes *ns, const ended *x) {
+  kind *kd = &R.kinds[x->kind];
+  kd->open--;
+  kd->last_ns = x->now;
+  R.n_open--;
+  uint32_t gi = sluice__group_of_fast(x->kind, (int)x->outcome);
+  group_at(gi)->messages++;
+  if (x->slot) sluice__slot_free(x->slot - 1);
+  sluice__group_message_fast(ns, gi, x->now);
+}
+
+size_t sluice__ends_apply(notes *ns) {
+  size_t done = 0;
+  uint64_t last = 0;
+  for (sluice__endq *q = endq_first(); q; q = endq_next(q)) {
+    uint32_t tl = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    uint32_t hd = atomic_load_explicit(&q->head, memory_order_acquire);
+    for (; tl != hd && notes_room(ns); tl++, done++) {
+      const ended *x = &q->e[tl % ENDQ_CAP];
+      apply_end(ns, x);
+      last = x->now;
+    }
+    atomic_store_explicit(&q->tail, tl, memory_order_release);
+  }
+  if (done) {
+    sluice__process_due(ns, last, 0);
+    if (R.n_slots >= R.max_slots && R.n_retired > R.max_slots / 2)
+      sluice__reclaim(1);
+  }
+  return done;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Public API. */
 
-sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
-                                              const char *key_name,
-                                              const char *key, uint64_t seq,
-                                              uint64_t tag) {
-  if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
+/* A scope of (queue, key) begun without the lock, in the slot the thread
+ * kept, when its kind is in the thread's cache; 0 otherwise. */
+static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
+                                             const char *key, uint64_t seq,
+                                             uint64_t tag, slot **out) {
+  sluice__endq *q = t->endq;
+  if (!q || !q->cslot) return 0;
+  size_t klen = key ? strnlen(key, KEY_MAX) : 0;
+  kcache *e = &q->kc[kc_index(queue, key, klen)];
+  /* Against eviction (sluice__kind_caches_drop): busy, then the entry. */
+  atomic_store_explicit(&q->busy, 1, memory_order_seq_cst);
+  uint32_t k1 = atomic_load_explicit(&e->kind, memory_order_seq_cst);
+  if (!k1 || e->klen != (key ? (uint32_t)klen : NO_KEY) ||
+      (key && memcmp(e->key, key, klen)) ||
+      strcmp(e->queue, queue ? queue : "") ||
+      atomic_load_explicit(&R.kinds[k1 - 1].capture_left,
+                           memory_order_relaxed)) {
+    atomic_store_explicit(&q->busy, 0, memory_order_release);
+    return 0;
+  }
+  uint32_t idx = q->cslot - 1;
+  q->cslot = 0;
+  slot *s = slot_at(idx);
+  uint32_t gen = atomic_load_explicit(&s->gen, memory_order_relaxed) + 1;
+  if (!gen) gen = 1;
+  /* As its clean end left it: open, counters at zero, not linked, nothing
+   * folded, no residual at end. */
+  atomic_store_explicit(&s->resumed, 0, memory_order_relaxed);
+  atomic_store_explicit(&s->capture, 0, memory_order_relaxed);
+  s->kind = k1 - 1;
+  s->seq = seq;
+  s->tag = tag;
+  s->begin_thread = t;
+  owner_add(&e->open, 1);
+  owner_add(&e->begins, 1);
+  atomic_store_explicit(&q->busy, 0, memory_order_release);
+  atomic_store_explicit(&s->gen, gen, memory_order_release);
+  *out = s;
+  return ((uint64_t)gen << 32) | idx;
+}
+
+static sluice_prof_scope begin_locked(sluice__tls *t, const char *queue,
+                                      const char *key_name, const char *key,
+                                      uint64_t seq, uint64_t tag, slot **out) {
   sluice__enter_guard();
+  sluice__endq *q = endq_mine(t);
   sluice__lock_acquire(&R.mu);
   sluice_prof_scope h = 0;
-  if (!R.free_head && ends_pending()) {
-    /* Ended slots wait in the queues: account them (and free them). */
-    sluice__lock_release(&R.mu);
-    sluice_prof_poll();
-    sluice__lock_acquire(&R.mu);
+  uint32_t idx;
+  if (q && q->cslot) { /* kept, but its kind is not cached or captured */
+    idx = q->cslot - 1;
+    q->cslot = 0;
+  } else {
+    if (!R.free_head && ends_pending()) {
+      /* Ended slots wait in the queues: account them (and free them). */
+      sluice__lock_release(&R.mu);
+      sluice_prof_poll();
+      sluice__lock_acquire(&R.mu);
+    }
+    idx = slot_get();
   }
-  uint32_t idx = slot_get();
   if (idx != UINT32_MAX) {
     slot *s = slot_at(idx);
     uint32_t k = sluice__kind_of(queue, key_name, key, 0);
     kind *kd = &R.kinds[k];
+    kc_set(q, queue, key, k);
     uint32_t gen = atomic_load_explicit(&s->gen, memory_order_relaxed) + 1;
     if (!gen) gen = 1;
     atomic_store_explicit(&s->live_b, LIVE_BIAS, memory_order_relaxed);
@@ -478,22 +792,42 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
     s->tag = tag;
     s->end_b = s->end_n = 0;
     s->folded_b = s->folded_n = 0;
-    s->begin_thread = &sluice__t;
-    atomic_store_explicit(&s->capture, kd->capture_left ? 1 : 0,
-                          memory_order_relaxed);
-    if (kd->capture_left) kd->capture_left--;
+    s->begin_thread = t;
+    uint64_t cl = atomic_load_explicit(&kd->capture_left, memory_order_relaxed);
+    atomic_store_explicit(&s->capture, cl ? 1 : 0, memory_order_relaxed);
+    if (cl)
+      atomic_store_explicit(&kd->capture_left, cl - 1, memory_order_relaxed);
     kd->open++;
     kd->begins++;
     R.n_open++;
     atomic_store_explicit(&s->gen, gen, memory_order_release);
     h = ((uint64_t)gen << 32) | idx;
+    *out = s;
   } else {
     R.refused++;
   }
   sluice__lock_release(&R.mu);
   sluice__leave_guard();
+  return h;
+}
+
+static inline sluice_prof_scope begin_key(sluice__tls *t, const char *queue,
+                                          const char *key_name, const char *key,
+                                          uint64_t seq, uint64_t tag,
+                                          slot **out) {
+  if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
+  sluice_prof_scope h = begin_cached(t, queue, key, seq, tag, out);
+  if (!h) h = begin_locked(t, queue, key_name, key, seq, tag, out);
   sluice__bg_ensure();
   return h;
+}
+
+sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
+                                              const char *key_name,
+                                              const char *key, uint64_t seq,
+                                              uint64_t tag) {
+  slot *s;
+  return begin_key(&sluice__t, queue, key_name, key, seq, tag, &s);
 }
 
 sluice_prof_scope sluice_prof_scope_begin(const char *queue, uint64_t seq,
@@ -574,7 +908,7 @@ static void result_init(sluice_prof_residual *out, const kind *kd,
 
 /* Under R.mu: the end of the scope in slot idx. */
 static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
-                       sluice_prof_residual *out) {
+                       sluice_prof_residual *out, sluice__endq *keep) {
   slot *s = slot_at(idx);
   kind *kd = &R.kinds[s->kind];
   kd->open--;
@@ -599,7 +933,17 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
   /* Due re-checks first: they make room in the queue. */
   sluice__process_due(ns, now, 0);
   if (slot_empty(s) && b == 0) {
-    sluice__slot_free(idx);
+    if (keep && !keep->cslot &&
+        atomic_load_explicit(&s->live_b, memory_order_relaxed) == LIVE_BIAS &&
+        atomic_load_explicit(&s->live_n, memory_order_relaxed) == LIVE_BIAS) {
+      /* Idle as a clean fast end leaves it: the ending thread keeps it for
+       * its next begin (the fields a begin through the cache does not set
+       * are as it expects). */
+      s->outcome = 0;
+      keep->cslot = idx + 1;
+    } else {
+      sluice__slot_free(idx);
+    }
   } else {
     g->with_residual++;
     g->bytes_at_end += s->end_b;
@@ -623,127 +967,6 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Clean ends without the lock.
- *
- * Most scopes end with nothing live (the handler freed what it allocated).
- * Such an end needs no re-check and no callback: only the accounting that
- * the end of any message gets (its kind's open count, its group's message
- * count and growth curve, the slot given back). The ending thread bumps the
- * handle's generation (a CAS: one end per handle) and appends (slot,
- * outcome, time) to a queue of its own, single producer; whoever next holds
- * the scope lock applies every queue in order (sluice__ends_apply): the
- * next slow end, sluice_prof_poll() (the background thread, and every
- * reader of figures before it reads), a begin that finds no free slot. So
- * the figures read are the same as if each end had taken the lock; a LEAK
- * verdict is announced when the message that crossed the horizon is
- * applied, at most ENDQ_CAP ends of that thread or one poll interval later.
- * Used only when no per-scope callback is set (on_residual, on_leak): those
- * run on the ending thread at its end, as before. */
-#define ENDQ_CAP 32
-
-typedef struct ended {
-  uint32_t idx;
-  uint32_t outcome;
-  uint64_t now;
-} ended;
-
-typedef struct sluice__endq {
-  _Atomic uint32_t head; /* written by the owner */
-  _Atomic uint32_t tail; /* written under R.mu */
-  _Atomic int owned;
-  struct sluice__endq *next; /* every queue; never shortened */
-  ended e[ENDQ_CAP];
-} sluice__endq;
-
-static sluice__endq *_Atomic endq_head;
-static sluice__lock endq_lock; /* getting and giving back queues */
-
-static sluice__endq *endq_get(void) {
-  sluice__endq *q;
-  sluice__lock_acquire(&endq_lock);
-  for (q = atomic_load_explicit(&endq_head, memory_order_relaxed); q;
-       q = q->next)
-    if (!atomic_load_explicit(&q->owned, memory_order_relaxed)) break;
-  if (!q) {
-    q = sluice__aligned_calloc(SLUICE__CACHELINE, sizeof *q);
-    if (q) {
-      atomic_fetch_add(&sluice__overhead, sizeof *q);
-      q->next = atomic_load_explicit(&endq_head, memory_order_relaxed);
-      atomic_store_explicit(&endq_head, q, memory_order_release);
-    }
-  }
-  if (q) atomic_store_explicit(&q->owned, 1, memory_order_relaxed);
-  sluice__lock_release(&endq_lock);
-  return q;
-}
-
-void sluice__endq_release(sluice__tls *t) {
-  if (!t->endq) return;
-  atomic_store_explicit(&t->endq->owned, 0, memory_order_release);
-  t->endq = NULL;
-}
-
-/* Only the forking thread exists in the child: the others' queues are free
- * to reuse (what they hold is applied like any other). */
-static void endq_fork_child(void) {
-  sluice__lock_release(&endq_lock);
-  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_relaxed);
-       q; q = q->next)
-    if (q != sluice__t.endq)
-      atomic_store_explicit(&q->owned, 0, memory_order_relaxed);
-}
-
-static int ends_pending(void) {
-  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_acquire);
-       q; q = q->next)
-    if (atomic_load_explicit(&q->head, memory_order_acquire) !=
-        atomic_load_explicit(&q->tail, memory_order_relaxed))
-      return 1;
-  return 0;
-}
-
-/* Under R.mu: what end_locked() does for a scope that left nothing. */
-static void apply_end(notes *ns, const ended *x) {
-  slot *s = slot_at(x->idx);
-  kind *kd = &R.kinds[s->kind];
-  kd->open--;
-  kd->last_ns = x->now;
-  R.n_open--;
-  s->outcome = (uint8_t)x->outcome;
-  uint32_t gi = sluice__group_of_fast(s->kind, (int)x->outcome);
-  s->group = gi;
-  grp *g = group_at(gi);
-  s->end_b = s->end_n = 0;
-  s->end_ns = x->now;
-  g->messages++;
-  s->end_msg = g->messages;
-  sluice__slot_free(x->idx);
-  sluice__group_message_fast(ns, gi, x->now);
-}
-
-size_t sluice__ends_apply(notes *ns) {
-  size_t done = 0;
-  uint64_t last = 0;
-  for (sluice__endq *q = atomic_load_explicit(&endq_head, memory_order_acquire);
-       q; q = q->next) {
-    uint32_t tl = atomic_load_explicit(&q->tail, memory_order_relaxed);
-    uint32_t hd = atomic_load_explicit(&q->head, memory_order_acquire);
-    for (; tl != hd && notes_room(ns); tl++, done++) {
-      const ended *x = &q->e[tl % ENDQ_CAP];
-      apply_end(ns, x);
-      last = x->now;
-    }
-    atomic_store_explicit(&q->tail, tl, memory_order_release);
-  }
-  if (done) {
-    sluice__process_due(ns, last, 0);
-    if (R.n_slots >= R.max_slots && R.n_retired > R.max_slots / 2)
-      sluice__reclaim(1);
-  }
-  return done;
-}
-
 /* The end of scope h when it is clean: 0 when done here (or -EINVAL),
  * 1 when the caller must take the lock. */
 static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
@@ -765,14 +988,8 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
       atomic_load_explicit(&s->xrefs, memory_order_acquire) != 0 ||
       (from_hook && s->begin_thread != t))
     return 1;
-  sluice__endq *q = t->endq;
-  if (SLUICE__UNLIKELY(!q)) {
-    if (t->state != SLUICE__T_LIVE) return 1;
-    t->guard++;
-    q = t->endq = endq_get();
-    t->guard--;
-    if (!q) return 1;
-  }
+  sluice__endq *q = endq_mine(t);
+  if (SLUICE__UNLIKELY(!q)) return 1;
   uint32_t hd = atomic_load_explicit(&q->head, memory_order_relaxed);
   if (hd - atomic_load_explicit(&q->tail, memory_order_acquire) == ENDQ_CAP)
     return 1; /* full: the slow end applies it */
@@ -789,9 +1006,17 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
   /* the kind cannot go while the scope counts as open */
   if (out) result_init(out, &R.kinds[s->kind], s, outcome);
   ended *x = &q->e[hd % ENDQ_CAP];
-  x->idx = idx;
+  x->kind = s->kind;
   x->outcome = (uint32_t)outcome;
   x->now = sluice__now_ns();
+  /* The slot is idle now: kept for this thread's next begin, or given back
+   * when the queue is applied. */
+  if (!q->cslot) {
+    q->cslot = idx + 1;
+    x->slot = 0;
+  } else {
+    x->slot = idx + 1;
+  }
   atomic_store_explicit(&q->head, hd + 1, memory_order_release);
   return 0;
 }
@@ -827,13 +1052,12 @@ static void check_unentered(notes *ns, const slot *s, sluice__tls *t) {
   }
 }
 
-static int scope_end(sluice_prof_scope h, int outcome,
-                     sluice_prof_residual *out, int from_hook) {
-  sluice__tls *t = &sluice__t;
-  if (t->scope == h) sluice__tls_set_scope(t, 0);
-  if (outcome < 0 || outcome >= N_OUT) outcome = SLUICE_OUTCOME_ERROR;
-  int rc = fast_end(t, h, outcome, out, from_hook);
-  if (rc <= 0) return rc;
+/* The end under the lock (rc: what fast_end() said). Apart, so that the
+ * lock-free end does not set up its large frame. */
+SLUICE__NOINLINE static int scope_end_locked(sluice__tls *t,
+                                             sluice_prof_scope h, int outcome,
+                                             sluice_prof_residual *out,
+                                             int from_hook, int rc) {
   notes ns;
   sluice__enter_guard();
   uint64_t now = sluice__now_ns();
@@ -859,11 +1083,21 @@ static int scope_end(sluice_prof_scope h, int outcome,
     return SLUICE_EINVAL;
   }
   if (from_hook) check_unentered(&ns, s, t);
-  end_locked(&ns, (uint32_t)h, outcome, now, out);
+  end_locked(&ns, (uint32_t)h, outcome, now, out, t->endq);
   sluice__lock_release(&R.mu);
   sluice__leave_guard();
   sluice__notes_dispatch(&ns);
   return 0;
+}
+
+static int scope_end(sluice_prof_scope h, int outcome,
+                     sluice_prof_residual *out, int from_hook) {
+  sluice__tls *t = &sluice__t;
+  if (t->scope == h) sluice__tls_set_scope(t, 0);
+  if (outcome < 0 || outcome >= N_OUT) outcome = SLUICE_OUTCOME_ERROR;
+  int rc = fast_end(t, h, outcome, out, from_hook);
+  if (rc <= 0) return rc;
+  return scope_end_locked(t, h, outcome, out, from_hook, rc);
 }
 
 int sluice_prof_scope_end(sluice_prof_scope h, int outcome,
@@ -898,14 +1132,14 @@ size_t sluice_prof_poll(void) {
 
 static void *hk_begin(void *user, const sluice_delivery_info *info) {
   (void)user;
-  sluice_prof_scope s = sluice_prof_scope_begin_key(
-      info ? info->queue : NULL, info ? info->key_name : NULL,
-      info ? info->key : NULL, info ? info->seq : 0,
-      info ? info->delivery_tag : 0);
-  if (!s) return NULL;
   sluice__tls *t = &sluice__t;
+  slot *sl;
+  sluice_prof_scope s = begin_key(t, info ? info->queue : NULL,
+                                  info ? info->key_name : NULL,
+                                  info ? info->key : NULL, info ? info->seq : 0,
+                                  info ? info->delivery_tag : 0, &sl);
+  if (!s) return NULL;
   sluice__tls_set_scope(t, s);
-  slot *sl = slot_at((uint32_t)s);
   t->capture = atomic_load_explicit(&sl->capture, memory_order_relaxed);
   /* The handler's blocks go straight to the nursery. */
   pend_set(t, sl, (uint32_t)s + 1, (uint32_t)(s >> 32));
@@ -1020,7 +1254,8 @@ void sluice__scopes_stats(sluice_prof_memstats *ms) {
   if (!R.chunks) return;
   sluice_prof_poll(); /* scopes ended without the lock counted */
   sluice__lock_acquire(&R.mu);
-  ms->scopes_open = R.n_open;
+  int64_t open = R.n_open + cached_open();
+  ms->scopes_open = open > 0 ? (uint64_t)open : 0;
   ms->scopes_pending = R.n_closed;
   /* Retired slots whose blocks are all gone are given back lazily: count
    * only those that still hold memory. */
