@@ -597,6 +597,281 @@ static void test_end_while_inside(void **state) {
   sem_destroy(&late_go);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Begins without the scope lock (prof_scope.c, "The thread's scope
+ * record"): a thread keeps the slot of its last clean end and caches
+ * (queue, key value) -> kind; the figures stay exact across threads, key
+ * values evicted while another thread has them cached, threads that exit
+ * with a kept slot, fork. */
+
+static void keyed_delivery(const char *queue, const char *key, uint64_t seq,
+                           size_t leak, void **kept) {
+  const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
+  sluice_delivery_info info = {queue, seq, 1, seq, 0, "type", key};
+  void *tok = hk->begin(hk->user, &info);
+  assert_non_null(tok);
+  void *a = TALLOC(48);
+  TFREE(a);
+  if (leak) *kept = TALLOC(leak);
+  hk->suspend(hk->user, tok);
+  __atomic_add_fetch(&t_now, 1000ull, __ATOMIC_RELAXED);
+  hk->end(hk->user, tok, &info, SLUICE_ACK);
+}
+
+static int get_key_stats(const char *queue, const char *key,
+                         sluice_prof_residual_stats *out) {
+  sluice_prof_residual_stats v[64];
+  size_t n = sluice_prof_residual_stats_get(v, 64);
+  for (size_t i = 0; i < n && i < 64; i++)
+    if (!strcmp(v[i].queue, queue) && !strcmp(v[i].key, key) &&
+        v[i].outcome == SLUICE_ACK) {
+      *out = v[i];
+      return 0;
+    }
+  memset(out, 0, sizeof *out);
+  return -1;
+}
+
+/* Messages of every row of `queue` (ACK). */
+static uint64_t queue_messages(const char *queue) {
+  sluice_prof_residual_stats v[64];
+  size_t n = sluice_prof_residual_stats_get(v, 64);
+  uint64_t m = 0;
+  assert_true(n <= 64);
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(v[i].queue, queue) && v[i].outcome == SLUICE_ACK)
+      m += v[i].messages;
+  return m;
+}
+
+static const char *const cache_keys[] = {"probe", "push", "auth",
+                                         "other", "bulk", "x"};
+static void *cache_kept[4][64];
+static char cache_q[32];
+
+static void *cache_worker(void *arg) {
+  int w = (int)(intptr_t)arg;
+  size_t k = 0;
+  for (uint64_t i = 0; i < 600; i++) {
+    const char *key = cache_keys[(i + (uint64_t)w) % 6];
+    int leak = !strcmp(key, "probe") && i % 2 == 0;
+    keyed_delivery(cache_q, key, i + 1, leak ? 16 : 0, &cache_kept[w][k]);
+    k += leak;
+  }
+  return NULL;
+}
+
+static void test_cached_begins_threads(void **state) {
+  (void)state;
+  static int run;
+  snprintf(cache_q, sizeof cache_q, "t.n.cache%d", run++);
+  memset(cache_kept, 0, sizeof cache_kept);
+  sluice_prof_memstats before, ms;
+  sluice_prof_memstats_read(&before);
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(
+        pthread_create(&th[i], NULL, cache_worker, (void *)(intptr_t)i), 0);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  uint64_t leaked = 0;
+  for (int w = 0; w < 4; w++)
+    for (uint64_t i = 0; i < 600; i++)
+      leaked += !strcmp(cache_keys[(i + (uint64_t)w) % 6], "probe") &&
+                i % 2 == 0;
+  sluice_prof_residual_stats st;
+  for (int k = 0; k < 6; k++) {
+    assert_int_equal(get_key_stats(cache_q, cache_keys[k], &st), 0);
+    assert_int_equal(st.messages, 400);
+    if (!strcmp(cache_keys[k], "probe")) {
+      assert_int_equal(st.with_residual, leaked);
+      assert_int_equal(st.retained_bytes, 16 * leaked);
+    } else {
+      assert_int_equal(st.with_residual, 0);
+      assert_int_equal(st.retained_bytes, 0);
+    }
+  }
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+  assert_int_equal(ms.scopes_refused, before.scopes_refused);
+  for (int w = 0; w < 4; w++)
+    for (int i = 0; i < 64; i++)
+      if (cache_kept[w][i]) TFREE(cache_kept[w][i]);
+  pass_grace();
+  assert_int_equal(get_key_stats(cache_q, "probe", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.cached, leaked);
+}
+
+/* Two key values per queue: evictions run while another thread has a value
+ * cached, with a scope of it open, then without. */
+static int setup_two_keys(void **state) {
+  (void)state;
+  sluice_prof_opts o = {
+      .sample_rate = SLUICE_PROF_RATE_NONE,
+      .max_keys = 2,
+      .grace_ms = 1000,
+      .poll_ms = -1,
+      .now_ns = test_clock,
+  };
+  assert_int_equal(sluice_prof_start(&o), 0);
+  return 0;
+}
+
+static sem_t ev_ready, ev_go;
+static void ev_wait(sem_t *s) {
+  while (sem_wait(s)) {
+  }
+}
+
+static void *evict_worker(void *arg) {
+  (void)arg;
+  const sluice_delivery_hooks *hk = sluice_prof_delivery_hooks();
+  keyed_delivery("t.n.evict", "a", 1, 0, NULL); /* "a" cached, slot kept */
+  sluice_delivery_info info = {"t.n.evict", 2, 1, 2, 0, "type", "a"};
+  void *tok = hk->begin(hk->user, &info); /* through the cache */
+  assert_non_null(tok);
+  hk->suspend(hk->user, tok);
+  sem_post(&ev_ready);
+  ev_wait(&ev_go); /* evictions run meanwhile */
+  hk->end(hk->user, tok, &info, SLUICE_ACK);
+  keyed_delivery("t.n.evict", "a", 3, 0, NULL);
+  sem_post(&ev_ready);
+  ev_wait(&ev_go); /* "a" cached, no scope open: evicted meanwhile */
+  keyed_delivery("t.n.evict", "a", 4, 0, NULL);
+  return NULL;
+}
+
+static void test_cached_evict(void **state) {
+  (void)state;
+  assert_int_equal(sem_init(&ev_ready, 0, 0), 0);
+  assert_int_equal(sem_init(&ev_go, 0, 0), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, evict_worker, NULL), 0);
+  ev_wait(&ev_ready);
+  /* Many values, each once: "(other)" fills and evictions run; "a" has a
+   * scope open (counted in the worker's cache): never evicted now. */
+  char key[16];
+  uint64_t total = 1;
+  for (int i = 0; i < 64; i++, total++) {
+    snprintf(key, sizeof key, "x%d", i);
+    keyed_delivery("t.n.evict", key, (uint64_t)i + 10, 0, NULL);
+  }
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_key_stats("t.n.evict", "a", &st), 0);
+  assert_int_equal(st.messages, 1);
+  sem_post(&ev_go);
+  ev_wait(&ev_ready);
+  total += 2;
+  assert_int_equal(get_key_stats("t.n.evict", "a", &st), 0);
+  assert_int_equal(st.messages, 3);
+  /* Now "a" is only cached: evicted, its kind given to a new value. */
+  for (int i = 0; i < 64; i++, total++) {
+    snprintf(key, sizeof key, "y%d", i);
+    keyed_delivery("t.n.evict", key, (uint64_t)i + 100, 0, NULL);
+  }
+  assert_int_equal(get_key_stats("t.n.evict", "a", &st), -1);
+  sem_post(&ev_go);
+  pthread_join(th, NULL);
+  total++;
+  /* Each value's row counts its own messages: the worker's cached entry
+   * did not count "a" in the kind that another value took over. */
+  sluice_prof_residual_stats v[64];
+  size_t n = sluice_prof_residual_stats_get(v, 64);
+  assert_true(n <= 64);
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(v[i].queue, "t.n.evict") && v[i].outcome == SLUICE_ACK &&
+        (v[i].key[0] == 'x' || v[i].key[0] == 'y'))
+      assert_int_equal(v[i].messages, 1);
+  assert_int_equal(queue_messages("t.n.evict"), total);
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+  assert_true(ms.keys_overflow > 0);
+  sem_destroy(&ev_ready);
+  sem_destroy(&ev_go);
+}
+
+/* Threads that exit with a slot kept and kinds cached give them back: 40
+ * threads one after the other on a 16-slot pool. */
+static void *exit_worker(void *arg) {
+  (void)arg;
+  for (uint64_t i = 0; i < 20; i++)
+    keyed_delivery("t.n.exit", i % 2 ? "odd" : "even", i + 1, 0, NULL);
+  return NULL;
+}
+
+static void test_cached_thread_exit(void **state) {
+  (void)state;
+  sluice_prof_memstats before, ms;
+  sluice_prof_memstats_read(&before);
+  for (int i = 0; i < 40; i++) {
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, exit_worker, NULL), 0);
+    pthread_join(th, NULL);
+  }
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_refused, before.scopes_refused);
+  assert_int_equal(ms.scopes_open, 0);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_key_stats("t.n.exit", "odd", &st), 0);
+  assert_int_equal(st.messages, 400);
+  assert_int_equal(get_key_stats("t.n.exit", "even", &st), 0);
+  assert_int_equal(st.messages, 400);
+}
+
+/* fork with this thread's cache warm and another thread's slot kept: the
+ * child counts its own messages exactly and has its slots. */
+static sem_t fk_ready, fk_go;
+static void *fork_peer(void *arg) {
+  (void)arg;
+  for (uint64_t i = 0; i < 10; i++)
+    keyed_delivery("t.n.cfork", "peer", i + 1, 0, NULL);
+  sem_post(&fk_ready);
+  ev_wait(&fk_go);
+  return NULL;
+}
+
+static void test_cached_fork(void **state) {
+  (void)state;
+  assert_int_equal(sem_init(&fk_ready, 0, 0), 0);
+  assert_int_equal(sem_init(&fk_go, 0, 0), 0);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, fork_peer, NULL), 0);
+  ev_wait(&fk_ready);
+  for (uint64_t i = 0; i < 10; i++)
+    keyed_delivery("t.n.cfork", "main", i + 1, 0, NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    void *kept = NULL;
+    for (uint64_t i = 0; i < 100; i++)
+      keyed_delivery("t.n.cfork", "main", i + 11, i == 50 ? 24 : 0, &kept);
+    /* 16-slot pool: the peer's kept slot came back to the pool. */
+    for (uint64_t i = 0; i < 100; i++)
+      keyed_delivery("t.n.cfork", i % 2 ? "c1" : "c2", i + 1, 0, NULL);
+    sluice_prof_residual_stats st;
+    sluice_prof_memstats ms;
+    int ok = get_key_stats("t.n.cfork", "main", &st) == 0 &&
+             st.messages == 110 && st.retained_bytes == 24 &&
+             get_key_stats("t.n.cfork", "peer", &st) == 0 && st.messages == 10;
+    sluice_prof_memstats_read(&ms);
+    ok = ok && ms.scopes_open == 0 && ms.scopes_refused == 0;
+    TFREE(kept);
+    _exit(ok ? 0 : 1);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  sem_post(&fk_go);
+  pthread_join(th, NULL);
+  sluice_prof_residual_stats rs;
+  assert_int_equal(get_key_stats("t.n.cfork", "main", &rs), 0);
+  assert_int_equal(rs.messages, 10);
+  sem_destroy(&fk_ready);
+  sem_destroy(&fk_go);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_free_on_other_thread, setup_none),
@@ -613,6 +888,11 @@ int main(void) {
       cmocka_unit_test_setup(test_clean_ends_threads, setup_none),
       cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
       cmocka_unit_test_setup(test_end_while_inside, setup_small_pool),
+      cmocka_unit_test_setup(test_cached_begins_threads, setup_none),
+      cmocka_unit_test_setup(test_cached_begins_threads, setup_default),
+      cmocka_unit_test_setup(test_cached_evict, setup_two_keys),
+      cmocka_unit_test_setup(test_cached_thread_exit, setup_small_pool),
+      cmocka_unit_test_setup(test_cached_fork, setup_small_pool),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
