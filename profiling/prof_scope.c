@@ -465,7 +465,9 @@ static slot *slot_of(sluice_prof_scope h) {
  * begin, and a begin whose kind is in the thread's kind cache takes no
  * lock either (begin_cached): it fills the kept slot's fields and
  * publishes the new generation. The cache maps (queue, key value) to a
- * kind, direct-mapped, KCACHE entries. An entry is set only under the lock
+ * kind, KCACHE entries looked at from the last one used, each with a hint
+ * (the queue name's address, the key's first two bytes) compared before
+ * its strings. An entry is set only under the lock
  * by its owner; the open and begin counts of scopes begun through it stay
  * in the entry (owner-written atomics) until the entry is dropped, when
  * they move to the kind. Key-value eviction (prof_group.c) first drops
@@ -478,8 +480,7 @@ static slot *slot_of(sluice_prof_scope h) {
  * stale entry. Kinds under adaptive capture (capture_left) and "(other)"
  * kinds always take the lock. */
 #define ENDQ_CAP 32
-#define KCACHE_BITS 3
-#define KCACHE (1 << KCACHE_BITS)
+#define KCACHE 8
 #define QNAME_MAX 95
 #define NO_KEY UINT32_MAX
 
@@ -494,6 +495,8 @@ typedef struct ended {
 typedef struct kcache {
   _Atomic uint32_t kind; /* kind + 1; 0: empty */
   uint32_t klen;         /* key length (<= KEY_MAX), NO_KEY: no key */
+  const char *qhint;     /* the queue name's address when it was set */
+  uint32_t tag;          /* kc_tag() of its key */
   /* Scopes begun through this entry, not yet counted in the kind. */
   _Atomic int64_t open, begins;
   char queue[QNAME_MAX + 1];
@@ -510,6 +513,8 @@ typedef struct sluice__endq {
    * state stays S_OPEN, its counters at zero, its generation past every
    * handle given out. */
   uint32_t cslot;
+  uint32_t kc_last; /* the entry used last */
+  uint32_t kc_next; /* the entry a miss replaces next */
   kcache kc[KCACHE];
   ended e[ENDQ_CAP];
 } sluice__endq;
@@ -560,15 +565,24 @@ static void kc_clear(kcache *e) {
   kc_settle(e, k1);
 }
 
-/* Where (queue, key) may be cached: the queue's address and the key's
- * length and end bytes, mixed (a hint only: the entry is compared). */
-static inline uint32_t kc_index(const char *queue, const char *key,
-                                size_t klen) {
-  uint64_t h = (uintptr_t)queue >> 4;
-  if (key && klen)
-    h += klen * 7 + (unsigned char)key[0] * 3 +
-         (unsigned char)key[klen - 1] * 131u;
-  return (uint32_t)((h * 0x9E3779B97F4A7C15ull) >> (64 - KCACHE_BITS));
+/* The first two bytes of a key (and whether there is one): a filter. */
+static inline uint32_t kc_tag(const char *key) {
+  if (!key) return 0;
+  uint32_t c0 = (unsigned char)key[0];
+  return 0x10000u | c0 | (c0 ? (uint32_t)(unsigned char)key[1] << 8 : 0);
+}
+
+/* Does entry e hold (queue, key)? */
+static inline int kc_match(const kcache *e, const char *queue,
+                           const char *key) {
+  uint32_t kl = e->klen;
+  /* The key as the kinds keep it: its first KEY_MAX bytes (strncmp stops
+   * at the end of a shorter key, which then differs). */
+  if (key ? kl == NO_KEY || strncmp(e->key, key, kl) ||
+                (kl < KEY_MAX && key[kl])
+          : kl != NO_KEY)
+    return 0;
+  return !strcmp(e->queue, queue ? queue : "");
 }
 
 /* Under R.mu, by the owner: (queue, key) is kind k from now. */
@@ -579,13 +593,23 @@ static void kc_set(sluice__endq *q, const char *queue, const char *key,
   size_t ql = strlen(qn);
   if (ql > QNAME_MAX) return;
   size_t klen = key ? strnlen(key, KEY_MAX) : 0;
-  kcache *e = &q->kc[kc_index(queue, key, klen)];
-  if (atomic_load_explicit(&e->kind, memory_order_relaxed) == k + 1 &&
-      e->klen == (key ? (uint32_t)klen : NO_KEY) && !strcmp(e->queue, qn) &&
-      (!key || !memcmp(e->key, key, klen)))
-    return;
+  uint32_t tag = kc_tag(key);
+  for (int i = 0; i < KCACHE; i++) {
+    kcache *x = &q->kc[i];
+    if (atomic_load_explicit(&x->kind, memory_order_relaxed) == k + 1 &&
+        x->qhint == queue && x->tag == tag && kc_match(x, queue, key)) {
+      q->kc_last = (uint32_t)i;
+      return;
+    }
+  }
+  uint32_t i = q->kc_next;
+  q->kc_next = (i + 1) % KCACHE;
+  q->kc_last = i;
+  kcache *e = &q->kc[i];
   kc_clear(e);
   memcpy(e->queue, qn, ql + 1);
+  e->qhint = queue;
+  e->tag = tag;
   e->klen = key ? (uint32_t)klen : NO_KEY;
   if (key) memcpy(e->key, key, klen);
   atomic_store_explicit(&e->kind, k + 1, memory_order_relaxed);
@@ -677,16 +701,46 @@ static int64_t cached_open(void) {
   return n;
 }
 
-/* Under R.mu: what end_locked() does for a scope that left nothing. */
-static void apply_end(notes *ns, const ended *x) {
-  kind *kd = &R.kinds[x->kind];
-  kd->open--;
-  kd->last_ns = x->now;
-  R.n_open--;
-  uint32_t gi = sluice__group_of_fast(x->kind, (int)x->outcome);
-  group_at(gi)->messages++;
-  if (x->slot) sluice__slot_free(x->slot - 1);
-  sluice__group_message_fast(ns, gi, x->now);
+/* Under R.mu: what end_locked() does for scopes that left nothing, for the
+ * ends of queue q from `tl` up to `hd`, while `ns` has room. A run of ends
+ * of one kind and outcome is applied at once: the same counts, and the
+ * group's curve gets its points at the same messages with the same times
+ * (each message is offered to it), since nothing it reads depends on the
+ * open counts. Returns where it stopped. */
+static uint32_t apply_ends(notes *ns, sluice__endq *q, uint32_t tl, uint32_t hd,
+                           uint64_t *last) {
+  uint32_t k = UINT32_MAX, o = 0, gi = 0;
+  grp *g = NULL;
+  int64_t n = 0; /* ends of kind k not yet taken from its open count */
+  uint64_t now = *last;
+  for (; tl != hd && notes_room(ns); tl++) {
+    const ended *x = &q->e[tl % ENDQ_CAP];
+    if (x->kind != k || x->outcome != o) {
+      if (n) {
+        R.kinds[k].open -= n;
+        R.kinds[k].last_ns = now;
+        R.n_open -= n;
+        n = 0;
+      }
+      k = x->kind;
+      o = x->outcome;
+      gi = sluice__group_of_fast(k, (int)o);
+      g = group_at(gi);
+    }
+    now = x->now;
+    if (x->slot) sluice__slot_free(x->slot - 1);
+    g->messages++;
+    n++;
+    if (!g->n_pts || g->messages - g->pts[g->n_pts - 1].m >= g->interval)
+      sluice__group_message(ns, gi, now);
+  }
+  if (n) {
+    R.kinds[k].open -= n;
+    R.kinds[k].last_ns = now;
+    R.n_open -= n;
+  }
+  *last = now;
+  return tl;
 }
 
 size_t sluice__ends_apply(notes *ns) {
@@ -695,12 +749,10 @@ size_t sluice__ends_apply(notes *ns) {
   for (sluice__endq *q = endq_first(); q; q = endq_next(q)) {
     uint32_t tl = atomic_load_explicit(&q->tail, memory_order_relaxed);
     uint32_t hd = atomic_load_explicit(&q->head, memory_order_acquire);
-    for (; tl != hd && notes_room(ns); tl++, done++) {
-      const ended *x = &q->e[tl % ENDQ_CAP];
-      apply_end(ns, x);
-      last = x->now;
-    }
-    atomic_store_explicit(&q->tail, tl, memory_order_release);
+    if (tl == hd) continue;
+    uint32_t to = apply_ends(ns, q, tl, hd, &last);
+    done += to - tl;
+    atomic_store_explicit(&q->tail, to, memory_order_release);
   }
   if (done) {
     sluice__process_due(ns, last, 0);
@@ -720,19 +772,24 @@ static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
                                              uint64_t tag, slot **out) {
   sluice__endq *q = t->endq;
   if (!q || !q->cslot) return 0;
-  size_t klen = key ? strnlen(key, KEY_MAX) : 0;
-  kcache *e = &q->kc[kc_index(queue, key, klen)];
+  uint32_t ktag = kc_tag(key);
   /* Against eviction (sluice__kind_caches_drop): busy, then the entry. */
   atomic_store_explicit(&q->busy, 1, memory_order_seq_cst);
-  uint32_t k1 = atomic_load_explicit(&e->kind, memory_order_seq_cst);
-  if (!k1 || e->klen != (key ? (uint32_t)klen : NO_KEY) ||
-      (key && memcmp(e->key, key, klen)) ||
-      strcmp(e->queue, queue ? queue : "") ||
-      atomic_load_explicit(&R.kinds[k1 - 1].capture_left,
-                           memory_order_relaxed)) {
+  uint32_t i = q->kc_last, k1 = 0;
+  kcache *e;
+  for (int n = 0; n < KCACHE; n++, i = (i + 1) % KCACHE) {
+    e = &q->kc[i];
+    if (e->qhint != queue || e->tag != ktag) continue;
+    k1 = atomic_load_explicit(&e->kind, memory_order_seq_cst);
+    if (k1 && kc_match(e, queue, key)) break;
+    k1 = 0;
+  }
+  if (!k1 || atomic_load_explicit(&R.kinds[k1 - 1].capture_left,
+                                  memory_order_relaxed)) {
     atomic_store_explicit(&q->busy, 0, memory_order_release);
     return 0;
   }
+  q->kc_last = i;
   uint32_t idx = q->cslot - 1;
   q->cslot = 0;
   slot *s = slot_at(idx);
@@ -980,12 +1037,10 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
   if (!c) return 1;
   slot *s = &c[idx & (SLOT_CHUNK - 1)];
   uint32_t gen = (uint32_t)(h >> 32);
-  /* Nothing live, nothing referring to the slot; begun on this thread (or
-   * not from a hook: the deferred-completion warning is not concerned). */
+  /* Begun on this thread (or not from a hook: the deferred-completion
+   * warning is not concerned). Whether it left anything is seen after the
+   * CAS below: then the end, already ours, takes the lock. */
   if (atomic_load_explicit(&s->gen, memory_order_acquire) != gen ||
-      atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
-      atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS ||
-      atomic_load_explicit(&s->xrefs, memory_order_acquire) != 0 ||
       (from_hook && s->begin_thread != t))
     return 1;
   sluice__endq *q = endq_mine(t);
