@@ -96,7 +96,18 @@ static void activate(sluice__tls *t, sluice__nursery *ns) {
                             memory_order_seq_cst);
 }
 
-int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
+static inline void put_at(sluice__tls *t, sluice__nursery *ns, uint32_t i,
+                          uintptr_t p, uint64_t n) {
+  atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
+  atomic_store_explicit(&ns->key[i], p, memory_order_release);
+  set_n(ns, atomic_load_explicit(&ns->n, memory_order_relaxed) + 1);
+  t->pend_b += (int64_t)n;
+  t->pend_n += 1;
+}
+
+/* No nursery yet, or its slot for p is taken. */
+SLUICE__NOINLINE static int put_slower(sluice__tls *t, uintptr_t p,
+                                       uint64_t n) {
   sluice__nursery *ns = t->nurs;
   if (SLUICE__UNLIKELY(!ns)) {
     if (t->state != SLUICE__T_LIVE) return 0; /* exiting: no new nursery */
@@ -120,12 +131,24 @@ int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
     }
     if (!evict(t, ns, i)) return 0;
   }
-  atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
-  atomic_store_explicit(&ns->key[i], p, memory_order_release);
-  set_n(ns, atomic_load_explicit(&ns->n, memory_order_relaxed) + 1);
-  t->pend_b += (int64_t)n;
-  t->pend_n += 1;
+  put_at(t, ns, i, p, n);
   return 1;
+}
+
+int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
+  sluice__nursery *ns = t->nurs;
+  /* The first block of a scope: the nursery is activated, its slot free. */
+  if (SLUICE__LIKELY(ns != NULL) &&
+      !atomic_load_explicit(&ns->active, memory_order_relaxed)) {
+    activate(t, ns);
+    uint32_t i = sluice__nurs_idx(p);
+    if (SLUICE__LIKELY(
+            !atomic_load_explicit(&ns->key[i], memory_order_relaxed))) {
+      put_at(t, ns, i, p, n);
+      return 1;
+    }
+  }
+  return put_slower(t, p, n);
 }
 
 int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p, sluice__rec *out) {
@@ -159,14 +182,20 @@ int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p, sluice__rec *out) {
   return 0;
 }
 
-void sluice__nurs_flush(sluice__tls *t) {
-  sluice__nursery *ns = t->nurs;
-  if (!ns || !atomic_load_explicit(&ns->active, memory_order_relaxed)) return;
+/* Every entry still there to the block table. */
+SLUICE__NOINLINE static void evict_all(sluice__tls *t, sluice__nursery *ns) {
   for (uint32_t i = 0; i < SLUICE__NURS_SLOTS &&
                        atomic_load_explicit(&ns->n, memory_order_relaxed);
        i++)
     if (atomic_load_explicit(&ns->key[i], memory_order_relaxed))
       evict(t, ns, i);
+}
+
+void sluice__nurs_flush(sluice__tls *t) {
+  sluice__nursery *ns = t->nurs;
+  if (!ns || !atomic_load_explicit(&ns->active, memory_order_relaxed)) return;
+  /* Usually empty: the handler freed what it allocated. */
+  if (atomic_load_explicit(&ns->n, memory_order_relaxed)) evict_all(t, ns);
   /* Entries taken by others were counted in n until cleared above. */
   ns->evicted = 0;
   atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
