@@ -9,9 +9,9 @@
  * the real malloc is known); the one dlsym, for malloc_usable_size, runs
  * outside the allocation functions.
  *
- * Off (the profiler not started, nothing tracked), each call costs one
- * relaxed load and a branch. Compiled out under ASan/TSan, whose runtimes
- * own malloc. */
+ * Off (the profiler never started), malloc costs a test of the flags word
+ * and a branch, free two (see free()). Compiled out under ASan/TSan, whose
+ * runtimes own malloc. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
