@@ -559,7 +559,7 @@ static void *rate_thread(void *arg) {
   free(malloc(1000));              /* a countdown under the first rate (none) */
   pthread_barrier_wait(&rate_bar); /* the rate changes */
   pthread_barrier_wait(&rate_bar);
-  enum { N = (int)(SLUICE__STRETCH / 1000) + 2 };
+  enum { N = (int)(SLUICE__STRETCH / 1000) + 16 }; /* a stretch, and some */
   static char *keep[N];
   uint64_t base = tracked();
   int i, seen = 0;
