@@ -102,6 +102,11 @@ if [ "${SLUICE_TEST_QUICK:-0}" != 1 ]; then
       "$ROOT/build-valgrind/tests/profiling/$t" >/dev/null
     echo "valgrind clean: profiling/$t"
   done
+  # test_prof_nursery's tests on a small scope pool (a process of their own)
+  valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect \
+    --error-exitcode=9 --suppressions="$ROOT/tests/profiling/valgrind.supp" \
+    "$ROOT/build-valgrind/tests/profiling/test_prof_nursery" small-pool >/dev/null
+  echo "valgrind clean: profiling/test_prof_nursery small-pool"
   # The cluster's kill -9 tests prove the broker's side (failover, what a
   # crash redelivers) once, in the default build: each restarts a node
   # (~10-30 s). The other builds run the memory alarm test, which drives the

@@ -486,6 +486,19 @@ static int setup_small_pool(void **state) {
       .now_ns = test_clock,
   };
   assert_int_equal(sluice_prof_start(&o), 0);
+  /* The pool's size is fixed at the first start in a process: these tests
+   * run in a process of their own (main: "small-pool"). Check that the
+   * pool really is small: 17 scopes open at once cannot all get a slot
+   * (with the default pool none would be refused). */
+  sluice_prof_memstats before, after;
+  sluice_prof_memstats_read(&before);
+  sluice_prof_scope open[17];
+  for (int i = 0; i < 17; i++)
+    open[i] = sluice_prof_scope_begin("t.n.poolsize", 1, (uint64_t)i + 1);
+  sluice_prof_memstats_read(&after);
+  for (int i = 0; i < 17; i++)
+    if (open[i]) assert_int_equal(sluice_prof_scope_end(open[i], 0, NULL), 0);
+  assert_true(after.scopes_refused > before.scopes_refused);
   return 0;
 }
 
@@ -843,6 +856,8 @@ static void test_cached_fork(void **state) {
   ev_wait(&fk_ready);
   for (uint64_t i = 0; i < 10; i++)
     keyed_delivery("t.n.cfork", "main", i + 1, 0, NULL);
+  sluice_prof_memstats at_fork;
+  sluice_prof_memstats_read(&at_fork);
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
@@ -858,7 +873,8 @@ static void test_cached_fork(void **state) {
              st.messages == 110 && st.retained_bytes == 24 &&
              get_key_stats("t.n.cfork", "peer", &st) == 0 && st.messages == 10;
     sluice_prof_memstats_read(&ms);
-    ok = ok && ms.scopes_open == 0 && ms.scopes_refused == 0;
+    ok = ok && ms.scopes_open == 0 &&
+         ms.scopes_refused == at_fork.scopes_refused;
     TFREE(kept);
     _exit(ok ? 0 : 1);
   }
@@ -875,7 +891,10 @@ static void test_cached_fork(void **state) {
   sem_destroy(&fk_go);
 }
 
-int main(void) {
+/* The tests on a 16-slot pool run in a process of their own (ctest
+ * test_prof_nursery_small_pool): a pool's size is fixed at the first
+ * sluice_prof_start() in a process. */
+int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(test_free_on_other_thread, setup_none),
       cmocka_unit_test_setup(test_many_blocks, setup_none),
@@ -889,13 +908,17 @@ int main(void) {
       cmocka_unit_test_setup(test_clean_ends_counted, setup_none),
       cmocka_unit_test_setup(test_clean_ends_counted, setup_default),
       cmocka_unit_test_setup(test_clean_ends_threads, setup_none),
-      cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
-      cmocka_unit_test_setup(test_end_while_inside, setup_small_pool),
       cmocka_unit_test_setup(test_cached_begins_threads, setup_none),
       cmocka_unit_test_setup(test_cached_begins_threads, setup_default),
       cmocka_unit_test_setup(test_cached_evict, setup_two_keys),
+  };
+  const struct CMUnitTest small_pool[] = {
+      cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
+      cmocka_unit_test_setup(test_end_while_inside, setup_small_pool),
       cmocka_unit_test_setup(test_cached_thread_exit, setup_small_pool),
       cmocka_unit_test_setup(test_cached_fork, setup_small_pool),
   };
+  if (argc > 1 && strcmp(argv[1], "small-pool") == 0)
+    return cmocka_run_group_tests(small_pool, NULL, NULL);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
