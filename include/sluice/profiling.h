@@ -234,7 +234,9 @@ typedef struct sluice_prof_opts {
 } sluice_prof_opts;
 
 /** Start recording, or change the settings of a running profiler (the
- *  capacities are fixed by the first start). Also done at load time when
+ *  capacities are fixed by the first start). A new `sample_rate` applies
+ *  to the calling thread from its next allocation, to the others within
+ *  1 MiB of their own allocations. Also done at load time when
  *  the environment has `SLUICE_PROF=1` (with `SLUICE_PROF_RATE`,
  *  `SLUICE_PROF_OUT`; see docs/profiling.md).
  *  \param opts NULL for the defaults; copied.
