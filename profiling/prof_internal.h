@@ -109,6 +109,9 @@ static inline void sluice__cpu_relax(void) {
 /* Contended: spin, then yield (out of line, so that the callers' common
  * path keeps its registers). */
 void sluice__lock_spin(sluice__lock *l);
+/* Wait until *v reads 0 (sequentially consistent loads): spin, then
+ * yield. */
+void sluice__spin_while_set(_Atomic int *v);
 
 static inline void sluice__lock_acquire(sluice__lock *l) {
   if (SLUICE__UNLIKELY(

@@ -138,16 +138,20 @@ void sluice__buf_free(sluice__buf *b) {
   b->oom = 0;
 }
 
-void sluice__lock_spin(sluice__lock *l) {
+void sluice__spin_while_set(_Atomic int *v) {
   unsigned spins = 0;
-  do {
-    while (atomic_load_explicit(&l->v, memory_order_relaxed)) {
-      if (++spins < 64) {
-        sluice__cpu_relax();
-      } else {
-        spins = 0;
-        sched_yield();
-      }
+  while (atomic_load_explicit(v, memory_order_seq_cst)) {
+    if (++spins < 64) {
+      sluice__cpu_relax();
+    } else {
+      spins = 0;
+      sched_yield();
     }
+  }
+}
+
+void sluice__lock_spin(sluice__lock *l) {
+  do {
+    sluice__spin_while_set(&l->v);
   } while (atomic_exchange_explicit(&l->v, 1, memory_order_acquire));
 }

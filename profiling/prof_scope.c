@@ -629,15 +629,7 @@ void sluice__kind_caches_drop(uint16_t qi) {
     if (!any) continue;
     /* A cached begin that read the entry before it was cleared has its
      * counts in the entry once it is not busy any more. */
-    unsigned spins = 0;
-    while (atomic_load_explicit(&q->busy, memory_order_seq_cst)) {
-      if (++spins < 64) {
-        sluice__cpu_relax();
-      } else {
-        spins = 0;
-        sched_yield();
-      }
-    }
+    sluice__spin_while_set(&q->busy);
     for (int i = 0; i < KCACHE; i++)
       if (dropped[i]) kc_settle(&q->kc[i], dropped[i]);
   }
