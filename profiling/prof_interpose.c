@@ -84,13 +84,13 @@ static inline void *after_alloc(void *p, size_t n) {
 
 /* malloc and free test the flags first so that, off, they are a load, a
  * branch and a tail call into glibc. */
-/* Sampled or scoped: the stack is taken here, so that only this one frame
- * of ours is unwound (malloc tail-jumped here: the next frame is the
- * caller's). */
-SLUICE__NOINLINE static void *malloc_slow(size_t n) {
-  sluice__tls *t = &sluice__t;
+/* Sampled or scoped, and not taken by the nursery: the stack is taken
+ * here, so that only this one frame of ours is unwound (malloc and
+ * malloc_slow tail-jumped here: the next frame is the caller's). p: the
+ * block already allocated inside a scope, or NULL outside scopes. */
+SLUICE__NOINLINE static void *malloc_record(sluice__tls *t, void *p, size_t n) {
   void *frames[SLUICE__CAPTURE_MAX];
-  if (!t->scope) {
+  if (!p) {
     /* Outside scopes only a sample is recorded: decide first, so that a
      * sampled block is allocated with the tag free() looks for
      * (SLUICE__TAG_ALIGN) at the rates that tag. prepare returns 0 or 1
@@ -101,8 +101,8 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n) {
       t->guard--;
       return __libc_malloc(n);
     }
-    void *p = sluice__rate() >= SLUICE__TAG_MIN_RATE ? tag_alloc(n)
-                                                     : __libc_malloc(n);
+    p = sluice__rate() >= SLUICE__TAG_MIN_RATE ? tag_alloc(n)
+                                               : __libc_malloc(n);
     if (SLUICE__UNLIKELY(p == NULL)) {
       t->guard--;
       return p;
@@ -111,14 +111,23 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n) {
     sluice__alloc_finish(t, p, n, k, frames, nf < 0 ? 0 : nf);
     return p;
   }
-  void *p = __libc_malloc(n);
-  if (SLUICE__UNLIKELY(p == NULL)) return p;
-  if (SLUICE__LIKELY(sluice__scoped_fast(t, p, n))) return p;
   int k = sluice__alloc_prepare(t, n);
   if (k < 0) return p;
   int nf = k ? unw_backtrace(frames, SLUICE__CAPTURE_MAX) : -1;
   sluice__alloc_finish(t, p, n, k, frames, nf < 0 && k ? 0 : nf);
   return p;
+}
+
+/* Sampled or scoped. Inside a scope the common case (the block goes to
+ * the nursery) runs here without the stack buffer's frame; the rest
+ * tail-calls malloc_record(). */
+SLUICE__NOINLINE static void *malloc_slow(size_t n) {
+  sluice__tls *t = &sluice__t;
+  if (!t->scope) return malloc_record(t, NULL, n);
+  void *p = __libc_malloc(n);
+  if (SLUICE__UNLIKELY(p == NULL)) return p;
+  if (SLUICE__LIKELY(sluice__scoped_fast(t, p, n))) return p;
+  return malloc_record(t, p, n);
 }
 
 /* The hottest path of all: counted and not sampled, malloc only bumps
@@ -171,6 +180,42 @@ SLUICE__NOINLINE static void free_other(void *p, unsigned f) {
   __libc_free(glibc_block(p));
 }
 
+/* free_nurs() of a block whose scope is not the thread's pending one. */
+SLUICE__NOINLINE static void free_credit(void *p, uint32_t ref, uint64_t size) {
+  sluice__scope_credit(ref, -(int64_t)size, -1);
+  __libc_free(p);
+}
+
+/* Some nursery is active (f >= SLUICE__F_NURS1). The common case inside a
+ * handler: a block of this thread's scope, freed before the scope ends,
+ * taken from its nursery here, one call from free() (sluice__nurs_take_own()
+ * inline, its key test first). A nursery block is glibc's own (scoped
+ * blocks carry no sample tag), so it goes back to glibc as is. Anything
+ * else goes on to free_other(). */
+SLUICE__NOINLINE static void free_nurs(void *p, unsigned f) {
+  sluice__tls *t = &sluice__t;
+  sluice__nursery *ns = t->nurs;
+  uint32_t i = sluice__nurs_idx((uintptr_t)p);
+  if (SLUICE__LIKELY(ns != NULL) && SLUICE__LIKELY(f & SLUICE__F_REC) &&
+      atomic_load_explicit(&ns->key[i], memory_order_relaxed) == (uintptr_t)p &&
+      SLUICE__LIKELY(p != NULL) && SLUICE__LIKELY(t->state == SLUICE__T_LIVE)) {
+    sluice__bump(&t->frees, 1);
+    uint64_t size = atomic_load_explicit(&ns->size[i], memory_order_relaxed);
+    uint32_t ref = atomic_load_explicit(&ns->ref, memory_order_relaxed);
+    atomic_store_explicit(&ns->key[i], 0, memory_order_relaxed);
+    atomic_store_explicit(
+        &ns->n, atomic_load_explicit(&ns->n, memory_order_relaxed) - 1,
+        memory_order_relaxed);
+    if (SLUICE__UNLIKELY(ref != t->pend_ref)) return free_credit(p, ref, size);
+    /* sluice__scope_credit_mine(): two subtractions (the relaxed store
+     * keeps the compiler from pairing them into vector instructions). */
+    t->pend_b -= (int64_t)size;
+    __atomic_store_n(&t->pend_n, t->pend_n - 1, __ATOMIC_RELAXED);
+    return __libc_free(p);
+  }
+  return free_other(p, f);
+}
+
 /* errno: nothing on our side can set it (see sluice__untrack), and glibc's
  * free preserves it too.
  *
@@ -195,7 +240,10 @@ EXPORT void free(void *p) {
    * the one above stays a compare with memory instead of a load into a
    * register first. */
   unsigned f = *(volatile const unsigned *)&sluice__flags;
-  if (SLUICE__UNLIKELY(f != 0)) return free_other(p, f);
+  if (SLUICE__UNLIKELY(f != 0)) {
+    if (f >= SLUICE__F_NURS1) return free_nurs(p, f);
+    return free_other(p, f);
+  }
   /* Kept apart from the tail jump above (an empty asm is not merged), so
    * that off, free() takes one branch, not two. */
   __asm__ __volatile__("");
