@@ -198,29 +198,20 @@ SLUICE__NOINLINE static void free_credit(void *p, uint32_t ref, uint64_t size) {
 
 /* Some nursery is active (f >= SLUICE__F_NURS1). The common case inside a
  * handler: a block of this thread's scope, freed before the scope ends,
- * taken from its nursery here, one call from free() (sluice__nurs_take_own()
- * inline, its key test first). A nursery block is glibc's own (scoped
- * blocks carry no sample tag), so it goes back to glibc as is. Anything
- * else goes on to free_other(). */
+ * taken from its nursery here, one call from free(). A nursery block is
+ * glibc's own (scoped blocks carry no sample tag), so it goes back to
+ * glibc as is. Anything else goes on to free_other(). p is tested before
+ * the nursery: an empty entry's key is 0. */
 SLUICE__NOINLINE static void free_nurs(void *p, unsigned f) {
   sluice__tls *t = &sluice__t;
-  sluice__nursery *ns = t->nurs;
-  uint32_t i = sluice__nurs_idx((uintptr_t)p);
-  if (SLUICE__LIKELY(ns != NULL) && SLUICE__LIKELY(f & SLUICE__F_REC) &&
-      atomic_load_explicit(&ns->key[i], memory_order_relaxed) == (uintptr_t)p &&
-      SLUICE__LIKELY(p != NULL) && SLUICE__LIKELY(t->state == SLUICE__T_LIVE)) {
+  sluice__rec r;
+  if (SLUICE__LIKELY(t->nurs != NULL) && SLUICE__LIKELY(f & SLUICE__F_REC) &&
+      SLUICE__LIKELY(p != NULL) && SLUICE__LIKELY(t->state == SLUICE__T_LIVE) &&
+      sluice__nurs_take_own(t, (uintptr_t)p, &r)) {
     sluice__bump(&t->frees, 1);
-    uint64_t size = atomic_load_explicit(&ns->size[i], memory_order_relaxed);
-    uint32_t ref = atomic_load_explicit(&ns->ref, memory_order_relaxed);
-    atomic_store_explicit(&ns->key[i], 0, memory_order_relaxed);
-    atomic_store_explicit(
-        &ns->n, atomic_load_explicit(&ns->n, memory_order_relaxed) - 1,
-        memory_order_relaxed);
-    if (SLUICE__UNLIKELY(ref != t->pend_ref)) return free_credit(p, ref, size);
-    /* sluice__scope_credit_mine(): two subtractions (the relaxed store
-     * keeps the compiler from pairing them into vector instructions). */
-    t->pend_b -= (int64_t)size;
-    __atomic_store_n(&t->pend_n, t->pend_n - 1, __ATOMIC_RELAXED);
+    if (SLUICE__UNLIKELY(r.scope != t->pend_ref))
+      return free_credit(p, r.scope, r.size);
+    sluice__pend_add(t, -(int64_t)r.size, -1);
     return __libc_free(p);
   }
   return free_other(p, f);
