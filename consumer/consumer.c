@@ -61,7 +61,7 @@ static int apply_defaults(sluice_consumer_opts *o) {
   if (o->rpc_timeout_ms <= 0) o->rpc_timeout_ms = 10000;
   if (o->ack_mode != SLUICE_ACK_MANUAL && o->ack_mode != SLUICE_ACK_AUTO)
     return SLUICE_EINVAL;
-  if (o->prefetch == 0) o->prefetch = 100;
+  if (o->prefetch == 0) o->prefetch = 250;
   if (o->workers < 0 || o->workers > 1024) return SLUICE_EINVAL;
   if (o->max_inflight == 0) o->max_inflight = 256;
   if (o->max_inflight_bytes == 0) o->max_inflight_bytes = 64u << 20;

@@ -379,7 +379,8 @@ typedef struct sluice_consumer_opts {
   int rpc_timeout_ms;          /**< synchronous broker calls; default 10000 */
 
   sluice_ack_mode ack_mode;
-  uint16_t prefetch; /**< basic.qos per consumer, MANUAL; default 100 */
+  uint16_t prefetch; /**< basic.qos per consumer, MANUAL; default 250
+                          (docs/consumer.md, "Choosing prefetch") */
   int workers;       /**< 0: handlers inline on the loop thread; at
                             most 1024 (else SLUICE_EINVAL) */
 
