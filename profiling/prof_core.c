@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
 
 #include "prof_resid.h"
 
@@ -64,6 +66,35 @@ uint64_t sluice__now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Asymmetric fences (prof_internal.h). */
+
+int sluice__fences;
+
+static long membarrier_call(int cmd) {
+  return syscall(__NR_membarrier, cmd, 0, 0);
+}
+
+void sluice__fence_init(void) {
+  if (sluice__fences) return;
+  const char *e = getenv("SLUICE_PROF_MEMBARRIER");
+  if (e && !strcmp(e, "0")) return;
+  long q = membarrier_call(MEMBARRIER_CMD_QUERY);
+  if (q < 0 || !(q & MEMBARRIER_CMD_PRIVATE_EXPEDITED) ||
+      membarrier_call(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED))
+    return;
+  /* Before any thread reads it set: the threads that read 0 took the
+   * sequentially consistent operations, which the heavy side pairs with
+   * too. */
+  __atomic_store_n(&sluice__fences, 1, __ATOMIC_SEQ_CST);
+}
+
+void sluice__fence_heavy(void) {
+  /* Registered: it fails only on kernels without it, which refused the
+   * registration. A fork child inherits the registration. */
+  (void)membarrier_call(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
 }
 
 uint64_t sluice__clock_slack_ns(void) {
@@ -474,6 +505,7 @@ static int init_locked(const sluice_prof_opts *o) {
     coarse_res_ns = (uint64_t)res.tv_sec * 1000000000ull +
                     (uint64_t)res.tv_nsec;
   sluice__self_range_init();
+  sluice__fence_init();
   if ((rc = sluice__table_init())) return rc;
   if ((rc = sluice__stacks_init(o->max_stacks))) return rc;
   if ((rc = sluice__scopes_init(o))) return rc;

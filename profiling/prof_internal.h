@@ -123,6 +123,27 @@ static inline void sluice__lock_release(sluice__lock *l) {
   atomic_store_explicit(&l->v, 0, memory_order_release);
 }
 
+/* Asymmetric fences. Some handshakes pair a step every message takes (a
+ * cached begin marking itself busy, a nursery in use) with a rare one
+ * (key-value eviction, taking an idle nursery's activation back). The
+ * common side stores, then loads, with only a compiler barrier between
+ * (sluice__fence_light); the rare side stores, calls sluice__fence_heavy()
+ * (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): when it returns, every
+ * thread of the process has run a full memory barrier), then loads. Either
+ * the common side's load sees the rare side's store, or the rare side's
+ * load sees the common side's store, as with a sequentially consistent
+ * exchange on both sides, without a locked instruction per message.
+ * sluice__fences is 1 once the process is registered for it (at start,
+ * never cleared; SLUICE_PROF_MEMBARRIER=0 keeps it 0); while 0, the
+ * common side takes the sequentially consistent operations. */
+extern int sluice__fences SLUICE__HIDDEN;
+void sluice__fence_init(void);
+/* Only when sluice__fences is 1. */
+void sluice__fence_heavy(void);
+static inline void sluice__fence_light(void) {
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
 /* Per-thread records that outlive their thread (nurseries, end queues):
  * kept in a list that is never shortened, so that others may walk it at
  * any time, and claimed again by new threads once their owner has exited.

@@ -627,6 +627,9 @@ void sluice__kind_caches_drop(uint16_t qi) {
       any = 1;
     }
     if (!any) continue;
+    /* Cleared before the owners' fences: a cached begin that marked itself
+     * busy after them sees the cleared entry. */
+    if (sluice__fences) sluice__fence_heavy();
     /* A cached begin that read the entry before it was cleared has its
      * counts in the entry once it is not busy any more. */
     sluice__spin_while_set(&q->busy);
@@ -765,8 +768,15 @@ static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
   sluice__endq *q = t->endq;
   if (!q || !q->cslot) return 0;
   uint32_t ktag = kc_tag(key);
-  /* Against eviction (sluice__kind_caches_drop): busy, then the entry. */
-  atomic_store_explicit(&q->busy, 1, memory_order_seq_cst);
+  /* Against eviction (sluice__kind_caches_drop): busy, then the entry;
+   * the eviction's membarrier stands for the fence between (prof_internal.h:
+   * asymmetric fences), or a sequentially consistent store without it. */
+  if (SLUICE__LIKELY(sluice__fences)) {
+    atomic_store_explicit(&q->busy, 1, memory_order_relaxed);
+    sluice__fence_light();
+  } else {
+    atomic_store_explicit(&q->busy, 1, memory_order_seq_cst);
+  }
   uint32_t i = q->kc_last, k1 = 0;
   kcache *e;
   for (int n = 0; n < KCACHE; n++, i = (i + 1) % KCACHE) {

@@ -807,6 +807,46 @@ static void test_cached_evict(void **state) {
   sem_destroy(&ev_go);
 }
 
+/* Evictions racing cached begins: four threads deliver values of a queue
+ * with room for two, so that every few messages one thread evicts a value
+ * that the others have cached and may be beginning through at that moment
+ * (the eviction's side of the busy handshake: a membarrier, or without it
+ * the sequentially consistent exchange). Every message is counted once, in
+ * the row of the value it was begun with, and none stays open. */
+#define RACE_MSGS 3000
+static const char *const race_keys[] = {"r0", "r1", "r2", "r3", "r4"};
+static void *race_worker(void *arg) {
+  int w = (int)(intptr_t)arg;
+  for (uint64_t i = 0; i < RACE_MSGS; i++)
+    keyed_delivery("t.n.evrace", race_keys[(i / (uint64_t)(w + 1)) % 5], i + 1,
+                   0, NULL);
+  return NULL;
+}
+
+static void test_cached_evict_race(void **state) {
+  (void)state;
+  sluice_prof_memstats before, ms;
+  sluice_prof_memstats_read(&before);
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(
+        pthread_create(&th[i], NULL, race_worker, (void *)(intptr_t)i), 0);
+  for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  assert_int_equal(queue_messages("t.n.evrace"), 4 * RACE_MSGS);
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+  assert_int_equal(ms.scopes_refused, before.scopes_refused);
+  assert_true(ms.keys_overflow > before.keys_overflow);
+  sluice_prof_residual_stats v[64];
+  size_t n = sluice_prof_residual_stats_get(v, 64);
+  assert_true(n <= 64);
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(v[i].queue, "t.n.evrace")) {
+      assert_int_equal(v[i].with_residual, 0);
+      assert_int_equal(v[i].retained_bytes, 0);
+    }
+}
+
 /* Threads that exit with a slot kept and kinds cached give them back: 40
  * threads one after the other on a 16-slot pool. */
 static void *exit_worker(void *arg) {
@@ -911,6 +951,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup(test_cached_begins_threads, setup_none),
       cmocka_unit_test_setup(test_cached_begins_threads, setup_default),
       cmocka_unit_test_setup(test_cached_evict, setup_two_keys),
+      cmocka_unit_test_setup(test_cached_evict_race, setup_two_keys),
   };
   const struct CMUnitTest small_pool[] = {
       cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
