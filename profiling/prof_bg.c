@@ -71,11 +71,15 @@ static void *bg_main(void *arg) {
     /* Callbacks run here, on this thread: let them be profiled like any
      * other code of the program's. */
     sluice__t.guard--;
-    sluice_prof_poll();
+    sluice_prof_poll(); /* idle nurseries too */
     sluice__t.guard++;
     pthread_mutex_lock(&bg_mu);
   }
   pthread_mutex_unlock(&bg_mu);
+  /* Nobody takes idle nurseries back from now: they stop being sticky,
+   * and those idle now stop counting. */
+  sluice__nurs_sticky_set(0);
+  sluice__nurs_revoke_idle();
   return NULL;
 }
 
@@ -102,7 +106,11 @@ void sluice__bg_ensure(void) {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    if (pthread_create(&bg_thread, NULL, bg_main, NULL) == 0) bg_running = 1;
+    if (pthread_create(&bg_thread, NULL, bg_main, NULL) == 0) {
+      bg_running = 1;
+      /* Its polls take idle nurseries' counts back. */
+      sluice__nurs_sticky_set(1);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
   atomic_store(&started, 1); /* once tried: no retry storm on failure */

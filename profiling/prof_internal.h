@@ -525,6 +525,7 @@ void sluice__self_range_init(void);
  * being moved to the block table by the owner. Others scan the nurseries
  * only while some nursery other than theirs is active. */
 #define SLUICE__NURS_SLOTS 64
+#define SLUICE__NURS_REVOKING 2
 #define SLUICE__K_TAKEN 1u
 #define SLUICE__K_MOVING 2u
 
@@ -534,7 +535,13 @@ typedef struct sluice__nursery {
   _Atomic uint64_t size[SLUICE__NURS_SLOTS];
   _Atomic uint32_t ref; /* owner reference (slot) of every entry */
   _Atomic uint32_t n;   /* entries (written by the owner) */
-  _Atomic int active;   /* counted in sluice__nurs_active */
+  /* 1: counted in the flags' nursery count (SLUICE__F_NURS1); 0: not;
+   * SLUICE__NURS_REVOKING: the background thread is taking an idle
+   * nursery's count back (sluice__nurs_revoke_idle). */
+  _Atomic int active;
+  /* The owner is inside a scope with this nursery (owner-written): while
+   * set, the count is never taken back. */
+  _Atomic int busy;
   /* Live entries pushed out by newer blocks in the current scope (owner
    * only): past SLUICE__NURS_SLOTS the scope keeps more blocks alive than
    * the nursery holds, and its new blocks go to the block table directly
@@ -586,7 +593,7 @@ static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
   sluice__nursery *ns = t->nurs;
   uint32_t i = sluice__nurs_idx(p);
   if (SLUICE__UNLIKELY(
-          !ns || !atomic_load_explicit(&ns->active, memory_order_relaxed) ||
+          !ns || atomic_load_explicit(&ns->active, memory_order_relaxed) != 1 ||
           atomic_load_explicit(&ns->key[i], memory_order_relaxed)))
     return sluice__nurs_put_slow(t, p, n);
   atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
@@ -601,8 +608,27 @@ static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
 int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p,
                              struct sluice__rec *out);
 /* Move every entry to the block table (the scope changes or the thread
- * exits); the nursery is inactive after. */
+ * exits). The nursery stays counted as active after while nurseries are
+ * sticky (sluice__nurs_sticky), inactive otherwise. */
 void sluice__nurs_flush(sluice__tls *t);
+/* Nurseries stay counted as active across scopes (no read-modify-write of
+ * the shared flags word per scope) while the background thread runs and
+ * asymmetric fences work: that thread takes the count of an idle nursery
+ * back (sluice__nurs_revoke_idle) every poll interval. */
+extern int sluice__nurs_sticky SLUICE__HIDDEN;
+void sluice__nurs_sticky_set(int on);
+void sluice__nurs_revoke_idle(void);
+/* t enters a scope whose pending credits are for slot reference `ref`: its
+ * nursery's entries belong to it from now (the nursery is empty). */
+static inline void sluice__nurs_enter(sluice__tls *t, uint32_t ref) {
+  sluice__nursery *ns = t->nurs;
+  if (!ns) return;
+  atomic_store_explicit(&ns->ref, ref, memory_order_relaxed);
+  /* Busy, then (at the first put) the activation: see
+   * sluice__nurs_revoke_idle(). */
+  atomic_store_explicit(&ns->busy, 1, memory_order_relaxed);
+  sluice__fence_light();
+}
 /* The thread exits: give its nursery back (flushed before). */
 void sluice__nurs_release(sluice__tls *t);
 uint64_t sluice__nurs_count(void);

@@ -84,15 +84,53 @@ int sluice__nurs_settle(sluice__tls *t, sluice__nursery *ns, uint32_t i) {
   return evict(t, ns, i);
 }
 
+int sluice__nurs_sticky;
+
+void sluice__nurs_sticky_set(int on) {
+  __atomic_store_n(&sluice__nurs_sticky, on && sluice__fences,
+                   __ATOMIC_RELAXED);
+}
+
+/* The owner's view of `active` once the background thread is done with
+ * it (it never waits for the owner: a membarrier and a few loads). */
+static int active_settled(sluice__nursery *ns) {
+  unsigned spins = 0;
+  int a;
+  while ((a = atomic_load_explicit(&ns->active, memory_order_acquire)) ==
+         SLUICE__NURS_REVOKING) {
+    if (++spins < 64) sluice__cpu_relax();
+    else {
+      spins = 0;
+      sched_yield();
+    }
+  }
+  return a;
+}
+
 static void activate(sluice__tls *t, sluice__nursery *ns) {
+  atomic_store_explicit(&ns->ref, t->pend_ref, memory_order_relaxed);
+  atomic_store_explicit(&ns->busy, 1, memory_order_relaxed);
+  sluice__fence_light();               /* see sluice__nurs_revoke_idle() */
+  if (active_settled(ns) == 1) return; /* still counted (sticky) */
   if (!(sluice__flags_now() & SLUICE__F_TRACK)) /* frees must look */
     atomic_fetch_or(&sluice__flags, SLUICE__F_TRACK);
-  atomic_store_explicit(&ns->ref, t->pend_ref, memory_order_relaxed);
   atomic_store_explicit(&ns->active, 1, memory_order_relaxed);
   t->free_gate = 1; /* this thread's frees look in its nursery */
   /* Before the first entry is published: a thread that gets one of its
    * blocks from this one sees the count. */
   atomic_fetch_add_explicit(&sluice__flags, SLUICE__F_NURS1,
+                            memory_order_seq_cst);
+}
+
+/* The nursery (empty) stops counting as active. */
+static void deactivate(sluice__tls *t, sluice__nursery *ns) {
+  atomic_store_explicit(&ns->busy, 0, memory_order_release);
+  if (active_settled(ns) != 1) return; /* taken back meanwhile */
+  atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+  t->free_gate = t->state != SLUICE__T_LIVE;
+  /* After the entries reached the table: a thread that sees the count
+   * fall looks there. */
+  atomic_fetch_sub_explicit(&sluice__flags, SLUICE__F_NURS1,
                             memory_order_seq_cst);
 }
 
@@ -117,7 +155,7 @@ SLUICE__NOINLINE static int put_slower(sluice__tls *t, uintptr_t p,
     if (!ns) return 0;
   }
   if (SLUICE__UNLIKELY(
-          !atomic_load_explicit(&ns->active, memory_order_relaxed)))
+          atomic_load_explicit(&ns->active, memory_order_relaxed) != 1))
     activate(t, ns);
   uint32_t i = sluice__nurs_idx(p);
   uintptr_t k = atomic_load_explicit(&ns->key[i], memory_order_relaxed);
@@ -139,7 +177,7 @@ int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n) {
   sluice__nursery *ns = t->nurs;
   /* The first block of a scope: the nursery is activated, its slot free. */
   if (SLUICE__LIKELY(ns != NULL) &&
-      !atomic_load_explicit(&ns->active, memory_order_relaxed)) {
+      atomic_load_explicit(&ns->active, memory_order_relaxed) != 1) {
     activate(t, ns);
     uint32_t i = sluice__nurs_idx(p);
     if (SLUICE__LIKELY(
@@ -198,20 +236,70 @@ void sluice__nurs_flush(sluice__tls *t) {
   if (atomic_load_explicit(&ns->n, memory_order_relaxed)) evict_all(t, ns);
   /* Entries taken by others were counted in n until cleared above. */
   ns->evicted = 0;
-  atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
-  t->free_gate = t->state != SLUICE__T_LIVE;
-  /* After the entries reached the table: a thread that sees the count
-   * fall looks there. */
-  atomic_fetch_sub_explicit(&sluice__flags, SLUICE__F_NURS1,
-                            memory_order_seq_cst);
+  if (SLUICE__LIKELY(__atomic_load_n(&sluice__nurs_sticky, __ATOMIC_RELAXED))) {
+    /* Still counted: the next scope's first block needs no activation.
+     * After the entries reached the table (release): the background
+     * thread that sees the nursery idle may take its count back. */
+    atomic_store_explicit(&ns->busy, 0, memory_order_release);
+    /* Empty: this thread's frees need not look in it (while it counts, a
+     * block of its next scope is found through the count: free_nurs). */
+    t->free_gate = t->state != SLUICE__T_LIVE;
+    return;
+  }
+  deactivate(t, ns);
 }
 
 void sluice__nurs_release(sluice__tls *t) {
   sluice__nursery *ns = t->nurs;
   if (!ns) return;
   sluice__nurs_flush(t);
+  deactivate(t, ns);
   t->nurs = NULL;
   sluice__unclaim(&ns->hdr);
+}
+
+/* The background thread, every poll interval: the nurseries counted as
+ * active whose owner is outside any scope (busy 0, so empty) stop counting,
+ * so that frees elsewhere take the short path again while their owners
+ * idle. Against the owner's next activation, which reads `active` after
+ * setting busy with only a compiler barrier (sluice__nurs_enter): `active`
+ * becomes REVOKING, the membarrier runs, then busy is read. Either the owner
+ * set busy before the membarrier (read here: the count stays), or it reads
+ * REVOKING or 0 afterwards (its first put takes the slow path, which waits
+ * until the count is settled and activates again if it was taken). Under
+ * the list's lock: a fork sees no nursery REVOKING. Without sticky
+ * nurseries (stopped), every idle one is taken back. */
+void sluice__nurs_revoke_idle(void) {
+  if (!sluice__fences) return;
+  sluice__lock_acquire(&nurseries.lock);
+  int any = 0;
+  for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns)) {
+    int one = 1;
+    if (atomic_load_explicit(&ns->busy, memory_order_relaxed) ||
+        atomic_load_explicit(&ns->active, memory_order_relaxed) != 1)
+      continue;
+    any |= atomic_compare_exchange_strong_explicit(&ns->active, &one,
+                                                   SLUICE__NURS_REVOKING,
+                                                   memory_order_seq_cst,
+                                                   memory_order_relaxed);
+  }
+  if (any) {
+    sluice__fence_heavy();
+    for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns)) {
+      if (atomic_load_explicit(&ns->active, memory_order_relaxed) !=
+          SLUICE__NURS_REVOKING)
+        continue;
+      if (atomic_load_explicit(&ns->busy, memory_order_acquire) ||
+          atomic_load_explicit(&ns->n, memory_order_relaxed)) {
+        atomic_store_explicit(&ns->active, 1, memory_order_release);
+        continue;
+      }
+      atomic_fetch_sub_explicit(&sluice__flags, SLUICE__F_NURS1,
+                                memory_order_seq_cst);
+      atomic_store_explicit(&ns->active, 0, memory_order_release);
+    }
+  }
+  sluice__lock_release(&nurseries.lock);
 }
 
 uint64_t sluice__nurs_count(void) {
@@ -246,6 +334,7 @@ void sluice__nurs_fork_child(sluice__tls *self) {
     atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
     atomic_store_explicit(&ns->hdr.owned, 0, memory_order_relaxed);
   }
+  sluice__nurs_sticky_set(0); /* no background thread here (yet) */
   unsigned f = atomic_load_explicit(&sluice__flags, memory_order_relaxed);
   atomic_store_explicit(&sluice__flags,
                         (f & (SLUICE__F_NURS1 - 1)) + active * SLUICE__F_NURS1,

@@ -192,6 +192,7 @@ static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
   t->pend_ref = ref;
   t->pend_gen = &s->gen;
   t->pend_pin = &s->xrefs;
+  sluice__nurs_enter(t, ref);
   return 1;
 }
 
@@ -1181,6 +1182,7 @@ size_t sluice_prof_poll(void) {
     sluice__notes_dispatch(&ns);
     done += batch;
   } while (batch);
+  sluice__nurs_revoke_idle();
   return done;
 }
 

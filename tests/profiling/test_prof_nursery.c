@@ -931,6 +931,99 @@ static void test_cached_fork(void **state) {
   sem_destroy(&fk_go);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Sticky nurseries (prof_nursery.c): with a background thread (here one
+ * that never wakes up by itself), a nursery stays counted as active across
+ * its thread's scopes, and sluice_prof_poll() takes the count of an idle
+ * one back. Exact figures whether the count was taken back between two
+ * scopes, or a poll ran while the owner was inside one. */
+
+static int setup_sticky(void **state) {
+  (void)state;
+  sluice_prof_opts o = {
+      .sample_rate = SLUICE_PROF_RATE_NONE,
+      .grace_ms = 1000,
+      .poll_ms = 600000,
+      .now_ns = test_clock,
+  };
+  assert_int_equal(sluice_prof_start(&o), 0);
+  return 0;
+}
+
+static void *poll_once(void *arg) {
+  (void)arg;
+  sluice_prof_poll();
+  return NULL;
+}
+
+static void test_sticky_revoke(void **state) {
+  (void)state;
+  freer_start();
+  uint64_t want_b = 0;
+  void *late[50][2];
+  for (int r = 0; r < 50; r++) {
+    sluice_prof_scope s = sluice_prof_scope_begin("t.n.sticky", 1, 1);
+    assert_true(s != 0);
+    sluice_prof_scope prev = sluice_prof_scope_enter(s);
+    void *v[8];
+    for (int i = 0; i < 8; i++) v[i] = TALLOC(40 + (size_t)i);
+    /* Every third round a poll on the other thread while this one is
+     * inside: its nursery is busy, its count stays. */
+    if (r % 3 == 1) on_freer(poll_once, NULL);
+    hand h = {v, 4}; /* freed there, from this thread's nursery */
+    freer_run(&h);
+    TFREE(v[4]);
+    TFREE(v[5]);
+    uint64_t b, n;
+    usage(s, &b, &n);
+    assert_int_equal(b, 46 + 47);
+    assert_int_equal(n, 2);
+    sluice_prof_scope_enter(prev);
+    sluice_prof_residual res;
+    assert_int_equal(sluice_prof_scope_end(s, SLUICE_ACK, &res), 0);
+    assert_int_equal(res.bytes, 46 + 47);
+    assert_int_equal(res.objects, 2);
+    want_b += 46 + 47;
+    late[r][0] = v[6];
+    late[r][1] = v[7];
+    /* Idle now: every other round its count is taken back, by a poll on
+     * this thread or the other one. */
+    if (r % 2 == 0) sluice_prof_poll();
+    else if (r % 4 == 1) on_freer(poll_once, NULL);
+  }
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.sticky", &st), 0);
+  assert_int_equal(st.messages, 50);
+  assert_int_equal(st.retained_bytes, want_b);
+  for (int r = 0; r < 50; r++) {
+    hand h = {late[r], 2};
+    freer_run(&h);
+  }
+  freer_stop();
+  assert_int_equal(get_stats("t.n.sticky", &st), 0);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(st.retained_objects, 0);
+}
+
+/* The ring of threads exchanging blocks while another thread polls without
+ * pause: counts taken back and taken again race every scope's first
+ * block and the frees of blocks that are in another thread's nursery. */
+static atomic_int poller_stop;
+static void *poller(void *arg) {
+  (void)arg;
+  while (!atomic_load(&poller_stop)) sluice_prof_poll();
+  return NULL;
+}
+
+static void test_sticky_ring(void **state) {
+  pthread_t pt;
+  atomic_store(&poller_stop, 0);
+  assert_int_equal(pthread_create(&pt, NULL, poller, NULL), 0);
+  test_ring_of_threads(state);
+  atomic_store(&poller_stop, 1);
+  pthread_join(pt, NULL);
+}
+
 /* The tests on a 16-slot pool run in a process of their own (ctest
  * test_prof_nursery_small_pool): a pool's size is fixed at the first
  * sluice_prof_start() in a process. */
@@ -952,6 +1045,10 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup(test_cached_begins_threads, setup_default),
       cmocka_unit_test_setup(test_cached_evict, setup_two_keys),
       cmocka_unit_test_setup(test_cached_evict_race, setup_two_keys),
+      cmocka_unit_test_setup(test_sticky_revoke, setup_sticky),
+      cmocka_unit_test_setup(test_sticky_ring, setup_sticky),
+      cmocka_unit_test_setup(test_cached_begins_threads, setup_sticky),
+      cmocka_unit_test_setup(test_many_blocks, setup_sticky),
   };
   const struct CMUnitTest small_pool[] = {
       cmocka_unit_test_setup(test_clean_ends_small_pool, setup_small_pool),
