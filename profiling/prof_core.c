@@ -24,7 +24,7 @@
 #define INITIAL_TLS                                                       \
   {                                                                       \
     .sample_left = SLUICE__COUNTDOWN(0), .cd_mark = SLUICE__COUNTDOWN(0), \
-    .free_gate = 1, .frees = SLUICE__FREES_UNREG                          \
+    .free_gate = 1, .nurs_shut = 1, .frees = SLUICE__FREES_UNREG          \
   }
 __thread sluice__tls sluice__t
     __attribute__((tls_model("initial-exec"))) = INITIAL_TLS;
@@ -149,6 +149,7 @@ static void tls_dtor(void *arg) {
   fold_dead(t);
   t->state = SLUICE__T_DEAD;
   t->free_gate = 1;
+  t->nurs_shut = 1;
   pthread_mutex_unlock(&reg_mu);
 }
 
@@ -176,6 +177,7 @@ void sluice__tls_register(sluice__tls *t) {
     atomic_store_explicit(&t->frees, sluice__frees_of(t), memory_order_relaxed);
     t->free_gate = t->nurs &&
                    atomic_load_explicit(&t->nurs->active, memory_order_relaxed);
+    sluice__nurs_gate(t);
   }
   pthread_mutex_unlock(&reg_mu);
   pthread_setspecific(reg_key, t);

@@ -218,6 +218,13 @@ typedef struct sluice__tls {
   /* The current scope keeps more blocks alive than the nursery holds: its
    * blocks go to the block table until the thread leaves it. */
   uint8_t nurs_off;
+  /* Zero only while a scoped malloc may put its block in the nursery as
+   * far as these say: a pending slot, a nursery, not nurs_off, no
+   * capture, registered (sluice__nurs_gate). One word for the hot path's
+   * five tests (the guard, the slot's generation and the countdown are
+   * tested apart). Set whenever one of them turns against it; computed
+   * again where they may all turn for it. */
+  int nurs_shut;
   /* Scopes this thread ended with nothing live, for the scope lock's next
    * holder to account (prof_scope.c); NULL until the first. */
   struct sluice__endq *endq;
@@ -589,11 +596,11 @@ int sluice__nurs_settle(sluice__tls *t, sluice__nursery *ns, uint32_t i);
  * pending credits), 0 when the caller must record it in the block table.
  * Inline for the common case (an active nursery, a free slot). */
 int sluice__nurs_put_slow(sluice__tls *t, uintptr_t p, uint64_t n);
-static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
-  sluice__nursery *ns = t->nurs;
+static inline int sluice__nurs_put_in(sluice__tls *t, sluice__nursery *ns,
+                                      uintptr_t p, uint64_t n) {
   uint32_t i = sluice__nurs_idx(p);
   if (SLUICE__UNLIKELY(
-          !ns || atomic_load_explicit(&ns->active, memory_order_relaxed) != 1 ||
+          atomic_load_explicit(&ns->active, memory_order_relaxed) != 1 ||
           atomic_load_explicit(&ns->key[i], memory_order_relaxed)))
     return sluice__nurs_put_slow(t, p, n);
   atomic_store_explicit(&ns->size[i], n, memory_order_relaxed);
@@ -603,6 +610,11 @@ static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
                         memory_order_relaxed);
   sluice__pend_add(t, (int64_t)n, 1);
   return 1;
+}
+static inline int sluice__nurs_put(sluice__tls *t, uintptr_t p, uint64_t n) {
+  sluice__nursery *ns = t->nurs;
+  if (SLUICE__UNLIKELY(!ns)) return sluice__nurs_put_slow(t, p, n);
+  return sluice__nurs_put_in(t, ns, p, n);
 }
 /* Another thread's nursery may hold p: take it (1, with its record). */
 int sluice__nurs_take_remote(sluice__tls *t, uintptr_t p,
@@ -690,6 +702,12 @@ static inline void sluice__scope_flush(sluice__tls *t) {
 /* In the child of fork(): t is another thread's, gone; drop its pin. */
 void sluice__scope_unpin_dead(sluice__tls *t);
 
+/* t->nurs_shut from what it stands for. */
+static inline void sluice__nurs_gate(sluice__tls *t) {
+  t->nurs_shut = !(t->pend_ref && t->nurs && !t->nurs_off && !t->capture &&
+                   t->state == SLUICE__T_LIVE);
+}
+
 /* The thread's current scope becomes s: pending credits are flushed, and
  * the countdown is armed on the way in, restored on the way out. */
 static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
@@ -703,21 +721,7 @@ static inline void sluice__tls_set_scope(sluice__tls *t, uint64_t s) {
   }
   t->scope = s;
   t->capture = 0; /* sluice_prof_scope_enter() sets it for its scope */
-}
-/* A block of n bytes at p just allocated inside the thread's scope: when it
- * is not sampled and the scope is the one its pending credits are for (and
- * still open), it goes to the nursery here (1); otherwise 0 and the slow
- * path (sluice__alloc_prepare) decides, the countdown untouched. */
-static inline int sluice__scoped_fast(sluice__tls *t, void *p, size_t n) {
-  if (!t->pend_ref || !t->nurs || t->nurs_off || t->guard || t->capture ||
-      t->state != SLUICE__T_LIVE ||
-      atomic_load_explicit(t->pend_gen, memory_order_relaxed) !=
-          (uint32_t)(t->scope >> 32))
-    return 0;
-  int64_t left = t->saved_left - (int64_t)n;
-  if (left < 0 || !sluice__nurs_put(t, (uintptr_t)p, n)) return 0;
-  t->saved_left = left; /* sample_left stays armed: only t writes it */
-  return 1;
+  /* nurs_shut: set by the flush (no pending slot now). */
 }
 /* The record of p wherever it is: this thread's nursery, another thread's
  * (looked at before the table: see prof_nursery.c), the block table. 1 if

@@ -126,14 +126,15 @@ SLUICE__NOINLINE static void *malloc_slow(size_t n) {
   if (!t->scope) return malloc_record(t, NULL, n);
   void *p = __libc_malloc(n);
   if (SLUICE__UNLIKELY(p == NULL)) return p;
-  /* sluice__scoped_fast(), the countdown tested before the nursery put
-   * and written after it (no register kept across the put). */
-  if (SLUICE__LIKELY(t->pend_ref && t->nurs && !t->nurs_off && !t->guard &&
-                     !t->capture && t->state == SLUICE__T_LIVE &&
+  /* The nursery may take it (nurs_shut: a pending slot, a nursery, no
+   * capture, registered), the scope is still open, not sampled: the
+   * countdown tested before the nursery put and written after it (no
+   * register kept across the put). */
+  if (SLUICE__LIKELY(!(t->nurs_shut | t->guard) &&
                      atomic_load_explicit(t->pend_gen, memory_order_relaxed) ==
                          (uint32_t)(t->scope >> 32) &&
                      t->saved_left >= (int64_t)n) &&
-      SLUICE__LIKELY(sluice__nurs_put(t, (uintptr_t)p, n))) {
+      SLUICE__LIKELY(sluice__nurs_put_in(t, t->nurs, (uintptr_t)p, n))) {
     t->saved_left -= (int64_t)n; /* sample_left stays armed */
     return p;
   }

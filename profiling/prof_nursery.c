@@ -153,6 +153,7 @@ SLUICE__NOINLINE static int put_slower(sluice__tls *t, uintptr_t p,
     ns = t->nurs = sluice__claim_get(&nurseries, sizeof *ns);
     t->guard--;
     if (!ns) return 0;
+    sluice__nurs_gate(t);
   }
   if (SLUICE__UNLIKELY(
           atomic_load_explicit(&ns->active, memory_order_relaxed) != 1))
@@ -165,6 +166,7 @@ SLUICE__NOINLINE static int put_slower(sluice__tls *t, uintptr_t p,
     if (!(k & SLUICE__K_TAKEN) && ns->evicted++ >= SLUICE__NURS_SLOTS) {
       sluice__nurs_flush(t); /* all to the table; frees look there */
       t->nurs_off = 1;
+      t->nurs_shut = 1;
       return 0;
     }
     if (!evict(t, ns, i)) return 0;
@@ -255,6 +257,7 @@ void sluice__nurs_release(sluice__tls *t) {
   sluice__nurs_flush(t);
   deactivate(t, ns);
   t->nurs = NULL;
+  t->nurs_shut = 1;
   sluice__unclaim(&ns->hdr);
 }
 

@@ -181,6 +181,14 @@ void sluice__scope_xref(uint32_t ref, int delta) {
  * end bumps the generation, then reads xrefs (seq_cst both): either the
  * end sees the pin, or the pinning thread sees the end and does not take
  * the slot. */
+static inline void pend_pinned(sluice__tls *t, slot *s, uint32_t ref) {
+  t->pend_ref = ref;
+  t->pend_gen = &s->gen;
+  t->pend_pin = &s->xrefs;
+  sluice__nurs_enter(t, ref);
+  sluice__nurs_gate(t);
+}
+
 static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
                            uint32_t gen) {
   atomic_fetch_add_explicit(&s->xrefs, 1, memory_order_seq_cst);
@@ -189,10 +197,7 @@ static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
     atomic_fetch_sub_explicit(&s->xrefs, 1, memory_order_release);
     return 0;
   }
-  t->pend_ref = ref;
-  t->pend_gen = &s->gen;
-  t->pend_pin = &s->xrefs;
-  sluice__nurs_enter(t, ref);
+  pend_pinned(t, s, ref);
   return 1;
 }
 
@@ -200,21 +205,33 @@ int sluice__scope_pend_set(sluice__tls *t, uint32_t ref, uint32_t gen) {
   return pend_set(t, slot_at(ref - 1), ref, gen);
 }
 
-void sluice__scope_flush_slow(sluice__tls *t) {
+/* t's pending credits and nursery entries to their slot; t has no pending
+ * slot after, but still pins it: the pin is returned. */
+static inline _Atomic int32_t *flush_keep_pin(sluice__tls *t) {
   uint32_t ref = t->pend_ref;
   if (t->nurs) sluice__nurs_flush(t); /* its credits are pending ones */
   t->nurs_off = 0;
   if (t->pend_b || t->pend_n) sluice__scope_credit(ref, t->pend_b, t->pend_n);
   t->pend_ref = 0;
+  t->nurs_shut = 1;
   t->pend_b = t->pend_n = 0;
+  return t->pend_pin;
+}
+
+static inline void unpin(_Atomic int32_t *pin) {
   /* After the credits: whoever reads xrefs == 0 (acquire) sees them. */
-  atomic_fetch_sub_explicit(t->pend_pin, 1, memory_order_release);
+  atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+}
+
+void sluice__scope_flush_slow(sluice__tls *t) {
+  unpin(flush_keep_pin(t));
 }
 
 void sluice__scope_unpin_dead(sluice__tls *t) {
   if (!t->pend_ref) return;
   atomic_fetch_sub_explicit(t->pend_pin, 1, memory_order_relaxed);
   t->pend_ref = 0;
+  t->nurs_shut = 1;
   t->pend_b = t->pend_n = 0;
 }
 
@@ -904,6 +921,7 @@ sluice_prof_scope sluice_prof_scope_enter(sluice_prof_scope s) {
     if (ref) {
       t->capture = atomic_load_explicit(&slot_at(ref - 1)->capture,
                                         memory_order_relaxed);
+      sluice__nurs_gate(t);
       if (t->scope == s && !t->pend_ref)
         pend_set(t, slot_at(ref - 1), ref, (uint32_t)(s >> 32));
     }
@@ -1027,10 +1045,28 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
+/* The ending thread pins the slot (its pin the only one, xrefs 1) and the
+ * generation is still `gen`: one compare-and-swap of the two (adjacent, one
+ * aligned 64-bit word) drops the pin and ends the scope, where the unpin and
+ * the end's own compare-and-swap were two read-modify-writes. Otherwise 0:
+ * nothing changed. */
+_Static_assert(offsetof(slot, gen) == offsetof(slot, xrefs) + 4 &&
+                   offsetof(slot, xrefs) % 8 == 0,
+               "xrefs and gen form one aligned 64-bit word");
+static inline int end_unpin(slot *s, uint32_t gen) {
+  uint64_t *w = (uint64_t *)(void *)&s->xrefs;
+  uint64_t pinned = (uint64_t)gen << 32 | 1u;
+  uint64_t next = (uint64_t)(uint32_t)(gen + 1) << 32;
+  return __atomic_compare_exchange_n(w, &pinned, next, 0, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_RELAXED);
+}
+
 /* The end of scope h when it is clean: 0 when done here (or -EINVAL),
- * 1 when the caller must take the lock. */
-static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
-                    sluice_prof_residual *out, int from_hook) {
+ * 1 when the caller must take the lock. *pin: the ending thread's pin of
+ * the slot when it held one (see end_unpin); NULL after when dropped. */
+static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
+                              sluice_prof_residual *out, int from_hook,
+                              _Atomic int32_t **pin) {
   uint32_t idx = (uint32_t)h;
   if (!atomic_load_explicit(&R.fast_end, memory_order_relaxed) || !R.chunks ||
       idx >= R.max_slots)
@@ -1051,9 +1087,13 @@ static int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
   uint32_t hd = atomic_load_explicit(&q->head, memory_order_relaxed);
   if (hd - atomic_load_explicit(&q->tail, memory_order_acquire) == ENDQ_CAP)
     return 1; /* full: the slow end applies it */
-  if (!atomic_compare_exchange_strong_explicit(
-          &s->gen, &gen, gen + 1, memory_order_seq_cst, memory_order_relaxed))
+  if (*pin && end_unpin(s, gen)) {
+    *pin = NULL; /* dropped with the generation's bump */
+  } else if (!atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
+                                                      memory_order_seq_cst,
+                                                      memory_order_relaxed)) {
     return SLUICE_EINVAL; /* ended by another thread meanwhile */
+  }
   /* Ended. A thread that entered the scope meanwhile has pinned it (see
    * sluice__scope_pend_set): then the end takes the lock. */
   if (SLUICE__UNLIKELY(
@@ -1148,12 +1188,26 @@ SLUICE__NOINLINE static int scope_end_locked(sluice__tls *t,
   return 0;
 }
 
+static inline int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
+                           sluice_prof_residual *out, int from_hook,
+                           _Atomic int32_t *pin) {
+  int rc = fast_end_in(t, h, outcome, out, from_hook, &pin);
+  if (pin) unpin(pin); /* not dropped by the end: before the lock's path */
+  return rc;
+}
+
 static int scope_end(sluice_prof_scope h, int outcome,
                      sluice_prof_residual *out, int from_hook) {
   sluice__tls *t = &sluice__t;
-  if (t->scope == h) sluice__tls_set_scope(t, 0);
+  _Atomic int32_t *pin = NULL;
+  if (t->scope == h) {
+    /* Its pending credits are for this scope: settled, and the pin kept
+     * for the end to drop. */
+    if (t->pend_ref == (uint32_t)h + 1) pin = flush_keep_pin(t);
+    sluice__tls_set_scope(t, 0);
+  }
   if (outcome < 0 || outcome >= N_OUT) outcome = SLUICE_OUTCOME_ERROR;
-  int rc = fast_end(t, h, outcome, out, from_hook);
+  int rc = fast_end(t, h, outcome, out, from_hook, pin);
   if (rc <= 0) return rc;
   return scope_end_locked(t, h, outcome, out, from_hook, rc);
 }
