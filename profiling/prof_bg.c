@@ -39,6 +39,7 @@ static pthread_t bg_thread;
 static int bg_running, bg_stopping;
 static _Atomic long poll_ms = DEFAULT_POLL_MS;
 static _Atomic int started; /* fast-path flag for sluice__bg_ensure */
+int sluice__bg_live;
 
 static void cv_init(void) {
   pthread_condattr_t a;
@@ -78,6 +79,7 @@ static void *bg_main(void *arg) {
   pthread_mutex_unlock(&bg_mu);
   /* Nobody takes idle nurseries back from now: they stop being sticky,
    * and those idle now stop counting. */
+  __atomic_store_n(&sluice__bg_live, 0, __ATOMIC_RELAXED);
   sluice__nurs_sticky_set(0);
   sluice__nurs_revoke_idle();
   return NULL;
@@ -108,6 +110,7 @@ void sluice__bg_ensure(void) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (pthread_create(&bg_thread, NULL, bg_main, NULL) == 0) {
       bg_running = 1;
+      __atomic_store_n(&sluice__bg_live, 1, __ATOMIC_RELAXED);
       /* Its polls take idle nurseries' counts back. */
       sluice__nurs_sticky_set(1);
     }
@@ -166,6 +169,7 @@ void sluice__bg_fork_child(void) {
   bg_running = 0;
   bg_stopping = 0;
   atomic_store(&started, 0);
+  __atomic_store_n(&sluice__bg_live, 0, __ATOMIC_RELAXED);
 }
 
 __attribute__((destructor)) static void bg_fini(void) {

@@ -628,6 +628,8 @@ void sluice__nurs_flush(sluice__tls *t);
  * asymmetric fences work: that thread takes the count of an idle nursery
  * back (sluice__nurs_revoke_idle) every poll interval. */
 extern int sluice__nurs_sticky SLUICE__HIDDEN;
+/* The background thread runs (it polls every poll_ms). */
+extern int sluice__bg_live SLUICE__HIDDEN;
 void sluice__nurs_sticky_set(int on);
 void sluice__nurs_revoke_idle(void);
 /* t enters a scope whose pending credits are for slot reference `ref`: its

@@ -532,6 +532,7 @@ typedef struct sluice__endq {
    * handle given out. */
   uint32_t cslot;
   uint32_t kc_last; /* the entry used last */
+  uint64_t now;     /* the clock at the current batch's first end (owner) */
   uint32_t kc_next; /* the entry a miss replaces next */
   kcache kc[KCACHE];
   ended e[ENDQ_CAP];
@@ -1085,8 +1086,8 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
   sluice__endq *q = endq_mine(t);
   if (SLUICE__UNLIKELY(!q)) return 1;
   uint32_t hd = atomic_load_explicit(&q->head, memory_order_relaxed);
-  if (hd - atomic_load_explicit(&q->tail, memory_order_acquire) == ENDQ_CAP)
-    return 1; /* full: the slow end applies it */
+  uint32_t tl = atomic_load_explicit(&q->tail, memory_order_acquire);
+  if (hd - tl == ENDQ_CAP) return 1; /* full: the slow end applies it */
   if (*pin && end_unpin(s, gen)) {
     *pin = NULL; /* dropped with the generation's bump */
   } else if (!atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
@@ -1106,7 +1107,15 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
   ended *x = &q->e[hd % ENDQ_CAP];
   x->kind = s->kind;
   x->outcome = (uint32_t)outcome;
-  x->now = sluice__now_ns();
+  /* The clock once per batch: the first end queued since the queue was
+   * last applied reads it, the others of the batch take its time, while
+   * the background thread runs (it applies every queue each poll_ms: a
+   * time is at most one poll interval old, about what the coarse clock's
+   * resolution is at high rates, where 32 ends fill a batch in a few ms).
+   * Without it, every end reads the clock. */
+  if (hd == tl || !__atomic_load_n(&sluice__bg_live, __ATOMIC_RELAXED))
+    q->now = sluice__now_ns();
+  x->now = q->now;
   /* The slot is idle now: kept for this thread's next begin, or given back
    * when the queue is applied. */
   if (!q->cslot) {
