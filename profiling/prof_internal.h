@@ -632,6 +632,23 @@ extern int sluice__nurs_sticky SLUICE__HIDDEN;
 extern int sluice__bg_live SLUICE__HIDDEN;
 void sluice__nurs_sticky_set(int on);
 void sluice__nurs_revoke_idle(void);
+/* The common case of sluice__nurs_flush() at the end of a scope, inline:
+ * an empty sticky nursery only stops being busy. */
+static inline void sluice__nurs_leave(sluice__tls *t) {
+  sluice__nursery *ns = t->nurs;
+  if (!ns) return;
+  if (SLUICE__LIKELY(
+          atomic_load_explicit(&ns->active, memory_order_relaxed) == 1 &&
+          !atomic_load_explicit(&ns->n, memory_order_relaxed) && !ns->evicted &&
+          __atomic_load_n(&sluice__nurs_sticky, __ATOMIC_RELAXED))) {
+    /* After the entries left (release): see sluice__nurs_revoke_idle(). */
+    atomic_store_explicit(&ns->busy, 0, memory_order_release);
+    t->free_gate = t->state != SLUICE__T_LIVE;
+    return;
+  }
+  sluice__nurs_flush(t);
+}
+
 /* t enters a scope whose pending credits are for slot reference `ref`: its
  * nursery's entries belong to it from now (the nursery is empty). */
 static inline void sluice__nurs_enter(sluice__tls *t, uint32_t ref) {
@@ -708,6 +725,11 @@ void sluice__scope_unpin_dead(sluice__tls *t);
 static inline void sluice__nurs_gate(sluice__tls *t) {
   t->nurs_shut = !(t->pend_ref && t->nurs && !t->nurs_off && !t->capture &&
                    t->state == SLUICE__T_LIVE);
+}
+/* The same just after t took its pending slot (pend_ref set). */
+static inline void sluice__nurs_gate_pinned(sluice__tls *t) {
+  t->nurs_shut =
+      !(t->nurs && !t->nurs_off && !t->capture && t->state == SLUICE__T_LIVE);
 }
 
 /* The thread's current scope becomes s: pending credits are flushed, and

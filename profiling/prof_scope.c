@@ -186,7 +186,7 @@ static inline void pend_pinned(sluice__tls *t, slot *s, uint32_t ref) {
   t->pend_gen = &s->gen;
   t->pend_pin = &s->xrefs;
   sluice__nurs_enter(t, ref);
-  sluice__nurs_gate(t);
+  sluice__nurs_gate_pinned(t);
 }
 
 static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
@@ -209,7 +209,7 @@ int sluice__scope_pend_set(sluice__tls *t, uint32_t ref, uint32_t gen) {
  * slot after, but still pins it: the pin is returned. */
 static inline _Atomic int32_t *flush_keep_pin(sluice__tls *t) {
   uint32_t ref = t->pend_ref;
-  if (t->nurs) sluice__nurs_flush(t); /* its credits are pending ones */
+  sluice__nurs_leave(t); /* its credits are pending ones */
   t->nurs_off = 0;
   if (t->pend_b || t->pend_n) sluice__scope_credit(ref, t->pend_b, t->pend_n);
   t->pend_ref = 0;
