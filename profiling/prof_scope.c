@@ -721,13 +721,23 @@ static int64_t cached_open(void) {
  * group's curve gets its points at the same messages with the same times
  * (each message is offered to it), since nothing it reads depends on the
  * open counts. Returns where it stopped. */
+/* The message count at which group g's next curve point is due (what
+ * sluice__group_message() tests: none yet, or `interval` messages after
+ * the last point). */
+static inline uint64_t curve_due(const grp *g) {
+  return g->n_pts ? g->pts[g->n_pts - 1].m + g->interval : 0;
+}
+
 static uint32_t apply_ends(notes *ns, sluice__endq *q, uint32_t tl, uint32_t hd,
                            uint64_t *last) {
   uint32_t k = UINT32_MAX, o = 0, gi = 0;
   grp *g = NULL;
-  int64_t n = 0; /* ends of kind k not yet taken from its open count */
+  int64_t n = 0;    /* ends of kind k not yet taken from its open count */
+  uint64_t due = 0; /* g's message count at which its next point is due */
   uint64_t now = *last;
-  for (; tl != hd && notes_room(ns); tl++) {
+  /* Only a curve point adds notes: the room is looked at after each. */
+  if (!notes_room(ns)) return tl;
+  while (tl != hd) {
     const ended *x = &q->e[tl % ENDQ_CAP];
     if (x->kind != k || x->outcome != o) {
       if (n) {
@@ -740,13 +750,17 @@ static uint32_t apply_ends(notes *ns, sluice__endq *q, uint32_t tl, uint32_t hd,
       o = x->outcome;
       gi = sluice__group_of_fast(k, (int)o);
       g = group_at(gi);
+      due = curve_due(g);
     }
     now = x->now;
     if (x->slot) sluice__slot_free(x->slot - 1);
-    g->messages++;
     n++;
-    if (!g->n_pts || g->messages - g->pts[g->n_pts - 1].m >= g->interval)
+    tl++;
+    if (++g->messages >= due) {
       sluice__group_message(ns, gi, now);
+      due = curve_due(g);
+      if (!notes_room(ns)) break;
+    }
   }
   if (n) {
     R.kinds[k].open -= n;
@@ -1046,6 +1060,20 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
+/* The thread's queue of clean ends is full: every queue applied under the
+ * lock (as the next slow end would), callbacks run after. The new tail. */
+SLUICE__NOINLINE static uint32_t ends_drain(sluice__endq *q) {
+  notes ns;
+  sluice__enter_guard();
+  sluice__lock_acquire(&R.mu);
+  sluice__notes_init(&ns);
+  sluice__ends_apply(&ns);
+  sluice__lock_release(&R.mu);
+  sluice__leave_guard();
+  sluice__notes_dispatch(&ns);
+  return atomic_load_explicit(&q->tail, memory_order_acquire);
+}
+
 /* The ending thread pins the slot (its pin the only one, xrefs 1) and the
  * generation is still `gen`: one compare-and-swap of the two (adjacent, one
  * aligned 64-bit word) drops the pin and ends the scope, where the unpin and
@@ -1087,7 +1115,11 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
   if (SLUICE__UNLIKELY(!q)) return 1;
   uint32_t hd = atomic_load_explicit(&q->head, memory_order_relaxed);
   uint32_t tl = atomic_load_explicit(&q->tail, memory_order_acquire);
-  if (hd - tl == ENDQ_CAP) return 1; /* full: the slow end applies it */
+  if (SLUICE__UNLIKELY(hd - tl == ENDQ_CAP)) {
+    /* Full: applied under the lock here, then this end is queued. */
+    tl = ends_drain(q);
+    if (hd - tl == ENDQ_CAP) return 1; /* still full: the slow end */
+  }
   if (*pin && end_unpin(s, gen)) {
     *pin = NULL; /* dropped with the generation's bump */
   } else if (!atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
