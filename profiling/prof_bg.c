@@ -38,7 +38,8 @@ static int cv_ready;
 static pthread_t bg_thread;
 static int bg_running, bg_stopping;
 static _Atomic long poll_ms = DEFAULT_POLL_MS;
-static _Atomic int started; /* fast-path flag for sluice__bg_ensure */
+/* Fast-path flag for sluice__bg_ensure (begins test it first). */
+_Atomic int sluice__bg_started;
 int sluice__bg_live;
 
 static void cv_init(void) {
@@ -98,7 +99,8 @@ void sluice__bg_configure(long ms) {
 }
 
 void sluice__bg_ensure(void) {
-  if (SLUICE__LIKELY(atomic_load_explicit(&started, memory_order_relaxed)))
+  if (SLUICE__LIKELY(
+          atomic_load_explicit(&sluice__bg_started, memory_order_relaxed)))
     return;
   if (atomic_load(&poll_ms) < 0) return;
   sluice__enter_guard();
@@ -116,7 +118,8 @@ void sluice__bg_ensure(void) {
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
-  atomic_store(&started, 1); /* once tried: no retry storm on failure */
+  atomic_store(&sluice__bg_started,
+               1); /* once tried: no retry storm on failure */
   pthread_mutex_unlock(&bg_mu);
   sluice__leave_guard();
 }
@@ -132,7 +135,7 @@ static void bg_join(int at_exit) {
     /* From a callback on the thread itself: it ends after the callback. */
     bg_stopping = 1;
     bg_running = 0;
-    atomic_store(&started, 0);
+    atomic_store(&sluice__bg_started, 0);
     pthread_detach(th);
     pthread_mutex_unlock(&bg_mu);
     return;
@@ -152,7 +155,7 @@ static void bg_join(int at_exit) {
   pthread_mutex_lock(&bg_mu);
   bg_running = 0;
   bg_stopping = 0;
-  atomic_store(&started, 0);
+  atomic_store(&sluice__bg_started, 0);
   pthread_mutex_unlock(&bg_mu);
 }
 
@@ -168,7 +171,7 @@ void sluice__bg_fork_child(void) {
   if (cv_ready) cv_init();
   bg_running = 0;
   bg_stopping = 0;
-  atomic_store(&started, 0);
+  atomic_store(&sluice__bg_started, 0);
   __atomic_store_n(&sluice__bg_live, 0, __ATOMIC_RELAXED);
 }
 

@@ -630,6 +630,8 @@ void sluice__nurs_flush(sluice__tls *t);
 extern int sluice__nurs_sticky SLUICE__HIDDEN;
 /* The background thread runs (it polls every poll_ms). */
 extern int sluice__bg_live SLUICE__HIDDEN;
+/* sluice__bg_ensure() has nothing to do (prof_bg.c). */
+extern _Atomic int sluice__bg_started SLUICE__HIDDEN;
 void sluice__nurs_sticky_set(int on);
 void sluice__nurs_revoke_idle(void);
 /* The common case of sluice__nurs_flush() at the end of a scope, inline:

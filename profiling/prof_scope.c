@@ -910,7 +910,8 @@ static inline sluice_prof_scope begin_key(sluice__tls *t, const char *queue,
   if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
   sluice_prof_scope h = begin_cached(t, queue, key, seq, tag, out);
   if (!h) h = begin_locked(t, queue, key_name, key, seq, tag, out);
-  sluice__bg_ensure();
+  if (SLUICE__UNLIKELY(!__atomic_load_n(&sluice__bg_started, __ATOMIC_RELAXED)))
+    sluice__bg_ensure();
   return h;
 }
 
@@ -1097,13 +1098,17 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
                               sluice_prof_residual *out, int from_hook,
                               _Atomic int32_t **pin) {
   uint32_t idx = (uint32_t)h;
-  if (!atomic_load_explicit(&R.fast_end, memory_order_relaxed) || !R.chunks ||
-      idx >= R.max_slots)
-    return 1;
-  slot *c =
-      atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT], memory_order_acquire);
-  if (!c) return 1;
-  slot *s = &c[idx & (SLOT_CHUNK - 1)];
+  if (!atomic_load_explicit(&R.fast_end, memory_order_relaxed)) return 1;
+  slot *s;
+  if (*pin) { /* the thread's own pending slot, h's: no lookup */
+    s = (slot *)(void *)((char *)*pin - offsetof(slot, xrefs));
+  } else {
+    if (!R.chunks || idx >= R.max_slots) return 1;
+    slot *c = atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT],
+                                   memory_order_acquire);
+    if (!c) return 1;
+    s = &c[idx & (SLOT_CHUNK - 1)];
+  }
   uint32_t gen = (uint32_t)(h >> 32);
   /* Begun on this thread (or not from a hook: the deferred-completion
    * warning is not concerned). Whether it left anything is seen after the
@@ -1120,8 +1125,10 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
     tl = ends_drain(q);
     if (hd - tl == ENDQ_CAP) return 1; /* still full: the slow end */
   }
+  int solo = 0;
   if (*pin && end_unpin(s, gen)) {
     *pin = NULL; /* dropped with the generation's bump */
+    solo = 1;    /* and no other pin, no growth layer, was there */
   } else if (!atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
@@ -1130,7 +1137,7 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
   /* Ended. A thread that entered the scope meanwhile has pinned it (see
    * sluice__scope_pend_set): then the end takes the lock. */
   if (SLUICE__UNLIKELY(
-          atomic_load_explicit(&s->xrefs, memory_order_seq_cst) != 0 ||
+          (!solo && atomic_load_explicit(&s->xrefs, memory_order_seq_cst)) ||
           atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
           atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS))
     return 2;
