@@ -125,8 +125,15 @@ static void activate(sluice__tls *t, sluice__nursery *ns) {
 /* The nursery (empty) stops counting as active. */
 static void deactivate(sluice__tls *t, sluice__nursery *ns) {
   atomic_store_explicit(&ns->busy, 0, memory_order_release);
-  if (active_settled(ns) != 1) return; /* taken back meanwhile */
-  atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+  for (;;) {
+    int one = active_settled(ns);
+    if (one != 1) return; /* taken back meanwhile */
+    /* A compare-and-swap: a poll may mark it REVOKING after the load above
+     * (and would take the count too). */
+    if (atomic_compare_exchange_strong_explicit(
+            &ns->active, &one, 0, memory_order_relaxed, memory_order_relaxed))
+      break;
+  }
   t->free_gate = t->state != SLUICE__T_LIVE;
   /* After the entries reached the table: a thread that sees the count
    * fall looks there. */

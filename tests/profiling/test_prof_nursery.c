@@ -1028,6 +1028,41 @@ static void test_sticky_ring(void **state) {
   pthread_join(pt, NULL);
 }
 
+/* Threads that run a few scopes and exit while another thread polls
+ * without pause: an exiting thread's nursery stops counting as active
+ * while a poll may be taking the same count back (each taken once). */
+static void *short_lived(void *arg) {
+  int w = (int)(intptr_t)arg;
+  for (uint64_t i = 0; i < 20; i++)
+    one_delivery(w % 2 ? "t.n.sexit1" : "t.n.sexit0", i + 1, 0, NULL);
+  return NULL;
+}
+
+static void test_sticky_exit(void **state) {
+  (void)state;
+  pthread_t pt;
+  atomic_store(&poller_stop, 0);
+  assert_int_equal(pthread_create(&pt, NULL, poller, NULL), 0);
+  for (int r = 0; r < 10; r++) {
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+      assert_int_equal(
+          pthread_create(&th[i], NULL, short_lived, (void *)(intptr_t)i), 0);
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+  }
+  atomic_store(&poller_stop, 1);
+  pthread_join(pt, NULL);
+  sluice_prof_residual_stats st;
+  assert_int_equal(get_stats("t.n.sexit0", &st), 0);
+  assert_int_equal(st.messages, 400);
+  assert_int_equal(st.retained_bytes, 0);
+  assert_int_equal(get_stats("t.n.sexit1", &st), 0);
+  assert_int_equal(st.messages, 400);
+  sluice_prof_memstats ms;
+  sluice_prof_memstats_read(&ms);
+  assert_int_equal(ms.scopes_open, 0);
+}
+
 /* The tests on a 16-slot pool run in a process of their own (ctest
  * test_prof_nursery_small_pool): a pool's size is fixed at the first
  * sluice_prof_start() in a process. */
@@ -1051,6 +1086,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup(test_cached_evict_race, setup_two_keys),
       cmocka_unit_test_setup(test_sticky_revoke, setup_sticky),
       cmocka_unit_test_setup(test_sticky_ring, setup_sticky),
+      cmocka_unit_test_setup(test_sticky_exit, setup_sticky),
       cmocka_unit_test_setup(test_cached_begins_threads, setup_sticky),
       cmocka_unit_test_setup(test_many_blocks, setup_sticky),
   };
