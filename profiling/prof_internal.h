@@ -212,6 +212,9 @@ typedef struct sluice__tls {
   /* The pin that pend_ref's slot holds for this thread (its xrefs): see
    * sluice__scope_pend_set(). */
   _Atomic int32_t *pend_pin;
+  /* The pin is the slot's `owned` flag (the begin hook's thread), not a
+   * reference in its xrefs. */
+  uint8_t pend_own;
   /* Blocks of the current scope allocated by this thread and not freed yet
    * (prof_nursery.c); NULL until the first one. */
   struct sluice__nursery *nurs;

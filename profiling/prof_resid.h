@@ -50,7 +50,11 @@ typedef struct slot {
   _Atomic uint32_t gen;    /* handle generation */
   _Atomic uint8_t resumed; /* resume hook seen (deferred work entered) */
   _Atomic uint8_t capture; /* adaptive stacks: every block at weight 1 */
-  uint8_t state, outcome, pad1_;
+  uint8_t state, outcome;
+  /* The thread of the begin hook pins the slot with this flag instead of
+   * a reference in xrefs: set before the generation is published, cleared
+   * by that thread after its last credit (see hk_begin). */
+  _Atomic uint8_t owned;
   uint32_t group;           /* set when the scope ends */
   uint32_t kind;            /* (queue, key value), set at begin */
   uint32_t next_free;       /* free list, index + 1 */
@@ -225,6 +229,7 @@ static inline int slot_empty(const slot *s) {
   /* xrefs first: a thread inside the scope unpins it after its last credit
    * (sluice__scope_flush). */
   return atomic_load_explicit(&s->xrefs, memory_order_acquire) == 0 &&
+         !atomic_load_explicit(&s->owned, memory_order_acquire) &&
          slot_live_n(s) == 0;
 }
 

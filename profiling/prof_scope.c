@@ -181,10 +181,12 @@ void sluice__scope_xref(uint32_t ref, int delta) {
  * end bumps the generation, then reads xrefs (seq_cst both): either the
  * end sees the pin, or the pinning thread sees the end and does not take
  * the slot. */
-static inline void pend_pinned(sluice__tls *t, slot *s, uint32_t ref) {
+static inline void pend_pinned(sluice__tls *t, slot *s, uint32_t ref,
+                               uint8_t own) {
   t->pend_ref = ref;
   t->pend_gen = &s->gen;
   t->pend_pin = &s->xrefs;
+  t->pend_own = own;
   sluice__nurs_enter(t, ref);
   sluice__nurs_gate_pinned(t);
 }
@@ -197,7 +199,7 @@ static inline int pend_set(sluice__tls *t, slot *s, uint32_t ref,
     atomic_fetch_sub_explicit(&s->xrefs, 1, memory_order_release);
     return 0;
   }
-  pend_pinned(t, s, ref);
+  pend_pinned(t, s, ref, 0);
   return 1;
 }
 
@@ -218,18 +220,26 @@ static inline _Atomic int32_t *flush_keep_pin(sluice__tls *t) {
   return t->pend_pin;
 }
 
-static inline void unpin(_Atomic int32_t *pin) {
-  /* After the credits: whoever reads xrefs == 0 (acquire) sees them. */
-  atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+static inline slot *slot_of_pin(_Atomic int32_t *pin) {
+  return (slot *)(void *)((char *)pin - offsetof(slot, xrefs));
+}
+
+static inline void unpin(_Atomic int32_t *pin, uint8_t own) {
+  /* After the credits: whoever reads xrefs == 0 (or owned == 0, acquire)
+   * sees them. */
+  if (own)
+    atomic_store_explicit(&slot_of_pin(pin)->owned, 0, memory_order_release);
+  else atomic_fetch_sub_explicit(pin, 1, memory_order_release);
 }
 
 void sluice__scope_flush_slow(sluice__tls *t) {
-  unpin(flush_keep_pin(t));
+  uint8_t own = t->pend_own;
+  unpin(flush_keep_pin(t), own);
 }
 
 void sluice__scope_unpin_dead(sluice__tls *t) {
   if (!t->pend_ref) return;
-  atomic_fetch_sub_explicit(t->pend_pin, 1, memory_order_relaxed);
+  unpin(t->pend_pin, t->pend_own);
   t->pend_ref = 0;
   t->nurs_shut = 1;
   t->pend_b = t->pend_n = 0;
@@ -797,7 +807,8 @@ size_t sluice__ends_apply(notes *ns) {
  * kept, when its kind is in the thread's cache; 0 otherwise. */
 static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
                                              const char *key, uint64_t seq,
-                                             uint64_t tag, slot **out) {
+                                             uint64_t tag, slot **out,
+                                             uint8_t own) {
   sluice__endq *q = t->endq;
   if (!q || !q->cslot) return 0;
   uint32_t ktag = kc_tag(key);
@@ -838,6 +849,7 @@ static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
   s->seq = seq;
   s->tag = tag;
   s->begin_thread = t;
+  atomic_store_explicit(&s->owned, own, memory_order_relaxed);
   owner_add(&e->open, 1);
   owner_add(&e->begins, 1);
   atomic_store_explicit(&q->busy, 0, memory_order_release);
@@ -848,7 +860,8 @@ static inline sluice_prof_scope begin_cached(sluice__tls *t, const char *queue,
 
 static sluice_prof_scope begin_locked(sluice__tls *t, const char *queue,
                                       const char *key_name, const char *key,
-                                      uint64_t seq, uint64_t tag, slot **out) {
+                                      uint64_t seq, uint64_t tag, slot **out,
+                                      uint8_t own) {
   sluice__enter_guard();
   sluice__endq *q = endq_mine(t);
   sluice__lock_acquire(&R.mu);
@@ -885,6 +898,7 @@ static sluice_prof_scope begin_locked(sluice__tls *t, const char *queue,
     s->end_b = s->end_n = 0;
     s->folded_b = s->folded_n = 0;
     s->begin_thread = t;
+    atomic_store_explicit(&s->owned, own, memory_order_relaxed);
     uint64_t cl = atomic_load_explicit(&kd->capture_left, memory_order_relaxed);
     atomic_store_explicit(&s->capture, cl ? 1 : 0, memory_order_relaxed);
     if (cl)
@@ -906,10 +920,10 @@ static sluice_prof_scope begin_locked(sluice__tls *t, const char *queue,
 static inline sluice_prof_scope begin_key(sluice__tls *t, const char *queue,
                                           const char *key_name, const char *key,
                                           uint64_t seq, uint64_t tag,
-                                          slot **out) {
+                                          slot **out, uint8_t own) {
   if (!(sluice__flags_now() & SLUICE__F_REC) || !R.chunks) return 0;
-  sluice_prof_scope h = begin_cached(t, queue, key, seq, tag, out);
-  if (!h) h = begin_locked(t, queue, key_name, key, seq, tag, out);
+  sluice_prof_scope h = begin_cached(t, queue, key, seq, tag, out, own);
+  if (!h) h = begin_locked(t, queue, key_name, key, seq, tag, out, own);
   if (SLUICE__UNLIKELY(!__atomic_load_n(&sluice__bg_started, __ATOMIC_RELAXED)))
     sluice__bg_ensure();
   return h;
@@ -920,7 +934,7 @@ sluice_prof_scope sluice_prof_scope_begin_key(const char *queue,
                                               const char *key, uint64_t seq,
                                               uint64_t tag) {
   slot *s;
-  return begin_key(&sluice__t, queue, key_name, key, seq, tag, &s);
+  return begin_key(&sluice__t, queue, key_name, key, seq, tag, &s, 0);
 }
 
 sluice_prof_scope sluice_prof_scope_begin(const char *queue, uint64_t seq,
@@ -973,6 +987,7 @@ static void join_group(slot *s, uint32_t g, int64_t *b, int64_t *n) {
    * any more): no debit can come any more, the slot is freed at once.
    * xrefs first: a thread unpins after its last credit. */
   if (atomic_load_explicit(&s->xrefs, memory_order_seq_cst) == 0 &&
+      !atomic_load_explicit(&s->owned, memory_order_seq_cst) &&
       atomic_load_explicit(&s->live_n, memory_order_acquire) == LIVE_BIAS &&
       atomic_load_explicit(&s->live_b, memory_order_acquire) == LIVE_BIAS) {
     *b = *n = 0;
@@ -1096,12 +1111,12 @@ static inline int end_unpin(slot *s, uint32_t gen) {
  * the slot when it held one (see end_unpin); NULL after when dropped. */
 static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
                               sluice_prof_residual *out, int from_hook,
-                              _Atomic int32_t **pin) {
+                              _Atomic int32_t **pin, uint8_t own) {
   uint32_t idx = (uint32_t)h;
   if (!atomic_load_explicit(&R.fast_end, memory_order_relaxed)) return 1;
   slot *s;
   if (*pin) { /* the thread's own pending slot, h's: no lookup */
-    s = (slot *)(void *)((char *)*pin - offsetof(slot, xrefs));
+    s = slot_of_pin(*pin);
   } else {
     if (!R.chunks || idx >= R.max_slots) return 1;
     slot *c = atomic_load_explicit(&R.chunks[idx >> SLOT_SHIFT],
@@ -1125,19 +1140,25 @@ static inline int fast_end_in(sluice__tls *t, sluice_prof_scope h, int outcome,
     tl = ends_drain(q);
     if (hd - tl == ENDQ_CAP) return 1; /* still full: the slow end */
   }
-  int solo = 0;
-  if (*pin && end_unpin(s, gen)) {
+  int solo = 0; /* 1: the pin was the only one; 2: it was the owner's */
+  if (*pin && !own && end_unpin(s, gen)) {
     *pin = NULL; /* dropped with the generation's bump */
     solo = 1;    /* and no other pin, no growth layer, was there */
   } else if (!atomic_compare_exchange_strong_explicit(&s->gen, &gen, gen + 1,
                                                       memory_order_seq_cst,
                                                       memory_order_relaxed)) {
     return SLUICE_EINVAL; /* ended by another thread meanwhile */
+  } else if (*pin) {      /* the owner's flag: dropped once the end is ours */
+    atomic_store_explicit(&s->owned, 0, memory_order_release);
+    *pin = NULL;
+    solo = 2; /* no other owner flag: only xrefs to look at */
   }
   /* Ended. A thread that entered the scope meanwhile has pinned it (see
    * sluice__scope_pend_set): then the end takes the lock. */
   if (SLUICE__UNLIKELY(
-          (!solo && atomic_load_explicit(&s->xrefs, memory_order_seq_cst)) ||
+          (solo != 1 &&
+           atomic_load_explicit(&s->xrefs, memory_order_seq_cst)) ||
+          (!solo && atomic_load_explicit(&s->owned, memory_order_seq_cst)) ||
           atomic_load_explicit(&s->live_n, memory_order_acquire) != LIVE_BIAS ||
           atomic_load_explicit(&s->live_b, memory_order_acquire) != LIVE_BIAS))
     return 2;
@@ -1238,9 +1259,9 @@ SLUICE__NOINLINE static int scope_end_locked(sluice__tls *t,
 
 static inline int fast_end(sluice__tls *t, sluice_prof_scope h, int outcome,
                            sluice_prof_residual *out, int from_hook,
-                           _Atomic int32_t *pin) {
-  int rc = fast_end_in(t, h, outcome, out, from_hook, &pin);
-  if (pin) unpin(pin); /* not dropped by the end: before the lock's path */
+                           _Atomic int32_t *pin, uint8_t own) {
+  int rc = fast_end_in(t, h, outcome, out, from_hook, &pin, own);
+  if (pin) unpin(pin, own); /* not dropped by the end: before the lock's */
   return rc;
 }
 
@@ -1248,14 +1269,18 @@ static int scope_end(sluice_prof_scope h, int outcome,
                      sluice_prof_residual *out, int from_hook) {
   sluice__tls *t = &sluice__t;
   _Atomic int32_t *pin = NULL;
+  uint8_t own = 0;
   if (t->scope == h) {
     /* Its pending credits are for this scope: settled, and the pin kept
      * for the end to drop. */
-    if (t->pend_ref == (uint32_t)h + 1) pin = flush_keep_pin(t);
+    if (t->pend_ref == (uint32_t)h + 1) {
+      own = t->pend_own;
+      pin = flush_keep_pin(t);
+    }
     sluice__tls_set_scope(t, 0);
   }
   if (outcome < 0 || outcome >= N_OUT) outcome = SLUICE_OUTCOME_ERROR;
-  int rc = fast_end(t, h, outcome, out, from_hook, pin);
+  int rc = fast_end(t, h, outcome, out, from_hook, pin, own);
   if (rc <= 0) return rc;
   return scope_end_locked(t, h, outcome, out, from_hook, rc);
 }
@@ -1298,12 +1323,15 @@ static void *hk_begin(void *user, const sluice_delivery_info *info) {
   sluice_prof_scope s = begin_key(t, info ? info->queue : NULL,
                                   info ? info->key_name : NULL,
                                   info ? info->key : NULL, info ? info->seq : 0,
-                                  info ? info->delivery_tag : 0, &sl);
+                                  info ? info->delivery_tag : 0, &sl, 1);
   if (!s) return NULL;
   sluice__tls_set_scope(t, s);
   t->capture = atomic_load_explicit(&sl->capture, memory_order_relaxed);
-  /* The handler's blocks go straight to the nursery. */
-  pend_set(t, sl, (uint32_t)s + 1, (uint32_t)(s >> 32));
+  /* The handler's blocks go straight to the nursery. The slot is pinned
+   * already: its `owned` flag, set before the scope existed for anyone
+   * else (no increment, and no generation to check: nobody else has the
+   * handle yet). */
+  pend_pinned(t, sl, (uint32_t)s + 1, 1);
   return (void *)(uintptr_t)s;
 }
 
