@@ -304,9 +304,13 @@ void sluice__nurs_revoke_idle(void) {
         atomic_store_explicit(&ns->active, 1, memory_order_release);
         continue;
       }
+      /* Inactive first, then the count (as the owner's deactivation):
+       * the owner's free, which counts its own nursery out of the count
+       * while it is active (sluice__nurs_others), never undercounts the
+       * others in between. */
+      atomic_store_explicit(&ns->active, 0, memory_order_release);
       atomic_fetch_sub_explicit(&sluice__flags, SLUICE__F_NURS1,
                                 memory_order_seq_cst);
-      atomic_store_explicit(&ns->active, 0, memory_order_release);
     }
   }
   sluice__lock_release(&nurseries.lock);
