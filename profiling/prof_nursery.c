@@ -338,8 +338,16 @@ void sluice__nurs_fork_child(sluice__tls *self) {
   uint32_t active = 0;
   for (sluice__nursery *ns = nurs_first(); ns; ns = nurs_next(ns)) {
     if (ns == self->nurs) {
-      active +=
-          (uint32_t)atomic_load_explicit(&ns->active, memory_order_relaxed);
+      if (!atomic_load_explicit(&ns->active, memory_order_relaxed)) continue;
+      if (!atomic_load_explicit(&ns->busy, memory_order_relaxed) &&
+          !atomic_load_explicit(&ns->n, memory_order_relaxed)) {
+        /* Sticky and idle: no background thread here to take its count
+         * back (the child starts one at its next scope). */
+        atomic_store_explicit(&ns->active, 0, memory_order_relaxed);
+        self->free_gate = self->state != SLUICE__T_LIVE;
+        continue;
+      }
+      active++;
       continue;
     }
     for (uint32_t i = 0; i < SLUICE__NURS_SLOTS; i++)

@@ -1063,6 +1063,44 @@ static void test_sticky_exit(void **state) {
   assert_int_equal(ms.scopes_open, 0);
 }
 
+/* fork while this thread's nursery is sticky and idle: the child, which
+ * has no background thread to take the count back, drops it; its scopes
+ * and another thread's frees of their blocks stay exact. */
+static void test_sticky_fork(void **state) {
+  (void)state;
+  one_delivery("t.n.sfork", 1, 0, NULL); /* sticky, idle after */
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    freer_start();
+    sluice_prof_scope s = sluice_prof_scope_begin("t.n.sfork", 2, 2);
+    sluice_prof_scope prev = sluice_prof_scope_enter(s);
+    void *v[4];
+    for (int i = 0; i < 4; i++) v[i] = TALLOC(64);
+    hand h = {v, 2};
+    freer_run(&h); /* from this thread's nursery, on another thread */
+    sluice_prof_scope_enter(prev);
+    sluice_prof_residual r;
+    int ok = sluice_prof_scope_end(s, SLUICE_ACK, &r) == 0 && r.bytes == 128 &&
+             r.objects == 2;
+    h = (hand){v + 2, 2};
+    freer_run(&h);
+    freer_stop();
+    sluice_prof_residual_stats st;
+    ok = ok && get_stats("t.n.sfork", &st) == 0 && st.messages == 2 &&
+         st.retained_bytes == 0;
+    _exit(ok ? 0 : 1);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  one_delivery("t.n.sfork", 2, 0, NULL);
+  sluice_prof_residual_stats rs;
+  assert_int_equal(get_stats("t.n.sfork", &rs), 0);
+  assert_int_equal(rs.messages, 2);
+}
+
 /* The tests on a 16-slot pool run in a process of their own (ctest
  * test_prof_nursery_small_pool): a pool's size is fixed at the first
  * sluice_prof_start() in a process. */
@@ -1087,6 +1125,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup(test_sticky_revoke, setup_sticky),
       cmocka_unit_test_setup(test_sticky_ring, setup_sticky),
       cmocka_unit_test_setup(test_sticky_exit, setup_sticky),
+      cmocka_unit_test_setup(test_sticky_fork, setup_sticky),
       cmocka_unit_test_setup(test_cached_begins_threads, setup_sticky),
       cmocka_unit_test_setup(test_many_blocks, setup_sticky),
   };
