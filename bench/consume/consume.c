@@ -25,6 +25,17 @@
  * queue holds (filled by a `--side none` run before): with --side and one
  * round, `strace -c` then counts the client's consuming alone.
  *
+ * Columns: the medians over the rounds of each side's rate and client CPU
+ * per message, the rate ratio of those medians, "cpu x" the median of
+ * sluice's CPU over the raw loop's in the same round, and each side's
+ * context switches per message, voluntary/involuntary (getrusage). At
+ * prefetch 1 every message is a sleep (about one voluntary switch), and
+ * the involuntary ones are mostly the broker's thread, woken by the ack
+ * on the client's CPU, preempting the client as its send returns: they
+ * vary from run to run by more than the two clients differ and carry
+ * their CPU with them (docs/benchmarks.md, "Prefetch 1: where the kernel
+ * time goes").
+ *
  * The "tls" variants run against the TLS node of scripts/tls-broker.sh
  * (SLUICE_TLS_PORT, SLUICE_TLS_AMQP_PORT, SLUICE_TLS_DIR as there): sluice
  * over amqps:// against rabbitmq-c's SSL socket in the same loop, both with
@@ -36,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 
 #include <amqp.h>
@@ -74,7 +86,26 @@ static void tls_setup(void) {
 struct result {
   double rate;   /* msg/s */
   double cpu_us; /* client CPU per message, microseconds */
+  /* context switches per message (getrusage): the process went to sleep
+   * (voluntary) or was preempted (involuntary, at prefetch 1 mostly by the
+   * broker's thread that its ack woke on the same CPU) */
+  double vcs, ics;
 };
+
+/* The process's context switches so far: [0] voluntary, [1] involuntary. */
+static void switches(long cs[2]) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  cs[0] = ru.ru_nvcsw;
+  cs[1] = ru.ru_nivcsw;
+}
+
+static struct result result_of(unsigned long n, double t0, double t1, double c0,
+                               double c1, const long s0[2], const long s1[2]) {
+  struct result r = {n / (t1 - t0), (c1 - c0) * 1e6 / n,
+                     (double)(s1[0] - s0[0]) / n, (double)(s1[1] - s0[1]) / n};
+  return r;
+}
 
 /* ---- the reference: a blocking rabbitmq-c loop -------------------------- */
 
@@ -115,6 +146,8 @@ static struct result raw_loop(unsigned long n, unsigned prefetch,
   amqp_basic_consume(conn, 1, amqp_cstring_bytes(QUEUE), amqp_empty_bytes, 0,
                      ack_every == 0, 0, amqp_empty_table);
   check(amqp_get_rpc_reply(conn), "consume");
+  long s0[2], s1[2];
+  switches(s0);
   double t0 = bu_now(), c0 = bu_cpu();
   unsigned long got = 0;
   while (got < n) {
@@ -132,11 +165,11 @@ static struct result raw_loop(unsigned long n, unsigned prefetch,
     amqp_destroy_envelope(&env);
   }
   double t1 = bu_now(), c1 = bu_cpu();
+  switches(s1);
   amqp_channel_close(conn, 1, AMQP_REPLY_SUCCESS);
   amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(conn);
-  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
-  return res;
+  return result_of(n, t0, t1, c0, c1, s0, s1);
 }
 
 /* ---- the raw loop's own ceiling ------------------------------------------ */
@@ -168,6 +201,8 @@ static struct result raw_manual(unsigned long n, unsigned prefetch,
                        amqp_empty_table);
     check(amqp_get_rpc_reply(conn), "consume");
   }
+  long s0[2], s1[2];
+  switches(s0);
   double t0 = bu_now(), c0 = bu_cpu();
   unsigned long got = 0;
   while (got < n) {
@@ -192,10 +227,10 @@ static struct result raw_manual(unsigned long n, unsigned prefetch,
   for (int ch = 1; ack_every && ch <= channels; ch++)
     if (pending[ch]) amqp_basic_ack(conn, (amqp_channel_t)ch, last[ch], 1);
   double t1 = bu_now(), c1 = bu_cpu();
+  switches(s1);
   amqp_connection_close(conn, AMQP_REPLY_SUCCESS);
   amqp_destroy_connection(conn);
-  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
-  return res;
+  return result_of(n, t0, t1, c0, c1, s0, s1);
 }
 
 /* ---- sluice -------------------------------------------------------------- */
@@ -225,17 +260,19 @@ static struct result sluice_run(unsigned long n, sluice_consumer_opts o,
   sluice_subscribe_opts so = {.queue = QUEUE, .handler = noop};
   if (sluice_consumer_subscribe(g_c, &so)) exit(1);
   if (sluice_consumer_connect(g_c)) exit(1);
+  long s0[2], s1[2];
+  switches(s0);
   double t0 = bu_now(), c0 = bu_cpu();
   int rc = sluice_consumer_run(g_c);
   double t1 = bu_now(), c1 = bu_cpu();
+  switches(s1);
   if (rc || atomic_load(&g_got) != n) {
     fprintf(stderr, "sluice: run %s, %lu of %lu\n", sluice_strerror(rc),
             (unsigned long)atomic_load(&g_got), n);
     exit(1);
   }
   sluice_consumer_free(g_c);
-  struct result res = {n / (t1 - t0), (c1 - c0) * 1e6 / n};
-  return res;
+  return result_of(n, t0, t1, c0, c1, s0, s1);
 }
 
 struct ceiling {
@@ -392,8 +429,9 @@ int main(int argc, char **argv) {
     ceiling_run(n, size, rounds);
     return 0;
   }
-  printf("%-46s %12s %12s %7s %10s %10s\n", "variant", "raw msg/s",
-         "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg");
+  printf("%-46s %12s %12s %7s %10s %10s %7s %11s %11s\n", "variant",
+         "raw msg/s", "sluice msg/s", "ratio", "raw us/msg", "sluice us/msg",
+         "cpu x", "raw cs v/i", "sl cs v/i");
   for (size_t v = 0; v < sizeof(vs) / sizeof(*vs); v++) {
     if (only && strcmp(only, vs[v].group) != 0) continue;
     if (only_prefetch >= 0 && vs[v].prefetch != (unsigned long)only_prefetch)
@@ -405,15 +443,19 @@ int main(int argc, char **argv) {
       continue;
     }
     const char *fill = vs[v].tls ? tls_fill_uri : URI;
-    double rr[15], sr[15], rc[15], sc[15];
+    /* rates, CPU per message, context switches per message (voluntary,
+     * involuntary) of each side per round; cx: sluice's CPU over the raw
+     * loop's in the same round */
+    double rr[15], sr[15], rc[15], sc[15], cx[15];
+    double rv[15], ri[15], sv[15], si[15];
     for (int r = 0; r < rounds; r++) {
       /* alternate which goes first: the broker warms up too */
       for (int k = 0; k < 2; k++) {
         int do_raw = (r + k) % 2 == 0;
         if (side && strcmp(side, do_raw ? "raw" : "sluice")) {
           if (!strcmp(side, "none") && do_raw) bu_fill(fill, QUEUE, n, size);
-          if (do_raw) rr[r] = rc[r] = 1;
-          else sr[r] = sc[r] = 1;
+          if (do_raw) rr[r] = rc[r] = rv[r] = ri[r] = 1;
+          else sr[r] = sc[r] = sv[r] = si[r] = 1;
           continue;
         }
         if (fill_queue) bu_fill(fill, QUEUE, n, size);
@@ -422,16 +464,25 @@ int main(int argc, char **argv) {
               raw_loop(n, vs[v].prefetch, vs[v].raw_ack_every, vs[v].tls);
           rr[r] = x.rate;
           rc[r] = x.cpu_us;
+          rv[r] = x.vcs;
+          ri[r] = x.ics;
         } else {
           struct result x = sluice_run(n, vs[v].o, vs[v].tls);
           sr[r] = x.rate;
           sc[r] = x.cpu_us;
+          sv[r] = x.vcs;
+          si[r] = x.ics;
         }
       }
+      cx[r] = sc[r] / rc[r];
     }
     double mr = bu_median(rr, rounds), ms = bu_median(sr, rounds);
-    printf("%-46s %12.0f %12.0f %6.2fx %10.2f %10.2f\n", vs[v].name, mr, ms,
-           ms / mr, bu_median(rc, rounds), bu_median(sc, rounds));
+    double mcx = bu_median(cx, rounds);
+    printf("%-46s %12.0f %12.0f %6.2fx %10.2f %10.2f %6.2fx %5.2f/%5.2f "
+           "%5.2f/%5.2f\n",
+           vs[v].name, mr, ms, ms / mr, bu_median(rc, rounds),
+           bu_median(sc, rounds), mcx, bu_median(rv, rounds),
+           bu_median(ri, rounds), bu_median(sv, rounds), bu_median(si, rounds));
     fflush(stdout);
   }
   return 0;
