@@ -42,6 +42,13 @@ static _Atomic long poll_ms = DEFAULT_POLL_MS;
 _Atomic int sluice__bg_started;
 int sluice__bg_live;
 
+/* The thread runs (or not): nurseries are sticky only while it does, since
+ * its polls take idle ones back. */
+static void live_set(int on) {
+  __atomic_store_n(&sluice__bg_live, on, __ATOMIC_RELAXED);
+  sluice__nurs_sticky_set(on);
+}
+
 static void cv_init(void) {
   pthread_condattr_t a;
   pthread_condattr_init(&a);
@@ -80,8 +87,7 @@ static void *bg_main(void *arg) {
   pthread_mutex_unlock(&bg_mu);
   /* Nobody takes idle nurseries back from now: they stop being sticky,
    * and those idle now stop counting. */
-  __atomic_store_n(&sluice__bg_live, 0, __ATOMIC_RELAXED);
-  sluice__nurs_sticky_set(0);
+  live_set(0);
   sluice__nurs_revoke_idle();
   return NULL;
 }
@@ -112,14 +118,12 @@ void sluice__bg_ensure(void) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (pthread_create(&bg_thread, NULL, bg_main, NULL) == 0) {
       bg_running = 1;
-      __atomic_store_n(&sluice__bg_live, 1, __ATOMIC_RELAXED);
-      /* Its polls take idle nurseries' counts back. */
-      sluice__nurs_sticky_set(1);
+      live_set(1); /* its polls take idle nurseries' counts back */
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
-  atomic_store(&sluice__bg_started,
-               1); /* once tried: no retry storm on failure */
+  /* Once tried: no retry storm on failure. */
+  atomic_store(&sluice__bg_started, 1);
   pthread_mutex_unlock(&bg_mu);
   sluice__leave_guard();
 }
@@ -172,7 +176,7 @@ void sluice__bg_fork_child(void) {
   bg_running = 0;
   bg_stopping = 0;
   atomic_store(&sluice__bg_started, 0);
-  __atomic_store_n(&sluice__bg_live, 0, __ATOMIC_RELAXED);
+  live_set(0);
 }
 
 __attribute__((destructor)) static void bg_fini(void) {

@@ -1076,17 +1076,27 @@ static void end_locked(notes *ns, uint32_t idx, int outcome, uint64_t now,
     sluice__reclaim(1);
 }
 
-/* The thread's queue of clean ends is full: every queue applied under the
- * lock (as the next slow end would), callbacks run after. The new tail. */
-SLUICE__NOINLINE static uint32_t ends_drain(sluice__endq *q) {
+/* One batch under the lock: every thread's queued clean ends and, with
+ * `due`, the scopes due by `now` (and the groups' tick with `tick`); the
+ * callbacks run after the lock. What it applied. */
+static size_t apply_batch(int due, uint64_t now, int tick) {
   notes ns;
   sluice__enter_guard();
   sluice__lock_acquire(&R.mu);
   sluice__notes_init(&ns);
-  sluice__ends_apply(&ns);
+  size_t n = sluice__ends_apply(&ns);
+  if (due) n += sluice__process_due(&ns, now, 0);
+  if (tick) sluice__groups_tick(&ns, now);
   sluice__lock_release(&R.mu);
   sluice__leave_guard();
   sluice__notes_dispatch(&ns);
+  return n;
+}
+
+/* The thread's queue of clean ends is full: every queue applied (as the
+ * next slow end would). The new tail. */
+SLUICE__NOINLINE static uint32_t ends_drain(sluice__endq *q) {
+  apply_batch(0, 0, 0);
   return atomic_load_explicit(&q->tail, memory_order_acquire);
 }
 
@@ -1292,21 +1302,12 @@ int sluice_prof_scope_end(sluice_prof_scope h, int outcome,
 
 size_t sluice_prof_poll(void) {
   if (!R.chunks) return 0;
-  notes ns;
   size_t done = 0, batch;
   uint64_t now = sluice__now_ns();
   int first = 1;
-  do { /* in batches: the callbacks of one batch fit in `ns` */
-    sluice__enter_guard();
-    sluice__lock_acquire(&R.mu);
-    sluice__notes_init(&ns);
-    batch = sluice__ends_apply(&ns);
-    batch += sluice__process_due(&ns, now, 0);
-    if (first) sluice__groups_tick(&ns, now);
+  do { /* in batches: the callbacks of one batch fit in its notes */
+    batch = apply_batch(1, now, first);
     first = 0;
-    sluice__lock_release(&R.mu);
-    sluice__leave_guard();
-    sluice__notes_dispatch(&ns);
     done += batch;
   } while (batch);
   sluice__nurs_revoke_idle();
