@@ -39,8 +39,10 @@
  *
  * Then the broker's side of each span: "br us" the broker's CPU per message
  * (the run time of its OS process's threads, /proc/PID/task/TID/schedstat,
- * read just outside each side's timed span); "busy" the CPUs busy on the whole machine during
- * the span (/proc/stat, 0 to the CPU count: 2.00 is both CPUs saturated);
+ * read just outside each side's timed span: it counts every client of the
+ * broker, so run it alone); "busy" the CPUs busy on the whole machine
+ * during the span (/proc/stat, 0 to the CPU count: 2.00 is both CPUs
+ * saturated; more than "cl+br" is other processes' work);
  * "cl+br" the client's and broker's CPU alone over the span's wall time, in
  * CPUs. "pred x" is the raw side's client+broker CPU per message over
  * sluice's, by round: the rate ratio to expect if the CPUs, not waiting,
@@ -51,7 +53,7 @@
  * broker's user), else the only beam.smp on the machine; --broker-pid PID
  * names it. The "tls" variants read the TLS node's process, found the same
  * way by its plaintext port. "ceiling" prints the same for each variant,
- * "cpu x" there being the prediction against autoAck.
+ * "pred x" and "bound x" there against the autoAck run of the round.
  *
  * --heartbeat S negotiates S-second heartbeats on both sides (0: off on
  * both); by default the raw loop runs without and sluice with its default
@@ -547,8 +549,8 @@ static void ceiling_run(unsigned long n, size_t size, int rounds) {
     }
   }
   printf("%-46s %12s %9s %10s %9s %9s %6s %6s %7s %7s\n", "variant", "msg/s",
-         "vs auto", "us/msg", "broker us", "cl+br us", "busy", "cl+br", "cpu x",
-         "bound x");
+         "vs auto", "us/msg", "broker us", "cl+br us", "busy", "cl+br",
+         "pred x", "bound x");
   for (int v = 0; v < NC; v++)
     printf("%-46s %12.0f %8.2fx %10.2f %9.2f %9.2f %6.2f %6.2f %6.2fx "
            "%6.2fx\n",
