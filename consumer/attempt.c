@@ -564,7 +564,8 @@ int sluice__attempt_adopt(sluice_consumer *c) {
   uri_for_log(a->node_uri, uri, sizeof(uri));
   sluice__log(c, SLUICE_LOG_INFO, "connected to %s (heartbeat %ds)", uri,
               c->heartbeat_s);
-  rc = send_leftovers(c, a);
+  rc = sluice__reads_begin(c);
+  if (!rc) rc = send_leftovers(c, a);
   a->threaded = 0;
   sluice__attempt_release(c);
   if (rc) {

@@ -475,13 +475,25 @@ int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
 void sluice__disconnect(sluice_consumer *c, int graceful) {
   if (!c->conn) return;
   if (graceful) {
-    /* Bounded by the rpc timeout set at connect. */
+    /* What sluice read ahead would come before the close-ok. */
+    sluice__reads_drop(c);
+    /* Bounded by the rpc timeout set at connect. The broker requeues what
+     * was not acknowledged either way; a close that fails says the socket
+     * or the stream was already wrong. */
     amqp_channel_close(c->conn, SLUICE__CH_TOPOLOGY, AMQP_REPLY_SUCCESS);
     amqp_channel_close(c->conn, SLUICE__CH_MAIN, AMQP_REPLY_SUCCESS);
-    amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
+    amqp_rpc_reply_t r = amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+      char text[128];
+      int rc = sluice__reply_to_err(r, NULL, text, sizeof(text));
+      sluice__log(c, SLUICE_LOG_WARN, "close: %s (%s)", sluice_strerror(rc),
+                  text);
+    }
   }
   amqp_destroy_connection(c->conn);
   c->conn = NULL;
   c->fd = -1;
   c->connected = 0;
+  c->own_reads = 0;
+  c->rx_off = c->rx_len = 0;
 }

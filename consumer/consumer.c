@@ -778,6 +778,7 @@ void sluice_consumer_free(sluice_consumer *c) {
   sluice__tls_config_free(&c->tls);
   sluice__registry_free(c->registry);
   sluice__ackq_free(&c->acks);
+  free(c->rx_buf);
   pthread_mutex_destroy(&c->cq_mu);
   pthread_mutex_destroy(&c->wq_mu);
   pthread_cond_destroy(&c->wq_cv);

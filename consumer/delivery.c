@@ -129,6 +129,13 @@ sluice_delivery *sluice__delivery_new(sluice_consumer *c) {
   sluice__ds_set(d, SLUICE__DS_ASSEMBLING);
   d->msg.generation = atomic_load(&c->generation);
   held_link(c, d);
+  /* Read during a synchronous call: parked outside the bound until it is
+   * handed out (frames.c, "parked deliveries"). */
+  d->unbound = c->parking;
+  if (d->unbound) {
+    c->n_unbound++;
+    return d;
+  }
   sluice__bound_hold(&c->bound);
   atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
   atomic_store_explicit(&c->n_max_inflight, c->bound.peak_count,
@@ -136,8 +143,21 @@ sluice_delivery *sluice__delivery_new(sluice_consumer *c) {
   return d;
 }
 
+void sluice__delivery_bind(sluice_consumer *c, sluice_delivery *d) {
+  d->unbound = 0;
+  c->n_unbound--;
+  sluice__bound_hold(&c->bound);
+  sluice__bound_charge(&c->bound, d->mem);
+  atomic_store_explicit(&c->n_inflight, c->bound.count, memory_order_relaxed);
+  atomic_store_explicit(&c->n_max_inflight, c->bound.peak_count,
+                        memory_order_relaxed);
+  atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
+                        memory_order_relaxed);
+}
+
 void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
   d->mem += bytes;
+  if (d->unbound) return; /* charged when bound */
   sluice__bound_charge(&c->bound, bytes);
   atomic_store_explicit(&c->n_inflight_bytes, c->bound.bytes,
                         memory_order_relaxed);
@@ -145,6 +165,7 @@ void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes) {
 
 /* Forget a held delivery (loop thread). */
 static void release(sluice_consumer *c, sluice_delivery *d) {
+  if (d->unbound) sluice__delivery_bind(c, d); /* counted once, released */
   held_unlink(c, d);
   sluice__bound_release(&c->bound, d->mem);
   if (sluice__ds_get(d) == SLUICE__DS_ABANDONED) c->abandoned--;
@@ -250,8 +271,14 @@ void sluice__dispatch(sluice_consumer *c, sluice_delivery *d) {
   sluice__count(&c->n_delivered, 1);
   if (d->msg.redelivered) sluice__count(&c->n_redelivered, 1);
   if (c->stopping && c->o.ack_mode == SLUICE_ACK_MANUAL) {
-    sluice__ds_set(d, SLUICE__DS_ABANDONED);
-    c->abandoned++;
+    /* Read after basic.cancel, on the way to its cancel-ok: never handled,
+     * never acknowledged (the broker requeues it at the close), and no
+     * handle to it exists. Let go at once: held, these would fill the
+     * bound whenever the prefetch window is larger than max_inflight, and
+     * the stop would wait stop_timeout_ms for a cancel-ok it no longer
+     * reads. Its tag is above every one handled, so no multiple ack covers
+     * it. */
+    release(c, d);
     return;
   }
   if (c->draining) {
@@ -734,6 +761,7 @@ void sluice__hand_off_queued(sluice_consumer *c) {
 }
 
 void sluice__deliveries_conn_lost(sluice_consumer *c) {
+  sluice__reads_end(c);
   size_t unwritten = ackw_drop(c); /* collected, not yet written */
   if (c->acks.n + unwritten)
     sluice__log(c, SLUICE_LOG_INFO,
@@ -764,10 +792,13 @@ void sluice__deliveries_conn_lost(sluice_consumer *c) {
 }
 
 size_t sluice__busy_count(const sluice_consumer *c) {
-  return c->bound.count - c->abandoned - (c->asm_d ? 1 : 0);
+  /* Parked deliveries may be outside the bound until handed out (frames.c),
+   * the one being assembled is in either. */
+  return c->bound.count + c->n_unbound - c->abandoned - (c->asm_d ? 1 : 0);
 }
 
 void sluice__deliveries_stopped(sluice_consumer *c) {
+  sluice__reads_end(c);
   sluice__drain_completions(c);
   /* Abandoned and unfinished deliveries are the broker's again. */
   sluice_delivery *d = c->held_head;

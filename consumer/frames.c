@@ -6,21 +6,33 @@
  * and heartbeats. Hands each delivery to delivery.c (sluice__dispatch).
  * How rabbitmq-c 0.11 is driven from an event loop, and why:
  * docs/rabbitmq-c-event-loop.md. Loop thread only. */
+#include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 
 #define READ_BUDGET 256 /* frames per wake-up before yielding */
+#define RX_BUF 65536    /* sluice's own receive buffer (own_reads) */
 
 /* ---- the in-flight bound and the memory guard ---------------------------- */
 
-static int may_read(const sluice_consumer *c) {
-  /* An AUTO stop's drain hands each delivery off as soon as it is read:
-   * what the handlers still hold (deferred ones too) must not stop it, nor
-   * the memory guard, or what the broker settled would stay unread until
-   * the connection closes. */
+/* Whether a delivery already read may be handed out now: below the bound
+ * and the memory guard. An AUTO stop's drain hands each delivery off as
+ * soon as it is read: what the handlers still hold (deferred ones too)
+ * must not stop it, nor the memory guard, or what the broker settled would
+ * stay unread until the connection closes. */
+static inline int may_take(const sluice_consumer *c) {
+  return c->draining ||
+         sluice__may_read(&c->bound, sluice__memguard_holds(c), 0);
+}
+
+static inline int may_read(const sluice_consumer *c) {
+  /* Parked deliveries (sluice__reads_settle) came before everything still
+   * unread: nothing more is read until they are handed out. */
+  if (c->park_head) return may_take(c);
   return c->draining || sluice__may_read(&c->bound, sluice__memguard_holds(c),
                                          c->asm_d != NULL);
 }
@@ -49,8 +61,33 @@ static void schedule_drain(sluice_consumer *c) {
     sluice__loop_arm(&c->loop, SLUICE__W_DRAIN, 0);
 }
 
-static int buffered(sluice_consumer *c) {
+/* Bytes or frames rabbitmq-c read from the socket itself (a synchronous
+ * call reads past its reply) and sluice has not taken yet. */
+static int rmq_buffered(sluice_consumer *c) {
   return amqp_data_in_buffer(c->conn) || amqp_frames_enqueued(c->conn);
+}
+
+/* Whether rabbitmq-c holds what sluice has not taken, asked only after a
+ * synchronous call: it reads the socket in no other call sluice makes on
+ * an own_reads connection, and each synchronous one on a live connection
+ * follows sluice__reads_settle() or sluice__reads_begin(), which set
+ * rmq_check. Two calls into rabbitmq-c per frame otherwise. */
+static int rmq_pending(sluice_consumer *c) {
+  if (!c->rmq_check) return 0;
+  if (rmq_buffered(c)) return 1;
+  c->rmq_check = 0;
+  return 0;
+}
+
+/* Bytes sluice read from the socket (own_reads) and has not decoded yet. */
+static int own_buffered(const sluice_consumer *c) {
+  return c->rx_off < c->rx_len;
+}
+
+/* Anything read off the socket and not handled yet: the socket's readable
+ * event will not say so. */
+static int buffered(sluice_consumer *c) {
+  return c->park_head || own_buffered(c) || rmq_buffered(c);
 }
 
 int sluice__input_pending(sluice_consumer *c) {
@@ -139,9 +176,58 @@ static int on_header(sluice_consumer *c, amqp_frame_t *f) {
   return 0;
 }
 
+/* ---- parked deliveries ---------------------------------------------------
+ * A synchronous call on the live connection lets rabbitmq-c read the socket
+ * itself, so what sluice read ahead of it (own_reads) is decoded first
+ * (sluice__reads_settle). The deliveries completed then wait here, in
+ * order, until a read pass may hand them out: the call may come from
+ * inside a handler, which must not run another one, and the bound may be
+ * full. Those begun during the call are outside the bound (`unbound`,
+ * delivery.c) until they are handed out, so the bound holds for what
+ * handlers see. Nothing after them is read before they are out. */
+
+static void park(sluice_consumer *c, sluice_delivery *d) {
+  d->qnext = NULL;
+  c->n_parked++;
+  if (c->park_tail) c->park_tail->qnext = d;
+  else c->park_head = d;
+  c->park_tail = d;
+}
+
+static sluice_delivery *unpark(sluice_consumer *c) {
+  sluice_delivery *d = c->park_head;
+  c->park_head = d->qnext;
+  if (!c->park_head) c->park_tail = NULL;
+  d->qnext = NULL;
+  c->n_parked--;
+  if (d->unbound) sluice__delivery_bind(c, d);
+  return d;
+}
+
+static void complete(sluice_consumer *c, sluice_delivery *d);
+
+/* Hand out parked deliveries while the bound allows; 1 once none is left. */
+static int take_parked(sluice_consumer *c) {
+  while (c->park_head && c->connected && may_take(c)) complete(c, unpark(c));
+  return c->park_head == NULL;
+}
+
+void sluice__reads_end(sluice_consumer *c) {
+  /* In the bound again, still assembling: released with the rest of what
+   * the connection held (delivery.c). */
+  while (c->park_head) (void)unpark(c);
+  if (c->asm_d && c->asm_d->unbound) sluice__delivery_bind(c, c->asm_d);
+}
+
 static void delivery_complete(sluice_consumer *c) {
   sluice_delivery *d = c->asm_d;
   c->asm_d = NULL;
+  /* One begun during a synchronous call comes after those it parked. */
+  if (c->parking || d->unbound) park(c, d);
+  else complete(c, d);
+}
+
+static void complete(sluice_consumer *c, sluice_delivery *d) {
   if (!d->sub) {
     sluice__log(c, SLUICE_LOG_WARN,
                 "delivery for unknown consumer tag '%s': requeued",
@@ -288,7 +374,8 @@ static void on_method(sluice_consumer *c, amqp_frame_t *f) {
       amqp_basic_cancel_ok_t *m = f->payload.method.decoded;
       struct sluice__sub *s = sluice__sub_by_tag(c, m->consumer_tag);
       if (s) s->active = 0;
-      if (c->stopping) sluice__check_stop(c);
+      /* Not from inside a synchronous call: the stop's timer checks. */
+      if (c->stopping && !c->parking) sluice__check_stop(c);
       return;
     }
     case AMQP_CHANNEL_CLOSE_METHOD: on_broker_close(c, f, 1); return;
@@ -325,7 +412,7 @@ static void handle_frame(sluice_consumer *c, amqp_frame_t *f) {
       if (c->asm_d->body_size == 0) delivery_complete(c);
       return;
     case AMQP_FRAME_BODY: on_body(c, f); return;
-    default: return; /* heartbeats are consumed by rabbitmq-c */
+    default: return; /* a heartbeat: its arrival is all it says */
   }
 }
 
@@ -378,29 +465,83 @@ static void release_pools(sluice_consumer *c, amqp_channel_t ch) {
   amqp_maybe_release_buffers(c->conn);
 }
 
+/* Before the socket is read again in a pass (by sluice or by rabbitmq-c):
+ * the frames read so far are handled, and their acks go out first, since
+ * the broker may be waiting for them (prefetch 1 waits for every one).
+ * Then, if the socket was read in this pass already, whether to read it
+ * again or let the event loop say when. 0 ends the pass. */
+static int socket_turn(sluice_consumer *c, int *read) {
+  if (c->ackw.n) {
+    sluice__acks_write(c);
+    if (!c->connected) return 0;
+  }
+  if (*read && window_drained(c)) return 0;
+  *read = 1;
+  c->win_tx_at_read = c->win_tx;
+  return 1;
+}
+
+/* The next frame of what sluice read (own_reads): AMQP_STATUS_OK and a
+ * frame (heartbeats included), AMQP_STATUS_TIMEOUT once rx_buf is
+ * decoded without completing one (rabbitmq-c keeps the part it has), or
+ * rabbitmq-c's error for bytes that are not AMQP. */
+static int decode_next(sluice_consumer *c, amqp_frame_t *f) {
+  while (own_buffered(c)) {
+    amqp_bytes_t in = {c->rx_len - c->rx_off, c->rx_buf + c->rx_off};
+    int used = amqp_handle_input(c->conn, in, f);
+    if (used < 0) return used;
+    c->rx_off += (size_t)used;
+    if (f->frame_type) return AMQP_STATUS_OK;
+  }
+  return AMQP_STATUS_TIMEOUT;
+}
+
+/* The next frame, reading the socket into rx_buf when it is all decoded:
+ * one recv(2) per pass of the event loop at low rates, one per RX_BUF
+ * bytes at high ones, and no clock read (rabbitmq-c's wait call reads it
+ * for every frame, even with a zero timeout). */
+static int own_next(sluice_consumer *c, amqp_frame_t *f, int *read) {
+  for (;;) {
+    int st = decode_next(c, f);
+    if (st != AMQP_STATUS_TIMEOUT) return st;
+    if (!socket_turn(c, read)) return AMQP_STATUS_TIMEOUT;
+    ssize_t n = recv(c->fd, c->rx_buf, RX_BUF, 0); /* the fd is O_NONBLOCK */
+    if (n > 0) {
+      c->rx_off = 0;
+      c->rx_len = (size_t)n;
+      continue;
+    }
+    if (n == 0) return AMQP_STATUS_CONNECTION_CLOSED;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return AMQP_STATUS_TIMEOUT;
+    return AMQP_STATUS_SOCKET_ERROR;
+  }
+}
+
+/* The next frame from rabbitmq-c's buffer, or through it from the socket. */
+static int rmq_next(sluice_consumer *c, amqp_frame_t *f, int *read) {
+  if (!rmq_buffered(c) && !socket_turn(c, read)) return AMQP_STATUS_TIMEOUT;
+  struct timeval tv = {0, 0};
+  return amqp_simple_wait_frame_noblock(c->conn, f, &tv);
+}
+
 static void read_frames(sluice_consumer *c) {
   int budget = READ_BUDGET;
   int got = 0, read = 0;
   if (stop_asked(c) && !c->stopped) sluice__begin_stop(c);
   while (budget-- > 0 && c->connected && may_read(c)) {
     amqp_frame_t f;
-    struct timeval tv = {0, 0};
-    if (!buffered(c)) {
-      /* The frames read so far are handled: their acks go out before the
-       * socket is read again, since the broker may be waiting for them
-       * (prefetch 1 waits for every one). */
-      if (c->ackw.n) {
-        sluice__acks_write(c);
-        if (!c->connected) return;
-      }
-      /* The socket was read in this pass already: whether to read it
-       * again or let the event loop say when. */
-      if (read && window_drained(c)) break;
-      read = 1;
-      c->win_tx_at_read = c->win_tx;
+    if (c->park_head) {
+      /* A handler's synchronous call parked what sluice had read ahead of
+       * it: that comes before anything still unread. */
+      if (!take_parked(c)) break;
+      continue;
     }
-    int st = amqp_simple_wait_frame_noblock(c->conn, &f, &tv);
-    if (st == AMQP_STATUS_TIMEOUT) break;
+    /* What a synchronous call left in rabbitmq-c's buffer comes first: it
+     * read it after everything sluice had read (sluice__reads_settle). */
+    int st = c->own_reads && !rmq_pending(c) ? own_next(c, &f, &read)
+                                             : rmq_next(c, &f, &read);
+    if (st == AMQP_STATUS_TIMEOUT || !c->connected) break;
     if (st != AMQP_STATUS_OK) {
       sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
                   amqp_error_string2(st));
@@ -440,6 +581,96 @@ void sluice__read_frames(sluice_consumer *c) {
   sluice__acks_release(c);
 }
 
+/* ---- sluice's own reads ---------------------------------------------------
+ * On a plain TCP connection where sluice writes its acks (own_acks) it also
+ * reads the socket itself: recv(2) into rx_buf, and rabbitmq-c only decodes
+ * (amqp_handle_input(), which keeps a partly received frame in its state
+ * whoever feeds it). That skips, per frame, rabbitmq-c's wait loop and its
+ * clock reads (docs/rabbitmq-c-event-loop.md, "Reading the socket
+ * itself"). Two rules keep the byte stream in one order:
+ *  - rabbitmq-c still reads the socket in synchronous calls: before one,
+ *    what rx_buf holds is decoded (sluice__reads_settle) or, before a
+ *    close, dropped; after one, what it read past its reply is taken from
+ *    its buffer before sluice reads the socket again (read_frames);
+ *  - rabbitmq-c's heartbeat deadlines only move when it reads the socket
+ *    itself, so they would expire under sluice's reads and fail its next
+ *    wait: they are off (amqp_tune_connection(), heartbeat 0) and
+ *    sluice__heartbeat() sends and checks the negotiated heartbeat. */
+
+static int own_reads_wanted(void) {
+  const char *e = getenv("SLUICE_OWN_READS");
+  return !(e && strcmp(e, "0") == 0);
+}
+
+int sluice__reads_begin(sluice_consumer *c) {
+  c->own_reads = 0;
+  c->rx_off = c->rx_len = 0;
+  /* amqp_tune_connection() aborts unless rabbitmq-c is between frames. */
+  if (!c->own_acks || !own_reads_wanted() || !amqp_release_buffers_ok(c->conn))
+    return 0;
+  if (!c->rx_buf) {
+    c->rx_buf = malloc(RX_BUF);
+    if (!c->rx_buf) return SLUICE_ENOMEM;
+  }
+  if (amqp_tune_connection(c->conn, amqp_get_channel_max(c->conn),
+                           amqp_get_frame_max(c->conn), 0) != AMQP_STATUS_OK)
+    return SLUICE_ENOMEM; /* its only failure: the outbound buffer */
+  c->own_reads = 1;
+  c->rmq_check = 1; /* what the attempt's calls read past their replies */
+  return 0;
+}
+
+/* Decode what rx_buf holds, handing each frame to handle_frame (parking
+ * deliveries) or forgetting it. */
+static void decode_rest(sluice_consumer *c, int handle) {
+  int got = 0;
+  while (c->connected && own_buffered(c)) {
+    amqp_frame_t f;
+    int st = decode_next(c, &f);
+    if (st == AMQP_STATUS_TIMEOUT) break;
+    if (st != AMQP_STATUS_OK) {
+      c->rx_off = c->rx_len; /* not AMQP: nothing after it can be read */
+      if (handle) {
+        sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
+                    amqp_error_string2(st));
+        sluice__conn_lost(c, sluice__amqp_status_to_err(st));
+      }
+      return;
+    }
+    got = 1;
+    if (handle) handle_frame(c, &f);
+    if (c->conn && (!handle || !c->asm_d || f.frame_type == AMQP_FRAME_BODY))
+      release_pools(c, f.channel);
+  }
+  if (got) c->last_rx_ms = sluice__now_ms();
+}
+
+void sluice__reads_settle(sluice_consumer *c) {
+  c->rmq_check = 1; /* the call that follows may read past its reply */
+  if (!c->connected || !own_buffered(c)) return;
+  size_t before = c->n_parked;
+  c->parking = 1;
+  decode_rest(c, 1);
+  c->parking = 0;
+  if (!c->connected) return;
+  if (c->n_parked > before)
+    sluice__log(c, SLUICE_LOG_DEBUG,
+                "synchronous call: %zu deliveries read ahead of it wait "
+                "their turn",
+                c->n_parked - before);
+  sluice__update_pause(c);
+  if (c->park_head) schedule_drain(c);
+}
+
+void sluice__reads_drop(sluice_consumer *c) {
+  if (!c->conn || !own_buffered(c)) return;
+  sluice__log(c, SLUICE_LOG_DEBUG,
+              "close: %zu bytes read ahead are dropped (the broker requeues "
+              "what was not acknowledged)",
+              c->rx_len - c->rx_off);
+  decode_rest(c, 0);
+}
+
 /* ---- heartbeats ---------------------------------------------------------- */
 
 /* Reading is paused for back-pressure, so a close or a reset would wait
@@ -467,17 +698,19 @@ void sluice__heartbeat(sluice_consumer *c) {
   if (may_read(c)) {
     /* rabbitmq-c sends and checks heartbeats only inside its wait calls:
      * a quiet socket never wakes the read event, so drive it from here
-     * (docs/rabbitmq-c-event-loop.md, "Heartbeats"). */
+     * (docs/rabbitmq-c-event-loop.md, "Heartbeats"). Where sluice reads
+     * the socket itself, rabbitmq-c's are off: the checks below. */
     sluice__read_frames(c);
+    if (!c->own_reads || !c->connected) return;
+  } else if (paused_peer_gone(c)) {
     return;
   }
-  if (paused_peer_gone(c)) return;
   /* Bytes waiting in the kernel prove the peer alive; otherwise apply the
    * two-interval rule ourselves. */
   int pending = 0;
   uint64_t now = sluice__now_ms();
   if ((ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0) ||
-      amqp_data_in_buffer(c->conn))
+      amqp_data_in_buffer(c->conn) || own_buffered(c))
     c->last_rx_ms = now;
   else if (now - c->last_rx_ms > 2000u * (uint64_t)c->heartbeat_s) {
     sluice__log(c, SLUICE_LOG_WARN, "no heartbeat for %llu ms: peer is gone",

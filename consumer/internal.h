@@ -63,6 +63,7 @@ struct sluice_delivery {
   size_t mem;       /* bytes charged to the in-flight bound */
   int too_big;      /* body discarded; will be rejected */
   int on_stale;     /* linked on the stale list, not the held one */
+  int unbound;      /* begun while parking: not counted in the bound yet */
   char key_buf[32]; /* a non-string header value as text (hooks' key) */
   /* storage: strings, headers and body live in one block */
   char *blk;
@@ -179,6 +180,21 @@ struct sluice_consumer {
    * over frames read or completions drained), frames collect in ackw and
    * go out together when the pass ends. */
   int own_acks;
+  /* Frames sluice reads itself, on the same connections (frames.c,
+   * "reading"): the socket's bytes go into rx_buf and rabbitmq-c only
+   * decodes them (amqp_handle_input); rx_off..rx_len is what is not decoded
+   * yet. rabbitmq-c's own heartbeat bookkeeping is off on such a
+   * connection: sluice__heartbeat() sends and checks them. Deliveries that
+   * a synchronous call made sluice decode while reading was paused wait on
+   * park_head..park_tail (qnext), not counted in the bound. */
+  int own_reads;
+  unsigned char *rx_buf;
+  size_t rx_off, rx_len;
+  sluice_delivery *park_head, *park_tail;
+  size_t n_parked;
+  size_t n_unbound; /* deliveries held outside the bound (parked) */
+  int parking;      /* in sluice__reads_settle() */
+  int rmq_check;    /* rabbitmq-c may hold bytes: a synchronous call ran */
   int ack_hold;
   int ackw_failed; /* a write of ackw failed: the connection is given up */
   sluice__ackwire ackw;
@@ -348,6 +364,20 @@ void sluice__kick_read(sluice_consumer *c);
 int sluice__input_pending(sluice_consumer *c);
 void sluice__update_pause(sluice_consumer *c);
 void sluice__heartbeat(sluice_consumer *c);
+/* A new connection: read it with sluice's own buffer where sluice writes
+ * its acks (own_acks), unless SLUICE_OWN_READS=0; 0 or SLUICE_ENOMEM. */
+int sluice__reads_begin(sluice_consumer *c);
+/* Before a synchronous call on the live connection (rabbitmq-c then reads
+ * the socket itself): decode what sluice read ahead of it. Deliveries
+ * completed here are parked, handed out by the next read pass. The
+ * connection may be lost. */
+void sluice__reads_settle(sluice_consumer *c);
+/* Before a graceful close: decode what sluice read ahead and forget it
+ * (the broker requeues unacknowledged deliveries when the channel closes). */
+void sluice__reads_drop(sluice_consumer *c);
+/* The connection is gone or stopped: parked deliveries count as held again
+ * (they are released with the rest of what it held). */
+void sluice__reads_end(sluice_consumer *c);
 
 /* memguard.c: the memory guard (loop thread) */
 /* Check the figure once and arm the periodic check (start). */
@@ -363,9 +393,16 @@ static inline void sluice__memguard_tick(sluice_consumer *c) {
   if (c->mem_every && ++c->mem_ticks >= c->mem_every)
     sluice__memguard_check_between(c);
 }
-/* 1 if the guard holds reading now (it does not while a stop needs to read
- * on: see memguard.c). */
-int sluice__memguard_holds(const sluice_consumer *c);
+/* 1 if the guard holds reading now. A stop reads on whatever the figure:
+ * MANUAL to see the cancel-ok (what comes meanwhile is never handled, and
+ * the broker takes it back at the close); AUTO because what the broker
+ * pushes after basic.cancel it has already settled: held off the socket it
+ * would reach no handler before the stop timeout, and be lost without
+ * on_abandoned. The in-flight bound still applies (docs/consumer.md, "The
+ * memory guard"). Inline: it is asked several times per delivery. */
+static inline int sluice__memguard_holds(const sluice_consumer *c) {
+  return c->mem.held && !c->stopping;
+}
 /* The name of a figure's source (stats.memory_source). */
 const char *sluice__memguard_source_name(int src);
 
@@ -374,6 +411,9 @@ const char *sluice__memguard_source_name(int src);
 sluice_delivery *sluice__delivery_new(sluice_consumer *c);
 /* Charge `bytes` of a delivery to the in-flight bound. */
 void sluice__charge(sluice_consumer *c, sluice_delivery *d, size_t bytes);
+/* Count a delivery begun during a synchronous call (unbound) in the bound,
+ * with what it was charged. */
+void sluice__delivery_bind(sluice_consumer *c, sluice_delivery *d);
 /* An assembled delivery: to its handler, or settled if it cannot run. */
 void sluice__dispatch(sluice_consumer *c, sluice_delivery *d);
 /* Settle a delivery that never reaches a handler (unknown tag). */

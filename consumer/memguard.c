@@ -164,16 +164,6 @@ static int read_figure(sluice_consumer *c, uint64_t *bytes) {
   return default_read(o->use_rss, bytes, &src) ? SRC_NONE : src;
 }
 
-int sluice__memguard_holds(const sluice_consumer *c) {
-  /* A stop reads on whatever the figure: MANUAL to see the cancel-ok (what
-   * comes meanwhile is never handled, and the broker takes it back at the
-   * close); AUTO because what the broker pushes after basic.cancel it has
-   * already settled: held off the socket it would reach no handler before
-   * the stop timeout, and be lost without on_abandoned. The in-flight
-   * bound still applies (docs/consumer.md, "The memory guard"). */
-  return c->mem.held && !c->stopping;
-}
-
 /* The loop thread's CPU time: what a reading costs it. A wall clock would
  * count a preemption on a loaded machine as a slow reading, and space the
  * checks out for nothing. */

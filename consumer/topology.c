@@ -179,6 +179,7 @@ static int app_call_failed(sluice_consumer *c, int rc, int consuming) {
 
 /* Send `t` now if connected, and remember it for the next connection. */
 static int topo_add(sluice_consumer *c, struct sluice__topo *t) {
+  if (c->connected) sluice__reads_settle(c); /* may lose the connection */
   if (c->connected) {
     int rc = sluice__apply_topology(c, t);
     if (rc) {
@@ -352,6 +353,7 @@ int sluice_consumer_subscribe(sluice_consumer *c,
   s->exclusive = o->exclusive;
   s->priority = o->priority;
   s->used = 1;
+  if (c->connected) sluice__reads_settle(c); /* may lose the connection */
   if (c->connected) {
     int rc = sluice__consume(c, s);
     if (rc) {

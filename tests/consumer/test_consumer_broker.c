@@ -1443,6 +1443,184 @@ static void close_during_sync_call(void **s) {
   }
 }
 
+/* ---- a synchronous call while sluice has read ahead ----------------------- */
+
+/* On plain TCP sluice reads the socket itself (frames.c, "sluice's own
+ * reads") and may hold bytes it has not decoded yet when the application
+ * makes a synchronous call, which lets rabbitmq-c read the socket for the
+ * reply: from inside a handler (variant 0), or from a timer while the
+ * in-flight bound has paused reading (variant 1, with a subscribe as well).
+ * What sluice held comes first on the wire: every delivery must reach a
+ * handler once, in order, never inside the call (no handler nested in
+ * another), with max_inflight kept, and each call must succeed. A stop
+ * from a handler (variant 2), the prefetch window far above max_inflight,
+ * must read on to the cancel-ok past the deliveries it no longer hands
+ * out, and close cleanly at once (it waited for stop_timeout_ms with a
+ * warning while those filled the bound), the broker requeuing everything
+ * not acknowledged. Both with sluice's reads and with rabbitmq-c's
+ * (SLUICE_OWN_READS=0). */
+#define RA_N 3000
+#define RA_BOUND 8
+#define RA_FIRES 3
+#define RA_STOP 1000 /* variant 2 */
+struct ra_ctx {
+  sluice_consumer *c;
+  const char *q, *q2, *q3;
+  int variant;
+  unsigned next, handled, out_of_order, nested, in_handler;
+  unsigned char seen[RA_N];
+  sluice_delivery *held[RA_BOUND];
+  int n_held, fires, call_rc[2 * RA_FIRES + 8], n_calls;
+  unsigned parked;       /* deliveries the debug log says waited their turn */
+  unsigned long dropped; /* bytes the debug log says a close dropped */
+  unsigned warnings;     /* log lines at WARN or ERROR */
+};
+static void ra_call(struct ra_ctx *x, int subscribe);
+static int ra_handler(sluice_delivery *d, const sluice_message *m, void *user) {
+  struct ra_ctx *x = user;
+  if (x->in_handler) x->nested++;
+  x->in_handler = 1;
+  unsigned id = id_of(m);
+  if (strcmp(m->queue, x->q) != 0) {
+    x->in_handler = 0;
+    return SLUICE_ACK; /* q3 (subscribed in variant 1) stays empty */
+  }
+  assert_true(id < RA_N);
+  if (id != x->next) x->out_of_order++;
+  x->next = id + 1;
+  x->seen[id]++;
+  int rc = SLUICE_ACK;
+  if (x->variant == 0 && id % 700 == 1) {
+    ra_call(x, 0); /* a handler's own call, while the pass reads on */
+  } else if (x->variant == 1 && x->fires < RA_FIRES && x->n_held < RA_BOUND) {
+    x->held[x->n_held++] = d; /* fill the bound: reading pauses */
+    rc = SLUICE_DEFER;
+  }
+  if (++x->handled == (x->variant == 2 ? RA_STOP : RA_N))
+    sluice_consumer_stop(x->c);
+  x->in_handler = 0;
+  return rc;
+}
+static void ra_call(struct ra_ctx *x, int subscribe) {
+  assert_true(x->n_calls + 2 <= (int)(sizeof(x->call_rc) / sizeof(int)));
+  sluice_queue_decl d = {.name = x->q2};
+  x->call_rc[x->n_calls++] = sluice_consumer_declare_queue(x->c, &d);
+  if (subscribe) {
+    sluice_subscribe_opts so = {.queue = x->q3,
+                                .handler = ra_handler,
+                                .user = x};
+    x->call_rc[x->n_calls++] = sluice_consumer_subscribe(x->c, &so);
+  }
+}
+static void ra_tick(evutil_socket_t fd, short what, void *arg) {
+  struct ra_ctx *x = arg;
+  if (x->variant != 1 || x->n_held < RA_BOUND) return;
+  /* The bound is full and reading paused, whatever sluice read ahead. */
+  ra_call(x, x->fires == 0);
+  x->fires++;
+  int n = x->n_held;
+  x->n_held = 0;
+  for (int i = 0; i < n; i++)
+    assert_int_equal(sluice_delivery_done(x->held[i], SLUICE_ACK), 0);
+}
+static void ra_log(int level, const char *msg, void *user) {
+  struct ra_ctx *x = user;
+  unsigned long n;
+  if (sscanf(msg, "synchronous call: %lu deliveries read ahead", &n) == 1)
+    x->parked += (unsigned)n;
+  if (sscanf(msg, "close: %lu bytes read ahead", &n) == 1) x->dropped += n;
+  if (level <= SLUICE_LOG_WARN) {
+    x->warnings++;
+    printf("  (log) %s\n", msg);
+  }
+}
+static void ra_event(sluice_consumer *c, const sluice_event *ev, void *user) {
+  if (ev->type == SLUICE_EV_STOPPED)
+    event_base_loopexit(sluice_consumer_base(c), NULL);
+}
+
+static void sync_call_with_read_ahead(void **s) {
+  unsigned parked_own = 0;
+  for (int own = 0; own <= 1; own++) {
+    setenv("SLUICE_OWN_READS", own ? "1" : "0", 1);
+    for (int variant = 0; variant < 3; variant++) {
+      struct ra_ctx *x = calloc(1, sizeof(*x));
+      x->variant = variant;
+      x->q = tb_qname("readahead");
+      sluice_queue_decl d = {.name = x->q};
+      tb_fresh_queue(&d);
+      x->q2 = tb_qname("readahead2");
+      x->q3 = tb_qname("readahead3");
+      sluice_queue_decl d3 = {.name = x->q3};
+      tb_fresh_queue(&d3);
+      tb_fill(x->q, RA_N, 16);
+      struct event_base *base = event_base_new();
+      sluice_consumer_opts o = {.uri = TEST_URI,
+                                .prefetch = 1000,
+                                .max_inflight = RA_BOUND,
+                                .on_event = ra_event,
+                                .log = ra_log,
+                                .log_user = x,
+                                .log_level = SLUICE_LOG_DEBUG};
+      assert_int_equal(sluice_consumer_new(&o, &x->c), 0);
+      sluice_subscribe_opts so = {.queue = x->q,
+                                  .handler = ra_handler,
+                                  .user = x};
+      assert_int_equal(sluice_consumer_subscribe(x->c, &so), 0);
+      assert_int_equal(sluice_consumer_start(x->c, base), 0);
+      struct event *t = event_new(base, -1, EV_PERSIST, ra_tick, x);
+      struct timeval tv = {0, 5000};
+      event_add(t, &tv);
+      struct timeval limit = {60, 0};
+      event_base_loopexit(base, &limit);
+      event_base_dispatch(base);
+      sluice_consumer_stats st;
+      sluice_consumer_get_stats(x->c, &st);
+      static const char *const what[] = {"declare from a handler",
+                                         "declare + subscribe while paused",
+                                         "stop from a handler"};
+      printf("  %s reads, %s: %u handled, %d calls, %u deliveries read "
+             "ahead of a call, %lu bytes dropped at the close, max in "
+             "flight %llu\n",
+             own ? "sluice's" : "rabbitmq-c's", what[variant], x->handled,
+             x->n_calls, x->parked, x->dropped,
+             (unsigned long long)st.max_in_flight);
+      assert_true(sluice_consumer_stopped(x->c));
+      unsigned n = variant == 2 ? RA_STOP : RA_N;
+      assert_int_equal(x->handled, n);
+      for (unsigned i = 0; i < RA_N; i++)
+        assert_int_equal(x->seen[i], i < n ? 1 : 0);
+      assert_int_equal(x->out_of_order, 0);
+      assert_int_equal(x->nested, 0);
+      static const int min_calls[] = {4, RA_FIRES + 1, 0};
+      assert_true(x->n_calls >= min_calls[variant]);
+      for (int i = 0; i < x->n_calls; i++) assert_int_equal(x->call_rc[i], 0);
+      assert_true(st.max_in_flight <= RA_BOUND);
+      assert_int_equal(st.acked, n);
+      assert_int_equal(x->warnings, 0); /* a clean, timely stop included */
+      if (own) {
+        parked_own += x->parked;
+      } else {
+        assert_int_equal(x->parked, 0); /* nothing read ahead */
+        assert_int_equal(x->dropped, 0);
+      }
+      event_free(t);
+      sluice_consumer_free(x->c);
+      event_base_free(base);
+      /* what was not acknowledged is the queue's again */
+      assert_int_equal(tb_depth_eventually(x->q, RA_N - n, 5000), RA_N - n);
+      tb_delete_queue(x->q);
+      tb_delete_queue(x->q2);
+      tb_delete_queue(x->q3);
+      free(x);
+    }
+  }
+  unsetenv("SLUICE_OWN_READS");
+  /* The case under test happened: sluice held deliveries when a call came
+   * (a 64 KiB read holds hundreds of these 16-byte messages). */
+  assert_true(parked_own > 0);
+}
+
 /* ---- free from another thread --------------------------------------------- */
 
 /* sluice_consumer_free() from another thread while run() runs stops the
@@ -1683,6 +1861,7 @@ int main(void) {
       cmocka_unit_test(free_inside_callback_refused),
       cmocka_unit_test(duplicate_consumer_tag_refused),
       cmocka_unit_test(close_during_sync_call),
+      cmocka_unit_test(sync_call_with_read_ahead),
       cmocka_unit_test(free_from_another_thread),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
