@@ -28,7 +28,9 @@
  *  - the counters add up, and nothing is held once the connection is gone
  *    and every deferred delivery was completed;
  *  - what the consumer writes is whole frames, one after the other (its
- *    own ack frames, consumer/ackwire.c, unless FZ_OPT_LIB_ACKS). */
+ *    own ack frames, consumer/ackwire.c, unless FZ_OPT_LIB_ACKS).
+ * Without FZ_OPT_LIB_ACKS sluice also reads the socket itself, as on a
+ * plain TCP connection (frames.c, "sluice's own reads"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -236,6 +238,12 @@ static int attach(sluice_consumer *c, int fd, int peer, uint8_t opts) {
   c->conn = conn;
   c->fd = fd;
   c->own_acks = !(opts & FZ_OPT_LIB_ACKS); /* a tcp socket, as adopted */
+  /* and, with its own acks, sluice's own reads (frames.c), as adopted */
+  if (sluice__reads_begin(c)) {
+    c->conn = NULL;
+    amqp_destroy_connection(conn);
+    return -1;
+  }
   c->connected = 1;
   c->started = 1;
   c->loop_thread = pthread_self();
