@@ -24,7 +24,6 @@
  *                             [--handler-ms 10]
  */
 #include <ctype.h>
-#include <dirent.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -188,23 +187,8 @@ struct queues {
 };
 
 static int child_socket_inodes(pid_t pid, unsigned long *ino, int max) {
-  char dir[64];
-  snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-  DIR *d = opendir(dir);
-  if (!d) return 0;
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) && n < max) {
-    char path[512], link[128];
-    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-    ssize_t l = readlink(path, link, sizeof(link) - 1);
-    if (l <= 0) continue;
-    link[l] = 0;
-    unsigned long i;
-    if (sscanf(link, "socket:[%lu]", &i) == 1) ino[n++] = i;
-  }
-  closedir(d);
-  return n;
+  int n = bu_socket_inodes((int)pid, ino, max);
+  return n < 0 ? 0 : n;
 }
 
 static int read_queues(pid_t pid, struct queues *q) {

@@ -2,6 +2,7 @@
 #include "bench_util.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,4 +109,24 @@ int bu_port_open(int port) {
   int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
   close(fd);
   return ok;
+}
+
+int bu_socket_inodes(int pid, unsigned long *ino, int max) {
+  char dir[64];
+  snprintf(dir, sizeof(dir), "/proc/%d/fd", pid);
+  DIR *d = opendir(dir);
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while (n < max && (e = readdir(d))) {
+    char path[320], link[128];
+    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+    ssize_t l = readlink(path, link, sizeof(link) - 1);
+    if (l <= 0) continue;
+    link[l] = 0;
+    unsigned long i;
+    if (sscanf(link, "socket:[%lu]", &i) == 1) ino[n++] = i;
+  }
+  closedir(d);
+  return n;
 }

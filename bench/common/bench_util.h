@@ -18,5 +18,8 @@ void bu_fill(const char *uri, const char *queue, unsigned long n, size_t size);
 unsigned bu_depth(const char *uri, const char *queue);
 /* 1 if 127.0.0.1:port accepts TCP connections. */
 int bu_port_open(int port);
+/* The inodes of the sockets process `pid` holds (/proc/PID/fd), at most
+ * `max`; -1 if its descriptors cannot be read (another user's process). */
+int bu_socket_inodes(int pid, unsigned long *ino, int max);
 
 #endif

@@ -160,25 +160,13 @@ static int comm_is(int pid, const char *name) {
 /* 1 if `pid` holds one of the sockets `ino`; -1 if its descriptors cannot
  * be read (another user's process, not root). */
 static int holds_socket(int pid, const unsigned long *ino, int n) {
-  char path[64];
-  snprintf(path, sizeof(path), "/proc/%d/fd", pid);
-  DIR *d = opendir(path);
-  if (!d) return -1;
-  struct dirent *e;
-  int found = 0;
-  while (!found && (e = readdir(d))) {
-    char fd[320], target[64];
-    snprintf(fd, sizeof(fd), "%s/%s", path, e->d_name);
-    ssize_t len = readlink(fd, target, sizeof(target) - 1);
-    if (len <= 0) continue;
-    target[len] = 0;
-    unsigned long i;
-    if (sscanf(target, "socket:[%lu]", &i) != 1) continue;
+  static unsigned long held[8192]; /* a broker's sockets, clients included */
+  int m = bu_socket_inodes(pid, held, 8192);
+  if (m < 0) return -1;
+  for (int j = 0; j < m; j++)
     for (int k = 0; k < n; k++)
-      if (ino[k] == i) found = 1;
-  }
-  closedir(d);
-  return found;
+      if (held[j] == ino[k]) return 1;
+  return 0;
 }
 
 /* The beam.smp process listening on `port`, matched by the listening
