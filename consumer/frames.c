@@ -205,10 +205,15 @@ static sluice_delivery *unpark(sluice_consumer *c) {
 }
 
 static void complete(sluice_consumer *c, sluice_delivery *d);
+static int stop_asked(const sluice_consumer *c);
 
-/* Hand out parked deliveries while the bound allows; 1 once none is left. */
+/* Hand out parked deliveries while the bound allows; 1 once none is left.
+ * A handler that asks to stop leaves the rest to the broker, as it does
+ * the frames not read yet (the stop itself begins on the loop's wake-up,
+ * then the rest is let go, sluice__dispatch). */
 static int take_parked(sluice_consumer *c) {
-  while (c->park_head && c->connected && may_take(c)) complete(c, unpark(c));
+  while (c->park_head && c->connected && may_take(c) && !stop_asked(c))
+    complete(c, unpark(c));
   return c->park_head == NULL;
 }
 
