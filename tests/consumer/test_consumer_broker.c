@@ -1621,6 +1621,115 @@ static void sync_call_with_read_ahead(void **s) {
   assert_true(parked_own > 0);
 }
 
+/* A MANUAL stop while the application holds deferred deliveries that fill
+ * the bound and never completes them: reading stays paused, the stop ends
+ * at stop_timeout_ms, and what sluice had read ahead (on plain TCP) is
+ * decoded and dropped before the close, so that rabbitmq-c's close reads
+ * the stream where it continues. The messages are published once the
+ * consumer is connected and reading itself, from the loop's thread, so
+ * that the broker fills the socket meanwhile and sluice's reads then take
+ * whole 64 KiB and stop inside a 100 kB frame. The close must be clean
+ * (the only warning is the stop timeout's), nothing acknowledged, the held
+ * handles stale afterwards, and the broker must requeue every message.
+ * Repeated until a run had bytes read ahead at the close (nearly always the
+ * first). */
+#define DROP_N 40
+struct drop_ctx {
+  sluice_consumer *c;
+  const char *q;
+  sluice_delivery *held[RA_BOUND];
+  int n_held, connected, filled, stop_sent;
+  unsigned long dropped;
+  unsigned warnings, timeouts;
+};
+static int drop_handler(sluice_delivery *d, const sluice_message *m,
+                        void *user) {
+  struct drop_ctx *x = user;
+  assert_true(x->n_held < RA_BOUND);
+  x->held[x->n_held++] = d;
+  return SLUICE_DEFER;
+}
+static void drop_tick(evutil_socket_t fd, short what, void *arg) {
+  struct drop_ctx *x = arg;
+  if (x->connected && !x->filled) {
+    x->filled = 1;
+    tb_fill(x->q, DROP_N, 100000); /* the loop waits: the socket fills */
+  }
+  if (x->stop_sent || x->n_held < RA_BOUND) return;
+  x->stop_sent = 1;
+  sluice_consumer_stop(x->c);
+}
+static void drop_event(sluice_consumer *c, const sluice_event *ev, void *user) {
+  struct drop_ctx *x = user;
+  if (ev->type == SLUICE_EV_CONNECTED) x->connected = 1;
+  if (ev->type == SLUICE_EV_STOPPED)
+    event_base_loopexit(sluice_consumer_base(c), NULL);
+}
+static void drop_log(int level, const char *msg, void *user) {
+  struct drop_ctx *x = user;
+  unsigned long n;
+  if (sscanf(msg, "close: %lu bytes read ahead", &n) == 1) x->dropped += n;
+  if (strncmp(msg, "stop timeout", 12) == 0) x->timeouts++;
+  else if (level <= SLUICE_LOG_WARN) {
+    x->warnings++;
+    printf("  (log) %s\n", msg);
+  }
+}
+
+static void stop_timeout_drops_read_ahead(void **s) {
+  unsigned long dropped = 0;
+  for (int attempt = 0; attempt < 3 && dropped == 0; attempt++) {
+    struct drop_ctx *x = calloc(1, sizeof(*x));
+    x->q = tb_qname("dropahead");
+    sluice_queue_decl d = {.name = x->q};
+    tb_fresh_queue(&d);
+    struct event_base *base = event_base_new();
+    sluice_consumer_opts o = {.uri = TEST_URI,
+                              .prefetch = 1000,
+                              .max_inflight = RA_BOUND,
+                              .stop_timeout_ms = 300u *
+                                                 (unsigned)tb_time_scale(),
+                              .on_event = drop_event,
+                              .event_user = x,
+                              .log = drop_log,
+                              .log_user = x,
+                              .log_level = SLUICE_LOG_DEBUG};
+    assert_int_equal(sluice_consumer_new(&o, &x->c), 0);
+    sluice_subscribe_opts so = {.queue = x->q,
+                                .handler = drop_handler,
+                                .user = x};
+    assert_int_equal(sluice_consumer_subscribe(x->c, &so), 0);
+    assert_int_equal(sluice_consumer_start(x->c, base), 0);
+    struct event *t = event_new(base, -1, EV_PERSIST, drop_tick, x);
+    struct timeval tv = {0, 5000};
+    event_add(t, &tv);
+    struct timeval limit = {60, 0};
+    event_base_loopexit(base, &limit);
+    event_base_dispatch(base);
+    sluice_consumer_stats st;
+    sluice_consumer_get_stats(x->c, &st);
+    printf("  attempt %d: %d held, %lu bytes read ahead dropped at the close, "
+           "%u stop timeout warnings\n",
+           attempt, x->n_held, x->dropped, x->timeouts);
+    assert_true(sluice_consumer_stopped(x->c));
+    assert_int_equal(x->n_held, RA_BOUND);
+    assert_int_equal(x->timeouts, 1);
+    assert_int_equal(x->warnings, 0); /* the close included */
+    assert_int_equal(st.acked, 0);
+    for (int i = 0; i < x->n_held; i++)
+      assert_int_equal(sluice_delivery_done(x->held[i], SLUICE_ACK),
+                       SLUICE_ESTALE);
+    dropped += x->dropped;
+    event_free(t);
+    sluice_consumer_free(x->c);
+    event_base_free(base);
+    assert_int_equal(tb_depth_eventually(x->q, DROP_N, 5000), DROP_N);
+    tb_delete_queue(x->q);
+    free(x);
+  }
+  assert_true(dropped > 0);
+}
+
 /* ---- free from another thread --------------------------------------------- */
 
 /* sluice_consumer_free() from another thread while run() runs stops the
@@ -1862,6 +1971,7 @@ int main(void) {
       cmocka_unit_test(duplicate_consumer_tag_refused),
       cmocka_unit_test(close_during_sync_call),
       cmocka_unit_test(sync_call_with_read_ahead),
+      cmocka_unit_test(stop_timeout_drops_read_ahead),
       cmocka_unit_test(free_from_another_thread),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
