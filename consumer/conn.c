@@ -472,24 +472,34 @@ int sluice__rpc_result(amqp_connection_state_t conn, amqp_channel_t ch,
   return rc;
 }
 
+/* The closing handshake, each step bounded by the rpc timeout set at
+ * connect; the broker requeues what was not acknowledged either way. A
+ * library error ends it: after one from a read (AMQP_STATUS_BAD_AMQP_DATA:
+ * bytes that are not AMQP) rabbitmq-c 0.11 leaves its frame decoder
+ * half-way, with the bogus frame size as its target and its 7-byte header
+ * buffer as the destination, and its next read overflows that buffer
+ * (found with ASan: a 131,072-byte memcpy into the connection's state). A
+ * close that fails says the socket or the stream was already wrong. */
+static void close_rpcs(sluice_consumer *c) {
+  amqp_rpc_reply_t r =
+      amqp_channel_close(c->conn, SLUICE__CH_TOPOLOGY, AMQP_REPLY_SUCCESS);
+  if (r.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION)
+    r = amqp_channel_close(c->conn, SLUICE__CH_MAIN, AMQP_REPLY_SUCCESS);
+  if (r.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION)
+    r = amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
+  if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+    char text[128];
+    int rc = sluice__reply_to_err(r, NULL, text, sizeof(text));
+    sluice__log(c, SLUICE_LOG_WARN, "close: %s (%s)", sluice_strerror(rc),
+                text);
+  }
+}
+
 void sluice__disconnect(sluice_consumer *c, int graceful) {
   if (!c->conn) return;
-  if (graceful) {
-    /* What sluice read ahead would come before the close-ok. */
-    sluice__reads_drop(c);
-    /* Bounded by the rpc timeout set at connect. The broker requeues what
-     * was not acknowledged either way; a close that fails says the socket
-     * or the stream was already wrong. */
-    amqp_channel_close(c->conn, SLUICE__CH_TOPOLOGY, AMQP_REPLY_SUCCESS);
-    amqp_channel_close(c->conn, SLUICE__CH_MAIN, AMQP_REPLY_SUCCESS);
-    amqp_rpc_reply_t r = amqp_connection_close(c->conn, AMQP_REPLY_SUCCESS);
-    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-      char text[128];
-      int rc = sluice__reply_to_err(r, NULL, text, sizeof(text));
-      sluice__log(c, SLUICE_LOG_WARN, "close: %s (%s)", sluice_strerror(rc),
-                  text);
-    }
-  }
+  /* What sluice read ahead comes before the close-ok: decoded and
+   * dropped first; if it is not AMQP, the socket is simply closed. */
+  if (graceful && sluice__reads_drop(c) == 0) close_rpcs(c);
   amqp_destroy_connection(c->conn);
   c->conn = NULL;
   c->fd = -1;

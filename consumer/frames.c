@@ -626,8 +626,8 @@ int sluice__reads_begin(sluice_consumer *c) {
 }
 
 /* Decode what rx_buf holds, handing each frame to handle_frame (parking
- * deliveries) or forgetting it. */
-static void decode_rest(sluice_consumer *c, int handle) {
+ * deliveries) or forgetting it. 0, or -1 if the bytes are not AMQP. */
+static int decode_rest(sluice_consumer *c, int handle) {
   int got = 0;
   while (c->connected && own_buffered(c)) {
     amqp_frame_t f;
@@ -635,12 +635,10 @@ static void decode_rest(sluice_consumer *c, int handle) {
     if (st == AMQP_STATUS_TIMEOUT) break;
     if (st != AMQP_STATUS_OK) {
       c->rx_off = c->rx_len; /* not AMQP: nothing after it can be read */
-      if (handle) {
-        sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
-                    amqp_error_string2(st));
-        sluice__conn_lost(c, sluice__amqp_status_to_err(st));
-      }
-      return;
+      sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
+                  amqp_error_string2(st));
+      if (handle) sluice__conn_lost(c, sluice__amqp_status_to_err(st));
+      return -1;
     }
     got = 1;
     if (handle) handle_frame(c, &f);
@@ -648,6 +646,7 @@ static void decode_rest(sluice_consumer *c, int handle) {
       release_pools(c, f.channel);
   }
   if (got) c->last_rx_ms = sluice__now_ms();
+  return 0;
 }
 
 void sluice__reads_settle(sluice_consumer *c) {
@@ -667,13 +666,13 @@ void sluice__reads_settle(sluice_consumer *c) {
   if (c->park_head) schedule_drain(c);
 }
 
-void sluice__reads_drop(sluice_consumer *c) {
-  if (!c->conn || !own_buffered(c)) return;
+int sluice__reads_drop(sluice_consumer *c) {
+  if (!c->conn || !own_buffered(c)) return 0;
   sluice__log(c, SLUICE_LOG_DEBUG,
               "close: %zu bytes read ahead are dropped (the broker requeues "
               "what was not acknowledged)",
               c->rx_len - c->rx_off);
-  decode_rest(c, 0);
+  return decode_rest(c, 0);
 }
 
 /* ---- heartbeats ---------------------------------------------------------- */

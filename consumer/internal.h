@@ -373,8 +373,11 @@ int sluice__reads_begin(sluice_consumer *c);
  * connection may be lost. */
 void sluice__reads_settle(sluice_consumer *c);
 /* Before a graceful close: decode what sluice read ahead and forget it
- * (the broker requeues unacknowledged deliveries when the channel closes). */
-void sluice__reads_drop(sluice_consumer *c);
+ * (the broker requeues unacknowledged deliveries when the channel closes).
+ * 0, or -1 if those bytes are not AMQP: then rabbitmq-c must not read the
+ * connection again (conn.c, close_rpcs), and it is closed without the
+ * handshake. */
+int sluice__reads_drop(sluice_consumer *c);
 /* The connection is gone or stopped: parked deliveries count as held again
  * (they are released with the rest of what it held). */
 void sluice__reads_end(sluice_consumer *c);

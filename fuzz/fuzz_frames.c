@@ -187,6 +187,22 @@ static void write_frame(harness *h, int type, int chan, const uint8_t *p,
   write_all(h, &end, 1);
 }
 
+/* The application stops (or frees the consumer) now: the graceful close
+ * (conn.c) drops what sluice read ahead and reads the rest through
+ * rabbitmq-c's synchronous close calls: frames, part of one, or bytes that
+ * are not AMQP, after which rabbitmq-c 0.11 must not be read again. The
+ * peer never answers: each call ends at a 1 ms timeout. What the
+ * connection held then goes as sluice__conn_lost() lets it go. */
+static void close_now(harness *h) {
+  sluice_consumer *c = h->c;
+  if (!c->connected) return;
+  struct timeval tv = {0, 1000};
+  amqp_set_rpc_timeout(c->conn, &tv);
+  atomic_fetch_add(&c->generation, 1);
+  sluice__disconnect(c, 1);
+  sluice__deliveries_conn_lost(c);
+}
+
 static sluice_consumer *make_consumer(uint8_t opts, harness *h) {
   sluice_consumer_opts o;
   memset(&o, 0, sizeof(o));
@@ -288,14 +304,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (op == FZ_CTL_READ) pump(h);
       if (op == FZ_CTL_COMPLETE) complete_deferred(h), pump(h);
       if (op == FZ_CTL_ACKS) sluice__on_watch(c, SLUICE__W_ACK);
-      continue;
+      if (op == FZ_CTL_CLOSE) close_now(h);
+      if (op != FZ_CTL_RAW) continue;
     }
     size_t len = 0;
     if (i + 2 <= size) len = (size_t)data[i] << 8 | data[i + 1];
     i += 2;
     if (i > size) break;
     if (len > size - i) len = size - i;
-    write_frame(h, op & 3, (op >> 2) & 3, data + i, len);
+    if (op == FZ_CTL_RAW) write_all(h, data + i, len);
+    else write_frame(h, op & 3, (op >> 2) & 3, data + i, len);
     i += len;
   }
   /* Complete what handlers deferred until they defer no more. */

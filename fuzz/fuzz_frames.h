@@ -7,7 +7,9 @@
  * the input ends). An op below 0xF0 is a frame: type in bits 0-1
  * (FZ_METHOD, FZ_HEADER, FZ_BODY, FZ_HEARTBEAT) and channel in bits 2-3;
  * the harness adds the frame's header and end byte. An op from 0xF0 is a
- * control (FZ_CTL_*). */
+ * control (FZ_CTL_*); FZ_CTL_RAW is followed by a length and bytes as a
+ * frame is, written as they are (a frame cut short, bytes that are not
+ * AMQP). */
 #ifndef SLUICE_FUZZ_FRAMES_H
 #define SLUICE_FUZZ_FRAMES_H
 
@@ -30,7 +32,9 @@ enum {
 enum {
   FZ_CTL_READ = 0xF0,     /* the consumer reads what was written so far */
   FZ_CTL_COMPLETE = 0xF1, /* complete every deferred delivery (ack) */
-  FZ_CTL_ACKS = 0xF2      /* the ack timer fires */
+  FZ_CTL_ACKS = 0xF2,     /* the ack timer fires */
+  FZ_CTL_RAW = 0xF3,      /* 16-bit length and bytes, written unframed */
+  FZ_CTL_CLOSE = 0xF4     /* a graceful close now, reading what was written */
 };
 
 #endif

@@ -28,6 +28,11 @@ static void ctl(seed *s, int op) {
   s->buf[s->n++] = (uint8_t)op;
 }
 
+/* Bytes written as they are, unframed (FZ_CTL_RAW). */
+static void raw(seed *s, const void *p, size_t len) {
+  rec(s, FZ_CTL_RAW, 0, p, len);
+}
+
 static void method(seed *s, int chan, amqp_method_number_t id, void *m) {
   uint8_t b[4096];
   b[0] = (uint8_t)(id >> 24);
@@ -236,4 +241,32 @@ void gen_frames_seeds(void) {
   ctl(&s, FZ_CTL_READ);
   ctl(&s, FZ_CTL_COMPLETE);
   done(&s, "lib_acks");
+
+  /* A graceful close while sluice holds bytes it read ahead (the bound is
+   * 1 and the first delivery deferred), then a frame cut short. */
+  ctl(&s, FZ_OPT_INFLIGHT_1);
+  message(&s, 1, "defer");
+  message(&s, 2, "ack");
+  ctl(&s, FZ_CTL_READ);
+  deliver(&s, FZ_TAG, 3);
+  raw(&s, "\x01\x00\x01\x00\x00", 5); /* a method frame's first bytes */
+  ctl(&s, FZ_CTL_CLOSE);
+  done(&s, "close_read_ahead");
+
+  /* Bytes that are not AMQP where the close reads its reply (a frame size
+   * above frame_max): rabbitmq-c 0.11 must not be read again after that
+   * (conn.c, close_rpcs). The same with sluice's reads and with
+   * rabbitmq-c's. */
+  uint8_t junk[1031]; /* past the connection state, were it copied there */
+  memset(junk, 0xab, sizeof(junk));
+  memcpy(junk, "\x01\x00\x02\x7f\xff\xff\xff", 7);
+  for (int lib = 0; lib < 2; lib++) {
+    ctl(&s, FZ_OPT_INFLIGHT_1 | (lib ? FZ_OPT_LIB_ACKS : 0));
+    message(&s, 1, "defer");
+    message(&s, 2, "ack");
+    ctl(&s, FZ_CTL_READ);
+    raw(&s, junk, sizeof(junk));
+    ctl(&s, FZ_CTL_CLOSE);
+    done(&s, lib ? "close_on_junk_lib" : "close_on_junk");
+  }
 }
