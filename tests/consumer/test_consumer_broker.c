@@ -1445,6 +1445,25 @@ static void close_during_sync_call(void **s) {
 
 /* ---- a synchronous call while sluice has read ahead ----------------------- */
 
+/* Start `c` on an event_base of its own with `tick` every 5 ms and run the
+ * loop until the consumer's SLUICE_EV_STOPPED ends it (its on_event calls
+ * event_base_loopexit()), at most `limit_s` seconds. The caller frees the
+ * base after the consumer. */
+static struct event_base *run_ticking(sluice_consumer *c,
+                                      event_callback_fn tick, void *arg,
+                                      int limit_s) {
+  struct event_base *base = event_base_new();
+  assert_int_equal(sluice_consumer_start(c, base), 0);
+  struct event *t = event_new(base, -1, EV_PERSIST, tick, arg);
+  struct timeval tv = {0, 5000};
+  event_add(t, &tv);
+  struct timeval limit = {limit_s, 0};
+  event_base_loopexit(base, &limit);
+  event_base_dispatch(base);
+  event_free(t);
+  return base;
+}
+
 /* On plain TCP sluice reads the socket itself (frames.c, "sluice's own
  * reads") and may hold bytes it has not decoded yet when the application
  * makes a synchronous call, which lets rabbitmq-c read the socket for the
@@ -1554,7 +1573,6 @@ static void sync_call_with_read_ahead(void **s) {
       sluice_queue_decl d3 = {.name = x->q3};
       tb_fresh_queue(&d3);
       tb_fill(x->q, RA_N, 16);
-      struct event_base *base = event_base_new();
       sluice_consumer_opts o = {.uri = TEST_URI,
                                 .prefetch = 1000,
                                 .max_inflight = RA_BOUND,
@@ -1567,13 +1585,7 @@ static void sync_call_with_read_ahead(void **s) {
                                   .handler = ra_handler,
                                   .user = x};
       assert_int_equal(sluice_consumer_subscribe(x->c, &so), 0);
-      assert_int_equal(sluice_consumer_start(x->c, base), 0);
-      struct event *t = event_new(base, -1, EV_PERSIST, ra_tick, x);
-      struct timeval tv = {0, 5000};
-      event_add(t, &tv);
-      struct timeval limit = {60, 0};
-      event_base_loopexit(base, &limit);
-      event_base_dispatch(base);
+      struct event_base *base = run_ticking(x->c, ra_tick, x, 60);
       sluice_consumer_stats st;
       sluice_consumer_get_stats(x->c, &st);
       static const char *const what[] = {"declare from a handler",
@@ -1604,7 +1616,6 @@ static void sync_call_with_read_ahead(void **s) {
         assert_int_equal(x->parked, 0); /* nothing read ahead */
         assert_int_equal(x->dropped, 0);
       }
-      event_free(t);
       sluice_consumer_free(x->c);
       event_base_free(base);
       /* what was not acknowledged is the queue's again */
@@ -1683,7 +1694,6 @@ static void stop_timeout_drops_read_ahead(void **s) {
     x->q = tb_qname("dropahead");
     sluice_queue_decl d = {.name = x->q};
     tb_fresh_queue(&d);
-    struct event_base *base = event_base_new();
     sluice_consumer_opts o = {.uri = TEST_URI,
                               .prefetch = 1000,
                               .max_inflight = RA_BOUND,
@@ -1699,13 +1709,7 @@ static void stop_timeout_drops_read_ahead(void **s) {
                                 .handler = drop_handler,
                                 .user = x};
     assert_int_equal(sluice_consumer_subscribe(x->c, &so), 0);
-    assert_int_equal(sluice_consumer_start(x->c, base), 0);
-    struct event *t = event_new(base, -1, EV_PERSIST, drop_tick, x);
-    struct timeval tv = {0, 5000};
-    event_add(t, &tv);
-    struct timeval limit = {60, 0};
-    event_base_loopexit(base, &limit);
-    event_base_dispatch(base);
+    struct event_base *base = run_ticking(x->c, drop_tick, x, 60);
     sluice_consumer_stats st;
     sluice_consumer_get_stats(x->c, &st);
     printf("  attempt %d: %d held, %lu bytes read ahead dropped at the close, "
@@ -1720,7 +1724,6 @@ static void stop_timeout_drops_read_ahead(void **s) {
       assert_int_equal(sluice_delivery_done(x->held[i], SLUICE_ACK),
                        SLUICE_ESTALE);
     dropped += x->dropped;
-    event_free(t);
     sluice_consumer_free(x->c);
     event_base_free(base);
     assert_int_equal(tb_depth_eventually(x->q, DROP_N, 5000), DROP_N);
