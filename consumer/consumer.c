@@ -154,6 +154,7 @@ int sluice_consumer_new(const sluice_consumer_opts *opts,
   c->o.uris = NULL;
   c->fd = -1;
   c->wake_fd = -1;
+  c->mute[0] = c->mute[1] = -1;
   atomic_init(&c->generation, 1); /* the first connection's */
   c->topo_tail = &c->topo;
   c->bound.max_count = o.max_inflight;
@@ -779,6 +780,8 @@ void sluice_consumer_free(sluice_consumer *c) {
   sluice__registry_free(c->registry);
   sluice__ackq_free(&c->acks);
   free(c->rx_buf);
+  for (int i = 0; i < 2; i++)
+    if (c->mute[i] >= 0) close(c->mute[i]);
   pthread_mutex_destroy(&c->cq_mu);
   pthread_mutex_destroy(&c->wq_mu);
   pthread_cond_destroy(&c->wq_cv);

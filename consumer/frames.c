@@ -12,6 +12,8 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <amqp_tcp_socket.h>
+
 #include "internal.h"
 
 #define READ_BUDGET 256 /* frames per wake-up before yielding */
@@ -523,10 +525,23 @@ static int own_next(sluice_consumer *c, amqp_frame_t *f, int *read) {
   }
 }
 
-/* The next frame from rabbitmq-c's buffer, or through it from the socket. */
+/* The next frame from rabbitmq-c's buffer, or through it from the socket.
+ * Where sluice reads the socket itself, only from rabbitmq-c's buffer and
+ * queue: its socket is pointed at an empty socketpair for the call, so
+ * that a partial frame at the end of its buffer goes into its decoder and
+ * the call says AMQP_STATUS_TIMEOUT instead of reading the socket for the
+ * rest (which would refill its buffer, and keep rabbitmq-c the reader for
+ * as long as the broker stays ahead). */
 static int rmq_next(sluice_consumer *c, amqp_frame_t *f, int *read) {
-  if (!rmq_buffered(c) && !socket_turn(c, read)) return AMQP_STATUS_TIMEOUT;
   struct timeval tv = {0, 0};
+  if (c->own_reads) {
+    amqp_socket_t *s = amqp_get_socket(c->conn);
+    amqp_tcp_socket_set_sockfd(s, c->mute[0]);
+    int st = amqp_simple_wait_frame_noblock(c->conn, f, &tv);
+    amqp_tcp_socket_set_sockfd(s, c->fd);
+    return st;
+  }
+  if (!rmq_buffered(c) && !socket_turn(c, read)) return AMQP_STATUS_TIMEOUT;
   return amqp_simple_wait_frame_noblock(c->conn, f, &tv);
 }
 
@@ -544,8 +559,12 @@ static void read_frames(sluice_consumer *c) {
     }
     /* What a synchronous call left in rabbitmq-c's buffer comes first: it
      * read it after everything sluice had read (sluice__reads_settle). */
-    int st = c->own_reads && !rmq_pending(c) ? own_next(c, &f, &read)
-                                             : rmq_next(c, &f, &read);
+    int from_rmq = !c->own_reads || rmq_pending(c);
+    int st = from_rmq ? rmq_next(c, &f, &read) : own_next(c, &f, &read);
+    if (st == AMQP_STATUS_TIMEOUT && from_rmq && c->own_reads) {
+      c->rmq_check = 0; /* rabbitmq-c's buffer is empty: sluice reads on */
+      continue;
+    }
     if (st == AMQP_STATUS_TIMEOUT || !c->connected) break;
     if (st != AMQP_STATUS_OK) {
       sluice__log(c, SLUICE_LOG_WARN, "connection lost: %s",
@@ -617,6 +636,10 @@ int sluice__reads_begin(sluice_consumer *c) {
     c->rx_buf = malloc(RX_BUF);
     if (!c->rx_buf) return SLUICE_ENOMEM;
   }
+  if (c->mute[0] < 0 &&
+      socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                 c->mute) != 0)
+    return 0; /* no fd to spare: rabbitmq-c reads, as over TLS */
   if (amqp_tune_connection(c->conn, amqp_get_channel_max(c->conn),
                            amqp_get_frame_max(c->conn), 0) != AMQP_STATUS_OK)
     return SLUICE_ENOMEM; /* its only failure: the outbound buffer */

@@ -188,6 +188,7 @@ struct sluice_consumer {
    * a synchronous call made sluice decode while reading was paused wait on
    * park_head..park_tail (qnext), not counted in the bound. */
   int own_reads;
+  int mute[2]; /* an empty socketpair: rabbitmq-c's socket while it drains */
   unsigned char *rx_buf;
   size_t rx_off, rx_len;
   sluice_delivery *park_head, *park_tail;
